@@ -1,0 +1,162 @@
+"""The errors trio-audio raises, each knowing how it is reported to a client.
+
+Errors a client causes or is told about (rendered as RFC 9457 problem+json on HTTP and as an
+``error`` message plus a 4xxx close on the WebSocket)::
+
+    ServiceError                     code                    HTTP  WS close
+    ├── BadRequest (ValueError)      -                       400   4400
+    │   ├── MissingField             missing_field           400   4400
+    │   └── InvalidField             invalid_field           400   4400
+    ├── NotFound (LookupError)       not_found               404   4400
+    ├── MethodNotAllowed             method_not_allowed      405   4400
+    ├── SeqConflict                  seq_conflict            409   4400
+    ├── PayloadTooLarge              payload_too_large       413   4413
+    ├── UnsupportedMediaType         unsupported_media_type  415   4415
+    ├── InvalidAudio (ValueError)    invalid_audio           422   4415
+    ├── Overloaded                   overloaded              503   4429  (retryable)
+    ├── InsufficientStorage (OSError) insufficient_storage   507   1011  (retryable)
+    └── InternalError                internal                500   1011
+
+Errors of the store that stop the process rather than fail one request::
+
+    StoreError (OSError)
+    ├── DataDirLocked                another process owns the data dir
+    └── CorruptLog                   a damaged record before the tail (file and offset named)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base of every error reported to a client; subclasses fix code, status and close code."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    close_code: ClassVar[int] = 1011
+    title: ClassVar[str] = "Internal error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def problem(self, instance: str | None = None) -> dict[str, object]:
+        """The RFC 9457 problem document for this error."""
+        body: dict[str, object] = {
+            "type": f"https://trio-audio.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            "retryable": self.retryable,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        return body
+
+
+class BadRequest(ServiceError, ValueError):
+    code = "invalid_field"
+    status = 400
+    close_code = 4400
+    title = "Bad request"
+
+
+class MissingField(BadRequest):
+    code = "missing_field"
+    title = "A required field is missing"
+
+
+class InvalidField(BadRequest):
+    code = "invalid_field"
+    title = "A field has an invalid value"
+
+
+class NotFound(ServiceError, LookupError):
+    code = "not_found"
+    status = 404
+    close_code = 4400
+    title = "Not found"
+
+
+class MethodNotAllowed(ServiceError):
+    code = "method_not_allowed"
+    status = 405
+    close_code = 4400
+    title = "Method not allowed"
+
+
+class SeqConflict(ServiceError):
+    code = "seq_conflict"
+    status = 409
+    close_code = 4400
+    title = "This seq is already stored with other bytes"
+
+
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+    status = 413
+    close_code = 4413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "unsupported_media_type"
+    status = 415
+    close_code = 4415
+    title = "Unsupported media type"
+
+
+class InvalidAudio(ServiceError, ValueError):
+    code = "invalid_audio"
+    status = 422
+    close_code = 4415
+    title = "The audio could not be decoded"
+
+
+class Overloaded(ServiceError):
+    code = "overloaded"
+    status = 503
+    close_code = 4429
+    title = "The service is overloaded"
+    retryable = True
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class InsufficientStorage(ServiceError, OSError):
+    code = "insufficient_storage"
+    status = 507
+    close_code = 1011
+    title = "The store cannot take more data"
+    retryable = True
+
+
+class InternalError(ServiceError):
+    code = "internal"
+    status = 500
+    close_code = 1011
+    title = "Internal error"
+
+
+class StoreError(OSError):
+    """The store cannot start or go on; the process stops with this message."""
+
+
+class DataDirLocked(StoreError):
+    """Another process holds the lock on the data dir."""
+
+
+class CorruptLog(StoreError):
+    """A record before the tail of the log failed its checks."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        msg = f"corrupt log record in {path} at offset {offset}: {reason}"
+        super().__init__(msg)
+        self.path = path
+        self.offset = offset
+        self.reason = reason
