@@ -1,0 +1,335 @@
+"""Loudness, spectral and silence features of decoded audio, and a 16-band spectrum (numpy only).
+
+The work is split the way the pipeline runs it: :func:`downmix` and :func:`power_spectrum`
+(the "transform" stage), then :func:`analyze_spectrum` (the "metadata" stage);
+:func:`analyze` does all three. Definitions, all on float32 samples in full-scale units:
+
+- ``rms_dbfs``: 20·log10(RMS) of the mono downmix (a full-scale sine reads -3.01 dBFS).
+- ``peak_dbfs``: 20·log10(max |x|) over every channel (a full-scale sine reads 0 dBFS).
+- The power spectrum: Hann-windowed real FFTs of the mono signal, ``nfft = min(8192, next
+  power of two >= frames)`` (at least 64), Welch-averaged over frames overlapping by at least
+  50% (at most 64 frames, evenly spread, for long chunks); a chunk shorter than ``nfft`` is one
+  frame, windowed over its own length and zero-padded. Power is scaled so that the bin of a
+  full-scale sine reads 1.0 (0 dB). ``fft_bin_hz = sample_rate / nfft``.
+- ``dominant_hz``: the frequency of the strongest bin above DC, refined by a parabola through
+  the log power of it and its neighbours.
+- ``spectral_centroid_hz``: the power-weighted mean frequency.
+- ``spectral_rolloff_hz``: the lowest bin frequency below which 85% of the power lies.
+- ``spectral_flatness``: geometric over arithmetic mean of the power above DC, 0..1 (white
+  noise about 0.5-0.9, a pure tone near 0).
+- Digital silence has no spectrum: dominant, centroid, rolloff and flatness all read 0.0.
+- ``zero_crossing_rate``: the fraction of adjacent mono sample pairs of which exactly one is
+  negative, 0..1 (a sine of f Hz at rate r: about 2f/r).
+- ``clipping_ratio``: the fraction of all samples (every channel) with |x| >= 0.999.
+- ``silence_ratio``: the fraction of 20 ms mono frames whose RMS is below -60 dBFS; a partial
+  frame at the end is left out, and a chunk shorter than one frame counts as one frame.
+- The spectrum: 16 log-spaced bands from min(20 Hz, nyquist/100) to nyquist (``band_edges_hz``,
+  17 of them; ``bands_hz`` are their geometric centres); ``band_db`` is the power of the signal
+  in the band (the bins whose centre falls in it) in dBFS, on the same scale as ``rms_dbfs``:
+  the bands' powers add up to the signal's mean square (less what lies below the lowest edge),
+  so a 440 Hz sine of amplitude 0.5 reads about -9.03 dB in its band, like its RMS.
+
+Levels never go below :data:`SILENCE_FLOOR_DBFS` (JSON has no -inf); a band with no FFT bin
+reads the floor too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Final
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+SILENCE_FLOOR_DBFS: Final = -120.0  # reported for digital silence instead of -inf
+SILENCE_THRESHOLD_DBFS: Final = -60.0
+N_BANDS: Final = 16
+
+MAX_NFFT: Final = 8192
+MIN_NFFT: Final = 64
+MAX_WELCH_FRAMES: Final = 64  # bounds the FFT cost of a long chunk
+WELCH_BATCH: Final = 4  # frames transformed at once (a few hundred KB of scratch)
+SILENCE_FRAME_S: Final = 0.020
+CLIP_LEVEL: Final = 0.999
+ROLLOFF_FRACTION: Final = 0.85
+LOWEST_BAND_HZ: Final = 20.0
+SILENT_POWER: Final = 1e-20  # total spectral power at or below this is silence
+FLATNESS_EPSILON: Final = 1e-30
+
+_FLOOR_POWER: Final = 10.0 ** (SILENCE_FLOOR_DBFS / 10)
+_SILENCE_MEAN_SQUARE: Final = 10.0 ** (SILENCE_THRESHOLD_DBFS / 10)
+
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+
+
+@attrs.frozen
+class Features:
+    """Scalar features of one chunk (definitions in the module docstring)."""
+
+    rms_dbfs: float
+    peak_dbfs: float
+    dominant_hz: float
+    spectral_centroid_hz: float
+    spectral_rolloff_hz: float
+    spectral_flatness: float
+    zero_crossing_rate: float
+    clipping_ratio: float
+    silence_ratio: float
+    fft_bin_hz: float
+
+
+@attrs.frozen
+class Spectrum:
+    """Band levels over 16 log-spaced bands up to nyquist."""
+
+    bands_hz: list[float]  # N_BANDS geometric centres
+    band_edges_hz: list[float]  # N_BANDS + 1 edges
+    band_db: list[float]  # N_BANDS levels, dB relative to a full-scale sine
+
+
+@attrs.frozen
+class Analysis:
+    """The features and the band spectrum of one chunk."""
+
+    features: Features
+    spectrum: Spectrum
+
+    def to_dict(self) -> dict[str, dict[str, object]]:
+        """Plain rounded floats, safe for JSON and msgpack (no numpy types, NaN or inf)."""
+        f = self.features
+        s = self.spectrum
+        return {
+            "features": {
+                "rms_dbfs": _round(f.rms_dbfs, 3),
+                "peak_dbfs": _round(f.peak_dbfs, 3),
+                "dominant_hz": _round(f.dominant_hz, 3),
+                "spectral_centroid_hz": _round(f.spectral_centroid_hz, 3),
+                "spectral_rolloff_hz": _round(f.spectral_rolloff_hz, 3),
+                "spectral_flatness": _round(f.spectral_flatness, 6),
+                "zero_crossing_rate": _round(f.zero_crossing_rate, 6),
+                "clipping_ratio": _round(f.clipping_ratio, 6),
+                "silence_ratio": _round(f.silence_ratio, 6),
+                "fft_bin_hz": _round(f.fft_bin_hz, 6),
+            },
+            "spectrum": {
+                "bands_hz": [_round(v, 3) for v in s.bands_hz],
+                "band_edges_hz": [_round(v, 3) for v in s.band_edges_hz],
+                "band_db": [_round(v, 3) for v in s.band_db],
+            },
+        }
+
+
+def _round(value: float, digits: int) -> float:
+    return round(float(value), digits) if math.isfinite(value) else 0.0
+
+
+@attrs.frozen(eq=False)
+class PowerSpectrum:
+    """Welch-averaged power per rfft bin (``nfft // 2 + 1`` bins); a full-scale sine's bin is 1."""
+
+    power: Float64Array
+    sample_rate: int
+    nfft: int
+    frames_averaged: int
+
+    @property
+    def fft_bin_hz(self) -> float:
+        return self.sample_rate / self.nfft
+
+
+def downmix(samples: npt.NDArray[np.floating]) -> Float32Array:
+    """(frames, channels) to (frames,) mono by adding the columns and scaling (mono: no copy)."""
+    if samples.ndim == 1:
+        return np.asarray(samples, np.float32)
+    channels = samples.shape[1]
+    if channels == 1:
+        return np.asarray(samples, np.float32).reshape(-1)
+    mono: Float32Array = np.add(samples[:, 0], samples[:, 1], dtype=np.float32)
+    for column in range(2, channels):
+        mono += samples[:, column]
+    mono *= np.float32(1.0 / channels)
+    return mono
+
+
+def analyze(samples: npt.NDArray[np.floating], sample_rate: int) -> Analysis:
+    """Every feature and the band spectrum of (frames, channels) or (frames,) samples."""
+    mono = downmix(samples)
+    return analyze_spectrum(samples, mono, power_spectrum(mono, sample_rate))
+
+
+def power_spectrum(mono: Float32Array, sample_rate: int) -> PowerSpectrum:
+    """The Hann-windowed, Welch-averaged rfft power of a mono signal (see the module doc)."""
+    count = len(mono)
+    if count == 0 or sample_rate <= 0:
+        msg = f"need samples and a positive rate, got {count} frames at {sample_rate} Hz"
+        raise ValueError(msg)
+    nfft = min(MAX_NFFT, max(MIN_NFFT, 1 << (count - 1).bit_length()))
+    if count <= nfft:
+        window, scale = _hann(count)
+        spec = np.fft.rfft(np.multiply(mono, window), nfft)
+        power = np.square(spec.real)
+        power += np.square(spec.imag)
+        power *= scale
+        return PowerSpectrum(power, sample_rate, nfft, 1)
+    window, scale = _hann(nfft)
+    hop = nfft // 2
+    n_frames = min(MAX_WELCH_FRAMES, -(-(count - nfft) // hop) + 1)
+    step = (count - nfft) // (n_frames - 1)
+    frames = np.lib.stride_tricks.sliding_window_view(mono, nfft)[::step][:n_frames]
+    # In batches through reused buffers: float64 (numpy's float32 FFT is slower), and a few
+    # hundred KB at a time rather than megabytes of fresh memory per chunk.
+    batch = min(WELCH_BATCH, n_frames)
+    windowed = np.empty((batch, nfft))
+    spec = np.empty((batch, nfft // 2 + 1), np.complex128)
+    power = np.zeros(nfft // 2 + 1)
+    for start in range(0, n_frames, batch):
+        size = min(batch, n_frames - start)
+        np.multiply(frames[start : start + size], window, out=windowed[:size])
+        part = np.fft.rfft(windowed[:size], axis=-1, out=spec[:size])
+        power += np.einsum("ij,ij->j", part.real, part.real)
+        power += np.einsum("ij,ij->j", part.imag, part.imag)
+    power *= scale / n_frames
+    return PowerSpectrum(power, sample_rate, nfft, n_frames)
+
+
+@functools.lru_cache(maxsize=64)
+def _hann(length: int) -> tuple[Float64Array, float]:
+    """A periodic Hann window and the factor that makes a full-scale sine's bin 1.0."""
+    if length == 1:
+        window = np.ones(1)
+    else:
+        window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+    window.setflags(write=False)
+    return window, 4.0 / float(window.sum()) ** 2
+
+
+def analyze_spectrum(
+    samples: npt.NDArray[np.floating], mono: Float32Array, spectrum: PowerSpectrum
+) -> Analysis:
+    """Features and band spectrum from the samples, their downmix and its power spectrum."""
+    count = len(mono)
+    if count == 0:
+        msg = "cannot analyze 0 frames"
+        raise ValueError(msg)
+    rate = spectrum.sample_rate
+    mean_square = float(np.dot(mono, mono)) / count
+    peak = max(float(samples.max()), -float(samples.min()))
+    negative = mono < 0
+    crossings = int(np.count_nonzero(negative[1:] != negative[:-1]))
+    clipped = int(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL))
+    dominant, centroid, rolloff, flatness = _spectral(spectrum)
+    features = Features(
+        rms_dbfs=_db(mean_square),
+        peak_dbfs=_db(peak * peak),
+        dominant_hz=dominant,
+        spectral_centroid_hz=centroid,
+        spectral_rolloff_hz=rolloff,
+        spectral_flatness=flatness,
+        zero_crossing_rate=crossings / (count - 1) if count > 1 else 0.0,
+        clipping_ratio=clipped / samples.size,
+        silence_ratio=_silence_ratio(mono, rate),
+        fft_bin_hz=spectrum.fft_bin_hz,
+    )
+    return Analysis(features, _bands(spectrum, mean_square))
+
+
+def _db(power: float) -> float:
+    """10·log10 of a power ratio, floored at SILENCE_FLOOR_DBFS."""
+    if power <= _FLOOR_POWER:
+        return SILENCE_FLOOR_DBFS
+    return 10.0 * math.log10(power)
+
+
+def _spectral(spectrum: PowerSpectrum) -> tuple[float, float, float, float]:
+    """Dominant frequency, centroid, rolloff and flatness; all 0.0 for silence."""
+    power = spectrum.power
+    total = float(power.sum())
+    above_dc = power[1:]
+    if total <= SILENT_POWER or len(above_dc) == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    bin_hz = spectrum.fft_bin_hz
+    peak = int(np.argmax(above_dc)) + 1
+    offset = 0.0
+    if peak < len(power) - 1:
+        left, mid, right = np.log(power[peak - 1 : peak + 2] + FLATNESS_EPSILON)
+        curve = left - 2.0 * mid + right
+        if curve < 0:
+            offset = min(0.5, max(-0.5, 0.5 * float(left - right) / float(curve)))
+    dominant = (peak + offset) * bin_hz
+    centroid = float(np.dot(_bin_numbers(len(power)), power)) / total * bin_hz
+    rolloff_bin = int(np.searchsorted(np.cumsum(power), ROLLOFF_FRACTION * total))
+    rolloff = min(rolloff_bin, len(power) - 1) * bin_hz
+    geometric = math.exp(float(np.mean(np.log(above_dc + FLATNESS_EPSILON))))
+    flatness = min(1.0, geometric / (float(above_dc.mean()) + FLATNESS_EPSILON))
+    return dominant, centroid, rolloff, flatness
+
+
+@functools.lru_cache(maxsize=16)
+def _bin_numbers(bins: int) -> Float64Array:
+    numbers = np.arange(bins, dtype=np.float64)
+    numbers.setflags(write=False)
+    return numbers
+
+
+def _silence_ratio(mono: Float32Array, sample_rate: int) -> float:
+    """The fraction of whole 20 ms frames below SILENCE_THRESHOLD_DBFS."""
+    frame = max(1, round(SILENCE_FRAME_S * sample_rate))
+    n_frames = len(mono) // frame
+    if n_frames == 0:
+        mean_square = float(np.dot(mono, mono)) / len(mono)
+        return 1.0 if mean_square < _SILENCE_MEAN_SQUARE else 0.0
+    frames = mono[: n_frames * frame].reshape(n_frames, frame)
+    energies = np.einsum("ij,ij->i", frames, frames)
+    silent = int(np.count_nonzero(energies < _SILENCE_MEAN_SQUARE * frame))
+    return silent / n_frames
+
+
+@attrs.frozen
+class _BandMap:
+    """Which rfft bins fall in which band, for one (sample rate, nfft)."""
+
+    edges: list[float]
+    centres: list[float]
+    first_bin: int
+    band_of_bin: npt.NDArray[np.intp]  # band of bins first_bin, first_bin + 1, ...
+    bins_per_band: Float64Array
+
+
+@functools.lru_cache(maxsize=32)
+def _band_map(sample_rate: int, nfft: int) -> _BandMap:
+    nyquist = sample_rate / 2
+    lowest = min(LOWEST_BAND_HZ, nyquist / 100)
+    edges = np.geomspace(lowest, nyquist, N_BANDS + 1)
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    freqs = np.arange(nfft // 2 + 1) * (sample_rate / nfft)
+    first_bin = int(np.searchsorted(freqs, lowest, side="left"))
+    bands = np.searchsorted(edges, freqs[first_bin:], side="right") - 1
+    bands = np.minimum(bands, N_BANDS - 1)  # nyquist itself belongs to the top band
+    per_band = np.bincount(bands, minlength=N_BANDS).astype(np.float64)
+    bands.setflags(write=False)
+    per_band.setflags(write=False)
+    return _BandMap(
+        edges=[float(e) for e in edges],
+        centres=[float(c) for c in centres],
+        first_bin=first_bin,
+        band_of_bin=bands,
+        bins_per_band=per_band,
+    )
+
+
+def _bands(spectrum: PowerSpectrum, mean_square: float) -> Spectrum:
+    """Each band's share of the spectral power, scaled to the signal's mean square."""
+    bands = _band_map(spectrum.sample_rate, spectrum.nfft)
+    sums = np.bincount(
+        bands.band_of_bin, weights=spectrum.power[bands.first_bin :], minlength=N_BANDS
+    )
+    total = float(spectrum.power.sum())
+    scale = mean_square / total if total > SILENT_POWER else 0.0
+    levels = [
+        _db(float(power) * scale) if count else SILENCE_FLOOR_DBFS
+        for power, count in zip(sums, bands.bins_per_band, strict=True)
+    ]
+    return Spectrum(list(bands.centres), list(bands.edges), levels)
