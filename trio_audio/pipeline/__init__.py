@@ -1,0 +1,1 @@
+"""The analysis pipeline: bounded channels joining pools of stage workers."""

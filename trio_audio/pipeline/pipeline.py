@@ -1,0 +1,108 @@
+"""Wiring of the pipeline: ingress -> validate -> transform -> metadata -> store.
+
+Every channel is bounded (sizes from config). When the ingress is full, ``Ingress.submit_nowait``
+refuses at once with ``Overloaded`` (HTTP 503 + Retry-After); ``Ingress.submit`` waits for
+room instead (the WebSocket's TCP backpressure). Closing every clone of the ingress sender
+ends the stream: each stage finishes its jobs and closes its output, down to the store.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..config import Config
+from ..errors import Overloaded
+from ..metrics import Metrics
+from ..models import Job
+from ..store.store import Store
+from .stages import Stage, Stages, run_stage
+
+
+class Ingress:
+    """The front door of the pipeline: one sender clone per producer."""
+
+    def __init__(
+        self, send: trio.MemorySendChannel[Job], metrics: Metrics, retry_after_s: int
+    ) -> None:
+        self._send = send
+        self._metrics = metrics
+        self.retry_after_s = retry_after_s
+
+    def clone(self) -> Ingress:
+        return Ingress(self._send.clone(), self._metrics, self.retry_after_s)
+
+    @property
+    def full(self) -> bool:
+        stats = self._send.statistics()
+        return stats.current_buffer_used >= stats.max_buffer_size
+
+    def refuse(self, reason: str) -> Overloaded:
+        self._metrics.refuse(reason)
+        msg = "the ingest queue is full; retry after the delay given"
+        return Overloaded(msg, retry_after=self.retry_after_s)
+
+    def submit_nowait(self, job: Job) -> None:
+        """Queue *job* or raise ``Overloaded`` at once; never blocks, never drops."""
+        job.enqueued = trio.current_time()
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            raise self.refuse("queue_full") from None
+        except trio.ClosedResourceError:
+            self._metrics.refuse("shutting_down")
+            msg = "the service is shutting down"
+            raise Overloaded(msg, retry_after=self.retry_after_s) from None
+        self._metrics.accepted(len(job.parts))
+
+    async def submit(self, job: Job) -> None:
+        """Queue *job*, waiting for room (backpressure to the producer)."""
+        job.enqueued = trio.current_time()
+        await self._send.send(job)
+        self._metrics.accepted(len(job.parts))
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+
+    async def __aenter__(self) -> Ingress:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def run_pipeline(
+    config: Config,
+    store: Store,
+    metrics: Metrics,
+    limiter: trio.CapacityLimiter,
+    *,
+    task_status: trio.TaskStatus[Ingress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start every stage, hand back the ``Ingress``; return once the stream has drained.
+
+    Resource handling: the caller owns the returned ``Ingress`` and must close it (and every
+    clone) to end the pipeline; the stages then drain in order and the store writer commits
+    the last batch before this returns.
+    """
+    work = Stages(store, limiter, config.max_duration_s)
+    stages = [
+        Stage("validate", work.validate, config.stage_workers, config.stage_timeout_s),
+        Stage("transform", work.transform, config.stage_workers, config.stage_timeout_s),
+        Stage("metadata", work.metadata, config.stage_workers, config.stage_timeout_s),
+    ]
+    ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
+    queues = {"ingress": ingress_send}
+    async with trio.open_nursery() as nursery:
+        for stage, downstream in zip(stages, ("transform", "metadata", "store"), strict=True):
+            send, next_receive = trio.open_memory_channel[Job](config.stage_queue)
+            queues[downstream] = send
+            nursery.start_soon(run_stage, stage, receive, send, metrics)
+            receive = next_receive
+        nursery.start_soon(store.writer, receive, metrics)
+        metrics.gauge(
+            "trio_audio_queue_depth",
+            lambda: {
+                f'queue="{name}"': s.statistics().current_buffer_used for name, s in queues.items()
+            },
+        )
+        task_status.started(Ingress(ingress_send, metrics, config.retry_after_s))

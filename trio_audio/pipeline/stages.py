@@ -1,0 +1,167 @@
+"""The stage loop every pipeline stage shares, and the work each stage does to a job.
+
+A stage is a pool of workers over one channel pair. Each worker owns clones of both ends and
+closes them with ``async with``, so when the upstream ends the stream, the end passes down.
+Each job runs under the stage's own timeout. A job that fails is answered there and then
+(its sender is told) and goes no further; nothing is dropped in silence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+import trio
+
+from ..audio import features
+from ..audio.decode import decode
+from ..errors import InternalError, Overloaded, ServiceError
+from ..metrics import Metrics
+from ..models import Job, Part
+from ..store.store import Store
+
+logger = logging.getLogger("trio_audio.pipeline")
+
+SMALL_BODY_BYTES: Final = 64 * 1024  # hashed on the Trio thread; larger bodies go to a thread
+
+Work = Callable[[Job], Awaitable[None]]
+
+
+@attrs.frozen
+class Stage:
+    """A named step of the pipeline: what it does to a job, with how many workers."""
+
+    name: str
+    work: Work
+    workers: int
+    timeout_s: float
+
+
+async def run_worker(
+    stage: Stage,
+    receive: trio.MemoryReceiveChannel[Job],
+    send: trio.MemorySendChannel[Job],
+    metrics: Metrics,
+) -> None:
+    """``async for job in receive: work; send`` with a per-job timeout and explicit failure."""
+    async with receive, send:
+        async for job in receive:
+            if job.reply.done:  # answered already (e.g. its sender gave up): nothing to do
+                continue
+            started = trio.current_time()
+            try:
+                with trio.fail_after(stage.timeout_s):
+                    await stage.work(job)
+            except trio.TooSlowError:
+                metrics.failed("timeout")
+                msg = f"the {stage.name} stage took longer than {stage.timeout_s:g} s"
+                job.reply.fail(Overloaded(msg))
+                continue
+            except ServiceError as exc:
+                metrics.failed(exc.code)
+                job.reply.fail(exc)
+                continue
+            except Exception:
+                logger.exception("%s failed on a job of session %s", stage.name, job.session_id)
+                metrics.failed("internal")
+                job.reply.fail(InternalError(f"the {stage.name} stage failed"))
+                continue
+            metrics.observe_stage(stage.name, trio.current_time() - started)
+            await send.send(job)
+
+
+async def run_stage(
+    stage: Stage,
+    receive: trio.MemoryReceiveChannel[Job],
+    send: trio.MemorySendChannel[Job],
+    metrics: Metrics,
+) -> None:
+    """Run ``stage.workers`` workers over clones of the pair, closing the originals."""
+    async with trio.open_nursery() as nursery, receive, send:
+        for _ in range(stage.workers):
+            nursery.start_soon(run_worker, stage, receive.clone(), send.clone(), metrics)
+
+
+class Stages:
+    """The work of each stage, bound to what it needs (store, limits, the CPU limiter)."""
+
+    def __init__(self, store: Store, limiter: trio.CapacityLimiter, max_duration_s: float):
+        self.store = store
+        self.limiter = limiter
+        self.max_duration_s = max_duration_s
+
+    async def _each_part(self, job: Job, name: str, fn: Callable[[Part], None]) -> None:
+        """Run *fn* on every new part of *job* in one thread hop under the shared limiter."""
+
+        def run() -> None:
+            for part in job.parts:
+                if part.existing is None:
+                    started = time.perf_counter()
+                    fn(part)
+                    part.timings[name] = time.perf_counter() - started
+
+        await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
+
+    async def validate(self, job: Job) -> None:
+        """Checksum each part, answer idempotent retries from the store, decode the rest."""
+        if sum(len(p.body) for p in job.parts) <= SMALL_BODY_BYTES:
+            for part in job.parts:
+                part.checksum = hashlib.sha256(part.body).hexdigest()
+        else:
+            await trio.to_thread.run_sync(
+                _checksum_all, job.parts, limiter=self.limiter, abandon_on_cancel=True
+            )
+        for part in job.parts:
+            if part.seq is not None:
+                entry = self.store.lookup(job.user_id, job.session_id, part.seq)
+                if entry is not None and entry.meta()["checksum"] == part.checksum:
+                    part.existing = entry.meta()
+        await self._each_part(job, "validate", self._decode)
+
+    def _decode(self, part: Part) -> None:
+        part.decoded = decode(
+            part.body,
+            content_type=part.content_type,
+            raw=part.raw,
+            max_duration_s=self.max_duration_s,
+        )
+
+    async def transform(self, job: Job) -> None:
+        """Downmix to mono float32 and take the power spectrum (a real FFT)."""
+        await self._each_part(job, "transform", _transform)
+
+    async def metadata(self, job: Job) -> None:
+        """Loudness, spectral and silence features and the 16-band spectrum."""
+        await self._each_part(job, "metadata", _metadata)
+
+
+def _checksum_all(parts: list[Part]) -> None:
+    for part in parts:
+        part.checksum = hashlib.sha256(part.body).hexdigest()
+
+
+def _transform(part: Part) -> None:
+    assert part.decoded is not None
+    part.mono = features.downmix(part.decoded.samples)
+    part.spectrum = features.power_spectrum(part.mono, part.decoded.sample_rate)
+
+
+def _metadata(part: Part) -> None:
+    assert part.decoded is not None and part.mono is not None and part.spectrum is not None
+    analysis = features.analyze_spectrum(part.decoded.samples, part.mono, part.spectrum)
+    part.analysis = analysis.to_dict()
+    # Past this point only the numbers are needed: let the samples go before the store.
+    decoded = part.decoded
+    part.audio_info = {
+        "container": decoded.container,
+        "encoding": decoded.encoding,
+        "sample_rate": decoded.sample_rate,
+        "channels": decoded.channels,
+        "frames": decoded.frames,
+        "duration_ms": round(decoded.duration_ms, 3),
+    }
+    part.decoded = part.mono = part.spectrum = None

@@ -1,0 +1,397 @@
+"""The store: an in-memory index over the append-only log, and its one writer task.
+
+Memory holds, per chunk, its metadata packed as msgpack and where its audio lies in the log
+(``BlobRef``); audio bytes stay on disk, so memory grows with metadata only. Indexes map
+``user_id -> session_id -> seq -> chunk_id``.
+
+Resource handling: ``run`` locks the data dir, replays the log into the index, opens the log
+writer and reports ready; it holds the lock until it is cancelled or the writer has drained,
+then closes the log (fsynced) and unlocks.
+
+Error handling: a seq already stored with other bytes fails that job with ``SeqConflict``;
+a write that fails (disk full, I/O error) fails every job of its batch with
+``InsufficientStorage`` and leaves the log at its last good record; an fsync that fails
+stops the process, because a retried fsync can report success for data it lost.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+import trio
+
+from ..config import Config
+from ..errors import InsufficientStorage, InternalError, NotFound, SeqConflict, StoreError
+from ..metrics import Metrics
+from ..models import Job, Part, new_chunk_id
+from .log import (
+    BlobRef,
+    LogWriter,
+    Record,
+    RecordType,
+    ReplayReport,
+    lock_data_dir,
+    read_blob,
+    replay,
+)
+
+logger = logging.getLogger("trio_audio.store")
+
+
+@attrs.define(eq=False)
+class Entry:
+    """What memory keeps of one chunk."""
+
+    packed: bytes  # msgpack of the chunk's metadata
+    blob: BlobRef
+    user_id: str
+    session_id: str
+    seq: int
+    duration_ms: float
+
+    def meta(self) -> dict[str, Any]:
+        value: dict[str, Any] = msgpack.unpackb(self.packed)
+        return value
+
+
+@attrs.define(eq=False)
+class SessionIndex:
+    """The chunks of one session in seq order."""
+
+    by_seq: dict[int, str] = attrs.field(factory=dict)
+    seqs: list[int] = attrs.field(factory=list)
+    duration_ms: float = 0.0
+
+    def add(self, seq: int, chunk_id: str, duration_ms: float) -> None:
+        if seq not in self.by_seq:
+            bisect.insort(self.seqs, seq)
+        self.by_seq[seq] = chunk_id
+        self.duration_ms += duration_ms
+
+    @property
+    def next_seq(self) -> int:
+        return self.seqs[-1] + 1 if self.seqs else 0
+
+    def after(self, seq: int | None) -> Iterator[tuple[int, str]]:
+        """(seq, chunk_id) pairs in order, starting after *seq* (from the start if None)."""
+        start = 0 if seq is None else bisect.bisect_right(self.seqs, seq)
+        for s in self.seqs[start:]:
+            yield s, self.by_seq[s]
+
+
+@attrs.frozen
+class Stored:
+    """The outcome of committing one part: its chunk JSON and whether it is new."""
+
+    chunk: dict[str, Any]
+    created: bool
+
+
+class Store:
+    """The index plus the log. Build it in ``main``, start ``run`` with ``nursery.start``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.chunks: dict[str, Entry] = {}
+        self.users: dict[str, dict[str, SessionIndex]] = {}
+        self.report: ReplayReport | None = None
+        self.audio_bytes = 0
+        self._log: LogWriter | None = None
+        self._disk = trio.CapacityLimiter(1)
+        self._drained = trio.Event()
+        self._dirty_since: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
+        """Lock the data dir, replay the log, report ready; close the log when drained."""
+        lock_fd = await trio.to_thread.run_sync(lock_data_dir, self.data_dir)
+        try:
+            started = time.perf_counter()
+            self.report = await trio.to_thread.run_sync(self._replay)
+            logger.info(
+                "replayed %d records (%d chunks) from %d segments in %.2f s",
+                self.report.records,
+                len(self.chunks),
+                self.report.segments,
+                time.perf_counter() - started,
+            )
+            self._log = LogWriter(
+                self.data_dir,
+                next_seq=self.report.last_seq + 1,
+                segment_max_bytes=self.config.segment_max_bytes,
+            )
+            task_status.started(self)
+            await self._drained.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if self._log is not None:
+                    log, self._log = self._log, None
+                    await trio.to_thread.run_sync(_close_log, log, limiter=self._disk)
+                os.close(lock_fd)
+
+    def _replay(self) -> ReplayReport:
+        groups: dict[str, list[Record]] = {}
+
+        def on_record(record: Record) -> None:
+            if record.type != RecordType.CHUNK or record.blob is None:
+                return
+            group = record.meta.get("group")
+            if group is None:
+                self._index(record.meta, record.blob)
+                return
+            members = groups.setdefault(group[0], [])
+            members.append(record)
+            if len(members) == group[2]:
+                for member in groups.pop(group[0]):
+                    assert member.blob is not None
+                    self._index(member.meta, member.blob)
+
+        report = replay(self.data_dir, on_record)
+        for group_id, members in groups.items():
+            logger.warning(
+                "dropped %d of an unacknowledged multipart upload %s cut by a crash",
+                len(members),
+                group_id,
+            )
+        return report
+
+    def _index(self, meta: dict[str, Any], blob: BlobRef) -> Entry:
+        chunk_id = meta["chunk_id"]
+        entry = Entry(
+            packed=msgpack.packb(meta),
+            blob=blob,
+            user_id=meta["user_id"],
+            session_id=meta["session_id"],
+            seq=meta["seq"],
+            duration_ms=float(meta["audio"]["duration_ms"]),
+        )
+        self.chunks[chunk_id] = entry
+        sessions = self.users.setdefault(entry.user_id, {})
+        sessions.setdefault(entry.session_id, SessionIndex()).add(
+            entry.seq, chunk_id, entry.duration_ms
+        )
+        self.audio_bytes += blob.length
+        return entry
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, chunk_id: str) -> dict[str, Any]:
+        entry = self.chunks.get(chunk_id)
+        if entry is None:
+            msg = f"no chunk {chunk_id!r}"
+            raise NotFound(msg)
+        return chunk_json(entry.meta())
+
+    def lookup(self, user_id: str, session_id: str, seq: int) -> Entry | None:
+        session = self.users.get(user_id, {}).get(session_id)
+        if session is None:
+            return None
+        chunk_id = session.by_seq.get(seq)
+        return None if chunk_id is None else self.chunks[chunk_id]
+
+    def sessions(self, user_id: str) -> dict[str, SessionIndex]:
+        return self.users.get(user_id, {})
+
+    async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
+        """The exact bytes uploaded for *chunk_id* and their content type."""
+        entry = self.chunks.get(chunk_id)
+        if entry is None:
+            msg = f"no chunk {chunk_id!r}"
+            raise NotFound(msg)
+        data = await trio.to_thread.run_sync(read_blob, self.data_dir, entry.blob)
+        return data, str(entry.meta().get("content_type", "application/octet-stream"))
+
+    # -- the writer ------------------------------------------------------------------------
+
+    async def writer(self, receive: trio.MemoryReceiveChannel[Job], metrics: Metrics) -> None:
+        """Group commit: take a batch of jobs, write it, fsync once, then answer every job.
+
+        Runs until *receive* is closed and empty, then lets ``run`` close the log.
+        """
+        try:
+            async with receive, trio.open_nursery() as nursery:
+                if self.config.fsync == "interval":
+                    nursery.start_soon(self._sync_periodically)
+                async for first in receive:
+                    batch = [first]
+                    if self.config.commit_wait_ms > 0:
+                        with trio.move_on_after(self.config.commit_wait_ms / 1000):
+                            while len(batch) < self.config.commit_batch_max:
+                                batch.append(await receive.receive())
+                    while len(batch) < self.config.commit_batch_max:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self._commit(batch, metrics)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._drained.set()
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.config.fsync_interval_s)
+            if self._dirty_since is not None and self._log is not None:
+                await trio.to_thread.run_sync(self._sync, limiter=self._disk)
+
+    def _sync(self) -> None:
+        assert self._log is not None
+        try:
+            self._log.sync()
+        except OSError as exc:
+            # A failed fsync may have dropped dirty pages; a retry can report success
+            # for data that is gone. Stop, and let replay on restart tell what is durable.
+            logger.critical("fsync of the log failed (%s); stopping the service", exc)
+            msg = f"fsync of the log failed: {exc}"
+            raise StoreError(msg) from exc
+        self._dirty_since = None
+
+    async def _commit(self, batch: list[Job], metrics: Metrics) -> None:
+        started = trio.current_time()
+        plans: list[tuple[Job, list[tuple[Part, dict[str, Any] | None]]]] = []
+        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        for job in batch:
+            if job.reply.done:
+                continue
+            try:
+                plans.append((job, self._plan(job, reserved)))
+            except SeqConflict as exc:
+                metrics.failed(exc.code)
+                job.reply.fail(exc)
+        writes = [(meta, part.body) for _, parts in plans for part, meta in parts if meta]
+        refs: list[BlobRef | None] = []
+        if writes:
+            try:
+                refs = await trio.to_thread.run_sync(self._write, writes, limiter=self._disk)
+            except StoreError:
+                for job, _ in plans:
+                    job.reply.fail(InternalError("the log could not be made durable"))
+                raise
+            except OSError as exc:
+                error: InsufficientStorage | InternalError
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    error = InsufficientStorage(f"the store cannot write: {exc.strerror}")
+                else:
+                    error = InternalError(f"the store failed to write: {exc}")
+                logger.exception("log write failed, %d jobs refused", len(plans))
+                for job, _ in plans:
+                    metrics.failed(error.code)
+                    job.reply.fail(error)
+                return
+        ref_iter = iter(refs)
+        for job, parts in plans:
+            results = []
+            for part, meta in parts:
+                if meta is None:
+                    assert part.existing is not None
+                    results.append(Stored(chunk_json(part.existing), created=False))
+                    continue
+                ref = next(ref_iter)
+                assert ref is not None
+                self._index(meta, ref)
+                results.append(Stored(chunk_json(meta), created=True))
+                metrics.stored(len(part.body))
+            job.reply.set(results)
+        metrics.observe_stage("store", trio.current_time() - started)
+
+    def _plan(
+        self, job: Job, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
+    ) -> list[tuple[Part, dict[str, Any] | None]]:
+        """Give each part its seq and record, or find it already stored; all or nothing."""
+        key = (job.user_id, job.session_id)
+        taken = reserved.setdefault(key, {})
+        session = self.users.get(job.user_id, {}).get(job.session_id)
+        next_seq = max(session.next_seq if session else 0, max(taken, default=-1) + 1)
+        planned: list[tuple[Part, dict[str, Any] | None]] = []
+        claims: dict[int, dict[str, Any]] = {}
+        for part in job.parts:
+            seq = part.seq
+            if seq is None:
+                seq = max(next_seq, max(claims, default=-1) + 1)
+            stored = self.lookup(job.user_id, job.session_id, seq)
+            if stored is not None:
+                existing = stored.meta()
+                if existing["checksum"] != part.checksum:
+                    msg = (
+                        f"seq {seq} of session {job.session_id!r} is already stored "
+                        f"as chunk {existing['chunk_id']} with other bytes"
+                    )
+                    raise SeqConflict(msg)
+                part.existing = existing
+                planned.append((part, None))
+                continue
+            twin = taken.get(seq) or claims.get(seq)
+            if twin is not None:  # the same seq earlier in this batch: same bytes, same chunk
+                if twin["checksum"] != part.checksum:
+                    msg = f"seq {seq} of session {job.session_id!r} is sent with other bytes"
+                    raise SeqConflict(msg)
+                part.existing = twin
+                planned.append((part, None))
+                continue
+            meta = claims[seq] = build_meta(job, part, seq)
+            planned.append((part, meta))
+        new = [meta for _, meta in planned if meta is not None]
+        if len(new) > 1:
+            # Replay indexes a group only when all of it made it to disk: all or none.
+            group = new_chunk_id()
+            for i, meta in enumerate(new):
+                meta["group"] = [group, i, len(new)]
+        taken.update(claims)
+        return planned
+
+    def _write(self, writes: list[tuple[dict[str, Any], bytes]]) -> list[BlobRef | None]:
+        log = self._log
+        if log is None:
+            msg = "the store is closed"
+            raise StoreError(msg)
+        refs = [log.append(RecordType.CHUNK, meta, audio)[1] for meta, audio in writes]
+        log.flush()
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        if self.config.fsync == "always":
+            self._sync()
+        return refs
+
+
+def _close_log(log: LogWriter) -> None:
+    try:
+        log.flush()
+        log.sync()
+    finally:
+        log.close()
+
+
+def build_meta(job: Job, part: Part, seq: int) -> dict[str, Any]:
+    """The durable record of one chunk: its chunk JSON plus what the store needs."""
+    assert part.audio_info is not None and part.analysis is not None
+    return {
+        "chunk_id": new_chunk_id(),
+        "user_id": job.user_id,
+        "session_id": job.session_id,
+        "seq": seq,
+        "received_at": job.received_at,
+        "timestamp": part.timestamp,
+        "size_bytes": len(part.body),
+        "checksum": part.checksum,
+        "content_type": part.content_type,
+        "audio": part.audio_info,
+        **part.analysis,
+        "transcript": {"status": "disabled", "text": "", "words": []},
+        "processing_ms": {k: round(v * 1000, 3) for k, v in part.timings.items()},
+    }
+
+
+def chunk_json(meta: dict[str, Any]) -> dict[str, Any]:
+    """The chunk JSON a client sees (the stored record less the store's own fields)."""
+    return {k: v for k, v in meta.items() if k != "group"}
