@@ -1,0 +1,296 @@
+"""The HTTP API: quart-trio routes that send jobs into the pipeline and read the store.
+
+``create_app`` receives everything the routes need (no module-level state). Uploads are
+refused with 503 + ``Retry-After`` when the ingress queue is full, checked before the body is
+read; bodies over ``max_body_bytes`` get 413 without being read into memory (Quart refuses on
+``Content-Length`` and stops buffering a chunked body at the limit). Every error is an RFC 9457
+``application/problem+json`` body with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any, Final
+
+import attrs
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
+
+from ..audio.decode import parse_media_type, raw_format_from
+from ..config import Config
+from ..errors import (
+    BadRequest,
+    InternalError,
+    InvalidField,
+    MethodNotAllowed,
+    MissingField,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from ..metrics import Metrics
+from ..models import Job, Part, check_id, parse_seq, parse_timestamp
+from ..pipeline.pipeline import Ingress
+from ..store.store import Store, Stored
+
+logger = logging.getLogger("trio_audio.web")
+
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
+PROBLEM_TYPE: Final = "application/problem+json"
+HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+@attrs.define
+class Readiness:
+    """What ``/readyz`` reports: each part of the service sets its flag when it is up."""
+
+    store: bool = False
+    pipeline: bool = False
+    http: bool = False
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.store and self.pipeline and self.http and not self.draining
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return Response(text, status=status, headers=headers, content_type="application/json")
+
+
+def problem_response(error: ServiceError) -> Response:
+    headers = {}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    body = error.problem(instance=request.path if request else None)
+    text = json.dumps(body, separators=(",", ":"))
+    return Response(text, status=error.status, headers=headers, content_type=PROBLEM_TYPE)
+
+
+def create_app(
+    config: Config, store: Store, ingress: Ingress, metrics: Metrics, readiness: Readiness
+) -> QuartTrio:
+    """The quart-trio app, bound to the store and the pipeline's ingress."""
+    app = QuartTrio("trio_audio")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["MAX_FORM_PARTS"] = config.max_parts + 16
+    app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
+
+    @app.errorhandler(ServiceError)
+    async def on_service_error(error: ServiceError) -> Response:
+        return problem_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 413:
+            detail = f"the body is over the {config.max_body_bytes} byte limit"
+        else:
+            detail = error.description or error.name
+        kind = HTTP_ERRORS.get(status, BadRequest if status < 500 else InternalError)
+        return problem_response(kind(detail))
+
+    @app.errorhandler(Exception)
+    async def on_error(error: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(InternalError("the server failed to handle this request"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        report = store.report
+        body: dict[str, Any] = {
+            "status": "ready" if readiness.ready else "not_ready",
+            **attrs.asdict(readiness),
+            "chunks": len(store.chunks),
+            "replayed_records": report.records if report else None,
+        }
+        return json_response(body, 200 if readiness.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.post("/upload")
+    async def upload() -> Response:
+        if ingress.full:  # refuse before reading the body
+            raise ingress.refuse("queue_full")
+        content_type = request.headers.get("Content-Type", "")
+        media_type, _ = parse_media_type(content_type)
+        if media_type == "multipart/form-data":
+            form = await request.form
+            files = await request.files
+            fields = MultiDict(list(request.args.items(multi=True)))
+            fields.update(form)
+            uploads = [(f.read(), f.content_type or "application/octet-stream")
+                       for f in files.getlist("file")]  # fmt: skip
+            if not uploads:
+                raise MissingField("multipart upload has no 'file' part")
+            if len(uploads) > config.max_parts:
+                msg = f"{len(uploads)} files in one upload, over the limit of {config.max_parts}"
+                raise PayloadTooLarge(msg)
+        else:
+            fields = request.args
+            uploads = [(await request.get_data(cache=False), content_type)]
+        job = build_job(fields, uploads)
+        ingress.submit_nowait(job)
+        results: list[Stored] = await job.reply.wait()
+        status = 201 if any(r.created for r in results) else 200
+        if media_type == "multipart/form-data":
+            return json_response({"chunks": [r.chunk for r in results]}, status)
+        chunk = results[0].chunk
+        return json_response(chunk, status, {"Location": f"/chunks/{chunk['chunk_id']}"})
+
+    @app.get("/chunks/<chunk_id>")
+    async def get_chunk(chunk_id: str) -> Response:
+        check_id("chunk_id", chunk_id)
+        return json_response(store.get(chunk_id))
+
+    @app.get("/chunks/<chunk_id>/audio")
+    async def get_audio(chunk_id: str) -> Response:
+        check_id("chunk_id", chunk_id)
+        data, content_type = await store.read_audio(chunk_id)
+        return Response(data, content_type=content_type)
+
+    @app.get("/sessions/<user_id>")
+    async def get_sessions(user_id: str) -> Response:
+        check_id("user_id", user_id)
+        only = check_id("session_id", request.args.get("session_id"), required=False)
+        limit = parse_limit(request.args.get("limit"))
+        cursor = decode_cursor(request.args.get("cursor"))
+        return json_response(list_sessions(store, user_id, only, limit, cursor))
+
+    return app
+
+
+def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> Job:
+    """A job from the request's fields (query or form) and its bodies; 400 on bad fields."""
+    user_id = check_id("user_id", fields.get("user_id"))
+    session_id = check_id("session_id", fields.get("session_id"))
+    assert user_id is not None and session_id is not None
+    seq = parse_seq(fields.get("seq"))
+    timestamp = parse_timestamp(fields.get("timestamp"))
+    parts = []
+    for index, (body, content_type) in enumerate(uploads):
+        media_type, params = parse_media_type(content_type)
+        raw = raw_format_from(
+            media_type,
+            params,
+            fields.get("encoding"),
+            fields.get("sample_rate"),
+            fields.get("channels"),
+        )
+        parts.append(
+            Part(
+                body=body,
+                content_type=content_type or "application/octet-stream",
+                raw=raw,
+                seq=None if seq is None else seq + index,
+                timestamp=timestamp,
+            )
+        )
+    return Job(user_id=user_id, session_id=session_id, parts=parts)
+
+
+def parse_limit(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_PAGE
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        msg = f"limit must be an integer 1..{MAX_PAGE}, got {value[:20]!r}"
+        raise InvalidField(msg)
+    return int(value)
+
+
+def encode_cursor(session_id: str, seq: int) -> str:
+    raw = json.dumps([session_id, seq], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    msg = "cursor is not one this server gave out"
+    try:
+        position = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidField(msg) from None
+    match position:
+        case [str(session_id), int(seq)]:
+            return session_id, seq
+    raise InvalidField(msg)
+
+
+def list_sessions(
+    store: Store, user_id: str, only: str | None, limit: int, cursor: tuple[str, int] | None
+) -> dict[str, Any]:
+    """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
+    sessions = store.sessions(user_id)
+    names = sorted(n for n in sessions if only is None or n == only)
+    if cursor is not None:
+        names = [n for n in names if n >= cursor[0]]
+
+    def positions() -> Iterator[tuple[str, int, str]]:
+        for name in names:
+            after = cursor[1] if cursor is not None and name == cursor[0] else None
+            for seq, chunk_id in sessions[name].after(after):
+                yield name, seq, chunk_id
+
+    page: dict[str, list[dict[str, Any]]] = {}
+    next_cursor = None
+    last: tuple[str, int] | None = None
+    for taken, (name, seq, chunk_id) in enumerate(positions()):
+        if taken == limit:
+            assert last is not None
+            next_cursor = encode_cursor(*last)
+            break
+        page.setdefault(name, []).append(store.get(chunk_id))
+        last = (name, seq)
+    out = []
+    for name, chunks in page.items():
+        index = sessions[name]
+        out.append(
+            {
+                "session_id": name,
+                "chunk_count": len(index.seqs),
+                "duration_ms": round(index.duration_ms, 3),
+                "transcript": session_transcript(store, (c for _, c in index.after(None))),
+                "chunks": chunks,
+            }
+        )
+    return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}
+
+
+def session_transcript(store: Store, chunk_ids: Iterator[str]) -> dict[str, str]:
+    """The session's transcript so far: the text of its done chunks in seq order."""
+    statuses = set()
+    texts = []
+    for chunk_id in chunk_ids:
+        transcript = store.chunks[chunk_id].meta()["transcript"]
+        statuses.add(transcript["status"])
+        if transcript["status"] == "done" and transcript["text"]:
+            texts.append(transcript["text"])
+    if "pending" in statuses:
+        status = "pending"
+    elif statuses == {"disabled"}:
+        status = "disabled"
+    else:
+        status = "done"
+    return {"status": status, "text": " ".join(texts)}
