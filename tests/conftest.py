@@ -1,0 +1,94 @@
+"""Fixtures: a real service on port 0 with its own data dir, and a real HTTP client.
+
+Rules (as trio-websocket's tests have them): localhost only, port 0, ``fail_after`` on
+anything that could hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from trio_audio.config import Config
+from trio_audio.service import Running, serve
+
+
+@attrs.define
+class Server:
+    """A running service and the handle to stop it."""
+
+    running: Running
+    shutdown: trio.Event
+    done: trio.Event
+    config: Config
+
+    @property
+    def url(self) -> str:
+        return self.running.http_url
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        with trio.fail_after(30):
+            await self.done.wait()
+
+
+StartServer = Callable[..., Any]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def start_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[StartServer]:
+    """``await start_server(**config)`` runs a service in this test's nursery."""
+    servers: list[Server] = []
+
+    async def start(**overrides: Any) -> Server:
+        values: dict[str, Any] = {"port": 0, "data_dir": data_dir, "drain_timeout_s": 10.0}
+        values.update(overrides)
+        config = Config(**values)
+        shutdown, done = trio.Event(), trio.Event()
+
+        async def run(task_status: trio.TaskStatus[Running]) -> None:
+            try:
+                await serve(config, shutdown=shutdown, task_status=task_status)
+            finally:
+                done.set()
+
+        with trio.fail_after(30):
+            running = await nursery.start(run)
+        server = Server(running, shutdown, done, config)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if not server.done.is_set():
+            await server.stop()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Server:
+    server: Server = await start_server()
+    return server
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with server.client() as client:
+        yield client
+
+
+def upload_params(**extra: Any) -> dict[str, Any]:
+    return {"user_id": "alice", "session_id": "s1", **extra}
