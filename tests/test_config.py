@@ -1,0 +1,48 @@
+"""Config: defaults, TRIO_AUDIO_* variables, flags over variables, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trio_audio.__main__ import build_parser
+from trio_audio.config import Config
+
+
+def test_defaults_are_the_embedded_set_up() -> None:
+    config = Config.from_sources(env={})
+    assert config.data_dir == Path("data")
+    assert (config.host, config.port, config.fsync) == ("127.0.0.1", 8000, "always")
+
+
+def test_environment_then_flags() -> None:
+    env = {"TRIO_AUDIO_PORT": "9000", "TRIO_AUDIO_DATA_DIR": "/srv/a", "TRIO_AUDIO_FSYNC": "never",
+           "TRIO_AUDIO_STAGE_TIMEOUT_S": "2.5", "OTHER": "x"}  # fmt: skip
+    config = Config.from_sources(env=env, overrides={"port": 9100})
+    assert config.port == 9100
+    assert config.data_dir == Path("/srv/a")
+    assert config.fsync == "never"
+    assert config.stage_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TRIO_AUDIO_PORT": "eighty"}, "TRIO_AUDIO_PORT='eighty' is not a valid int"),
+        ({"TRIO_AUDIO_PORT": "70000"}, "port must be a port number"),
+        ({"TRIO_AUDIO_FSYNC": "sometimes"}, "fsync must be one of always, interval, never"),
+        ({"TRIO_AUDIO_INGRESS_QUEUE": "0"}, "ingress_queue must be positive"),
+    ],
+)
+def test_bad_values_name_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config.from_sources(env=env)
+
+
+def test_every_field_is_a_serve_flag() -> None:
+    argv = ["serve", "--data-dir", "d", "--ws-port", "0", "--fsync", "interval",
+            "--max-body-bytes", "10"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert args.data_dir == Path("d")
+    assert (args.ws_port, args.fsync, args.max_body_bytes) == (0, "interval", 10)
