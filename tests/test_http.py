@@ -183,6 +183,7 @@ async def test_session_listing_and_paging(client: httpx.AsyncClient) -> None:
     first = listing["sessions"][0]
     assert first["chunk_count"] == 3 and first["duration_ms"] == pytest.approx(600.0)
     assert [c["seq"] for c in first["chunks"]] == [0, 1, 2]
+    assert [c["offset_ms"] for c in first["chunks"]] == [0.0, 200.0, 400.0]  # session timeline
 
     seen: list[tuple[str, int]] = []
     cursor = None

@@ -103,6 +103,13 @@ class Config:
         default=1, validator=_positive, metadata={"help": "Retry-After sent with a 503"}
     )
 
+    # WebSocket.
+    ws_queue: int = attrs.field(
+        default=256,
+        validator=_positive,
+        metadata={"help": "messages queued for one WebSocket reader before it is cut off"},
+    )
+
     # Lifecycle.
     drain_timeout_s: float = attrs.field(
         default=15.0, validator=_positive, metadata={"help": "deadline for a graceful drain"}

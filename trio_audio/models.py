@@ -141,3 +141,4 @@ class Job:
     received_at: str = attrs.field(factory=utc_now)
     enqueued: float = 0.0
     reply: Reply = attrs.field(factory=Reply)
+    origin: object | None = None  # the connection that sent it (its watchers skip the echo)

@@ -28,6 +28,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from .config import Config
+from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store.store import Store
@@ -103,7 +104,8 @@ async def serve(
     metrics = Metrics()
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
-    store = Store(config)
+    hub = Hub(config.ws_queue)
+    store = Store(config, hub)
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)

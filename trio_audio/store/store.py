@@ -31,6 +31,7 @@ import trio
 
 from ..config import Config
 from ..errors import InsufficientStorage, InternalError, NotFound, SeqConflict, StoreError
+from ..hub import Hub
 from ..metrics import Metrics
 from ..models import Job, Part, new_chunk_id
 from .log import (
@@ -99,8 +100,9 @@ class Stored:
 class Store:
     """The index plus the log. Build it in ``main``, start ``run`` with ``nursery.start``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, hub: Hub | None = None) -> None:
         self.config = config
+        self.hub = hub if hub is not None else Hub(config.ws_queue)
         self.data_dir = Path(config.data_dir)
         self.chunks: dict[str, Entry] = {}
         self.users: dict[str, dict[str, SessionIndex]] = {}
@@ -303,6 +305,10 @@ class Store:
                 results.append(Stored(chunk_json(meta), created=True))
                 metrics.stored(len(part.body))
             job.reply.set(results)
+            for result in results:
+                if result.created:  # to the session's live watchers, not back to the sender
+                    message = {"type": "metadata", **result.chunk}
+                    self.hub.publish(job.user_id, job.session_id, message, origin=job.origin)
         metrics.observe_stage("store", trio.current_time() - started)
 
     def _plan(
@@ -313,6 +319,9 @@ class Store:
         taken = reserved.setdefault(key, {})
         session = self.users.get(job.user_id, {}).get(job.session_id)
         next_seq = max(session.next_seq if session else 0, max(taken, default=-1) + 1)
+        offset_ms = (session.duration_ms if session else 0.0) + sum(
+            m["audio"]["duration_ms"] for m in taken.values()
+        )
         planned: list[tuple[Part, dict[str, Any] | None]] = []
         claims: dict[int, dict[str, Any]] = {}
         for part in job.parts:
@@ -339,7 +348,8 @@ class Store:
                 part.existing = twin
                 planned.append((part, None))
                 continue
-            meta = claims[seq] = build_meta(job, part, seq)
+            meta = claims[seq] = build_meta(job, part, seq, offset_ms)
+            offset_ms += meta["audio"]["duration_ms"]
             planned.append((part, meta))
         new = [meta for _, meta in planned if meta is not None]
         if len(new) > 1:
@@ -372,7 +382,7 @@ def _close_log(log: LogWriter) -> None:
         log.close()
 
 
-def build_meta(job: Job, part: Part, seq: int) -> dict[str, Any]:
+def build_meta(job: Job, part: Part, seq: int, offset_ms: float) -> dict[str, Any]:
     """The durable record of one chunk: its chunk JSON plus what the store needs."""
     assert part.audio_info is not None and part.analysis is not None
     return {
@@ -382,6 +392,7 @@ def build_meta(job: Job, part: Part, seq: int) -> dict[str, Any]:
         "seq": seq,
         "received_at": job.received_at,
         "timestamp": part.timestamp,
+        "offset_ms": round(offset_ms, 3),
         "size_bytes": len(part.body),
         "checksum": part.checksum,
         "content_type": part.content_type,

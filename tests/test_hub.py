@@ -1,0 +1,36 @@
+"""The live-results hub: fan-out per session, no echo to the sender, slow readers cut off."""
+
+from __future__ import annotations
+
+from trio_audio.hub import Hub
+
+
+async def test_watchers_of_a_session_get_its_messages_but_not_their_own_echo() -> None:
+    hub = Hub(queue_size=4)
+    me = object()
+    with (
+        hub.subscribe("u", "s", origin=me) as mine,
+        hub.subscribe("u", "s") as other,
+        hub.subscribe("u", "elsewhere") as unrelated,
+    ):
+        hub.publish("u", "s", {"n": 1})
+        hub.publish("u", "s", {"n": 2}, origin=me)
+        assert other.receive.receive_nowait() == {"n": 1}
+        assert other.receive.receive_nowait() == {"n": 2}
+        assert mine.receive.receive_nowait() == {"n": 1}
+        assert hub.watchers("u", "s") == 2
+        assert unrelated.receive.statistics().current_buffer_used == 0
+    assert hub.watchers("u", "s") == 0 and hub.sessions_watched == 0
+
+
+async def test_a_watcher_that_falls_behind_is_cut_off_and_others_go_on() -> None:
+    hub = Hub(queue_size=2)
+    with hub.subscribe("u", "s") as slow, hub.subscribe("u", "s") as fast:
+        for n in range(3):
+            hub.publish("u", "s", {"n": n})
+            assert fast.receive.receive_nowait() == {"n": n}
+        assert slow.overflowed
+        assert [m async for m in slow.receive] == [{"n": 0}, {"n": 1}]  # then the end
+        hub.publish("u", "s", {"n": 3})
+        assert fast.receive.receive_nowait() == {"n": 3}
+    assert not fast.overflowed

@@ -1,0 +1,82 @@
+"""Live results per session: the store and the transcriber publish, WebSocket watchers read.
+
+Each watcher gets its own bounded channel. ``publish`` never waits: a watcher whose channel
+is full has fallen too far behind, so its channel is closed and it is marked ``overflowed``;
+the WebSocket handler then disconnects it with a clear code. A slow reader can therefore never
+make the server buffer without bound, nor slow down anyone else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+Message = dict[str, Any]
+
+
+class Subscription:
+    """One watcher of one session: ``async for message in sub.receive``."""
+
+    def __init__(self, queue_size: int, origin: object | None) -> None:
+        self._send, self.receive = trio.open_memory_channel[Message](queue_size)
+        self.origin = origin
+        self.overflowed = False
+
+    def offer(self, message: Message) -> None:
+        if self.overflowed:
+            return
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            self.overflowed = True
+            self._send.close()
+        except trio.BrokenResourceError:
+            pass  # the watcher has gone; unsubscribe follows
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class Hub:
+    """Subscriptions by ``(user_id, session_id)``."""
+
+    def __init__(self, queue_size: int) -> None:
+        self.queue_size = queue_size
+        self._subs: dict[tuple[str, str], set[Subscription]] = {}
+        self.published = 0
+
+    @contextmanager
+    def subscribe(
+        self, user_id: str, session_id: str, *, origin: object | None = None
+    ) -> Iterator[Subscription]:
+        """Watch a session; messages a job of *origin* caused are not echoed back to it."""
+        key = (user_id, session_id)
+        sub = Subscription(self.queue_size, origin)
+        self._subs.setdefault(key, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            sub.close()
+            subs = self._subs.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[key]
+
+    def publish(
+        self, user_id: str, session_id: str, message: Message, *, origin: object | None = None
+    ) -> None:
+        for sub in self._subs.get((user_id, session_id), ()):
+            if origin is None or sub.origin is not origin:
+                sub.offer(message)
+                self.published += 1
+
+    def watchers(self, user_id: str, session_id: str) -> int:
+        return len(self._subs.get((user_id, session_id), ()))
+
+    @property
+    def sessions_watched(self) -> int:
+        return len(self._subs)
