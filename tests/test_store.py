@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from trio_audio.config import Config
+from trio_audio.errors import NotFound
 from trio_audio.store.log import LogWriter, RecordType
 from trio_audio.store.store import Store
 
@@ -41,3 +43,30 @@ async def test_a_multipart_group_cut_short_by_a_crash_is_not_replayed(
     assert store.sessions("u")["s"].seqs == [0, 1, 2]
     assert "group" not in store.get("g0")
     assert await store.read_audio("g1") == (b"c", "audio/wav")
+
+
+async def test_updates_are_durable_grouped_and_replayed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    log = LogWriter(tmp_path, next_seq=1)
+    for n in range(3):
+        log.append(RecordType.CHUNK, meta(f"c{n}", n), b"x")
+    log.flush()
+    log.close()
+    config = Config(data_dir=tmp_path)
+    texts = {f"c{n}": {"status": "done", "text": f"word {n}", "words": []} for n in range(3)}
+    async with trio.open_nursery() as first:
+        store: Store = await first.start(Store(config).run)
+        async with trio.open_nursery() as updates:  # concurrent updates
+            for chunk_id, transcript in texts.items():
+                updates.start_soon(store.update, chunk_id, {"transcript": transcript})
+        assert store.get("c1")["transcript"]["text"] == "word 1"
+        assert store.get("c1")["checksum"] == "c1"  # other fields untouched
+        with pytest.raises(NotFound):
+            await store.update("nope", {"transcript": {}})
+        first.cancel_scope.cancel()  # the store closes its log and unlocks the data dir
+
+    # What a restart sees: the same records replayed by a second store on the same log.
+    again: Store = await nursery.start(Store(config).run)
+    assert {c: again.get(c)["transcript"] for c in texts} == texts
+    assert again.report is not None and again.report.records == 6

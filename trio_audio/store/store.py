@@ -33,7 +33,7 @@ from ..config import Config
 from ..errors import InsufficientStorage, InternalError, NotFound, SeqConflict, StoreError
 from ..hub import Hub
 from ..metrics import Metrics
-from ..models import Job, Part, new_chunk_id
+from ..models import Job, Part, Reply, new_chunk_id
 from .log import (
     BlobRef,
     LogWriter,
@@ -46,6 +46,8 @@ from .log import (
 )
 
 logger = logging.getLogger("trio_audio.store")
+
+Write = tuple[RecordType, dict[str, Any], bytes | None]  # one record for the log writer
 
 
 @attrs.define(eq=False)
@@ -112,6 +114,8 @@ class Store:
         self._disk = trio.CapacityLimiter(1)
         self._drained = trio.Event()
         self._dirty_since: float | None = None
+        self._mutations: list[tuple[RecordType, dict[str, Any], Reply]] = []
+        self._mutating = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -146,6 +150,9 @@ class Store:
         groups: dict[str, list[Record]] = {}
 
         def on_record(record: Record) -> None:
+            if record.type == RecordType.UPDATE:
+                self._apply_update(record.meta)
+                return
             if record.type != RecordType.CHUNK or record.blob is None:
                 return
             group = record.meta.get("group")
@@ -185,6 +192,61 @@ class Store:
         )
         self.audio_bytes += blob.length
         return entry
+
+    def _apply_update(self, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace the top-level fields in ``patch["set"]`` of the chunk it names."""
+        entry = self.chunks.get(patch["chunk_id"])
+        if entry is None:
+            return None  # deleted since
+        meta = entry.meta()
+        meta.update(patch["set"])
+        entry.packed = msgpack.packb(meta)
+        return meta
+
+    # -- updates -----------------------------------------------------------------------------
+
+    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Durably replace top-level fields of a stored chunk; its new chunk JSON.
+
+        Written as an UPDATE record and replayed on restart. Concurrent calls are committed
+        together (one write, one fsync). Raises ``NotFound`` for an unknown chunk and
+        ``InsufficientStorage`` when the log cannot be written.
+        """
+        if chunk_id not in self.chunks:
+            msg = f"no chunk {chunk_id!r}"
+            raise NotFound(msg)
+        patch = {"chunk_id": chunk_id, "set": fields}
+        await self._mutate(RecordType.UPDATE, patch)
+        meta = self._apply_update(patch)
+        if meta is None:
+            msg = f"chunk {chunk_id!r} was deleted"
+            raise NotFound(msg)
+        return chunk_json(meta)
+
+    async def _mutate(self, type_: RecordType, meta: dict[str, Any]) -> None:
+        """Append one metadata record, durably, committed in a group with concurrent ones."""
+        reply = Reply()
+        self._mutations.append((type_, meta, reply))
+        if not self._mutating:
+            self._mutating = True
+            try:
+                while self._mutations:
+                    batch, self._mutations = self._mutations, []
+                    try:
+                        records: list[Write] = [(t, m, None) for t, m, _ in batch]
+                        await trio.to_thread.run_sync(self._write, records, limiter=self._disk)
+                    except OSError as exc:
+                        error = InsufficientStorage(f"the store cannot write: {exc}")
+                        for _, _, waiting in batch:
+                            waiting.fail(error)
+                        if isinstance(exc, StoreError):
+                            raise
+                        continue
+                    for _, _, waiting in batch:
+                        waiting.set(None)
+            finally:
+                self._mutating = False
+        await reply.wait()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -271,7 +333,12 @@ class Store:
             except SeqConflict as exc:
                 metrics.failed(exc.code)
                 job.reply.fail(exc)
-        writes = [(meta, part.body) for _, parts in plans for part, meta in parts if meta]
+        writes: list[Write] = [
+            (RecordType.CHUNK, meta, part.body)
+            for _, parts in plans
+            for part, meta in parts
+            if meta
+        ]
         refs: list[BlobRef | None] = []
         if writes:
             try:
@@ -360,12 +427,13 @@ class Store:
         taken.update(claims)
         return planned
 
-    def _write(self, writes: list[tuple[dict[str, Any], bytes]]) -> list[BlobRef | None]:
+    def _write(self, writes: list[Write]) -> list[BlobRef | None]:
+        """Append, flush and (in ``always`` mode) fsync; runs in a thread under ``_disk``."""
         log = self._log
         if log is None:
             msg = "the store is closed"
             raise StoreError(msg)
-        refs = [log.append(RecordType.CHUNK, meta, audio)[1] for meta, audio in writes]
+        refs = [log.append(type_, meta, audio)[1] for type_, meta, audio in writes]
         log.flush()
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
