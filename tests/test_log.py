@@ -53,7 +53,10 @@ def write_records(
     next_seq: int = 1,
     segment_max_bytes: int = 1 << 20,
     batch: int = 1,
+    seal: bool = True,
 ) -> list[Written]:
+    """Write *items* in batches; *seal* ends as a clean close does (a checkpoint proving
+    every record durable), otherwise the last records are fsync'd but not yet proven."""
     writer = LogWriter(data_dir, next_seq=next_seq, segment_max_bytes=segment_max_bytes)
     written: list[Written] = []
     try:
@@ -62,8 +65,11 @@ def write_records(
             written.append((seq, rtype, meta, audio, ref))
             if (i + 1) % batch == 0:
                 writer.flush()
-        writer.flush()
-        writer.sync()
+        if seal:
+            writer.checkpoint()
+        else:
+            writer.flush()
+            writer.sync()
     finally:
         writer.close()
     return written
@@ -100,6 +106,15 @@ def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
         byte = f.read(1)[0]
         f.seek(offset)
         f.write(bytes([byte ^ (1 << bit)]))
+
+
+def frame_ends(data: bytes) -> list[int]:
+    """Where every frame of a segment's bytes ends, checkpoints included."""
+    ends, pos = [], SEGMENT_HEADER_SIZE
+    while pos + FRAME_HEADER_SIZE <= len(data):
+        pos += FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(data, pos)[0]
+        ends.append(pos)
+    return ends
 
 
 def salt_of(path: Path) -> int:
@@ -218,11 +233,13 @@ def test_torn_tail_at_every_offset(tmp_path: Path) -> None:
     _, records = replay_all(source)
     last = source / "log" / names[-1]
     original = last.read_bytes()
-    frame_ends = [
+    record_ends = [
         r.offset + FRAME_HEADER_SIZE + FRAME_HEADER.unpack_from(original, r.offset)[0]
         for r in records
         if r.segment == names[-1]
     ]
+    all_ends = frame_ends(original)  # with the closing checkpoint
+    assert len(all_ends) == len(record_ends) + 1
     older = [r for r in records if r.segment != names[-1]]
 
     for cut in range(len(original) + 1):
@@ -234,7 +251,7 @@ def test_torn_tail_at_every_offset(tmp_path: Path) -> None:
 
         report, got = replay_all(data_dir)
 
-        kept_in_last = [end for end in frame_ends if end <= cut]
+        kept_in_last = [end for end in record_ends if end <= cut]
         assert len(got) == len(older) + len(kept_in_last), cut
         assert_matches(data_dir, written[: len(got)], got)
         path = data_dir / "log" / names[-1]
@@ -242,7 +259,7 @@ def test_torn_tail_at_every_offset(tmp_path: Path) -> None:
             assert not path.exists()
             good_end = 0
         else:
-            good_end = kept_in_last[-1] if kept_in_last else SEGMENT_HEADER_SIZE
+            good_end = max([SEGMENT_HEADER_SIZE, *(end for end in all_ends if end <= cut)])
             assert path.stat().st_size == good_end
         assert report.torn_bytes == cut - good_end
         if cut > good_end:
@@ -390,7 +407,8 @@ def test_missing_segment_is_corrupt(tmp_path: Path) -> None:
 
 
 def test_flipped_bit_in_newest_segment_last_record_is_torn(tmp_path: Path) -> None:
-    written = write_records(tmp_path, chunks(20, size=300), segment_max_bytes=2000)
+    # As a crash leaves it: the last batch fsync'd, no checkpoint after it yet.
+    written = write_records(tmp_path, chunks(20, size=300), segment_max_bytes=2000, seal=False)
     _, records = replay_all(tmp_path)
     last = records[-1]
     path = tmp_path / "log" / last.segment
@@ -403,14 +421,14 @@ def test_flipped_bit_in_newest_segment_last_record_is_torn(tmp_path: Path) -> No
 
 
 def test_flipped_bit_mid_newest_segment_is_corruption_not_a_torn_tail(tmp_path: Path) -> None:
-    # A crash only damages the end of the log: a bad record with a good one after it was
-    # damaged in place, so replay refuses (naming file and offset) and changes nothing.
+    # A later checkpoint says the record had been fsync'd: a crash cannot have damaged it,
+    # so replay refuses (naming file and offset) and changes nothing.
     write_records(tmp_path, chunks(10, size=300))
     _, records = replay_all(tmp_path)
     path = seg_path(tmp_path, 0)
     flip_bit(path, records[4].offset + 12)
     damaged = path.read_bytes()
-    with pytest.raises(CorruptLog, match="crc mismatch, and a valid record follows") as info:
+    with pytest.raises(CorruptLog, match="crc mismatch in a record that was fsync'd") as info:
         replay_all(tmp_path)
     assert info.value.offset == records[4].offset
     assert info.value.path == str(path)
@@ -453,7 +471,7 @@ def test_crc_valid_frame_with_bad_payload_is_corrupt(tmp_path: Path) -> None:
 def test_embedded_frame_in_audio_never_replays(tmp_path: Path) -> None:
     # Record 1's audio is a perfectly framed record 2 (real framing code, other salt).
     inner = b"".join(build_frame(0x1234ABCD, RecordType.CHUNK, 2, {"evil": True}, b"E" * 50))
-    written = write_records(tmp_path, [(RecordType.CHUNK, {"a": 0}, inner)])
+    written = write_records(tmp_path, [(RecordType.CHUNK, {"a": 0}, inner)], seal=False)
     path = seg_path(tmp_path, 0)
     original = path.read_bytes()
     ref = written[0][4]
@@ -632,7 +650,7 @@ def test_unrecoverable_write_failure_makes_writer_unusable(tmp_path: Path) -> No
 
 
 def test_read_blob_short_read(tmp_path: Path) -> None:
-    written = write_records(tmp_path, chunks(2, size=10))
+    written = write_records(tmp_path, chunks(2, size=10), seal=False)
     ref = written[-1][4]
     assert ref is not None
     with pytest.raises(StoreError, match="short read"):

@@ -1,0 +1,45 @@
+"""The service as a child process: ``trio-audio serve`` on port 0, ready once it logs its URL."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SERVING = re.compile(r"serving HTTP on (http://\S+),")
+
+
+class Process:
+    """``trio-audio serve`` as a child process on port 0."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
+             "--data-dir", str(data_dir), *args],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.log: list[str] = []
+        self.url = ""
+
+    def wait_ready(self, timeout: float = 30) -> str:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            match = SERVING.search(line)
+            if match:
+                self.url = match.group(1)
+                return self.url
+        self.proc.kill()
+        raise AssertionError("server did not start:\n" + "".join(self.log))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, rest = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.log) + rest
