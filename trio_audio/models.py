@@ -35,8 +35,8 @@ def check_id(name: str, value: str | None, *, required: bool = True) -> str | No
             msg = f"{name} is required"
             raise MissingField(msg)
         return None
-    if not ID_PATTERN.fullmatch(value):
-        msg = f"{name} must match ^[A-Za-z0-9._-]{{1,64}}$, got {value[:80]!r}"
+    if not ID_PATTERN.fullmatch(value) or value in (".", ".."):
+        msg = f"{name} must match ^[A-Za-z0-9._-]{{1,64}}$ (and not be . or ..), got {value[:80]!r}"
         raise InvalidField(msg)
     return value
 
@@ -127,6 +127,7 @@ class Part:
     spectrum: PowerSpectrum | None = None
     analysis: dict[str, Any] | None = None
     audio_info: dict[str, Any] | None = None
+    speech_pcm: bytes | None = None  # 16 kHz 16-bit mono, handed to the transcriber
     existing: dict[str, Any] | None = None  # an idempotent retry: the stored chunk
     timings: dict[str, float] = attrs.field(factory=dict)
 

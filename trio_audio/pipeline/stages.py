@@ -8,6 +8,7 @@ Each job runs under the stage's own timeout. A job that fails is answered there 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -17,7 +18,7 @@ from typing import Final
 import attrs
 import trio
 
-from ..audio import features
+from ..audio import features, vad
 from ..audio.decode import decode
 from ..errors import InternalError, Overloaded, ServiceError
 from ..metrics import Metrics
@@ -135,8 +136,15 @@ class Stages:
         await self._each_part(job, "transform", _transform)
 
     async def metadata(self, job: Job) -> None:
-        """Loudness, spectral and silence features and the 16-band spectrum."""
-        await self._each_part(job, "metadata", _metadata)
+        """Loudness, spectral, silence and voice-activity features and the 16-band spectrum."""
+        config = self.store.config
+        work = functools.partial(
+            _metadata,
+            vad_mode=config.vad_mode,
+            vad_gap_ms=config.vad_gap_ms,
+            keep_pcm=config.asr_engine != "none",
+        )
+        await self._each_part(job, "metadata", work)
 
 
 def _checksum_all(parts: list[Part]) -> None:
@@ -150,10 +158,14 @@ def _transform(part: Part) -> None:
     part.spectrum = features.power_spectrum(part.mono, part.decoded.sample_rate)
 
 
-def _metadata(part: Part) -> None:
+def _metadata(part: Part, *, vad_mode: int, vad_gap_ms: float, keep_pcm: bool) -> None:
     assert part.decoded is not None and part.mono is not None and part.spectrum is not None
     analysis = features.analyze_spectrum(part.decoded.samples, part.mono, part.spectrum)
     part.analysis = analysis.to_dict()
+    # Voice activity on 16 kHz PCM, which is also what the transcriber decodes.
+    pcm = vad.to_pcm16(vad.resample(part.mono, part.decoded.sample_rate))
+    part.analysis["features"].update(vad.analyze(pcm, vad_mode, vad_gap_ms).to_dict())
+    part.speech_pcm = pcm.tobytes() if keep_pcm else None
     # Past this point only the numbers are needed: let the samples go before the store.
     decoded = part.decoded
     part.audio_info = {

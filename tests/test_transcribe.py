@@ -1,0 +1,211 @@
+"""Transcription end to end: real servers, real worker processes, espeak-ng speech.
+
+Exact sentences come back through a JSGF grammar; the default language model is only held
+to words with sane timings for speech and nothing for silence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import trio
+from trio_websocket import open_websocket_url
+
+from trio_audio.config import Config
+from trio_audio.hub import Message
+from trio_audio.metrics import Metrics
+from trio_audio.models import Job, Part
+from trio_audio.pipeline.pipeline import run_pipeline
+from trio_audio.store.store import Store
+
+from .conftest import Server, StartServer
+from .speech import OTHER_SENTENCE, RATE, SENTENCE, grammar_file, pieces, speak, to_wav
+
+TIMEOUT_S = 20
+
+
+async def grammar_server(start_server: StartServer, tmp_path: Path, **config: Any) -> Server:
+    server: Server = await start_server(
+        asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)), **config
+    )
+    return server
+
+
+async def upload(client: httpx.AsyncClient, session: str, samples: np.ndarray) -> dict[str, Any]:
+    response = await client.post(
+        "/upload", params={"user_id": "alice", "session_id": session},
+        content=to_wav(samples), headers={"Content-Type": "audio/wav"},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    chunk: dict[str, Any] = response.json()
+    return chunk
+
+
+async def transcribed(client: httpx.AsyncClient, session: str) -> dict[str, Any]:
+    """The session's listing once no chunk of it is pending."""
+    with trio.fail_after(TIMEOUT_S):
+        while True:
+            listing = (await client.get(f"/sessions/alice?session_id={session}")).json()
+            found: dict[str, Any] = listing["sessions"][0]
+            if all(c["transcript"]["status"] != "pending" for c in found["chunks"]):
+                return found
+            await trio.sleep(0.05)
+
+
+def drain(sub_receive: trio.MemoryReceiveChannel[Message]) -> list[Message]:
+    out = []
+    while True:
+        try:
+            out.append(sub_receive.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+def check_chunk_words(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every word lies in the chunk it starts in, on the session timeline, in order."""
+    words = []
+    for chunk in chunks:
+        start, end = chunk["offset_ms"], chunk["offset_ms"] + chunk["audio"]["duration_ms"]
+        for word in chunk["transcript"]["words"]:
+            assert start <= word["start_ms"] < end, (word, start, end)
+            assert word["start_ms"] < word["end_ms"]
+            assert 0 <= word["confidence"] <= 1
+        assert chunk["transcript"]["text"] == " ".join(
+            w["word"] for w in chunk["transcript"]["words"]
+        )
+        words += chunk["transcript"]["words"]
+    assert [w["start_ms"] for w in words] == sorted(w["start_ms"] for w in words)
+    return words
+
+
+async def test_chunks_get_words_of_their_span_and_watchers_partials_then_finals(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await grammar_server(start_server, tmp_path)
+    audio = np.concatenate([speak(SENTENCE, lead_s=0.5), speak(OTHER_SENTENCE)])
+    with server.running.store.hub.subscribe("alice", "talk") as sub:
+        async with server.client() as client:
+            for piece in pieces(audio, 0.5):  # words cross the chunk boundaries
+                chunk = await upload(client, "talk", piece)
+                assert chunk["transcript"]["status"] == "pending"
+                assert 0 <= chunk["features"]["speech_ratio"] <= 1
+            session = await transcribed(client, "talk")
+        messages = drain(sub.receive)
+    assert session["transcript"] == {"status": "done", "text": f"{SENTENCE} {OTHER_SENTENCE}"}
+    words = check_chunk_words(session["chunks"])
+    assert [w["word"] for w in words] == f"{SENTENCE} {OTHER_SENTENCE}".split()
+    assert sum(bool(c["features"]["speech_segments"]) for c in session["chunks"]) >= 4
+
+    transcripts = [m for m in messages if m["type"] == "transcript"]
+    finals = [m for m in transcripts if m["is_final"]]
+    assert [m["text"] for m in finals] == [SENTENCE, OTHER_SENTENCE]
+    first_final = transcripts.index(finals[0])
+    assert any(not m["is_final"] for m in transcripts[:first_final])  # partials came first
+    assert [w["word"] for m in finals for w in m["words"]] == [w["word"] for w in words]
+    events = [(m["event"], m["at_ms"]) for m in messages if m["type"] == "vad"]
+    assert [e for e, _ in events] == ["speech_started", "speech_stopped"] * 2
+    assert [t for _, t in events] == sorted(t for _, t in events)
+    assert events[0][1] <= words[0]["start_ms"] + 300 and events[1][1] >= words[4]["end_ms"] - 300
+
+
+async def test_default_model_words_for_speech_and_nothing_for_silence(
+    start_server: StartServer,
+) -> None:
+    server: Server = await start_server(asr_engine="pocketsphinx")
+    async with server.client() as client:
+        await upload(client, "quiet", np.zeros(2 * RATE, np.float32))
+        speech = speak("the weather is nice today and the sun is shining")
+        chunk = await upload(client, "talk", speech)
+        quiet = await transcribed(client, "quiet")
+        talk = await transcribed(client, "talk")
+        metrics = (await client.get("/metrics")).text
+    assert quiet["chunks"][0]["transcript"] == {"status": "done", "text": "", "words": []}
+    assert quiet["chunks"][0]["features"]["speech_ratio"] == 0.0
+    words = check_chunk_words(talk["chunks"])
+    assert len(words) >= 3
+    assert words[-1]["end_ms"] <= chunk["audio"]["duration_ms"]
+    assert 'trio_audio_transcripts{status="done"} 2' in metrics
+    assert 'trio_audio_transcribe_backlog{worker="0"} 0' in metrics
+
+
+async def test_finalize_ends_an_open_utterance(start_server: StartServer, tmp_path: Path) -> None:
+    server = await grammar_server(start_server, tmp_path)
+    transcriber = server.running.transcriber
+    assert transcriber is not None
+    async with server.client() as client:
+        chunk = await upload(client, "open", speak(SENTENCE, tail_s=0.0))
+        with trio.fail_after(TIMEOUT_S):
+            await transcriber.finalize("alice", "open")
+        stored = (await client.get(f"/chunks/{chunk['chunk_id']}")).json()
+    assert stored["transcript"]["status"] == "done"
+    assert stored["transcript"]["text"] == SENTENCE
+
+
+async def test_a_full_backlog_defers_chunks_and_catches_up_in_order(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await grammar_server(start_server, tmp_path, asr_backlog=1)
+    transcriber = server.running.transcriber
+    assert transcriber is not None
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE)])
+    async with server.client() as client:
+        for piece in pieces(audio, 0.25):
+            await upload(client, "busy", piece)  # uploads never wait for transcription
+        assert transcriber.counts["deferred"] > 0  # the first chunk waits for the worker
+        session = await transcribed(client, "busy")
+    assert session["transcript"]["text"] == f"{SENTENCE} {OTHER_SENTENCE}"
+    assert not transcriber.deferred and transcriber.held_bytes == 0
+
+
+async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
+    start_server: StartServer, tmp_path: Path, data_dir: Path
+) -> None:
+    # A store and pipeline with no transcriber: what a crash right after the commits leaves.
+    config = Config(data_dir=data_dir, asr_engine="pocketsphinx")
+    store = Store(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        ingress = await nursery.start(run_pipeline, config, store, Metrics(),
+                                      trio.CapacityLimiter(2))  # fmt: skip
+        async with ingress:
+            for piece in pieces(speak(SENTENCE), 1.0):
+                job = Job("alice", "crashed", [Part(to_wav(piece), "audio/wav")])
+                await ingress.submit(job)
+                await job.reply.wait()
+    assert {e.meta()["transcript"]["status"] for e in store.chunks.values()} == {"pending"}
+
+    server = await grammar_server(start_server, tmp_path)
+    async with server.client() as client:
+        session = await transcribed(client, "crashed")
+    assert session["transcript"]["text"] == SENTENCE
+    check_chunk_words(session["chunks"])
+
+
+async def test_websocket_clients_get_partials_before_the_final(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await grammar_server(start_server, tmp_path)
+    fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
+    received: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT_S):
+        async with open_websocket_url(server.running.ws_url) as ws:
+            await ws.send_message(json.dumps(
+                {"type": "start", "user_id": "alice", "session_id": "ws", "format": fmt}
+            ))  # fmt: skip
+            for piece in pieces(speak(SENTENCE, tail_s=0.0), 0.2):
+                await ws.send_message((piece * 32767).astype("<i2").tobytes())
+            await ws.send_message(json.dumps({"type": "finalize"}))
+            while not any(m.get("is_final") for m in received):
+                message = json.loads(await ws.get_message())
+                if message["type"] == "transcript":
+                    received.append(message)
+            await ws.send_message(json.dumps({"type": "end"}))
+    final = received[-1]
+    assert final["text"] == SENTENCE and [w["word"] for w in final["words"]] == SENTENCE.split()
+    partials = received[:-1]
+    assert partials and not any(m["is_final"] for m in partials)
+    assert all(m["seq"] >= 0 for m in received)

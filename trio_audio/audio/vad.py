@@ -1,0 +1,198 @@
+"""Voice activity: WebRTC's VAD (``webrtcvad-wheels``) on 30 ms frames, and speech segments.
+
+Plain numpy and webrtcvad, no trio: the pipeline calls ``analyze`` in a worker thread, the
+transcription workers run a ``Segmenter`` per live session, and the transcriber joins the
+per-chunk segments into session-wide ``speech_started``/``speech_stopped`` events.
+
+Definitions (one set for all three uses, so a chunk's segments, the live events and the
+utterance ends of the transcriber agree):
+
+- audio is resampled to 16 kHz mono 16-bit (``VAD_RATE``) and cut into 30 ms frames; WebRTC's
+  VAD says speech or not for each full frame (``mode`` 0-3: higher is more aggressive at
+  calling audio non-speech);
+- a segment starts at a speech frame and is confirmed once it holds ``MIN_SPEECH_FRAMES``
+  speech frames; it ends at its last speech frame once ``gap_ms`` of non-speech follow (or at
+  the end of the audio). Shorter pauses stay inside the segment;
+- ``speech_ratio`` is the share of frames WebRTC calls speech.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, Literal
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+VAD_RATE: Final = 16000
+FRAME_MS: Final = 30
+FRAME_SAMPLES: Final = VAD_RATE * FRAME_MS // 1000  # 480
+MIN_SPEECH_FRAMES: Final = 3  # 90 ms of speech frames confirm a segment
+LOWPASS_ZERO_CROSSINGS: Final = 8  # half-length of the resampling filter, in input periods
+
+Float32Array = npt.NDArray[np.float32]
+Int16Array = npt.NDArray[np.int16]
+Event = tuple[Literal["start", "stop"], int]  # (what, frame index on the segmenter's clock)
+
+
+def resample(mono: npt.NDArray[np.floating], rate: int, target: int = VAD_RATE) -> Float32Array:
+    """*mono* at *rate* resampled to *target*: a windowed-sinc low-pass, then interpolation.
+
+    Good enough for speech analysis (the pass band ends at 0.45 x the lower rate); not meant
+    for high-fidelity audio.
+    """
+    samples = np.asarray(mono, dtype=np.float32)
+    if rate == target or samples.size == 0:
+        return samples
+    if target < rate:
+        cutoff = 0.45 * target / rate  # cycles per input sample
+        half = math.ceil(LOWPASS_ZERO_CROSSINGS / (2 * cutoff))
+        n = np.arange(-half, half + 1, dtype=np.float64)
+        taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(n.size)
+        taps /= taps.sum()
+        samples = np.convolve(samples, taps.astype(np.float32), mode="same")
+    frames = round(samples.size * target / rate)
+    positions = np.arange(frames, dtype=np.float64) * (rate / target)
+    out = np.interp(positions, np.arange(samples.size), samples)
+    return out.astype(np.float32)
+
+
+def to_pcm16(samples: npt.NDArray[np.floating]) -> Int16Array:
+    """Float samples in [-1, 1] as 16-bit integers (clipped)."""
+    scaled = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767)
+    out: Int16Array = np.rint(scaled).astype(np.int16)
+    return out
+
+
+def speech_flags(pcm: Int16Array, vad: webrtcvad.Vad) -> npt.NDArray[np.bool_]:
+    """WebRTC's verdict for each full 30 ms frame of 16 kHz *pcm* (a partial tail is left)."""
+    count = pcm.size // FRAME_SAMPLES
+    data = pcm[: count * FRAME_SAMPLES].astype("<i2").tobytes()
+    step = FRAME_SAMPLES * 2
+    return np.fromiter(
+        (vad.is_speech(data[i * step : (i + 1) * step], VAD_RATE) for i in range(count)),
+        dtype=np.bool_,
+        count=count,
+    )
+
+
+class Segmenter:
+    """Speech segments from a stream of per-frame flags (the definitions in the module doc).
+
+    ``push`` returns ``("start", frame)`` once a segment is confirmed (the frame where it
+    began) and ``("stop", frame)`` once it has ended (the frame after its last speech frame).
+    """
+
+    def __init__(self, gap_ms: float, min_frames: int = MIN_SPEECH_FRAMES) -> None:
+        self.gap_frames = max(1, math.ceil(gap_ms / FRAME_MS))
+        self.min_frames = min_frames
+        self.frame = 0  # frames seen
+        self.start: int | None = None  # first frame of the current (candidate) segment
+        self.last_speech = -1
+        self.speech_frames = 0
+        self.confirmed = False
+
+    @property
+    def in_speech(self) -> bool:
+        return self.confirmed
+
+    def push(self, speech: bool) -> list[Event]:
+        events: list[Event] = []
+        index = self.frame
+        self.frame += 1
+        if speech:
+            if self.start is None:
+                self.start, self.speech_frames = index, 0
+            self.speech_frames += 1
+            self.last_speech = index
+            if not self.confirmed and self.speech_frames >= self.min_frames:
+                self.confirmed = True
+                events.append(("start", self.start))
+        elif self.start is not None and index - self.last_speech >= self.gap_frames:
+            if self.confirmed:
+                events.append(("stop", self.last_speech + 1))
+            self.start, self.confirmed = None, False
+        return events
+
+    def flush(self) -> list[Event]:
+        """End an open segment at the end of the audio."""
+        events: list[Event] = []
+        if self.confirmed:
+            events.append(("stop", self.last_speech + 1))
+        self.start, self.confirmed = None, False
+        return events
+
+
+@attrs.frozen
+class VoiceActivity:
+    """The speech in one chunk: the share of speech frames and the segments, in ms."""
+
+    speech_ratio: float
+    segments: list[tuple[float, float]]  # [start_ms, end_ms) from the chunk's start
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "speech_ratio": round(self.speech_ratio, 4),
+            "speech_segments": [
+                {"start_ms": round(s, 1), "end_ms": round(e, 1)} for s, e in self.segments
+            ],
+        }
+
+
+def analyze(pcm: Int16Array, mode: int, gap_ms: float) -> VoiceActivity:
+    """Voice activity of one chunk of 16 kHz *pcm*, with WebRTC's aggressiveness *mode*."""
+    flags = speech_flags(pcm, webrtcvad.Vad(mode))
+    segmenter = Segmenter(gap_ms)
+    segments: list[tuple[float, float]] = []
+    begin = 0
+    for flag in flags:
+        for kind, frame in segmenter.push(bool(flag)):
+            if kind == "start":
+                begin = frame
+            else:
+                segments.append((begin * FRAME_MS, frame * FRAME_MS))
+    for _, frame in segmenter.flush():
+        segments.append((begin * FRAME_MS, frame * FRAME_MS))
+    ratio = float(flags.mean()) if flags.size else 0.0
+    return VoiceActivity(ratio, segments)
+
+
+class SessionActivity:
+    """Joins chunks' speech segments into session-wide ``speech_started/stopped`` events.
+
+    A segment that begins within ``gap_ms`` of the previous one's end (for instance across a
+    chunk boundary) continues it. Times are on the session's timeline, in ms.
+    """
+
+    def __init__(self, gap_ms: float) -> None:
+        self.gap_ms = gap_ms
+        self.speaking = False
+        self.last_end = 0.0
+
+    def chunk(
+        self, offset_ms: float, duration_ms: float, segments: list[dict[str, float]]
+    ) -> list[tuple[str, float]]:
+        events: list[tuple[str, float]] = []
+        for segment in segments:
+            start = offset_ms + segment["start_ms"]
+            end = offset_ms + segment["end_ms"]
+            if self.speaking and start - self.last_end > self.gap_ms:
+                events.append(("speech_stopped", self.last_end))
+                self.speaking = False
+            if not self.speaking:
+                events.append(("speech_started", start))
+                self.speaking = True
+            self.last_end = end
+        if self.speaking and offset_ms + duration_ms - self.last_end >= self.gap_ms:
+            events.append(("speech_stopped", self.last_end))
+            self.speaking = False
+        return events
+
+    def end(self) -> list[tuple[str, float]]:
+        """The session ended (or was finalized): close an open segment."""
+        if not self.speaking:
+            return []
+        self.speaking = False
+        return [("speech_stopped", self.last_end)]
