@@ -6,14 +6,22 @@ Errors a client causes or is told about (rendered as RFC 9457 problem+json on HT
     ServiceError                     code                    HTTP  WS close
     ├── BadRequest (ValueError)      -                       400   4400
     │   ├── MissingField             missing_field           400   4400
-    │   └── InvalidField             invalid_field           400   4400
+    │   ├── InvalidField             invalid_field           400   4400
+    │   └── BadMessage               bad_message             400   4400  (WebSocket only)
+    ├── Unauthorized                 unauthorized            401   4401  (WWW-Authenticate)
+    ├── Forbidden                    forbidden               403   4403
+    ├── IdleTimeout                  idle_timeout            408   4408  (WebSocket only)
+    ├── RequestTimeout               request_timeout         408   4408  (a body sent too slowly)
     ├── NotFound (LookupError)       not_found               404   4400
     ├── MethodNotAllowed             method_not_allowed      405   4400
     ├── SeqConflict                  seq_conflict            409   4400
     ├── PayloadTooLarge              payload_too_large       413   4413
     ├── UnsupportedMediaType         unsupported_media_type  415   4415
     ├── InvalidAudio (ValueError)    invalid_audio           422   4415
-    ├── Overloaded                   overloaded              503   4429  (retryable)
+    ├── RetryLater                   (retryable, with Retry-After)
+    │   ├── RateLimited              rate_limited            429   4429
+    │   └── Overloaded               overloaded              503   4429
+    │       └── SlowReader           slow_reader             503   4429
     ├── InsufficientStorage (OSError) insufficient_storage   507   1011  (retryable)
     └── InternalError                internal                500   1011
 
@@ -57,6 +65,16 @@ class ServiceError(Exception):
         return body
 
 
+class RetryLater(ServiceError):
+    """An error the client should retry, after ``retry_after`` seconds (``Retry-After``)."""
+
+    retryable = True
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class BadRequest(ServiceError, ValueError):
     code = "invalid_field"
     status = 400
@@ -72,6 +90,46 @@ class MissingField(BadRequest):
 class InvalidField(BadRequest):
     code = "invalid_field"
     title = "A field has an invalid value"
+
+
+class BadMessage(BadRequest):
+    code = "bad_message"
+    title = "A WebSocket message could not be understood"
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+    status = 401
+    close_code = 4401
+    title = "A valid bearer token is required"
+
+
+class Forbidden(ServiceError):
+    code = "forbidden"
+    status = 403
+    close_code = 4403
+    title = "This token may not act for that user"
+
+
+class RequestTimeout(ServiceError):
+    code = "request_timeout"
+    status = 408
+    close_code = 4408
+    title = "The request was sent too slowly"
+
+
+class RateLimited(RetryLater):
+    code = "rate_limited"
+    status = 429
+    close_code = 4429
+    title = "Too many uploads from this user"
+
+
+class IdleTimeout(ServiceError):
+    code = "idle_timeout"
+    status = 408
+    close_code = 4408
+    title = "The connection was idle too long"
 
 
 class NotFound(ServiceError, LookupError):
@@ -116,16 +174,16 @@ class InvalidAudio(ServiceError, ValueError):
     title = "The audio could not be decoded"
 
 
-class Overloaded(ServiceError):
+class Overloaded(RetryLater):
     code = "overloaded"
     status = 503
     close_code = 4429
     title = "The service is overloaded"
-    retryable = True
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+
+class SlowReader(Overloaded):
+    code = "slow_reader"
+    title = "The client reads results too slowly"
 
 
 class InsufficientStorage(ServiceError, OSError):

@@ -31,6 +31,9 @@ class Ingress:
     def clone(self) -> Ingress:
         return Ingress(self._send.clone(), self._metrics, self.retry_after_s)
 
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        return self._send.statistics()
+
     @property
     def full(self) -> bool:
         stats = self._send.statistics()

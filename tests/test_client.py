@@ -1,0 +1,87 @@
+"""``trio-audio stream`` as a user runs it: a subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import trio
+
+from .audio_samples import encode, sine
+from .conftest import Server, StartServer
+
+
+def stream_command(path: Path, url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "trio_audio", "stream", str(path), "--url", url,
+            "--user-id", "carol", "--session-id", "take1", "--json", *extra]  # fmt: skip
+
+
+def pcm_of(path: Path) -> bytes:
+    """The 16-bit PCM the client reads from *path* (what must arrive, whole)."""
+    data, _ = sf.read(path, dtype="int16")
+    return np.ascontiguousarray(data, "<i2").tobytes()
+
+
+def messages(output: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.decode().splitlines() if line.strip()]
+
+
+async def stored_pcm(server: Server) -> tuple[list[int], bytes]:
+    async with server.client() as client:
+        session = (await client.get("/sessions/carol")).json()["sessions"][0]
+        audio = b""
+        for chunk in session["chunks"]:
+            audio += (await client.get(f"/chunks/{chunk['chunk_id']}/audio")).content
+    return [c["seq"] for c in session["chunks"]], audio
+
+
+async def test_streams_a_file_and_prints_results(server: Server, tmp_path: Path) -> None:
+    samples = sine(440.0, seconds=1.0, rate=16000)
+    path = tmp_path / "tone.flac"
+    path.write_bytes(encode(samples, 16000, "FLAC", "PCM_16"))
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            stream_command(path, server.running.ws_url), capture_stdout=True
+        )
+    out = messages(done.stdout)
+    assert [m["seq"] for m in out if m["type"] == "ack"] == list(range(10))
+    assert sum(m["type"] == "metadata" for m in out) == 10
+    assert out[-1]["type"] == "session_end" and out[-1]["summary"]["chunk_count"] == 10
+    seqs, audio = await stored_pcm(server)
+    assert seqs == list(range(10))
+    assert audio == pcm_of(path)  # the file's samples, whole and in order
+
+
+async def test_resumes_by_itself_across_a_server_restart(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    first: Server = await start_server()
+    ws_port = int(first.running.ws_url.rsplit(":", 1)[1].split("/")[0])
+    samples = sine(300.0, seconds=3.0, rate=16000)
+    path = tmp_path / "speech.wav"
+    path.write_bytes(encode(samples, 16000, "WAV", "PCM_16"))
+    command = stream_command(path, first.running.ws_url, "--realtime")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+            client = await nursery.start(run)
+            await trio.sleep(1.0)  # a third of the way through, in real time
+            await first.stop()  # closes the stream with 1001
+            second: Server = await start_server(ws_port=ws_port)
+            output = b""
+            assert client.stdout is not None
+            async for data in client.stdout:
+                output += data
+    assert client.returncode == 0
+    out = messages(output)
+    assert any(m["type"] == "reconnecting" for m in out)
+    assert out[-1]["type"] == "session_end"
+    seqs, audio = await stored_pcm(second)
+    assert seqs == list(range(30))  # every chunk once, in order
+    assert audio == pcm_of(path)

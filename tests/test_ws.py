@@ -1,0 +1,385 @@
+"""The WebSocket session protocol, end to end, on both transports.
+
+Every test runs twice: against the trio-websocket listener (``--ws-port``) and against ``/ws``
+on the HTTP port, which share one session implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
+
+from .audio_samples import pcm_s16le, wav
+from .conftest import Server, StartServer, upload_params
+
+LIVE = ("flow", "keepalive", "vad", "transcript")  # may come at any time
+FORMAT = {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}
+FRAME = pcm_s16le(440.0, seconds=0.1, rate=16000)  # 100 ms of 16 kHz audio
+
+
+def frame(n: int) -> bytes:
+    """A distinct 100 ms frame per n (so checksums differ)."""
+    return pcm_s16le(300.0 + 10 * n, seconds=0.1, rate=16000)
+
+
+@pytest.fixture(params=["listener", "http-port"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def ws_url(server: Server, transport: str) -> str:
+    if transport == "listener":
+        return server.running.ws_url
+    return server.url.replace("http://", "ws://") + "/ws"
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[WebSocketConnection]:
+    with trio.fail_after(30):
+        async with open_websocket_url(url, max_message_size=4 * 2**20) as ws:
+            yield ws
+
+
+async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(15):
+        message: dict[str, Any] = json.loads(await ws.get_message())
+    return message
+
+
+async def receive_type(
+    ws: WebSocketConnection, kind: str, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The next message of *kind*, skipping only *skip* and the live engine results."""
+    while True:
+        message = await receive(ws)
+        if message["type"] == kind:
+            return message
+        assert message["type"] in (*skip, *LIVE), message
+
+
+async def until_closed(ws: WebSocketConnection) -> tuple[list[dict[str, Any]], int | None]:
+    """Every message up to the close, and the close code."""
+    out: list[dict[str, Any]] = []
+    with trio.fail_after(15):
+        try:
+            while True:
+                out.append(json.loads(await ws.get_message()))
+        except ConnectionClosed as closed:
+            return out, closed.reason.code
+
+
+async def start(ws: WebSocketConnection, session: str = "live", **extra: Any) -> dict[str, Any]:
+    message = {"type": "start", "user_id": "alice", "session_id": session, "format": FORMAT}
+    await ws.send_message(json.dumps({**message, **extra}))
+    started = await receive(ws)
+    assert started["type"] == "started", started
+    return started
+
+
+async def test_the_whole_message_sequence(server: Server, transport: str) -> None:
+    async with connect(ws_url(server, transport)) as ws:
+        started = await start(ws)
+        assert started["next_seq"] == 0 and started["session_id"] == "live"
+        assert started["limits"]["max_inflight"] == server.config.ws_max_inflight
+        for n in range(3):
+            await ws.send_message(frame(n))
+        metadata = []
+        for n in range(3):
+            ack = await receive_type(ws, "ack")
+            assert ack["seq"] == n
+            meta = await receive_type(ws, "metadata")
+            assert meta["chunk_id"] == ack["chunk_id"] and meta["seq"] == n
+            assert meta["audio"]["encoding"] == "pcm_s16le" and meta["audio"]["frames"] == 1600
+            assert meta["offset_ms"] == 100.0 * n
+            assert abs(meta["features"]["dominant_hz"] - (300 + 10 * n)) < 2 * 7.9
+            metadata.append(meta)
+        await ws.send_message(json.dumps({"type": "keepalive"}))
+        assert (await receive_type(ws, "keepalive"))["type"] == "keepalive"
+        await ws.send_message(json.dumps({"type": "end"}))
+        rest, code = await until_closed(ws)
+    end = [m for m in rest if m["type"] == "session_end"]
+    assert code == 1000
+    assert end[0]["summary"]["stored"] == 3 and end[0]["summary"]["chunk_count"] == 3
+    async with server.client() as client:
+        listing = (await client.get("/sessions/alice")).json()
+    assert listing["sessions"][0]["chunks"] == [
+        {k: v for k, v in m.items() if k != "type"} for m in metadata
+    ]
+
+
+async def test_container_frames_and_base64_audio_messages(server: Server, transport: str) -> None:
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws, "files", format={"container": "wav"})
+        await ws.send_message(wav(440, 0.25))
+        data = base64.b64encode(wav(880, 0.25)).decode()
+        await ws.send_message(json.dumps({"type": "audio", "data": data, "seq": 5}))
+        first, second = await receive_type(ws, "ack"), None
+        await receive_type(ws, "metadata")
+        second = await receive_type(ws, "ack")
+        meta = await receive_type(ws, "metadata")
+    assert (first["seq"], second["seq"]) == (0, 5)
+    assert meta["audio"]["container"] == "wav"
+    assert abs(meta["features"]["dominant_hz"] - 880) <= meta["features"]["fft_bin_hz"] * 2
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "error"),
+    [
+        (["not json"], 4400, "bad_message"),
+        ([b"audio before start"], 4400, "bad_message"),
+        ([{"type": "hello"}], 4400, "bad_message"),
+        ([{"type": "start", "user_id": "a/../b", "session_id": "s", "format": FORMAT}], 4400,
+         "invalid_field"),
+        ([{"type": "start", "user_id": "a", "format": FORMAT}], 4400, "missing_field"),
+        ([{"type": "start", "user_id": "a", "session_id": "s"}], 4400, "bad_message"),
+        ([{"type": "start", "user_id": "a", "session_id": "s",
+           "format": {"encoding": "pcm_mulaw", "sample_rate": 8000, "channels": 1}}], 4415,
+         "unsupported_media_type"),
+        ([{"type": "start", "user_id": "a", "session_id": "s",
+           "format": {"container": "aac"}}], 4415, "unsupported_media_type"),
+        (["START", {"type": "dance"}], 4400, "bad_message"),
+        (["START", {"type": "audio", "data": "***"}], 4400, "bad_message"),
+        (["START", b"\x00\x01\x02"], 4415, "invalid_audio"),  # odd length for 16-bit PCM
+        (["START", "[1, 2]"], 4400, "bad_message"),
+    ],
+)  # fmt: skip
+async def test_errors_close_with_their_code_and_others_go_on(
+    server: Server, transport: str, messages: list[Any], code: int, error: str
+) -> None:
+    url = ws_url(server, transport)
+    async with connect(url) as bystander, connect(url) as ws:
+        await start(bystander, "bystander")
+        for message in messages:
+            if message == "START":
+                await start(ws, "bad")
+            elif isinstance(message, dict):
+                await ws.send_message(json.dumps(message))
+            else:
+                await ws.send_message(message)
+        received, closed_with = await until_closed(ws)
+        assert closed_with == code
+        errors = [m for m in received if m["type"] == "error"]
+        assert errors[-1]["code"] == error and errors[-1]["message"]
+        assert errors[-1]["retryable"] is False
+        # The other session is untouched.
+        await bystander.send_message(FRAME)
+        assert (await receive_type(bystander, "ack"))["seq"] == 0
+
+
+async def test_frame_over_the_size_limit(start_server: StartServer, transport: str) -> None:
+    server: Server = await start_server(max_body_bytes=8000)
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        await ws.send_message(b"\x00" * 8002)
+        received, code = await until_closed(ws)
+    assert code == 4413
+    assert received[-1]["code"] == "payload_too_large"
+
+
+async def test_idle_connection_is_closed(start_server: StartServer, transport: str) -> None:
+    server: Server = await start_server(ws_idle_timeout_s=0.3)
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        received, code = await until_closed(ws)
+    assert code == 4408
+    assert received[-1]["code"] == "idle_timeout"
+
+
+async def test_resume_after_a_killed_connection_misses_nothing_and_doubles_nothing(
+    server: Server, transport: str
+) -> None:
+    url = ws_url(server, transport)
+    acked: dict[int, str] = {}
+    async with connect(url) as ws:
+        await start(ws)
+        for n in range(6):
+            await ws.send_message(frame(n))
+        for _ in range(2):  # read two answers, then the connection dies
+            ack = await receive_type(ws, "ack", skip=("metadata",))
+            acked[ack["seq"]] = ack["chunk_id"]
+    # Reconnect from the first seq this client has no ack for, and send from there again.
+    resume_from = max(acked) + 1
+    replayed: dict[int, str] = {}
+    async with connect(url) as ws:
+        started = await start(ws, resume_from_seq=resume_from)
+        assert started["next_seq"] == resume_from
+        for n in range(resume_from, 8):
+            await ws.send_message(frame(n))
+        answers = []
+        while len(answers) < 8 - resume_from:
+            message = await receive(ws)
+            if message["type"] == "ack" and message.get("replayed"):
+                replayed[message["seq"]] = message["chunk_id"]
+            elif message["type"] == "ack":
+                answers.append(message)
+        await ws.send_message(json.dumps({"type": "end"}))
+        _, code = await until_closed(ws)
+    assert code == 1000
+    # Chunks stored before the break were replayed, and their resend was not stored again.
+    for answer in answers:
+        if answer["seq"] in replayed:
+            assert answer["duplicate"] and answer["chunk_id"] == replayed[answer["seq"]]
+    assert [a["seq"] for a in answers] == list(range(resume_from, 8))
+    async with server.client() as client:
+        session = (await client.get("/sessions/alice")).json()["sessions"][0]
+    assert [c["seq"] for c in session["chunks"]] == list(range(8))
+    assert [c["offset_ms"] for c in session["chunks"]] == [100.0 * n for n in range(8)]
+    for seq, chunk_id in acked.items():
+        assert session["chunks"][seq]["chunk_id"] == chunk_id
+
+
+async def test_watchers_see_http_uploads_and_other_sockets(server: Server, transport: str) -> None:
+    url = ws_url(server, transport)
+    async with connect(url) as watcher, connect(url) as sender, server.client() as client:
+        await start(watcher, "shared")
+        await start(sender, "shared")
+        await sender.send_message(frame(1))
+        ack = await receive_type(sender, "ack")
+        from_socket = await receive_type(watcher, "metadata")
+        assert from_socket["chunk_id"] == ack["chunk_id"]
+        response = await client.post(
+            "/upload", params=upload_params(session_id="shared"), content=wav()
+        )
+        from_http = await receive_type(watcher, "metadata")
+        assert from_http["chunk_id"] == response.json()["chunk_id"]
+        # The sender sees the HTTP chunk too, but not an echo of its own.
+        await receive_type(sender, "metadata")  # its own chunk's metadata
+        assert (await receive_type(sender, "metadata"))["chunk_id"] == from_http["chunk_id"]
+
+
+async def test_a_saturated_pipeline_answers_overloaded(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(
+        ingress_queue=1, stage_queue=1, stage_workers=1, cpu_threads=1,
+        ws_max_inflight=4, ws_overload_timeout_s=0.5, ws_flow_interval_s=0.05,
+    )  # fmt: skip
+    limiter = server.running.limiter
+    await limiter.acquire_on_behalf_of("test")  # the only CPU thread: nothing moves
+    try:
+        async with connect(ws_url(server, transport)) as ws:
+            await start(ws)
+            for n in range(8):
+                await ws.send_message(frame(n))
+            received, code = await until_closed(ws)
+    finally:
+        limiter.release_on_behalf_of("test")
+    assert code == 4429
+    error = received[-1]
+    assert error["code"] == "overloaded" and error["retryable"] is True
+    flows = [m for m in received if m["type"] == "flow"]
+    assert flows and all(f["queue_depth"] <= 1 and f["inflight"] <= 4 for f in flows)
+    assert flows[-1]["lag_ms"] > 0 and flows[-1]["transcript_lag_ms"] == 0.0  # engine: none
+    async with server.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'trio_audio_refused_total{reason="ws_wait_timeout"} 1' in metrics
+
+
+async def test_a_reader_that_falls_behind_is_cut_off(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(ws_queue=8)
+    host, port = server.url.removeprefix("http://").split(":")
+    if transport == "listener":
+        port = server.running.ws_url.rsplit(":", 1)[1].split("/")[0]
+    # A client with a tiny receive window that never reads: the server cannot push to it.
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    async with trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, trio.SocketStream(sock), host, "/ws")
+        await start(ws, "busy")
+        async with server.client() as client:
+            for n in range(150):
+                await client.post(
+                    "/upload", params=upload_params(session_id="busy"), content=wav(200 + n)
+                )
+        received, code = await until_closed(ws)
+        assert code == 4429
+        assert received[-1]["code"] == "slow_reader"
+        # Everything was stored all the same.
+        async with server.client() as client:
+            listing = (await client.get("/sessions/alice")).json()
+        assert listing["sessions"][0]["chunk_count"] == 150
+        nursery.cancel_scope.cancel()
+
+
+async def test_many_concurrent_sessions(server: Server, transport: str) -> None:
+    url = ws_url(server, transport)
+    counts: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        async with connect(url) as ws:
+            await start(ws, f"s{i}", user_id=f"user{i % 5}")  # 4 sessions per user
+            for n in range(4):
+                await ws.send_message(frame(n))
+            for n in range(4):
+                ack = await receive_type(ws, "ack", skip=("metadata",))
+                assert ack["seq"] == n
+            await ws.send_message(json.dumps({"type": "end"}))
+            rest, code = await until_closed(ws)
+            assert code == 1000
+            end = next(m for m in rest if m["type"] == "session_end")
+            counts[f"s{i}"] = end["summary"]["chunk_count"]
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(one, i)
+    assert counts == {f"s{i}": 4 for i in range(20)}
+
+
+async def test_session_caps_per_user_and_overall(start_server: StartServer, transport: str) -> None:
+    server: Server = await start_server(ws_max_sessions_per_user=2, ws_max_sessions=3)
+    url = ws_url(server, transport)
+    async with connect(url) as a, connect(url) as b, connect(url) as c, connect(url) as d:
+        await start(a, "one")
+        await start(b, "two")
+        await c.send_message(json.dumps({"type": "start", "user_id": "alice",
+                                         "session_id": "three", "format": FORMAT}))  # fmt: skip
+        received, code = await until_closed(c)
+        assert code == 4429 and "2 sessions open already" in received[-1]["message"]
+        await start(d, "other", user_id="bob")  # another user still gets in
+        async with connect(url) as e:
+            await e.send_message(json.dumps({"type": "start", "user_id": "carol",
+                                             "session_id": "x", "format": FORMAT}))  # fmt: skip
+            received, code = await until_closed(e)
+        assert code == 4429 and "3 sessions open" in received[-1]["message"]
+
+
+async def test_shutdown_drains_sessions_and_closes_1001(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server()
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        for n in range(3):
+            await ws.send_message(frame(n))
+        await receive_type(ws, "ack")
+        stopping: Callable[[], Awaitable[None]] = server.stop
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stopping)
+            received, code = await until_closed(ws)
+    assert code == 1001
+    assert [m["seq"] for m in received if m["type"] == "ack"] == [1, 2]
+
+
+async def test_unknown_path_on_the_listener_is_closed_4404(server: Server) -> None:
+    url = server.running.ws_url.replace("/ws", "/elsewhere")
+    async with connect(url) as ws:
+        _, code = await until_closed(ws)
+    assert code == 4404
+    with trio.fail_after(5):  # and nothing of it lingers to hold up the shutdown
+        await server.stop()

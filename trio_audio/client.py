@@ -1,0 +1,219 @@
+"""``trio-audio stream``: stream a file (or stdin PCM) to the service over the WebSocket.
+
+The audio goes as 16-bit little-endian PCM frames of ``--chunk-ms`` each, declared in the
+``start`` message. Results are printed as they arrive (``--json``: one JSON object a line).
+When the connection drops, or the server sheds load or restarts, the client reconnects with
+``resume_from_seq`` set to the first chunk it has no ack for and sends again from there: the
+server replays what it had already stored and acknowledges the resent chunks as duplicates,
+so nothing is lost and nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, Final, TextIO
+
+import attrs
+import numpy as np
+import soundfile as sf
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429}
+BACKOFF_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class StreamError(Exception):
+    """The server refused the stream for good (a non-retryable error)."""
+
+
+@attrs.define
+class Options:
+    url: str
+    user_id: str
+    session_id: str
+    chunk_ms: float = 100.0
+    realtime: bool = False
+    json: bool = False
+    retries: int = 10
+    sample_rate: int = 16000  # for stdin PCM
+    channels: int = 1
+
+
+def file_chunks(path: str, chunk_ms: float) -> tuple[int, int, Iterator[bytes]]:
+    """(rate, channels, chunks of 16-bit PCM) for an audio file libsndfile reads."""
+    info = sf.info(path)
+    frames = max(1, int(info.samplerate * chunk_ms / 1000))
+
+    def chunks() -> Iterator[bytes]:
+        for block in sf.blocks(path, blocksize=frames, dtype="int16", always_2d=True):
+            yield np.ascontiguousarray(block, "<i2").tobytes()
+
+    return info.samplerate, info.channels, chunks()
+
+
+def stdin_chunks(rate: int, channels: int, chunk_ms: float) -> Iterator[bytes]:
+    size = max(1, int(rate * chunk_ms / 1000)) * 2 * channels
+    while data := sys.stdin.buffer.read(size):
+        yield data
+
+
+class Streamer:
+    """Sends chunks, tracks which are acknowledged, reconnects and resumes on failure."""
+
+    def __init__(self, options: Options, rate: int, channels: int, chunks: Iterator[bytes],
+                 out: TextIO) -> None:  # fmt: skip
+        self.options = options
+        self.rate = rate
+        self.channels = channels
+        self.chunks = chunks
+        self.out = out
+        self.unacked: dict[int, bytes] = {}  # sent or to resend, by seq, in order
+        self.next_seq: int | None = None
+        self.exhausted = False
+        self.sent_here: set[int] = set()
+        self.bytes_per_ms = rate * channels * 2 / 1000
+
+    async def run(self) -> dict[str, Any]:
+        """Stream everything; the server's session summary."""
+        failures = 0
+        started_at = trio.current_time()
+        while True:
+            try:
+                return await self._connection(started_at)
+            except* StreamError as group:
+                raise _leaf(group) from None
+            except* (ConnectionClosed, HandshakeError, OSError) as group:
+                exc = _leaf(group)
+            reason = exc.reason if isinstance(exc, ConnectionClosed) else None
+            if reason is not None and reason.code not in RETRYABLE_CLOSES:
+                msg = f"the server closed the stream ({reason.code}: {reason.reason})"
+                raise StreamError(msg)
+            failures += 1
+            if failures > self.options.retries:
+                raise exc
+            delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
+            self._say({"type": "reconnecting", "after_s": delay, "reason": str(exc)})
+            await trio.sleep(delay)
+
+    async def _connection(self, started_at: float) -> dict[str, Any]:
+        async with open_websocket_url(self.options.url, max_message_size=2**24) as ws:
+            start: dict[str, Any] = {
+                "type": "start",
+                "user_id": self.options.user_id,
+                "session_id": self.options.session_id,
+                "format": {"encoding": "pcm_s16le", "sample_rate": self.rate,
+                           "channels": self.channels},
+            }  # fmt: skip
+            if self.next_seq is not None:  # resuming: from the first chunk with no ack
+                start["resume_from_seq"] = min(self.unacked, default=self.next_seq)
+            await ws.send_message(json.dumps(start))
+            started = json.loads(await ws.get_message())
+            if started.get("type") != "started":
+                self._say(started)
+                msg = f"the server did not start the stream: {started}"
+                raise StreamError(msg)
+            if self.next_seq is None:
+                self.next_seq = started["next_seq"]
+            window = int(started["limits"]["max_inflight"])
+            room = trio.Semaphore(window)  # a permit per chunk sent on this connection
+            self.sent_here = set()
+            # Everything from resume_from_seq is sent again, in order: the server numbers
+            # frames from there, answering those it already has as duplicates.
+            resend = sorted(self.unacked.items())
+            async with trio.open_nursery() as nursery:
+                done: list[dict[str, Any]] = []
+                nursery.start_soon(self._receive, ws, room, done, nursery.cancel_scope)
+                for seq, old in resend:
+                    await room.acquire()
+                    self.sent_here.add(seq)
+                    await ws.send_message(old)
+                while not self.exhausted:
+                    data = next(self.chunks, None)
+                    if data is None:
+                        self.exhausted = True
+                        break
+                    assert self.next_seq is not None
+                    # Owned from here on: if this connection fails, the next one sends it.
+                    seq, self.next_seq = self.next_seq, self.next_seq + 1
+                    self.unacked[seq] = data
+                    if self.options.realtime:
+                        await trio.sleep_until(started_at + seq * self.options.chunk_ms / 1000)
+                    await room.acquire()
+                    self.sent_here.add(seq)
+                    await ws.send_message(data)
+                for _ in range(window):  # every chunk answered
+                    await room.acquire()
+                await ws.send_message(json.dumps({"type": "end"}))
+            return done[0]
+
+    async def _receive(self, ws: Any, room: trio.Semaphore, done: list[dict[str, Any]],
+                       scope: trio.CancelScope) -> None:  # fmt: skip
+        while True:
+            message = json.loads(await ws.get_message())
+            kind = message.get("type")
+            if kind == "ack":
+                self.unacked.pop(message["seq"], None)
+                if message["seq"] in self.sent_here:
+                    self.sent_here.discard(message["seq"])
+                    room.release()
+            elif kind == "session_end":
+                done.append(message["summary"])
+                scope.cancel()
+                return
+            elif kind == "error" and not message.get("retryable"):
+                self._say(message)
+                raise StreamError(message.get("message", "error"))
+            self._say(message)
+
+    def _say(self, message: dict[str, Any]) -> None:
+        if self.options.json:
+            print(json.dumps(message), file=self.out, flush=True)
+            return
+        kind = message.get("type")
+        if kind == "metadata":
+            f = message["features"]
+            line = (f"seq {message['seq']:>5}  {message['audio']['duration_ms']:7.1f} ms  "
+                    f"rms {f['rms_dbfs']:6.1f} dBFS  dominant {f['dominant_hz']:7.1f} Hz  "
+                    f"silence {f['silence_ratio']:.2f}")  # fmt: skip
+        elif kind == "transcript":
+            mark = "final" if message.get("is_final") else "partial"
+            line = f"seq {message['seq']:>5}  [{mark}] {message.get('text', '')}"
+        elif kind in ("error", "reconnecting"):
+            line = f"{kind}: {json.dumps({k: v for k, v in message.items() if k != 'type'})}"
+        else:
+            return  # acks, flow, vad: shown with --json
+        print(line, file=self.out, flush=True)
+
+
+def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def stream(options: Options, path: str) -> int:
+    """Run a stream to the end; the process exit status."""
+    if path == "-":
+        rate, channels = options.sample_rate, options.channels
+        chunks = stdin_chunks(rate, channels, options.chunk_ms)
+    else:
+        try:
+            rate, channels, chunks = file_chunks(path, options.chunk_ms)
+        except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+            print(f"trio-audio: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    streamer = Streamer(options, rate, channels, chunks, sys.stdout)
+    try:
+        summary = trio.run(streamer.run)
+    except StreamError as exc:
+        print(f"trio-audio: {exc}", file=sys.stderr)
+        return 1
+    except (ConnectionClosed, HandshakeError, OSError) as exc:
+        print(f"trio-audio: gave up after {options.retries} retries: {exc}", file=sys.stderr)
+        return 1
+    streamer._say({"type": "session_end", "summary": summary})
+    if not options.json:
+        print(f"done: {json.dumps(summary)}", flush=True)
+    return 0
