@@ -1,0 +1,129 @@
+"""Who is asking: bearer tokens bound to users, and a per-user upload rate limit.
+
+Tokens file: one ``USER_ID sha256:HEXDIGEST`` a line (``#`` starts a comment). Only the
+SHA-256 of each token is stored, so the file does not hold usable secrets; ``trio-audio
+token add USER`` makes a token, appends its digest and prints the token once.
+
+A presented token is hashed, and the digest is compared with ``hmac.compare_digest`` against
+every stored one without stopping early, so the time taken tells nothing about any token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from ..errors import RateLimited, Unauthorized
+from ..models import check_id
+
+TOKEN_BYTES: Final = 32
+DIGEST_PREFIX: Final = "sha256:"
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@attrs.frozen
+class Tokens:
+    """The tokens file, loaded: (digest, user_id) pairs."""
+
+    entries: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def load(cls, path: Path) -> Tokens:
+        """Read *path*; ``ValueError`` naming the line when one is malformed."""
+        entries = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            fields = text.split()
+            if len(fields) != 2 or not fields[1].startswith(DIGEST_PREFIX):
+                msg = f"{path}:{number}: expected 'USER_ID sha256:HEX'"
+                raise ValueError(msg)
+            user_id, hexdigest = fields[0], fields[1].removeprefix(DIGEST_PREFIX)
+            check_id("user_id", user_id)
+            if len(hexdigest) != 64:
+                msg = f"{path}:{number}: a sha256 digest is 64 hex digits"
+                raise ValueError(msg)
+            entries.append((hexdigest.lower(), user_id))
+        return cls(tuple(entries))
+
+    def user_for(self, token: str | None) -> str:
+        """The user the token belongs to; ``Unauthorized`` if it is missing or unknown."""
+        if not token:
+            msg = "send 'Authorization: Bearer TOKEN' (WebSocket: also ?token= or start.token)"
+            raise Unauthorized(msg)
+        presented = digest(token)
+        found = None
+        for stored, user_id in self.entries:  # no early exit: constant time in the tokens
+            if hmac.compare_digest(stored, presented):
+                found = user_id
+        if found is None:
+            msg = "the bearer token is not valid"
+            raise Unauthorized(msg)
+        return found
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, if it has one."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def add_token(path: Path, user_id: str) -> str:
+    """Create a token for *user_id*, append its digest to *path* (mode 0600), return it."""
+    check_id("user_id", user_id)
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(f"{user_id} {DIGEST_PREFIX}{digest(token)}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return token
+
+
+class RateLimiter:
+    """A token bucket per user: ``rate`` uploads a second, up to ``burst`` at once.
+
+    Memory: one small entry per user seen; buckets full for longer than they take to refill
+    are forgotten at the next sweep, so idle users cost nothing.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, at)
+        self._swept = time.monotonic()
+
+    def take(self, user_id: str, n: int = 1) -> None:
+        """Spend *n* uploads of *user_id*'s allowance, or raise ``RateLimited``."""
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        tokens, at = self._buckets.get(user_id, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens < n:
+            wait = math.ceil((n - tokens) / self.rate)
+            msg = f"user {user_id!r} is over {self.rate:g} uploads/s; retry in {wait} s"
+            raise RateLimited(msg, retry_after=wait)
+        self._buckets[user_id] = (tokens - n, now)
+        if now - self._swept > self.burst / self.rate:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        self._buckets = {u: b for u, b in self._buckets.items() if now - b[1] < full_after}
+        self._swept = now
