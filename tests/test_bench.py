@@ -1,0 +1,88 @@
+"""The bench's own accounting, against real servers (a few seconds: the full bench is
+``nox -s bench``).
+
+Rules: localhost, port 0, real server processes, ``fail_after`` on anything that could hang.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from trio_audio.bench.http1 import Connection, request_bytes
+from trio_audio.bench.loadgen import Spec
+from trio_audio.bench.report import render
+from trio_audio.bench.runner import (
+    Scenario,
+    host_port,
+    run_load,
+    run_scenario,
+    run_server,
+    server_command,
+    verify,
+)
+
+
+async def test_every_ack_is_checked_and_a_lost_chunk_is_caught(tmp_path: Path) -> None:
+    # A small ingress queue under 16 concurrent uploads: some are stored, some refused (503).
+    spec = Spec(kind="http", duration_s=1.0, concurrency=16, chunk_s=0.25, bodies=4, run_id="t")
+    scenario = Scenario(name="t", spec=spec, server_args=("--ingress-queue", "2"))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(run_server, server_command(scenario, tmp_path / "d"))
+            outcome = await run_load(attrs.evolve(spec, url=server.http_url), tmp_path, [])
+            statuses = {record[2] for record in outcome.records}
+            assert statuses <= {201, 503}, outcome.errors
+            assert 201 in statuses
+            assert 503 in statuses
+            acked = [(r[3], outcome.checksums[r[4]]) for r in outcome.records if r[2] == 201]
+            assert len({chunk_id for chunk_id, _ in acked}) == len(acked)
+            assert await verify(server.http_url, acked) == []
+
+            # Take one acknowledged chunk away for real, forge one id and one checksum.
+            gone, _ = acked[1]
+            host, port = host_port(server.http_url)
+            connection = Connection(host, port)
+            deleted = await connection.request(
+                request_bytes("DELETE", f"/chunks/{gone}", f"{host}:{port}")
+            )
+            await connection.aclose()
+            assert deleted.status == 200
+            forged = [("000000000000forgedchunkid", acked[0][1]), (acked[0][0], "0" * 64)]
+            lost = await verify(server.http_url, acked + forged)
+            assert [(item.chunk_id, item.reason) for item in lost] == [
+                (gone, "missing"),
+                ("000000000000forgedchunkid", "missing"),
+                (acked[0][0], "checksum mismatch"),
+            ]
+            nursery.cancel_scope.cancel()
+
+
+async def test_websocket_scenario_reports_rates_cpu_memory_and_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    spec = Spec(kind="ws", duration_s=1.0, concurrency=2, window=8, bodies=4, run_id="w")
+    with trio.fail_after(60):
+        result = await run_scenario(Scenario(name="ws", spec=spec), tmp_path)
+    assert result["accepted"] > 0
+    assert result["failed"] == 0, result["errors"]
+    assert result["lost"] == []
+    assert result["verified"] == result["accepted"]
+    assert result["stored_per_s"] > 0
+    assert result["latency_ms"]["p99"] is not None
+    assert result["server_cpu_percent"] is not None
+    assert result["memory"]["peak_rss_mb"] > 0
+    text = render({"started": "now", "machine": {"cpus": 2, "python": "3", "loadavg_before": []},
+                   "scenarios": [result]})  # fmt: skip
+    assert "lost: 0" in text
+
+
+async def test_baseline_takes_the_same_uploads_and_is_accounted(tmp_path: Path) -> None:
+    spec = Spec(kind="http", duration_s=0.5, concurrency=4, chunk_s=0.25, bodies=4, run_id="b")
+    with trio.fail_after(60):
+        result = await run_scenario(Scenario(name="b", spec=spec, target="baseline"), tmp_path)
+    assert result["accepted"] > 0
+    assert result["stored_per_s"] > 0
+    assert result["lost"] == []
