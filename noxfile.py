@@ -1,6 +1,7 @@
-"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``.
+"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``; on demand ``crash`` (the
+long kill -9 run), ``bench`` (load and overload), ``bench_store`` (storage numbers).
 
-``nox`` with no arguments runs all three, which is what CI runs.
+``nox`` with no arguments runs lint, typecheck and tests, which is what CI runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,64 @@ def tests(session: nox.Session) -> None:
     """The whole suite: unit tests and end-to-end tests against real servers."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """The long crash run: many SIGKILL rounds per fsync mode, plus the power-loss tests.
+    ``TRIO_AUDIO_CRASH_ROUNDS`` (default here 100) sets the rounds."""
+    session.install("-e", ".[test]")
+    rounds = session.env.get("TRIO_AUDIO_CRASH_ROUNDS", "100")
+    session.run(
+        "pytest", "tests/test_crash.py", "tests/test_durability.py", "tests/test_store_model.py",
+        *session.posargs, env={"TRIO_AUDIO_CRASH_ROUNDS": rounds},
+    )  # fmt: skip
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Load and overload numbers for the README's Performance section (``trio-audio bench``):
+    uploads/s, WebSocket frames/s, p99, fsync modes, the naive baseline, 5x overload, and
+    every acknowledged chunk read back. ``nox -s bench -- --repeat 3`` gives the spread."""
+    session.install("-e", ".[test]")
+    session.run("trio-audio", "bench", *session.posargs)
+
+
+@nox.session
+def bench_store(session: nox.Session) -> None:
+    """Storage numbers for the README: replay speed and start-up time, acknowledged
+    uploads/s per fsync mode, process memory as the store grows
+    (``trio_audio/bench/storage.py``)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "trio_audio.bench.storage", *session.posargs)
+
+
+@nox.session
+def bench_speech(session: nox.Session) -> None:
+    """Speech numbers for the README: real-time factor, live sessions per machine, WER
+    (``trio_audio/bench/speech.py``; needs espeak-ng)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "trio_audio.bench.speech")
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing (atheris) of the decoders, the WebSocket parser and log
+    replay, from a corpus of real files. ``nox -s fuzz -- -runs=200000`` runs longer."""
+    session.install("-e", ".[test]", "atheris")
+    corpus = session.create_tmp() + "/corpus"
+    session.run("python", "-m", "tests.fuzz_targets", "seed", corpus)
+    args = session.posargs or ["-runs=20000"]
+    for target in ("decode", "control", "replay"):
+        session.run("python", "-m", "tests.fuzz_targets", target, corpus, "-max_len=65536",
+                    *args)  # fmt: skip
+
+
+@nox.session
+def api(session: nox.Session) -> None:
+    """schemathesis against a live server from its own OpenAPI document: no 500s."""
+    session.install("-e", ".[test]", "schemathesis")
+    session.run("python", "-m", "tests.api_check", *session.posargs)
 
 
 @nox.session

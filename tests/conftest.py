@@ -6,7 +6,7 @@ anything that could hang.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ import trio
 
 from trio_audio.config import Config
 from trio_audio.service import Running, serve
+from trio_audio.store.log import REAL_FILES, FileOps
+
+from .processes import Process
 
 
 @attrs.define
@@ -54,15 +57,23 @@ async def start_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[S
     """``await start_server(**config)`` runs a service in this test's nursery."""
     servers: list[Server] = []
 
-    async def start(**overrides: Any) -> Server:
-        values: dict[str, Any] = {"port": 0, "data_dir": data_dir, "drain_timeout_s": 10.0}
+    async def start(*, files: FileOps = REAL_FILES, **overrides: Any) -> Server:
+        values: dict[str, Any] = {
+            "port": 0,
+            "ws_port": 0,
+            "data_dir": data_dir,
+            "drain_timeout_s": 10.0,
+            # No speech engine unless a test asks for one (tests/test_transcribe.py does):
+            # a worker process per server would slow every other test down.
+            "asr_engine": "none",
+        }
         values.update(overrides)
         config = Config(**values)
         shutdown, done = trio.Event(), trio.Event()
 
         async def run(task_status: trio.TaskStatus[Running]) -> None:
             try:
-                await serve(config, shutdown=shutdown, task_status=task_status)
+                await serve(config, shutdown=shutdown, files=files, task_status=task_status)
             finally:
                 done.set()
 
@@ -88,6 +99,22 @@ async def server(start_server: StartServer) -> Server:
 async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with server.client() as client:
         yield client
+
+
+@pytest.fixture
+def spawn(data_dir: Path) -> Iterator[type[Process]]:
+    started: list[Process] = []
+
+    class Spawned(Process):
+        def __init__(self, *args: str, directory: Path = data_dir) -> None:
+            super().__init__(directory, *args)
+            started.append(self)
+
+    yield Spawned
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
 
 
 def upload_params(**extra: Any) -> dict[str, Any]:

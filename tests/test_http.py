@@ -301,7 +301,9 @@ async def test_full_pipeline_refuses_with_503_and_loses_nothing(
             assert response.headers["retry-after"] == "2"
         for response in stored:
             chunk = response.json()
-            assert (await client.get(f"/chunks/{chunk['chunk_id']}")).json() == chunk
+            again = (await client.get(f"/chunks/{chunk['chunk_id']}")).json()
+            # offset_ms may grow: chunks with lower seqs were stored after this one answered.
+            assert {**again, "offset_ms": 0} == {**chunk, "offset_ms": 0}
         metrics = (await client.get("/metrics")).text
         assert f'trio_audio_refused_total{{reason="queue_full"}} {len(refused)}' in metrics
         assert f"trio_audio_stored_total {len(stored)}" in metrics

@@ -1,4 +1,5 @@
-"""Command line: ``trio-audio serve`` runs the service.
+"""Command line: ``trio-audio serve`` runs the service; ``trio-audio check DATA_DIR``
+verifies a data dir's log (``--repair`` salvages it).
 
 Every ``serve`` flag is also read from ``TRIO_AUDIO_<NAME>`` (flags win). Exit status: 0 after
 a clean drain, 2 for a bad flag or environment value, 3 when the store cannot start (data dir
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import attrs
 import trio
@@ -26,6 +29,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         kind = field_type(field)
         default = field.default
+        if kind is bool:
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{field.metadata.get('help', '')} (env TRIO_AUDIO_{field.name.upper()}=1)",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=field.name,
@@ -44,11 +57,109 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the service")
     _add_config_flags(serve)
+    token = commands.add_parser("token", help="manage bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    add = token_commands.add_parser("add", help="make a token for USER and print it once")
+    add.add_argument("user", help="the user_id the token acts for")
+    add.add_argument(
+        "--tokens-file",
+        default=os.environ.get("TRIO_AUDIO_TOKENS_FILE", ""),
+        help="the tokens file serve reads (env TRIO_AUDIO_TOKENS_FILE)",
+    )
+    stream = commands.add_parser(
+        "stream", help="stream an audio file (or stdin PCM) over the WebSocket and print results"
+    )
+    stream.add_argument("file", help="WAV/FLAC/OGG/MP3 file, or - for 16-bit PCM on stdin")
+    stream.add_argument("--url", default="ws://127.0.0.1:8001/ws", help="the service's /ws")
+    stream.add_argument("--user-id", default="me")
+    stream.add_argument("--session-id", default=None, help="(default: the file's name)")
+    stream.add_argument("--chunk-ms", type=float, default=100.0, help="audio per frame")
+    stream.add_argument("--realtime", action="store_true", help="pace frames at real time")
+    stream.add_argument("--json", action="store_true", help="print every message as JSON")
+    stream.add_argument("--retries", type=int, default=10, help="reconnects before giving up")
+    stream.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate")
+    stream.add_argument("--channels", type=int, default=1, help="stdin PCM channels")
+    check = commands.add_parser(
+        "check", help="verify a data dir's log (records, sessions, bytes, corruption)"
+    )
+    check.add_argument("data_dir", type=Path, help="the data dir (as --data-dir of serve)")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="salvage every valid record into a fresh log; the old one is kept aside",
+    )
+    from .bench.cli import configure as configure_bench
+
+    configure_bench(
+        commands.add_parser(
+            "bench", help="load-test a server: uploads/s, WebSocket frames/s, overload, lost"
+        )
+    )
     return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when the log is sound (a torn tail is fine), 1 for corruption, 3 when the
+    data dir is locked or cannot be read; with --repair, 0 once repaired."""
+    from .store.check import check, describe, repair
+
+    try:
+        report = check(args.data_dir)
+        for line in describe(report):
+            print(line)
+        if not args.repair:
+            return 1 if report.corrupt else 0
+        fixed = repair(args.data_dir)
+    except StoreError as exc:
+        print(f"trio-audio: {exc}", file=sys.stderr)
+        return 3
+    print(f"repaired: kept {fixed.kept} records; the old log is in {fixed.moved_to}")
+    for damage in fixed.dropped:
+        print(f"dropped {damage.path} offset {damage.offset}..{damage.end}: {damage.reason}")
+    for first, last in fixed.missing_seqs:
+        print(f"dropped records with seqs {first}..{last}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .web.auth import add_token
+
+    if not args.tokens_file:
+        print("trio-audio: give --tokens-file (or TRIO_AUDIO_TOKENS_FILE)", file=sys.stderr)
+        return 2
+    try:
+        token = add_token(Path(args.tokens_file), args.user)
+    except (ValueError, OSError) as exc:
+        print(f"trio-audio: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    print(f"(stored hashed in {args.tokens_file}; it cannot be shown again)", file=sys.stderr)
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from .client import Options, stream
+
+    session_id = args.session_id or Path(args.file).stem.replace(" ", "_")[:64] or "stdin"
+    options = Options(url=args.url, user_id=args.user_id, session_id=session_id,
+                      chunk_ms=args.chunk_ms, realtime=args.realtime, json=args.json,
+                      retries=args.retries, sample_rate=args.rate,
+                      channels=args.channels)  # fmt: skip
+    return stream(options, args.file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "stream":
+        return _stream(args)
+    if args.command == "bench":
+        from .bench.cli import run as run_bench
+
+        return run_bench(args)
+    if args.command == "token":
+        return _token(args)
+    if args.command == "check":
+        return _check(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         config = Config.from_sources(overrides=overrides)
@@ -71,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"trio-audio: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # the security settings, checked before anything starts
+        print(f"trio-audio: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -63,6 +63,16 @@ class Config:
     segment_max_bytes: int = attrs.field(
         default=256 * 1024 * 1024, validator=_positive, metadata={"help": "log segment size"}
     )
+    compact_min_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "compact once deleted data reaches this many bytes ..."},
+    )
+    compact_dead_ratio: float = attrs.field(
+        default=0.5,
+        validator=_positive,
+        metadata={"help": "... and this share of the log's bytes"},
+    )
     commit_batch_max: int = attrs.field(
         default=256, validator=_positive, metadata={"help": "most records in one group commit"}
     )
@@ -109,6 +119,110 @@ class Config:
         validator=_positive,
         metadata={"help": "messages queued for one WebSocket reader before it is cut off"},
     )
+    ws_max_inflight: int = attrs.field(
+        default=32,
+        validator=_positive,
+        metadata={"help": "unacknowledged chunks per WebSocket before it stops reading"},
+    )
+    ws_idle_timeout_s: float = attrs.field(
+        default=60.0, validator=_positive, metadata={"help": "close a silent WebSocket after"}
+    )
+    ws_overload_timeout_s: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata={"help": "how long a WebSocket chunk waits for room before 'overloaded'"},
+    )
+    ws_flow_interval_s: float = attrs.field(
+        default=1.0, validator=_positive, metadata={"help": "period of 'flow' messages"}
+    )
+
+    # Speech: transcription and voice activity.
+    asr_engine: str = attrs.field(
+        default="pocketsphinx",
+        metadata={"help": "speech engine: pocketsphinx, none, or package.module:Class"},
+    )
+    asr_model_dir: str = attrs.field(
+        default="", metadata={"help": "engine model directory (empty: the model it ships)"}
+    )
+    asr_grammar: str = attrs.field(
+        default="", metadata={"help": "JSGF grammar file: recognise only its sentences"}
+    )
+    asr_keyphrases: str = attrs.field(
+        default="", metadata={"help": "keyphrase list file (one 'phrase /threshold/' a line)"}
+    )
+    asr_workers: int = attrs.field(
+        default=1, validator=_positive, metadata={"help": "transcription worker processes"}
+    )
+    asr_streams_per_worker: int = attrs.field(
+        default=4,
+        validator=_positive,
+        metadata={"help": "decoders per worker (~90 MB each with the default model)"},
+    )
+    asr_backlog: int = attrs.field(
+        default=64, validator=_positive, metadata={"help": "chunks queued per worker"}
+    )
+    asr_backlog_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "decoded audio held for queued chunks (past it: re-read from the log)"},
+    )
+    asr_idle_timeout_s: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata={"help": "end a silent session's utterance and close its decoder after"},
+    )
+    asr_max_utterance_s: float = attrs.field(
+        default=30.0, validator=_positive, metadata={"help": "longest utterance before a cut"}
+    )
+    vad_mode: int = attrs.field(
+        default=2,
+        validator=[attrs.validators.ge(0), attrs.validators.le(3)],
+        metadata={"help": "WebRTC VAD aggressiveness 0-3"},
+    )
+    vad_gap_ms: float = attrs.field(
+        default=500.0,
+        validator=_positive,
+        metadata={"help": "silence that ends a speech segment and an utterance"},
+    )
+
+    # Security: who may do what, and limits that hold under attack.
+    tokens_file: str = attrs.field(
+        default="", metadata={"help": "bearer tokens file; set: auth on (empty: auth off)"}
+    )
+    allow_unauthenticated_remote: bool = attrs.field(
+        default=False,
+        metadata={"help": "serve a non-loopback address with auth off (no access control!)"},
+    )
+    certfile: str = attrs.field(default="", metadata={"help": "TLS certificate (PEM): HTTPS, WSS"})
+    keyfile: str = attrs.field(default="", metadata={"help": "TLS private key (PEM)"})
+    rate_limit_per_s: float = attrs.field(
+        default=500.0,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "uploads per second per user, then 429 (0: no limit)"},
+    )
+    rate_limit_burst: int = attrs.field(
+        default=1000, validator=_positive, metadata={"help": "uploads a user may send at once"}
+    )
+    max_part_bytes: int = attrs.field(
+        default=16 * 1024 * 1024, validator=_positive, metadata={"help": "largest multipart file"}
+    )
+    read_timeout_s: float = attrs.field(
+        default=30.0, validator=_positive, metadata={"help": "longest wait for any socket read"}
+    )
+    min_upload_bytes_per_s: float = attrs.field(
+        default=16 * 1024,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "slower request bodies are cut off with 408 (after the grace)"},
+    )
+    upload_grace_s: float = attrs.field(
+        default=5.0, validator=_positive, metadata={"help": "time any body may take"}
+    )
+    ws_max_sessions: int = attrs.field(
+        default=1000, validator=_positive, metadata={"help": "open WebSocket sessions, in all"}
+    )
+    ws_max_sessions_per_user: int = attrs.field(
+        default=16, validator=_positive, metadata={"help": "open WebSocket sessions per user"}
+    )
 
     # Lifecycle.
     drain_timeout_s: float = attrs.field(
@@ -139,11 +253,20 @@ class Config:
 def field_type(field: attrs.Attribute[Any]) -> type:
     """The Python type a field's text value is parsed into."""
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "str")
-    return {"int": int, "float": float, "Path": Path}.get(str(kind), str)
+    return {"int": int, "float": float, "Path": Path, "bool": bool}.get(str(kind), str)
+
+
+TRUE: Final = ("1", "true", "yes", "on")
+FALSE: Final = ("0", "false", "no", "off", "")
 
 
 def _parse(field: attrs.Attribute[Any], text: str, source: str) -> Any:
     kind = field_type(field)
+    if kind is bool:
+        if text.lower() not in TRUE + FALSE:
+            msg = f"{source}={text!r} is not a boolean (use 1/0, true/false, yes/no)"
+            raise ValueError(msg)
+        return text.lower() in TRUE
     try:
         return kind(text)
     except ValueError:

@@ -18,8 +18,11 @@ nursery), so a stuck drain cannot keep the process alive.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import ssl
+from pathlib import Path
 
 import attrs
 import trio
@@ -31,8 +34,12 @@ from .config import Config
 from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
+from .store.log import REAL_FILES, FileOps
 from .store.store import Store
+from .transcribe import Transcriber
 from .web.app import Readiness, create_app
+from .web.auth import RateLimiter, Tokens
+from .web.ws import WsContext, message_limit, serve_ws
 
 logger = logging.getLogger("trio_audio")
 
@@ -42,10 +49,13 @@ class Running:
     """What a started service tells its starter: where it listens and its parts."""
 
     http_url: str
+    ws_url: str
     store: Store
     metrics: Metrics
     readiness: Readiness
     limiter: trio.CapacityLimiter
+    transcriber: Transcriber | None = None
+    app: QuartTrio | None = None
 
 
 async def watch_signals(
@@ -89,40 +99,102 @@ async def serve_http(
     hyper.graceful_timeout = config.drain_timeout_s
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
+    hyper.websocket_max_message_size = message_limit(config)
+    hyper.read_timeout = max(1, round(config.read_timeout_s))
+    if config.certfile:
+        hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
         await hypercorn_serve(app, hyper, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+
+def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
+    """The tokens (None: auth off) and TLS context (None: plain) the config asks for."""
+    tokens = None
+    if config.tokens_file:
+        try:
+            tokens = Tokens.load(Path(config.tokens_file))
+        except OSError as exc:
+            msg = f"cannot read the tokens file {config.tokens_file}: {exc.strerror}"
+            raise ValueError(msg) from None
+    elif not is_loopback(config.host) and not config.allow_unauthenticated_remote:
+        msg = (
+            f"refusing to serve {config.host} with auth off: anyone who can reach it could "
+            "read every user's audio. Set --tokens-file (trio-audio token add USER makes one), "
+            "or pass --allow-unauthenticated-remote to serve it open anyway"
+        )
+        raise ValueError(msg)
+    if bool(config.certfile) != bool(config.keyfile):
+        msg = "TLS needs both --certfile and --keyfile"
+        raise ValueError(msg)
+    tls = None
+    if config.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(config.certfile, config.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            msg = f"cannot load the TLS certificate or key: {exc}"
+            raise ValueError(msg) from None
+    return tokens, tls
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(
     config: Config,
     *,
     shutdown: trio.Event | None = None,
+    files: FileOps = REAL_FILES,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the service until *shutdown* is set or a signal arrives, then drain and return."""
+    """Run the service until *shutdown* is set or a signal arrives, then drain and return.
+
+    Raises ``ValueError`` before starting anything when the security settings do not hold
+    together (an unreadable tokens file, TLS half set up, or an open network address with
+    auth off and no explicit ``allow_unauthenticated_remote``).
+    """
+    tokens, tls = security(config)
     shutdown = trio.Event() if shutdown is None else shutdown
     metrics = Metrics()
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = Store(config, hub)
+    store = Store(config, hub, files=files)  # files: the layer under the log (tests fault it)
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
             await service.start(store.run)
             readiness.store = True
+            # Before the pipeline, so its hook sees every new chunk (and the pending ones).
+            transcriber = Transcriber(config, store, hub, metrics, limiter)
+            await service.start(transcriber.run)
             ingress = await service.start(run_pipeline, config, store, metrics, limiter)
             readiness.pipeline = True
             async with ingress:  # each server owns a clone; the pipeline ends with the last
-                http_ingress = ingress.clone()
-            app = create_app(config, store, http_ingress, metrics, readiness)
+                http_ingress, ws_ingress = ingress.clone(), ingress.clone()
+            rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+            ws = WsContext(config, store, store.hub, metrics, shutdown, transcriber, tokens, rate)
+            app = create_app(config, store, http_ingress, metrics, readiness, ws)
             metrics.gauge("trio_audio_store_chunks", lambda: {'store="local"': len(store.chunks)})
+            metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
             binds = await service.start(serve_http, config, app, http_ingress, shutdown)
+            ws_port = await service.start(serve_ws, ws, ws_ingress, tls)
+            ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
             readiness.http = True
             logger.info("serving HTTP on %s, data in %s", ", ".join(binds), config.data_dir)
-            task_status.started(Running(binds[0], store, metrics, readiness, limiter))
+            logger.info("serving WebSocket on %s", ws_url)
+            task_status.started(
+                Running(binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app)
+            )
             await shutdown.wait()
             readiness.draining = True
+            transcriber.stop()  # what it has not done stays pending: queued again at start
         if service.cancel_scope.cancelled_caught:
             logger.warning("the drain passed its %g s deadline", config.drain_timeout_s)
         logger.info("stopped; %d chunks stored", len(store.chunks))

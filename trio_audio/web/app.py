@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
 from typing import Any, Final
 
 import attrs
-from quart import Response, request
+import trio
+from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
@@ -26,22 +28,29 @@ from ..audio.decode import parse_media_type, raw_format_from
 from ..config import Config
 from ..errors import (
     BadRequest,
+    Forbidden,
     InternalError,
     InvalidField,
     MethodNotAllowed,
     MissingField,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from ..metrics import Metrics
 from ..models import Job, Part, check_id, parse_seq, parse_timestamp
 from ..pipeline.pipeline import Ingress
 from ..store.store import Store, Stored
+from .auth import RateLimiter, bearer
+from .openapi import SPEC
+from .ws import QuartTransport, Session, WsContext
 
 logger = logging.getLogger("trio_audio.web")
 
+OCTETS: Final = "application/octet-stream"
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
@@ -74,6 +83,9 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def problem_response(error: ServiceError) -> Response:
     headers = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="trio-audio"'
+
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -83,13 +95,38 @@ def problem_response(error: ServiceError) -> Response:
 
 
 def create_app(
-    config: Config, store: Store, ingress: Ingress, metrics: Metrics, readiness: Readiness
+    config: Config,
+    store: Store,
+    ingress: Ingress,
+    metrics: Metrics,
+    readiness: Readiness,
+    ws: WsContext,
 ) -> QuartTrio:
-    """The quart-trio app, bound to the store and the pipeline's ingress."""
+    """The quart-trio app, bound to the store and the pipeline's ingress.
+
+    It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
+    session code as the dedicated listener.
+    """
     app = QuartTrio("trio_audio")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
+    rate = ws.rate or RateLimiter(0, 1)
+
+    @contextlib.contextmanager
+    def body_deadline(length: int | None) -> Iterator[None]:
+        """Cut off a body sent slower than ``min_upload_bytes_per_s`` (after a grace)."""
+        if config.min_upload_bytes_per_s <= 0:
+            yield
+            return
+        size = length if length is not None else config.max_body_bytes
+        allowed = config.upload_grace_s + size / config.min_upload_bytes_per_s
+        with trio.move_on_after(allowed) as scope:
+            yield
+        if scope.cancelled_caught:
+            msg = (f"the body took over {allowed:.1f} s; the minimum upload rate is "
+                   f"{config.min_upload_bytes_per_s:g} bytes/s")  # fmt: skip
+            raise RequestTimeout(msg)
 
     @app.errorhandler(ServiceError)
     async def on_service_error(error: ServiceError) -> Response:
@@ -109,6 +146,29 @@ def create_app(
     async def on_error(error: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(InternalError("the server failed to handle this request"))
+
+    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+
+    @app.before_request
+    async def authenticate() -> None:
+        """With auth on, every request but the open ones names its user by its token."""
+        if ws.tokens is not None and request.path not in open_paths:
+            g.user_id = ws.tokens.user_for(bearer(request.headers.get("Authorization")))
+
+    def owned(owner: str, what: str) -> None:
+        """Another user's data is reported missing: its existence must not leak."""
+        user = g.get("user_id")
+        if user is not None and owner != user:
+            raise NotFound(f"no {what}")
+
+    def chunk_owner(chunk_id: str) -> None:
+        entry = store.chunks.get(chunk_id)
+        if entry is not None:
+            owned(entry.user_id, f"chunk {chunk_id!r}")
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return json_response(SPEC)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -135,21 +195,34 @@ def create_app(
             raise ingress.refuse("queue_full")
         content_type = request.headers.get("Content-Type", "")
         media_type, _ = parse_media_type(content_type)
+        user = g.get("user_id")
+        if user is not None or request.args.get("user_id"):  # before reading the body
+            rate.take(user or request.args["user_id"])
+        with body_deadline(request.content_length):
+            if media_type == "multipart/form-data":
+                form = await request.form
+                files = await request.files
+                fields = MultiDict(list(request.args.items(multi=True)))
+                fields.update(form)
+                uploads = [
+                    (f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
+                    for f in files.getlist("file")
+                ]
+            else:
+                fields = request.args
+                uploads = [(await request.get_data(cache=False), content_type)]
         if media_type == "multipart/form-data":
-            form = await request.form
-            files = await request.files
-            fields = MultiDict(list(request.args.items(multi=True)))
-            fields.update(form)
-            uploads = [(f.read(), f.content_type or "application/octet-stream")
-                       for f in files.getlist("file")]  # fmt: skip
             if not uploads:
                 raise MissingField("multipart upload has no 'file' part")
             if len(uploads) > config.max_parts:
                 msg = f"{len(uploads)} files in one upload, over the limit of {config.max_parts}"
                 raise PayloadTooLarge(msg)
-        else:
-            fields = request.args
-            uploads = [(await request.get_data(cache=False), content_type)]
+            if any(len(body) > config.max_part_bytes for body, _ in uploads):
+                msg = f"a file part is over the {config.max_part_bytes} byte limit"
+                raise PayloadTooLarge(msg)
+            if user is None and not request.args.get("user_id") and fields.get("user_id"):
+                rate.take(fields["user_id"], len(uploads))
+        fields = authorize_fields(fields, user)
         job = build_job(fields, uploads)
         ingress.submit_nowait(job)
         results: list[Stored] = await job.reply.wait()
@@ -162,23 +235,64 @@ def create_app(
     @app.get("/chunks/<chunk_id>")
     async def get_chunk(chunk_id: str) -> Response:
         check_id("chunk_id", chunk_id)
+        chunk_owner(chunk_id)
         return json_response(store.get(chunk_id))
 
     @app.get("/chunks/<chunk_id>/audio")
     async def get_audio(chunk_id: str) -> Response:
         check_id("chunk_id", chunk_id)
+        chunk_owner(chunk_id)
         data, content_type = await store.read_audio(chunk_id)
         return Response(data, content_type=content_type)
+
+    @app.websocket("/ws")
+    async def ws_session() -> None:
+        await websocket.accept()
+        await Session(QuartTransport(websocket), ws, ingress).run()
 
     @app.get("/sessions/<user_id>")
     async def get_sessions(user_id: str) -> Response:
         check_id("user_id", user_id)
+        owned(user_id, f"user {user_id!r}")
         only = check_id("session_id", request.args.get("session_id"), required=False)
         limit = parse_limit(request.args.get("limit"))
         cursor = decode_cursor(request.args.get("cursor"))
         return json_response(list_sessions(store, user_id, only, limit, cursor))
 
+    @app.delete("/chunks/<chunk_id>")
+    async def delete_chunk(chunk_id: str) -> Response:
+        # A durable tombstone; 404 if not stored, 507 when the log cannot take it.
+        check_id("chunk_id", chunk_id)
+        chunk_owner(chunk_id)
+        await store.delete_chunk(chunk_id)
+        return json_response({"chunk_id": chunk_id, "deleted": True})
+
+    @app.delete("/sessions/<user_id>")
+    async def delete_session(user_id: str) -> Response:
+        check_id("user_id", user_id)
+        owned(user_id, f"user {user_id!r}")
+        session_id = check_id("session_id", request.args.get("session_id"))
+        assert session_id is not None
+        deleted = await store.delete_session(user_id, session_id)
+        body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted)}
+        return json_response({**body, "chunk_ids": deleted})
+
     return app
+
+
+def authorize_fields(fields: MultiDict[str, str], user: str | None) -> MultiDict[str, str]:
+    """With auth on, the upload is the token's user's: naming another is refused (403)."""
+    if user is None:
+        return fields
+    named = fields.get("user_id")
+    if named and named != user:
+        msg = f"this token uploads as {user!r}, not {named[:64]!r}"
+        raise Forbidden(msg)
+    if named:
+        return fields
+    out = MultiDict(list(fields.items(multi=True)))
+    out["user_id"] = user
+    return out
 
 
 def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> Job:
