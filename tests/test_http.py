@@ -270,7 +270,12 @@ async def test_full_pipeline_refuses_with_503_and_loses_nothing(
     start_server: StartServer,
 ) -> None:
     server: Server = await start_server(
-        ingress_queue=2, stage_queue=1, stage_workers=1, cpu_threads=1, retry_after_s=2
+        ingress_queue=2,
+        stage_queue=1,
+        stage_workers=1,
+        cpu_threads=1,
+        retry_after_s=2,
+        inline_max_samples=0,  # every CPU step goes through the one thread the test holds
     )
     limiter = server.running.limiter
     results: list[httpx.Response] = []

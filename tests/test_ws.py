@@ -264,7 +264,7 @@ async def test_a_saturated_pipeline_answers_overloaded(
     start_server: StartServer, transport: str
 ) -> None:
     server: Server = await start_server(
-        ingress_queue=1, stage_queue=1, stage_workers=1, cpu_threads=1,
+        ingress_queue=1, stage_queue=1, stage_workers=1, cpu_threads=1, inline_max_samples=0,
         ws_max_inflight=4, ws_overload_timeout_s=0.5, ws_flow_interval_s=0.05,
     )  # fmt: skip
     limiter = server.running.limiter

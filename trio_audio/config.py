@@ -106,6 +106,11 @@ class Config:
     cpu_threads: int = attrs.field(
         default=2, validator=_positive, metadata={"help": "threads for CPU work (one limiter)"}
     )
+    inline_max_samples: int = attrs.field(
+        default=131072,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "chunks up to this many samples are analysed without a thread hop"},
+    )
     stage_timeout_s: float = attrs.field(
         default=10.0, validator=_positive, metadata={"help": "per-chunk timeout of each stage"}
     )

@@ -87,7 +87,7 @@ async def run_pipeline(
     clone) to end the pipeline; the stages then drain in order and the store writer commits
     the last batch before this returns.
     """
-    work = Stages(store, limiter, config.max_duration_s)
+    work = Stages(store, limiter, config.max_duration_s, config.inline_max_samples)
     stages = [
         Stage("validate", work.validate, config.stage_workers, config.stage_timeout_s),
         Stage("transform", work.transform, config.stage_workers, config.stage_timeout_s),
