@@ -266,10 +266,7 @@ def snapshot_name(start_seq: int) -> str:
 
 def list_snapshots(data_dir: Path) -> list[str]:
     """Snapshot file names, oldest first (the last one is the one replay uses)."""
-    directory = log_dir(data_dir)
-    if not directory.is_dir():
-        return []
-    return sorted(e.name for e in os.scandir(directory) if _SNAPSHOT_NAME.match(e.name))
+    return _names(data_dir, _SNAPSHOT_NAME)
 
 
 def log_dir(data_dir: Path) -> Path:
@@ -278,10 +275,14 @@ def log_dir(data_dir: Path) -> Path:
 
 def list_segments(data_dir: Path) -> list[str]:
     """Segment file names in log order."""
+    return _names(data_dir, _SEGMENT_NAME)
+
+
+def _names(data_dir: Path, pattern: re.Pattern[str]) -> list[str]:
     directory = log_dir(data_dir)
     if not directory.is_dir():
         return []
-    return sorted(e.name for e in os.scandir(directory) if _SEGMENT_NAME.match(e.name))
+    return sorted(e.name for e in os.scandir(directory) if pattern.match(e.name))
 
 
 # -- lock ------------------------------------------------------------------------------------
