@@ -13,6 +13,8 @@ import numpy as np
 import soundfile as sf
 import trio
 
+from trio_audio.web.auth import add_token
+
 from .audio_samples import encode, sine
 from .conftest import Server, StartServer
 
@@ -85,3 +87,21 @@ async def test_resumes_by_itself_across_a_server_restart(
     seqs, audio = await stored_pcm(second)
     assert seqs == list(range(30))  # every chunk once, in order
     assert audio == pcm_of(path)
+
+
+async def test_streams_with_a_token_to_a_server_with_auth(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    token = add_token(tokens, "carol")
+    server: Server = await start_server(tokens_file=str(tokens))
+    path = tmp_path / "tone.wav"
+    path.write_bytes(encode(sine(440.0, seconds=0.3, rate=16000), 16000, "WAV", "PCM_16"))
+    url = server.running.ws_url
+    with trio.fail_after(60):
+        refused = await trio.run_process(stream_command(path, url), capture_stdout=True,
+                                         capture_stderr=True, check=False)  # fmt: skip
+        done = await trio.run_process(stream_command(path, url, "--token", token),
+                                      capture_stdout=True)  # fmt: skip
+    assert refused.returncode == 1 and b"unauthorized" in refused.stderr
+    assert messages(done.stdout)[-1]["summary"]["chunk_count"] == 3

@@ -171,6 +171,31 @@ async def test_per_user_rate_limit(start_server: StartServer) -> None:
         assert other.status_code == 201
 
 
+async def test_multipart_parts_each_count_against_the_rate_limit(start_server: StartServer) -> None:
+    server: Server = await start_server(rate_limit_per_s=0.1, rate_limit_burst=2)
+    files = [("file", (f"{n}.wav", wav(300 + n), "audio/wav")) for n in range(3)]
+    async with server.client() as client:
+        response = await client.post(
+            "/upload", data={"user_id": "alice", "session_id": "s"}, files=files
+        )
+        assert response.status_code == 429 and response.json()["code"] == "rate_limited"
+
+
+async def test_audio_is_served_as_what_it_is_not_as_what_it_was_called(
+    client: httpx.AsyncClient,
+) -> None:
+    body = wav() + b"<script>alert(1)</script>"
+    response = await client.post(
+        "/upload", params={"user_id": "alice", "session_id": "s"}, content=body,
+        headers={"Content-Type": "text/html"},
+    )  # fmt: skip
+    assert response.status_code == 201
+    audio = await client.get(f"/chunks/{response.json()['chunk_id']}/audio")
+    assert audio.content == body  # the exact bytes...
+    assert audio.headers["content-type"] == "audio/wav"  # ...but never as a page
+    assert audio.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_multipart_part_size_limit(start_server: StartServer) -> None:
     server: Server = await start_server(max_part_bytes=20_000)
     async with server.client() as client:

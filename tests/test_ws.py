@@ -383,3 +383,30 @@ async def test_unknown_path_on_the_listener_is_closed_4404(server: Server) -> No
     assert code == 4404
     with trio.fail_after(5):  # and nothing of it lingers to hold up the shutdown
         await server.stop()
+
+
+async def test_shutdown_lets_go_of_a_socket_that_never_started(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(ws_idle_timeout_s=60, drain_timeout_s=10)
+    async with connect(ws_url(server, transport)) as ws:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.stop)
+            _, code = await until_closed(ws)
+        assert code == 1001
+    assert server.done.is_set()
+
+
+async def test_websocket_chunks_count_against_the_users_rate_limit(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(rate_limit_per_s=0.1, rate_limit_burst=2)
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        for n in range(2):  # the allowance
+            await ws.send_message(frame(n))
+            assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == n
+        await ws.send_message(frame(2))
+        received, code = await until_closed(ws)
+    assert code == 4429
+    assert received[-1]["code"] == "rate_limited" and received[-1]["retryable"] is True

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--retries", type=int, default=10, help="reconnects before giving up")
     stream.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate")
     stream.add_argument("--channels", type=int, default=1, help="stdin PCM channels")
+    stream.add_argument(
+        "--token",
+        default=os.environ.get("TRIO_AUDIO_TOKEN"),
+        help="bearer token, when the server has auth on (env TRIO_AUDIO_TOKEN)",
+    )
     check = commands.add_parser(
         "check", help="verify a data dir's log (records, sessions, bytes, corruption)"
     )
@@ -143,7 +148,7 @@ def _stream(args: argparse.Namespace) -> int:
     session_id = args.session_id or Path(args.file).stem.replace(" ", "_")[:64] or "stdin"
     options = Options(url=args.url, user_id=args.user_id, session_id=session_id,
                       chunk_ms=args.chunk_ms, realtime=args.realtime, json=args.json,
-                      retries=args.retries, sample_rate=args.rate,
+                      retries=args.retries, sample_rate=args.rate, token=args.token,
                       channels=args.channels)  # fmt: skip
     return stream(options, args.file)
 

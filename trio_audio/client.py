@@ -40,6 +40,7 @@ class Options:
     retries: int = 10
     sample_rate: int = 16000  # for stdin PCM
     channels: int = 1
+    token: str | None = None  # a bearer token, when the server has auth on
 
 
 def file_chunks(path: str, chunk_ms: float) -> tuple[int, int, Iterator[bytes]]:
@@ -107,6 +108,8 @@ class Streamer:
                 "format": {"encoding": "pcm_s16le", "sample_rate": self.rate,
                            "channels": self.channels},
             }  # fmt: skip
+            if self.options.token:
+                start["token"] = self.options.token
             if self.next_seq is not None:  # resuming: from the first chunk with no ack
                 start["resume_from_seq"] = min(self.unacked, default=self.next_seq)
             await ws.send_message(json.dumps(start))

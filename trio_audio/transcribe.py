@@ -699,7 +699,8 @@ class Transcriber:
             await self.store.update(chunk_id, {"transcript": transcript})
         except NotFound:
             return False  # deleted since
-        except OSError as exc:  # the store is closing or cannot write: stays pending
+        except (OSError, ServiceError) as exc:  # the store is closing, full or failed (if an
+            # fsync failed, the store itself stops the service): the chunk stays pending
             logger.warning("transcript of chunk %s not stored (%s); stays pending", chunk_id, exc)
             return False
         return True

@@ -31,7 +31,15 @@ import msgpack
 import trio
 
 from ..config import Config
-from ..errors import InsufficientStorage, InternalError, NotFound, SeqConflict, StoreError
+from ..errors import (
+    InsufficientStorage,
+    InternalError,
+    NotFound,
+    Overloaded,
+    SeqConflict,
+    ServiceError,
+    StoreError,
+)
 from ..hub import Hub
 from ..metrics import Metrics
 from ..models import Job, Part, Reply, new_chunk_id
@@ -160,6 +168,7 @@ class Store:
         self.dead_bytes = 0  # of which deleted audio and metadata, since the last compaction
         self.compactions = 0
         self._fsync_failed = False
+        self._fatal: StoreError | None = None  # set: run() raises it and the service stops
         # New chunks start "pending" when a speech engine will transcribe them.
         self.transcript_status = "disabled" if config.asr_engine == "none" else "pending"
         # Called (never awaited) with each newly stored chunk's JSON and its part: the
@@ -194,6 +203,8 @@ class Store:
             await trio.to_thread.run_sync(self._prove, limiter=self._disk)
             task_status.started(self)
             await self._drained.wait()
+            if self._fatal is not None:
+                raise self._fatal
         finally:
             with trio.CancelScope(shield=True):
                 if self._log is not None:
@@ -360,10 +371,21 @@ class Store:
         try:
             return log.seal()
         except OSError as exc:
-            self._fsync_failed = True
-            logger.critical("fsync of the log failed (%s); stopping the service", exc)
-            msg = f"fsync of the log failed: {exc}"
-            raise StoreError(msg) from exc
+            raise self._fsync_failure(exc) from exc
+
+    def _fsync_failure(self, exc: OSError) -> StoreError:
+        """A failed fsync may have dropped dirty pages, and a retried one can report success
+        for data that is gone: never write again; the process stops, and replay on restart
+        tells what is durable."""
+        self._fsync_failed = True
+        logger.critical("fsync of the log failed (%s); stopping the service", exc)
+        return StoreError(f"fsync of the log failed: {exc}")
+
+    def _die(self, error: StoreError) -> None:
+        """Stop the service with *error* (raised by ``run``), whoever hit it."""
+        if self._fatal is None:
+            self._fatal = error
+        self._drained.set()
 
     async def _compact_when_needed(self) -> None:
         while True:
@@ -408,13 +430,19 @@ class Store:
                     try:
                         records: list[Write] = [(t, m, None) for t, m, _ in batch]
                         await trio.to_thread.run_sync(self._write, records, limiter=self._disk)
-                    except OSError as exc:
-                        error = InsufficientStorage(f"the store cannot write: {exc}")
+                    except StoreError as exc:
                         for _, _, waiting in batch:
-                            waiting.fail(error)
-                        if isinstance(exc, StoreError):
-                            raise
+                            waiting.fail(InternalError("the log could not be made durable"))
+                        self._die(exc)
+                        raise
+                    except OSError as exc:
+                        for _, _, waiting in batch:
+                            waiting.fail(write_error(exc))
                         continue
+                    except BaseException:  # never leave a caller of this batch waiting
+                        for _, _, waiting in batch:
+                            waiting.fail(InternalError("the store failed to write"))
+                        raise
                     for _, _, waiting in batch:
                         waiting.set(None)
             finally:
@@ -508,12 +536,7 @@ class Store:
         try:
             self._log.sync()
         except OSError as exc:
-            # A failed fsync may have dropped dirty pages; a retry can report success
-            # for data that is gone. Stop, and let replay on restart tell what is durable.
-            self._fsync_failed = True
-            logger.critical("fsync of the log failed (%s); stopping the service", exc)
-            msg = f"fsync of the log failed: {exc}"
-            raise StoreError(msg) from exc
+            raise self._fsync_failure(exc) from exc
         self._dirty_since = None
         if prove:  # when idle, say so in the log too (a busy log's next batch carries it)
             self._prove()
@@ -527,7 +550,7 @@ class Store:
                 continue
             try:
                 plans.append((job, self._plan(job, reserved)))
-            except SeqConflict as exc:
+            except ServiceError as exc:
                 metrics.failed(exc.code)
                 job.reply.fail(exc)
         writes: list[Write] = [
@@ -545,11 +568,7 @@ class Store:
                     job.reply.fail(InternalError("the log could not be made durable"))
                 raise
             except OSError as exc:
-                error: InsufficientStorage | InternalError
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                    error = InsufficientStorage(f"the store cannot write: {exc.strerror}")
-                else:
-                    error = InternalError(f"the store failed to write: {exc}")
+                error = write_error(exc)
                 logger.exception("log write failed, %d jobs refused", len(plans))
                 for job, _ in plans:
                     metrics.failed(error.code)
@@ -611,6 +630,9 @@ class Store:
                 part.existing = twin
                 planned.append((part, None))
                 continue
+            if part.audio_info is None:  # validate found it stored; it was deleted since
+                msg = f"seq {seq} was deleted while this retry was in flight; send it again"
+                raise Overloaded(msg)
             meta = claims[seq] = build_meta(job, part, seq, self.transcript_status)
             planned.append((part, meta))
         new = [meta for _, meta in planned if meta is not None]
@@ -624,6 +646,9 @@ class Store:
 
     def _write(self, writes: list[Write]) -> list[BlobRef | None]:
         """Append, flush and (in ``always`` mode) fsync; runs in a thread under ``_disk``."""
+        if self._fsync_failed:
+            msg = "an fsync of the log failed earlier; nothing more is written"
+            raise StoreError(msg)
         log = self._log
         if log is None:
             msg = "the store is closed"
@@ -637,6 +662,13 @@ class Store:
         if self.config.fsync == "always":
             self._sync()
         return refs
+
+
+def write_error(exc: OSError) -> ServiceError:
+    """How a failed log write is reported: 507 when the disk is full, else 500."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InsufficientStorage(f"the store cannot write: {exc.strerror}")
+    return InternalError(f"the store failed to write: {exc}")
 
 
 def _close_log(log: LogWriter, sync: bool = True) -> None:

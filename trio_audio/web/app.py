@@ -51,6 +51,8 @@ from .ws import QuartTransport, Session, WsContext
 logger = logging.getLogger("trio_audio.web")
 
 OCTETS: Final = "application/octet-stream"
+AUDIO_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg",
+                      "mp3": "audio/mpeg"}  # fmt: skip
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
@@ -196,8 +198,9 @@ def create_app(
         content_type = request.headers.get("Content-Type", "")
         media_type, _ = parse_media_type(content_type)
         user = g.get("user_id")
-        if user is not None or request.args.get("user_id"):  # before reading the body
-            rate.take(user or request.args["user_id"])
+        multipart = media_type == "multipart/form-data"
+        if not multipart and (user is not None or request.args.get("user_id")):
+            rate.take(user or request.args["user_id"])  # before reading the body
         with body_deadline(request.content_length):
             if media_type == "multipart/form-data":
                 form = await request.form
@@ -220,8 +223,8 @@ def create_app(
             if any(len(body) > config.max_part_bytes for body, _ in uploads):
                 msg = f"a file part is over the {config.max_part_bytes} byte limit"
                 raise PayloadTooLarge(msg)
-            if user is None and not request.args.get("user_id") and fields.get("user_id"):
-                rate.take(fields["user_id"], len(uploads))
+            if owner := user or fields.get("user_id"):
+                rate.take(owner, len(uploads))  # one upload per file part
         fields = authorize_fields(fields, user)
         job = build_job(fields, uploads)
         ingress.submit_nowait(job)
@@ -242,8 +245,12 @@ def create_app(
     async def get_audio(chunk_id: str) -> Response:
         check_id("chunk_id", chunk_id)
         chunk_owner(chunk_id)
-        data, content_type = await store.read_audio(chunk_id)
-        return Response(data, content_type=content_type)
+        data, _ = await store.read_audio(chunk_id)
+        # The type of what the bytes are (found by their magic), never the uploader's
+        # header: a "text/html" upload must not come back as a page a browser runs.
+        container = store.get(chunk_id)["audio"]["container"]
+        headers = {"X-Content-Type-Options": "nosniff"}
+        return Response(data, content_type=AUDIO_TYPES.get(container, OCTETS), headers=headers)
 
     @app.websocket("/ws")
     async def ws_session() -> None:

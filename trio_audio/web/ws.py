@@ -39,6 +39,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import ssl
 import time
 from collections import deque
@@ -61,6 +62,7 @@ from ..errors import (
     InvalidField,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     ServiceError,
     SlowReader,
     UnsupportedMediaType,
@@ -122,6 +124,12 @@ class WsContext:
     rate: RateLimiter | None = None
     active: int = 0
     per_user: dict[str, int] = attrs.field(factory=dict)
+    sessions: set[Session] = attrs.field(factory=set)  # open ones, told to stop on shutdown
+
+    def stop_sessions(self) -> None:
+        """Shutdown: every open session (of both transports) stops reading."""
+        for session in list(self.sessions):
+            session.stop_reading()
 
 
 class SessionError(Exception):
@@ -249,6 +257,7 @@ class Session:
         self._answered = trio.Event()  # set each time the acker answers a chunk
         self._drained = trio.Event()  # set when the acker has answered the last chunk
         self._reading = trio.CancelScope()  # the reader's; shutdown cancels it
+        self._handshaking = trio.CancelScope()  # the wait for 'start'; shutdown cancels it
         self.replayed: set[str] = set()
         self.stored = 0
         self.duplicates = 0
@@ -260,6 +269,9 @@ class Session:
 
     async def run(self) -> None:
         self.ctx.active += 1
+        self.ctx.sessions.add(self)
+        if self.ctx.shutdown.is_set():
+            self.stop_reading()
         try:
             await self._run()
         except Disconnected:
@@ -268,6 +280,7 @@ class Session:
             logger.exception("WebSocket session failed")
             await self._fail(InternalError("the server failed this session"))
         finally:
+            self.ctx.sessions.discard(self)
             self.ctx.active -= 1
             if self.admitted is not None:
                 left = self.ctx.per_user[self.admitted] - 1
@@ -277,10 +290,15 @@ class Session:
                     del self.ctx.per_user[self.admitted]
 
     async def _run(self) -> None:
-        try:
-            start = await self._handshake()
-        except SessionError as exc:
-            await self._fail(exc.error)
+        start = None
+        with self._handshaking:  # shutdown cancels it: a socket that never starts is let go
+            try:
+                start = await self._handshake()
+            except SessionError as exc:
+                await self._fail(exc.error)
+                return
+        if start is None:
+            await self._close(CLOSE_GOING_AWAY, "server shutting down")
             return
         self.start = start
         code, reason, error, gone = CLOSE_NORMAL, "session ended", None, False
@@ -293,9 +311,9 @@ class Session:
                     nursery.start_soon(self._relay, sub)
                     nursery.start_soon(self._flow)
                     nursery.start_soon(self._acker)
-                    nursery.start_soon(self._watch_shutdown)
                     ended = await self._reader(start)
-                    await self._drained.wait()
+                    with trio.move_on_after(CLOSE_TIMEOUT_S if not ended else math.inf):
+                        await self._drained.wait()  # on shutdown, bounded: resume covers it
                     if ended:
                         await self._finalize(start)
                         await self._send(self._session_end(start))
@@ -391,7 +409,7 @@ class Session:
     async def _reader(self, start: Start) -> bool:
         """Read until ``end`` (True) or shutdown (False); submit each chunk to the pipeline.
 
-        Shutdown cancels ``_reading`` (see ``_watch_shutdown``): a frame read but not yet
+        Shutdown cancels ``_reading`` (see ``stop_reading``): a frame read but not yet
         submitted was never answered, so its client sends it again when it resumes.
         """
         async with self.ack_send:
@@ -425,8 +443,9 @@ class Session:
         msg = f"no message for {self.config.ws_idle_timeout_s:g} s"
         raise SessionError(IdleTimeout(msg))
 
-    async def _watch_shutdown(self) -> None:
-        await self.ctx.shutdown.wait()
+    def stop_reading(self) -> None:
+        """Shutdown: read no more; answer what was taken, then close 1001."""
+        self._handshaking.cancel()
         self._reading.cancel()
 
     def _control(self, text: str) -> dict[str, Any]:
@@ -456,11 +475,17 @@ class Session:
         self.next_seq = seq + 1
         part = Part(body=data, content_type=start.content_type, raw=start.raw, seq=seq)
         job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], origin=self)
+        if self.ctx.rate is not None:
+            try:
+                self.ctx.rate.take(start.user_id)
+            except RateLimited as exc:
+                raise SessionError(exc) from None
+        self.unanswered.append(time.monotonic())
+        await self.ack_send.send((seq, job))  # waits while too many are unanswered
         with trio.move_on_after(self.config.ws_overload_timeout_s):
             await self.ingress.submit(job)
-            self.unanswered.append(time.monotonic())
-            await self.ack_send.send((seq, job))  # waits when too many are unanswered
             return
+        job.reply.fail(Overloaded("not taken: the pipeline had no room"))  # the acker's turn
         self.ctx.metrics.refuse("ws_wait_timeout")
         msg = (
             f"the pipeline had no room for {self.config.ws_overload_timeout_s:g} s; "
@@ -669,4 +694,5 @@ async def serve_ws(
         server = await listener.start(serve)
         task_status.started(server.port)
         await ctx.shutdown.wait()
+        ctx.stop_sessions()
         listener.cancel_scope.cancel()
