@@ -501,12 +501,7 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
             if name_seq != base_seq:
                 msg = f"file name says base seq {name_seq}, header says {base_seq}"
                 raise CorruptLog(str(path), 0, msg)
-            if base_seq != expected:
-                msg = f"segment starts at seq {base_seq}, expected {expected}"
-                raise CorruptLog(str(path), 0, msg)
-            scan = _Scan(next_seq=base_seq)
-            if size > SEGMENT_HEADER_SIZE:
-                _scan_file(fd, size, salt, name, str(path), scan, on_record)
+            scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record)
             checkpoints += scan.checkpoints
             if scan.bad_offset is not None:
                 assert scan.bad_reason is not None
@@ -591,18 +586,32 @@ def read_segment(
         if isinstance(parsed, str):
             raise CorruptLog(str(path), 0, parsed)
         salt, base_seq = parsed
-        if base_seq != expected:
-            msg = f"segment starts at seq {base_seq}, expected {expected}"
-            raise CorruptLog(str(path), 0, msg)
-        scan = _Scan(next_seq=base_seq)
-        if size > SEGMENT_HEADER_SIZE:
-            _scan_file(fd, size, salt, name, str(path), scan, on_record)
+        scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record)
         if scan.bad_offset is not None:
             assert scan.bad_reason is not None
             raise CorruptLog(str(path), scan.bad_offset, scan.bad_reason)
         return scan.next_seq
     finally:
         os.close(fd)
+
+
+def _scan_segment(
+    fd: int,
+    size: int,
+    salt: int,
+    base_seq: int,
+    expected: int,
+    path: Path,
+    on_record: Callable[[Record], None],
+) -> _Scan:
+    """The frames of a segment whose header held, which must start at seq *expected*."""
+    if base_seq != expected:
+        msg = f"segment starts at seq {base_seq}, expected {expected}"
+        raise CorruptLog(str(path), 0, msg)
+    scan = _Scan(next_seq=base_seq)
+    if size > SEGMENT_HEADER_SIZE:
+        _scan_file(fd, size, salt, path.name, str(path), scan, on_record)
+    return scan
 
 
 def _remove_leftovers(directory: Path, snapshots: list[str], start: int) -> list[str]:
