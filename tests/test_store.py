@@ -57,10 +57,14 @@ async def test_updates_are_durable_grouped_and_replayed(
     texts = {f"c{n}": {"status": "done", "text": f"word {n}", "words": []} for n in range(3)}
     async with trio.open_nursery() as first:
         store: Store = await first.start(Store(config).run)
+        index = store.sessions("u")["s"]
+        assert store.session_transcript(index) == {"status": "disabled", "text": ""}
         async with trio.open_nursery() as updates:  # concurrent updates
             for chunk_id, transcript in texts.items():
                 updates.start_soon(store.update, chunk_id, {"transcript": transcript})
         assert store.get("c1")["transcript"]["text"] == "word 1"
+        # The session's transcript (cached for paging) follows its chunks' updates.
+        assert store.session_transcript(index) == {"status": "done", "text": "word 0 word 1 word 2"}
         assert store.get("c1")["checksum"] == "c1"  # other fields untouched
         with pytest.raises(NotFound):
             await store.update("nope", {"transcript": {}})

@@ -635,7 +635,7 @@ class Transcriber:
         def convert() -> bytes:
             decoded = decode(data, content_type=content_type, raw=raw)
             mono = features.downmix(decoded.samples)
-            return vad.to_pcm16(vad.resample(mono, decoded.sample_rate)).tobytes()
+            return vad.speech_pcm(mono, decoded.sample_rate).tobytes()
 
         return await trio.to_thread.run_sync(convert, limiter=self.limiter)
 

@@ -66,6 +66,11 @@ def to_pcm16(samples: npt.NDArray[np.floating]) -> Int16Array:
     return out
 
 
+def speech_pcm(mono: npt.NDArray[np.floating], rate: int) -> Int16Array:
+    """Mono audio at any rate as what VAD and the transcriber take: 16 kHz 16-bit."""
+    return to_pcm16(resample(mono, rate))
+
+
 def speech_flags(pcm: Int16Array, vad: webrtcvad.Vad) -> npt.NDArray[np.bool_]:
     """WebRTC's verdict for each full 30 ms frame of 16 kHz *pcm* (a partial tail is left)."""
     count = pcm.size // FRAME_SAMPLES

@@ -188,7 +188,7 @@ def _metadata(part: Part, *, vad_mode: int, vad_gap_ms: float, keep_pcm: bool) -
     analysis = features.analyze_spectrum(part.decoded.samples, part.mono, part.spectrum)
     part.analysis = analysis.to_dict()
     # Voice activity on 16 kHz PCM, which is also what the transcriber decodes.
-    pcm = vad.to_pcm16(vad.resample(part.mono, part.decoded.sample_rate))
+    pcm = vad.speech_pcm(part.mono, part.decoded.sample_rate)
     part.analysis["features"].update(vad.analyze(pcm, vad_mode, vad_gap_ms).to_dict())
     part.speech_pcm = pcm.tobytes() if keep_pcm else None
     # Past this point only the numbers are needed: let the samples go before the store.

@@ -92,8 +92,10 @@ class SessionIndex:
     durations: list[float] = attrs.field(factory=list)
     starts: list[float] = attrs.field(factory=list)
     duration_ms: float = 0.0
+    transcript: dict[str, str] | None = None  # the session's, cached until a chunk changes
 
     def add(self, seq: int, chunk_id: str, duration_ms: float) -> None:
+        self.transcript = None
         if seq in self.by_seq:
             self.remove(seq)
         i = bisect.bisect_left(self.seqs, seq)
@@ -107,6 +109,7 @@ class SessionIndex:
         self.duration_ms += duration_ms
 
     def remove(self, seq: int) -> None:
+        self.transcript = None
         i = bisect.bisect_left(self.seqs, seq)
         if i == len(self.seqs) or self.seqs[i] != seq:
             return
@@ -272,7 +275,30 @@ class Store:
         meta.update(patch["set"])
         self.dead_bytes += len(entry.packed)
         entry.packed = msgpack.packb(meta)
+        self.users[entry.user_id][entry.session_id].transcript = None
         return meta
+
+    def session_transcript(self, index: SessionIndex) -> dict[str, str]:
+        """The session's transcript so far: the text of its done chunks in seq order.
+
+        Computed from every chunk once, then kept until one of them changes, so paging
+        through a long session does not read the whole session for each page."""
+        if index.transcript is None:
+            statuses = set()
+            texts = []
+            for _, chunk_id in index.after(None):
+                transcript = self.chunks[chunk_id].meta()["transcript"]
+                statuses.add(transcript["status"])
+                if transcript["status"] == "done" and transcript["text"]:
+                    texts.append(transcript["text"])
+            if "pending" in statuses:
+                status = "pending"
+            elif statuses == {"disabled"}:
+                status = "disabled"
+            else:
+                status = "done"
+            index.transcript = {"status": status, "text": " ".join(texts)}
+        return index.transcript
 
     def _apply_tombstone(self, tombstone: dict[str, Any]) -> list[str]:
         """Remove the chunks a TOMBSTONE names from the index; the ids that were there."""

@@ -392,26 +392,8 @@ def list_sessions(
                 "session_id": name,
                 "chunk_count": len(index.seqs),
                 "duration_ms": round(index.duration_ms, 3),
-                "transcript": session_transcript(store, (c for _, c in index.after(None))),
+                "transcript": store.session_transcript(index),
                 "chunks": chunks,
             }
         )
     return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}
-
-
-def session_transcript(store: Store, chunk_ids: Iterator[str]) -> dict[str, str]:
-    """The session's transcript so far: the text of its done chunks in seq order."""
-    statuses = set()
-    texts = []
-    for chunk_id in chunk_ids:
-        transcript = store.chunks[chunk_id].meta()["transcript"]
-        statuses.add(transcript["status"])
-        if transcript["status"] == "done" and transcript["text"]:
-            texts.append(transcript["text"])
-    if "pending" in statuses:
-        status = "pending"
-    elif statuses == {"disabled"}:
-        status = "disabled"
-    else:
-        status = "done"
-    return {"status": status, "text": " ".join(texts)}
