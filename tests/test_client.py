@@ -73,11 +73,14 @@ async def test_resumes_by_itself_across_a_server_restart(
         async with trio.open_nursery() as nursery:
             run = partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
             client = await nursery.start(run)
-            await trio.sleep(1.0)  # a third of the way through, in real time
-            await first.stop()  # closes the stream with 1001
-            second: Server = await start_server(ws_port=ws_port)
-            output = b""
             assert client.stdout is not None
+            output = b""
+            async for data in client.stdout:  # until the stream is well under way
+                output += data
+                if output.count(b'"type": "ack"') >= 5:
+                    break
+            await first.stop()  # closes the stream with 1001, mid-file
+            second: Server = await start_server(ws_port=ws_port)
             async for data in client.stdout:
                 output += data
     assert client.returncode == 0

@@ -114,16 +114,16 @@ async def test_websocket_auth_by_header_query_or_start(
     server: Server = await start_server(tokens_file=str(path))
     url = server.running.ws_url
     start: dict[str, Any] = {"type": "start", "session_id": "live", "format": FORMAT}
-    for how in ("header", "query", "start"):
+    for n, how in enumerate(("header", "query", "start")):
         headers = [("Authorization", f"Bearer {alice}")] if how == "header" else None
         target = f"{url}?token={alice}" if how == "query" else url
         message = {**start, "token": alice} if how == "start" else start
         async with open_websocket_url(target, extra_headers=headers) as ws:
             await ws.send_message(json.dumps(message))
             started = await receive_type(ws, "started")
-            assert started["user_id"] == "alice"
-            await ws.send_message(frame(0))
-            assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] >= 0
+            assert started["user_id"] == "alice" and started["next_seq"] == n
+            await ws.send_message(frame(n))
+            assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == n
     for message, code in [
         (start, 4401),
         ({**start, "token": "wrong"}, 4401),

@@ -196,7 +196,8 @@ async def test_websocket_clients_get_partials_before_the_final(
             await ws.send_message(json.dumps(
                 {"type": "start", "user_id": "alice", "session_id": "ws", "format": fmt}
             ))  # fmt: skip
-            for piece in pieces(speak(SENTENCE, tail_s=0.0), 0.2):
+            chunks = pieces(speak(SENTENCE, tail_s=0.0), 0.2)
+            for piece in chunks:
                 await ws.send_message((piece * 32767).astype("<i2").tobytes())
             await ws.send_message(json.dumps({"type": "finalize"}))
             while not any(m.get("is_final") for m in received):
@@ -208,4 +209,5 @@ async def test_websocket_clients_get_partials_before_the_final(
     assert final["text"] == SENTENCE and [w["word"] for w in final["words"]] == SENTENCE.split()
     partials = received[:-1]
     assert partials and not any(m["is_final"] for m in partials)
-    assert all(m["seq"] >= 0 for m in received)
+    seqs = [m["seq"] for m in received]  # each names a chunk that was sent, in order
+    assert seqs == sorted(seqs) and seqs[0] >= 0 and seqs[-1] < len(chunks)
