@@ -39,10 +39,12 @@ class Ingress:
         stats = self._send.statistics()
         return stats.current_buffer_used >= stats.max_buffer_size
 
-    def refuse(self, reason: str) -> Overloaded:
+    def refuse(
+        self, reason: str, detail: str = "the ingest queue is full; retry after the delay given"
+    ) -> Overloaded:
+        """Count a refusal by *reason*; the 503 to raise for it."""
         self._metrics.refuse(reason)
-        msg = "the ingest queue is full; retry after the delay given"
-        return Overloaded(msg, retry_after=self.retry_after_s)
+        return Overloaded(detail, retry_after=self.retry_after_s)
 
     def submit_nowait(self, job: Job) -> None:
         """Queue *job* or raise ``Overloaded`` at once; never blocks, never drops."""
@@ -52,9 +54,7 @@ class Ingress:
         except trio.WouldBlock:
             raise self.refuse("queue_full") from None
         except trio.ClosedResourceError:
-            self._metrics.refuse("shutting_down")
-            msg = "the service is shutting down"
-            raise Overloaded(msg, retry_after=self.retry_after_s) from None
+            raise self.refuse("shutting_down", "the service is shutting down") from None
         self._metrics.accepted(len(job.parts))
 
     async def submit(self, job: Job) -> None:
