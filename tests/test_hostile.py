@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from trio_audio.audio.decode import RawFormat, decode
 from trio_audio.errors import ServiceError, StoreError
 from trio_audio.store.log import LogWriter, RecordType, list_segments, log_dir, replay
-from trio_audio.web.ws import parse_control, parse_start
+from trio_audio.web.messages import parse_control, parse_start
 
 from .strategies import AUDIO_INPUT, JSON_VALUES, MEDIA_TYPES, start_messages
 
@@ -63,7 +63,8 @@ def test_start_messages_validate_or_raise_typed_errors(
     except ServiceError as exc:
         assert 400 <= exc.status < 500 and exc.close_code in (4400, 4403, 4415)
         return
-    assert start.user_id and start.session_id and start.content_type
+    assert start.user_id and start.session_id
+    assert start.watch_only == ("format" not in message or message["format"] is None)
 
 
 @pytest.fixture(scope="module")

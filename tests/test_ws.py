@@ -144,7 +144,10 @@ async def test_container_frames_and_base64_audio_messages(server: Server, transp
         ([{"type": "start", "user_id": "a/../b", "session_id": "s", "format": FORMAT}], 4400,
          "invalid_field"),
         ([{"type": "start", "user_id": "a", "format": FORMAT}], 4400, "missing_field"),
-        ([{"type": "start", "user_id": "a", "session_id": "s"}], 4400, "bad_message"),
+        ([{"type": "start", "user_id": "a", "session_id": "s", "format": "wav"}], 4400,
+         "bad_message"),
+        ([{"type": "start", "user_id": "a", "session_id": "s"}, b"\x00\x00"], 4400,
+         "bad_message"),  # no format: a watcher, which sends no audio
         ([{"type": "start", "user_id": "a", "session_id": "s",
            "format": {"encoding": "pcm_mulaw", "sample_rate": 8000, "channels": 1}}], 4415,
          "unsupported_media_type"),

@@ -37,9 +37,11 @@ from .pipeline.pipeline import Ingress, run_pipeline
 from .store.log import REAL_FILES, FileOps
 from .store.store import Store
 from .transcribe import Transcriber
+from .web.access import Access
 from .web.app import Readiness, create_app
 from .web.auth import RateLimiter, Tokens
-from .web.ws import WsContext, message_limit, serve_ws
+from .web.transports import message_limit, serve_ws
+from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
 
@@ -178,9 +180,9 @@ async def serve(
             readiness.pipeline = True
             async with ingress:  # each server owns a clone; the pipeline ends with the last
                 http_ingress, ws_ingress = ingress.clone(), ingress.clone()
-            rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-            ws = WsContext(config, store, store.hub, metrics, shutdown, transcriber, tokens, rate)
-            app = create_app(config, store, http_ingress, metrics, readiness, ws)
+            access = Access(tokens, RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))
+            ws = WsContext(config, store, store.hub, metrics, shutdown, transcriber, access)
+            app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
             metrics.gauge("trio_audio_store_chunks", lambda: {'store="local"': len(store.chunks)})
             metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
             binds = await service.start(serve_http, config, app, http_ingress, shutdown)

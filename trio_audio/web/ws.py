@@ -1,4 +1,4 @@
-"""The WebSocket session protocol, and its two transports.
+"""The WebSocket session protocol: one connection, one session stream.
 
 One connection is one session stream. JSON text frames carry control, binary frames carry
 audio (one chunk each)::
@@ -28,61 +28,48 @@ Error handling: a bad message, format or chunk ends the connection with an ``err
 matching close code; other sessions never notice. On shutdown a session stops reading,
 answers what it had taken, and closes with 1001 so its client can resume elsewhere.
 
-Transports: ``serve_ws`` runs the trio-websocket listener (the fast path); ``quart_session``
-serves the same protocol at ``/ws`` on the HTTP port. Both only move frames.
+Messages are parsed and built in ``messages.py``; the session runs over either transport of
+``transports.py`` (the trio-websocket listener, or ``/ws`` on the HTTP port), which implement
+``Transport`` below and only move frames.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import math
-import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from ..audio.decode import RawFormat, raw_format_from
 from ..config import Config
 from ..errors import (
     BadMessage,
-    Forbidden,
     IdleTimeout,
     InternalError,
-    InvalidField,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
     ServiceError,
     SlowReader,
-    UnsupportedMediaType,
 )
 from ..hub import Hub, Subscription
 from ..metrics import Metrics
-from ..models import Job, Part, check_id, parse_seq
+from ..models import Job, Part
 from ..pipeline.pipeline import Ingress
 from ..store.store import Store, Stored
-from .auth import RateLimiter, Tokens, bearer
+from .access import Access
+from .messages import Start, dumps, error_message, parse_audio, parse_control, parse_start
 
 logger = logging.getLogger("trio_audio.ws")
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
-CLOSE_NOT_FOUND: Final = 4404
 CLOSE_TIMEOUT_S: Final = 2.0  # for the closing handshake and the last error message
-MAX_CONTROL_BYTES: Final = 64 * 1024  # a JSON message that carries no audio
-CONTAINER_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg",
-                          "mp3": "audio/mpeg"}  # fmt: skip
 
 
 class Disconnected(Exception):
@@ -120,8 +107,7 @@ class WsContext:
     metrics: Metrics
     shutdown: trio.Event
     transcriber: Finalizer | None = None
-    tokens: Tokens | None = None  # None: auth off
-    rate: RateLimiter | None = None
+    access: Access = attrs.field(factory=Access)  # tokens and rate limit, shared with HTTP
     active: int = 0
     per_user: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)  # open ones, told to stop on shutdown
@@ -140,105 +126,9 @@ class SessionError(Exception):
         self.error = error
 
 
-@attrs.frozen
-class Start:
-    user_id: str
-    session_id: str
-    content_type: str
-    raw: RawFormat | None
-    resume_from_seq: int | None
-
-
-def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
-
-
-def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": error.detail,
-            "retryable": error.retryable, **extra}  # fmt: skip
-
-
-def parse_control(text: str) -> dict[str, Any]:
-    """A JSON object with a string ``type``; anything else is a ``bad_message``."""
-    if len(text) > MAX_CONTROL_BYTES and '"audio"' not in text[:256]:
-        msg = f"a control message of {len(text)} bytes is over {MAX_CONTROL_BYTES}"
-        raise PayloadTooLarge(msg)
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        msg = f"not JSON: {exc}"
-        raise BadMessage(msg) from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        msg = "a control message is a JSON object with a string 'type'"
-        raise BadMessage(msg)
-    return message
-
-
-def parse_start(
-    message: dict[str, Any], query: Mapping[str, str], user: str | None = None
-) -> Start:
-    """Validate a ``start`` message (ids may also come from the URL's query).
-
-    *user* is the authenticated user, when auth is on: the stream is theirs, and naming
-    another user is ``Forbidden``.
-    """
-    if message.get("type") != "start":
-        msg = f"the first message must be 'start', got {str(message.get('type'))[:40]!r}"
-        raise BadMessage(msg)
-    named = _text(message.get("user_id") or query.get("user_id"))
-    if user is not None and named is not None and named != user:
-        msg = f"this token streams as {user!r}, not {named[:64]!r}"
-        raise Forbidden(msg)
-    user_id = check_id("user_id", named or user)
-    session_id = check_id("session_id", _text(message.get("session_id") or query.get("session_id")))
-    assert user_id is not None and session_id is not None
-    fmt = message.get("format")
-    if not isinstance(fmt, dict):
-        msg = "start needs a format: {encoding, sample_rate, channels} or {container}"
-        raise BadMessage(msg)
-    container = fmt.get("container")
-    raw = None
-    if container is not None:
-        if container not in CONTAINER_TYPES:
-            msg = f"container must be one of {', '.join(CONTAINER_TYPES)}, got {container!r}"
-            raise UnsupportedMediaType(msg)
-        content_type = CONTAINER_TYPES[container]
-    else:
-        encoding = fmt.get("encoding")
-        try:
-            raw = raw_format_from(
-                "", {}, _text(encoding), _text(fmt.get("sample_rate")), _text(fmt.get("channels"))
-            )
-        except InvalidField as exc:
-            if encoding is not None and "encoding" in exc.detail:
-                raise UnsupportedMediaType(exc.detail) from None
-            raise
-        if raw is None:
-            msg = "format needs encoding, sample_rate and channels (or a container)"
-            raise BadMessage(msg)
-        content_type = f"audio/pcm;encoding={raw.encoding};rate={raw.sample_rate};" + (
-            f"channels={raw.channels}"
-        )
-    return Start(
-        user_id=user_id,
-        session_id=session_id,
-        content_type=content_type,
-        raw=raw,
-        resume_from_seq=parse_seq(message.get("resume_from_seq")),
-    )
-
-
 def _first_leaf(group: BaseExceptionGroup[SessionError]) -> SessionError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return "?"  # rejected by the field's own check with a clear message
-    return str(value)
 
 
 class Session:
@@ -353,13 +243,10 @@ class Session:
 
     def _authenticate(self, control: dict[str, Any]) -> str | None:
         """With auth on: the user of the token in the start message, ?token= or the header."""
-        tokens = self.ctx.tokens
-        if tokens is None:
-            return None
         token = control.get("token") or self.transport.query.get("token")
-        if not isinstance(token, str):
-            token = bearer(self.transport.headers.get("authorization"))
-        return tokens.user_for(token)
+        return self.ctx.access.user_for_request(
+            self.transport.headers, token if isinstance(token, str) else None
+        )
 
     def _admit(self, user_id: str) -> None:
         """Count the session in, or refuse it past the overall and per-user caps."""
@@ -455,31 +342,27 @@ class Session:
             raise SessionError(exc) from None
 
     def _audio_payload(self, control: dict[str, Any]) -> tuple[bytes, int | None]:
-        data = control.get("data")
-        if not isinstance(data, str):
-            raise SessionError(BadMessage("an 'audio' message needs base64 'data'"))
         try:
-            audio = base64.b64decode(data, validate=True)
-            seq = parse_seq(control.get("seq"))
-        except (binascii.Error, ValueError) as exc:
-            detail = exc.detail if isinstance(exc, ServiceError) else "data is not base64"
-            raise SessionError(BadMessage(detail)) from None
-        return audio, seq
+            return parse_audio(control)
+        except ServiceError as exc:
+            raise SessionError(exc) from None
 
     async def _submit(self, start: Start, data: bytes, seq: int | None) -> None:
         if len(data) > self.config.max_body_bytes:
             msg = f"a chunk of {len(data)} bytes is over the {self.config.max_body_bytes} limit"
             raise SessionError(PayloadTooLarge(msg))
+        if start.content_type is None:
+            msg = "this socket sent no format in 'start': it only watches, and takes no audio"
+            raise SessionError(BadMessage(msg))
         if seq is None:
             seq = self.next_seq
         self.next_seq = seq + 1
         part = Part(body=data, content_type=start.content_type, raw=start.raw, seq=seq)
         job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], origin=self)
-        if self.ctx.rate is not None:
-            try:
-                self.ctx.rate.take(start.user_id)
-            except RateLimited as exc:
-                raise SessionError(exc) from None
+        try:
+            self.ctx.access.take(start.user_id)
+        except RateLimited as exc:
+            raise SessionError(exc) from None
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
         with trio.move_on_after(self.config.ws_overload_timeout_s):
@@ -596,103 +479,3 @@ class Session:
     async def _close(self, code: int, reason: str) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(Disconnected):
             await self.transport.close(code, reason)
-
-
-# -- transports ---------------------------------------------------------------------------
-
-
-def message_limit(config: Config) -> int:
-    """The library's frame limit: a chunk as base64 inside JSON, plus its envelope."""
-    return config.max_body_bytes * 4 // 3 + MAX_CONTROL_BYTES
-
-
-class TrioWebsocketTransport:
-    """A trio-websocket server connection."""
-
-    def __init__(self, connection: Any, request_headers: Any) -> None:
-        self.connection = connection
-        self.query: Mapping[str, str] = dict(parse_qsl(urlsplit(connection.path).query))
-        self.headers: Mapping[str, str] = {
-            _text_of(name).lower(): _text_of(value) for name, value in request_headers
-        }
-
-    async def receive(self) -> str | bytes:
-        try:
-            message: str | bytes = await self.connection.get_message()
-        except ConnectionClosed:
-            raise Disconnected from None
-        return message
-
-    async def send(self, message: str) -> None:
-        try:
-            await self.connection.send_message(message)
-        except ConnectionClosed:
-            raise Disconnected from None
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.connection.aclose(code, reason)
-
-
-def _text_of(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
-class QuartTransport:
-    """quart-trio's WebSocket on the HTTP port (a client that goes away cancels the handler)."""
-
-    def __init__(self, websocket: Any) -> None:
-        self.websocket = websocket
-        self.query: Mapping[str, str] = dict(websocket.args)
-        self.headers: Mapping[str, str] = {k.lower(): v for k, v in websocket.headers.items()}
-
-    async def receive(self) -> str | bytes:
-        message: str | bytes = await self.websocket.receive()
-        return message
-
-    async def send(self, message: str) -> None:
-        await self.websocket.send(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.websocket.close(code, reason)
-
-
-async def serve_ws(
-    ctx: WsContext,
-    ingress: Ingress,
-    tls: ssl.SSLContext | None = None,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The trio-websocket listener on ``host:ws_port`` at ``/ws``; reports the bound port.
-
-    Resource handling: owns its *ingress* clone. On shutdown it stops accepting, lets every
-    session drain and close (1001), then closes the clone so the pipeline can end.
-    """
-    config = ctx.config
-
-    async def handler(request: WebSocketRequest) -> None:
-        connection = await request.accept()
-        if urlsplit(request.path).path != "/ws":
-            # Not request.reject(): in trio-websocket 0.12 a rejected connection's task
-            # never ends, so each one would leak until shutdown.
-            await connection.aclose(CLOSE_NOT_FOUND, "the WebSocket endpoint is /ws")
-            return
-        transport = TrioWebsocketTransport(connection, request.headers)
-        await Session(transport, ctx, ingress).run()
-
-    async with ingress, trio.open_nursery() as sessions, trio.open_nursery() as listener:
-        serve: Callable[..., Awaitable[Any]] = partial(
-            serve_websocket,
-            handler,
-            config.host,
-            config.ws_port,
-            tls,
-            handler_nursery=sessions,
-            max_message_size=message_limit(config),
-            message_queue_size=4,
-        )
-        server = await listener.start(serve)
-        task_status.started(server.port)
-        await ctx.shutdown.wait()
-        ctx.stop_sessions()
-        listener.cancel_scope.cancel()
