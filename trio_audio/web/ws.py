@@ -1,11 +1,11 @@
 """The WebSocket session protocol: one connection, one session stream.
 
-One connection is one session stream. JSON text frames carry control, binary frames carry
-audio (one chunk each)::
+JSON text frames carry control, binary frames carry audio (one chunk each)::
 
     client                                   server
-    start {user_id, session_id, format,  ->
-           resume_from_seq?}             <-  started {session_id, next_seq, limits}
+    start {user_id, session_id, format?, ->
+           resume_from_seq?}             <-  started {session_id, next_seq, stored_next_seq,
+                                                      limits}
                                          <-  (resume: ack + metadata [+ transcript] replayed)
     <binary chunk> | audio {data, seq?}  ->
                                          <-  ack {seq, chunk_id}        once durably stored
@@ -16,17 +16,21 @@ audio (one chunk each)::
                                          <-  session_end {summary}, close 1000
     (anything wrong)                     <-  error {code, message, retryable}, close 4xxx
 
-Resource handling: each connection runs four tasks in its own nursery: the reader (parses,
+A ``start`` without ``format`` only watches: it gets the session's results and sends no audio.
+
+Resource handling: each connection runs five tasks in its own nursery: the reader (parses,
 submits to the pipeline), the acker (answers chunks in order), the relay (the session's live
-results from the hub) and the writer (the only task that sends). Every queue between them is
-bounded: the reader stops reading the socket when ``ws_max_inflight`` chunks are unanswered
-(TCP backpressure); a chunk that finds the pipeline full for ``ws_overload_timeout_s`` ends the
-connection with ``overloaded``; a client that reads results too slowly overflows its hub queue
-and is cut off with ``slow_reader``.
+results from the hub), the flow reporter, and the writer (the only task that sends). Every
+queue between them is bounded: the reader stops reading the socket when ``ws_max_inflight``
+chunks are unanswered (TCP backpressure); a chunk that finds the pipeline full for
+``ws_overload_timeout_s`` ends the connection with ``overloaded``; a client whose hub queue
+overflows, or that takes nothing the writer sends for ``ws_send_timeout_s``, is cut off with
+``slow_reader``, which frees its slot.
 
 Error handling: a bad message, format or chunk ends the connection with an ``error`` and the
-matching close code; other sessions never notice. On shutdown a session stops reading,
-answers what it had taken, and closes with 1001 so its client can resume elsewhere.
+matching close code, after the chunks taken before it are answered; other sessions never
+notice. On shutdown a session stops reading, answers what it had taken, and closes with 1001
+so its client can resume elsewhere.
 
 Messages are parsed and built in ``messages.py``; the session runs over either transport of
 ``transports.py`` (the trio-websocket listener, or ``/ws`` on the HTTP port), which implement
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -51,6 +56,7 @@ from ..errors import (
     BadMessage,
     IdleTimeout,
     InternalError,
+    InvalidField,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
@@ -132,22 +138,34 @@ def _first_leaf(group: BaseExceptionGroup[SessionError]) -> SessionError:
 
 
 class Session:
-    """One connection speaking the protocol over a ``Transport``."""
+    """One connection speaking the protocol over a ``Transport``.
+
+    Channels and their owners: ``ack_send`` is the reader's, ``ack_recv`` the acker's; the
+    outgoing messages channel is made per stream in ``_stream``: the writer owns its receive
+    end, and every task that sends owns a clone of the send end, closed when it ends, so the
+    writer sees the channel end once the last of them is done.
+    """
 
     def __init__(self, transport: Transport, ctx: WsContext, ingress: Ingress) -> None:
+        self.id = secrets.token_hex(8)  # this socket's, so it is not sent its own chunks back
         self.transport = transport
         self.ctx = ctx
         self.config = ctx.config
         self.ingress = ingress
-        self.out_send, self.out_recv = trio.open_memory_channel[str | None](ctx.config.ws_queue)
         self.ack_send, self.ack_recv = trio.open_memory_channel[tuple[int, Job]](
             ctx.config.ws_max_inflight
         )
         self.unanswered: deque[float] = deque()  # receive times of chunks not yet answered
         self._answered = trio.Event()  # set each time the acker answers a chunk
         self._drained = trio.Event()  # set when the acker has answered the last chunk
-        self._reading = trio.CancelScope()  # the reader's; shutdown cancels it
+        self._reading = trio.CancelScope()  # the reader's; shutdown or an error cancels it
         self._handshaking = trio.CancelScope()  # the wait for 'start'; shutdown cancels it
+        self.error: ServiceError | None = None  # the first thing that went wrong: the end
+        self.jammed = False  # a send timed out: the client is not reading, send no more
+        self._sending = trio.CancelScope()  # the writer's current send
+        self._watching = trio.CancelScope()  # the watchdog's; the writer ends it when done
+        self._send_started: float | None = None  # when it began; None: not sending
+        self._released = False
         self.replayed: set[str] = set()
         self.stored = 0
         self.duplicates = 0
@@ -170,14 +188,21 @@ class Session:
             logger.exception("WebSocket session failed")
             await self._fail(InternalError("the server failed this session"))
         finally:
-            self.ctx.sessions.discard(self)
-            self.ctx.active -= 1
-            if self.admitted is not None:
-                left = self.ctx.per_user[self.admitted] - 1
-                if left:
-                    self.ctx.per_user[self.admitted] = left
-                else:
-                    del self.ctx.per_user[self.admitted]
+            self._release()
+
+    def _release(self) -> None:
+        """Give back this session's slot (once): at its end, or when its client is cut off."""
+        if self._released:
+            return
+        self._released = True
+        self.ctx.sessions.discard(self)
+        self.ctx.active -= 1
+        if self.admitted is not None:
+            left = self.ctx.per_user[self.admitted] - 1
+            if left:
+                self.ctx.per_user[self.admitted] = left
+            else:
+                del self.ctx.per_user[self.admitted]
 
     async def _run(self) -> None:
         start = None
@@ -191,38 +216,51 @@ class Session:
             await self._close(CLOSE_GOING_AWAY, "server shutting down")
             return
         self.start = start
-        code, reason, error, gone = CLOSE_NORMAL, "session ended", None, False
+        ended, gone = False, False
         with self.ctx.hub.subscribe(start.user_id, start.session_id, origin=self) as sub:
             try:
-                async with trio.open_nursery() as nursery:
-                    writer_done = trio.Event()
-                    nursery.start_soon(self._writer, writer_done)
-                    await self._started_and_replay(start)
-                    nursery.start_soon(self._relay, sub)
-                    nursery.start_soon(self._flow)
-                    nursery.start_soon(self._acker)
-                    ended = await self._reader(start)
-                    with trio.move_on_after(CLOSE_TIMEOUT_S if not ended else math.inf):
-                        await self._drained.wait()  # on shutdown, bounded: resume covers it
-                    if ended:
-                        await self._finalize(start)
-                        await self._send(self._session_end(start))
-                    else:
-                        code, reason = CLOSE_GOING_AWAY, "server shutting down"
-                    await self.out_send.send(None)  # the writer flushes all before it
-                    with trio.move_on_after(CLOSE_TIMEOUT_S):
-                        await writer_done.wait()
-                    nursery.cancel_scope.cancel()
+                ended = await self._stream(start, sub)
             except* SessionError as group:
-                error = _first_leaf(group).error
+                self._end_with(_first_leaf(group).error)
             except* Disconnected:
                 gone = True
         if gone:
             return
-        if error is not None:
-            await self._fail(error)
+        if self.error is not None:
+            await self._fail(self.error)
+        elif ended:
+            await self._close(CLOSE_NORMAL, "session ended")
         else:
-            await self._close(code, reason)
+            await self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _stream(self, start: Start, sub: Subscription) -> bool:
+        """Run a started session's tasks until it ends; True if the client ended it.
+
+        Whatever ends it (``end``, shutdown or an error), the chunks taken so far are
+        answered first (an error or shutdown waits at most ``CLOSE_TIMEOUT_S`` for them),
+        then the writer sends everything queued, and only then does ``_run`` close.
+        """
+        out, out_recv = trio.open_memory_channel[str](self.config.ws_queue)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, out_recv)
+            nursery.start_soon(self._watchdog)
+            async with out:
+                await self._started_and_replay(start, out)
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(self._relay, sub, out.clone())
+                    tasks.start_soon(self._flow, out.clone())
+                    tasks.start_soon(self._acker, out.clone())
+                    ended = await self._reader(start, out.clone())
+                    clean = ended and self.error is None
+                    with trio.move_on_after(math.inf if clean else CLOSE_TIMEOUT_S):
+                        await self._drained.wait()  # bounded on shutdown: resume covers it
+                    tasks.cancel_scope.cancel()  # the relay and flow run until told
+                if ended and self.error is None:
+                    await self._finalize(start)
+                    await self._send(out, self._session_end(start))
+            # Every send end is closed now: the writer ends once it has sent what is queued.
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+        return ended
 
     async def _handshake(self) -> Start:
         with trio.move_on_after(self.config.ws_idle_timeout_s):
@@ -260,68 +298,102 @@ class Session:
         per_user[user_id] = per_user.get(user_id, 0) + 1
         self.admitted = user_id
 
-    async def _started_and_replay(self, start: Start) -> None:
+    async def _started_and_replay(self, start: Start, out: trio.MemorySendChannel[str]) -> None:
+        """``started``, then (on resume) the answers of the chunks stored from there on."""
         store = self.ctx.store
         session = store.sessions(start.user_id).get(start.session_id)
+        stored_next_seq = session.next_seq if session else 0
         resume = start.resume_from_seq
-        self.next_seq = resume if resume is not None else (session.next_seq if session else 0)
+        if resume is not None and resume > stored_next_seq:
+            msg = (
+                f"resume_from_seq {resume} is past the end of this session, which has "
+                f"chunks up to seq {stored_next_seq - 1}: resume from {stored_next_seq} or before"
+            )
+            raise SessionError(InvalidField(msg))
+        self.next_seq = resume if resume is not None else stored_next_seq
         await self._send(
+            out,
             {
                 "type": "started",
                 "user_id": start.user_id,
                 "session_id": start.session_id,
                 "next_seq": self.next_seq,
+                "stored_next_seq": stored_next_seq,
                 "limits": {
                     "max_message_bytes": self.config.max_body_bytes,
                     "max_inflight": self.config.ws_max_inflight,
                     "idle_timeout_s": self.config.ws_idle_timeout_s,
                 },
-            }
+            },
         )
         if resume is None or session is None:
             return
         for seq, chunk_id in list(session.after(resume - 1)):
             chunk = store.get(chunk_id)
             self.replayed.add(chunk_id)
-            await self._send({"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True})
-            await self._send({"type": "metadata", **chunk})
+            await self._send(
+                out, {"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True}
+            )
+            await self._send(out, {"type": "metadata", **chunk})
             transcript = chunk.get("transcript", {})
             if transcript.get("status") == "done":
                 text, words = transcript["text"], transcript["words"]
                 final = {"type": "transcript", "seq": seq, "is_final": True}
-                await self._send({**final, "text": text, "words": words})
+                await self._send(out, {**final, "text": text, "words": words})
 
-    # -- the four tasks -----------------------------------------------------------------
+    def _end_with(self, error: ServiceError) -> None:
+        """End the session with *error* (the first one wins): stop reading, answer, close."""
+        if self.error is None:
+            self.error = error
+            self.ctx.metrics.failed(error.code)  # now: its slot may be freed before the close
+        self._reading.cancel()
 
-    async def _reader(self, start: Start) -> bool:
-        """Read until ``end`` (True) or shutdown (False); submit each chunk to the pipeline.
+    def stop_reading(self) -> None:
+        """Shutdown: read no more; answer what was taken, then close 1001."""
+        self._handshaking.cancel()
+        self._reading.cancel()
+
+    # -- the tasks ----------------------------------------------------------------------
+
+    async def _reader(self, start: Start, out: trio.MemorySendChannel[str]) -> bool:
+        """Read until ``end`` (True), shutdown or an error (False); submit each chunk.
 
         Shutdown cancels ``_reading`` (see ``stop_reading``): a frame read but not yet
-        submitted was never answered, so its client sends it again when it resumes.
+        submitted was never answered, so its client sends it again when it resumes. A bad
+        message ends the session after the chunks before it are answered (``_end_with``).
         """
-        async with self.ack_send:
+        async with self.ack_send, out:
             with self._reading:
-                while True:
-                    message = await self._receive()
-                    if isinstance(message, bytes):
-                        await self._submit(start, message, None)
-                        continue
-                    control = self._control(message)
-                    kind = control["type"]
-                    if kind == "audio":
-                        data, seq = self._audio_payload(control)
-                        await self._submit(start, data, seq)
-                    elif kind == "end":
-                        return True
-                    elif kind == "finalize":
-                        await self._wait_answered()
-                        await self._finalize(start)
-                    elif kind == "keepalive":
-                        await self._send({"type": "keepalive"})
-                    else:
-                        msg = f"unknown message type {kind[:40]!r}"
-                        raise SessionError(BadMessage(msg))
+                try:
+                    return await self._read(start, out)
+                except SessionError as exc:
+                    self._end_with(exc.error)
             return False
+
+    async def _read(self, start: Start, out: trio.MemorySendChannel[str]) -> bool:
+        while True:
+            message = await self._receive()
+            if isinstance(message, bytes):
+                await self._submit(start, message, None)
+                continue
+            control = self._control(message)
+            kind = control["type"]
+            if kind == "audio":
+                data, seq = self._audio_payload(control)
+                await self._submit(start, data, seq)
+            elif kind == "end":
+                return True
+            elif kind == "finalize":
+                await self._wait_answered()
+                await self._finalize(start)
+            elif kind == "keepalive":
+                await self._send(out, {"type": "keepalive"})
+            elif kind == "start":
+                msg = "this connection has started its session already: one 'start' each"
+                raise SessionError(BadMessage(msg))
+            else:
+                msg = f"unknown message type {kind[:40]!r}"
+                raise SessionError(BadMessage(msg))
 
     async def _receive(self) -> str | bytes:
         """The next message, or ``idle_timeout`` after ``ws_idle_timeout_s`` of silence."""
@@ -329,11 +401,6 @@ class Session:
             return await self.transport.receive()
         msg = f"no message for {self.config.ws_idle_timeout_s:g} s"
         raise SessionError(IdleTimeout(msg))
-
-    def stop_reading(self) -> None:
-        """Shutdown: read no more; answer what was taken, then close 1001."""
-        self._handshaking.cancel()
-        self._reading.cancel()
 
     def _control(self, text: str) -> dict[str, Any]:
         try:
@@ -348,12 +415,12 @@ class Session:
             raise SessionError(exc) from None
 
     async def _submit(self, start: Start, data: bytes, seq: int | None) -> None:
-        if len(data) > self.config.max_body_bytes:
-            msg = f"a chunk of {len(data)} bytes is over the {self.config.max_body_bytes} limit"
-            raise SessionError(PayloadTooLarge(msg))
         if start.content_type is None:
             msg = "this socket sent no format in 'start': it only watches, and takes no audio"
             raise SessionError(BadMessage(msg))
+        if len(data) > self.config.max_body_bytes:
+            msg = f"a chunk of {len(data)} bytes is over the {self.config.max_body_bytes} limit"
+            raise SessionError(PayloadTooLarge(msg))
         if seq is None:
             seq = self.next_seq
         self.next_seq = seq + 1
@@ -376,72 +443,111 @@ class Session:
         )
         raise SessionError(Overloaded(msg))
 
-    async def _acker(self) -> None:
-        """Answer chunks in the order they came: ack + metadata, or end with the error."""
-        async with self.ack_recv:
-            async for seq, job in self.ack_recv:
-                try:
-                    results: list[Stored] = await job.reply.wait()
-                except ServiceError as exc:
-                    raise SessionError(exc) from None
-                finally:
-                    self.unanswered.popleft()
-                    self._answered.set()
-                result = results[0]
-                ack: dict[str, Any] = {"type": "ack", "seq": seq,
-                                       "chunk_id": result.chunk["chunk_id"]}  # fmt: skip
-                if result.created:
-                    self.stored += 1
-                else:
-                    ack["duplicate"] = True
-                    self.duplicates += 1
-                await self._send(ack)
-                if result.chunk["chunk_id"] not in self.replayed:
-                    # Read back now, not at commit: the chunks before it are all answered
-                    # by now, so its offset_ms is final even if they committed after it.
-                    chunk = self.ctx.store.get(result.chunk["chunk_id"])
-                    await self._send({"type": "metadata", **chunk})
-        self._drained.set()
+    async def _acker(self, out: trio.MemorySendChannel[str]) -> None:
+        """Answer chunks in the order they came: ack + metadata; the first failure ends it."""
+        try:
+            async with self.ack_recv, out:
+                async for seq, job in self.ack_recv:
+                    try:
+                        results: list[Stored] = await job.reply.wait()
+                    except ServiceError as exc:
+                        self._end_with(exc)  # the chunks after it stay unanswered
+                        return
+                    finally:
+                        self.unanswered.popleft()
+                        self._answered.set()
+                    await self._answer(seq, results[0], out)
+        finally:
+            self._drained.set()
 
-    async def _relay(self, sub: Subscription) -> None:
+    async def _answer(self, seq: int, result: Stored, out: trio.MemorySendChannel[str]) -> None:
+        ack: dict[str, Any] = {"type": "ack", "seq": seq, "chunk_id": result.chunk["chunk_id"]}
+        if result.created:
+            self.stored += 1
+        else:
+            ack["duplicate"] = True
+            self.duplicates += 1
+        await self._send(out, ack)
+        if result.chunk["chunk_id"] not in self.replayed:
+            # Read back now, not at commit: the chunks before it are all answered
+            # by now, so its offset_ms is final even if they committed after it.
+            chunk = self.ctx.store.get(result.chunk["chunk_id"])
+            await self._send(out, {"type": "metadata", **chunk})
+
+    async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
         """The session's live results from others (HTTP uploads, other sockets, transcripts)."""
-        async for message in sub.receive:
-            if message.get("type") == "metadata" and message.get("chunk_id") in self.replayed:
-                continue
-            await self._send(message)
-        if sub.overflowed:
-            msg = f"more than {self.config.ws_queue} results waited for this client to read them"
-            raise SessionError(SlowReader(msg))
+        async with out:
+            async for message in sub.receive:
+                if message.get("type") == "metadata" and message.get("chunk_id") in self.replayed:
+                    continue
+                await self._send(out, message)
+            if sub.overflowed:
+                msg = f"more than {self.config.ws_queue} results waited for this client to read"
+                self._end_with(SlowReader(msg))
 
-    async def _flow(self) -> None:
+    async def _flow(self, out: trio.MemorySendChannel[str]) -> None:
         """``flow {queue_depth, inflight, lag_ms, transcript_lag_ms}`` while anything lags.
 
         ``lag_ms``: age of this socket's oldest unanswered chunk; ``transcript_lag_ms``: age
         of the oldest chunk the transcriber has not done yet (all sessions: it is shared).
         """
         transcriber = self.ctx.transcriber
-        while True:
-            await trio.sleep(self.config.ws_flow_interval_s)
-            behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
-            if self.unanswered or behind:
-                lag = (time.monotonic() - self.unanswered[0]) * 1000 if self.unanswered else 0.0
-                stats = self.ingress.statistics()  # the shared pipeline's front queue
-                await self._send({"type": "flow", "queue_depth": stats.current_buffer_used,
-                                  "inflight": len(self.unanswered), "lag_ms": round(lag, 1),
-                                  "transcript_lag_ms": round(behind, 1)})  # fmt: skip
+        async with out:
+            while True:
+                await trio.sleep(self.config.ws_flow_interval_s)
+                behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
+                if self.unanswered or behind:
+                    oldest = self.unanswered[0] if self.unanswered else time.monotonic()
+                    stats = self.ingress.statistics()  # the shared pipeline's front queue
+                    await self._send(out, {"type": "flow",
+                                           "queue_depth": stats.current_buffer_used,
+                                           "inflight": len(self.unanswered),
+                                           "lag_ms": round((time.monotonic() - oldest) * 1000, 1),
+                                           "transcript_lag_ms": round(behind, 1)})  # fmt: skip
 
-    async def _writer(self, done: trio.Event) -> None:
-        """The only task that sends: drains the outgoing queue until the ``None`` marker."""
-        async for text in self.out_recv:
-            if text is None:
-                break
-            await self.transport.send(text)
-        done.set()
+    async def _writer(self, out_recv: trio.MemoryReceiveChannel[str]) -> None:
+        """The only task that sends: each message in order, until every sender is done.
+
+        Once the client is found not reading (``_watchdog``), what is still queued is dropped:
+        the chunks it answers stay stored, and a resume replays their answers.
+        """
+        async with out_recv:
+            async for text in out_recv:
+                if self.jammed:
+                    continue
+                with self._sending:
+                    self._send_started = trio.current_time()
+                    await self.transport.send(text)
+                self._send_started = None
+                self._sending = trio.CancelScope()
+        self._watching.cancel()  # all sent: nothing more to watch
+
+    async def _watchdog(self) -> None:
+        """Cut off a client that takes nothing the writer sends for ``ws_send_timeout_s``.
+
+        It ends the session with ``slow_reader`` (4429) and frees its slot at once. This task
+        does it, not a timeout around the send, because a send cannot always be cancelled:
+        hypercorn (``/ws`` on the HTTP port) shields its socket writes, so there the stuck send
+        (and the connection) lasts until the client goes away, but holds no slot.
+        """
+        timeout = self.config.ws_send_timeout_s
+        with self._watching:
+            while True:
+                await trio.sleep(timeout / 4)
+                since = self._send_started
+                if since is not None and trio.current_time() - since >= timeout:
+                    break
+        if not self._watching.cancelled_caught:
+            self.jammed = True
+            self._end_with(SlowReader(f"the client read nothing for {timeout:g} s"))
+            self._sending.cancel()
+            self._release()
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self.out_send.send(dumps(message))
+    @staticmethod
+    async def _send(out: trio.MemorySendChannel[str], message: dict[str, Any]) -> None:
+        await out.send(dumps(message))
 
     async def _wait_answered(self) -> None:
         while self.unanswered:
@@ -468,12 +574,14 @@ class Session:
         }
 
     async def _fail(self, error: ServiceError) -> None:
-        self.ctx.metrics.failed(error.code)
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            try:
-                await self.transport.send(dumps(error_message(error)))
-            except Disconnected:
-                return
+        if error is not self.error:  # that one was counted when it happened
+            self.ctx.metrics.failed(error.code)
+        if not self.jammed:  # else the error would only queue behind what it never read
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await self.transport.send(dumps(error_message(error)))
+                except Disconnected:
+                    return
         await self._close(error.close_code, error.code)
 
     async def _close(self, code: int, reason: str) -> None:
