@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import wsproto
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -27,6 +30,8 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 from .audio_samples import pcm_s16le, wav
 from .conftest import Server, StartServer, upload_params
 from .faults import FaultyFiles
+from .processes import Process
+from .strategies import JSON_VALUES, start_messages
 
 LIVE = ("flow", "keepalive", "vad", "transcript")  # may come at any time
 FORMAT = {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}
@@ -620,3 +625,74 @@ async def test_clients_that_never_read_are_cut_off_and_free_their_slots(
     assert 'trio_audio_failed_total{code="slow_reader"} 4' in metrics
     for stream in stuck:
         await stream.aclose()
+
+
+# -- fuzzing both transports of a real server ------------------------------------------------
+
+VALID_START = st.fixed_dictionaries(
+    {"type": st.just("start"), "user_id": st.just("fuzz"), "session_id": st.sampled_from("ab")},
+    optional={
+        "format": st.sampled_from([FORMAT, {"container": "wav"}, {"container": "mp3"}]),
+        "resume_from_seq": st.one_of(st.integers(-1, 3), JSON_VALUES),
+    },
+)
+CONTROL = st.fixed_dictionaries(
+    {"type": st.one_of(st.sampled_from(["audio", "finalize", "keepalive", "start", "x"]),
+                       st.text(max_size=8))},
+    optional={
+        "data": st.one_of(st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+                          JSON_VALUES),
+        "seq": st.one_of(st.integers(-2, 2**60), JSON_VALUES),
+        "format": JSON_VALUES,
+    },
+)  # fmt: skip
+FRAMES = st.one_of(
+    st.binary(max_size=64), st.just(b""), st.text(max_size=40), st.just(""),
+    JSON_VALUES.map(json.dumps), CONTROL.map(json.dumps),
+)  # fmt: skip
+FIRST = st.one_of(VALID_START.map(json.dumps), start_messages().map(json.dumps), FRAMES)
+
+
+async def exchange(url: str, frames: list[str | bytes]) -> tuple[list[dict[str, Any]], int | None]:
+    """Send *frames* then ``end``; every message up to the close, and the close code."""
+    async with connect(url) as ws:
+        for message in [*frames, json.dumps({"type": "end"})]:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                break
+        return await until_closed(ws)
+
+
+@pytest.fixture
+def served(spawn: type[Process]) -> Iterator[dict[str, str]]:
+    """A real ``trio-audio serve`` process: its WebSocket URL per transport. At the end, its
+    log must hold no traceback."""
+    process = spawn("--asr-engine", "none")
+    http = process.wait_ready()
+    assert process.proc.stderr is not None
+    while not (found := re.search(r"serving WebSocket on (\S+)", process.proc.stderr.readline())):
+        pass
+    yield {"listener": found.group(1), "http-port": http.replace("http://", "ws://") + "/ws"}
+    code, log = process.stop()
+    assert code == 0 and "Traceback" not in log, log
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(first=FIRST, rest=st.lists(FRAMES, max_size=5))
+def test_any_frames_get_a_typed_error_or_normal_processing_on_both_transports(
+    served: dict[str, str], first: str | bytes, rest: list[str | bytes]
+) -> None:
+    for url in served.values():
+        received, code = trio.run(exchange, url, [first, *rest])
+        assert code == 1000 or (code is not None and 4400 <= code < 4600), (code, received)
+        errors = [m for m in received if m["type"] == "error"]
+        if code == 1000:
+            assert not errors and received[-1]["type"] == "session_end", received
+        else:
+            error = received[-1]
+            assert error["type"] == "error" and errors == [error], received
+            assert error["code"] != "internal" and error["message"]
+            assert isinstance(error["retryable"], bool)
