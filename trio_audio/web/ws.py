@@ -445,34 +445,31 @@ class Session:
 
     async def _acker(self, out: trio.MemorySendChannel[str]) -> None:
         """Answer chunks in the order they came: ack + metadata; the first failure ends it."""
-        try:
-            async with self.ack_recv, out:
-                async for seq, job in self.ack_recv:
-                    try:
-                        results: list[Stored] = await job.reply.wait()
-                    except ServiceError as exc:
-                        self._end_with(exc)  # the chunks after it stay unanswered
-                        return
-                    finally:
-                        self.unanswered.popleft()
-                        self._answered.set()
-                    await self._answer(seq, results[0], out)
-        finally:
-            self._drained.set()
-
-    async def _answer(self, seq: int, result: Stored, out: trio.MemorySendChannel[str]) -> None:
-        ack: dict[str, Any] = {"type": "ack", "seq": seq, "chunk_id": result.chunk["chunk_id"]}
-        if result.created:
-            self.stored += 1
-        else:
-            ack["duplicate"] = True
-            self.duplicates += 1
-        await self._send(out, ack)
-        if result.chunk["chunk_id"] not in self.replayed:
-            # Read back now, not at commit: the chunks before it are all answered
-            # by now, so its offset_ms is final even if they committed after it.
-            chunk = self.ctx.store.get(result.chunk["chunk_id"])
-            await self._send(out, {"type": "metadata", **chunk})
+        async with self.ack_recv, out:
+            async for seq, job in self.ack_recv:
+                try:
+                    results: list[Stored] = await job.reply.wait()
+                except ServiceError as exc:
+                    self._end_with(exc)  # the chunks after it stay unanswered
+                    break
+                finally:
+                    self.unanswered.popleft()
+                    self._answered.set()
+                result = results[0]
+                ack: dict[str, Any] = {"type": "ack", "seq": seq,
+                                       "chunk_id": result.chunk["chunk_id"]}  # fmt: skip
+                if result.created:
+                    self.stored += 1
+                else:
+                    ack["duplicate"] = True
+                    self.duplicates += 1
+                await self._send(out, ack)
+                if result.chunk["chunk_id"] not in self.replayed:
+                    # Read back now, not at commit: the chunks before it are all answered
+                    # by now, so its offset_ms is final even if they committed after it.
+                    chunk = self.ctx.store.get(result.chunk["chunk_id"])
+                    await self._send(out, {"type": "metadata", **chunk})
+        self._drained.set()
 
     async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
         """The session's live results from others (HTTP uploads, other sockets, transcripts)."""
