@@ -560,6 +560,26 @@ async def test_a_full_disk_closes_4507_retryable_and_keeps_what_was_acknowledged
     assert {c["seq"]: c["chunk_id"] for c in chunks[:3]} == acked
 
 
+async def test_http_uploads_and_websocket_chunks_share_one_allowance(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(rate_limit_per_s=0.1, rate_limit_burst=3)
+    async with server.client() as client:
+        for n in range(2):
+            response = await client.post("/upload", params=upload_params(), content=wav(300 + n))
+            assert response.status_code == 201
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        await ws.send_message(frame(0))  # the third of the user's three
+        assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == 0
+        await ws.send_message(frame(1))
+        received, code = await until_closed(ws)
+    assert code == 4429 and received[-1]["code"] == "rate_limited"
+    async with server.client() as client:  # and the socket's chunk counted over HTTP too
+        response = await client.post("/upload", params=upload_params(), content=wav(900))
+    assert response.status_code == 429
+
+
 def host_port(server: Server, transport: str) -> tuple[str, int]:
     url = ws_url(server, transport).removeprefix("ws://").removesuffix("/ws")
     host, port = url.rsplit(":", 1)
