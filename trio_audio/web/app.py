@@ -45,6 +45,7 @@ from ..models import Job, Part, check_id, parse_seq, parse_timestamp
 from ..pipeline.pipeline import Ingress
 from ..store import StoreBackend
 from ..store.index import Stored
+from . import session_events
 from .auth import RateLimiter, bearer
 from .openapi import SPEC
 from .ws import QuartTransport, Session, WsContext
@@ -284,6 +285,31 @@ def create_app(
         deleted = await store.delete_session(user_id, session_id)
         body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted)}
         return json_response({**body, "chunk_ids": deleted})
+
+    @app.post("/sessions/<user_id>/<session_id>/end")
+    async def end_session(user_id: str, session_id: str) -> Response:
+        # Finalize now: the session's last words, without waiting for the idle timeout.
+        check_id("user_id", user_id)
+        check_id("session_id", session_id)
+        owned(user_id, f"user {user_id!r}")
+        ended = await session_events.end_session(store, ws.hub, ws.transcriber, user_id,
+                                                 session_id)  # fmt: skip
+        if ended is None:
+            raise NotFound(f"user {user_id!r} has no session {session_id!r}")
+        return json_response(ended)
+
+    @app.get("/sessions/<user_id>/<session_id>/events")
+    async def watch_session(user_id: str, session_id: str) -> Response:
+        # Server-sent events: the session's live results, as a WebSocket watcher gets them.
+        check_id("user_id", user_id)
+        check_id("session_id", session_id)
+        owned(user_id, f"user {user_id!r}")
+        stream = session_events.event_stream(ws.hub, user_id, session_id, ws.shutdown)
+        # Its end is the connection's end: no idle keep-alive left to hold a shutdown.
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
+        response = Response(stream, content_type="text/event-stream", headers=headers)
+        response.timeout = None  # it lasts as long as the client watches
+        return response
 
     return app
 
