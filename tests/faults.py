@@ -1,4 +1,4 @@
-"""File-layer doubles that sit under the log (``trio_audio.store.log.FileOps``).
+"""File-layer doubles that sit under the log (``trio_audio.store.files.FileOps``).
 
 Every call still goes to the real file system; the doubles only add what a disk or a power
 cut can do on top:
@@ -20,7 +20,7 @@ import random
 import shutil
 from pathlib import Path
 
-from trio_audio.store.log import FileOps
+from trio_audio.store.files import FileOps
 
 SECTOR = 512
 

@@ -22,21 +22,16 @@ import trio
 from trio_audio.config import Config
 from trio_audio.errors import CorruptLog, StoreError
 from trio_audio.service import Running, serve
-from trio_audio.store.log import (
-    FRAME_HEADER,
-    FRAME_HEADER_SIZE,
-    LogWriter,
-    RecordType,
-    list_segments,
-    list_snapshots,
-    read_blob,
-)
+from trio_audio.store.files import list_segments, list_snapshots
+from trio_audio.store.record import FRAME_HEADER, FRAME_HEADER_SIZE, RecordType
+from trio_audio.store.replay import read_blob
 from trio_audio.store.store import Store
+from trio_audio.store.writer import LogWriter
 
 from .audio_samples import pcm_s16le, wav
 from .conftest import Server, StartServer, upload_params
 from .faults import Crash, FaultyFiles, PowerLossFiles
-from .test_log import flip_bit, frame_ends, replay_all
+from .logs import flip_bit, frame_ends, replay_all
 
 Written = tuple[int, dict[str, Any], bytes]
 
@@ -591,7 +586,7 @@ def test_a_log_of_hundreds_of_records_cut_at_every_offset(tmp_path: Path) -> Non
 
 
 def test_audio_holding_a_checkpoint_frame_proves_nothing(tmp_path: Path) -> None:
-    from trio_audio.store.log import build_checkpoint
+    from trio_audio.store.record import build_checkpoint
 
     fake = build_checkpoint(0x0BADC0DE, 1 << 40)  # another salt: it never verifies here
     writer = LogWriter(tmp_path, next_seq=1)

@@ -10,8 +10,9 @@ import trio
 
 from trio_audio.config import Config
 from trio_audio.errors import NotFound
-from trio_audio.store.log import LogWriter, RecordType
+from trio_audio.store.record import RecordType
 from trio_audio.store.store import Store
+from trio_audio.store.writer import LogWriter
 
 
 def meta(chunk_id: str, seq: int, group: list[Any] | None = None) -> dict[str, Any]:

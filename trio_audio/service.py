@@ -34,7 +34,7 @@ from .config import Config
 from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
-from .store.log import REAL_FILES, FileOps
+from .store.files import REAL_FILES, FileOps
 from .store.store import Store
 from .transcribe import Transcriber
 from .web.app import Readiness, create_app

@@ -29,28 +29,22 @@ import crc32c
 import numpy as np
 
 from .compact import Fold
-from .log import (
+from .files import all_zero, fsync_dir, list_segments, list_snapshots, lock_data_dir, log_dir
+from .record import (
     CHECKPOINT_MARK,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     MAX_RECORD_BYTES,
     SEGMENT_HEADER_SIZE,
     SNAPSHOT_MAGIC,
-    LogWriter,
     Record,
     RecordType,
-    _all_zero,
-    _decode,
-    _fsync_dir,
-    _salt_crc,
-    find_checkpoint,
-    list_segments,
-    list_snapshots,
-    lock_data_dir,
-    log_dir,
+    decode_payload,
     parse_segment_header,
-    read_blob,
+    salt_crc,
 )
+from .replay import find_checkpoint, read_blob
+from .writer import LogWriter
 
 RESYNC_WINDOW: Final = 8 * 1024 * 1024
 _TYPES: Final = {t.value: t for t in RecordType}
@@ -122,7 +116,7 @@ def salvage(
             total += size
             parsed = parse_segment_header(os.pread(fd, SEGMENT_HEADER_SIZE, 0), magic)
             if isinstance(parsed, str):
-                torn = newest and (size <= SEGMENT_HEADER_SIZE or _all_zero(fd, size))
+                torn = newest and (size <= SEGMENT_HEADER_SIZE or all_zero(fd, size))
                 damage.append(Damage(str(path), 0, size, f"header: {parsed}", torn))
                 continue
             if size <= SEGMENT_HEADER_SIZE:
@@ -143,7 +137,7 @@ def salvage(
 def _walk(
     fd: int, size: int, salt: int, name: str, path: str, newest: bool, expected: int
 ) -> Iterator[Record | Damage | None]:
-    seed = _salt_crc(salt)
+    seed = salt_crc(salt)
     mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     view = memoryview(mm)
     try:
@@ -164,7 +158,7 @@ def _walk(
                     reason = f"unknown record type {type_}"
                 else:
                     rtype = _TYPES[type_]
-                    decoded = _decode(mm, view, pos + FRAME_HEADER_SIZE, end, rtype, name)
+                    decoded = decode_payload(mm, view, pos + FRAME_HEADER_SIZE, end, rtype, name)
                     if not isinstance(decoded, str):
                         yield Record(rtype, seq, decoded[0], decoded[1], name, pos)
                         expected = seq + 1
@@ -296,7 +290,7 @@ def _repair(data_dir: Path) -> RepairReport:
         old.rename(moved_to)
     log_dir(work).rename(old)
     work.rmdir()
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     return RepairReport(len(seqs), tuple(damage), tuple(missing), moved_to)
 
 

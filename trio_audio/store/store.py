@@ -44,17 +44,10 @@ from ..hub import Hub
 from ..metrics import Metrics
 from ..models import Job, Part, Reply, new_chunk_id
 from .compact import Fold, Snapshot, log_size, remove_replaced, write_snapshot
-from .log import (
-    REAL_FILES,
-    BlobRef,
-    FileOps,
-    LogWriter,
-    RecordType,
-    ReplayReport,
-    lock_data_dir,
-    read_blob,
-    replay,
-)
+from .files import REAL_FILES, FileOps, lock_data_dir
+from .record import BlobRef, RecordType
+from .replay import ReplayReport, read_blob, replay
+from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
 
