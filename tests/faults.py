@@ -70,6 +70,18 @@ class PowerLossFiles(FileOps):
         self.pending.pop(path, None)
         self.unnamed.discard(path)
 
+    def rename(self, src: Path, dst: Path) -> None:
+        # Taken as atomic: a power cut leaves the old file or the new one (never tested
+        # here: the one file renamed over another, the manifest, is valid either way).
+        super().rename(src, dst)
+        if src in self.durable:
+            self.durable[dst] = self.durable.pop(src)
+        if src in self.pending:
+            self.pending[dst] = self.pending.pop(src)
+        if src in self.unnamed:
+            self.unnamed.discard(src)
+            self.unnamed.add(dst)
+
     def fsync_dir(self, path: Path) -> None:
         super().fsync_dir(path)
         self.unnamed = {p for p in self.unnamed if p.parent != path}

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from trio_audio.store.files import list_segments
+from trio_audio.store.files import MANIFEST_FILE, list_segments
 from trio_audio.store.record import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -39,7 +39,9 @@ def write_records(
     seal: bool = True,
 ) -> list[Written]:
     """Write *items* in batches; *seal* ends as a clean close does (a checkpoint proving
-    every record durable), otherwise the last records are fsync'd but not yet proven."""
+    every record durable, and a manifest saying so), otherwise the last records are fsync'd
+    but neither a checkpoint nor the manifest says so yet (the manifest is removed: a crash
+    between two of its rewrites, seen by the torn-tail rules alone)."""
     writer = LogWriter(data_dir, next_seq=next_seq, segment_max_bytes=segment_max_bytes)
     written: list[Written] = []
     try:
@@ -55,7 +57,14 @@ def write_records(
             writer.sync()
     finally:
         writer.close()
+    if not seal:
+        drop_manifest(data_dir)
     return written
+
+
+def drop_manifest(data_dir: Path) -> None:
+    """Remove the log's manifest, as a log written before there was one."""
+    (data_dir / "log" / MANIFEST_FILE).unlink()
 
 
 def chunks(n: int, size: int = 100, seed: int = 0) -> list[Item]:

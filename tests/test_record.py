@@ -16,15 +16,19 @@ from trio_audio.store.record import (
     FRAME_HEADER_SIZE,
     INLINE_AUDIO_MAX,
     MAGIC,
+    MANIFEST_SIZE,
     SEGMENT_HEADER_SIZE,
     SNAPSHOT_MAGIC,
     BlobRef,
+    Manifest,
     RecordType,
     build_checkpoint,
     build_frame,
     decode_payload,
+    pack_manifest,
     pack_meta,
     pack_segment_header,
+    parse_manifest,
     parse_segment_header,
     salt_crc,
 )
@@ -108,3 +112,21 @@ def test_checkpoint_frame() -> None:
     assert frame[FRAME_HEADER_SIZE:] == CHECKPOINT_MARK + (1234).to_bytes(8, "big")
     assert msgpack.unpackb(frame[FRAME_HEADER_SIZE:]) == {"durable": 1234}
     assert crc == crc32c.crc32c(frame[8:], value=salt_crc(0xABC))
+
+
+def test_manifest_round_trip_and_refusals() -> None:
+    data = pack_manifest(Manifest(segment=17, offset=4096, durable=40))
+    assert len(data) == MANIFEST_SIZE == 48 and data[:8] == b"TRAUDMAN"
+    assert int.from_bytes(data[40:44], "little") == crc32c.crc32c(data[:40])
+    assert parse_manifest(data) == Manifest(17, 4096, 40)
+    assert parse_manifest(pack_manifest(Manifest(0, 0, 9))) == Manifest(0, 0, 9)
+    assert parse_manifest(data[:47]) == "manifest is 47 bytes, needs 48"
+    assert parse_manifest(data[:20] + bytes([data[20] ^ 1]) + data[21:]) == (
+        "manifest crc mismatch"
+    )
+    assert parse_manifest(pack_manifest(Manifest(3, 0, 2))) == (
+        "manifest names segment 3 with offset 0"
+    )
+    assert parse_manifest(pack_manifest(Manifest(3, 20, 2))) == (
+        "manifest names segment 3 with offset 20"
+    )

@@ -10,21 +10,26 @@ from pathlib import Path
 import pytest
 
 from trio_audio.errors import CorruptLog, StoreError
-from trio_audio.store.files import list_segments
+from trio_audio.store.files import MANIFEST_FILE, list_segments
 from trio_audio.store.record import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     MAX_RECORD_BYTES,
     SEGMENT_HEADER_SIZE,
     BlobRef,
+    Manifest,
     RecordType,
     build_frame,
+    pack_manifest,
+    parse_manifest,
 )
 from trio_audio.store.replay import read_blob
+from trio_audio.store.writer import LogWriter
 
 from .logs import (
     assert_matches,
     chunks,
+    drop_manifest,
     flip_bit,
     frame_ends,
     replay_all,
@@ -149,6 +154,7 @@ def test_length_beyond_bound_in_newest_segment_is_torn(tmp_path: Path) -> None:
 
 def test_newest_segment_with_zeroed_header_is_removed(tmp_path: Path) -> None:
     written = write_records(tmp_path, chunks(20, size=300), segment_max_bytes=2000)
+    drop_manifest(tmp_path)  # it would name the newest segment: see test_manifest_*
     names = list_segments(tmp_path)
     newest = tmp_path / "log" / names[-1]
     newest.write_bytes(bytes(newest.stat().st_size))  # size reached the disk, data did not
@@ -235,6 +241,7 @@ def test_flipped_bit_mid_newest_segment_is_corruption_not_a_torn_tail(tmp_path: 
     # A later checkpoint says the record had been fsync'd: a crash cannot have damaged it,
     # so replay refuses (naming file and offset) and changes nothing.
     write_records(tmp_path, chunks(10, size=300))
+    drop_manifest(tmp_path)  # the checkpoint alone proves it
     _, records = replay_all(tmp_path)
     path = seg_path(tmp_path, 0)
     flip_bit(path, records[4].offset + 12)
@@ -311,3 +318,114 @@ def test_read_blob_short_read(tmp_path: Path) -> None:
         read_blob(tmp_path, BlobRef(ref.segment, ref.offset, ref.length + 10))
     with pytest.raises(StoreError, match="not a segment"):
         read_blob(tmp_path, BlobRef("../LOCK", 0, 1))
+
+
+# -- the manifest: how far the log was durable ------------------------------------------------
+
+
+def manifest_of(data_dir: Path) -> Manifest:
+    parsed = parse_manifest((data_dir / "log" / MANIFEST_FILE).read_bytes())
+    assert not isinstance(parsed, str)
+    return parsed
+
+
+def test_manifest_names_the_newest_segment_and_its_durable_end(tmp_path: Path) -> None:
+    written = write_records(tmp_path, chunks(20, size=300), segment_max_bytes=2000)
+    newest = seg_path(tmp_path, -1)
+    assert manifest_of(tmp_path) == Manifest(
+        int(newest.name[:16]), newest.stat().st_size, written[-1][0]
+    )
+    report, _ = replay_all(tmp_path)
+    assert report.manifest == manifest_of(tmp_path)
+
+
+def test_truncating_the_newest_segment_below_the_manifest_is_corrupt(tmp_path: Path) -> None:
+    write_records(tmp_path, chunks(10, size=300))
+    path = seg_path(tmp_path, 0)
+    data = path.read_bytes()
+    ends = frame_ends(data)
+    for cut in (ends[5], ends[5] + 3, SEGMENT_HEADER_SIZE, 10):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CorruptLog, match="manifest says it was fsync'd to offset") as info:
+            replay_all(tmp_path)
+        assert info.value.path == str(path)
+        assert info.value.offset == (0 if cut < SEGMENT_HEADER_SIZE else min(cut, ends[5]))
+        assert path.read_bytes() == data[:cut]  # nothing cut, nothing saved
+        assert not list(path.parent.glob("*.torn"))
+
+
+def test_removing_the_newest_segment_is_corrupt(tmp_path: Path) -> None:
+    write_records(tmp_path, chunks(30, size=300), segment_max_bytes=2000)
+    newest = seg_path(tmp_path, -1)
+    newest.unlink()
+    with pytest.raises(CorruptLog, match="the segment is missing, but the manifest") as info:
+        replay_all(tmp_path)
+    assert (info.value.path, info.value.offset) == (str(newest), 0)
+
+
+def test_a_log_cut_short_of_the_manifests_durable_seq_is_corrupt(tmp_path: Path) -> None:
+    write_records(tmp_path, chunks(3))
+    seg_path(tmp_path, 0).unlink()
+    manifest = tmp_path / "log" / MANIFEST_FILE
+    manifest.write_bytes(pack_manifest(Manifest(0, 0, 3)))  # no segment named, seq 3 durable
+    with pytest.raises(CorruptLog, match="the log ends at seq 0, but the manifest says"):
+        replay_all(tmp_path)
+
+
+def test_damaged_manifest_is_corrupt(tmp_path: Path) -> None:
+    write_records(tmp_path, chunks(3))
+    manifest = tmp_path / "log" / MANIFEST_FILE
+    flip_bit(manifest, 30)
+    with pytest.raises(CorruptLog, match="manifest crc mismatch") as info:
+        replay_all(tmp_path)
+    assert (info.value.path, info.value.offset) == (str(manifest), 0)
+
+
+def test_past_the_manifest_the_torn_tail_rules_hold(tmp_path: Path) -> None:
+    # The manifest was last written after record 5; 6..10 were fsync'd (acknowledged) later,
+    # with no checkpoint yet: cutting into them is a torn tail, the stated window.
+    writer = LogWriter(tmp_path, next_seq=1, manifest_interval_s=1e9)
+    for n, item in enumerate(chunks(10)):
+        writer.append(*item)
+        writer.flush()
+        writer.sync()
+        if n == 4:
+            writer.checkpoint()
+    writer.close()
+    durable_end = manifest_of(tmp_path).offset
+    path = seg_path(tmp_path, 0)
+    path.write_bytes(path.read_bytes()[: durable_end + 40])
+    report, records = replay_all(tmp_path)
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert report.torn_bytes == 40 and path.stat().st_size == durable_end
+
+
+def test_a_log_without_a_manifest_replays_and_the_writer_adds_one(tmp_path: Path) -> None:
+    write_records(tmp_path, chunks(5))
+    drop_manifest(tmp_path)
+    report, records = replay_all(tmp_path)
+    assert report.manifest is None and len(records) == 5
+    writer = LogWriter(tmp_path, next_seq=6, proven_seq=report.durable_seq)
+    writer.checkpoint()  # as the store does at start-up
+    writer.close()
+    assert manifest_of(tmp_path).durable == 5
+
+
+def test_writer_rewrites_the_manifest_at_most_every_interval(tmp_path: Path) -> None:
+    writer = LogWriter(tmp_path, next_seq=1, segment_max_bytes=2000, manifest_interval_s=1e9)
+    writer.append(RecordType.CHUNK, {"n": 0}, b"a" * 100)
+    writer.flush()
+    writer.sync()  # the first sync writes it
+    assert manifest_of(tmp_path).durable == 1
+    writer.append(RecordType.CHUNK, {"n": 1}, b"b" * 100)
+    writer.flush()
+    writer.sync()  # not due
+    assert manifest_of(tmp_path).durable == 1
+    writer.append(RecordType.CHUNK, {"n": 2}, b"c" * 2000)  # rolls to a new segment
+    writer.flush()
+    writer.sync()  # the first sync into a new segment names it
+    assert manifest_of(tmp_path).segment == 3 and manifest_of(tmp_path).durable == 3
+    writer.append(RecordType.CHUNK, {"n": 3}, b"d")
+    writer.checkpoint()  # always
+    assert manifest_of(tmp_path).durable == 4
+    writer.close()

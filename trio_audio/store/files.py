@@ -4,8 +4,9 @@ Layout: ``<data_dir>/LOCK`` is the flock'd lock file (it holds the owner's pid).
 ``<data_dir>/log/`` holds the segments, named ``%016d.seg`` after the seq of their first
 record, so sorting by name is log order, and at most one snapshot ``%016d.snap`` (see
 ``compact``) named after the seq the log goes on from. Other names there (``*.torn`` files,
-for one) are ignored; ``*.tmp`` files are an unfinished compaction's and are removed at
-replay.
+for one) are ignored; ``*.tmp`` files are an unfinished compaction's (or manifest's) and are
+removed at replay. ``MANIFEST`` says how far the log was durable (``record.Manifest``); it is
+replaced whole, by rename (``write_manifest``).
 
 Every call that changes a file goes through a ``FileOps`` object (the real ``os`` calls by
 default): the seam that the power-loss and disk-fault tests put their doubles under.
@@ -14,6 +15,7 @@ Synchronous code with no trio in it; the store calls it through ``trio.to_thread
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -29,6 +31,7 @@ SEGMENT_SUFFIX: Final = ".seg"
 TORN_SUFFIX: Final = ".torn"
 SNAPSHOT_SUFFIX: Final = ".snap"
 TMP_SUFFIX: Final = ".tmp"
+MANIFEST_FILE: Final = "MANIFEST"
 SEGMENT_NAME: Final = re.compile(r"^(\d{16})\.seg$")
 SNAPSHOT_NAME: Final = re.compile(r"^(\d{16})\.snap$")
 
@@ -221,3 +224,30 @@ def truncate(path: Path, size: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_manifest(directory: Path, data: bytes, files: FileOps = REAL_FILES) -> None:
+    """Replace ``MANIFEST`` in *directory* with *data*, durably: written to a temp file,
+    fsync'd, renamed over the old one, and the directory fsync'd. A crash leaves the old
+    manifest or the new one, never a mix."""
+    tmp = directory / (MANIFEST_FILE + TMP_SUFFIX)
+    fd = files.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(files, fd, [data], 0)
+        files.fdatasync(fd)
+    except BaseException:
+        files.close(fd)
+        with contextlib.suppress(OSError):
+            files.unlink(tmp)
+        raise
+    files.close(fd)
+    files.rename(tmp, directory / MANIFEST_FILE)
+    files.fsync_dir(directory)
+
+
+def read_manifest(directory: Path) -> bytes | None:
+    """The bytes of *directory*'s manifest; None when there is none."""
+    try:
+        return (directory / MANIFEST_FILE).read_bytes()
+    except FileNotFoundError:
+        return None

@@ -37,6 +37,20 @@ to seq D had been fsync'd when this frame was written". The writer puts one at t
 the first batch after an fsync that covered records no checkpoint names yet, and one more
 at a clean close (``LogWriter.checkpoint``), so a checkpoint is the log's own, checked
 record of what was durable.
+
+The manifest, ``log/MANIFEST``, 48 bytes, says how far the log is known to be durable, so
+that replay can tell a cut or a lost file from a torn write even where the checkpoints that
+would prove it were cut too::
+
+    0   8s  magic            b"TRAUDMAN"
+    8   u16 format version   1
+    10  u16 flags            0
+    12  4x  padding          zero
+    16  u64 segment          base seq of the newest segment (0: there was none)
+    24  u64 offset           bytes of that segment that were fsync'd (0 with no segment)
+    32  u64 durable          every record up to this seq was fsync'd
+    40  u32 crc              crc32c of bytes 0..40
+    44  4x  padding          zero
 """
 
 from __future__ import annotations
@@ -61,6 +75,11 @@ FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 17
 FRAME_PREFIX: Final = struct.Struct("<II")  # length, crc
 _FRAME_CHECKED: Final = struct.Struct("<BQ")  # type, seq: the start of the CRC'd bytes
 _SALT: Final = struct.Struct("<I")
+
+MANIFEST_MAGIC: Final = b"TRAUDMAN"
+MANIFEST: Final = struct.Struct("<8sHH4xQQQI4x")
+MANIFEST_SIZE: Final = MANIFEST.size  # 48
+_MANIFEST_CRC_END: Final = 40
 
 MAX_RECORD_BYTES: Final = 256 * 1024 * 1024
 FIRST_SEQ: Final = 1
@@ -108,20 +127,64 @@ def pack_segment_header(salt: int, base_seq: int, flags: int = 0, magic: bytes =
     return SEGMENT_HEADER.pack(magic, FORMAT_VERSION, flags, salt, base_seq, crc)
 
 
+@attrs.frozen
+class Manifest:
+    """What the manifest says: the newest segment (its base seq, 0 for none), how many of its
+    bytes were fsync'd, and the last seq an fsync covered."""
+
+    segment: int
+    offset: int
+    durable: int
+
+
+def pack_manifest(manifest: Manifest) -> bytes:
+    fields = (MANIFEST_MAGIC, FORMAT_VERSION, 0, manifest.segment, manifest.offset)
+    head = MANIFEST.pack(*fields, manifest.durable, 0)
+    return MANIFEST.pack(*fields, manifest.durable, crc32c.crc32c(head[:_MANIFEST_CRC_END]))
+
+
+def parse_manifest(data: bytes) -> Manifest | str:
+    """The manifest in *data*, or why it is not a valid one."""
+    if len(data) != MANIFEST_SIZE:
+        return f"manifest is {len(data)} bytes, needs {MANIFEST_SIZE}"
+    magic, version, flags, segment, offset, durable, crc = MANIFEST.unpack(data)
+    covered = data[:_MANIFEST_CRC_END]
+    wrong = _check_fields("manifest", covered, magic, MANIFEST_MAGIC, crc, version, flags)
+    if wrong is not None:
+        return wrong
+    if data[12:16] != bytes(4) or data[_MANIFEST_CRC_END + 4 :] != bytes(4):
+        return "manifest padding is not zero"
+    if (segment == 0) != (offset == 0) or 0 < offset < SEGMENT_HEADER_SIZE:
+        return f"manifest names segment {segment} with offset {offset}"
+    return Manifest(segment, offset, durable)
+
+
+def _check_fields(
+    what: str, covered: bytes, magic: bytes, expect: bytes, crc: int, version: int, flags: int
+) -> str | None:
+    """Why a segment header or manifest with these fields is not valid; None if it is.
+    *covered* is the bytes its CRC covers."""
+    if magic != expect:
+        return f"bad magic {magic!r}"
+    if crc != crc32c.crc32c(covered):
+        return f"{what} crc mismatch"
+    if version != FORMAT_VERSION:
+        return f"unsupported format version {version}"
+    if flags != 0:
+        return f"unknown {what} flags {flags:#06x}"
+    return None
+
+
 def parse_segment_header(data: bytes, expect: bytes = MAGIC) -> tuple[int, int] | str:
     """(salt, base_seq) of a segment (or, with ``expect=SNAPSHOT_MAGIC``, snapshot) header,
     or why it is not a valid one."""
     if len(data) < SEGMENT_HEADER_SIZE:
         return f"header is {len(data)} bytes, needs {SEGMENT_HEADER_SIZE}"
     magic, version, flags, salt, base_seq, crc = SEGMENT_HEADER.unpack_from(data)
-    if magic != expect:
-        return f"bad magic {magic!r}"
-    if crc != crc32c.crc32c(data[:_HEADER_CRC_END]):
-        return "header crc mismatch"
-    if version != FORMAT_VERSION:
-        return f"unsupported format version {version}"
-    if flags != 0:
-        return f"unknown header flags {flags:#06x}"
+    covered = data[:_HEADER_CRC_END]
+    wrong = _check_fields("header", covered, magic, expect, crc, version, flags)
+    if wrong is not None:
+        return wrong
     if data[_HEADER_CRC_END + 4 : SEGMENT_HEADER_SIZE] != bytes(4):
         return "header padding is not zero"
     if base_seq < FIRST_SEQ:

@@ -37,6 +37,14 @@ ends exactly at the frame's end). Then:
 * A newest segment no longer than its header, or all zero bytes (created, but its header's
   fsync never completed) is torn as a whole: saved, removed. A bad header on a longer newest
   segment is corruption (records are only written after the header's fsync).
+* **The manifest** (``log/MANIFEST``, see ``record``) names the newest segment N, the offset
+  O up to which it was fsync'd and the seq D up to which every record was. The writer
+  rewrites it after an fsync at most every ``fsync_interval_s``, at the first sync into a
+  new segment and at every checkpoint (start-up, clean close). Falling short of it is
+  corruption, not a torn tail: segment N missing (unless a snapshot replaced it), a bad
+  header or frame below O in the newest segment N, N ending before O, or a log that ends
+  before seq D. Past O the rules above apply. A log with no manifest (written before there
+  was one) replays by the rules above alone, and gets one at the store's start-up.
 * A frame whose CRC verifies but whose content is wrong (seq out of order, unknown type, a
   checkpoint naming a seq not yet written, payload that does not unpack) is corruption
   anywhere, since no torn write produces that.
@@ -63,6 +71,7 @@ import crc32c
 
 from ..errors import CorruptLog, StoreError
 from .files import (
+    MANIFEST_FILE,
     SEGMENT_NAME,
     SEGMENT_SUFFIX,
     SNAPSHOT_NAME,
@@ -73,7 +82,9 @@ from .files import (
     list_segments,
     list_snapshots,
     log_dir,
+    read_manifest,
     save_torn,
+    segment_name,
     truncate,
 )
 from .record import (
@@ -88,9 +99,11 @@ from .record import (
     SEGMENT_HEADER_SIZE,
     SNAPSHOT_MAGIC,
     BlobRef,
+    Manifest,
     Record,
     RecordType,
     decode_payload,
+    parse_manifest,
     parse_segment_header,
     salt_crc,
 )
@@ -110,7 +123,8 @@ class ReplayReport:
     cut or the cut was empty), ``torn_reason`` says what was wrong with the first cut frame.
     ``durable_seq`` is the highest seq the log itself proves was fsync'd (sealed segments, the
     snapshot, checkpoints): hand it to ``LogWriter(proven_seq=...)``. ``snapshot`` names the
-    snapshot replayed first, ``removed`` what replay deleted as left over from a compaction.
+    snapshot replayed first, ``removed`` what replay deleted as left over from a compaction,
+    ``manifest`` what the manifest said (None for a log written before there was one).
     """
 
     records: int
@@ -124,6 +138,7 @@ class ReplayReport:
     checkpoints: int = 0
     snapshot: str | None = None
     removed: tuple[str, ...] = ()
+    manifest: Manifest | None = None
 
 
 @attrs.define
@@ -141,14 +156,19 @@ class Scan:
     ended: bool = False  # a snapshot: its end marker was read
 
 
-def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
+def replay(
+    data_dir: Path, on_record: Callable[[Record], None], *, dry_run: bool = False
+) -> ReplayReport:
     """Check every record of the log in order and hand each good one to *on_record*.
 
-    Reads the newest snapshot first, if there is one, then the segments. Cuts a torn tail
-    off the newest segment and raises ``CorruptLog`` for damage anywhere else (see the
-    module docstring); removes what a compaction left behind.
+    Reads the manifest, the newest snapshot if there is one, then the segments. Cuts a torn
+    tail off the newest segment and raises ``CorruptLog`` for damage anywhere else (see the
+    module docstring); removes what a compaction left behind. With *dry_run* it changes
+    nothing: the same verdict, the same records, and the torn tail is only reported
+    (``check`` uses it so that its verdict is replay's).
     """
     directory = log_dir(data_dir)
+    manifest = load_manifest(directory)
     expected = FIRST_SEQ
     records = segments = total = checkpoints = 0
     durable = 0
@@ -162,14 +182,22 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
         durable = expected - 1
         records += scan.records
         total += scan.good_end
-    removed = _remove_leftovers(directory, snapshots, expected)
-    names = list_segments(data_dir)
+    removed = _remove_leftovers(directory, snapshots, expected, dry_run)
+    names = [n for n in list_segments(data_dir) if n not in removed]
+    if manifest is not None:
+        _check_manifest_segment(directory, manifest, names, expected)
     torn_bytes = 0
     torn_file: str | None = None
     torn_reason: str | None = None
     for i, name in enumerate(names):
         newest = i == len(names) - 1
         path = directory / name
+        name_seq = int(name[: -len(SEGMENT_SUFFIX)])
+        # How much of the newest segment the manifest says was fsync'd: nothing before that
+        # offset can be a torn write.
+        synced = 0
+        if newest and manifest is not None and manifest.segment == name_seq:
+            synced = manifest.offset
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
@@ -177,18 +205,21 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
             parsed = parse_segment_header(header)
             if isinstance(parsed, str):
                 if newest and (size <= SEGMENT_HEADER_SIZE or all_zero(fd, size)):
-                    torn = save_torn(directory, name, fd, 0, size)
-                    os.close(fd)
-                    fd = -1
-                    os.unlink(path)
-                    fsync_dir(directory)
+                    if synced:
+                        raise CorruptLog(str(path), 0, _below_manifest(parsed, manifest))
+                    torn = None
+                    if not dry_run:
+                        torn = save_torn(directory, name, fd, 0, size)
+                        os.close(fd)
+                        fd = -1
+                        os.unlink(path)
+                        fsync_dir(directory)
                     torn_bytes, torn_reason = size, f"segment header: {parsed}"
                     torn_file = None if torn is None else str(torn)
-                    _warn_torn(path, 0, size, torn_reason, torn_file)
+                    _warn_torn(path, 0, size, torn_reason, torn_file, dry_run)
                     break
                 raise CorruptLog(str(path), 0, parsed)
             salt, base_seq = parsed
-            name_seq = int(name[: -len(SEGMENT_SUFFIX)])
             if name_seq != base_seq:
                 msg = f"file name says base seq {name_seq}, header says {base_seq}"
                 raise CorruptLog(str(path), 0, msg)
@@ -198,6 +229,9 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
                 assert scan.bad_reason is not None
                 if not newest:
                     raise CorruptLog(str(path), scan.bad_offset, scan.bad_reason)
+                if scan.bad_offset < synced:
+                    msg = _below_manifest(scan.bad_reason, manifest)
+                    raise CorruptLog(str(path), scan.bad_offset, msg)
                 proof = find_checkpoint(fd, size, salt, scan.bad_offset, scan.next_seq)
                 if proof is not None:  # the damaged record had been fsync'd: not a torn write
                     msg = (
@@ -206,13 +240,18 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
                     )
                     raise CorruptLog(str(path), scan.bad_offset, msg)
                 cut = size - scan.good_end
-                torn = save_torn(directory, name, fd, scan.good_end, size)
-                truncate(path, scan.good_end)
-                fsync_dir(directory)
+                torn = None
+                if not dry_run:
+                    torn = save_torn(directory, name, fd, scan.good_end, size)
+                    truncate(path, scan.good_end)
+                    fsync_dir(directory)
                 size = scan.good_end
                 torn_bytes, torn_reason = cut, scan.bad_reason
                 torn_file = None if torn is None else str(torn)
-                _warn_torn(path, scan.bad_offset, cut, torn_reason, torn_file)
+                _warn_torn(path, scan.bad_offset, cut, torn_reason, torn_file, dry_run)
+            elif size < synced:
+                msg = f"the segment ends at offset {size}, " + _below_manifest("", manifest)
+                raise CorruptLog(str(path), size, msg)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -222,6 +261,14 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
         # Older segments were fsync'd in full before the next one was created.
         durable = max(durable, scan.durable, scan.next_seq - 1 if not newest else 0)
         expected = scan.next_seq
+    if manifest is not None and expected - 1 < manifest.durable:
+        path = directory / (names[-1] if names else MANIFEST_FILE)
+        end = path.stat().st_size if names and path.exists() else 0
+        msg = (
+            f"the log ends at seq {expected - 1}, but the manifest says every record up to "
+            f"seq {manifest.durable} was fsync'd"
+        )
+        raise CorruptLog(str(path), end, msg)
     return ReplayReport(
         records=records,
         segments=segments,
@@ -234,7 +281,45 @@ def replay(data_dir: Path, on_record: Callable[[Record], None]) -> ReplayReport:
         checkpoints=checkpoints,
         snapshot=snapshot,
         removed=tuple(removed),
+        manifest=manifest,
     )
+
+
+def load_manifest(directory: Path) -> Manifest | None:
+    """The log's manifest; None for a log written before there was one. A manifest that
+    does not parse is ``CorruptLog`` (it is only ever replaced whole, by rename)."""
+    data = read_manifest(directory)
+    if data is None:
+        return None
+    parsed = parse_manifest(data)
+    if isinstance(parsed, str):
+        raise CorruptLog(str(directory / MANIFEST_FILE), 0, parsed)
+    return parsed
+
+
+def _check_manifest_segment(
+    directory: Path, manifest: Manifest, names: list[str], start: int
+) -> None:
+    """The segment the manifest names must be there, unless a snapshot (the log starts at
+    *start*) replaced it."""
+    if manifest.segment == 0 or manifest.segment < start:
+        return
+    name = segment_name(manifest.segment)
+    if name not in names:
+        msg = (
+            f"the segment is missing, but the manifest says it was fsync'd to offset "
+            f"{manifest.offset} (every record up to seq {manifest.durable})"
+        )
+        raise CorruptLog(str(directory / name), 0, msg)
+
+
+def _below_manifest(reason: str, manifest: Manifest | None) -> str:
+    assert manifest is not None
+    said = (
+        f"the manifest says it was fsync'd to offset {manifest.offset} "
+        f"(every record up to seq {manifest.durable})"
+    )
+    return f"{reason} below where {said}" if reason else f"but {said}"
 
 
 def read_snapshot(data_dir: Path, name: str, on_record: Callable[[Record], None]) -> Scan:
@@ -305,15 +390,18 @@ def _scan_segment(
     return scan
 
 
-def _remove_leftovers(directory: Path, snapshots: list[str], start: int) -> list[str]:
+def _remove_leftovers(
+    directory: Path, snapshots: list[str], start: int, dry_run: bool = False
+) -> list[str]:
     """Delete what a compaction that crashed left: ``*.tmp`` files, older snapshots and the
-    segments the newest snapshot covers (based before *start*)."""
+    segments the newest snapshot covers (based before *start*); with *dry_run* only name
+    them."""
     if not directory.is_dir():
         return []
     names = sorted(os.listdir(directory))
     doomed = [n for n in names if n.endswith(TMP_SUFFIX)] + snapshots[:-1]
     doomed += [n for n in names if SEGMENT_NAME.match(n) and int(n[:16]) < start]
-    if doomed:
+    if doomed and not dry_run:
         fsync_dir(directory)  # the snapshot's rename is durable before what it replaced goes
         for name in doomed:
             os.unlink(directory / name)
@@ -445,7 +533,11 @@ def find_checkpoint(fd: int, size: int, salt: int, after: int, seq: int) -> tupl
         mm.close()
 
 
-def _warn_torn(path: Path, offset: int, cut: int, reason: str, torn: str | None) -> None:
+def _warn_torn(
+    path: Path, offset: int, cut: int, reason: str, torn: str | None, dry_run: bool
+) -> None:
+    if dry_run:
+        return
     logger.warning(
         "torn tail in %s at offset %d (%s): cut %d bytes, kept in %s; "
         "records after a torn write were never acknowledged as durable",

@@ -192,6 +192,7 @@ class Store:
                 segment_max_bytes=self.config.segment_max_bytes,
                 proven_seq=self.report.durable_seq,
                 files=self._files,
+                manifest_interval_s=self.config.fsync_interval_s,
             )
             self.log_bytes = self.report.bytes
             # What replay read back is made durable and proven by a checkpoint, so that from

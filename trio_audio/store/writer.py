@@ -7,7 +7,11 @@ makes them durable. Synchronous (no trio): the store's committer calls it throug
 write fails, truncates the file back to the last good record and re-raises, so a failed
 batch leaves no partial record and its seqs are given out again. ``sync`` makes the written
 records durable (``fdatasync``; a new segment's directory entry was fsync'd when ``flush``
-created it); ``checkpoint`` syncs and proves it. It keeps to the orders ``replay`` relies on:
+created it); ``checkpoint`` syncs and proves it. After a completed fsync the writer
+rewrites the manifest (``files.write_manifest``: newest segment, its fsync'd end, the durable
+seq) at most every *manifest_interval_s*, at the first sync after it created a segment, and
+at every ``checkpoint`` (so at start-up and a clean close): replay refuses a log that falls
+short of it. It keeps to the orders ``replay`` relies on:
 a segment is complete and ``fdatasync``'d before the next one is created, a new segment's
 header is ``fdatasync``'d (and the directory fsync'd) before any record goes into it, and a
 failed write's truncation is ``fdatasync``'d before anything else is written. Every call
@@ -19,20 +23,32 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
 from ..errors import CorruptLog, StoreError
-from .files import REAL_FILES, FileOps, list_segments, log_dir, make_dirs, segment_name, write_all
+from .files import (
+    REAL_FILES,
+    FileOps,
+    list_segments,
+    log_dir,
+    make_dirs,
+    segment_name,
+    write_all,
+    write_manifest,
+)
 from .record import (
     FIRST_SEQ,
     SEGMENT_HEADER_SIZE,
     BlobRef,
+    Manifest,
     RecordType,
     build_checkpoint,
     build_frame,
+    pack_manifest,
     pack_segment_header,
     parse_segment_header,
 )
@@ -40,6 +56,7 @@ from .record import (
 logger = logging.getLogger("trio_audio.store")
 
 DEFAULT_SEGMENT_MAX_BYTES: Final = 256 * 1024 * 1024
+DEFAULT_MANIFEST_INTERVAL_S: Final = 1.0  # as Config.fsync_interval_s
 
 
 @attrs.define
@@ -74,6 +91,7 @@ class LogWriter:
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
         proven_seq: int = 0,
         files: FileOps = REAL_FILES,
+        manifest_interval_s: float = DEFAULT_MANIFEST_INTERVAL_S,
     ) -> None:
         if next_seq < FIRST_SEQ:
             msg = f"next_seq must be at least {FIRST_SEQ}, got {next_seq}"
@@ -97,6 +115,9 @@ class LogWriter:
         self._bytes_written = 0
         self._broken: str | None = None
         self._closed = False
+        self._synced: tuple[str, int] | None = None  # segment and end a completed fsync covered
+        self._manifest_interval = manifest_interval_s
+        self._manifest_at: float | None = None  # when the manifest was last written
         make_dirs(self._dir)
         names = list_segments(data_dir)
         if names:
@@ -229,6 +250,7 @@ class LogWriter:
                     files.fdatasync(fd)
                     files.fsync_dir(self._dir)
                     self._end = SEGMENT_HEADER_SIZE
+                    self._manifest_at = None  # name the new segment at the next sync
                 assert self._fd is not None
                 written += write_all(files, self._fd, pending.buffers, pending.start)
                 self._end = pending.end
@@ -278,24 +300,50 @@ class LogWriter:
         logger.debug("rolled the log back to %s offset %d after %r", self._segment, end, cause)
 
     def sync(self) -> None:
-        """Make every written record durable."""
+        """Make every written record durable; rewrite the manifest if it is due (at most every
+        *manifest_interval_s*, and at the first sync after a new segment was created)."""
+        self._sync()
+        now = time.monotonic()
+        if self._manifest_at is None or now - self._manifest_at >= self._manifest_interval:
+            self._write_manifest()
+
+    def _sync(self) -> None:
         self._check_usable()
         written = self._written_seq - 1
         if self._fd is not None:
             self._files.fdatasync(self._fd)
+            assert self._segment is not None
+            self._synced = (self._segment, self._end)
         self._durable = written
+
+    def _write_manifest(self) -> None:
+        """Record in the manifest how far the log is durable. A manifest that could not be
+        written is only a warning: the one before it still holds (it claims less)."""
+        if self._synced is None:
+            manifest = Manifest(0, 0, self._durable)
+        else:
+            name, offset = self._synced
+            manifest = Manifest(int(name[:16]), offset, self._durable)
+        try:
+            write_manifest(self._dir, pack_manifest(manifest), self._files)
+        except OSError as exc:
+            logger.warning("could not rewrite the log's manifest (%s); the last one holds", exc)
+            return
+        self._manifest_at = time.monotonic()
 
     def checkpoint(self) -> None:
         """Flush, fsync, and record in the log that every record written is durable (a
         CHECKPOINT frame, fsync'd too), so that replay reports later damage to them as
-        corruption. The store calls it at start-up and at a clean close."""
+        corruption; and rewrite the manifest to say so. The store calls it at start-up and
+        at a clean close (and, in ``interval`` mode, when idle)."""
         self.flush()
-        self.sync()
+        self._sync()
         if self._checkpoint_due():
             self._proven_before = self._proven
             self._append_checkpoint()
             self.flush()
-            self.sync()
+            self._sync()
+        self._write_manifest()
 
     def seal(self) -> int:
         """Make the current segment durable and close it; the next record starts a new
@@ -306,6 +354,8 @@ class LogWriter:
             fd, self._fd = self._fd, None
             self._files.fdatasync(fd)
             self._files.close(fd)
+            assert self._segment is not None
+            self._synced = (self._segment, self._end)
         self._segment, self._end = None, 0
         self._durable = self._proven = self._written_seq - 1
         return self._next_seq
