@@ -9,7 +9,7 @@ import pytest
 from trio_audio.errors import SeqConflict
 from trio_audio.models import Job, Part
 from trio_audio.store.index import Index
-from trio_audio.store.log import BlobRef
+from trio_audio.store.record import BlobRef
 
 
 def part(checksum: str, seq: int | None = None, duration_ms: float = 100.0) -> Part:

@@ -24,7 +24,7 @@ from ..models import new_chunk_id
 
 if TYPE_CHECKING:
     from ..models import Job, Part
-    from .log import BlobRef
+    from .record import BlobRef
 
 
 @attrs.define(eq=False)

@@ -49,18 +49,11 @@ from ..metrics import Metrics
 from ..models import Job
 from .compact import Fold, Snapshot, log_size, remove_replaced, write_snapshot
 from .events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed, Delete, Update, Write
+from .files import REAL_FILES, FileOps, lock_data_dir
 from .index import Entry, Index, Planned, SessionSummary, Stored
-from .log import (
-    REAL_FILES,
-    BlobRef,
-    FileOps,
-    LogWriter,
-    RecordType,
-    ReplayReport,
-    lock_data_dir,
-    read_blob,
-    replay,
-)
+from .record import BlobRef, RecordType
+from .replay import ReplayReport, read_blob, replay
+from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
 
@@ -173,6 +166,7 @@ class Store:
                 segment_max_bytes=self._config.segment_max_bytes,
                 proven_seq=report.durable_seq,
                 files=self._files,
+                manifest_interval_s=self._config.fsync_interval_s,
             )
             self._log_bytes = report.bytes
             # What replay read back is made durable and proven by a checkpoint, so that from
