@@ -19,7 +19,7 @@ from importlib.resources.abc import Traversable
 from typing import Final
 
 import attrs
-from quart import Response, request
+from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 
 from ..errors import NotFound
@@ -85,8 +85,9 @@ def load_assets() -> dict[str, Asset]:
 
 
 def register_console(app: QuartTrio) -> None:
-    """Add ``GET /``, ``GET /docs`` and ``GET /static/<path>`` to *app* (no auth needed: the
-    page holds no data; what it shows comes from the API, with the user's token)."""
+    """Add ``GET /``, ``GET /docs`` and ``GET /static/<path>`` to *app*, as the blueprint
+    ``console`` (pages, not API: the OpenAPI document leaves them out). No auth is needed:
+    the page holds no data; what it shows comes from the API, with the user's token."""
     assets = load_assets()
     missing = [name for name in PAGES.values() if name not in assets]
     if missing:  # a broken install; fail at start-up, not on the first visit
@@ -99,17 +100,21 @@ def register_console(app: QuartTrio) -> None:
             return Response(b"", status=304, headers=headers)
         return Response(asset.body, content_type=asset.content_type, headers=headers)
 
-    @app.get("/")
+    console = Blueprint("console", __name__)
+
+    @console.get("/")
     async def console_page() -> Response:
         return send(assets[PAGES["/"]])
 
-    @app.get("/docs")
+    @console.get("/docs")
     async def docs_page() -> Response:
         return send(assets[PAGES["/docs"]])
 
-    @app.get("/static/<path:name>")
+    @console.get("/static/<path:name>")
     async def static_file(name: str) -> Response:
         asset = assets.get(name)
         if asset is None:
             raise NotFound(f"no static file {name[:100]!r}")
         return send(asset)
+
+    app.register_blueprint(console)
