@@ -100,10 +100,10 @@ async def test_upload_and_sessions_with_a_token(
     assert await run("upload", str(files[0]), "--user", "alice", "--session", "s", *args) == 1
     assert "401 unauthorized" in capsys.readouterr().err
     assert await run("upload", str(files[0]), "--user", "alice", "--session", "s",
-                     "--token", token, *args) == 0  # fmt: skip
-    assert await run("sessions", "bob", "--token", token, *args) == 1
+                     f"--token={token}", *args) == 0  # fmt: skip
+    assert await run("sessions", "bob", f"--token={token}", *args) == 1
     assert "404 not_found" in capsys.readouterr().err
-    assert await run("sessions", "alice", "--token", token, *args) == 0
+    assert await run("sessions", "alice", f"--token={token}", *args) == 0
     assert "session s: 1 chunk" in capsys.readouterr().out
 
 
