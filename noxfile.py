@@ -26,9 +26,9 @@ def tests(session: nox.Session) -> None:
 def browser(session: nox.Session) -> None:
     """The web console in Debian's headless Chromium (``/usr/bin/chromium``, from apt; never a
     downloaded browser), driven by Playwright: live capture, browse and play, the token flow.
-    Screenshots go under each test's tmp dir (``-s`` prints their paths)."""
+    Screenshots of each state go under each test's tmp dir; their paths are printed."""
     session.install("-e", ".[test]", "playwright")
-    session.run("pytest", "-m", "browser", "tests/test_console.py", *session.posargs)
+    session.run("pytest", "-s", "-m", "browser", "tests/test_console.py", *session.posargs)
 
 
 @nox.session

@@ -190,6 +190,7 @@ class LiveSession {
       onLiveMessage(message);
     };
     this.ws.onclose = (event) => {
+      this.isClosed = true;
       logEvent(`closed ${event.code} ${event.reason}`);
       this.onClosed(event);
       liveStopped();
@@ -260,6 +261,14 @@ async function startMic() {
     source.connect(node);
     node.connect(ctx.destination); // silent: the processor writes no output
     await ctx.resume();
+    const cleanup = () => {
+      for (const track of stream.getTracks()) track.stop();
+      ctx.close();
+    };
+    if (session.isClosed) { // refused (a bad token, say) while the microphone started
+      cleanup();
+      return;
+    }
     live = {
       session,
       stop: async () => {
@@ -267,10 +276,7 @@ async function startMic() {
         await new Promise((resolve) => setTimeout(resolve, 50));
         await session.end();
       },
-      cleanup: () => {
-        for (const track of stream.getTracks()) track.stop();
-        ctx.close();
-      },
+      cleanup,
     };
     logEvent(`microphone at ${ctx.sampleRate} Hz, sending 16 kHz frames`);
   } catch (error) {
@@ -316,18 +322,24 @@ async function streamFile(file) {
         index++;
       }
       if (index * FRAME_SAMPLES >= samples.length) {
-        live.stop();
+        stopped = true;
+        session.end();
         return;
       }
       timer = setTimeout(tick, FRAME_MS / 2);
     };
+    const cleanup = () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+    if (session.isClosed) return;
     live = {
       session,
       stop: async () => {
-        stopped = true;
-        clearTimeout(timer);
+        cleanup();
         await session.end();
       },
+      cleanup,
     };
     tick();
   } catch (error) {
