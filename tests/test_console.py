@@ -194,9 +194,15 @@ async def upload_session(
 
 
 async def test_browse_play_and_delete_a_chunk(start_server: StartServer, tmp_path: Path) -> None:
-    server = await start_server()
+    server = await start_server(asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)))
     async with server.client() as client:
         ids = await upload_session(client, "alice", "uploaded", 3)
+        with trio.fail_after(30):  # the words are in before the page looks
+            while True:
+                chunk = (await client.get(f"/chunks/{ids[1]}")).json()
+                if chunk["transcript"]["status"] == "done":
+                    break
+                await trio.sleep(0.05)
         raw = await client.post(
             "/upload", content=(np.sin(np.arange(8000) / 5) * 8000).astype("<i2").tobytes(),
             params={"user_id": "alice", "session_id": "raw", "encoding": "pcm_s16le",
@@ -220,9 +226,16 @@ async def test_browse_play_and_delete_a_chunk(start_server: StartServer, tmp_pat
             assert ids[1] in b.text("#chunk-title")
             assert json.loads(page.text_content("#chunk-json") or "")["chunk_id"] == ids[1]
             assert b.painted("waveform") > 200 and b.painted("spectrum") > 200
+            chunk_words = page.locator("#chunk-words .word").all_inner_texts()
+            assert chunk_words and set(chunk_words) <= set(SENTENCE.split())
             page.evaluate("document.getElementById('player').play()")
-            b.wait("(p => p.currentTime > 0.2 || p.played.length > 0)(document.all.player)")
+            # The word being said lights up, in the chunk's words and the session's.
+            b.wait("document.querySelector('#chunk-words .word.now') !== null")
+            lit = b.text("#session-transcript .word.now")
             b.shot("browse-playing")
+            b.wait("(p => p.currentTime > 0.2 || p.played.length > 0)(document.all.player)")
+            assert b.text("#session-transcript") == SENTENCE
+            assert lit in chunk_words
 
             # Raw PCM (as a WebSocket stores it) plays too: the page wraps it in a WAV.
             page.click("button[data-session=raw]")
@@ -284,6 +297,17 @@ async def test_token_flow_shows_only_the_tokens_user(
             assert "unauthorized" in b.text("#error")
             b.shot("token-missing")
 
+            # Live without a token: the server refuses the stream, the page says so and stops.
+            page.goto(server.url + "/#live")
+            page.fill("#live-user", "alice")
+            page.set_input_files("#file-input", str(MIC_WAV))
+            b.wait("document.getElementById('events').textContent.includes('error unauthorized')")
+            assert "unauthorized" in b.text("#error")
+            page.wait_for_selector("#live-state[data-state=idle]")
+            b.shot("token-live-refused")
+
+            page.goto(server.url + "/#browse")
+            page.fill("#browse-user", "alice")
             page.fill("#token", alice)
             page.click("#token-save")
             assert page.evaluate("sessionStorage.getItem('trio-audio-token')") == alice

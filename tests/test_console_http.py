@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,21 @@ async def test_the_pages_hold_no_inline_script_or_style() -> None:
             text = asset.body.decode()
             assert "<script>" not in text and "<style" not in text, name
             assert not re.search(r"\son[a-z]+\s*=", text), name  # no onclick= handlers
+
+
+def test_every_console_file_is_in_the_wheel() -> None:
+    """pyproject's package-data names every file the console serves (``pip install .``
+    would leave the others out)."""
+    root = Path(__file__).parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["trio_audio.web"]
+    assets = load_assets()
+    assert {"index.html", "docs.html", "app.js", "api.js", "docs.js", "pcm-worklet.js"} <= set(
+        assets
+    )
+    for name in assets:
+        assert any(fnmatch.fnmatch(f"static/{name}", p) and "/" not in name for p in patterns), name
 
 
 @pytest.mark.parametrize("path", ["/static/nope.js", "/static/../app.py", "/static/"])

@@ -391,10 +391,14 @@ function renderSessions() {
     list.append(el("li", {},
       el("button", { type: "button", class: "link", dataset: { session: s.session_id },
         onclick: () => openSession(s.session_id) }, s.session_id),
-      el("span", { class: "muted" }, ` ${s.chunk_count} chunks, ${fmtMs(s.duration_ms)}`)));
+      el("span", { class: "muted" }, ` ${plural(s.chunk_count, "chunk")}, ${fmtMs(s.duration_ms)}`)));
   }
   if (!browse.sessions.size) list.append(el("li", { class: "muted" }, "no sessions"));
   $("more").hidden = !browse.cursor;
+}
+
+function plural(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 function transcriptSpans(chunks) {
@@ -413,7 +417,7 @@ function openSession(id) {
   browse.session = s;
   $("session-view").hidden = false;
   $("chunk-view").hidden = true;
-  $("session-title").textContent = `${browse.user} / ${s.session_id}: ${s.chunk_count} chunks, ${fmtMs(s.duration_ms)}`;
+  $("session-title").textContent = `${browse.user} / ${s.session_id}: ${plural(s.chunk_count, "chunk")}, ${fmtMs(s.duration_ms)}`;
   const spans = transcriptSpans(s.chunks);
   const status = s.transcript ? s.transcript.status : "none";
   $("session-transcript").replaceChildren(...(spans.length ? spans : [el("span", { class: "muted" }, `transcript: ${status}`)]));
