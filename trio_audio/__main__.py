@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Exit 0 when the log is sound (a torn tail is fine), 1 for corruption, 3 when the
-    data dir is locked or cannot be read; with --repair, 0 once repaired."""
+    """Exit 0 when the log is sound (a torn tail is fine: ``serve`` starts with every record),
+    1 for corruption, 3 when the path holds no log, or the data dir is locked or cannot be
+    read; with --repair, 0 once repaired."""
     from .store.check import check, describe, repair
 
     try:
