@@ -328,7 +328,19 @@ async def test_token_flow_shows_only_the_tokens_user(
             page.wait_for_selector("#error:not([hidden])")
             assert "not_found" in b.text("#error")
             assert "bob-secret" not in page.content()
+            assert "alice-talk" not in page.content()  # the last listing went with the switch
             b.shot("token-other-user")
+
+            # Forgetting the token clears what it showed.
+            page.fill("#browse-user", "alice")
+            page.click("#browse-form button[type=submit]")
+            page.click("button[data-session=alice-talk]")
+            page.click("#token-clear")
+            assert page.evaluate("sessionStorage.length") == 0
+            assert "alice-talk" not in page.content()
+            assert page.get_attribute("#player", "src") is None
+            page.fill("#token", alice)
+            page.click("#token-save")
 
             # The token also opens the live WebSocket (in its start message).
             page.goto(server.url + "/#live")

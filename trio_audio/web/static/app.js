@@ -43,16 +43,19 @@ function showTokenState() {
   $("token").value = "";
 }
 
-$("auth").addEventListener("submit", (event) => {
-  event.preventDefault();
-  setToken($("token").value.trim());
+// A new token (or none) is a new user: nothing the old one could see stays on screen.
+function tokenChanged(token) {
+  setToken(token);
   showTokenState();
   showError(null);
+  resetBrowse();
+}
+
+$("auth").addEventListener("submit", (event) => {
+  event.preventDefault();
+  tokenChanged($("token").value.trim());
 });
-$("token-clear").addEventListener("click", () => {
-  setToken("");
-  showTokenState();
-});
+$("token-clear").addEventListener("click", () => tokenChanged(""));
 window.addEventListener("hashchange", () => showTab(currentTab()));
 
 // -- live capture ----------------------------------------------------------------------------
@@ -563,13 +566,29 @@ async function deleteChunk() {
   }
 }
 
-$("browse-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  browse.user = $("browse-user").value;
-  browse.only = $("browse-session").value;
+function resetBrowse() {
   browse.sessions = new Map();
   browse.cursor = null;
+  browse.chunk = null;
+  $("player").removeAttribute("src");
+  delete $("player").dataset.chunk;
+  if (browse.audioUrl) URL.revokeObjectURL(browse.audioUrl);
+  browse.audioUrl = null;
   $("session-view").hidden = true;
+  $("chunk-view").hidden = true;
+  for (const id of ["sessions", "session-title", "session-transcript", "chunk-title", "chunk-json", "chunk-words"]) {
+    $(id).replaceChildren();
+  }
+  $("chunks").tBodies[0].replaceChildren();
+  for (const id of ["waveform", "spectrum"]) drawBars($(id), [], 0, 1);
+  $("more").hidden = true;
+}
+
+$("browse-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  resetBrowse();
+  browse.user = $("browse-user").value;
+  browse.only = $("browse-session").value;
   loadSessions(false);
 });
 $("more").addEventListener("click", () => loadSessions(true));
