@@ -47,6 +47,7 @@ from ..store import StoreBackend
 from ..store.index import Stored
 from . import session_events
 from .auth import RateLimiter, bearer
+from .console import register_console
 from .openapi import SPEC
 from .ws import QuartTransport, Session, WsContext
 
@@ -111,7 +112,7 @@ def create_app(
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
     session code as the dedicated listener.
     """
-    app = QuartTrio("trio_audio")
+    app = QuartTrio("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
@@ -151,12 +152,13 @@ def create_app(
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(InternalError("the server failed to handle this request"))
 
-    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/docs"}
 
     @app.before_request
     async def authenticate() -> None:
         """With auth on, every request but the open ones names its user by its token."""
-        if ws.tokens is not None and request.path not in open_paths:
+        path = request.path
+        if ws.tokens is not None and path not in open_paths and not path.startswith("/static/"):
             g.user_id = ws.tokens.user_for(bearer(request.headers.get("Authorization")))
 
     def owned(owner: str, what: str) -> None:
@@ -311,6 +313,7 @@ def create_app(
         response.timeout = None  # it lasts as long as the client watches
         return response
 
+    register_console(app)
     return app
 
 
