@@ -30,6 +30,7 @@ TIMEOUT_S = 20
 
 
 async def grammar_server(start_server: StartServer, tmp_path: Path, **config: Any) -> Server:
+    config.setdefault("asr_partial_interval_s", 0.01)  # a partial for every chunk
     server: Server = await start_server(
         asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)), **config
     )
@@ -88,14 +89,17 @@ async def test_chunks_get_words_of_their_span_and_watchers_partials_then_finals(
 ) -> None:
     server = await grammar_server(start_server, tmp_path)
     audio = np.concatenate([speak(SENTENCE, lead_s=0.5), speak(OTHER_SENTENCE)])
-    hub = server.running.hub
-    assert hub is not None
+    hub, transcriber = server.running.hub, server.running.transcriber
+    assert hub is not None and transcriber is not None
+    with trio.fail_after(TIMEOUT_S):
+        await transcriber.workers_started.wait()  # partials need a worker that is up
     with hub.subscribe("alice", "talk") as sub:
         async with server.client() as client:
             for piece in pieces(audio, 0.5):  # words cross the chunk boundaries
                 chunk = await upload(client, "talk", piece)
                 assert chunk["transcript"]["status"] == "pending"
                 assert 0 <= chunk["features"]["speech_ratio"] <= 1
+                await trio.sleep(0.25)  # a live client: each piece as it is recorded (2x)
             session = await transcribed(client, "talk")
         messages = drain(sub.receive)
     assert session["transcript"] == {"status": "done", "text": f"{SENTENCE} {OTHER_SENTENCE}"}
@@ -148,20 +152,42 @@ async def test_finalize_ends_an_open_utterance(start_server: StartServer, tmp_pa
     assert stored["transcript"]["text"] == SENTENCE
 
 
-async def test_a_full_backlog_defers_chunks_and_catches_up_in_order(
+async def test_past_the_audio_budget_chunks_are_read_back_from_the_log_in_order(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    server = await grammar_server(start_server, tmp_path, asr_backlog=1)
+    server = await grammar_server(start_server, tmp_path, asr_backlog_bytes=1)
     transcriber = server.running.transcriber
     assert transcriber is not None
     audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE)])
     async with server.client() as client:
         for piece in pieces(audio, 0.25):
             await upload(client, "busy", piece)  # uploads never wait for transcription
-        assert transcriber.counts["deferred"] > 0  # the first chunk waits for the worker
+        assert transcriber.counts["deferred"] > 0  # no room for its PCM: read back later
         session = await transcribed(client, "busy")
     assert session["transcript"]["text"] == f"{SENTENCE} {OTHER_SENTENCE}"
-    assert not transcriber.deferred and transcriber.pcm_bytes == 0
+    assert transcriber.pcm_bytes == 0
+
+
+async def test_a_long_file_does_not_hold_another_sessions_words(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # One worker; a file of six utterances arrives first, then a short session.
+    server = await grammar_server(start_server, tmp_path, asr_workers=1)
+    hub = server.running.hub
+    assert hub is not None
+    long_audio = np.concatenate([speak(SENTENCE if n % 2 else OTHER_SENTENCE) for n in range(6)])
+    with hub.subscribe("alice", "file") as file_sub, hub.subscribe("alice", "short") as short_sub:
+        async with server.client() as client:
+            await upload(client, "file", long_audio)
+            await upload(client, "short", speak(SENTENCE))
+            await transcribed(client, "short")
+            file_finals_by_then = [
+                m for m in drain(file_sub.receive) if m["type"] == "transcript" and m["is_final"]
+            ]
+            await transcribed(client, "file")
+        short_finals = [m for m in drain(short_sub.receive) if m.get("is_final")]
+    assert [m["text"] for m in short_finals] == [SENTENCE]
+    assert len(file_finals_by_then) < 6  # the short session took its turn, not the last one
 
 
 async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
@@ -195,7 +221,10 @@ async def test_websocket_clients_get_partials_before_the_final(
     server = await grammar_server(start_server, tmp_path)
     fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
     received: list[dict[str, Any]] = []
+    transcriber = server.running.transcriber
+    assert transcriber is not None
     with trio.fail_after(TIMEOUT_S):
+        await transcriber.workers_started.wait()  # partials need a worker that is up
         async with open_websocket_url(server.running.ws_url) as ws:
             await ws.send_message(json.dumps(
                 {"type": "start", "user_id": "alice", "session_id": "ws", "format": fmt}
@@ -203,6 +232,7 @@ async def test_websocket_clients_get_partials_before_the_final(
             chunks = pieces(speak(SENTENCE, tail_s=0.0), 0.2)
             for piece in chunks:
                 await ws.send_message((piece * 32767).astype("<i2").tobytes())
+                await trio.sleep(0.1)  # a live client: each piece as it is recorded (2x)
             await ws.send_message(json.dumps({"type": "finalize"}))
             while not any(m.get("is_final") for m in received):
                 message = json.loads(await ws.get_message())
