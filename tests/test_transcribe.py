@@ -21,6 +21,7 @@ from trio_audio.metrics import Metrics
 from trio_audio.models import Job, Part
 from trio_audio.pipeline.pipeline import run_pipeline
 from trio_audio.store.store import Store
+from trio_audio.web.auth import add_token
 
 from .conftest import Server, StartServer
 from .speech import OTHER_SENTENCE, RATE, SENTENCE, grammar_file, pieces, speak, to_wav
@@ -87,7 +88,9 @@ async def test_chunks_get_words_of_their_span_and_watchers_partials_then_finals(
 ) -> None:
     server = await grammar_server(start_server, tmp_path)
     audio = np.concatenate([speak(SENTENCE, lead_s=0.5), speak(OTHER_SENTENCE)])
-    with server.running.store.hub.subscribe("alice", "talk") as sub:
+    hub = server.running.hub
+    assert hub is not None
+    with hub.subscribe("alice", "talk") as sub:
         async with server.client() as client:
             for piece in pieces(audio, 0.5):  # words cross the chunk boundaries
                 chunk = await upload(client, "talk", piece)
@@ -158,7 +161,7 @@ async def test_a_full_backlog_defers_chunks_and_catches_up_in_order(
         assert transcriber.counts["deferred"] > 0  # the first chunk waits for the worker
         session = await transcribed(client, "busy")
     assert session["transcript"]["text"] == f"{SENTENCE} {OTHER_SENTENCE}"
-    assert not transcriber.deferred and transcriber.held_bytes == 0
+    assert not transcriber.deferred and transcriber.pcm_bytes == 0
 
 
 async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
@@ -169,14 +172,15 @@ async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
     store = Store(config)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        ingress = await nursery.start(run_pipeline, config, store, Metrics(),
+        ingress = await nursery.start(run_pipeline, config, store.open_writes(), Metrics(),
                                       trio.CapacityLimiter(2))  # fmt: skip
         async with ingress:
             for piece in pieces(speak(SENTENCE), 1.0):
                 job = Job("alice", "crashed", [Part(to_wav(piece), "audio/wav")])
                 await ingress.submit(job)
                 await job.reply.wait()
-    assert {e.meta()["transcript"]["status"] for e in store.chunks.values()} == {"pending"}
+        store.close()  # the store ends once the pipeline has drained into it
+    assert {store.get(c)["transcript"]["status"] for c in store.chunk_ids()} == {"pending"}
 
     server = await grammar_server(start_server, tmp_path)
     async with server.client() as client:
@@ -211,3 +215,84 @@ async def test_websocket_clients_get_partials_before_the_final(
     assert partials and not any(m["is_final"] for m in partials)
     seqs = [m["seq"] for m in received]  # each names a chunk that was sent, in order
     assert seqs == sorted(seqs) and seqs[0] >= 0 and seqs[-1] < len(chunks)
+
+
+async def read_events(
+    client: httpx.AsyncClient, path: str, into: list[dict[str, Any]], ready: trio.Event
+) -> None:
+    """Collect server-sent events (name checked against the data's type) until session_end."""
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        async for line in response.aiter_lines():
+            if line.startswith(": watching"):
+                ready.set()
+            elif line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                message = json.loads(line.removeprefix("data: "))
+                assert message["type"] == name
+                into.append(message)
+                if name == "session_end":
+                    return
+
+
+async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # An idle timeout far longer than the test: only the explicit end can finalize in time.
+    server = await grammar_server(start_server, tmp_path, asr_idle_timeout_s=300)
+    events: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT_S):
+        async with server.client() as client, trio.open_nursery() as nursery:
+            ready = trio.Event()
+            path = "/sessions/alice/live/events"
+            nursery.start_soon(read_events, client, path, events, ready)
+            await ready.wait()
+            chunks = [await upload(client, "live", p) for p in pieces(speak(SENTENCE), 0.5)]
+            ended = await client.post("/sessions/alice/live/end")
+            missing = await client.post("/sessions/alice/nobody/end")
+            # the nursery ends when the reader has seen session_end
+    assert ended.status_code == 200, ended.text
+    summary = ended.json()
+    assert summary["transcript"] == {"status": "done", "text": SENTENCE}
+    assert summary["chunk_count"] == len(chunks)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    kinds = [e["type"] for e in events]
+    stored = [e["chunk_id"] for e in events if e["type"] == "metadata"]
+    assert stored == [c["chunk_id"] for c in chunks]  # every chunk, in order, once
+    finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
+    assert [f["text"] for f in finals] == [SENTENCE]
+    assert "vad" in kinds and kinds.index("vad") < kinds.index("session_end")
+    assert events[-1]["summary"] == summary
+
+
+async def test_session_events_need_the_owners_token(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    alice = add_token(tokens, "alice")
+    server = await start_server(tokens_file=str(tokens))
+    async with server.client() as client:
+        anonymous = await client.post("/sessions/alice/s/end")
+        assert anonymous.status_code == 401
+        bearer = {"Authorization": f"Bearer {alice}"}
+        other = await client.get("/sessions/bob/s/events", headers=bearer)
+        assert other.status_code == 404  # another user's session does not exist for alice
+
+
+async def test_an_open_event_stream_ends_when_the_service_shuts_down(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    ready = trio.Event()
+    events: list[dict[str, Any]] = []
+    async with server.client() as client, trio.open_nursery() as nursery:
+        nursery.start_soon(read_events, client, "/sessions/alice/idle/events", events, ready)
+        with trio.fail_after(TIMEOUT_S):
+            await ready.wait()
+            with trio.fail_after(5):  # well inside the drain deadline
+                await server.stop()
+        # the reader returns at the end of the stream (no session_end: nothing happened)
+    assert events == []

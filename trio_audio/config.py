@@ -81,6 +81,11 @@ class Config:
         validator=attrs.validators.ge(0),
         metadata={"help": "how long a group commit waits to fill a batch"},
     )
+    event_queue: int = attrs.field(
+        default=1024,
+        validator=_positive,
+        metadata={"help": "committed-change events queued for watchers and the transcriber"},
+    )
 
     # Limits.
     max_body_bytes: int = attrs.field(

@@ -6,14 +6,23 @@
     └─ root nursery
        ├─ signal watcher   SIGINT/SIGTERM -> shutdown event, then the drain deadline
        └─ service nursery
-          ├─ store         lock data dir, replay the log  (started once replayed)
-          ├─ pipeline      stage pools joined by bounded channels, then the store writer
-          └─ http server   hypercorn's trio worker serving the quart-trio app
+          ├─ store         lock data dir, replay the log, then the committer (its one writer)
+          ├─ fan-out       store events -> hub (watchers) and transcriber
+          └─ front nursery
+             ├─ transcriber   worker processes, fed by the fan-out
+             ├─ pipeline      stage pools joined by bounded channels, into the committer
+             ├─ http server   hypercorn's trio worker serving the quart-trio app
+             └─ ws listener   trio-websocket
 
-Shutdown: the HTTP server stops accepting and finishes its requests, then closes its ingress
-clone; the pipeline drains stage by stage; the store writer commits the last batch; the store
-fsyncs and unlocks. ``drain_timeout_s`` bounds the whole drain (a deadline on the service
-nursery), so a stuck drain cannot keep the process alive.
+Data flows one way: web -> pipeline -> store -> events -> watchers and transcriber; the
+transcriber writes its results back as store updates.
+
+Shutdown: the servers stop accepting and finish their requests, then close their ingress
+clones; the pipeline drains stage by stage and closes its sender into the committer; the
+transcriber stops (unfinished chunks stay pending). Then ``store.close`` ends the committer,
+which writes the last batch, closes the event stream (the fan-out ends) and the log (fsynced)
+and unlocks. ``drain_timeout_s`` bounds the whole drain (a deadline on the service nursery),
+so a stuck drain cannot keep the process alive.
 """
 
 from __future__ import annotations
@@ -30,13 +39,14 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from .asr.transcriber import Transcriber
 from .config import Config
+from .fanout import fan_out
 from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
-from .transcribe import Transcriber
 from .web.app import Readiness, create_app
 from .web.auth import RateLimiter, Tokens
 from .web.ws import WsContext, message_limit, serve_ws
@@ -56,6 +66,7 @@ class Running:
     limiter: trio.CapacityLimiter
     transcriber: Transcriber | None = None
     app: QuartTrio | None = None
+    hub: Hub | None = None
 
 
 async def watch_signals(
@@ -165,37 +176,47 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = Store(config, hub, files=files)  # files: the layer under the log (tests fault it)
+    store = Store(config, metrics=metrics, files=files)  # files: the layer under the log
+    events = store.events()
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
             await service.start(store.run)
             readiness.store = True
-            # Before the pipeline, so its hook sees every new chunk (and the pending ones).
             transcriber = Transcriber(config, store, hub, metrics, limiter)
-            await service.start(transcriber.run)
-            ingress = await service.start(run_pipeline, config, store, metrics, limiter)
-            readiness.pipeline = True
-            async with ingress:  # each server owns a clone; the pipeline ends with the last
-                http_ingress, ws_ingress = ingress.clone(), ingress.clone()
-            rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-            ws = WsContext(config, store, store.hub, metrics, shutdown, transcriber, tokens, rate)
-            app = create_app(config, store, http_ingress, metrics, readiness, ws)
-            metrics.gauge("trio_audio_store_chunks", lambda: {'store="local"': len(store.chunks)})
-            metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
-            binds = await service.start(serve_http, config, app, http_ingress, shutdown)
-            ws_port = await service.start(serve_ws, ws, ws_ingress, tls)
-            ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
-            readiness.http = True
-            logger.info("serving HTTP on %s, data in %s", ", ".join(binds), config.data_dir)
-            logger.info("serving WebSocket on %s", ws_url)
-            task_status.started(
-                Running(binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app)
-            )
-            await shutdown.wait()
-            readiness.draining = True
-            transcriber.stop()  # what it has not done stays pending: queued again at start
+            service.start_soon(fan_out, events, hub, transcriber)
+            try:
+                async with trio.open_nursery() as front:
+                    await front.start(transcriber.run)
+                    ingress = await front.start(
+                        run_pipeline, config, store.open_writes(), metrics, limiter
+                    )
+                    readiness.pipeline = True
+                    async with ingress:  # each server owns a clone; the pipeline ends with the last
+                        http_ingress, ws_ingress = ingress.clone(), ingress.clone()
+                    rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, tokens, rate)
+                    app = create_app(config, store, http_ingress, metrics, readiness, ws)
+                    metrics.gauge(
+                        "trio_audio_store_chunks", lambda: {'store="local"': store.stats().chunks}
+                    )
+                    metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
+                    binds = await front.start(serve_http, config, app, http_ingress, shutdown)
+                    ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
+                    ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
+                    readiness.http = True
+                    logger.info("serving HTTP on %s, data in %s", ", ".join(binds), config.data_dir)
+                    logger.info("serving WebSocket on %s", ws_url)
+                    running = Running(
+                        binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app, hub
+                    )
+                    task_status.started(running)
+                    await shutdown.wait()
+                    readiness.draining = True
+                    transcriber.stop()  # what it has not done stays pending: queued at start
+            finally:
+                store.close()  # the committer ends once the pipeline's sender is closed too
         if service.cancel_scope.cancelled_caught:
             logger.warning("the drain passed its %g s deadline", config.drain_timeout_s)
-        logger.info("stopped; %d chunks stored", len(store.chunks))
+        logger.info("stopped; %d chunks stored", store.stats().chunks)
         root.cancel_scope.cancel()

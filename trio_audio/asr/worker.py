@@ -1,12 +1,7 @@
 """A transcription worker process: ``python -m trio_audio.asr.worker``, spoken to over pipes.
 
-Frames both ways are ``u32 big-endian length | msgpack``. The first request is ``init``
-(engine options and limits), answered with ``{ok, engine, sample_rate}`` once one decoder
-is loaded (so a bad model or grammar is reported at once). Then, one answer per request, in
-order::
-
-    {op: "feed", key, pcm, offset_ms} | {op: "finish", key} | {op: "close", key}
-        -> {ok: true, results: [Result.to_dict(), ...]}  |  {ok: false, error}
+The frames are defined in ``protocol.py``; ``init`` loads one decoder before it answers, so
+a bad model or grammar is reported at once.
 
 The process holds its sessions' decoder state, which is why the parent pins each session to
 one worker. It exits when its stdin closes. The engine's C code may print: file descriptor 1
@@ -16,38 +11,12 @@ is pointed at stderr so nothing but frames ever reaches the parent's pipe.
 from __future__ import annotations
 
 import os
-import struct
 import sys
-from typing import Any, BinaryIO, Final
-
-import msgpack
+from typing import BinaryIO
 
 from .engine import EngineError, EngineOptions, load_engine
+from .protocol import read_frame, write_frame
 from .stream import Streams
-
-HEADER: Final = struct.Struct(">I")
-MAX_FRAME_BYTES: Final = 1 << 30
-
-
-def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
-    head = stream.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    (length,) = HEADER.unpack(head)
-    if length > MAX_FRAME_BYTES:
-        msg = f"frame of {length} bytes is over the limit"
-        raise ValueError(msg)
-    body = stream.read(length)
-    if len(body) < length:
-        return None
-    message: dict[str, Any] = msgpack.unpackb(body)
-    return message
-
-
-def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
-    body = msgpack.packb(message)
-    stream.write(HEADER.pack(len(body)) + body)
-    stream.flush()
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> None:

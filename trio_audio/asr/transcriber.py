@@ -2,71 +2,81 @@
 
 ::
 
-    Store._commit ──offer()──> lane 0 (bounded) ──> worker process 0  (sessions pinned here)
-         (never waits)    └──> lane 1 (bounded) ──> worker process 1
+    fan-out ──offer()──> reorder (per session) ──> lane 0 (bounded) ──> worker process 0
+    (never waits)                              └──> lane 1 (bounded) ──> worker process 1
          full lane: the chunk stays ``pending`` in ``deferred`` and is moved in when there is
          room (a session with deferred chunks sends all its later ones there too, in order)
 
-- Each session is pinned to one lane, so its chunks reach one decoder stream in seq order.
-  A lane sends one request at a time to its process and applies the answer: partial and final
-  ``transcript`` messages go to the session's watchers through the hub; a chunk whose span is
-  final gets ``transcript {status: done, text, words}`` as a durable UPDATE record.
-- Voice activity needs no worker: ``offer`` joins the chunk's speech segments into the
-  session's ``vad {event, at_ms}`` messages at once.
+- The service's fan-out calls ``offer`` with each ``ChunkStored`` event; a session's chunks
+  are put back in seq order (``reorder.py``) and then pinned to one lane, so they reach one
+  decoder stream in order. A lane sends one request at a time to its process and applies the
+  answer: partial and final ``transcript`` messages go to the session's watchers through the
+  hub; a chunk whose span is final gets ``transcript {status: done, text, words}`` as a
+  durable update through the store.
+- Voice activity needs no worker: a chunk's speech segments become the session's
+  ``vad {event, at_ms}`` messages as soon as it is in order.
 - A session silent for ``asr_idle_timeout_s`` is closed (its utterance ends, its decoder goes
   back to the pool); ``finalize`` does the same on demand and returns once the words are out.
-- At start every chunk still ``pending`` in the store (a crash, a full backlog, a shutdown)
-  is queued again, in session and seq order.
+- At start every chunk the store replayed as ``pending`` is queued again, in session and seq
+  order, a slice at a time.
 
-Resource handling: ``run`` owns the worker processes (started lazily, one per lane) and ends
-them when cancelled (stdin closed, then killed after a grace period). Memory is bounded by
-the lanes (``asr_backlog`` chunks each), the audio they hold (``asr_backlog_bytes``; past it
-audio is re-read from the log when its turn comes) and the decoders per worker.
+Resource handling: ``run`` owns the lanes and their worker processes (each lane runs its
+process in its own nursery: ``process.py``) and ends them when cancelled (``stop``). Memory is
+bounded by the lanes (``asr_backlog`` chunks each), the reorder buffers (``asr_backlog`` per
+session) and the PCM they hold (``asr_backlog_bytes`` in all, counted from ``offer`` until
+the chunk is done; past it audio is re-read from the log when its turn comes).
 
 Error handling: a chunk whose audio cannot be read or decoded, or whose worker died or timed
 out, gets ``transcript.status: failed`` with the reason; the worker is restarted for the next
-chunk. A store update that fails leaves the chunk ``pending`` (it is retried at start-up).
+chunk. A store update that fails leaves the chunk ``pending`` (it is queued at start-up).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
-import struct
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
-import msgpack
 import trio
 
-from .asr.engine import EngineError, EngineOptions, check_options
-from .audio import features, vad
-from .audio.decode import RawFormat, decode
-from .config import Config
-from .errors import NotFound, ServiceError
-from .hub import Hub
-from .metrics import Metrics
-from .models import Part
-from .store.store import Store
+from ..audio import features, vad
+from ..audio.decode import RawFormat, decode
+from ..config import Config
+from ..errors import NotFound, ServiceError
+from ..hub import Hub
+from ..metrics import Metrics
+from ..store.events import ChunkStored
+from .engine import EngineError, EngineOptions, check_options
+from .process import WorkerDied, WorkerProcess
+from .protocol import Key, unwire_key, wire_key
+from .reorder import Reorder
 
-logger = logging.getLogger("trio_audio.transcribe")
+logger = logging.getLogger("trio_audio.asr")
 
-HEADER: Final = struct.Struct(">I")
-STOP_GRACE_S: Final = 2.0  # a worker gets this long to exit after its stdin closes
 REQUEST_BASE_TIMEOUT_S: Final = 30.0  # plus REQUEST_PER_AUDIO_S per second of audio
 REQUEST_PER_AUDIO_S: Final = 2.0
 JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
 REORDER_WAIT_S: Final = 1.0  # how long a chunk waits for a missing earlier seq
+REQUEUE_SLICE: Final = 256  # pending chunks queued at start-up between checkpoints
 
-Key = tuple[str, str]
 
+class ChunkSource(Protocol):
+    """What the transcriber reads of the store, and its one write."""
 
-class WorkerDied(Exception):
-    """The worker process exited, broke the protocol or timed out."""
+    def get(self, chunk_id: str) -> dict[str, Any]: ...
+
+    def has(self, chunk_id: str) -> bool: ...
+
+    def chunks_after(
+        self, user_id: str, session_id: str, seq: int | None
+    ) -> list[tuple[int, str]]: ...
+
+    def pending_transcripts(self) -> list[str]: ...
+
+    async def read_audio(self, chunk_id: str) -> tuple[bytes, str]: ...
+
+    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @attrs.define(eq=False)
@@ -111,108 +121,26 @@ class SessionState:
     lane: int
     activity: vad.SessionActivity
     last_active: float
+    order: Reorder[Item]
     queued: int = 0  # items in a lane or deferred
     deferred: int = 0
     closing: bool = False
     last_seq: int = -1
     awaiting: collections.deque[Span] = attrs.field(factory=collections.deque)
-    next_seq: int | None = None  # the seq that may go on; later ones wait in ``held``
-    held: dict[int, Item] = attrs.field(factory=dict)
-    held_since: float = 0.0
-
-
-class WorkerProcess:
-    """One ``python -m trio_audio.asr.worker`` and its framed request/answer pipe."""
-
-    def __init__(self, index: int, init: dict[str, Any]) -> None:
-        self.index = index
-        self.init = init
-        self.process: trio.Process | None = None
-        self._buffer = bytearray()
-        self.engine = ""
-        self.root = str(Path(__file__).resolve().parent.parent)  # where trio_audio is found
-
-    async def start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.root, env.get("PYTHONPATH")) if p)
-        self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "trio_audio.asr.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        self._buffer.clear()
-        answer = await self.request(self.init, timeout_s=REQUEST_BASE_TIMEOUT_S * 4)
-        if not answer.get("ok"):
-            await self.aclose()
-            raise EngineError(answer.get("error", "the worker could not start"))
-        self.engine = answer["engine"]
-        logger.info("transcription worker %d: pid %d, %s", self.index, self.pid, self.engine)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid if self.process is not None else 0
-
-    async def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        process = self.process
-        if process is None or process.stdin is None or process.stdout is None:
-            raise WorkerDied("the worker is not running")
-        body = msgpack.packb(message)
-        try:
-            with trio.fail_after(timeout_s):
-                await process.stdin.send_all(HEADER.pack(len(body)) + body)
-                head = await self._read(HEADER.size)
-                answer: dict[str, Any] = msgpack.unpackb(await self._read(HEADER.unpack(head)[0]))
-        except trio.TooSlowError:
-            await self.aclose()
-            msg = f"worker {self.index} gave no answer within {timeout_s:g} s"
-            raise WorkerDied(msg) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
-            await self.aclose()
-            raise WorkerDied(f"worker {self.index} failed: {exc!r}") from exc
-        return answer
-
-    async def _read(self, n: int) -> bytes:
-        assert self.process is not None and self.process.stdout is not None
-        while len(self._buffer) < n:
-            data = await self.process.stdout.receive_some(max(65536, n - len(self._buffer)))
-            if not data:
-                code = self.process.poll()
-                msg = f"worker {self.index} exited (status {code})"
-                raise trio.BrokenResourceError(msg)
-            self._buffer += data
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return out
-
-    async def aclose(self) -> None:
-        """Close stdin (the worker exits), wait a little, then kill. Shielded, bounded."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        with trio.CancelScope(shield=True):
-            if process.stdin is not None:
-                await process.stdin.aclose()
-            with trio.move_on_after(STOP_GRACE_S):
-                await process.wait()
-            if process.poll() is None:
-                process.kill()
-                await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
 
 
 class Transcriber:
     """Hands stored chunks to worker processes; publishes and stores what comes back.
 
-    Build it in ``serve``, start ``run`` with ``nursery.start``. ``offer`` is the store's
-    hook (never blocks); ``finalize`` is for the WebSocket's ``finalize`` and ``end``.
+    Build it in ``serve``, start ``run`` with ``nursery.start``. ``offer`` takes the store's
+    ``ChunkStored`` events (never blocks); ``finalize`` is for the WebSocket's ``finalize``
+    and ``end``.
     """
 
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: ChunkSource,
         hub: Hub,
         metrics: Metrics,
         limiter: trio.CapacityLimiter,
@@ -232,11 +160,11 @@ class Transcriber:
         self.sessions: dict[Key, SessionState] = {}
         self.deferred: dict[str, Item] = {}  # chunk_id -> item, in the order offered
         self.counts: collections.Counter[str] = collections.Counter()
-        self.held_bytes = 0
+        self.pcm_bytes = 0  # PCM kept in memory for chunks offered and not yet done
         self.running = False
         self._lanes: list[trio.MemorySendChannel[Item | Finish]] = []
-        self._lane_heads: dict[str, Item] = {}  # items sent to a lane, not yet done
-        self._holding: set[Key] = set()  # sessions with chunks waiting for an earlier seq
+        self._in_lanes: dict[str, Item] = {}  # items sent to a lane, not yet done
+        self._reordering: set[Key] = set()  # sessions with chunks waiting for an earlier seq
         self._lane_sessions = [0] * config.asr_workers
         self._room = trio.Event()
         self._stopped = trio.Event()
@@ -264,15 +192,14 @@ class Transcriber:
                         nursery.start_soon(self._feed_deferred)
                     self.running = True
                     if self.enabled:
-                        self._requeue_pending()
+                        nursery.start_soon(self._requeue_pending)
                     nursery.start_soon(self._janitor)
                     nursery.start_soon(self._reorder_timer)
-                    self.store.on_stored.append(self.offer)
                     task_status.started(self)
         finally:
             self.running = False
-            if self.offer in self.store.on_stored:
-                self.store.on_stored.remove(self.offer)
+            for lane in self._lanes:  # the transcriber owns the lanes' send ends
+                lane.close()
             self._stopped.set()
 
     def stop(self) -> None:
@@ -304,87 +231,75 @@ class Transcriber:
         """Age of the oldest chunk offered but not yet transcribed (0 when none waits)."""
         oldest = [i.since for i in self.deferred.values()]
         oldest += [s.awaiting[0].since for s in self.sessions.values() if s.awaiting]
-        oldest += [s.since for s in self._in_lanes]
+        oldest += [i.since for i in self._in_lanes.values()]
         return max(0.0, trio.current_time() - min(oldest)) if oldest else 0.0
-
-    @property
-    def _in_lanes(self) -> list[Item]:
-        return list(self._lane_heads.values())
 
     # -- taking chunks -----------------------------------------------------------------------
 
-    def offer(self, chunk: dict[str, Any], part: Part | None = None) -> None:
-        """A newly stored chunk (the store's hook): put in seq order, then VAD and transcription.
-
-        Pipeline workers run in parallel, so a session's chunks can commit out of seq order;
-        a chunk whose predecessor has not arrived waits (at most ``REORDER_WAIT_S``).
-        """
-        pcm = part.speech_pcm if part is not None else None
-        if pcm is not None and self.held_bytes + len(pcm) > self.config.asr_backlog_bytes:
-            pcm = None  # read back from the log when its turn comes
-        self._arrive(self._item(chunk, pcm))
+    def offer(self, event: ChunkStored) -> None:
+        """A newly stored chunk: put in seq order, then VAD and transcription. Never waits."""
+        self._arrive(self._item(event.chunk, event.speech_pcm))
 
     def offer_stored(self, chunk_id: str) -> None:
         """Queue a stored chunk (its audio read back from the log when its turn comes)."""
         self._arrive(self._item(self.store.get(chunk_id), None))
 
     def _item(self, chunk: dict[str, Any], pcm: bytes | None) -> Item:
-        transcribe = self.enabled and chunk["transcript"]["status"] == "pending"
+        transcribe = self.enabled and self.running and chunk["transcript"]["status"] == "pending"
+        if not transcribe or (
+            pcm is not None and self.pcm_bytes + len(pcm) > self.config.asr_backlog_bytes
+        ):
+            pcm = None  # not needed, or over the budget: read back from the log in its turn
+        if pcm is not None:
+            self.pcm_bytes += len(pcm)
         return Item(
             chunk_id=chunk["chunk_id"],
             key=(chunk["user_id"], chunk["session_id"]),
             seq=chunk["seq"],
             offset_ms=float(chunk.get("offset_ms", 0.0)),
             duration_ms=float(chunk["audio"]["duration_ms"]),
-            pcm=pcm if transcribe else None,
+            pcm=pcm,
             since=trio.current_time(),
             segments=chunk.get("features", {}).get("speech_segments", []),
             transcribe=transcribe,
         )
 
+    def _drop_pcm(self, item: Item) -> None:
+        if item.pcm is not None:
+            self.pcm_bytes -= len(item.pcm)
+            item.pcm = None
+
     def _arrive(self, item: Item) -> None:
         session = self._session(item.key)
-        session.last_active = trio.current_time()
-        if session.next_seq is None:
-            session.next_seq = self._first_seq(item.key)
-        if item.seq > session.next_seq and len(session.held) < self.config.asr_backlog:
-            if not session.held:
-                session.held_since = trio.current_time()
-            session.held[item.seq] = item
-            self._holding.add(item.key)
-            return
-        self._deliver(session, item)
-        self._release_held(session, everything=len(session.held) >= self.config.asr_backlog)
+        now = session.last_active = trio.current_time()
+        for ready in session.order.add(item.seq, item, now):
+            self._deliver(session, ready)
+        self._note_reordering(session)
 
-    def _release_held(self, session: SessionState, *, everything: bool) -> None:
-        """Deliver the held chunks that are next in line (with *everything*: all, in order)."""
-        while session.held:
-            assert session.next_seq is not None
-            seq = session.next_seq if session.next_seq in session.held else min(session.held)
-            if seq != session.next_seq and not everything:
-                break
-            self._deliver(session, session.held.pop(seq))
-        session.held_since = trio.current_time()
-        if not session.held:
-            self._holding.discard(session.key)
+    def _release_waiting(self, session: SessionState) -> None:
+        """Stop waiting for missing seqs: everything waiting goes on, in order."""
+        for ready in session.order.release(trio.current_time(), everything=True):
+            self._deliver(session, ready)
+        self._note_reordering(session)
+
+    def _note_reordering(self, session: SessionState) -> None:
+        if session.order.waiting:
+            self._reordering.add(session.key)
+        else:
+            self._reordering.discard(session.key)
 
     def _first_seq(self, key: Key) -> int:
         """The seq a session's transcription goes on from: after its last finished chunk."""
-        index = self.store.sessions(key[0]).get(key[1])
         first = 0
-        if index is not None:
-            for seq, chunk_id in index.after(None):
-                entry = self.store.chunks.get(chunk_id)
-                if entry is not None and entry.meta()["transcript"]["status"] != "pending":
-                    first = seq + 1
+        for seq, chunk_id in self.store.chunks_after(key[0], key[1], None):
+            if self.store.get(chunk_id)["transcript"]["status"] != "pending":
+                first = seq + 1
         return first
 
     def _deliver(self, session: SessionState, item: Item) -> None:
         """In seq order: the chunk's VAD events, then its transcription."""
-        assert session.next_seq is not None
-        session.next_seq = max(session.next_seq, item.seq + 1)
-        entry = self.store.chunks.get(item.chunk_id)
-        if entry is None:
+        if not self.store.has(item.chunk_id):
+            self._drop_pcm(item)
             return  # deleted since
         offset = self.store.get(item.chunk_id)["offset_ms"]  # final now its predecessors are in
         item.offset_ms = float(offset)
@@ -392,20 +307,20 @@ class Transcriber:
             self._publish_vad(session.key, event, at_ms)
         if item.transcribe:
             self._queue(session, item)
-        elif item.pcm is not None:
-            item.pcm = None
+        else:
+            self._drop_pcm(item)
 
     async def _reorder_timer(self) -> None:
         """Stop waiting for a missing seq after ``REORDER_WAIT_S`` (it failed or never came)."""
         while True:
             await trio.sleep(REORDER_WAIT_S / 4)
             now = trio.current_time()
-            for key in list(self._holding):
+            for key in list(self._reordering):
                 session = self.sessions.get(key)
                 if session is None:
-                    self._holding.discard(key)
-                elif now - session.held_since >= REORDER_WAIT_S:
-                    self._release_held(session, everything=True)
+                    self._reordering.discard(key)
+                elif session.order.overdue(now, REORDER_WAIT_S):
+                    self._release_waiting(session)
 
     def _session(self, key: Key) -> SessionState:
         session = self.sessions.get(key)
@@ -413,12 +328,17 @@ class Transcriber:
             lane = self._lane_sessions.index(min(self._lane_sessions)) if self.enabled else 0
             self._lane_sessions[lane] += 1
             session = self.sessions[key] = SessionState(
-                key, lane, vad.SessionActivity(self.config.vad_gap_ms), trio.current_time()
+                key,
+                lane,
+                vad.SessionActivity(self.config.vad_gap_ms),
+                trio.current_time(),
+                Reorder(self._first_seq(key), self.config.asr_backlog),
             )
         return session
 
     def _queue(self, session: SessionState, item: Item) -> None:
         if not self.running:
+            self._drop_pcm(item)
             return  # stopped: it stays pending, queued again at the next start
         session.queued += 1
         if session.deferred == 0:
@@ -426,34 +346,25 @@ class Transcriber:
                 self._lanes[session.lane].send_nowait(item)
             except trio.WouldBlock:
                 pass
-            else:
-                self._hold(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._drop_pcm(item)  # stopping: it stays pending, queued at the next start
                 return
-        item.pcm = None
+            else:
+                self._in_lanes[item.chunk_id] = item
+                return
+        self._drop_pcm(item)
         session.deferred += 1
         self.deferred[item.chunk_id] = item
         self.counts["deferred"] += 1
 
-    def _hold(self, item: Item) -> None:
-        self._lane_heads[item.chunk_id] = item
-        if item.pcm is not None:
-            self.held_bytes += len(item.pcm)
-
-    def _release(self, item: Item) -> None:
-        self._lane_heads.pop(item.chunk_id, None)
-        if item.pcm is not None:
-            self.held_bytes -= len(item.pcm)
-            item.pcm = None
-
-    def _requeue_pending(self) -> None:
-        """Queue, in session and seq order, every chunk the store holds as ``pending``."""
-        pending = []
-        for chunk_id, entry in self.store.chunks.items():
-            meta = entry.meta()
-            if meta.get("transcript", {}).get("status") == "pending":
-                pending.append((entry.user_id, entry.session_id, entry.seq, chunk_id))
-        for *_, chunk_id in sorted(pending):
-            self.offer_stored(chunk_id)
+    async def _requeue_pending(self) -> None:
+        """Queue, in session and seq order, every chunk the store replayed as ``pending``."""
+        pending = self.store.pending_transcripts()
+        for n, chunk_id in enumerate(pending):
+            if self.store.has(chunk_id):
+                self.offer_stored(chunk_id)
+            if n % REQUEUE_SLICE == REQUEUE_SLICE - 1:
+                await trio.lowlevel.checkpoint()  # a long list never stalls the event loop
         if pending:
             logger.info("queued %d chunks left pending for transcription", len(pending))
 
@@ -466,9 +377,7 @@ class Transcriber:
             for chunk_id, item in list(self.deferred.items()):
                 if item.key in blocked:
                     continue
-                session = self.sessions.get(item.key)
-                if session is None:  # pragma: no cover - deferred items keep their session
-                    session = self._session(item.key)
+                session = self.sessions.get(item.key) or self._session(item.key)
                 try:
                     self._lanes[session.lane].send_nowait(item)
                 except trio.WouldBlock:
@@ -476,7 +385,7 @@ class Transcriber:
                     continue
                 del self.deferred[chunk_id]
                 session.deferred -= 1
-                self._hold(item)
+                self._in_lanes[chunk_id] = item
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -490,7 +399,7 @@ class Transcriber:
         session = self.sessions.get(key)
         if session is None:
             return
-        self._release_held(session, everything=True)
+        self._release_waiting(session)
         for event, at_ms in session.activity.end():
             self._publish_vad(key, event, at_ms)
         if not self.enabled or not self.running:
@@ -505,7 +414,10 @@ class Transcriber:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(wait_stopped)
-            await self._lanes[session.lane].send(command)
+            try:
+                await self._lanes[session.lane].send(command)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # stopping
             await command.done.wait()
             nursery.cancel_scope.cancel()
 
@@ -516,7 +428,7 @@ class Transcriber:
             await trio.sleep(timeout * JANITOR_PERIOD_FRACTION)
             now = trio.current_time()
             for key, session in list(self.sessions.items()):
-                busy = session.queued or session.held or session.closing
+                busy = session.queued or session.order.waiting or session.closing
                 if busy or now - session.last_active < timeout:
                     continue
                 for event, at_ms in session.activity.end():
@@ -538,6 +450,7 @@ class Transcriber:
     # -- a lane: one worker process --------------------------------------------------------
 
     async def _lane(self, index: int, receive: trio.MemoryReceiveChannel[Item | Finish]) -> None:
+        """Feed one worker process, one request at a time; owns its lane's receive end."""
         init = {
             "op": "init",
             "options": self.options.to_dict(),
@@ -547,37 +460,35 @@ class Transcriber:
             "max_utterance_s": self.config.asr_max_utterance_s,
         }
         worker = WorkerProcess(index, init)
-        try:
-            async with receive:
+        async with receive, trio.open_nursery() as processes:
+            try:
                 async for command in receive:
                     self._room.set()
                     if isinstance(command, Finish):
                         await self._finish(worker, command)
-                    else:
-                        try:
-                            await self._transcribe(worker, command)
-                        finally:
-                            self._release(command)
-        finally:
-            await worker.aclose()
+                        continue
+                    try:
+                        await self._transcribe(worker, processes, command)
+                    finally:
+                        self._in_lanes.pop(command.chunk_id, None)
+                        self._drop_pcm(command)
+            finally:
+                await worker.aclose()
 
-    async def _ensure(self, worker: WorkerProcess) -> None:
-        if worker.process is None:
-            await worker.start()
-
-    async def _transcribe(self, worker: WorkerProcess, item: Item) -> None:
+    async def _transcribe(self, worker: WorkerProcess, processes: trio.Nursery, item: Item) -> None:
         session = self.sessions.get(item.key) or self._session(item.key)
         session.queued -= 1
         session.last_active = trio.current_time()
-        if item.chunk_id not in self.store.chunks:
+        if not self.store.has(item.chunk_id):
             return  # deleted since
         span = Span(item.chunk_id, item.seq, item.offset_ms, item.offset_ms + item.duration_ms,
                     item.since)  # fmt: skip
         try:
             pcm = item.pcm if item.pcm is not None else await self._read_pcm(item.chunk_id)
-            await self._ensure(worker)
+            if not worker.running:
+                await worker.start(processes)
             timeout = REQUEST_BASE_TIMEOUT_S + REQUEST_PER_AUDIO_S * item.duration_ms / 1000
-            message = {"op": "feed", "key": _wire(item.key), "pcm": pcm,
+            message = {"op": "feed", "key": wire_key(item.key), "pcm": pcm,
                        "offset_ms": item.offset_ms}  # fmt: skip
             session.awaiting.append(span)
             session.last_seq = max(session.last_seq, item.seq)
@@ -595,12 +506,12 @@ class Transcriber:
     async def _finish(self, worker: WorkerProcess, command: Finish) -> None:
         try:
             session = self.sessions.get(command.key)
-            if session is None or worker.process is None:
+            if session is None or not worker.running:
                 return
             op = "close" if command.close else "finish"
             try:
                 answer = await worker.request(
-                    {"op": op, "key": _wire(command.key)}, REQUEST_BASE_TIMEOUT_S
+                    {"op": op, "key": wire_key(command.key)}, REQUEST_BASE_TIMEOUT_S
                 )
             except WorkerDied as exc:
                 await self._worker_died(worker, str(exc))
@@ -648,7 +559,7 @@ class Transcriber:
             await self._fail(spans, f"the speech engine failed: {answer.get('error')}")
             return
         for result in answer["results"]:
-            session = self.sessions.get(_unwire(result["key"]))
+            session = self.sessions.get(unwire_key(result["key"]))
             if session is not None:
                 await self._apply_result(result, session)
 
@@ -721,12 +632,3 @@ def _place(awaiting: collections.deque[Span], word: dict[str, Any]) -> None:
         else:
             break
     target.words.append(word)
-
-
-def _wire(key: Key) -> str:
-    return f"{key[0]}/{key[1]}"  # ids never hold '/'
-
-
-def _unwire(text: str) -> Key:
-    user_id, _, session_id = text.partition("/")
-    return user_id, session_id
