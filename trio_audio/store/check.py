@@ -252,7 +252,7 @@ def check(data_dir: Path) -> CheckReport:
         refused = Damage(exc.path, exc.offset, exc.offset, exc.reason)
         same = [d for d in damage if (d.path, d.offset) == (exc.path, exc.offset)]
         for d in same:
-            damage[damage.index(d)] = attrs.evolve(d, torn=False)
+            damage[damage.index(d)] = attrs.evolve(d, torn=False, reason=exc.reason)
         if not same:
             damage.insert(0, refused)
     else:

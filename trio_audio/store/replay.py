@@ -393,9 +393,9 @@ def _scan_segment(
 def _remove_leftovers(
     directory: Path, snapshots: list[str], start: int, dry_run: bool = False
 ) -> list[str]:
-    """Delete what a compaction that crashed left: ``*.tmp`` files, older snapshots and the
-    segments the newest snapshot covers (based before *start*); with *dry_run* only name
-    them."""
+    """Delete what a compaction or manifest rewrite that crashed left: ``*.tmp`` files, older
+    snapshots and the segments the newest snapshot covers (based before *start*); with
+    *dry_run* only name them."""
     if not directory.is_dir():
         return []
     names = sorted(os.listdir(directory))
@@ -406,7 +406,7 @@ def _remove_leftovers(
         for name in doomed:
             os.unlink(directory / name)
         fsync_dir(directory)
-        logger.info("removed %s left over from a compaction", ", ".join(doomed))
+        logger.info("removed %s left over from a crash", ", ".join(doomed))
     return doomed
 
 
