@@ -48,6 +48,7 @@ from .pipeline.pipeline import Ingress, run_pipeline
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
 from .web.app import Readiness, create_app
+from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
 from .web.ws import WsContext, message_limit, serve_ws
 
@@ -102,6 +103,10 @@ async def serve_http(
 ) -> None:
     """Hypercorn's trio worker on ``config.host:config.port`` until *shutdown*.
 
+    The app is served behind the front door (``web/asgi.py``): a refusal never leaves its
+    keep-alive connection hung, and once *shutdown* is set, idle connections close, requests
+    in flight get their answers with ``Connection: close``, and new ones get 503.
+
     Resource handling: owns its *ingress* clone and closes it once the server has finished
     its in-flight requests, which lets the pipeline drain.
     """
@@ -115,7 +120,10 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        await hypercorn_serve(app, hyper, shutdown_trigger=shutdown.wait, task_status=task_status)
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s)
+        await hypercorn_serve(
+            door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
+        )
 
 
 def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
