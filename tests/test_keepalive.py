@@ -18,8 +18,11 @@ import attrs
 import httpx
 import pytest
 import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
 
-from trio_audio.web.asgi import DRAIN_MAX_BYTES
+from trio_audio.web.asgi import DRAIN_MAX_BYTES, FrontDoor
 from trio_audio.web.auth import add_token
 
 from .audio_samples import wav
@@ -275,3 +278,43 @@ async def test_an_httpx_client_refused_a_huge_body_gets_its_answer(
         assert response.headers["connection"] == "close"
         with trio.fail_after(WAIT_S):
             assert (await client.get("/healthz")).status_code == 200
+
+
+async def serve_behind_door(nursery: trio.Nursery, door: FrontDoor) -> str:
+    """Hypercorn's trio worker on port 0 serving *door* until the test ends; its URL."""
+    config = HyperConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+
+    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_serve(door, config, shutdown_trigger=trio.sleep_forever,
+                              task_status=task_status, mode="asgi")  # fmt: skip
+
+    binds: list[str] = await nursery.start(serve)
+    return binds[0]
+
+
+async def test_a_bare_quart_trio_app_that_refuses_early_keeps_its_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """The hang is hypercorn's with quart-trio, not this service's: any such app gets it."""
+    app = QuartTrio("bare")
+
+    @app.post("/refuse")
+    async def refuse() -> tuple[dict[str, str], int]:
+        return {"code": "rate_limited"}, 429  # before the body is read
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        return {"status": "ok"}
+
+    url = await serve_behind_door(nursery, FrontDoor(app, trio.Event()))
+    conn = await RawConnection.open(url)
+    for _ in range(3):
+        await conn.send(head("POST", "/refuse", len(BODY)))
+        refused = await conn.response()
+        assert refused is not None and refused.status == 429
+        await conn.send(BODY + head("GET", "/ok"))
+        answer = await conn.response()
+        assert answer is not None and answer.status == 200
+    await conn.aclose()

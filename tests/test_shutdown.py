@@ -15,12 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 from quart import request
 from quart_trio import QuartTrio
 
@@ -29,7 +26,7 @@ from trio_audio.asr.protocol import HEADER, decode_body, encode_frame
 from trio_audio.web.asgi import FrontDoor
 
 from .processes import Process
-from .test_keepalive import BODY, HEALTH, UPLOAD, RawConnection, head
+from .test_keepalive import BODY, HEALTH, UPLOAD, RawConnection, head, serve_behind_door
 
 PROMPT_S = 2.0  # the whole drain, signal to exit, when nothing is stuck
 
@@ -149,14 +146,7 @@ async def test_requests_arriving_while_draining_get_503_and_connection_close(
         return {"status": "done"}
 
     shutdown = trio.Event()
-    config = HyperConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    door = FrontDoor(app, shutdown, retry_after_s=3)
-    serve = partial(hypercorn_serve, door, config, shutdown_trigger=trio.sleep_forever,
-                    mode="asgi")  # fmt: skip
-    binds = await nursery.start(serve)
-    url = binds[0]
+    url = await serve_behind_door(nursery, FrontDoor(app, shutdown, retry_after_s=3))
 
     taken = await RawConnection.open(url)
     await taken.send(head("GET", "/slow"))

@@ -73,8 +73,14 @@ class Running:
 async def watch_signals(
     shutdown: trio.Event, service_scope: trio.CancelScope, drain_timeout_s: float
 ) -> None:
-    """Turn SIGINT/SIGTERM/SIGHUP into *shutdown*; a second signal cancels the drain at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    """Turn SIGINT/SIGTERM/SIGHUP into *shutdown*; a second signal cancels the drain at once.
+
+    SIGHUP is left alone when the process started with it ignored (``nohup``).
+    """
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        wanted.append(signal.SIGHUP)
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
 
             async def first_signal() -> None:
