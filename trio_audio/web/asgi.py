@@ -17,7 +17,10 @@ shutdown, and holds a graceful shutdown for its whole deadline.
 
 What it does, per HTTP request:
 
-- The app's last ``send`` runs shielded, so hypercorn's recycle or close always completes.
+- The ``http.disconnect`` that hypercorn hands the app from inside its last ``send`` is held
+  back until that ``send`` returns, so quart-trio cannot cancel it: hypercorn's recycle or
+  close always completes. (A shielded cancel scope around the ``send`` does the same and costs
+  about 35 us per request; holding the message costs an event, and only when it must wait.)
 - A response sent before the whole body arrived: when at most ``drain_max_bytes`` of body
   remain (by ``Content-Length``; a chunked body counts as unknown and is read up to that
   bound), the response goes out at once and the exchange ends once the rest of the body is in
@@ -27,7 +30,7 @@ What it does, per HTTP request:
 - Once *shutdown* is set, every response carries ``Connection: close``, and a request that
   arrives then gets 503 ``overloaded`` with ``Retry-After`` and ``Connection: close`` without
   reaching the app. Hypercorn closes idle keep-alive connections itself (its idle timer, which
-  the shielded ``send`` keeps running).
+  the uncut recycle keeps running).
 
 Resource handling: a refusal's unread body costs at most ``drain_max_bytes`` of reading and
 ``drain_timeout_s`` of waiting (no task is runnable while it waits).
@@ -96,7 +99,11 @@ class FrontDoor:
 
 
 class Exchange:
-    """One request and its response, as the front door sees them."""
+    """One request and its response, as the front door sees them.
+
+    Kept cheap on the common path (the body is in before the response ends): no cancel
+    scope and no header scan; events are made only when something has to wait.
+    """
 
     def __init__(
         self,
@@ -106,45 +113,55 @@ class Exchange:
         send: ASGISendCallable,
     ) -> None:
         self.door = door
+        self.headers = headers
         self._receive = receive
         self._send = send
-        self.expected: int | None = 0  # bytes of body; None: chunked, unknown
-        for name, value in headers:
-            name = name.lower()
-            if name == b"content-length" and self.expected is not None:
-                self.expected = int(value) if value.strip().isdigit() else None
-            elif name == b"transfer-encoding":
-                self.expected = None
         self.received = 0
         self.body_in = False  # the whole body was received, or the client went away
         self.drain_limit: int | None = None  # while draining: read no more than this
-        self.settled = trio.Event()  # body in, or the drain passed its limit
+        self.settled: trio.Event | None = None  # while draining: body in, or past the limit
         self.closing = False
+        self.finishing = False  # the app's last send is under way
+        self.finished: trio.Event | None = None  # set once it is done, if someone waits
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self._receive()
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if not message.get("more_body", False):
-                self.body_in = True
-                self.settled.set()
+                self._body_done()
             elif self.drain_limit is not None and self.received > self.drain_limit:
-                self.settled.set()
+                self._body_done(whole=False)
         elif message["type"] == "http.disconnect":
-            self.body_in = True
-            self.settled.set()
+            self._body_done()
+            if self.finishing:
+                # Hypercorn sends this from inside the app's last send, which it has not
+                # finished; quart-trio cancels that send once it sees it. Hold it until then.
+                self.finished = trio.Event()
+                await self.finished.wait()
         return message
 
+    def _body_done(self, *, whole: bool = True) -> None:
+        self.body_in = self.body_in or whole
+        if self.settled is not None:
+            self.settled.set()
+
     async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start":
             if self.door.shutdown.is_set() or not self._can_drain():
                 message = self._closing(message)
             await self._send(message)
-        elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            if not self.closing:
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            if not self.closing and not self.body_in:
                 await self._drain()
-            with trio.CancelScope(shield=True):  # hypercorn recycles or closes in this call
+            self.finishing = True  # hypercorn recycles or closes the connection in this call
+            try:
                 await self._send(message)
+            finally:
+                self.finishing = False
+                if self.finished is not None:
+                    self.finished.set()
         else:
             await self._send(message)
 
@@ -153,10 +170,24 @@ class Exchange:
         headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"connection"]
         return {**message, "headers": [*headers, (b"connection", b"close")]}
 
+    def _expected(self) -> int | None:
+        """The body's declared length; None when it is chunked (unknown)."""
+        length = 0
+        for name, value in self.headers:
+            name = name.lower()
+            if name == b"transfer-encoding":
+                return None
+            if name == b"content-length":
+                length = int(value) if value.strip().isdigit() else 0
+        return length
+
     def _can_drain(self) -> bool:
-        if self.body_in or self.expected is None:
+        if self.body_in:
+            return True
+        expected = self._expected()
+        if expected is None:
             return True  # chunked: read up to the bound, then close
-        return self.expected - self.received <= self.door.drain_max_bytes
+        return expected - self.received <= self.door.drain_max_bytes
 
     async def _drain(self) -> None:
         """Wait while the rest of the body is received, bounded in time and bytes.
@@ -166,6 +197,7 @@ class Exchange:
         if self.body_in:
             return
         self.drain_limit = self.received + self.door.drain_max_bytes
+        self.settled = trio.Event()
         with trio.move_on_after(self.door.drain_timeout_s):
             await self.settled.wait()
 
@@ -197,6 +229,5 @@ class Exchange:
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
             if self._can_drain():
                 await self._drain()
-            with trio.CancelScope(shield=True):
-                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()  # the exchange is over
