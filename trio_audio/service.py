@@ -123,6 +123,9 @@ async def serve_http(
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.websocket_max_message_size = message_limit(config)
     hyper.read_timeout = max(1, round(config.read_timeout_s))
+    # An idle keep-alive connection is a socket read too. Hypercorn's default (5 s) is httpx's
+    # own idle expiry: a client would often send into a connection just being closed.
+    hyper.keep_alive_timeout = config.read_timeout_s
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
