@@ -10,6 +10,7 @@ clients check what a real client sees. Localhost, port 0, ``fail_after`` on ever
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trustme
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
@@ -318,3 +320,29 @@ async def test_a_bare_quart_trio_app_that_refuses_early_keeps_its_connection(
         answer = await conn.response()
         assert answer is not None and answer.status == 200
     await conn.aclose()
+
+
+async def test_an_http2_client_refused_early_keeps_its_connection(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Over TLS with h2, hypercorn resets the whole connection when a refused stream's body
+    arrives after the stream ended; waiting for the body keeps every stream on it working."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    server = await start_server(certfile=str(certfile), keyfile=str(keyfile),
+                                rate_limit_per_s=0.01, rate_limit_burst=1)  # fmt: skip
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    big = wav(440, 8.0)  # 256 KB: several h2 DATA frames, most after the refusal
+    async with httpx.AsyncClient(base_url=server.url, http2=True, verify=trusted) as client:
+        with trio.fail_after(WAIT_S):
+            stored = await client.post(UPLOAD, content=BODY)
+            refused = await client.post(UPLOAD, content=big)
+            after = await client.get("/healthz")
+        assert stored.http_version == "HTTP/2" and stored.status_code == 201
+        assert refused.status_code == 429
+        assert after.status_code == 200
+        assert local_port(after) == local_port(stored)

@@ -2,7 +2,10 @@
 
 It keeps every keep-alive connection answerable after a refusal, and it answers the requests
 that arrive while the service drains. Only ``http`` scopes pass through it; WebSocket and
-lifespan scopes go to the app untouched.
+lifespan scopes go to the app untouched. HTTP/2 (over TLS) gets the same handling: there the
+wait for a refused body keeps hypercorn's connection alive (its ``H2Protocol`` fails with a
+``KeyError`` on body data for a stream that has ended, and resets the whole connection), and
+the ``Connection`` header is dropped by h2.
 
 Why it is needed (hypercorn 0.18, quart-trio 0.12): hypercorn ends an exchange inside the
 app's last ``send`` call (``H11Protocol._maybe_recycle``: start the connection's next request
@@ -94,8 +97,8 @@ class FrontDoor:
         exchange = Exchange(self, scope["headers"], receive, send)
         if self.shutdown.is_set():
             await exchange.refuse_draining(scope["path"])
-            return
-        await self.app(scope, exchange.receive, exchange.send)
+        else:
+            await self.app(scope, exchange.receive, exchange.send)
 
 
 class Exchange:
