@@ -27,7 +27,7 @@ What it does, per HTTP request:
 - A response sent before the whole body arrived: when at most ``drain_max_bytes`` of body
   remain (by ``Content-Length``; a chunked body counts as unknown and is read up to that
   bound), the response goes out at once and the exchange ends once the rest of the body is in
-  (the app keeps receiving it; quart-trio discards it) or after ``drain_timeout_s``; the
+  (the app keeps receiving it, and drops it with the request) or after ``drain_timeout_s``; the
   connection then carries on. A larger remainder gets ``Connection: close``, and the connection
   closes after the response.
 - Once *shutdown* is set, every response carries ``Connection: close``, and a request that
