@@ -191,15 +191,15 @@ def test_ctrl_c_leaves_asr_workers_quiet_until_their_parent_closes_them(tmp_path
     )  # fmt: skip
     assert worker.stdin is not None and worker.stdout is not None
     try:
-        init = {"op": "init", "options": EngineOptions().to_dict(), "max_streams": 1,
-                "vad_mode": 2, "gap_ms": 300.0, "max_utterance_s": 20.0}  # fmt: skip
+        init = {"op": "init", "options": EngineOptions().to_dict()}
         worker.stdin.write(encode_frame(init))
         worker.stdin.flush()
         (length,) = HEADER.unpack(read_exactly(worker.stdout, HEADER.size))
         assert decode_body(read_exactly(worker.stdout, length))["ok"]
         os.killpg(worker.pid, signal.SIGINT)
         # Still serving: a request after the interrupt is answered.
-        worker.stdin.write(encode_frame({"op": "close", "key": "nobody"}))
+        silence = bytes(16000)  # half a second of 16 kHz 16-bit silence
+        worker.stdin.write(encode_frame({"op": "decode", "pcm": silence, "offset_ms": 0.0}))
         worker.stdin.flush()
         (length,) = HEADER.unpack(read_exactly(worker.stdout, HEADER.size))
         assert decode_body(read_exactly(worker.stdout, length))["ok"]
