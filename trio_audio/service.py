@@ -47,6 +47,7 @@ from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
+from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
@@ -104,6 +105,8 @@ async def serve_http(
     app: QuartTrio,
     ingress: Ingress,
     shutdown: trio.Event,
+    admission: Admission | None = None,
+    metrics: Metrics | None = None,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -129,10 +132,25 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s)
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s,
+                         admission=admission, metrics=metrics)  # fmt: skip
         await hypercorn_serve(
             door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
         )
+
+
+def admission_gauge(admission: Admission) -> dict[str, float]:
+    """Uploads inside, waiting for a slot, admitted and refused so far, the last queueing
+    delay, and whether the gate is refusing new arrivals at once (overloaded)."""
+    stats = admission.statistics()
+    return {
+        'state="inside"': stats.inside,
+        'state="waiting"': stats.waiting,
+        'state="admitted_total"': stats.admitted,
+        'state="refused_total"': stats.refused,
+        'state="queue_delay_seconds"': round(stats.last_delay_s, 6),
+        'state="overloaded"': float(stats.overloaded),
+    }
 
 
 def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
@@ -218,7 +236,12 @@ async def serve(
                         "trio_audio_store_chunks", lambda: {'store="local"': store.stats().chunks}
                     )
                     metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
-                    binds = await front.start(serve_http, config, app, http_ingress, shutdown)
+                    admission = Admission(config.admit_max, max_wait_s=config.admit_wait_s,
+                                          retry_after_s=config.retry_after_s)  # fmt: skip
+                    metrics.gauge("trio_audio_admission", lambda: admission_gauge(admission))
+                    binds = await front.start(
+                        serve_http, config, app, http_ingress, shutdown, admission, metrics
+                    )
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True
