@@ -67,7 +67,8 @@ from ..hub import Hub, Subscription
 from ..metrics import Metrics
 from ..models import Job, Part
 from ..pipeline.pipeline import Ingress
-from ..store.store import Store, Stored
+from ..store import StoreBackend
+from ..store.index import Stored
 from .access import Access
 from .messages import Start, dumps, error_message, parse_audio, parse_control, parse_start
 
@@ -108,7 +109,7 @@ class WsContext:
     """What every session needs, made once in ``serve`` and shared by both transports."""
 
     config: Config
-    store: Store
+    store: StoreBackend
     hub: Hub
     metrics: Metrics
     shutdown: trio.Event
@@ -147,7 +148,7 @@ class Session:
     """
 
     def __init__(self, transport: Transport, ctx: WsContext, ingress: Ingress) -> None:
-        self.id = secrets.token_hex(8)  # this socket's, so it is not sent its own chunks back
+        self.id = secrets.token_hex(8)  # names this connection's jobs: it skips their echo
         self.transport = transport
         self.ctx = ctx
         self.config = ctx.config
@@ -217,7 +218,7 @@ class Session:
             return
         self.start = start
         ended, gone = False, False
-        with self.ctx.hub.subscribe(start.user_id, start.session_id, origin=self) as sub:
+        with self.ctx.hub.subscribe(start.user_id, start.session_id, source=self.id) as sub:
             try:
                 ended = await self._stream(start, sub)
             except* SessionError as group:
@@ -301,7 +302,7 @@ class Session:
     async def _started_and_replay(self, start: Start, out: trio.MemorySendChannel[str]) -> None:
         """``started``, then (on resume) the answers of the chunks stored from there on."""
         store = self.ctx.store
-        session = store.sessions(start.user_id).get(start.session_id)
+        session = store.summary(start.user_id, start.session_id)
         stored_next_seq = session.next_seq if session else 0
         resume = start.resume_from_seq
         if resume is not None and resume > stored_next_seq:
@@ -328,7 +329,7 @@ class Session:
         )
         if resume is None or session is None:
             return
-        for seq, chunk_id in list(session.after(resume - 1)):
+        for seq, chunk_id in store.chunks_after(start.user_id, start.session_id, resume - 1):
             chunk = store.get(chunk_id)
             self.replayed.add(chunk_id)
             await self._send(
@@ -425,7 +426,7 @@ class Session:
             seq = self.next_seq
         self.next_seq = seq + 1
         part = Part(body=data, content_type=start.content_type, raw=start.raw, seq=seq)
-        job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], origin=self)
+        job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], source=self.id)
         try:
             self.ctx.access.take(start.user_id)
         except RateLimited as exc:
@@ -556,7 +557,7 @@ class Session:
             await self.ctx.transcriber.finalize(start.user_id, start.session_id)
 
     def _session_end(self, start: Start) -> dict[str, Any]:
-        session = self.ctx.store.sessions(start.user_id).get(start.session_id)
+        session = self.ctx.store.summary(start.user_id, start.session_id)
         return {
             "type": "session_end",
             "summary": {
@@ -565,8 +566,8 @@ class Session:
                 "stored": self.stored,
                 "duplicates": self.duplicates,
                 "next_seq": self.next_seq,
-                "chunk_count": len(session.seqs) if session else 0,
-                "duration_ms": round(session.duration_ms, 3) if session else 0.0,
+                "chunk_count": session.chunk_count if session else 0,
+                "duration_ms": session.duration_ms if session else 0.0,
             },
         }
 
