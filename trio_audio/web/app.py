@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import attrs
 import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
@@ -99,6 +100,34 @@ def problem_response(error: ServiceError) -> Response:
     return Response(text, status=error.status, headers=headers, content_type=PROBLEM_TYPE)
 
 
+class App(QuartTrio):
+    """The quart-trio app; a response cut short because its client hung up ends quietly.
+
+    When a client closes its connection while a response is going out (typically right
+    after reading a 408 for a body it sent too slowly), hypercorn's trio worker shuts the
+    socket down (``send_eof``) outside the lock its sends take, and the response's last write
+    fails with ``trio.BusyResourceError``. That is a hang-up, not a server fault: the socket is
+    being closed and nobody is left to read the rest, so it is logged at debug level only.
+    """
+
+    async def asgi_app(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http":
+            send = _unless_hung_up(send)
+        await super().asgi_app(scope, receive, send)
+
+
+def _unless_hung_up(send: ASGISendCallable) -> ASGISendCallable:
+    async def send_unless_hung_up(message: ASGISendEvent) -> None:
+        try:
+            await send(message)
+        except trio.BusyResourceError:
+            logger.debug("client hung up while a %s was sent", message.get("type"))
+
+    return send_unless_hung_up
+
+
 def create_app(
     config: Config,
     store: StoreBackend,
@@ -112,7 +141,7 @@ def create_app(
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
     session code as the dedicated listener.
     """
-    app = QuartTrio("trio_audio", static_folder=None)  # /static/ is the console's
+    app = App("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
