@@ -23,7 +23,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEven
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..audio.decode import parse_media_type, raw_format_from
 from ..config import Config
@@ -31,6 +31,7 @@ from ..errors import (
     BadRequest,
     Forbidden,
     InternalError,
+    InvalidAudio,
     InvalidField,
     MethodNotAllowed,
     MissingField,
@@ -60,6 +61,7 @@ AUDIO_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/og
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
+CLOSE_TIMEOUT_S: Final = 10.0  # the most a response's last send may take once shielded
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
     405: MethodNotAllowed,
@@ -87,7 +89,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(text, status=status, headers=headers, content_type="application/json")
 
 
-def problem_response(error: ServiceError) -> Response:
+def problem_response(error: ServiceError, detail: str | None = None, **extra: Any) -> Response:
+    """*error* as RFC 9457 problem+json; *detail* replaces its detail, *extra* adds members."""
     headers = {}
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="trio-audio"'
@@ -96,36 +99,50 @@ def problem_response(error: ServiceError) -> Response:
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     body = error.problem(instance=request.path if request else None)
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
     text = json.dumps(body, separators=(",", ":"))
     return Response(text, status=error.status, headers=headers, content_type=PROBLEM_TYPE)
 
 
 class App(QuartTrio):
-    """The quart-trio app; a response cut short because its client hung up ends quietly.
+    """The quart-trio app, with two fixes to how a response ends under hypercorn's trio worker.
 
-    When a client closes its connection while a response is going out (typically right
-    after reading a 408 for a body it sent too slowly), hypercorn's trio worker shuts the
-    socket down (``send_eof``) outside the lock its sends take, and the response's last write
-    fails with ``trio.BusyResourceError``. That is a hang-up, not a server fault: the socket is
-    being closed and nobody is left to read the rest, so it is logged at debug level only.
+    - **A response sent before its body was read** (a 408 for a slow body, a 413 partway
+      through a multipart body) makes hypercorn close the connection from inside the
+      response's last send, after telling the app the request is over (``http.disconnect``).
+      quart-trio cancels the request's tasks on that message, and the cancellation landed in
+      hypercorn's close before the socket was closed: the connection stayed open with the rest
+      of the old body unread, and a keep-alive client's next request on it hung until the read
+      timeout. The last message of a response is therefore sent shielded, for at most
+      ``CLOSE_TIMEOUT_S``.
+    - **A client that hangs up while its response goes out** (typically right after reading
+      the 408) makes hypercorn shut the socket down outside the lock its writes take, and the
+      response's last write fails with ``trio.BusyResourceError``. The socket is being closed
+      and nobody is left to read, so that is logged at debug level, not as a server fault.
     """
 
     async def asgi_app(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "http":
-            send = _unless_hung_up(send)
+            send = _ending_cleanly(send)
         await super().asgi_app(scope, receive, send)
 
 
-def _unless_hung_up(send: ASGISendCallable) -> ASGISendCallable:
-    async def send_unless_hung_up(message: ASGISendEvent) -> None:
+def _ending_cleanly(send: ASGISendCallable) -> ASGISendCallable:
+    async def send_to_the_end(message: ASGISendEvent) -> None:
+        last = message["type"] == "http.response.body" and not message.get("more_body", False)
         try:
-            await send(message)
+            with trio.CancelScope(shield=last) as scope:
+                if last:
+                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                await send(message)
         except trio.BusyResourceError:
-            logger.debug("client hung up while a %s was sent", message.get("type"))
+            logger.debug("the client hung up while its response was sent")
 
-    return send_unless_hung_up
+    return send_to_the_end
 
 
 def create_app(
@@ -161,6 +178,32 @@ def create_app(
             msg = (f"the body took over {allowed:.1f} s; the minimum upload rate is "
                    f"{config.min_upload_bytes_per_s:g} bytes/s")  # fmt: skip
             raise RequestTimeout(msg)
+
+    def form_too_large(exc: RequestEntityTooLarge) -> PayloadTooLarge:
+        """The 413 for a multipart body, naming the limit it broke.
+
+        werkzeug's multipart parser raises the same exception for too many parts, a text field
+        over ``MAX_FORM_MEMORY_SIZE`` and a body over the byte limit; where it was raised tells
+        them apart (the part count is checked as each part's headers are parsed).
+        """
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        raised_in = where.tb_frame.f_code.co_name if where is not None else ""
+        if raised_in == "next_event":
+            msg = (f"the multipart body has more than {app.config['MAX_FORM_PARTS']} parts; an "
+                   f"upload takes at most {config.max_parts} files and a few fields")  # fmt: skip
+        elif raised_in == "parse":
+            msg = (f"a multipart text field is over the "
+                   f"{app.config['MAX_FORM_MEMORY_SIZE']} byte limit")  # fmt: skip
+        else:
+            msg = f"the body is over the {config.max_body_bytes} byte limit"
+        return PayloadTooLarge(msg)
+
+    def part_problem(error: ServiceError, index: int, filename: str | None) -> Response:
+        """*error* as a problem that names the multipart file part it is about."""
+        detail = f"file part {index} (filename {filename!r}): {error.detail}"
+        return problem_response(error, detail, part={"index": index, "filename": filename})
 
     @app.errorhandler(ServiceError)
     async def on_service_error(error: ServiceError) -> Response:
@@ -234,16 +277,19 @@ def create_app(
         multipart = media_type == "multipart/form-data"
         if not multipart and (user is not None or request.args.get("user_id")):
             rate.take(user or request.args["user_id"])  # before reading the body
+        filenames: list[str | None] = []
         with body_deadline(request.content_length):
             if media_type == "multipart/form-data":
-                form = await request.form
-                files = await request.files
+                try:
+                    form = await request.form
+                except RequestEntityTooLarge as exc:
+                    raise form_too_large(exc) from None
+                files = (await request.files).getlist("file")
                 fields = MultiDict(list(request.args.items(multi=True)))
                 fields.update(form)
-                uploads = [
-                    (f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
-                    for f in files.getlist("file")
-                ]
+                uploads = [(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
+                           for f in files]  # fmt: skip
+                filenames = [f.filename for f in files]
             else:
                 fields = request.args
                 uploads = [(await request.get_data(cache=False), content_type)]
@@ -253,20 +299,33 @@ def create_app(
             if len(uploads) > config.max_parts:
                 msg = f"{len(uploads)} files in one upload, over the limit of {config.max_parts}"
                 raise PayloadTooLarge(msg)
-            if any(len(body) > config.max_part_bytes for body, _ in uploads):
-                msg = f"a file part is over the {config.max_part_bytes} byte limit"
-                raise PayloadTooLarge(msg)
+            for index, (body, _) in enumerate(uploads):
+                if len(body) > config.max_part_bytes:
+                    msg = f"the file part is over the {config.max_part_bytes} byte limit"
+                    return part_problem(PayloadTooLarge(msg), index, filenames[index])
             if owner := user or fields.get("user_id"):
                 rate.take(owner, len(uploads))  # one upload per file part
         fields = authorize_fields(fields, user)
         job = build_job(fields, uploads)
         ingress.submit_nowait(job)
-        results: list[Stored] = await job.reply.wait()
+        try:
+            results: list[Stored] = await job.reply.wait()
+        except (InvalidAudio, UnsupportedMediaType, PayloadTooLarge) as exc:
+            # Decoding refused a part: name it (parts are decoded in order, and the
+            # first part left undecoded is the one that failed).
+            failed = next((i for i, part in enumerate(job.parts)
+                           if part.decoded is None and part.audio_info is None), None)  # fmt: skip
+            if not multipart or failed is None:
+                raise
+            return part_problem(exc, failed, filenames[failed])
         status = 201 if any(r.created for r in results) else 200
+        locations = [f"/chunks/{r.chunk['chunk_id']}" for r in results]
+        headers = {"Location": locations[0]}
         if media_type == "multipart/form-data":
-            return json_response({"chunks": [r.chunk for r in results]}, status)
-        chunk = results[0].chunk
-        return json_response(chunk, status, {"Location": f"/chunks/{chunk['chunk_id']}"})
+            # Location names the first chunk; Link names every chunk, in part order.
+            headers["Link"] = ", ".join(f'<{url}>; rel="item"' for url in locations)
+            return json_response({"chunks": [r.chunk for r in results]}, status, headers)
+        return json_response(results[0].chunk, status, headers)
 
     @app.get("/chunks/<chunk_id>")
     async def get_chunk(chunk_id: str) -> Response:
