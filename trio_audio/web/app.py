@@ -452,7 +452,7 @@ def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> 
 def parse_limit(value: str | None) -> int:
     if value is None or value == "":
         return DEFAULT_PAGE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
         msg = f"limit must be an integer 1..{MAX_PAGE}, got {value[:20]!r}"
         raise InvalidField(msg)
     return int(value)
