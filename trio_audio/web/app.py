@@ -19,7 +19,13 @@ from typing import Any, Final
 
 import attrs
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
@@ -62,6 +68,7 @@ DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
 CLOSE_TIMEOUT_S: Final = 10.0  # the most a response's last send may take once shielded
+LINGER_S: Final = 2.0  # how long an early answer waits for the rest of the request body
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
     405: MethodNotAllowed,
@@ -107,10 +114,13 @@ def problem_response(error: ServiceError, detail: str | None = None, **extra: An
 
 
 class App(QuartTrio):
-    """The quart-trio app, with two fixes to how a response ends under hypercorn's trio worker.
+    """The quart-trio app, with fixes to how a response ends under hypercorn's trio worker.
 
-    - **A response sent before its body was read** (a 408 for a slow body, a 413 partway
-      through a multipart body) makes hypercorn close the connection from inside the
+    - **A response sent before its request body was all read** (401, 408 for a slow body, 413)
+      first lets the rest of the body arrive, read and dropped, for up to ``LINGER_S``. A
+      client that sends its whole body before reading (as most do) then finishes and reads
+      the answer instead of meeting a reset, and the connection can serve its next request.
+    - **If the body is still not all there,** hypercorn closes the connection from inside the
       response's last send, after telling the app the request is over (``http.disconnect``).
       quart-trio cancels the request's tasks on that message, and the cancellation landed in
       hypercorn's close before the socket was closed: the connection stayed open with the rest
@@ -127,13 +137,32 @@ class App(QuartTrio):
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "http":
-            send = _ending_cleanly(send)
+            body_read = trio.Event()
+            receive = _noting_the_body_end(receive, body_read)
+            send = _ending_cleanly(send, body_read)
         await super().asgi_app(scope, receive, send)
 
 
-def _ending_cleanly(send: ASGISendCallable) -> ASGISendCallable:
+def _noting_the_body_end(
+    receive: ASGIReceiveCallable, body_read: trio.Event
+) -> ASGIReceiveCallable:
+    async def receive_noting_the_end() -> ASGIReceiveEvent:
+        message = await receive()
+        if message["type"] == "http.disconnect" or (
+            message["type"] == "http.request" and not message.get("more_body", False)
+        ):
+            body_read.set()
+        return message
+
+    return receive_noting_the_end
+
+
+def _ending_cleanly(send: ASGISendCallable, body_read: trio.Event) -> ASGISendCallable:
     async def send_to_the_end(message: ASGISendEvent) -> None:
         last = message["type"] == "http.response.body" and not message.get("more_body", False)
+        if last and not body_read.is_set():
+            with trio.move_on_after(LINGER_S):  # quart reads (and drops) the rest meanwhile
+                await body_read.wait()
         try:
             with trio.CancelScope(shield=last) as scope:
                 if last:
