@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,36 @@ async def test_an_early_answer_lets_the_body_finish_and_the_connection_go_on(
     assert answers.startswith(b"HTTP/1.1 413")
     assert b"HTTP/1.1 200" in answers and answers.endswith(b'{"status":"ok"}')
     await stream.aclose()
+
+
+def multipart_body(*files: bytes) -> bytes:
+    out = b""
+    for name, value in (("user_id", b"alice"), ("session_id", b"s")):
+        out += b'--XyZ\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
+            name.encode(), value)  # fmt: skip
+    for n, data in enumerate(files):
+        out += (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="%d.wav"\r\n'
+                b"Content-Type: audio/wav\r\n\r\n%s\r\n" % (n, data))  # fmt: skip
+    return out + b"--XyZ--\r\n"
+
+
+async def test_a_chunked_multipart_body_is_held_to_the_byte_limit(
+    start_server: StartServer,
+) -> None:
+    server: Server = await start_server(max_body_bytes=20_000, max_part_bytes=100_000)
+
+    async def chunked(body: bytes) -> AsyncIterator[bytes]:  # no Content-Length
+        for i in range(0, len(body), 4000):
+            yield body[i : i + 4000]
+
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    async with server.client() as client:
+        small = multipart_body(wav(440, 0.25))  # 8 KB
+        response = await client.post("/upload", content=chunked(small), headers=headers)
+        assert response.status_code == 201, response.text
+        big = multipart_body(wav(440, 1.5))  # 48 KB
+        response = await client.post("/upload", content=chunked(big), headers=headers)
+        problem = assert_problem(response, 413, "payload_too_large")
+        assert problem["detail"] == "the body is over the 20000 byte limit"
+        sessions = (await client.get("/sessions/alice")).json()["sessions"]
+        assert [len(s["chunks"]) for s in sessions] == [1]

@@ -28,6 +28,7 @@ from hypercorn.typing import (
 )
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
+from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -113,6 +114,38 @@ def problem_response(error: ServiceError, detail: str | None = None, **extra: An
     return Response(text, status=error.status, headers=headers, content_type=PROBLEM_TYPE)
 
 
+class _CappedBody(TrioBody):
+    """A request body whose byte limit counts every byte received, not the bytes buffered.
+
+    Quart compares its limit with what waits in the buffer, which a form parser empties as it
+    reads: a chunked multipart body (no Content-Length) was never cut off at the limit. And a
+    reader woken by the cut-off saw only "no more data", a form that simply ended.
+    """
+
+    _received = 0
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await super().__anext__()
+        except StopAsyncIteration:
+            if self._must_raise is not None:
+                raise self._must_raise from None
+            raise
+
+    def append(self, data: bytes) -> None:
+        self._received += len(data)
+        limit = self._max_content_length
+        if limit is not None and self._received > limit and self._must_raise is None:
+            self._must_raise = RequestEntityTooLarge()
+            self.set_complete()
+            return
+        super().append(data)
+
+
+class _Request(TrioRequest):
+    body_class = _CappedBody
+
+
 class App(QuartTrio):
     """The quart-trio app, with fixes to how a response ends under hypercorn's trio worker.
 
@@ -132,6 +165,8 @@ class App(QuartTrio):
       response's last write fails with ``trio.BusyResourceError``. The socket is being closed
       and nobody is left to read, so that is logged at debug level, not as a server fault.
     """
+
+    request_class = _Request
 
     async def asgi_app(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
