@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 async def test_slow_bodies_are_cut_with_408_and_no_traceback(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server: Server = await start_server(min_upload_bytes_per_s=8000, upload_grace_s=0.2)
+    # Room for all of them inside at once: each is to be cut for its pace, not refused.
+    server: Server = await start_server(
+        min_upload_bytes_per_s=8000, upload_grace_s=0.2, admit_max=200
+    )
     caplog.set_level(logging.INFO)
     with trio.fail_after(60):
         done = await trio.run_process(
@@ -142,30 +145,6 @@ async def test_a_response_sent_before_the_body_was_read_closes_the_connection(
         while data := await stream.receive_some():
             response_bytes += data
     assert response_bytes.startswith(b"HTTP/1.1 408")
-    await stream.aclose()
-
-
-async def test_an_early_answer_lets_the_body_finish_and_the_connection_go_on(
-    start_server: StartServer,
-) -> None:
-    # A client that sends its whole body before reading (as most do) gets the 413, not a
-    # reset, and its connection serves the next request.
-    server: Server = await start_server(max_body_bytes=20_000)
-    host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    body = bytes(8_000_000)  # still arriving when the answer goes out
-    head = (b"POST /upload?user_id=alice&session_id=s HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % len(body))  # fmt: skip
-    answers = b""
-    with trio.fail_after(10):
-        await stream.send_all(head + body)
-        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        while answers.count(b"HTTP/1.1 ") < 2 or not answers.endswith(b"}"):
-            data = await stream.receive_some()
-            assert data, answers
-            answers += data
-    assert answers.startswith(b"HTTP/1.1 413")
-    assert b"HTTP/1.1 200" in answers and answers.endswith(b'{"status":"ok"}')
     await stream.aclose()
 
 

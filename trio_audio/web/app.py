@@ -19,13 +19,6 @@ from typing import Any, Final
 
 import attrs
 import trio
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGIReceiveEvent,
-    ASGISendCallable,
-    ASGISendEvent,
-    Scope,
-)
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.wrappers.request import TrioBody, TrioRequest
@@ -68,8 +61,6 @@ AUDIO_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/og
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
-CLOSE_TIMEOUT_S: Final = 10.0  # the most a response's last send may take once shielded
-LINGER_S: Final = 2.0  # how long an early answer waits for the rest of the request body
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
     405: MethodNotAllowed,
@@ -147,66 +138,13 @@ class _Request(TrioRequest):
 
 
 class App(QuartTrio):
-    """The quart-trio app, with fixes to how a response ends under hypercorn's trio worker.
+    """The quart-trio app, with request bodies held to their byte limit however they are sent.
 
-    - **A response sent before its request body was all read** (401, 408 for a slow body, 413)
-      first lets the rest of the body arrive, read and dropped, for up to ``LINGER_S``. A
-      client that sends its whole body before reading (as most do) then finishes and reads
-      the answer instead of meeting a reset, and the connection can serve its next request.
-    - **If the body is still not all there,** hypercorn closes the connection from inside the
-      response's last send, after telling the app the request is over (``http.disconnect``).
-      quart-trio cancels the request's tasks on that message, and the cancellation landed in
-      hypercorn's close before the socket was closed: the connection stayed open with the rest
-      of the old body unread, and a keep-alive client's next request on it hung until the read
-      timeout. The last message of a response is therefore sent shielded, for at most
-      ``CLOSE_TIMEOUT_S``.
-    - **A client that hangs up while its response goes out** (typically right after reading
-      the 408) makes hypercorn shut the socket down outside the lock its writes take, and the
-      response's last write fails with ``trio.BusyResourceError``. The socket is being closed
-      and nobody is left to read, so that is logged at debug level, not as a server fault.
+    How a response ends under hypercorn (a refusal's unread body, the held-back
+    ``http.disconnect``) is the front door's business (``asgi.py``), in front of this app.
     """
 
     request_class = _Request
-
-    async def asgi_app(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        if scope["type"] == "http":
-            body_read = trio.Event()
-            receive = _noting_the_body_end(receive, body_read)
-            send = _ending_cleanly(send, body_read)
-        await super().asgi_app(scope, receive, send)
-
-
-def _noting_the_body_end(
-    receive: ASGIReceiveCallable, body_read: trio.Event
-) -> ASGIReceiveCallable:
-    async def receive_noting_the_end() -> ASGIReceiveEvent:
-        message = await receive()
-        if message["type"] == "http.disconnect" or (
-            message["type"] == "http.request" and not message.get("more_body", False)
-        ):
-            body_read.set()
-        return message
-
-    return receive_noting_the_end
-
-
-def _ending_cleanly(send: ASGISendCallable, body_read: trio.Event) -> ASGISendCallable:
-    async def send_to_the_end(message: ASGISendEvent) -> None:
-        last = message["type"] == "http.response.body" and not message.get("more_body", False)
-        if last and not body_read.is_set():
-            with trio.move_on_after(LINGER_S):  # quart reads (and drops) the rest meanwhile
-                await body_read.wait()
-        try:
-            with trio.CancelScope(shield=last) as scope:
-                if last:
-                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
-                await send(message)
-        except trio.BusyResourceError:
-            logger.debug("the client hung up while its response was sent")
-
-    return send_to_the_end
 
 
 def create_app(
