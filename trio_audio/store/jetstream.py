@@ -340,6 +340,18 @@ class JetStreamStore:
                 events.append(ChunkStored(chunk, msg.headers.get(SOURCE), pcm))
         return events
 
+    async def _catch_up(self, lost: list[WrongLastSequence]) -> bool:
+        """After a lost compare-and-append: wait until this node has the winner, so the next
+        plan sees it. A winner still in flight (no sequence known) gets a moment first."""
+        last = max(e.last_seq for e in lost)
+        if last == 0:
+            await trio.sleep(0.05)
+            try:
+                last = (await self._nats_or_fail().stream_state(self._stream)).last_seq
+            except NatsError:
+                return False
+        return await self._wait_applied(last)
+
     async def _wait_applied(self, seq: int) -> bool:
         """Wait until the follower has applied *seq*; False after ``store_timeout_s``."""
         with trio.move_on_after(self._config.store_timeout_s * 2):
@@ -393,11 +405,7 @@ class JetStreamStore:
         for item in pending:
             errors = [m.error for m in item.messages if m.error is not None]
             lost = [e for e in errors if isinstance(e, WrongLastSequence)]
-            if (
-                lost
-                and len(lost) == len(errors)
-                and await self._wait_applied(max(e.last_seq for e in lost))
-            ):
+            if lost and len(lost) == len(errors) and await self._catch_up(lost):
                 again.append(item.write)
                 continue
             if errors:

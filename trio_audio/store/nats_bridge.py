@@ -42,6 +42,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 logger = logging.getLogger("trio_audio.store.nats")
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-and-append
+WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
 
 
@@ -54,7 +55,8 @@ class Unavailable(NatsError):
 
 
 class WrongLastSequence(NatsError):
-    """A compare-and-append was refused: the subject's last message is ``last_seq``."""
+    """A compare-and-append was refused: the subject's last message is ``last_seq`` (0: a
+    message still being replicated, whose sequence is not known yet)."""
 
     def __init__(self, detail: str, last_seq: int) -> None:
         super().__init__(detail)
@@ -99,7 +101,7 @@ def _translate(exc: BaseException) -> NatsError:
         return MessageNotFound(str(exc))
     if isinstance(exc, nats.js.errors.APIError):
         code = exc.err_code
-        if code == WRONG_LAST_SEQUENCE:
+        if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
             last = str(exc.description or "").rsplit(":", 1)[-1].strip()
             return WrongLastSequence(str(exc.description), int(last) if last.isdigit() else 0)
         if isinstance(exc, nats.js.errors.ServiceUnavailableError):
