@@ -67,6 +67,15 @@ def bench_store(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_cluster(session: nox.Session) -> None:
+    """Cluster numbers for the README: uploads/s and p99 with 1-3 nodes on a 3-node R=3
+    JetStream cluster vs the local log, WebSocket frames/s, replay of 100k chunks
+    (``trio_audio/bench/cluster.py``)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "trio_audio.bench.cluster", *session.posargs)
+
+
+@nox.session
 def bench_speech(session: nox.Session) -> None:
     """Speech numbers for the README: real-time factor, live sessions per machine, WER
     (``trio_audio/bench/speech.py``; needs espeak-ng)."""
