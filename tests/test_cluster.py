@@ -16,6 +16,7 @@ import httpx
 import trio
 
 from trio_audio.client import Options, Streamer
+from trio_audio.store.nats_bridge import open_nats
 from trio_audio.store.natscluster import LocalCluster
 
 from .audio_samples import pcm_s16le, wav
@@ -151,6 +152,14 @@ async def test_deletes_reach_every_node_and_leave_the_stream(
         assert await purge_user("alice") == [other]
         gone = await eventually(lambda: ca.get(f"/chunks/{other}"), 5, missing=200)
         assert gone.status_code == 404
+    # The audio is gone from the stream too: only the three tombstones are left in it.
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        with trio.fail_after(10):
+            for _ in iter(int, 1):
+                state = await nats.stream_state(store["store_stream"])
+                if state.messages == 3:
+                    break
+                await trio.sleep(0.05)
 
 
 async def upload_until(
