@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from trio_audio.store.natscluster import LocalCluster
 from .audio_samples import pcm_s16le, wav
 from .cluster import ServiceNode, cluster_store
 from .conftest import StartServer, upload_params
+from .speech import SENTENCE, grammar_file, pieces, speak, to_wav
 from .test_ws import connect, receive_type, start
 
 NodeMaker = Callable[..., ServiceNode]
@@ -327,3 +329,36 @@ async def test_restarting_every_node_rebuilds_state_from_the_stream(
         for n, (chunk_id, chunk) in enumerate(acked.items()):
             assert (await client.get(f"/chunks/{chunk_id}")).json() == chunk
             assert (await client.get(f"/chunks/{chunk_id}/audio")).content == audio(n)
+
+
+async def test_two_nodes_transcribing_write_each_transcript_once(
+    start_server: StartServer, nats_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    store = cluster_store(nats_cluster)
+    speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path))}
+    a = await start_server(**store, **speech)
+    b = await start_server(**store, **speech, data_dir=a.config.data_dir.parent / "b")
+    audio = speak(SENTENCE, lead_s=0.5)
+    pieces_ = list(pieces(audio, 0.5))
+    async with a.client() as ca, b.client() as cb:
+        for piece in pieces_:
+            response = await ca.post(
+                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+        listings = []
+        for client in (ca, cb):
+            with trio.fail_after(60):
+                for _ in iter(int, 1):
+                    listing = (await client.get("/sessions/alice")).json()["sessions"][0]
+                    if listing["transcript"]["status"] == "done":
+                        break
+                    await trio.sleep(0.05)
+            listings.append(listing)
+    assert listings[0] == listings[1]
+    assert listings[0]["transcript"]["text"] == SENTENCE
+    # One chunk record and one transcript per chunk in the stream, though both nodes decoded.
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        state = await nats.stream_state(store["store_stream"])
+    assert state.messages == 2 * len(pieces_)

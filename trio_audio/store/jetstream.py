@@ -36,6 +36,10 @@ Writes and their guarantees:
   publish whose PubAck it did not get (a timeout while the message did land) a no-op: the
   stream drops a duplicate id seen within its duplicate window (``store_dedupe_s``, 2 min
   by default), and answers with the first copy's sequence.
+- A transcript (an update of the ``transcript`` field) is written once per chunk: it is
+  published with the same compare-and-append on the chunk's update subject, and one that
+  comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Every
+  node transcribes what it follows; the first result wins.
 - Deletes publish a tombstone (every node drops the chunks from its index), then delete the
   chunk messages from the stream (by sequence, or a purge of the session's subjects below the
   tombstone's sequence), so the audio is gone from every replica.
@@ -457,7 +461,15 @@ class JetStreamStore:
             subject = (
                 f"{stream}.{token(entry.user_id)}.{token(entry.session_id)}.update.{write.chunk_id}"
             )
-            return Pending(write, record, [Publish(subject, b"", self._headers(record, write_id))])
+            headers = self._headers(record, write_id)
+            if "transcript" in write.fields:
+                # Every node transcribes what it follows; the first transcript of a chunk is
+                # the one the log keeps (a compare-and-append on the chunk's update subject),
+                # and a later one is answered with the chunk as stored.
+                if entry.meta().get("transcript", {}).get("status") != "pending":
+                    return Pending(write, record, [])
+                headers.update(EXPECT_EMPTY)
+            return Pending(write, record, [Publish(subject, b"", headers)])
         if write.session is not None:
             user_id, session_id = write.session
             if not index.session_chunk_ids(user_id, session_id):
@@ -577,6 +589,9 @@ class JetStreamStore:
                     stored.append(Stored(self._index.chunk_json(meta), created=True))
             write.reply.set(stored)
         elif isinstance(write, Update):
+            if not item.messages and write.chunk_id in self._index.chunks:
+                write.reply.set(self._index.get(write.chunk_id))  # transcribed already
+                return
             chunk = results[0] if results else None
             if chunk is None:
                 write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
