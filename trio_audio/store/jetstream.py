@@ -404,7 +404,10 @@ class JetStreamStore:
             for item in pending:
                 nursery.start_soon(self._publish_all, item)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
-        caught_up = await self._wait_applied(max(seqs, default=0))
+        if not await self._wait_applied(max(seqs, default=0)):
+            # Stored (the quorum acknowledged it) but not yet followed here: answered from
+            # the plan, since a 503 would make a client's retry store it again.
+            logger.warning("the follower lags; answering %d writes from their plan", len(seqs))
         again: list[Write] = []
         for item in pending:
             errors = [m.error for m in item.messages if m.error is not None]
@@ -414,8 +417,6 @@ class JetStreamStore:
                 continue
             if errors:
                 self._fail(item.write, errors[0])
-            elif not caught_up:
-                self._fail(item.write, Unavailable("stored, but not yet seen by this node"))
             else:
                 self._answer(item)
         async with trio.open_nursery() as nursery:
@@ -477,7 +478,8 @@ class JetStreamStore:
                 raise NotFound(msg)
             record = {"session": [user_id, session_id]}
             subject = f"{stream}.{token(user_id)}.{token(session_id)}.tombstone"
-            return Pending(write, record, [Publish(subject, b"", self._headers(record, write_id))])
+            wanted: dict[str, Any] = {"chunk_ids": index.session_chunk_ids(user_id, session_id)}
+            return Pending(write, wanted, [Publish(subject, b"", self._headers(record, write_id))])
         chunk_ids = index.present(write.chunk_ids)
         if not chunk_ids:
             msg = f"no chunk {', '.join(repr(c) for c in write.chunk_ids[:3])}"
@@ -571,7 +573,10 @@ class JetStreamStore:
         write.reply.fail(service)
 
     def _answer(self, item: Pending) -> None:
+        """Answer a write whose messages all have their PubAck: from what the follower made
+        of them, or (when it lags) from the plan."""
         write = item.write
+        followed = all(m.seq is not None and m.seq <= self._applied for m in item.messages)
         results = [self._results.pop(m.seq, None) for m in item.messages if m.seq is not None]
         if isinstance(write, Job):
             assert isinstance(item.plan, list)
@@ -593,13 +598,18 @@ class JetStreamStore:
                 write.reply.set(self._index.get(write.chunk_id))  # transcribed already
                 return
             chunk = results[0] if results else None
+            if not followed and write.chunk_id in self._index.chunks:
+                chunk = {**self._index.get(write.chunk_id), **write.fields}
             if chunk is None:
                 write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
             else:
                 write.reply.set(chunk)
-        else:
+        elif followed:
             removed: list[Entry] = [e for r in results if r for e in r]
             write.reply.set([entry.meta()["chunk_id"] for entry in removed])
+        else:
+            assert isinstance(item.plan, dict)
+            write.reply.set(list(item.plan["chunk_ids"]))
 
     async def _remove_deleted(self, item: Pending) -> None:
         """Delete the tombstoned chunks' messages from the stream (their audio goes from
