@@ -362,3 +362,26 @@ async def test_two_nodes_transcribing_write_each_transcript_once(
     async with open_nats(nats_cluster.urls, name="test") as nats:
         state = await nats.stream_state(store["store_stream"])
     assert state.messages == 2 * len(pieces_)
+
+
+async def test_a_node_started_before_the_cluster_waits_for_it(
+    tmp_path: Path, service_nodes: NodeMaker
+) -> None:
+    cluster = LocalCluster(tmp_path / "late", nodes=3)
+    try:
+        node = service_nodes(cluster_store(cluster))
+        with trio.fail_after(60):  # it says it waits, and does not serve yet
+            for _ in iter(int, 1):
+                if "waiting until one answers" in node.log_path.read_text(errors="replace"):
+                    break
+                await trio.sleep(0.05)
+        await trio.sleep(1)  # a second of no cluster: still waiting, not serving
+        assert "serving HTTP" not in node.log_path.read_text(errors="replace")
+        cluster.start()
+        await node.wait_ready(90)
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            ready = (await client.get("/readyz")).json()
+            assert ready["status"] == "ready"
+            assert (await post(client, audio(0))).status_code == 201
+    finally:
+        cluster.stop()

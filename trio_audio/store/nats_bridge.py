@@ -321,6 +321,7 @@ async def open_nats(
             )
             return client
 
+        logger.info("connecting to NATS at %s (waiting until one answers)", ", ".join(servers))
         while True:
             try:
                 client = await _call(loop, connect)
