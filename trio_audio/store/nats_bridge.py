@@ -15,8 +15,9 @@ Errors (what a caller may catch)::
 
 Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the client
 buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
-connection and then the loop. A follower's messages are queued inside the loop (bounded by
-the client's pending limits) and taken in batches.
+connection and then the loop. A follower's messages are queued inside the loop (at most
+``FOLLOW_QUEUE``; then delivery waits, and flow control holds the server back) and taken in
+batches.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ logger = logging.getLogger("trio_audio.store.nats")
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-and-append
 WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
+FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
 
 
@@ -146,9 +148,14 @@ class Follower:
         self._loop = loop
         self._queue: collections.deque[Message] = collections.deque()
         self._arrived: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
         self._sub: Any = None
 
     async def _on_message(self, msg: Msg) -> None:
+        assert self._room is not None
+        while len(self._queue) >= FOLLOW_QUEUE:  # the client stops reading; flow control
+            self._room.clear()  # then holds the server back
+            await self._room.wait()
         meta = msg.metadata
         headers = dict(msg.headers or {})
         size = int(headers.pop("Nats-Msg-Size", len(msg.data)))
@@ -169,6 +176,8 @@ class Follower:
         out: list[Message] = []
         while self._queue and len(out) < most:
             out.append(self._queue.popleft())
+        assert self._room is not None
+        self._room.set()
         return out
 
     async def take(self, most: int, wait_s: float) -> list[Message]:
@@ -264,7 +273,7 @@ class Nats:
         follower = Follower(self._loop)
 
         async def subscribe() -> None:
-            follower._arrived = asyncio.Event()
+            follower._arrived, follower._room = asyncio.Event(), asyncio.Event()
             follower._sub = await self._js.subscribe(
                 subject,
                 stream=stream,
