@@ -193,7 +193,7 @@ async def upload_until(
             seq += 1
 
 
-async def test_killing_a_nats_server_during_uploads_loses_no_acknowledged_chunk(
+async def test_killing_the_stream_leader_during_uploads_loses_no_acknowledged_chunk(
     own_cluster: LocalCluster, service_nodes: NodeMaker
 ) -> None:
     store = cluster_store(own_cluster)
@@ -208,7 +208,11 @@ async def test_killing_a_nats_server_during_uploads_loses_no_acknowledged_chunk(
         for lane in range(4):
             nursery.start_soon(upload_until, urls, stop, acked, counter, lane)
         await wait_for(lambda: counter[0] >= 40, 60)
-        own_cluster.kill(0)
+        async with open_nats(own_cluster.urls, name="test") as nats:
+            leader = (await nats.stream_state(store["store_stream"])).leader
+        names = [node.name for node in own_cluster.nodes]
+        assert leader in names
+        own_cluster.kill(names.index(leader))
         before = counter[0]
         await wait_for(lambda: counter[0] >= before + 80, 90)  # on with 2 of 3 servers
         stop.set()

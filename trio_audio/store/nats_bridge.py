@@ -95,6 +95,7 @@ class StreamState:
     bytes: int
     first_seq: int
     last_seq: int
+    leader: str | None = None  # the server that leads the stream's replicas
 
 
 def _translate(exc: BaseException) -> NatsError:
@@ -240,7 +241,8 @@ class Nats:
     async def stream_state(self, name: str) -> StreamState:
         info = await _call(self._loop, self._js.stream_info, name)
         state = info.state
-        return StreamState(state.messages, state.bytes, state.first_seq, state.last_seq)
+        leader = info.cluster.leader if info.cluster is not None else None
+        return StreamState(state.messages, state.bytes, state.first_seq, state.last_seq, leader)
 
     async def publish(
         self, subject: str, body: bytes, headers: dict[str, str], wait_s: float
