@@ -389,3 +389,16 @@ async def test_a_node_started_before_the_cluster_waits_for_it(
             assert (await post(client, audio(0))).status_code == 201
     finally:
         cluster.stop()
+
+
+async def test_more_replicas_than_servers_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "one", nodes=1) as cluster:
+        store = cluster_store(cluster)
+        node = ServiceNode(tmp_path / "node", {**store, "store_replicas": 3})
+        node.start()
+        assert node.proc is not None
+        with trio.fail_after(60):
+            code = await trio.to_thread.run_sync(node.proc.wait)
+        assert code == 3
+        assert "cannot create the stream" in node.log_path.read_text()
+        assert "--store-replicas" in node.log_path.read_text()

@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from typing import Any, Final
@@ -72,6 +73,7 @@ from ..errors import (
     Overloaded,
     PayloadTooLarge,
     ServiceError,
+    StoreError,
 )
 from ..metrics import Metrics
 from ..models import Job
@@ -98,6 +100,8 @@ NODE: Final = "Trio-Audio-Node"  # the node that published a record
 EXPECT_EMPTY: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
 PLAN_ATTEMPTS: Final = 4  # plans of one write that lose a compare-and-append, then 503
 FOLLOW_BATCH: Final = 512
+STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
+STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
 
 
@@ -149,6 +153,9 @@ class JetStreamStore:
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
         self._servers = servers(config.store)
+        if not STREAM_NAME.fullmatch(config.store_stream):
+            msg = f"store_stream must match {STREAM_NAME.pattern}, got {config.store_stream!r}"
+            raise ValueError(msg)
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
         status = "disabled" if config.asr_engine == "none" else "pending"
@@ -197,6 +204,7 @@ class JetStreamStore:
                 self._nats = nats
                 logger.info("connected to NATS; waiting for the JetStream meta leader")
                 state = None
+                refused_since = None
                 while state is None:
                     await nats.wait_meta_leader()
                     try:
@@ -209,6 +217,21 @@ class JetStreamStore:
                     except Unavailable as exc:
                         logger.info("the stream is not available yet (%s); retrying", exc)
                         await trio.sleep(0.5)
+                    except NatsError as exc:
+                        # A cluster still forming may lack the peers for a while: retry, then
+                        # give up with the reason.
+                        now = trio.current_time()
+                        refused_since = refused_since if refused_since is not None else now
+                        if now - refused_since < STREAM_CREATE_S:
+                            logger.info("the stream cannot be created yet (%s); retrying", exc)
+                            await trio.sleep(0.5)
+                            continue
+                        msg = (
+                            f"cannot create the stream {self._stream} with "
+                            f"{config.store_replicas} replicas: {exc} (a cluster of fewer "
+                            "servers needs a lower --store-replicas)"
+                        )
+                        raise StoreError(msg) from None
                 follower = await self._retrying(
                     lambda: nats.follow(self._stream, f"{self._stream}.>", 1)
                 )
