@@ -164,6 +164,7 @@ class JetStreamStore:
         self._events: trio.MemorySendChannel[Committed] | None = None
         self._nats: Nats | None = None
         self._applied = 0  # the last stream sequence the follower applied
+        self._announced = 0  # ... and whose events it has sent
         self._progress = trio.Event()  # set (and replaced) each time the follower applies
         self._live = False  # events are sent once replay is done
         self._groups: dict[str, list[tuple[dict[str, Any], Message]]] = {}
@@ -269,6 +270,7 @@ class JetStreamStore:
             if batch and batch[-1].pending == 0:
                 break
         self._replayed = count
+        self._announced = self._applied
         self._pending = self._index.pending_transcripts()
         self._live = True
         logger.info(
@@ -288,11 +290,14 @@ class JetStreamStore:
             events: list[Committed] = []
             for message in batch:
                 events += self._apply(message)
-            self._progress.set()
-            self._progress = trio.Event()
+            # Events before answers (as the local store): by the time a writer hears
+            # "stored", the fan-out has its event.
             if self._events is not None:
                 for event in events:
                     await self._events.send(event)
+            self._announced = self._applied
+            self._progress.set()
+            self._progress = trio.Event()
 
     # -- applying the stream ---------------------------------------------------------------
 
@@ -380,9 +385,10 @@ class JetStreamStore:
         return await self._wait_applied(last)
 
     async def _wait_applied(self, seq: int) -> bool:
-        """Wait until the follower has applied *seq*; False after ``store_timeout_s``."""
+        """Wait until the follower has applied *seq* and sent its events; False after twice
+        ``store_timeout_s``."""
         with trio.move_on_after(self._config.store_timeout_s * 2):
-            while self._applied < seq:
+            while self._announced < seq:
                 await self._progress.wait()
             return True
         return False
