@@ -1,6 +1,7 @@
-"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``, ``tests_cluster`` (the service
-on a 3-node NATS JetStream cluster); on demand ``crash`` (the
-long kill -9 run), ``bench`` (load and overload), ``bench_store`` (storage numbers).
+"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``; ``browser`` (the web console
+in headless Chromium, which CI also runs); ``tests_cluster`` (the service on a 3-node NATS
+JetStream cluster, which CI also runs); on demand ``crash`` (the long kill -9 run),
+``bench`` (load and overload), ``bench_store`` (storage numbers).
 
 ``nox`` with no arguments runs lint, typecheck and tests, which is what CI runs.
 """
@@ -34,6 +35,15 @@ def tests_cluster(session: nox.Session) -> None:
         "pytest", "tests/test_http.py", "tests/test_ws.py", *session.posargs,
         env={"TRIO_AUDIO_TEST_CLUSTER": "1"},
     )  # fmt: skip
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The web console in Debian's headless Chromium (``/usr/bin/chromium``, from apt; never a
+    downloaded browser), driven by Playwright: live capture, browse and play, the token flow.
+    Screenshots of each state go under each test's tmp dir; their paths are printed."""
+    session.install("-e", ".[test]", "playwright")
+    session.run("pytest", "-s", "-m", "browser", "tests/test_console.py", *session.posargs)
 
 
 @nox.session

@@ -18,7 +18,7 @@ import trio
 
 from trio_audio.config import Config
 from trio_audio.service import Running, serve
-from trio_audio.store.log import REAL_FILES, FileOps
+from trio_audio.store.files import REAL_FILES, FileOps
 
 from .cluster import cluster_store, nats_cluster, own_cluster, service_nodes  # noqa: F401
 from .processes import Process

@@ -9,7 +9,7 @@ import pytest
 from trio_audio.errors import SeqConflict
 from trio_audio.models import Job, Part
 from trio_audio.store.index import Index
-from trio_audio.store.log import BlobRef
+from trio_audio.store.record import BlobRef
 
 
 def part(checksum: str, seq: int | None = None, duration_ms: float = 100.0) -> Part:
@@ -115,3 +115,14 @@ def test_pages_walk_every_chunk_once_across_sessions() -> None:
     assert seen == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
     only, more = index.page("u", "b", 10, None)
     assert [s.session_id for s, _ in only] == ["b"] and more is None
+
+
+def test_a_session_is_done_only_when_every_chunk_is() -> None:
+    index = Index(transcript_status="pending")
+    chunks = commit(index, Job("u", "s", [part("a"), part("b")]))
+    done = {"status": "done", "text": "hello", "words": []}
+    failed = {"status": "failed", "text": "", "words": [], "error": "the worker died"}
+    index.apply_update({"chunk_id": chunks[0]["chunk_id"], "set": {"transcript": done}})
+    index.apply_update({"chunk_id": chunks[1]["chunk_id"], "set": {"transcript": failed}})
+    summary = index.summary("u", "s")
+    assert summary is not None and summary.transcript == {"status": "failed", "text": "hello"}

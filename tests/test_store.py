@@ -11,9 +11,11 @@ import trio
 
 from trio_audio.config import Config
 from trio_audio.errors import NotFound
+from trio_audio.store.files import FileOps
 from trio_audio.store.index import SessionSummary
-from trio_audio.store.log import FileOps, LogWriter, RecordType
+from trio_audio.store.record import RecordType
 from trio_audio.store.store import Store
+from trio_audio.store.writer import LogWriter
 
 
 def summary(store: Store) -> SessionSummary:

@@ -46,7 +46,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store import StoreBackend
-from .store.log import REAL_FILES, FileOps
+from .store.files import REAL_FILES, FileOps
 from .store.store import Store
 from .web.app import Readiness, create_app
 from .web.auth import RateLimiter, Tokens

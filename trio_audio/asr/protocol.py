@@ -1,13 +1,15 @@
 """The frames between the transcriber and a worker process, one definition for both sides.
 
 A frame is ``u32 big-endian length | msgpack map``, the same in both directions. The first
-request is ``init`` (engine options and limits), answered with ``{ok, engine, sample_rate}``
-once one decoder is loaded. Then one answer per request, in order::
+request is ``init`` (engine options), answered with ``{ok, engine, sample_rate}`` once the
+engine is loaded. Then one answer per request, in order::
 
-    {op: "feed", key, pcm, offset_ms} | {op: "finish", key} | {op: "close", key}
-        -> {ok: true, results: [Result.to_dict(), ...]}  |  {ok: false, error}
+    {op: "decode", pcm, offset_ms, partial?}
+        -> {ok: true, text, words: [{word, start_ms, end_ms, confidence}]}  |  {ok: false, error}
 
-``key`` is a session's ``user_id/session_id`` (ids never hold ``/``). Plain code, no trio.
+``pcm`` is one utterance, 16 kHz 16-bit mono; word times come back on the session's timeline
+(``offset_ms`` is where the utterance starts). ``partial``: the utterance is still going on,
+so a streaming engine may answer with its hypothesis so far. Plain code, no trio.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import msgpack
 
 HEADER: Final = struct.Struct(">I")
 MAX_FRAME_BYTES: Final = 1 << 30
-
-Key = tuple[str, str]
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
@@ -60,12 +60,3 @@ def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
 def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
     stream.write(encode_frame(message))
     stream.flush()
-
-
-def wire_key(key: Key) -> str:
-    return f"{key[0]}/{key[1]}"
-
-
-def unwire_key(text: str) -> Key:
-    user_id, _, session_id = text.partition("/")
-    return user_id, session_id

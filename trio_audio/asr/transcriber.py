@@ -1,43 +1,52 @@
-"""The transcriber: stored chunks -> worker processes -> transcript updates and live messages.
+"""The transcriber: stored chunks -> utterances -> worker processes -> transcripts.
 
 ::
 
-    fan-out ──offer()──> reorder (per session) ──> lane 0 (bounded) ──> worker process 0
-    (never waits)                              └──> lane 1 (bounded) ──> worker process 1
-         full lane: the chunk stays ``pending`` in ``deferred`` and is moved in when there is
-         room (a session with deferred chunks sends all its later ones there too, in order)
+    fan-out ──offer()──> reorder ──> feeder ──> assembler ──> fair queue ──> worker 0 ─┐
+    (never waits)        (per session, seq     (per session:    (finals round  worker 1 ─┤
+                          order)               VAD -> utterances) robin)                 │
+                                                                                         v
+                  hub (transcript, vad) <── results: words -> each chunk's span ─> store.update
 
-- The service's fan-out calls ``offer`` with each ``ChunkStored`` event; a session's chunks
-  are put back in seq order (``reorder.py``) and then pinned to one lane, so they reach one
-  decoder stream in order. A lane sends one request at a time to its process and applies the
-  answer: partial and final ``transcript`` messages go to the session's watchers through the
-  hub; a chunk whose span is final gets ``transcript {status: done, text, words}`` as a
-  durable update through the store.
-- Voice activity needs no worker: a chunk's speech segments become the session's
-  ``vad {event, at_ms}`` messages as soon as it is in order.
-- A session silent for ``asr_idle_timeout_s`` is closed (its utterance ends, its decoder goes
-  back to the pool); ``finalize`` does the same on demand and returns once the words are out.
+- The service's fan-out calls ``offer`` with each ``ChunkStored`` event. A session's chunks
+  are put back in seq order (``reorder.py``); in that order each gives its ``vad`` events at
+  once and goes to the feeder, which hands its 16 kHz PCM (kept from the pipeline within
+  ``asr_backlog_bytes``, else read back from the log) and its speech segments to the
+  session's ``Assembler`` (``utterances.py``).
+- Each finished utterance is decoded once, by whichever worker is free: the ``FairQueue``
+  (``fair.py``) takes finals round robin across sessions, one in flight per session, so a
+  long file cannot hold other sessions' words. Every ``asr_partial_interval_s`` the open
+  utterance is re-decoded for live words, only when no final waits; a partial's words are
+  published once two consecutive hypotheses agree on them (LocalAgreement-2).
+- A chunk's transcript is done once every utterance that overlaps it is decoded: its words
+  (those that start inside it) go into a durable update through the store.
+- ``finalize`` ends the session's open utterance now and returns once its words are stored;
+  a session silent for ``asr_idle_timeout_s`` is finalized and forgotten.
 - At start every chunk the store replayed as ``pending`` is queued again, in session and seq
   order, a slice at a time.
 
-Resource handling: ``run`` owns the lanes and their worker processes (each lane runs its
-process in its own nursery: ``process.py``) and ends them when cancelled (``stop``). Memory is
-bounded by the lanes (``asr_backlog`` chunks each), the reorder buffers (``asr_backlog`` per
-session) and the PCM they hold (``asr_backlog_bytes`` in all, counted from ``offer`` until
-the chunk is done; past it audio is re-read from the log when its turn comes).
+Resource handling: ``run`` owns the feeder and the workers; each worker runs its process in a
+nursery of its own (``process.py``). Memory is bounded by ``asr_backlog_bytes`` (PCM kept for
+chunks not yet assembled, plus the audio of utterances waiting to be decoded; past it a
+chunk's audio is read back from the log in its turn and the feeder waits for the workers),
+the reorder buffers (``asr_backlog`` chunks per session) and the open utterances (at most
+``asr_max_utterance_s`` each).
 
-Error handling: a chunk whose audio cannot be read or decoded, or whose worker died or timed
-out, gets ``transcript.status: failed`` with the reason; the worker is restarted for the next
-chunk. A store update that fails leaves the chunk ``pending`` (it is queued at start-up).
+Error handling: a chunk whose audio cannot be read or decoded, or whose utterance's decode
+failed (the worker died, timed out or the engine failed), gets ``transcript.status: failed``
+with the reason; a dead worker is started again for the next utterance. A store update that
+fails leaves the chunk ``pending`` (it is queued at start-up).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 from typing import Any, Final, Protocol
 
 import attrs
+import numpy as np
 import trio
 
 from ..audio import features, vad
@@ -48,9 +57,10 @@ from ..hub import Hub
 from ..metrics import Metrics
 from ..store.events import ChunkStored
 from .engine import EngineError, EngineOptions, check_options
+from .fair import FairQueue
 from .process import WorkerDied, WorkerProcess
-from .protocol import Key, unwire_key, wire_key
 from .reorder import Reorder
+from .utterances import Assembler, Utterance
 
 logger = logging.getLogger("trio_audio.asr")
 
@@ -59,6 +69,8 @@ REQUEST_PER_AUDIO_S: Final = 2.0
 JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
 REORDER_WAIT_S: Final = 1.0  # how long a chunk waits for a missing earlier seq
 REQUEUE_SLICE: Final = 256  # pending chunks queued at start-up between checkpoints
+
+Key = tuple[str, str]
 
 
 class ChunkSource(Protocol):
@@ -79,9 +91,14 @@ class ChunkSource(Protocol):
     async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
 
 
+def default_workers() -> int:
+    """Worker processes when ``asr_workers`` is 0: every core but the one ingestion needs."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 @attrs.define(eq=False)
 class Item:
-    """A stored chunk waiting for its turn."""
+    """A stored chunk on its way to the assembler."""
 
     chunk_id: str
     key: Key
@@ -90,22 +107,13 @@ class Item:
     duration_ms: float
     pcm: bytes | None
     since: float  # trio time it was offered
-    segments: list[dict[str, float]] = attrs.field(factory=list)  # its speech, for VAD events
+    segments: list[dict[str, float]] = attrs.field(factory=list)  # its speech
     transcribe: bool = True  # False: its status is not pending (VAD events only)
 
 
 @attrs.define(eq=False)
-class Finish:
-    """End a session's utterance (``close``: and forget the session); ``done`` when out."""
-
-    key: Key
-    close: bool
-    done: trio.Event = attrs.field(factory=trio.Event)
-
-
-@attrs.define(eq=False)
 class Span:
-    """A chunk fed to its decoder whose transcript is not final yet."""
+    """A chunk whose transcript is not final yet: the words that start inside it."""
 
     chunk_id: str
     seq: int
@@ -113,28 +121,36 @@ class Span:
     end_ms: float
     since: float
     words: list[dict[str, Any]] = attrs.field(factory=list)
+    failed: str | None = None  # why, when an utterance over it could not be decoded
 
 
 @attrs.define(eq=False)
 class SessionState:
     key: Key
-    lane: int
     activity: vad.SessionActivity
     last_active: float
     order: Reorder[Item]
-    queued: int = 0  # items in a lane or deferred
-    deferred: int = 0
-    closing: bool = False
-    last_seq: int = -1
+    assembler: Assembler
     awaiting: collections.deque[Span] = attrs.field(factory=collections.deque)
+    finals: collections.deque[Utterance] = attrs.field(factory=collections.deque)  # undecoded
+    feeding: int = 0  # chunks handed to the feeder, not yet assembled
+    last_seq: int = -1
+    partial_at: float = -1e9
+    heard: list[str] = attrs.field(factory=list)  # the last partial hypothesis' words
+    stable: int = 0  # words of the open utterance published as agreed
+    completing: trio.Lock = attrs.field(factory=trio.Lock)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.order.waiting or self.feeding or self.finals or self.awaiting)
 
 
 class Transcriber:
-    """Hands stored chunks to worker processes; publishes and stores what comes back.
+    """Turns stored chunks into transcripts with a pool of worker processes.
 
     Build it in ``serve``, start ``run`` with ``nursery.start``. ``offer`` takes the store's
     ``ChunkStored`` events (never blocks); ``finalize`` is for the WebSocket's ``finalize``
-    and ``end``.
+    and ``end`` and the HTTP ``POST .../end``.
     """
 
     def __init__(
@@ -151,6 +167,7 @@ class Transcriber:
         self.metrics = metrics
         self.limiter = limiter
         self.enabled = config.asr_engine != "none"
+        self.workers = config.asr_workers or default_workers()
         self.options = EngineOptions(
             engine=config.asr_engine,
             model_dir=config.asr_model_dir,
@@ -158,24 +175,26 @@ class Transcriber:
             keyphrases=config.asr_keyphrases,
         )
         self.sessions: dict[Key, SessionState] = {}
-        self.deferred: dict[str, Item] = {}  # chunk_id -> item, in the order offered
         self.counts: collections.Counter[str] = collections.Counter()
-        self.pcm_bytes = 0  # PCM kept in memory for chunks offered and not yet done
+        self.pcm_bytes = 0  # PCM held: chunks not yet assembled and utterances not decoded
         self.running = False
-        self._lanes: list[trio.MemorySendChannel[Item | Finish]] = []
-        self._in_lanes: dict[str, Item] = {}  # items sent to a lane, not yet done
+        self.queue: FairQueue[Key, Utterance] = FairQueue()
+        self._feed: collections.deque[tuple[SessionState, Item]] = collections.deque()
+        self._decoding: dict[int, float] = {}  # worker -> when its current decode began
         self._reordering: set[Key] = set()  # sessions with chunks waiting for an earlier seq
-        self._lane_sessions = [0] * config.asr_workers
-        self._room = trio.Event()
+        self._changed = trio.Event()  # set whenever work is added or done
         self._stopped = trio.Event()
         self._scope: trio.CancelScope | None = None
+        self._started = 0
+        self.workers_started = trio.Event()  # every worker has loaded its engine (or failed)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(
         self, *, task_status: trio.TaskStatus[Transcriber] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start the lanes, queue what the store left pending, report ready; run until stopped."""
+        """Start the feeder and workers, queue what the store left pending, report ready;
+        run until stopped."""
         if self.enabled:
             check_options(self.options)
         self._register_metrics()
@@ -183,13 +202,9 @@ class Transcriber:
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
                     if self.enabled:
-                        for index in range(self.config.asr_workers):
-                            send, receive = trio.open_memory_channel[Item | Finish](
-                                self.config.asr_backlog
-                            )
-                            self._lanes.append(send)
-                            nursery.start_soon(self._lane, index, receive)
-                        nursery.start_soon(self._feed_deferred)
+                        nursery.start_soon(self._feeder)
+                        for index in range(self.workers):
+                            nursery.start_soon(self._worker, index)
                     self.running = True
                     if self.enabled:
                         nursery.start_soon(self._requeue_pending)
@@ -198,14 +213,20 @@ class Transcriber:
                     task_status.started(self)
         finally:
             self.running = False
-            for lane in self._lanes:  # the transcriber owns the lanes' send ends
-                lane.close()
             self._stopped.set()
+            self._wake()
 
     def stop(self) -> None:
         """Stop now; chunks not transcribed stay ``pending`` and are queued at the next start."""
         if self._scope is not None:
             self._scope.cancel()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
 
     def _register_metrics(self) -> None:
         self.metrics.gauge("trio_audio_transcribe_backlog", self._backlog_gauge)
@@ -219,19 +240,16 @@ class Transcriber:
         )
 
     def _backlog_gauge(self) -> dict[str, float]:
-        """Chunks queued in each worker's lane, and those deferred outside the lanes."""
-        out = {
-            f'worker="{i}"': float(lane.statistics().current_buffer_used)
-            for i, lane in enumerate(self._lanes)
-        }
-        out['worker="deferred"'] = float(len(self.deferred))
+        """Utterances being decoded by each worker, waiting, and chunks not yet assembled."""
+        out = {f'worker="{i}"': float(i in self._decoding) for i in range(self.workers)}
+        out['worker="queued"'] = float(self.queue.finals_waiting())
+        out['worker="deferred"'] = float(len(self._feed))
         return out
 
     def lag_s(self) -> float:
         """Age of the oldest chunk offered but not yet transcribed (0 when none waits)."""
-        oldest = [i.since for i in self.deferred.values()]
-        oldest += [s.awaiting[0].since for s in self.sessions.values() if s.awaiting]
-        oldest += [i.since for i in self._in_lanes.values()]
+        oldest = [s.awaiting[0].since for s in self.sessions.values() if s.awaiting]
+        oldest += [item.since for _, item in self._feed]
         return max(0.0, trio.current_time() - min(oldest)) if oldest else 0.0
 
     # -- taking chunks -----------------------------------------------------------------------
@@ -249,7 +267,9 @@ class Transcriber:
         if not transcribe or (
             pcm is not None and self.pcm_bytes + len(pcm) > self.config.asr_backlog_bytes
         ):
-            pcm = None  # not needed, or over the budget: read back from the log in its turn
+            if transcribe and pcm is not None:
+                self.counts["deferred"] += 1  # over the budget: read back from the log
+            pcm = None
         if pcm is not None:
             self.pcm_bytes += len(pcm)
         return Item(
@@ -297,7 +317,7 @@ class Transcriber:
         return first
 
     def _deliver(self, session: SessionState, item: Item) -> None:
-        """In seq order: the chunk's VAD events, then its transcription."""
+        """In seq order: the chunk's VAD events, then (transcribed) to the feeder."""
         if not self.store.has(item.chunk_id):
             self._drop_pcm(item)
             return  # deleted since
@@ -305,10 +325,22 @@ class Transcriber:
         item.offset_ms = float(offset)
         for event, at_ms in session.activity.chunk(offset, item.duration_ms, item.segments):
             self._publish_vad(session.key, event, at_ms)
-        if item.transcribe:
-            self._queue(session, item)
-        else:
+        if not item.transcribe or not self.running:
             self._drop_pcm(item)
+            return  # not transcribed (or stopping: it stays pending)
+        session.last_seq = max(session.last_seq, item.seq)
+        session.awaiting.append(
+            Span(
+                item.chunk_id,
+                item.seq,
+                item.offset_ms,
+                item.offset_ms + item.duration_ms,
+                item.since,
+            )
+        )
+        session.feeding += 1
+        self._feed.append((session, item))
+        self._wake()
 
     async def _reorder_timer(self) -> None:
         """Stop waiting for a missing seq after ``REORDER_WAIT_S`` (it failed or never came)."""
@@ -325,37 +357,14 @@ class Transcriber:
     def _session(self, key: Key) -> SessionState:
         session = self.sessions.get(key)
         if session is None:
-            lane = self._lane_sessions.index(min(self._lane_sessions)) if self.enabled else 0
-            self._lane_sessions[lane] += 1
             session = self.sessions[key] = SessionState(
                 key,
-                lane,
                 vad.SessionActivity(self.config.vad_gap_ms),
                 trio.current_time(),
                 Reorder(self._first_seq(key), self.config.asr_backlog),
+                Assembler(self.config.vad_gap_ms, self.config.asr_max_utterance_s * 1000),
             )
         return session
-
-    def _queue(self, session: SessionState, item: Item) -> None:
-        if not self.running:
-            self._drop_pcm(item)
-            return  # stopped: it stays pending, queued again at the next start
-        session.queued += 1
-        if session.deferred == 0:
-            try:
-                self._lanes[session.lane].send_nowait(item)
-            except trio.WouldBlock:
-                pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._drop_pcm(item)  # stopping: it stays pending, queued at the next start
-                return
-            else:
-                self._in_lanes[item.chunk_id] = item
-                return
-        self._drop_pcm(item)
-        session.deferred += 1
-        self.deferred[item.chunk_id] = item
-        self.counts["deferred"] += 1
 
     async def _requeue_pending(self) -> None:
         """Queue, in session and seq order, every chunk the store replayed as ``pending``."""
@@ -368,33 +377,196 @@ class Transcriber:
         if pending:
             logger.info("queued %d chunks left pending for transcription", len(pending))
 
-    async def _feed_deferred(self) -> None:
-        """Move deferred chunks into their lanes as room appears, each session in order."""
+    # -- the feeder: chunks -> utterances ----------------------------------------------------
+
+    async def _feeder(self) -> None:
+        """Assemble chunks into utterances in the order they were delivered."""
         while True:
-            await self._room.wait()
-            self._room = trio.Event()
-            blocked: set[Key] = set()
-            for chunk_id, item in list(self.deferred.items()):
-                if item.key in blocked:
-                    continue
-                session = self.sessions.get(item.key) or self._session(item.key)
-                try:
-                    self._lanes[session.lane].send_nowait(item)
-                except trio.WouldBlock:
-                    blocked.add(item.key)
-                    continue
-                del self.deferred[chunk_id]
-                session.deferred -= 1
-                self._in_lanes[chunk_id] = item
+            if not self._feed or self.pcm_bytes > self.config.asr_backlog_bytes:
+                await self._wait_change()  # no chunk, or decoded audio must go out first
+                continue
+            session, item = self._feed.popleft()
+            try:
+                await self._assemble(session, item)
+            finally:
+                session.feeding -= 1
+                self._drop_pcm(item)
+                self._wake()
+
+    async def _assemble(self, session: SessionState, item: Item) -> None:
+        try:
+            pcm = item.pcm if item.pcm is not None else await self._read_pcm(item.chunk_id)
+        except (ServiceError, ValueError, OSError) as exc:
+            for span in session.awaiting:
+                if span.chunk_id == item.chunk_id:
+                    span.failed = f"its audio could not be read back: {exc}"
+            await self._complete(session)
+            return
+        segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
+        samples = np.frombuffer(pcm, dtype="<i2")
+        for utterance in session.assembler.add(item.offset_ms, samples, segments):
+            self._queue_final(session, utterance)
+        self._maybe_partial(session)
+        await self._complete(session)
+
+    def _queue_final(self, session: SessionState, utterance: Utterance) -> None:
+        session.finals.append(utterance)
+        self.pcm_bytes += len(utterance.pcm)
+        self.queue.put_final(session.key, utterance)
+        session.heard, session.stable = [], 0
+        self._wake()
+
+    def _maybe_partial(self, session: SessionState) -> None:
+        interval = self.config.asr_partial_interval_s
+        now = trio.current_time()
+        if interval <= 0 or now - session.partial_at < interval:
+            return
+        partial = session.assembler.partial()
+        if partial is not None:
+            session.partial_at = now
+            self.queue.put_partial(session.key, partial)
+            self._wake()
+
+    # -- workers: utterances -> words --------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        """Decode utterances the fair queue hands out, one at a time, in one process."""
+        init = {"op": "init", "options": self.options.to_dict()}
+        worker = WorkerProcess(index, init)
+        async with trio.open_nursery() as processes:
+            try:
+                try:  # load the model now, not when the first words are waiting
+                    await worker.start(processes)
+                except (EngineError, WorkerDied) as exc:
+                    logger.warning("transcription worker %d did not start: %s", index, exc)
+                self._started += 1
+                if self._started == self.workers:
+                    self.workers_started.set()
+                while True:
+                    taken = self.queue.take()
+                    if taken is None:
+                        await self._wait_change()
+                        continue
+                    key, utterance, final = taken
+                    self._decoding[index] = trio.current_time()
+                    try:
+                        answer = await self._decode(worker, processes, utterance)
+                    finally:
+                        del self._decoding[index]
+                        self.queue.done(key)
+                        self._wake()
+                    session = self.sessions.get(key)
+                    if session is None:
+                        continue
+                    if final:
+                        await self._apply_final(session, utterance, answer)
+                    else:
+                        self._apply_partial(session, utterance, answer)
+            finally:
+                await worker.aclose()
+
+    async def _decode(
+        self, worker: WorkerProcess, processes: trio.Nursery, utterance: Utterance
+    ) -> dict[str, Any]:
+        """The worker's answer for *utterance* (``{ok: false, error}`` when it failed)."""
+        seconds = (utterance.end_ms - utterance.start_ms) / 1000
+        try:
+            if not worker.running:
+                await worker.start(processes)
+            message = {"op": "decode", "pcm": utterance.pcm, "offset_ms": utterance.start_ms,
+                       "partial": not utterance.final}  # fmt: skip
+            return await worker.request(
+                message, REQUEST_BASE_TIMEOUT_S + REQUEST_PER_AUDIO_S * seconds
+            )
+        except EngineError as exc:
+            return {"ok": False, "error": str(exc)}
+        except WorkerDied as exc:
+            logger.warning("transcription worker %d: %s; restarting it", worker.index, exc)
+            self.counts["worker_restarts"] += 1
+            return {"ok": False, "error": f"the transcription worker failed: {exc}"}
+
+    async def _apply_final(
+        self, session: SessionState, utterance: Utterance, answer: dict[str, Any]
+    ) -> None:
+        if session.finals and session.finals[0] is utterance:
+            session.finals.popleft()
+            self.pcm_bytes -= len(utterance.pcm)
+        user_id, session_id = session.key
+        if not answer.get("ok"):
+            reason = f"the speech engine failed: {answer.get('error')}"
+            for span in session.awaiting:
+                if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:
+                    span.failed = reason
+        else:
+            words = _own_words(utterance, answer["words"])
+            if words:
+                message = {
+                    "type": "transcript",
+                    "seq": session.last_seq,
+                    "is_final": True,
+                    "text": " ".join(w["word"] for w in words),
+                    "words": words,
+                    "start_ms": round(utterance.start_ms, 1),
+                    "end_ms": round(utterance.end_ms, 1),
+                }
+                self.hub.publish(user_id, session_id, message)
+                for word in words:
+                    _place(session.awaiting, word)
+        await self._complete(session)
+
+    def _apply_partial(
+        self, session: SessionState, utterance: Utterance, answer: dict[str, Any]
+    ) -> None:
+        """LocalAgreement-2: publish the words two consecutive hypotheses agree on."""
+        if not answer.get("ok") or session.assembler.partial() is None:
+            return
+        if session.finals:  # the utterance it heard has ended meanwhile
+            return
+        words = _own_words(utterance, answer["words"])
+        heard = [w["word"] for w in words]
+        agreed = 0
+        for old, new in zip(session.heard, heard, strict=False):
+            if old != new:
+                break
+            agreed += 1
+        session.heard = heard
+        if agreed > session.stable:
+            session.stable = agreed
+            stable = words[:agreed]
+            message = {"type": "transcript", "seq": session.last_seq, "is_final": False,
+                       "text": " ".join(w["word"] for w in stable), "words": stable}  # fmt: skip
+            self.hub.publish(session.key[0], session.key[1], message)
+
+    async def _complete(self, session: SessionState) -> None:
+        """Store the transcript of every chunk all of whose utterances are decoded.
+
+        A chunk leaves ``awaiting`` only once its update is stored, so ``finalize`` returns
+        after the words are durable; the session's lock keeps the feeder and a worker from
+        storing the same chunk twice."""
+        async with session.completing:
+            while session.awaiting:
+                span = session.awaiting[0]
+                limit = (
+                    session.finals[0].start_ms
+                    if session.finals
+                    else session.assembler.final_until_ms
+                )
+                if span.end_ms > limit + 0.5 and not span.failed:
+                    break
+                if span.failed:
+                    await self._fail(span, span.failed)
+                else:
+                    await self._done(span)
+                session.awaiting.popleft()
+        self._wake()
 
     # -- finishing ---------------------------------------------------------------------------
 
     async def finalize(self, user_id: str, session_id: str) -> None:
-        """End the session's utterance now; returns once its final words are out.
+        """End the session's utterance now; returns once its chunks' words are stored.
 
-        Chunks still queued for it are transcribed first. Returns at once when transcription
-        is off or stopped, or the session has nothing in flight.
-        """
+        Returns at once when transcription is off or stopped, or the session has nothing in
+        flight."""
         key = (user_id, session_id)
         session = self.sessions.get(key)
         if session is None:
@@ -402,138 +574,40 @@ class Transcriber:
         self._release_waiting(session)
         for event, at_ms in session.activity.end():
             self._publish_vad(key, event, at_ms)
-        if not self.enabled or not self.running:
+        if not self.enabled:
             return
-        while session.deferred and self.running:
-            await self._room.wait()
-        command = Finish(key, close=False)
-        async with trio.open_nursery() as nursery:
-
-            async def wait_stopped() -> None:
-                await self._stopped.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(wait_stopped)
-            try:
-                await self._lanes[session.lane].send(command)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # stopping
-            await command.done.wait()
-            nursery.cancel_scope.cancel()
+        while self.running and session.feeding:
+            await self._wait_change()
+        for utterance in session.assembler.finish():
+            self._queue_final(session, utterance)
+        await self._complete(session)
+        while self.running and (session.finals or session.awaiting):
+            await self._wait_change()
 
     async def _janitor(self) -> None:
-        """Close sessions idle for ``asr_idle_timeout_s``: their decoders go back to the pool."""
+        """Finalize and forget sessions idle for ``asr_idle_timeout_s``."""
         timeout = self.config.asr_idle_timeout_s
         while True:
             await trio.sleep(timeout * JANITOR_PERIOD_FRACTION)
             now = trio.current_time()
             for key, session in list(self.sessions.items()):
-                busy = session.queued or session.order.waiting or session.closing
-                if busy or now - session.last_active < timeout:
+                if now - session.last_active < timeout:
+                    continue
+                if session.assembler.open:
+                    for event, at_ms in session.activity.end():
+                        self._publish_vad(key, event, at_ms)
+                    for utterance in session.assembler.finish():
+                        self._queue_final(session, utterance)
+                    continue  # forgotten on a later round, once its words are stored
+                if session.busy:
                     continue
                 for event, at_ms in session.activity.end():
                     self._publish_vad(key, event, at_ms)
-                if not self.enabled:
-                    self._forget(session)
-                    continue
-                try:
-                    self._lanes[session.lane].send_nowait(Finish(key, close=True))
-                except trio.WouldBlock:
-                    continue  # the lane is busy: try on the next round
-                session.closing = True
+                if self.sessions.get(key) is session:
+                    del self.sessions[key]
+                    self.queue.forget(key)
 
-    def _forget(self, session: SessionState) -> None:
-        if self.sessions.get(session.key) is session:
-            del self.sessions[session.key]
-            self._lane_sessions[session.lane] -= 1
-
-    # -- a lane: one worker process --------------------------------------------------------
-
-    async def _lane(self, index: int, receive: trio.MemoryReceiveChannel[Item | Finish]) -> None:
-        """Feed one worker process, one request at a time; owns its lane's receive end."""
-        init = {
-            "op": "init",
-            "options": self.options.to_dict(),
-            "max_streams": self.config.asr_streams_per_worker,
-            "vad_mode": self.config.vad_mode,
-            "gap_ms": self.config.vad_gap_ms,
-            "max_utterance_s": self.config.asr_max_utterance_s,
-        }
-        worker = WorkerProcess(index, init)
-        async with receive, trio.open_nursery() as processes:
-            try:
-                async for command in receive:
-                    self._room.set()
-                    if isinstance(command, Finish):
-                        await self._finish(worker, command)
-                        continue
-                    try:
-                        await self._transcribe(worker, processes, command)
-                    finally:
-                        self._in_lanes.pop(command.chunk_id, None)
-                        self._drop_pcm(command)
-            finally:
-                await worker.aclose()
-
-    async def _transcribe(self, worker: WorkerProcess, processes: trio.Nursery, item: Item) -> None:
-        session = self.sessions.get(item.key) or self._session(item.key)
-        session.queued -= 1
-        session.last_active = trio.current_time()
-        if not self.store.has(item.chunk_id):
-            return  # deleted since
-        span = Span(item.chunk_id, item.seq, item.offset_ms, item.offset_ms + item.duration_ms,
-                    item.since)  # fmt: skip
-        try:
-            pcm = item.pcm if item.pcm is not None else await self._read_pcm(item.chunk_id)
-            if not worker.running:
-                await worker.start(processes)
-            timeout = REQUEST_BASE_TIMEOUT_S + REQUEST_PER_AUDIO_S * item.duration_ms / 1000
-            message = {"op": "feed", "key": wire_key(item.key), "pcm": pcm,
-                       "offset_ms": item.offset_ms}  # fmt: skip
-            session.awaiting.append(span)
-            session.last_seq = max(session.last_seq, item.seq)
-            answer = await worker.request(message, timeout)
-        except (ServiceError, EngineError) as exc:
-            if span in session.awaiting:
-                session.awaiting.remove(span)
-            await self._fail([span], f"{exc}")
-            return
-        except WorkerDied as exc:
-            await self._worker_died(worker, str(exc))
-            return
-        await self._apply(answer, session)
-
-    async def _finish(self, worker: WorkerProcess, command: Finish) -> None:
-        try:
-            session = self.sessions.get(command.key)
-            if session is None or not worker.running:
-                return
-            op = "close" if command.close else "finish"
-            try:
-                answer = await worker.request(
-                    {"op": op, "key": wire_key(command.key)}, REQUEST_BASE_TIMEOUT_S
-                )
-            except WorkerDied as exc:
-                await self._worker_died(worker, str(exc))
-                return
-            await self._apply(answer, session)
-            if command.close:
-                session.closing = False
-                if session.queued == 0:
-                    self._forget(session)
-        finally:
-            command.done.set()
-
-    async def _worker_died(self, worker: WorkerProcess, reason: str) -> None:
-        """Every session of this worker lost its decoder state: fail its chunks in flight."""
-        logger.error("transcription worker %d: %s; restarting it", worker.index, reason)
-        self.counts["worker_restarts"] += 1
-        await worker.aclose()
-        for session in list(self.sessions.values()):
-            if session.lane == worker.index and session.awaiting:
-                spans = list(session.awaiting)
-                session.awaiting.clear()
-                await self._fail(spans, f"the transcription worker failed: {reason}")
+    # -- results -----------------------------------------------------------------------------
 
     async def _read_pcm(self, chunk_id: str) -> bytes:
         """A stored chunk's audio as 16 kHz 16-bit mono, decoded again from the log."""
@@ -550,44 +624,6 @@ class Transcriber:
 
         return await trio.to_thread.run_sync(convert, limiter=self.limiter)
 
-    # -- results -----------------------------------------------------------------------------
-
-    async def _apply(self, answer: dict[str, Any], fed: SessionState) -> None:
-        if not answer.get("ok"):
-            spans = list(fed.awaiting)
-            fed.awaiting.clear()
-            await self._fail(spans, f"the speech engine failed: {answer.get('error')}")
-            return
-        for result in answer["results"]:
-            session = self.sessions.get(unwire_key(result["key"]))
-            if session is not None:
-                await self._apply_result(result, session)
-
-    async def _apply_result(self, result: dict[str, Any], session: SessionState) -> None:
-        user_id, session_id = session.key
-        partial = result.get("partial")
-        if partial is not None:
-            message = {"type": "transcript", "seq": session.last_seq, "is_final": False,
-                       "text": partial["text"], "words": partial["words"]}  # fmt: skip
-            self.hub.publish(user_id, session_id, message)
-        for utterance in result["finals"]:
-            message = {
-                "type": "transcript",
-                "seq": session.last_seq,
-                "is_final": True,
-                "text": utterance["text"],
-                "words": utterance["words"],
-                "start_ms": utterance["start_ms"],
-                "end_ms": utterance["end_ms"],
-            }
-            self.hub.publish(user_id, session_id, message)
-            for word in utterance["words"]:
-                _place(session.awaiting, word)
-        final_until = result["final_until_ms"]
-        while session.awaiting and session.awaiting[0].end_ms <= final_until + 0.5:
-            span = session.awaiting.popleft()
-            await self._done(span)
-
     async def _done(self, span: Span) -> None:
         transcript = {
             "status": "done",
@@ -598,12 +634,11 @@ class Transcriber:
             self.counts["done"] += 1
             self.metrics.observe_stage("transcribe", trio.current_time() - span.since)
 
-    async def _fail(self, spans: list[Span], reason: str) -> None:
-        for span in spans:
-            logger.warning("transcription of chunk %s failed: %s", span.chunk_id, reason)
-            transcript = {"status": "failed", "text": "", "words": [], "error": reason}
-            if await self._update(span.chunk_id, transcript):
-                self.counts["failed"] += 1
+    async def _fail(self, span: Span, reason: str) -> None:
+        logger.warning("transcription of chunk %s failed: %s", span.chunk_id, reason)
+        transcript = {"status": "failed", "text": "", "words": [], "error": reason}
+        if await self._update(span.chunk_id, transcript):
+            self.counts["failed"] += 1
 
     async def _update(self, chunk_id: str, transcript: dict[str, Any]) -> bool:
         try:
@@ -619,6 +654,11 @@ class Transcriber:
     def _publish_vad(self, key: Key, event: str, at_ms: float) -> None:
         message = {"type": "vad", "event": event, "at_ms": round(at_ms, 1)}
         self.hub.publish(key[0], key[1], message)
+
+
+def _own_words(utterance: Utterance, words: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The words of a decode that belong to *utterance* (a cut one shares its overlap)."""
+    return [w for w in words if utterance.keep_from_ms <= w["start_ms"] < utterance.keep_until_ms]
 
 
 def _place(awaiting: collections.deque[Span], word: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 import soundfile as sf
 
 from ..asr.engine import EngineOptions, load_engine
-from ..asr.stream import Streams
+from ..asr.utterances import Assembler
+from ..asr.worker import Decoder
 from ..audio import vad
 
 RATE = 16000
@@ -87,9 +88,8 @@ SENTENCES = [
 CHUNK_S = 0.25
 
 
-def new_streams(max_streams: int) -> Streams:
-    return Streams(load_engine(EngineOptions()), max_streams=max_streams, vad_mode=2,
-                   gap_ms=500, max_utterance_s=30)  # fmt: skip
+def new_decoder() -> Decoder:
+    return Decoder(load_engine(EngineOptions()))
 
 
 def session_audio() -> np.ndarray:
@@ -97,27 +97,29 @@ def session_audio() -> np.ndarray:
     return np.concatenate([speak(s, lead_s=0.3, tail_s=0.7) for s in SENTENCES])
 
 
-def transcribe(streams: Streams, key: str, audio: np.ndarray) -> str:
-    words = []
+def transcribe(decoder: Decoder, audio: np.ndarray) -> str:
+    """What the service does with a session: VAD per chunk, utterances, one decode each."""
+    assembler = Assembler(gap_ms=500, max_ms=30_000)
+    utterances = []
     offset = 0.0
     for piece in pieces(audio, CHUNK_S):
-        for result in streams.feed(key, vad.to_pcm16(piece).tobytes(), offset):
-            words += [u.text for u in result.finals]
+        pcm = vad.to_pcm16(piece)
+        segments = vad.analyze(pcm, 2, 500).segments
+        utterances += assembler.add(offset, pcm, segments)
         offset += piece.size / RATE * 1000
-    for result in streams.close(key):
-        words += [u.text for u in result.finals]
-    return " ".join(words)
+    utterances += assembler.finish()
+    texts = [decoder.decode(u.pcm, u.start_ms).text for u in utterances]
+    return " ".join(t for t in texts if t)
 
 
 def rtf_and_wer() -> None:
-    streams = new_streams(1)
-    streams.release(streams.acquire_new())  # load the model before timing
+    decoder = new_decoder()  # load the model before timing
     edits = total = 0
     decode_s = audio_s = 0.0
     for sentence in SENTENCES:
         audio = speak(sentence)
         started = time.process_time()
-        text = transcribe(streams, "u/s", audio)
+        text = transcribe(decoder, audio)
         decode_s += time.process_time() - started
         audio_s += audio.size / RATE
         e, n = word_error_rate(sentence, text)
@@ -128,17 +130,12 @@ def rtf_and_wer() -> None:
 
 
 def _live(args: tuple[int, np.ndarray]) -> float:
-    """Feed *sessions* interleaved sessions chunk by chunk; CPU seconds per audio second."""
+    """Transcribe *sessions* sessions' audio in one process; CPU seconds per audio second."""
     sessions, audio = args
-    streams = new_streams(min(sessions, 4))
-    chunks = pieces(audio, CHUNK_S)
+    decoder = new_decoder()
     started = time.process_time()
-    for i, piece in enumerate(chunks):
-        pcm = vad.to_pcm16(piece).tobytes()
-        for s in range(sessions):
-            streams.feed(f"u/{s}", pcm, i * CHUNK_S * 1000)
-    for s in range(sessions):
-        streams.close(f"u/{s}")
+    for _ in range(sessions):
+        transcribe(decoder, audio)
     return (time.process_time() - started) / (audio.size / RATE)
 
 

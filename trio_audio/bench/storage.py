@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 import trio
 
-from trio_audio.store.log import LogWriter, RecordType
+from trio_audio.store.record import RecordType
+from trio_audio.store.writer import LogWriter
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 

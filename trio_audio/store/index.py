@@ -24,7 +24,7 @@ from ..models import new_chunk_id
 
 if TYPE_CHECKING:
     from ..models import Job, Part
-    from .log import BlobRef
+    from .record import BlobRef
 
 
 @attrs.define(eq=False)
@@ -275,6 +275,8 @@ class Index:
     def session_transcript(self, index: SessionIndex) -> dict[str, str]:
         """The session's transcript so far: the text of its done chunks in seq order.
 
+        ``status`` is ``pending`` while any chunk is, else ``failed`` if any chunk failed,
+        ``disabled`` when no chunk was transcribed, and ``done`` only when every chunk is.
         Computed from every chunk once, then kept until one of them changes, so paging
         through a long session does not read the whole session for each page."""
         if index.transcript is None:
@@ -287,6 +289,8 @@ class Index:
                     texts.append(transcript["text"])
             if "pending" in statuses:
                 status = "pending"
+            elif "failed" in statuses:
+                status = "failed"
             elif statuses == {"disabled"}:
                 status = "disabled"
             else:

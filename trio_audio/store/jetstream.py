@@ -79,7 +79,6 @@ from ..metrics import Metrics
 from ..models import Job
 from .events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed, Delete, Update, Write
 from .index import Entry, Index, Planned, SessionSummary, Stored
-from .log import BlobRef
 from .nats_bridge import (
     Follower,
     Message,
@@ -90,6 +89,7 @@ from .nats_bridge import (
     WrongLastSequence,
     open_nats,
 )
+from .record import BlobRef
 from .store import StoreStats
 
 logger = logging.getLogger("trio_audio.store.jetstream")

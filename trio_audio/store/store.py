@@ -46,21 +46,14 @@ from ..errors import (
     StoreError,
 )
 from ..metrics import Metrics
-from ..models import Job
+from ..models import Job, Reply
 from .compact import Fold, Snapshot, log_size, remove_replaced, write_snapshot
 from .events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed, Delete, Update, Write
+from .files import REAL_FILES, FileOps, lock_data_dir
 from .index import Entry, Index, Planned, SessionSummary, Stored
-from .log import (
-    REAL_FILES,
-    BlobRef,
-    FileOps,
-    LogWriter,
-    RecordType,
-    ReplayReport,
-    lock_data_dir,
-    read_blob,
-    replay,
-)
+from .record import BlobRef, RecordType
+from .replay import ReplayReport, read_blob, replay
+from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
 
@@ -173,6 +166,7 @@ class Store:
                 segment_max_bytes=self._config.segment_max_bytes,
                 proven_seq=report.durable_seq,
                 files=self._files,
+                manifest_interval_s=self._config.fsync_interval_s,
             )
             self._log_bytes = report.bytes
             # What replay read back is made durable and proven by a checkpoint, so that from
@@ -219,14 +213,21 @@ class Store:
                         else self._receive.receive_nowait()
                     )
             async with self._commit_lock:
-                events = await self._commit(batch)
+                events, answers = await self._commit(batch)
+            # Events before answers: by the time a writer hears "stored", the fan-out has its
+            # event (a client that sends "finalize" after its ack finds the chunk known).
             if self._events is not None:
                 for event in events:
                     await self._events.send(event)
+            for reply, value in answers:
+                reply.set(value)
             if self._compaction_due():
                 self._compact_wanted.set()
 
-    async def _commit(self, batch: list[Write]) -> list[Committed]:
+    async def _commit(self, batch: list[Write]) -> tuple[list[Committed], list[tuple[Reply, Any]]]:
+        """Write *batch* durably and apply it to the index; the events it makes and the
+        answers for its writers (sent by the caller, in that order). Refusals are answered
+        here and then."""
         started = trio.current_time()
         metrics = self._metrics
         plans: list[tuple[Write, list[Planned] | Record]] = []
@@ -259,14 +260,17 @@ class Store:
                 for write, _ in plans:
                     metrics.failed(error.code)
                     write.reply.fail(error)
-                return []
+                return [], []
             self._log_bytes += grown
         events: list[Committed] = []
+        answers: list[tuple[Reply, Any]] = []
         ref_iter = iter(refs)
         for write, plan in plans:
             if isinstance(write, Job):
                 assert isinstance(plan, list)
-                events += self._apply_job(write, plan, ref_iter)
+                results, stored = self._apply_job(write, plan, ref_iter)
+                answers.append((write.reply, results))
+                events += stored
             elif isinstance(write, Update):
                 next(ref_iter)
                 assert not isinstance(plan, list)
@@ -275,16 +279,16 @@ class Store:
                     write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
                     continue
                 chunk = self._index.chunk_json(meta)
-                write.reply.set(chunk)
+                answers.append((write.reply, chunk))
                 events.append(ChunkUpdated(chunk))
             else:
                 next(ref_iter)
                 assert not isinstance(plan, list)
                 removed = self._index.apply_tombstone(plan[1])
-                write.reply.set([entry.meta()["chunk_id"] for entry in removed])
+                answers.append((write.reply, [entry.meta()["chunk_id"] for entry in removed]))
                 events += _deleted_events(removed)
         metrics.observe_stage("store", trio.current_time() - started)
-        return events
+        return events, answers
 
     def _plan(
         self, write: Write, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
@@ -311,7 +315,9 @@ class Store:
                 raise NotFound(msg)
         return RecordType.TOMBSTONE, {"chunk_ids": chunk_ids}, None
 
-    def _apply_job(self, job: Job, plan: list[Planned], refs: Any) -> list[Committed]:
+    def _apply_job(
+        self, job: Job, plan: list[Planned], refs: Any
+    ) -> tuple[list[Stored], list[Committed]]:
         events: list[Committed] = []
         results = []
         for planned in plan:
@@ -326,8 +332,7 @@ class Store:
             results.append(Stored(chunk, created=True))
             self._metrics.stored(len(planned.part.body))
             events.append(ChunkStored(chunk, job.source, planned.part.speech_pcm))
-        job.reply.set(results)
-        return events
+        return results, events
 
     async def _write(self, records: list[Record]) -> tuple[list[BlobRef | None], int]:
         """Append, flush and (in ``always`` mode) fsync, in a thread; the refs and growth."""

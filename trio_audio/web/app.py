@@ -45,7 +45,9 @@ from ..models import Job, Part, check_id, parse_seq, parse_timestamp
 from ..pipeline.pipeline import Ingress
 from ..store import StoreBackend
 from ..store.index import Stored
+from . import session_events
 from .auth import RateLimiter, bearer
+from .console import register_console
 from .openapi import SPEC
 from .ws import QuartTransport, Session, WsContext
 
@@ -110,7 +112,7 @@ def create_app(
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
     session code as the dedicated listener.
     """
-    app = QuartTrio("trio_audio")
+    app = QuartTrio("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
@@ -150,12 +152,13 @@ def create_app(
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(InternalError("the server failed to handle this request"))
 
-    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/docs"}
 
     @app.before_request
     async def authenticate() -> None:
         """With auth on, every request but the open ones names its user by its token."""
-        if ws.tokens is not None and request.path not in open_paths:
+        path = request.path
+        if ws.tokens is not None and path not in open_paths and not path.startswith("/static/"):
             g.user_id = ws.tokens.user_for(bearer(request.headers.get("Authorization")))
 
     def owned(owner: str, what: str) -> None:
@@ -285,6 +288,32 @@ def create_app(
         body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted)}
         return json_response({**body, "chunk_ids": deleted})
 
+    @app.post("/sessions/<user_id>/<session_id>/end")
+    async def end_session(user_id: str, session_id: str) -> Response:
+        # Finalize now: the session's last words, without waiting for the idle timeout.
+        check_id("user_id", user_id)
+        check_id("session_id", session_id)
+        owned(user_id, f"user {user_id!r}")
+        ended = await session_events.end_session(store, ws.hub, ws.transcriber, user_id,
+                                                 session_id)  # fmt: skip
+        if ended is None:
+            raise NotFound(f"user {user_id!r} has no session {session_id!r}")
+        return json_response(ended)
+
+    @app.get("/sessions/<user_id>/<session_id>/events")
+    async def watch_session(user_id: str, session_id: str) -> Response:
+        # Server-sent events: the session's live results, as a WebSocket watcher gets them.
+        check_id("user_id", user_id)
+        check_id("session_id", session_id)
+        owned(user_id, f"user {user_id!r}")
+        stream = session_events.event_stream(ws.hub, user_id, session_id, ws.shutdown)
+        # Its end is the connection's end: no idle keep-alive left to hold a shutdown.
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
+        response = Response(stream, content_type="text/event-stream", headers=headers)
+        response.timeout = None  # it lasts as long as the client watches
+        return response
+
+    register_console(app)
     return app
 
 
