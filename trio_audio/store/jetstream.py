@@ -25,7 +25,9 @@ Writes and their guarantees:
 
 - A write is answered only after its PubAck, which JetStream sends once a quorum (2 of 3)
   has the message (each fsynced: the servers run ``sync_interval: always``), *and* after this
-  node's follower has applied it, so the node that answered 201 can read it at once.
+  node's follower has applied it and sent its events, so the node that answered 201 can read
+  it at once. (A follower lagging past twice ``store_timeout_s`` gets the write answered from
+  its plan: it is stored, and a 503 would make a client's retry store it again.)
 - ``(session, seq)`` is stored once across every node: a chunk is published with
   ``Nats-Expected-Last-Subject-Sequence: 0`` on its own subject ``…chunk.<seq>``, which
   JetStream accepts only while that subject is empty (a compare-and-append, checked by the
@@ -44,8 +46,9 @@ Writes and their guarantees:
   chunk messages from the stream (by sequence, or a purge of the session's subjects below the
   tombstone's sequence), so the audio is gone from every replica.
 
-Read-your-writes: on the node that acknowledged a write, always. On another node once its
-follower has applied it: milliseconds later on a healthy cluster, not guaranteed at once.
+Read-your-writes: on the node that acknowledged a write, always (but for that lag). On
+another node once its follower has applied it: milliseconds later on a healthy cluster, not
+guaranteed at once.
 
 Error handling: when no server answers a write within ``store_timeout_s`` (or the client is
 disconnected) the write fails with 503 ``unavailable`` and Retry-After: never a hang, never an
