@@ -319,6 +319,9 @@ async def test_restarting_every_node_rebuilds_state_from_the_stream(
             )  # fmt: skip
             assert response.status_code == 201
             acked[response.json()["chunk_id"]] = response.json()
+        for chunk_id in acked:  # A has B's last chunks too (it follows B's writes)
+            path = f"{a.url}/chunks/{chunk_id}"
+            await eventually(lambda path=path: client.get(path), 10)  # type: ignore[misc]
         listing = (await client.get(f"{a.url}/sessions/alice")).json()
     a.kill()
     b.kill()
