@@ -139,6 +139,16 @@ class Config:
     stage_timeout_s: float = attrs.field(
         default=10.0, validator=_positive, metadata={"help": "per-chunk timeout of each stage"}
     )
+    admit_max: int = attrs.field(
+        default=64,
+        validator=_positive,
+        metadata={"help": "uploads inside the service at once; more wait for a slot"},
+    )
+    admit_wait_s: float = attrs.field(
+        default=1.0,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "longest wait for an upload slot before 503 (0: refuse at once)"},
+    )
     retry_after_s: int = attrs.field(
         default=1, validator=_positive, metadata={"help": "Retry-After sent with a 503"}
     )

@@ -48,7 +48,9 @@ from .pipeline.pipeline import Ingress, run_pipeline
 from .store import StoreBackend
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
+from .web.admission import Admission
 from .web.app import Readiness, create_app
+from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
 from .web.ws import WsContext, message_limit, serve_ws
 
@@ -73,8 +75,14 @@ class Running:
 async def watch_signals(
     shutdown: trio.Event, service_scope: trio.CancelScope, drain_timeout_s: float
 ) -> None:
-    """Turn SIGINT/SIGTERM into *shutdown*; a second signal cancels the drain at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Turn SIGINT/SIGTERM/SIGHUP into *shutdown*; a second signal cancels the drain at once.
+
+    SIGHUP is left alone when the process started with it ignored (``nohup``).
+    """
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        wanted.append(signal.SIGHUP)
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
 
             async def first_signal() -> None:
@@ -98,10 +106,16 @@ async def serve_http(
     app: QuartTrio,
     ingress: Ingress,
     shutdown: trio.Event,
+    admission: Admission | None = None,
+    metrics: Metrics | None = None,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hypercorn's trio worker on ``config.host:config.port`` until *shutdown*.
+
+    The app is served behind the front door (``web/asgi.py``): a refusal never leaves its
+    keep-alive connection hung, and once *shutdown* is set, idle connections close, requests
+    in flight get their answers with ``Connection: close``, and new ones get 503.
 
     Resource handling: owns its *ingress* clone and closes it once the server has finished
     its in-flight requests, which lets the pipeline drain.
@@ -113,10 +127,31 @@ async def serve_http(
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.websocket_max_message_size = message_limit(config)
     hyper.read_timeout = max(1, round(config.read_timeout_s))
+    # An idle keep-alive connection is a socket read too. Hypercorn's default (5 s) is httpx's
+    # own idle expiry: a client would often send into a connection just being closed.
+    hyper.keep_alive_timeout = config.read_timeout_s
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        await hypercorn_serve(app, hyper, shutdown_trigger=shutdown.wait, task_status=task_status)
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s,
+                         admission=admission, metrics=metrics)  # fmt: skip
+        await hypercorn_serve(
+            door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
+        )
+
+
+def admission_gauge(admission: Admission) -> dict[str, float]:
+    """Uploads inside, waiting for a slot, admitted and refused so far, the last queueing
+    delay, and whether the gate is refusing new arrivals at once (overloaded)."""
+    stats = admission.statistics()
+    return {
+        'state="inside"': stats.inside,
+        'state="waiting"': stats.waiting,
+        'state="admitted_total"': stats.admitted,
+        'state="refused_total"': stats.refused,
+        'state="queue_delay_seconds"': round(stats.last_delay_s, 6),
+        'state="overloaded"': float(stats.overloaded),
+    }
 
 
 def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
@@ -213,7 +248,12 @@ async def serve(
                         lambda: {f'store="{store.stats().backend}"': store.stats().chunks},
                     )
                     metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
-                    binds = await front.start(serve_http, config, app, http_ingress, shutdown)
+                    admission = Admission(config.admit_max, max_wait_s=config.admit_wait_s,
+                                          retry_after_s=config.retry_after_s)  # fmt: skip
+                    metrics.gauge("trio_audio_admission", lambda: admission_gauge(admission))
+                    binds = await front.start(
+                        serve_http, config, app, http_ingress, shutdown, admission, metrics
+                    )
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True

@@ -67,6 +67,9 @@ class WorkerProcess:
                     stdout=subprocess.PIPE,
                     env=env,
                     check=False,
+                    # Not in the terminal's process group: a Ctrl-C is the service's to
+                    # handle (it closes the worker's stdin), even while the worker imports.
+                    start_new_session=True,
                     task_status=task_status,
                 )
 

@@ -14,6 +14,7 @@ reaches the parent's pipe.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import BinaryIO
 
@@ -87,6 +88,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when this worker stops (it
+    # closes stdin), so the interrupt is not the worker's to act on, nor to print.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the engine's prints go to stderr, never into the frames
     serve(sys.stdin.buffer, out)
