@@ -73,6 +73,26 @@ class Config:
         validator=_positive,
         metadata={"help": "... and this share of the log's bytes"},
     )
+    store: str = attrs.field(
+        default="",
+        metadata={"help": "empty: the local log; nats://h1:4222,nats://h2:4222,...: JetStream"},
+    )
+    store_stream: str = attrs.field(
+        default="AUDIO", metadata={"help": "JetStream stream (and subject prefix) of the log"}
+    )
+    store_replicas: int = attrs.field(
+        default=3, validator=_positive, metadata={"help": "replicas of the stream (1: dev set-up)"}
+    )
+    store_timeout_s: float = attrs.field(
+        default=4.0,
+        validator=_positive,
+        metadata={"help": "how long a write waits for the cluster before 503 unavailable"},
+    )
+    store_dedupe_s: float = attrs.field(
+        default=120.0,
+        validator=_positive,
+        metadata={"help": "the stream's duplicate window for re-sent publishes"},
+    )
     commit_batch_max: int = attrs.field(
         default=256, validator=_positive, metadata={"help": "most records in one group commit"}
     )

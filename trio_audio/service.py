@@ -45,6 +45,7 @@ from .fanout import fan_out
 from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
+from .store import StoreBackend
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
 from .web.access import Access
@@ -64,7 +65,7 @@ class Running:
 
     http_url: str
     ws_url: str
-    store: Store
+    store: StoreBackend
     metrics: Metrics
     readiness: Readiness
     limiter: trio.CapacityLimiter
@@ -194,6 +195,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def open_store(config: Config, metrics: Metrics, files: FileOps) -> StoreBackend:
+    """The backend ``config.store`` names: the local log (files: the layer under it) or,
+    for ``nats://...``, the JetStream cluster."""
+    if config.store:
+        from .store.jetstream import JetStreamStore
+
+        return JetStreamStore(config, metrics=metrics)
+    return Store(config, metrics=metrics, files=files)
+
+
 async def serve(
     config: Config,
     *,
@@ -213,7 +224,7 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = Store(config, metrics=metrics, files=files)  # files: the layer under the log
+    store = open_store(config, metrics, files)
     events = store.events()
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
@@ -236,7 +247,8 @@ async def serve(
                     ws = WsContext(config, store, hub, metrics, shutdown, transcriber, access)
                     app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
                     metrics.gauge(
-                        "trio_audio_store_chunks", lambda: {'store="local"': store.stats().chunks}
+                        "trio_audio_store_chunks",
+                        lambda: {f'store="{store.stats().backend}"': store.stats().chunks},
                     )
                     metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
                     admission = Admission(config.admit_max, max_wait_s=config.admit_wait_s,
