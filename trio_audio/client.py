@@ -28,7 +28,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429}
+RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429, 4507}
 BACKOFF_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 

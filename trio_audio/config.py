@@ -175,6 +175,11 @@ class Config:
     ws_flow_interval_s: float = attrs.field(
         default=1.0, validator=_positive, metadata={"help": "period of 'flow' messages"}
     )
+    ws_send_timeout_s: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata={"help": "a WebSocket client that reads nothing for this long is cut off"},
+    )
 
     # Speech: transcription and voice activity.
     asr_engine: str = attrs.field(

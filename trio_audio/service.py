@@ -48,11 +48,13 @@ from .pipeline.pipeline import Ingress, run_pipeline
 from .store import StoreBackend
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
+from .web.access import Access
 from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
-from .web.ws import WsContext, message_limit, serve_ws
+from .web.transports import message_limit, serve_ws
+from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
 
@@ -241,8 +243,9 @@ async def serve(
                     async with ingress:  # each server owns a clone; the pipeline ends with the last
                         http_ingress, ws_ingress = ingress.clone(), ingress.clone()
                     rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, tokens, rate)
-                    app = create_app(config, store, http_ingress, metrics, readiness, ws)
+                    access = Access(tokens, rate)  # one for HTTP and WebSocket alike
+                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, access)
+                    app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
                     metrics.gauge(
                         "trio_audio_store_chunks",
                         lambda: {f'store="{store.stats().backend}"': store.stats().chunks},

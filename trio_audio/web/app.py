@@ -48,16 +48,15 @@ from ..pipeline.pipeline import Ingress
 from ..store import StoreBackend
 from ..store.index import Stored
 from . import session_events
-from .auth import RateLimiter, bearer
+from .access import Access
 from .console import register_console
+from .media import CONTAINER_TYPES, OCTETS
 from .openapi import SPEC
-from .ws import QuartTransport, Session, WsContext
+from .transports import QuartTransport
+from .ws import Session, WsContext
 
 logger = logging.getLogger("trio_audio.web")
 
-OCTETS: Final = "application/octet-stream"
-AUDIO_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg",
-                      "mp3": "audio/mpeg"}  # fmt: skip
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
@@ -154,17 +153,18 @@ def create_app(
     metrics: Metrics,
     readiness: Readiness,
     ws: WsContext,
+    access: Access,
 ) -> QuartTrio:
     """The quart-trio app, bound to the store and the pipeline's ingress.
 
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
-    session code as the dedicated listener.
+    session code as the dedicated listener. *access* (tokens and rate limit) is the same
+    object the WebSocket sessions use.
     """
     app = App("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
-    rate = ws.rate or RateLimiter(0, 1)
 
     @contextlib.contextmanager
     def body_deadline(length: int | None) -> Iterator[None]:
@@ -232,8 +232,8 @@ def create_app(
     async def authenticate() -> None:
         """With auth on, every request but the open ones names its user by its token."""
         path = request.path
-        if ws.tokens is not None and path not in open_paths and not path.startswith("/static/"):
-            g.user_id = ws.tokens.user_for(bearer(request.headers.get("Authorization")))
+        if path not in open_paths and not path.startswith("/static/"):
+            g.user_id = access.user_for_request(request.headers)
 
     def owned(owner: str, what: str) -> None:
         """Another user's data is reported missing: its existence must not leak."""
@@ -278,7 +278,7 @@ def create_app(
         user = g.get("user_id")
         multipart = media_type == "multipart/form-data"
         if not multipart and (user is not None or request.args.get("user_id")):
-            rate.take(user or request.args["user_id"])  # before reading the body
+            access.take(user or request.args["user_id"])  # before reading the body
         filenames: list[str | None] = []
         with body_deadline(request.content_length):
             if media_type == "multipart/form-data":
@@ -306,7 +306,7 @@ def create_app(
                     msg = f"the file part is over the {config.max_part_bytes} byte limit"
                     return part_problem(PayloadTooLarge(msg), index, filenames[index])
             if owner := user or fields.get("user_id"):
-                rate.take(owner, len(uploads))  # one upload per file part
+                access.take(owner, len(uploads))  # one upload per file part
         fields = authorize_fields(fields, user)
         job = build_job(fields, uploads)
         ingress.submit_nowait(job)
@@ -344,7 +344,7 @@ def create_app(
         # header: a "text/html" upload must not come back as a page a browser runs.
         container = store.get(chunk_id)["audio"]["container"]
         headers = {"X-Content-Type-Options": "nosniff"}
-        return Response(data, content_type=AUDIO_TYPES.get(container, OCTETS), headers=headers)
+        return Response(data, content_type=CONTAINER_TYPES.get(container, OCTETS), headers=headers)
 
     @app.websocket("/ws")
     async def ws_session() -> None:
