@@ -35,7 +35,7 @@ def feed_all(s: Streams, key: str, audio: np.ndarray, start_ms: float = 0.0,
 @pytest.fixture(scope="module")
 def grammar(tmp_path_factory: pytest.TempPathFactory) -> EngineOptions:
     path = grammar_file(tmp_path_factory.mktemp("grammar"))
-    return EngineOptions(grammar=str(path))
+    return EngineOptions(engine="pocketsphinx", grammar=str(path))
 
 
 def check_words(words: list[dict[str, float]] | list, lo_ms: float, hi_ms: float) -> None:
@@ -62,8 +62,8 @@ def test_a_grammar_gives_the_exact_sentence_with_partials_first(grammar: EngineO
     assert results[-1].final_until_ms == pytest.approx(2000 + audio.size / 16, abs=1)
 
 
-def test_the_default_model_finds_words_in_speech_and_none_in_silence() -> None:
-    s = streams(EngineOptions())
+def test_the_pocketsphinx_model_finds_words_in_speech_and_none_in_silence() -> None:
+    s = streams(EngineOptions(engine="pocketsphinx"))
     silent = feed_all(s, "u/quiet", np.zeros(3 * RATE, np.float32))
     assert not any(r.finals or r.partial for r in silent)
     assert silent[-1].final_until_ms == pytest.approx(3000, abs=1)
@@ -117,10 +117,10 @@ def test_engines_are_found_by_name_or_by_path(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="asr_engine must be one of"):
         check_options(EngineOptions(engine="vosk"))
     with pytest.raises(EngineError, match="does not exist"):
-        check_options(EngineOptions(grammar=str(tmp_path / "missing.gram")))
+        check_options(EngineOptions(engine="pocketsphinx", grammar=str(tmp_path / "missing.gram")))
     with pytest.raises(EngineError, match="cannot load"):
         load_engine(EngineOptions(engine="no_such_module:Engine"))
     bad = tmp_path / "bad.gram"
     bad.write_text("this is not JSGF")
     with pytest.raises(EngineError):
-        load_engine(EngineOptions(grammar=str(bad))).open_stream()
+        load_engine(EngineOptions(engine="pocketsphinx", grammar=str(bad))).open_stream()

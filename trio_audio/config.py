@@ -143,8 +143,8 @@ class Config:
 
     # Speech: transcription and voice activity.
     asr_engine: str = attrs.field(
-        default="pocketsphinx",
-        metadata={"help": "speech engine: pocketsphinx, none, or package.module:Class"},
+        default="whisper",
+        metadata={"help": "speech engine: whisper, pocketsphinx, none, or package.module:Class"},
     )
     asr_model_dir: str = attrs.field(
         default="", metadata={"help": "engine model directory (empty: the model it ships)"}
@@ -161,7 +161,7 @@ class Config:
     asr_streams_per_worker: int = attrs.field(
         default=4,
         validator=_positive,
-        metadata={"help": "decoders per worker (~90 MB each with the default model)"},
+        metadata={"help": "decoders per worker (pocketsphinx: ~90 MB each)"},
     )
     asr_backlog: int = attrs.field(
         default=64, validator=_positive, metadata={"help": "chunks queued per worker"}
