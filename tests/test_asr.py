@@ -124,3 +124,18 @@ def test_engines_are_found_by_name_or_by_path(tmp_path: Path) -> None:
     bad.write_text("this is not JSGF")
     with pytest.raises(EngineError):
         load_engine(EngineOptions(engine="pocketsphinx", grammar=str(bad))).open_stream()
+
+
+def test_the_same_audio_in_a_fresh_session_gives_the_same_words_whatever_ran_before() -> None:
+    # One decoder serves every session in turn: nothing of one session may reach the next.
+    s = streams(EngineOptions(engine="pocketsphinx"), max_streams=1)
+    audio = speak("the weather is nice today")
+    louder = 3.0 * speak("the weather is nice today and the sun is shining")
+    texts = []
+    for i, other in enumerate((None, louder, 0.2 * speak(OTHER_SENTENCE), None)):
+        if other is not None:
+            results = feed_all(s, f"u/other{i}", other) + s.close(f"u/other{i}")
+            assert any(r.finals for r in results)
+        results = feed_all(s, f"u/same{i}", audio) + s.close(f"u/same{i}")
+        texts.append(" ".join(u.text for r in results for u in r.finals))
+    assert texts[0] and texts == [texts[0]] * 4

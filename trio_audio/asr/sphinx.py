@@ -61,7 +61,13 @@ class PocketsphinxEngine:
 
 
 class SphinxStream:
-    """One pocketsphinx ``Decoder``, reused utterance after utterance."""
+    """One pocketsphinx ``Decoder``, reused utterance after utterance (of any session).
+
+    The decoder normalises the cepstrum by a mean it learns as it hears (``-cmn batch``)
+    and would carry it from one utterance into the next: the words of a session would
+    depend on whoever spoke into the decoder before. Each utterance starts from the model's
+    own initial mean instead, so the same audio gives the same words whatever ran before.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         from pocketsphinx import Decoder
@@ -71,8 +77,10 @@ class SphinxStream:
         except (RuntimeError, ValueError) as exc:
             msg = f"pocketsphinx cannot start with {config}: {exc}"
             raise EngineError(msg) from exc
+        self.initial_cmn: str = self.decoder.get_cmn(False)
 
     def start(self) -> None:
+        self.decoder.set_cmn(self.initial_cmn)
         self.decoder.start_utt()
 
     def feed(self, pcm: bytes) -> None:
