@@ -182,7 +182,7 @@ class Config:
     vad_mode: int = attrs.field(
         default=2,
         validator=[attrs.validators.ge(0), attrs.validators.le(3)],
-        metadata={"help": "WebRTC VAD aggressiveness 0-3"},
+        metadata={"help": "VAD strictness 0-3: Silero speech threshold 0.3/0.4/0.5/0.6"},
     )
     vad_gap_ms: float = attrs.field(
         default=500.0,

@@ -5,7 +5,8 @@ session (small: its VAD state and at most a second or so of audio) and a pool of
 ``max_streams`` engine streams (large). A session borrows an engine stream only while it is
 inside an utterance:
 
-- a ``vad.Segmenter`` watches the session's audio; a confirmed speech segment starts an
+- a ``vad.Detector`` (Silero) and a ``vad.Segmenter`` watch the session's audio; a confirmed
+  speech segment (tones, music and noise are not speech) starts an
   utterance ``PREROLL_MS`` before the speech, so the first word is not clipped;
 - the utterance ends (final words) when ``gap_ms`` of silence follow the speech, on
   ``finish`` (the client's ``finalize``, the session's end, or its idle timeout), at a gap in
@@ -23,7 +24,6 @@ from typing import Any, Final
 
 import attrs
 import numpy as np
-import webrtcvad
 
 from ..audio import vad
 from .engine import Engine, EngineStream, Hypothesis, Word
@@ -78,7 +78,7 @@ class SessionStream:
     def __init__(self, key: str, owner: Streams, start: int = 0) -> None:
         self.key = key
         self.owner = owner
-        self.vad = webrtcvad.Vad(owner.vad_mode)
+        self.detector = vad.Detector(owner.vad_mode)
         self.finals: list[Utterance] = []
         self.partial: Hypothesis | None = None
         self.last_partial = ""
@@ -87,6 +87,7 @@ class SessionStream:
 
     def _reset(self, start: int) -> None:
         self.segmenter = vad.Segmenter(self.owner.gap_ms)
+        self.detector.reset()
         self.origin = start  # session sample of the segmenter's frame 0
         self.buffer = np.zeros(0, np.int16)  # audio not yet given to an engine
         self.buffer_start = start
@@ -117,13 +118,13 @@ class SessionStream:
         self.buffer = np.concatenate([self.buffer, pcm])
         self.position += pcm.size
         frame = vad.FRAME_SAMPLES
-        while True:
+        first = self.origin + self.segmenter.frame * frame
+        count = (self.position - first) // frame
+        lo = first - self.buffer_start
+        flags = self.detector.flags(self.buffer[lo : lo + max(count, 0) * frame])
+        for speech in flags:  # one call to the VAD for every frame this audio completes
             at = self.origin + self.segmenter.frame * frame
-            if at + frame > self.position:
-                break
-            lo = at - self.buffer_start
-            speech = self.vad.is_speech(self.buffer[lo : lo + frame].tobytes(), RATE)
-            for kind, index in self.segmenter.push(speech):
+            for kind, index in self.segmenter.push(bool(speech)):
                 if kind == "start":
                     self._begin(self.origin + index * frame - PREROLL_MS * SAMPLES_PER_MS)
                 else:
@@ -151,6 +152,7 @@ class SessionStream:
         if self.utt_start is not None:
             self._end()
         self.segmenter = vad.Segmenter(self.owner.gap_ms)  # a new segment must be heard
+        self.detector.reset()
         self.origin = self.position
         self._trim()
 
