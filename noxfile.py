@@ -1,5 +1,6 @@
-"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``; on demand ``crash`` (the
-long kill -9 run), ``bench`` (load and overload), ``bench_store`` (storage numbers).
+"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``; ``browser`` (the web console
+in headless Chromium, which CI also runs); on demand ``crash`` (the long kill -9 run),
+``bench`` (load and overload), ``bench_store`` (storage numbers).
 
 ``nox`` with no arguments runs lint, typecheck and tests, which is what CI runs.
 """
@@ -19,6 +20,15 @@ def tests(session: nox.Session) -> None:
     """The whole suite: unit tests and end-to-end tests against real servers."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The web console in Debian's headless Chromium (``/usr/bin/chromium``, from apt; never a
+    downloaded browser), driven by Playwright: live capture, browse and play, the token flow.
+    Screenshots of each state go under each test's tmp dir; their paths are printed."""
+    session.install("-e", ".[test]", "playwright")
+    session.run("pytest", "-s", "-m", "browser", "tests/test_console.py", *session.posargs)
 
 
 @nox.session

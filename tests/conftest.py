@@ -17,7 +17,7 @@ import trio
 
 from trio_audio.config import Config
 from trio_audio.service import Running, serve
-from trio_audio.store.log import REAL_FILES, FileOps
+from trio_audio.store.files import REAL_FILES, FileOps
 
 from .processes import Process
 

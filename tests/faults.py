@@ -1,4 +1,4 @@
-"""File-layer doubles that sit under the log (``trio_audio.store.log.FileOps``).
+"""File-layer doubles that sit under the log (``trio_audio.store.files.FileOps``).
 
 Every call still goes to the real file system; the doubles only add what a disk or a power
 cut can do on top:
@@ -20,7 +20,7 @@ import random
 import shutil
 from pathlib import Path
 
-from trio_audio.store.log import FileOps
+from trio_audio.store.files import FileOps
 
 SECTOR = 512
 
@@ -69,6 +69,18 @@ class PowerLossFiles(FileOps):
         self.durable.pop(path, None)
         self.pending.pop(path, None)
         self.unnamed.discard(path)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        # Taken as atomic: a power cut leaves the old file or the new one (never tested
+        # here: the one file renamed over another, the manifest, is valid either way).
+        super().rename(src, dst)
+        if src in self.durable:
+            self.durable[dst] = self.durable.pop(src)
+        if src in self.pending:
+            self.pending[dst] = self.pending.pop(src)
+        if src in self.unnamed:
+            self.unnamed.discard(src)
+            self.unnamed.add(dst)
 
     def fsync_dir(self, path: Path) -> None:
         super().fsync_dir(path)

@@ -20,7 +20,8 @@ import atheris
 with atheris.instrument_imports():
     from trio_audio.audio.decode import RawFormat, decode
     from trio_audio.errors import ServiceError, StoreError
-    from trio_audio.store.log import log_dir, replay
+    from trio_audio.store.files import log_dir
+    from trio_audio.store.replay import replay
     from trio_audio.web.ws import parse_control, parse_start
 
 MEDIA = ["", "audio/wav", "audio/flac", "audio/ogg", "audio/mpeg", "application/octet-stream",

@@ -18,25 +18,29 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trio_audio.config import Config
 from trio_audio.errors import CorruptLog, StoreError
 from trio_audio.service import Running, serve
-from trio_audio.store.log import (
+from trio_audio.store.check import check
+from trio_audio.store.files import MANIFEST_FILE, list_segments, list_snapshots, segment_name
+from trio_audio.store.record import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
-    LogWriter,
+    SEGMENT_HEADER_SIZE,
     RecordType,
-    list_segments,
-    list_snapshots,
-    read_blob,
+    parse_manifest,
 )
+from trio_audio.store.replay import read_blob
 from trio_audio.store.store import Store
+from trio_audio.store.writer import LogWriter
 
 from .audio_samples import pcm_s16le, wav
 from .conftest import Server, StartServer, upload_params
 from .faults import Crash, FaultyFiles, PowerLossFiles
-from .test_log import flip_bit, frame_ends, replay_all
+from .logs import flip_bit, frame_ends, replay_all
 
 Written = tuple[int, dict[str, Any], bytes]
 
@@ -183,7 +187,7 @@ def build_log(data_dir: Path, first: int, count: int) -> None:
 async def state_of(data_dir: Path) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         store: Store = await nursery.start(Store(Config(data_dir=data_dir)).run)
-        state = {c: (store.get(c), (await store.read_audio(c))[0]) for c in store.chunks}
+        state = {c: (store.get(c), (await store.read_audio(c))[0]) for c in store.chunk_ids()}
         nursery.cancel_scope.cancel()
     return state
 
@@ -226,7 +230,9 @@ async def test_compaction_replays_to_the_same_state_from_a_crash_at_every_step(
             image = tmp_path / f"image{n}"
             assert await state_of(image) == expected, n
             names = log_files(image)
-            assert all(name.endswith((".seg", ".snap")) for name in names), (n, names)
+            assert all(
+                name.endswith((".seg", ".snap")) or name == MANIFEST_FILE for name in names
+            ), (n, names)
             assert len(list_snapshots(image)) == 1
             n += 1
         else:
@@ -309,7 +315,7 @@ async def test_deletes_are_durable_and_compaction_reclaims_their_space(
 
     server = await start_server()  # the deletes survive a restart
     store = server.running.store
-    assert sorted(store.chunks) == sorted(c["chunk_id"] for c in kept)
+    assert sorted(store.chunk_ids()) == sorted(c["chunk_id"] for c in kept)
     before = sum(p.stat().st_size for p in (data_dir / "log").iterdir())
     snapshot = await store.compact()
     assert snapshot is not None and snapshot.records == 2
@@ -323,9 +329,8 @@ async def test_deletes_are_durable_and_compaction_reclaims_their_space(
     await server.stop()
 
     server = await start_server()
-    assert len(server.running.store.chunks) == 3
-    assert server.running.store.report is not None
-    assert server.running.store.report.snapshot == snapshot.name
+    assert server.running.store.stats().chunks == 3
+    assert server.running.store.stats().snapshot == snapshot.name
 
 
 async def test_deleting_enough_compacts_by_itself(start_server: StartServer) -> None:
@@ -335,7 +340,7 @@ async def test_deleting_enough_compacts_by_itself(start_server: StartServer) -> 
         for chunk in chunks[:2]:
             assert (await client.delete(f"/chunks/{chunk['chunk_id']}")).status_code == 200
         with trio.fail_after(10):
-            while server.running.store.compactions == 0:  # noqa: ASYNC110 - polled, bounded
+            while server.running.store.stats().compactions == 0:  # noqa: ASYNC110 - polled, bounded
                 await trio.sleep(0.01)
         audio = await client.get(f"/chunks/{chunks[2]['chunk_id']}/audio")
         assert audio.content == wav(500, 0.25)
@@ -417,7 +422,7 @@ async def test_fsync_failure_never_acknowledges_and_stops_the_service(
     if write == "upload":
         assert again.running.store.get(first["chunk_id"]) == first
     else:  # the unacknowledged delete may or may not have reached the disk: whole either way
-        assert first["chunk_id"] not in again.running.store.chunks or (
+        assert not again.running.store.has(first["chunk_id"]) or (
             again.running.store.get(first["chunk_id"]) == first
         )
     assert (await upload_again(again)).status_code == 201  # and it takes uploads again
@@ -534,6 +539,32 @@ def test_check_reports_and_repair_salvages(tmp_path: Path) -> None:
             assert {**meta, "offset_ms": 0} == {**expected[chunk_id][0], "offset_ms": 0}
 
 
+def test_check_applies_replays_rules_and_refuses_what_is_no_log(tmp_path: Path) -> None:
+    missing = run_cli("check", str(tmp_path / "nowhere"))
+    assert missing.returncode == 3 and f"no data dir at {tmp_path / 'nowhere'}" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_cli("check", str(tmp_path / "empty"))
+    assert empty.returncode == 3 and "no log in" in empty.stderr
+
+    data_dir = tmp_path / "data"
+    build_log(data_dir, 1, 30)
+    healthy = run_cli("check", str(data_dir))
+    assert healthy.returncode == 0, healthy.stdout
+    _, records = replay_all(data_dir)
+    assert f"{len(records)} records + " in healthy.stdout
+    names = list_segments(data_dir)
+    assert len(names) >= 3
+    for victim in (names[-1], names[1], names[0]):  # newest, a middle one, the first
+        image = tmp_path / f"without-{victim}"
+        shutil.copytree(data_dir, image)
+        (image / "log" / victim).unlink()
+        result = run_cli("check", str(image))
+        assert result.returncode == 1, result.stdout
+        with pytest.raises(CorruptLog) as info:
+            replay_all(image)
+        assert f"CORRUPT: {info.value.path} offset {info.value.offset}" in result.stdout
+
+
 def test_check_of_a_frame_length_flip_resyncs(tmp_path: Path) -> None:
     build_log(tmp_path, 1, 12)
     _, records = replay_all(tmp_path)
@@ -591,7 +622,7 @@ def test_a_log_of_hundreds_of_records_cut_at_every_offset(tmp_path: Path) -> Non
 
 
 def test_audio_holding_a_checkpoint_frame_proves_nothing(tmp_path: Path) -> None:
-    from trio_audio.store.log import build_checkpoint
+    from trio_audio.store.record import build_checkpoint
 
     fake = build_checkpoint(0x0BADC0DE, 1 << 40)  # another salt: it never verifies here
     writer = LogWriter(tmp_path, next_seq=1)
@@ -607,3 +638,112 @@ def test_audio_holding_a_checkpoint_frame_proves_nothing(tmp_path: Path) -> None
     report, records = replay_all(tmp_path)  # a torn tail, not "corruption"
     assert [r.meta["n"] for r in records] == [0]
     assert report.torn_bytes > 0
+
+
+# -- the log's structure: any damage is refused by replay and check, or loses nothing ---------
+
+DAMAGE_EXAMPLES = int(os.environ.get("TRIO_AUDIO_CRASH_ROUNDS", "6")) * 5
+
+
+@st.composite
+def damaged_logs(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "sizes": draw(st.lists(st.integers(0, 300), min_size=1, max_size=30)),
+        "segment_max": draw(st.sampled_from([400, 1200, 1 << 20])),
+        "manifest_at": draw(st.integers(0, 30)),  # records the last manifest rewrite covers
+        "clean": draw(st.booleans()),  # a clean close, or a crash after the last fsync
+        "damage": draw(
+            st.sampled_from(["truncate", "remove", "copy-segment", "flip", "copy-record"])
+        ),
+        "pick": draw(st.integers(0, 1 << 32)),
+        "at": draw(st.floats(0, 1, exclude_max=True)),
+    }
+
+
+def write_acknowledged(data_dir: Path, case: dict[str, Any]) -> tuple[list[Written], int]:
+    """Each record fsync'd before the next (acknowledged, as in ``always`` mode); the
+    manifest rewritten after record *manifest_at* and otherwise only when a segment rolls,
+    and at the close when it is clean. Returns the records and the manifest's durable seq."""
+    writer = LogWriter(
+        data_dir, next_seq=1, segment_max_bytes=case["segment_max"], manifest_interval_s=1e9
+    )
+    written: list[Written] = []
+    for n, size in enumerate(case["sizes"]):
+        audio = bytes([n % 251]) * size
+        meta = chunk_meta(n, "s")
+        seq, _ = writer.append(RecordType.CHUNK, meta, audio)
+        writer.flush()
+        writer.sync()
+        written.append((seq, meta, audio))
+        if n + 1 == case["manifest_at"]:
+            writer.checkpoint()
+    if case["clean"]:
+        writer.checkpoint()
+    writer.close()
+    manifest = parse_manifest((data_dir / "log" / MANIFEST_FILE).read_bytes())
+    assert not isinstance(manifest, str)
+    return written, manifest.durable
+
+
+def damage(data_dir: Path, case: dict[str, Any]) -> None:
+    directory = data_dir / "log"
+    segments = list_segments(data_dir)
+    files = [*segments, MANIFEST_FILE]
+    rng = random.Random(case["pick"])
+    name = rng.choice(files if case["damage"] in ("truncate", "flip", "remove") else segments)
+    path = directory / name
+    data = path.read_bytes()
+    at = int(case["at"] * len(data))
+    if case["damage"] == "truncate":
+        path.write_bytes(data[:at])
+    elif case["damage"] == "flip":
+        flip_bit(path, at, rng.randrange(8))
+    elif case["damage"] == "remove":
+        path.unlink()
+    elif case["damage"] == "copy-segment":  # under the name of any other seq
+        other = rng.randrange(1, int(segments[-1][:16]) + 40)
+        target = directory / segment_name(other)
+        if target != path:
+            target.write_bytes(data)
+    else:  # a record's frame written again, at a frame boundary of any segment
+        ends = [SEGMENT_HEADER_SIZE, *frame_ends(data)]
+        if len(ends) > 1:
+            i = rng.randrange(len(ends) - 1)
+            frame = data[ends[i] : ends[i + 1]]
+            into = directory / rng.choice(segments)
+            target_data = into.read_bytes()
+            cut = rng.choice([SEGMENT_HEADER_SIZE, *frame_ends(target_data)])
+            into.write_bytes(target_data[:cut] + frame + target_data[cut:])
+
+
+@settings(
+    max_examples=DAMAGE_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=damaged_logs())
+def test_any_damage_is_refused_by_replay_and_check_or_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory, case: dict[str, Any]
+) -> None:
+    """Either replay (as ``serve`` does) gives back exactly the acknowledged records, all
+    of them up to the manifest's durable seq (the stated window: records fsync'd after the
+    manifest's last rewrite may be cut with the newest segment's tail), and ``check`` says
+    the log is sound; or both refuse, naming the same file and offset."""
+    data_dir = tmp_path_factory.mktemp("damage")
+    written, durable = write_acknowledged(data_dir, case)
+    damage(data_dir, case)
+    checked = check(data_dir)  # first: replay changes files (it cuts a torn tail)
+    try:
+        _, records = replay_all(data_dir)
+    except CorruptLog as exc:
+        assert exc.path.startswith(str(data_dir / "log")) and exc.offset >= 0
+        assert checked.corrupt, (exc, checked)
+        assert any(
+            (d.path, d.offset, d.torn) == (exc.path, exc.offset, False) for d in checked.damage
+        ), (exc, checked.damage)
+        return
+    assert not checked.corrupt, checked.damage
+    assert len(records) >= durable, (len(records), durable)
+    assert checked.records == len(records)
+    got = [(r.seq, r.meta, read_blob(data_dir, r.blob) if r.blob else None) for r in records]
+    assert got == written[: len(records)]

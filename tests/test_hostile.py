@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 
 from trio_audio.audio.decode import RawFormat, decode
 from trio_audio.errors import ServiceError, StoreError
-from trio_audio.store.log import LogWriter, RecordType, list_segments, log_dir, replay
+from trio_audio.store.files import list_segments, log_dir
+from trio_audio.store.record import RecordType
+from trio_audio.store.replay import replay
+from trio_audio.store.writer import LogWriter
 from trio_audio.web.ws import parse_control, parse_start
 
 from .strategies import AUDIO_INPUT, JSON_VALUES, MEDIA_TYPES, start_messages

@@ -7,14 +7,14 @@ from trio_audio.hub import Hub
 
 async def test_watchers_of_a_session_get_its_messages_but_not_their_own_echo() -> None:
     hub = Hub(queue_size=4)
-    me = object()
+    me = "socket-1"
     with (
-        hub.subscribe("u", "s", origin=me) as mine,
+        hub.subscribe("u", "s", source=me) as mine,
         hub.subscribe("u", "s") as other,
         hub.subscribe("u", "elsewhere") as unrelated,
     ):
         hub.publish("u", "s", {"n": 1})
-        hub.publish("u", "s", {"n": 2}, origin=me)
+        hub.publish("u", "s", {"n": 2}, source=me)
         assert other.receive.receive_nowait() == {"n": 1}
         assert other.receive.receive_nowait() == {"n": 2}
         assert mine.receive.receive_nowait() == {"n": 1}

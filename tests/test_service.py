@@ -10,6 +10,10 @@ from pathlib import Path
 
 import httpx
 
+from trio_audio.store.files import MANIFEST_FILE
+from trio_audio.store.record import Manifest, Record, pack_manifest
+from trio_audio.store.replay import replay
+
 from .audio_samples import encode, pcm_s16le, sine, wav
 from .conftest import StartServer, upload_params
 from .processes import Process
@@ -67,7 +71,12 @@ async def test_torn_tail_is_cut_and_the_service_starts(
     await server.stop()
     segment = segments(data_dir)[-1]
     size = segment.stat().st_size
-    with segment.open("r+b") as f:  # a crash in the middle of writing the last record
+    records: list[Record] = []
+    replay(data_dir, records.append, dry_run=True)
+    last = records[-1]  # the manifest was last rewritten before it, and then ...
+    manifest = Manifest(int(segment.name[:16]), last.offset, last.seq - 1)
+    (segment.parent / MANIFEST_FILE).write_bytes(pack_manifest(manifest))
+    with segment.open("r+b") as f:  # ... a crash in the middle of writing it
         f.truncate(size - 100)
 
     again = await start_server()

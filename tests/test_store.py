@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,17 @@ import trio
 
 from trio_audio.config import Config
 from trio_audio.errors import NotFound
-from trio_audio.store.log import LogWriter, RecordType
+from trio_audio.store.files import FileOps
+from trio_audio.store.index import SessionSummary
+from trio_audio.store.record import RecordType
 from trio_audio.store.store import Store
+from trio_audio.store.writer import LogWriter
+
+
+def summary(store: Store) -> SessionSummary:
+    found = store.summary("u", "s")
+    assert found is not None
+    return found
 
 
 def meta(chunk_id: str, seq: int, group: list[Any] | None = None) -> dict[str, Any]:
@@ -39,8 +49,8 @@ async def test_a_multipart_group_cut_short_by_a_crash_is_not_replayed(
     log.close()
 
     store: Store = await nursery.start(Store(Config(data_dir=tmp_path)).run)
-    assert sorted(store.chunks) == ["alone", "g0", "g1"]
-    assert store.sessions("u")["s"].seqs == [0, 1, 2]
+    assert sorted(store.chunk_ids()) == ["alone", "g0", "g1"]
+    assert [seq for seq, _ in store.chunks_after("u", "s", None)] == [0, 1, 2]
     assert "group" not in store.get("g0")
     assert await store.read_audio("g1") == (b"c", "audio/wav")
 
@@ -57,14 +67,13 @@ async def test_updates_are_durable_grouped_and_replayed(
     texts = {f"c{n}": {"status": "done", "text": f"word {n}", "words": []} for n in range(3)}
     async with trio.open_nursery() as first:
         store: Store = await first.start(Store(config).run)
-        index = store.sessions("u")["s"]
-        assert store.session_transcript(index) == {"status": "disabled", "text": ""}
+        assert summary(store).transcript == {"status": "disabled", "text": ""}
         async with trio.open_nursery() as updates:  # concurrent updates
             for chunk_id, transcript in texts.items():
                 updates.start_soon(store.update, chunk_id, {"transcript": transcript})
         assert store.get("c1")["transcript"]["text"] == "word 1"
         # The session's transcript (cached for paging) follows its chunks' updates.
-        assert store.session_transcript(index) == {"status": "done", "text": "word 0 word 1 word 2"}
+        assert summary(store).transcript == {"status": "done", "text": "word 0 word 1 word 2"}
         assert store.get("c1")["checksum"] == "c1"  # other fields untouched
         with pytest.raises(NotFound):
             await store.update("nope", {"transcript": {}})
@@ -73,4 +82,50 @@ async def test_updates_are_durable_grouped_and_replayed(
     # What a restart sees: the same records replayed by a second store on the same log.
     again: Store = await nursery.start(Store(config).run)
     assert {c: again.get(c)["transcript"] for c in texts} == texts
-    assert again.report is not None and again.report.records == 6
+    assert again.stats().replayed_records == 6
+
+
+class StallingDisk(FileOps):
+    """Real files whose fdatasync waits until the test lets the disk go on."""
+
+    def __init__(self) -> None:
+        self.flowing = threading.Event()
+        self.flowing.set()
+
+    def fdatasync(self, fd: int) -> None:
+        assert self.flowing.wait(10), "the test never let the disk go on"
+        super().fdatasync(fd)
+
+
+async def test_a_writer_cancelled_while_the_disk_stalls_never_strands_the_ones_behind_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    log = LogWriter(tmp_path, next_seq=1)
+    for n in (1, 2):
+        log.append(RecordType.CHUNK, meta(f"c{n}", n), b"x")
+    log.flush()
+    log.close()
+    disk = StallingDisk()
+    store: Store = await nursery.start(Store(Config(data_dir=tmp_path), files=disk).run)
+    disk.flowing.clear()  # the next fsync stalls
+    answers: dict[str, Any] = {}
+
+    async def impatient() -> None:
+        with trio.move_on_after(0.1):
+            await store.update("c1", {"note": 1})
+        answers["c1"] = "gave up"
+
+    async def patient() -> None:
+        await trio.sleep(0.05)  # queued behind the first, which leads the stalled batch
+        answers["c2"] = await store.update("c2", {"note": 2})
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as writers:
+            writers.start_soon(impatient)
+            writers.start_soon(patient)
+            await trio.sleep(0.2)  # the first caller has been cancelled by now
+            assert answers == {"c1": "gave up"}
+            disk.flowing.set()
+    assert answers["c2"]["note"] == 2
+    assert store.get("c1")["note"] == 1  # queued before its caller gave up: written anyway
+    assert store.get("c2")["note"] == 2

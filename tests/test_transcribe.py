@@ -21,6 +21,7 @@ from trio_audio.metrics import Metrics
 from trio_audio.models import Job, Part
 from trio_audio.pipeline.pipeline import run_pipeline
 from trio_audio.store.store import Store
+from trio_audio.web.auth import add_token
 
 from .conftest import Server, StartServer
 from .speech import OTHER_SENTENCE, RATE, SENTENCE, grammar_file, pieces, speak, to_wav
@@ -29,6 +30,7 @@ TIMEOUT_S = 20
 
 
 async def grammar_server(start_server: StartServer, tmp_path: Path, **config: Any) -> Server:
+    config.setdefault("asr_partial_interval_s", 0.01)  # a partial for every chunk
     server: Server = await start_server(
         asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)), **config
     )
@@ -87,12 +89,17 @@ async def test_chunks_get_words_of_their_span_and_watchers_partials_then_finals(
 ) -> None:
     server = await grammar_server(start_server, tmp_path)
     audio = np.concatenate([speak(SENTENCE, lead_s=0.5), speak(OTHER_SENTENCE)])
-    with server.running.store.hub.subscribe("alice", "talk") as sub:
+    hub, transcriber = server.running.hub, server.running.transcriber
+    assert hub is not None and transcriber is not None
+    with trio.fail_after(TIMEOUT_S):
+        await transcriber.workers_started.wait()  # partials need a worker that is up
+    with hub.subscribe("alice", "talk") as sub:
         async with server.client() as client:
             for piece in pieces(audio, 0.5):  # words cross the chunk boundaries
                 chunk = await upload(client, "talk", piece)
                 assert chunk["transcript"]["status"] == "pending"
                 assert 0 <= chunk["features"]["speech_ratio"] <= 1
+                await trio.sleep(0.25)  # a live client: each piece as it is recorded (2x)
             session = await transcribed(client, "talk")
         messages = drain(sub.receive)
     assert session["transcript"] == {"status": "done", "text": f"{SENTENCE} {OTHER_SENTENCE}"}
@@ -145,20 +152,42 @@ async def test_finalize_ends_an_open_utterance(start_server: StartServer, tmp_pa
     assert stored["transcript"]["text"] == SENTENCE
 
 
-async def test_a_full_backlog_defers_chunks_and_catches_up_in_order(
+async def test_past_the_audio_budget_chunks_are_read_back_from_the_log_in_order(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    server = await grammar_server(start_server, tmp_path, asr_backlog=1)
+    server = await grammar_server(start_server, tmp_path, asr_backlog_bytes=1)
     transcriber = server.running.transcriber
     assert transcriber is not None
     audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE)])
     async with server.client() as client:
         for piece in pieces(audio, 0.25):
             await upload(client, "busy", piece)  # uploads never wait for transcription
-        assert transcriber.counts["deferred"] > 0  # the first chunk waits for the worker
+        assert transcriber.counts["deferred"] > 0  # no room for its PCM: read back later
         session = await transcribed(client, "busy")
     assert session["transcript"]["text"] == f"{SENTENCE} {OTHER_SENTENCE}"
-    assert not transcriber.deferred and transcriber.held_bytes == 0
+    assert transcriber.pcm_bytes == 0
+
+
+async def test_a_long_file_does_not_hold_another_sessions_words(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # One worker; a file of six utterances arrives first, then a short session.
+    server = await grammar_server(start_server, tmp_path, asr_workers=1)
+    hub = server.running.hub
+    assert hub is not None
+    long_audio = np.concatenate([speak(SENTENCE if n % 2 else OTHER_SENTENCE) for n in range(6)])
+    with hub.subscribe("alice", "file") as file_sub, hub.subscribe("alice", "short") as short_sub:
+        async with server.client() as client:
+            await upload(client, "file", long_audio)
+            await upload(client, "short", speak(SENTENCE))
+            await transcribed(client, "short")
+            file_finals_by_then = [
+                m for m in drain(file_sub.receive) if m["type"] == "transcript" and m["is_final"]
+            ]
+            await transcribed(client, "file")
+        short_finals = [m for m in drain(short_sub.receive) if m.get("is_final")]
+    assert [m["text"] for m in short_finals] == [SENTENCE]
+    assert len(file_finals_by_then) < 6  # the short session took its turn, not the last one
 
 
 async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
@@ -169,14 +198,15 @@ async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
     store = Store(config)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        ingress = await nursery.start(run_pipeline, config, store, Metrics(),
+        ingress = await nursery.start(run_pipeline, config, store.open_writes(), Metrics(),
                                       trio.CapacityLimiter(2))  # fmt: skip
         async with ingress:
             for piece in pieces(speak(SENTENCE), 1.0):
                 job = Job("alice", "crashed", [Part(to_wav(piece), "audio/wav")])
                 await ingress.submit(job)
                 await job.reply.wait()
-    assert {e.meta()["transcript"]["status"] for e in store.chunks.values()} == {"pending"}
+        store.close()  # the store ends once the pipeline has drained into it
+    assert {store.get(c)["transcript"]["status"] for c in store.chunk_ids()} == {"pending"}
 
     server = await grammar_server(start_server, tmp_path)
     async with server.client() as client:
@@ -191,7 +221,10 @@ async def test_websocket_clients_get_partials_before_the_final(
     server = await grammar_server(start_server, tmp_path)
     fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
     received: list[dict[str, Any]] = []
+    transcriber = server.running.transcriber
+    assert transcriber is not None
     with trio.fail_after(TIMEOUT_S):
+        await transcriber.workers_started.wait()  # partials need a worker that is up
         async with open_websocket_url(server.running.ws_url) as ws:
             await ws.send_message(json.dumps(
                 {"type": "start", "user_id": "alice", "session_id": "ws", "format": fmt}
@@ -199,6 +232,7 @@ async def test_websocket_clients_get_partials_before_the_final(
             chunks = pieces(speak(SENTENCE, tail_s=0.0), 0.2)
             for piece in chunks:
                 await ws.send_message((piece * 32767).astype("<i2").tobytes())
+                await trio.sleep(0.1)  # a live client: each piece as it is recorded (2x)
             await ws.send_message(json.dumps({"type": "finalize"}))
             while not any(m.get("is_final") for m in received):
                 message = json.loads(await ws.get_message())
@@ -211,3 +245,84 @@ async def test_websocket_clients_get_partials_before_the_final(
     assert partials and not any(m["is_final"] for m in partials)
     seqs = [m["seq"] for m in received]  # each names a chunk that was sent, in order
     assert seqs == sorted(seqs) and seqs[0] >= 0 and seqs[-1] < len(chunks)
+
+
+async def read_events(
+    client: httpx.AsyncClient, path: str, into: list[dict[str, Any]], ready: trio.Event
+) -> None:
+    """Collect server-sent events (name checked against the data's type) until session_end."""
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        async for line in response.aiter_lines():
+            if line.startswith(": watching"):
+                ready.set()
+            elif line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                message = json.loads(line.removeprefix("data: "))
+                assert message["type"] == name
+                into.append(message)
+                if name == "session_end":
+                    return
+
+
+async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # An idle timeout far longer than the test: only the explicit end can finalize in time.
+    server = await grammar_server(start_server, tmp_path, asr_idle_timeout_s=300)
+    events: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT_S):
+        async with server.client() as client, trio.open_nursery() as nursery:
+            ready = trio.Event()
+            path = "/sessions/alice/live/events"
+            nursery.start_soon(read_events, client, path, events, ready)
+            await ready.wait()
+            chunks = [await upload(client, "live", p) for p in pieces(speak(SENTENCE), 0.5)]
+            ended = await client.post("/sessions/alice/live/end")
+            missing = await client.post("/sessions/alice/nobody/end")
+            # the nursery ends when the reader has seen session_end
+    assert ended.status_code == 200, ended.text
+    summary = ended.json()
+    assert summary["transcript"] == {"status": "done", "text": SENTENCE}
+    assert summary["chunk_count"] == len(chunks)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    kinds = [e["type"] for e in events]
+    stored = [e["chunk_id"] for e in events if e["type"] == "metadata"]
+    assert stored == [c["chunk_id"] for c in chunks]  # every chunk, in order, once
+    finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
+    assert [f["text"] for f in finals] == [SENTENCE]
+    assert "vad" in kinds and kinds.index("vad") < kinds.index("session_end")
+    assert events[-1]["summary"] == summary
+
+
+async def test_session_events_need_the_owners_token(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    alice = add_token(tokens, "alice")
+    server = await start_server(tokens_file=str(tokens))
+    async with server.client() as client:
+        anonymous = await client.post("/sessions/alice/s/end")
+        assert anonymous.status_code == 401
+        bearer = {"Authorization": f"Bearer {alice}"}
+        other = await client.get("/sessions/bob/s/events", headers=bearer)
+        assert other.status_code == 404  # another user's session does not exist for alice
+
+
+async def test_an_open_event_stream_ends_when_the_service_shuts_down(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    ready = trio.Event()
+    events: list[dict[str, Any]] = []
+    async with server.client() as client, trio.open_nursery() as nursery:
+        nursery.start_soon(read_events, client, "/sessions/alice/idle/events", events, ready)
+        with trio.fail_after(TIMEOUT_S):
+            await ready.wait()
+            with trio.fail_after(5):  # well inside the drain deadline
+                await server.stop()
+        # the reader returns at the end of the stream (no session_end: nothing happened)
+    assert events == []

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trio_audio.asr.engine import EngineOptions, load_engine
-from trio_audio.asr.stream import Streams
+from trio_audio.asr.utterances import Assembler, Utterance
 from trio_audio.audio import vad
 
 from .audio_samples import sine
@@ -90,17 +89,28 @@ def test_a_stream_fed_in_pieces_gets_the_flags_it_gets_fed_whole() -> None:
         vad.Detector(4)
 
 
-def test_no_utterance_starts_without_speech() -> None:
+def utterances_of(audio: np.ndarray, piece_s: float) -> list[Utterance]:
+    """What the service cuts *audio* into: the pipeline's VAD per chunk, then the assembler."""
+    assembler = Assembler(gap_ms=500, max_ms=30_000)
+    out: list[Utterance] = []
+    offset = 0.0
+    for piece in pieces(audio, piece_s):
+        pcm = vad.to_pcm16(piece)
+        out += assembler.add(offset, pcm, vad.analyze(pcm, mode=2, gap_ms=500).segments)
+        offset += piece.size / RATE * 1000
+    return out + assembler.finish()
+
+
+def test_no_utterance_without_speech_and_one_per_sentence_whatever_the_chunk_size() -> None:
     # The engine would make up words for anything it is given: it must be given no sound.
-    s = Streams(load_engine(EngineOptions(engine="pocketsphinx")), max_streams=1, vad_mode=2,
-                gap_ms=500, max_utterance_s=30)  # fmt: skip
-    for name, audio in not_speech().items():
-        key = f"u/{name}"
-        for i, piece in enumerate(pieces(audio, 0.25)):
-            results = s.feed(key, vad.to_pcm16(piece).tobytes(), i * 250.0)
-            assert not s.sessions[key].in_utterance, name
-            assert not any(r.finals or r.partial for r in results), name
-        assert s.close(key)[0].finals == [], name
+    for piece_s in (0.1, 0.25, 1.0):
+        for name, audio in not_speech().items():
+            assert utterances_of(audio, piece_s) == [], (name, piece_s)
+        for text in FIXTURE_TEXTS:
+            speech = speak(text, lead_s=0.5, tail_s=1.0)
+            (utterance,) = utterances_of(speech, piece_s)
+            loud = np.flatnonzero(np.abs(speech) > 0.02) / RATE * 1000
+            assert utterance.start_ms <= loud[0] and utterance.end_ms >= loud[-1], (text, piece_s)
 
 
 def test_segmenter_confirms_joins_short_pauses_and_ends_after_the_gap() -> None:

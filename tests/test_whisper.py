@@ -16,7 +16,8 @@ import trio
 
 from trio_audio.asr import whisper
 from trio_audio.asr.engine import EngineError, EngineOptions, Word, check_options, load_engine
-from trio_audio.asr.stream import Result, Streams
+from trio_audio.asr.utterances import Assembler
+from trio_audio.asr.worker import Decoder
 from trio_audio.audio import vad
 from trio_audio.config import Config
 
@@ -63,23 +64,27 @@ def test_silence_gives_no_words(engine: whisper.WhisperEngine) -> None:
     assert engine.transcribe(np.zeros(RATE // 20, np.float32)) == []  # 50 ms: nothing to hear
 
 
-def test_an_utterance_is_decoded_once_on_the_session_timeline(
+def test_utterances_are_decoded_on_the_session_timeline(
     engine: whisper.WhisperEngine,
 ) -> None:
-    streams = Streams(engine, max_streams=2, vad_mode=2, gap_ms=500, max_utterance_s=30)
-    audio = np.concatenate([speak(SENTENCE, tail_s=0.0), speak(OTHER_SENTENCE)])
+    # As the service does it: the pipeline's VAD per chunk, utterances, one decode each.
+    decoder = Decoder(engine)
+    assembler = Assembler(gap_ms=500, max_ms=30_000, start_ms=5000.0)
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE)])
     offset = 5000.0
-    results: list[Result] = []
-    for piece in pieces(audio, 0.1):
-        results += streams.feed("u/s", vad.to_pcm16(piece).tobytes(), offset)
+    utterances = []
+    for piece in pieces(audio, 0.25):
+        pcm = vad.to_pcm16(piece)
+        utterances += assembler.add(offset, pcm, vad.analyze(pcm, 2, 500).segments)
         offset += piece.size / RATE * 1000
-    results += streams.close("u/s")
-    assert all(r.partial is None for r in results)  # whisper gives finals only
-    finals = [u for r in results for u in r.finals]
-    words = [w for u in finals for w in u.words]
-    assert normal(" ".join(u.text for u in finals)) == f"{SENTENCE} {OTHER_SENTENCE}".split()
-    assert words[0].start_ms >= 5000.0 and words[-1].end_ms <= offset
-    assert results[-1].final_until_ms == pytest.approx(offset, abs=1)
+    utterances += assembler.finish()
+    assert len(utterances) == 2
+    for utterance, sentence in zip(utterances, (SENTENCE, OTHER_SENTENCE), strict=True):
+        hypothesis = decoder.decode(utterance.pcm, utterance.start_ms)
+        assert normal(hypothesis.text) == sentence.split()
+        assert [w.word for w in hypothesis.words] == hypothesis.text.split()
+        for w in hypothesis.words:
+            assert utterance.start_ms <= w.start_ms <= w.end_ms <= utterance.end_ms
 
 
 def test_number_pieces_are_glued_into_one_word() -> None:

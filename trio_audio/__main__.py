@@ -1,5 +1,6 @@
 """Command line: ``trio-audio serve`` runs the service; ``trio-audio check DATA_DIR``
-verifies a data dir's log (``--repair`` salvages it).
+verifies a data dir's log (``--repair`` salvages it); ``upload``, ``sessions`` and ``token
+list|revoke`` are in ``cli_tools``.
 
 Every ``serve`` flag is also read from ``TRIO_AUDIO_<NAME>`` (flags win). Exit status: 0 after
 a clean drain, 2 for a bad flag or environment value, 3 when the store cannot start (data dir
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="salvage every valid record into a fresh log; the old one is kept aside",
     )
+    from .cli_tools import add_commands
+
+    add_commands(commands, token_commands)
     from .bench.cli import configure as configure_bench
 
     configure_bench(
@@ -104,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Exit 0 when the log is sound (a torn tail is fine), 1 for corruption, 3 when the
-    data dir is locked or cannot be read; with --repair, 0 once repaired."""
+    """Exit 0 when the log is sound (a torn tail is fine: ``serve`` starts with every record),
+    1 for corruption, 3 when the path holds no log, or the data dir is locked or cannot be
+    read; with --repair, 0 once repaired."""
     from .store.check import check, describe, repair
 
     try:
@@ -155,6 +160,8 @@ def _stream(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "tool", None) is not None:  # upload, sessions, token list/revoke
+        return int(args.tool(args))
     if args.command == "stream":
         return _stream(args)
     if args.command == "bench":

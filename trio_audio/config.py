@@ -81,6 +81,11 @@ class Config:
         validator=attrs.validators.ge(0),
         metadata={"help": "how long a group commit waits to fill a batch"},
     )
+    event_queue: int = attrs.field(
+        default=1024,
+        validator=_positive,
+        metadata={"help": "committed-change events queued for watchers and the transcriber"},
+    )
 
     # Limits.
     max_body_bytes: int = attrs.field(
@@ -156,28 +161,39 @@ class Config:
         default="", metadata={"help": "keyphrase list file (one 'phrase /threshold/' a line)"}
     )
     asr_workers: int = attrs.field(
-        default=1, validator=_positive, metadata={"help": "transcription worker processes"}
+        default=0,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "transcription worker processes (0: one per core but one)"},
     )
     asr_streams_per_worker: int = attrs.field(
-        default=4,
+        default=1,
         validator=_positive,
-        metadata={"help": "decoders per worker (pocketsphinx: ~90 MB each)"},
+        metadata={"help": "no effect: each worker decodes one utterance at a time"},
     )
     asr_backlog: int = attrs.field(
-        default=64, validator=_positive, metadata={"help": "chunks queued per worker"}
+        default=64,
+        validator=_positive,
+        metadata={"help": "chunks of one session held back waiting for an earlier seq"},
     )
     asr_backlog_bytes: int = attrs.field(
         default=64 * 1024 * 1024,
         validator=_positive,
-        metadata={"help": "decoded audio held for queued chunks (past it: re-read from the log)"},
+        metadata={"help": "audio held for transcription (past it: re-read from the log)"},
     )
     asr_idle_timeout_s: float = attrs.field(
         default=10.0,
         validator=_positive,
-        metadata={"help": "end a silent session's utterance and close its decoder after"},
+        metadata={"help": "finalize a silent session's open utterance after"},
     )
     asr_max_utterance_s: float = attrs.field(
-        default=30.0, validator=_positive, metadata={"help": "longest utterance before a cut"}
+        default=30.0,
+        validator=_positive,
+        metadata={"help": "longest utterance: cut at its quietest point before, with overlap"},
+    )
+    asr_partial_interval_s: float = attrs.field(
+        default=1.0,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "re-decode the open utterance for live words this often (0: never)"},
     )
     vad_mode: int = attrs.field(
         default=2,

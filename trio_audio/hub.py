@@ -1,4 +1,4 @@
-"""Live results per session: the store and the transcriber publish, WebSocket watchers read.
+"""Live results per session: the service's fan-out and the transcriber publish, watchers read.
 
 Each watcher gets its own bounded channel. ``publish`` never waits: a watcher whose channel
 is full has fallen too far behind, so its channel is closed and it is marked ``overflowed``;
@@ -20,9 +20,9 @@ Message = dict[str, Any]
 class Subscription:
     """One watcher of one session: ``async for message in sub.receive``."""
 
-    def __init__(self, queue_size: int, origin: object | None) -> None:
+    def __init__(self, queue_size: int, source: str | None) -> None:
         self._send, self.receive = trio.open_memory_channel[Message](queue_size)
-        self.origin = origin
+        self.source = source
         self.overflowed = False
 
     def offer(self, message: Message) -> None:
@@ -50,11 +50,12 @@ class Hub:
 
     @contextmanager
     def subscribe(
-        self, user_id: str, session_id: str, *, origin: object | None = None
+        self, user_id: str, session_id: str, *, source: str | None = None
     ) -> Iterator[Subscription]:
-        """Watch a session; messages a job of *origin* caused are not echoed back to it."""
+        """Watch a session; messages caused by the connection *source* (its own id) are not
+        echoed back to it."""
         key = (user_id, session_id)
-        sub = Subscription(self.queue_size, origin)
+        sub = Subscription(self.queue_size, source)
         self._subs.setdefault(key, set()).add(sub)
         try:
             yield sub
@@ -67,10 +68,10 @@ class Hub:
                     del self._subs[key]
 
     def publish(
-        self, user_id: str, session_id: str, message: Message, *, origin: object | None = None
+        self, user_id: str, session_id: str, message: Message, *, source: str | None = None
     ) -> None:
         for sub in self._subs.get((user_id, session_id), ()):
-            if origin is None or sub.origin is not origin:
+            if source is None or sub.source != source:
                 sub.offer(message)
                 self.published += 1
 

@@ -1,8 +1,9 @@
 """The records that flow through the service: a Job with its Parts, and its one-shot Reply.
 
 A ``Job`` is one client request (one HTTP upload, possibly multipart, or one WebSocket frame).
-Each stage of the pipeline fills in fields of its ``Part``s; the store commits every part of
-a job together (all or none) and answers the job's ``Reply`` once the records are durable.
+Each stage of the pipeline fills in fields of its ``Part``s; the store's committer commits
+every part of a job together (all or none) and answers the job's ``Reply`` once the records
+are durable. The committer alone decides what is new and what is an idempotent retry.
 """
 
 from __future__ import annotations
@@ -128,7 +129,6 @@ class Part:
     analysis: dict[str, Any] | None = None
     audio_info: dict[str, Any] | None = None
     speech_pcm: bytes | None = None  # 16 kHz 16-bit mono, handed to the transcriber
-    existing: dict[str, Any] | None = None  # an idempotent retry: the stored chunk
     timings: dict[str, float] = attrs.field(factory=dict)
 
 
@@ -142,4 +142,4 @@ class Job:
     received_at: str = attrs.field(factory=utc_now)
     enqueued: float = 0.0
     reply: Reply = attrs.field(factory=Reply)
-    origin: object | None = None  # the connection that sent it (its watchers skip the echo)
+    source: str | None = None  # the id of the connection that sent it (it skips the echo)

@@ -6,14 +6,23 @@
     └─ root nursery
        ├─ signal watcher   SIGINT/SIGTERM -> shutdown event, then the drain deadline
        └─ service nursery
-          ├─ store         lock data dir, replay the log  (started once replayed)
-          ├─ pipeline      stage pools joined by bounded channels, then the store writer
-          └─ http server   hypercorn's trio worker serving the quart-trio app
+          ├─ store         lock data dir, replay the log, then the committer (its one writer)
+          ├─ fan-out       store events -> hub (watchers) and transcriber
+          └─ front nursery
+             ├─ transcriber   worker processes, fed by the fan-out
+             ├─ pipeline      stage pools joined by bounded channels, into the committer
+             ├─ http server   hypercorn's trio worker serving the quart-trio app
+             └─ ws listener   trio-websocket
 
-Shutdown: the HTTP server stops accepting and finishes its requests, then closes its ingress
-clone; the pipeline drains stage by stage; the store writer commits the last batch; the store
-fsyncs and unlocks. ``drain_timeout_s`` bounds the whole drain (a deadline on the service
-nursery), so a stuck drain cannot keep the process alive.
+Data flows one way: web -> pipeline -> store -> events -> watchers and transcriber; the
+transcriber writes its results back as store updates.
+
+Shutdown: the servers stop accepting and finish their requests, then close their ingress
+clones; the pipeline drains stage by stage and closes its sender into the committer; the
+transcriber stops (unfinished chunks stay pending). Then ``store.close`` ends the committer,
+which writes the last batch, closes the event stream (the fan-out ends) and the log (fsynced)
+and unlocks. ``drain_timeout_s`` bounds the whole drain (a deadline on the service nursery),
+so a stuck drain cannot keep the process alive.
 """
 
 from __future__ import annotations
@@ -30,14 +39,16 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from .asr.transcriber import Transcriber
 from .config import Config
+from .fanout import fan_out
 from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
-from .store.log import REAL_FILES, FileOps
+from .store.files import REAL_FILES, FileOps
 from .store.store import Store
-from .transcribe import Transcriber
 from .web.app import Readiness, create_app
+from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
 from .web.ws import WsContext, message_limit, serve_ws
 
@@ -56,13 +67,20 @@ class Running:
     limiter: trio.CapacityLimiter
     transcriber: Transcriber | None = None
     app: QuartTrio | None = None
+    hub: Hub | None = None
 
 
 async def watch_signals(
     shutdown: trio.Event, service_scope: trio.CancelScope, drain_timeout_s: float
 ) -> None:
-    """Turn SIGINT/SIGTERM into *shutdown*; a second signal cancels the drain at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Turn SIGINT/SIGTERM/SIGHUP into *shutdown*; a second signal cancels the drain at once.
+
+    SIGHUP is left alone when the process started with it ignored (``nohup``).
+    """
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        wanted.append(signal.SIGHUP)
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
 
             async def first_signal() -> None:
@@ -91,6 +109,10 @@ async def serve_http(
 ) -> None:
     """Hypercorn's trio worker on ``config.host:config.port`` until *shutdown*.
 
+    The app is served behind the front door (``web/asgi.py``): a refusal never leaves its
+    keep-alive connection hung, and once *shutdown* is set, idle connections close, requests
+    in flight get their answers with ``Connection: close``, and new ones get 503.
+
     Resource handling: owns its *ingress* clone and closes it once the server has finished
     its in-flight requests, which lets the pipeline drain.
     """
@@ -101,10 +123,16 @@ async def serve_http(
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.websocket_max_message_size = message_limit(config)
     hyper.read_timeout = max(1, round(config.read_timeout_s))
+    # An idle keep-alive connection is a socket read too. Hypercorn's default (5 s) is httpx's
+    # own idle expiry: a client would often send into a connection just being closed.
+    hyper.keep_alive_timeout = config.read_timeout_s
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        await hypercorn_serve(app, hyper, shutdown_trigger=shutdown.wait, task_status=task_status)
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s)
+        await hypercorn_serve(
+            door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
+        )
 
 
 def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
@@ -165,37 +193,47 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = Store(config, hub, files=files)  # files: the layer under the log (tests fault it)
+    store = Store(config, metrics=metrics, files=files)  # files: the layer under the log
+    events = store.events()
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
             await service.start(store.run)
             readiness.store = True
-            # Before the pipeline, so its hook sees every new chunk (and the pending ones).
             transcriber = Transcriber(config, store, hub, metrics, limiter)
-            await service.start(transcriber.run)
-            ingress = await service.start(run_pipeline, config, store, metrics, limiter)
-            readiness.pipeline = True
-            async with ingress:  # each server owns a clone; the pipeline ends with the last
-                http_ingress, ws_ingress = ingress.clone(), ingress.clone()
-            rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-            ws = WsContext(config, store, store.hub, metrics, shutdown, transcriber, tokens, rate)
-            app = create_app(config, store, http_ingress, metrics, readiness, ws)
-            metrics.gauge("trio_audio_store_chunks", lambda: {'store="local"': len(store.chunks)})
-            metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
-            binds = await service.start(serve_http, config, app, http_ingress, shutdown)
-            ws_port = await service.start(serve_ws, ws, ws_ingress, tls)
-            ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
-            readiness.http = True
-            logger.info("serving HTTP on %s, data in %s", ", ".join(binds), config.data_dir)
-            logger.info("serving WebSocket on %s", ws_url)
-            task_status.started(
-                Running(binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app)
-            )
-            await shutdown.wait()
-            readiness.draining = True
-            transcriber.stop()  # what it has not done stays pending: queued again at start
+            service.start_soon(fan_out, events, hub, transcriber)
+            try:
+                async with trio.open_nursery() as front:
+                    await front.start(transcriber.run)
+                    ingress = await front.start(
+                        run_pipeline, config, store.open_writes(), metrics, limiter
+                    )
+                    readiness.pipeline = True
+                    async with ingress:  # each server owns a clone; the pipeline ends with the last
+                        http_ingress, ws_ingress = ingress.clone(), ingress.clone()
+                    rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, tokens, rate)
+                    app = create_app(config, store, http_ingress, metrics, readiness, ws)
+                    metrics.gauge(
+                        "trio_audio_store_chunks", lambda: {'store="local"': store.stats().chunks}
+                    )
+                    metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
+                    binds = await front.start(serve_http, config, app, http_ingress, shutdown)
+                    ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
+                    ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
+                    readiness.http = True
+                    logger.info("serving HTTP on %s, data in %s", ", ".join(binds), config.data_dir)
+                    logger.info("serving WebSocket on %s", ws_url)
+                    running = Running(
+                        binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app, hub
+                    )
+                    task_status.started(running)
+                    await shutdown.wait()
+                    readiness.draining = True
+                    transcriber.stop()  # what it has not done stays pending: queued at start
+            finally:
+                store.close()  # the committer ends once the pipeline's sender is closed too
         if service.cancel_scope.cancelled_caught:
             logger.warning("the drain passed its %g s deadline", config.drain_timeout_s)
-        logger.info("stopped; %d chunks stored", len(store.chunks))
+        logger.info("stopped; %d chunks stored", store.stats().chunks)
         root.cancel_scope.cancel()

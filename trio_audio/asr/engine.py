@@ -7,7 +7,7 @@ Streams are expensive (pocketsphinx: ~90 MB with its default language model), so
 transcription worker keeps a bounded pool of them and lends one to a session only while it
 is inside an utterance.
 
-Built in: ``whisper`` (the default: CTranslate2's Whisper, finals only), ``pocketsphinx``
+Built in: ``whisper`` (the default: CTranslate2's Whisper, whole utterances), ``pocketsphinx``
 (small, streams partials, grammars) and ``none``. Adding an engine (Vosk, another runtime)
 touches neither the pipeline nor the transcriber: write a class with this interface and name
 it with ``--asr-engine package.module:Class``.

@@ -1,53 +1,61 @@
 """A transcription worker process: ``python -m trio_audio.asr.worker``, spoken to over pipes.
 
-Frames both ways are ``u32 big-endian length | msgpack``. The first request is ``init``
-(engine options and limits), answered with ``{ok, engine, sample_rate}`` once one decoder
-is loaded (so a bad model or grammar is reported at once). Then, one answer per request, in
-order::
+The frames are defined in ``protocol.py``. ``init`` loads the engine and opens its one
+stream before it answers, so a bad model or grammar is reported at once; then each
+``decode`` request is one utterance, decoded from scratch (no state carries from one
+utterance or session to the next, so the same audio always gives the same words).
 
-    {op: "feed", key, pcm, offset_ms} | {op: "finish", key} | {op: "close", key}
-        -> {ok: true, results: [Result.to_dict(), ...]}  |  {ok: false, error}
-
-The process holds its sessions' decoder state, which is why the parent pins each session to
-one worker. It exits when its stdin closes. The engine's C code may print: file descriptor 1
-is pointed at stderr so nothing but frames ever reaches the parent's pipe.
+The process holds no session state: any worker can decode any session's utterance, which is
+what lets the transcriber share the workers fairly. It exits when its stdin closes. The
+engine's C code may print: file descriptor 1 is pointed at stderr so nothing but frames ever
+reaches the parent's pipe.
 """
 
 from __future__ import annotations
 
 import os
-import struct
+import signal
 import sys
-from typing import Any, BinaryIO, Final
+from typing import BinaryIO
 
-import msgpack
+import numpy as np
 
-from .engine import EngineError, EngineOptions, load_engine
-from .stream import Streams
+from ..audio import vad
+from .engine import EMPTY, Engine, EngineError, EngineOptions, Hypothesis, load_engine
+from .protocol import read_frame, write_frame
 
-HEADER: Final = struct.Struct(">I")
-MAX_FRAME_BYTES: Final = 1 << 30
-
-
-def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
-    head = stream.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    (length,) = HEADER.unpack(head)
-    if length > MAX_FRAME_BYTES:
-        msg = f"frame of {length} bytes is over the limit"
-        raise ValueError(msg)
-    body = stream.read(length)
-    if len(body) < length:
-        return None
-    message: dict[str, Any] = msgpack.unpackb(body)
-    return message
+RATE = 16000
 
 
-def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
-    body = msgpack.packb(message)
-    stream.write(HEADER.pack(len(body)) + body)
-    stream.flush()
+class Decoder:
+    """One engine stream, reused for one utterance after another."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stream = engine.open_stream()
+
+    def decode(self, pcm: bytes, offset_ms: float, *, partial: bool = False) -> Hypothesis:
+        """The words of one utterance (16 kHz 16-bit mono PCM that starts at *offset_ms* on
+        the session's timeline), with times on that timeline.
+
+        With *partial* the audio is an utterance still going on: a streaming engine gives
+        its hypothesis so far (its words may change); one that only decodes whole utterances
+        (Whisper) decodes what there is."""
+        if self.engine.sample_rate != RATE:
+            samples = np.frombuffer(pcm, dtype="<i2") / 32768.0
+            resampled = vad.resample(samples, RATE, self.engine.sample_rate)
+            pcm = vad.to_pcm16(resampled).astype("<i2").tobytes()
+        self.stream.start()
+        self.stream.feed(pcm)
+        hypothesis = self.stream.partial() if partial else EMPTY
+        final = self.stream.finish()  # ends the utterance either way
+        if not hypothesis.text:
+            hypothesis = final
+        words = [w.shifted(offset_ms) for w in hypothesis.words]
+        return Hypothesis(hypothesis.text, words)
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
@@ -56,39 +64,33 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         return
     try:
         engine = load_engine(EngineOptions(**init["options"]))
-        streams = Streams(
-            engine,
-            max_streams=init["max_streams"],
-            vad_mode=init["vad_mode"],
-            gap_ms=init["gap_ms"],
-            max_utterance_s=init["max_utterance_s"],
-        )
-        streams.release(streams.acquire_new())  # load one decoder now: fail early
+        decoder = Decoder(engine)  # load the model now: fail early
     except (EngineError, RuntimeError, OSError) as exc:
         write_frame(out, {"ok": False, "error": str(exc)})
         return
     write_frame(out, {"ok": True, "engine": engine.name, "sample_rate": engine.sample_rate})
     while (request := read_frame(inp)) is not None:
-        key = request.get("key", "")
+        if request.get("op") != "decode":
+            write_frame(out, {"ok": False, "error": f"unknown op {request.get('op')!r}"})
+            continue
         try:
-            match request.get("op"):
-                case "feed":
-                    results = streams.feed(key, request["pcm"], request["offset_ms"])
-                case "finish":
-                    results = streams.finish(key)
-                case "close":
-                    results = streams.close(key)
-                case op:
-                    write_frame(out, {"ok": False, "error": f"unknown op {op!r}"})
-                    continue
-        except Exception as exc:  # the session's state is suspect: drop it, keep serving
-            streams.discard(key)
+            partial = bool(request.get("partial", False))
+            hypothesis = decoder.decode(
+                request["pcm"], float(request["offset_ms"]), partial=partial
+            )
+        except Exception as exc:  # the stream's state is suspect: a fresh one, keep serving
+            decoder.close()
+            decoder = Decoder(engine)
             write_frame(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        write_frame(out, {"ok": True, "results": [r.to_dict() for r in results]})
+        words = [w.to_dict() for w in hypothesis.words]
+        write_frame(out, {"ok": True, "text": hypothesis.text, "words": words})
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when this worker stops (it
+    # closes stdin), so the interrupt is not the worker's to act on, nor to print.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the engine's prints go to stderr, never into the frames
     serve(sys.stdin.buffer, out)

@@ -1,10 +1,10 @@
 """Voice activity: Silero VAD (its ONNX model, run by onnxruntime on one thread) on 32 ms
 frames, and speech segments.
 
-Plain numpy and onnxruntime, no trio: the pipeline calls ``analyze`` (in a worker thread for
-large chunks), the transcription workers run a ``Detector`` and a ``Segmenter`` per live
-session, and the transcriber joins the per-chunk segments into session-wide
-``speech_started``/``speech_stopped`` events.
+Plain numpy and onnxruntime, no trio: the pipeline calls ``analyze`` for every chunk (in a
+worker thread for large chunks); the transcriber cuts utterances from the segments it finds
+and joins them into session-wide ``speech_started``/``speech_stopped`` events. A
+``Detector`` keeps Silero's state between calls, for audio fed in pieces.
 
 Silero is a small neural network trained to tell speech from everything else: tones, music
 and noise are not speech to it (WebRTC's VAD, which this replaced, called a 440 Hz sine
@@ -21,8 +21,11 @@ utterance ends of the transcriber agree):
   of ``mode`` (``THRESHOLDS``: 0-3, higher is more reluctant to call audio speech) and stays
   speech until it falls ``HYSTERESIS`` below it;
 - a segment starts at a speech frame and is confirmed once it holds ``MIN_SPEECH_FRAMES``
-  speech frames; it ends at its last speech frame once ``gap_ms`` of non-speech follow (or at
-  the end of the audio). Shorter pauses stay inside the segment;
+  speech frames (256 ms: Silero's own minimum, which keeps bursts of loud noise out), or
+  ``EDGE_SPEECH_FRAMES`` (or every frame of a shorter chunk) when it touches the start or end
+  of a chunk (``analyze``), where the speech may go on in the chunk before or after; it ends
+  at its last speech frame once ``gap_ms`` of non-speech follow (or at the end of the audio).
+  Shorter pauses stay inside the segment;
 - ``speech_ratio`` is the share of frames that are speech.
 """
 
@@ -43,6 +46,7 @@ FRAME_SAMPLES: Final = 512  # Silero's window at 16 kHz
 FRAME_MS: Final = FRAME_SAMPLES * 1000 / VAD_RATE  # 32 ms
 CONTEXT_SAMPLES: Final = 64  # each window is given with the 64 samples before it
 MIN_SPEECH_FRAMES: Final = 8  # 256 ms of speech frames confirm a segment (Silero: 250)
+EDGE_SPEECH_FRAMES: Final = 4  # 128 ms at a chunk's edge (or all of a shorter chunk's frames)
 THRESHOLDS: Final = (0.3, 0.4, 0.5, 0.6)  # speech probability per mode (2: Silero's default)
 HYSTERESIS: Final = 0.15  # speech goes on until the probability falls this far below
 SILENT_PEAK: Final = 33  # a chunk whose samples all stay under -60 dBFS is not run through
@@ -246,17 +250,21 @@ def analyze(pcm: Int16Array, mode: int, gap_ms: float) -> VoiceActivity:
         Detector(mode)  # still reject a bad mode, and load the model once
         return VoiceActivity(0.0, [])
     flags = speech_flags(pcm, Detector(mode))
-    segmenter = Segmenter(gap_ms)
-    segments: list[tuple[float, float]] = []
+    segmenter = Segmenter(gap_ms, max(1, min(EDGE_SPEECH_FRAMES, flags.size)))
+    found: list[tuple[int, int]] = []
     begin = 0
     for flag in flags:
         for kind, frame in segmenter.push(bool(flag)):
             if kind == "start":
                 begin = frame
             else:
-                segments.append((begin * FRAME_MS, frame * FRAME_MS))
-    for _, frame in segmenter.flush():
-        segments.append((begin * FRAME_MS, frame * FRAME_MS))
+                found.append((begin, frame))
+    found += [(begin, frame) for _, frame in segmenter.flush()]
+    segments = [
+        (lo * FRAME_MS, hi * FRAME_MS)
+        for lo, hi in found
+        if lo == 0 or hi >= flags.size or int(flags[lo:hi].sum()) >= MIN_SPEECH_FRAMES
+    ]
     ratio = float(flags.mean()) if flags.size else 0.0
     return VoiceActivity(ratio, segments)
 

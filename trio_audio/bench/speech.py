@@ -12,10 +12,11 @@ held-out set shares nothing with the test fixtures:
   ``alsa-utils`` ("Front Left"), the LibriVox, card-game and robot-command utterances of
   ``pocketsphinx-testdata``, and 40 prompts of Asterisk's US English voice.
 
-Each engine runs in a fresh process, as a transcription worker does (one thread, the same
-``Streams`` with VAD, utterances and the engine), fed 250 ms chunks with silence around each
-recording. Texts are compared after Whisper's English normaliser (``textnorm``). Numbers go to
-stdout as a Markdown table for the README. Not a test: nothing here asserts.
+Each engine runs in a fresh process, as the service does (the pipeline's VAD per 250 ms
+chunk, the transcriber's utterances, one decode each by a worker's ``Decoder`` on one thread),
+with silence around each recording. Texts are compared after Whisper's English normaliser
+(``textnorm``). Numbers go to stdout as a Markdown table for the README. Not a test: nothing
+here asserts.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import numpy as np
 import soundfile as sf
 
 from ..asr.engine import EngineOptions, load_engine
-from ..asr.stream import Streams
+from ..asr.utterances import Assembler
+from ..asr.worker import Decoder
 from ..audio import vad
 from .textnorm import word_errors
 
@@ -190,29 +192,29 @@ def held_out_set() -> list[Item]:
 # -- running an engine -------------------------------------------------------------------------
 
 
-def transcribe(streams: Streams, key: str, audio: np.ndarray) -> str:
-    texts = []
+def transcribe(decoder: Decoder, audio: np.ndarray) -> str:
+    """What the service does with a session: VAD per chunk, utterances, one decode each."""
+    assembler = Assembler(gap_ms=500, max_ms=30_000)
+    utterances = []
     offset = 0.0
     for piece in pieces(padded(audio, 0.3, 1.0), CHUNK_S):
-        for result in streams.feed(key, vad.to_pcm16(piece).tobytes(), offset):
-            texts += [u.text for u in result.finals]
+        pcm = vad.to_pcm16(piece)
+        utterances += assembler.add(offset, pcm, vad.analyze(pcm, 2, 500).segments)
         offset += piece.size / RATE * 1000
-    for result in streams.close(key):
-        texts += [u.text for u in result.finals]
-    return " ".join(texts)
+    utterances += assembler.finish()
+    texts = [decoder.decode(u.pcm, u.start_ms).text for u in utterances]
+    return " ".join(t for t in texts if t)
 
 
 def run_engine(engine: str, items: list[Item]) -> dict[str, Any]:
-    """In a fresh process: every item through one worker's streams. Texts, CPU, memory."""
+    """In a fresh process: every item through one worker's decoder. Texts, CPU, memory."""
     started = time.process_time()
-    streams = Streams(load_engine(EngineOptions(engine=engine)), max_streams=1, vad_mode=2,
-                      gap_ms=500, max_utterance_s=30)  # fmt: skip
-    streams.release(streams.acquire_new())
+    decoder = Decoder(load_engine(EngineOptions(engine=engine)))
     load_s = time.process_time() - started
     texts, cpu = [], []
-    for i, item in enumerate(items):
+    for item in items:
         started = time.process_time()
-        texts.append(transcribe(streams, f"u/{i}", item.audio))
+        texts.append(transcribe(decoder, item.audio))
         cpu.append(time.process_time() - started)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"engine": engine, "texts": texts, "cpu": cpu, "load_s": load_s, "peak_mb": peak_mb}

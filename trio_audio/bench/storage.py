@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 import trio
 
-from trio_audio.store.log import LogWriter, RecordType
+from trio_audio.store.record import RecordType
+from trio_audio.store.writer import LogWriter
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 
@@ -49,8 +50,9 @@ REPLAY_CHILD = textwrap.dedent(
             took = time.perf_counter() - started
             rss = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS"))
                       .split()[1]) * 1024
-            print(json.dumps({"seconds": took, "records": store.report.records,
-                              "chunks": len(store.chunks), "rss": rss}))
+            stats = store.stats()
+            print(json.dumps({"seconds": took, "records": stats.replayed_records,
+                              "chunks": stats.chunks, "rss": rss}))
             nursery.cancel_scope.cancel()
 
     trio.run(main)

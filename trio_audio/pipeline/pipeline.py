@@ -1,4 +1,4 @@
-"""Wiring of the pipeline: ingress -> validate -> transform -> metadata -> store.
+"""Wiring of the pipeline: ingress -> validate -> transform -> metadata -> the store's committer.
 
 Every channel is bounded (sizes from config). When the ingress is full, ``Ingress.submit_nowait``
 refuses at once with ``Overloaded`` (HTTP 503 + Retry-After); ``Ingress.submit`` waits for
@@ -14,7 +14,6 @@ from ..config import Config
 from ..errors import Overloaded
 from ..metrics import Metrics
 from ..models import Job
-from ..store.store import Store
 from .stages import Stage, Stages, run_stage
 
 
@@ -75,7 +74,7 @@ class Ingress:
 
 async def run_pipeline(
     config: Config,
-    store: Store,
+    commit: trio.MemorySendChannel[Job],
     metrics: Metrics,
     limiter: trio.CapacityLimiter,
     *,
@@ -83,25 +82,31 @@ async def run_pipeline(
 ) -> None:
     """Start every stage, hand back the ``Ingress``; return once the stream has drained.
 
-    Resource handling: the caller owns the returned ``Ingress`` and must close it (and every
-    clone) to end the pipeline; the stages then drain in order and the store writer commits
-    the last batch before this returns.
+    Resource handling: the pipeline owns *commit*, its sender into the store's committer
+    (``Store.open_writes``), and closes it when the last stage ends. The caller owns the
+    returned ``Ingress`` and must close it (and every clone) to end the pipeline; the stages
+    then drain in order, the last one hands its jobs to the committer, and this returns.
     """
-    work = Stages(store, limiter, config.max_duration_s, config.inline_max_samples)
+    work = Stages(config, limiter)
     stages = [
         Stage("validate", work.validate, config.stage_workers, config.stage_timeout_s),
         Stage("transform", work.transform, config.stage_workers, config.stage_timeout_s),
         Stage("metadata", work.metadata, config.stage_workers, config.stage_timeout_s),
     ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
-    queues = {"ingress": ingress_send}
+    queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}
     async with trio.open_nursery() as nursery:
         for stage, downstream in zip(stages, ("transform", "metadata", "store"), strict=True):
-            send, next_receive = trio.open_memory_channel[Job](config.stage_queue)
+            # Each stage feeds the next; the last one feeds the committer's channel.
+            send, next_receive = (
+                (commit, None)
+                if downstream == "store"
+                else trio.open_memory_channel[Job](config.stage_queue)
+            )
             queues[downstream] = send
             nursery.start_soon(run_stage, stage, receive, send, metrics)
-            receive = next_receive
-        nursery.start_soon(store.writer, receive, metrics)
+            if next_receive is not None:
+                receive = next_receive
         metrics.gauge(
             "trio_audio_queue_depth",
             lambda: {

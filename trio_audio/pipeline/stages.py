@@ -20,10 +20,10 @@ import trio
 
 from ..audio import features, vad
 from ..audio.decode import decode, sniff_container
+from ..config import Config
 from ..errors import InternalError, Overloaded, ServiceError
 from ..metrics import Metrics
 from ..models import Job, Part
-from ..store.store import Store
 
 logger = logging.getLogger("trio_audio.pipeline")
 
@@ -88,19 +88,13 @@ async def run_stage(
 
 
 class Stages:
-    """The work of each stage, bound to what it needs (store, limits, the CPU limiter)."""
+    """The work of each stage, bound to what it needs (limits, the CPU limiter)."""
 
-    def __init__(
-        self,
-        store: Store,
-        limiter: trio.CapacityLimiter,
-        max_duration_s: float,
-        inline_max_samples: int = 0,
-    ):
-        self.store = store
+    def __init__(self, config: Config, limiter: trio.CapacityLimiter):
+        self.config = config
         self.limiter = limiter
-        self.max_duration_s = max_duration_s
-        self.inline_max_samples = inline_max_samples
+        self.max_duration_s = config.max_duration_s
+        self.inline_max_samples = config.inline_max_samples
 
     async def _cpu(self, samples: int, run: Callable[[], None]) -> None:
         """CPU work: inline when small, else in a thread under the shared limiter.
@@ -116,8 +110,8 @@ class Stages:
             await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
 
     async def _each_part(self, job: Job, name: str, fn: Callable[[Part], None]) -> None:
-        """Run *fn* on every new part of *job*, timed, as one piece of CPU work."""
-        parts = [part for part in job.parts if part.existing is None]
+        """Run *fn* on every part of *job*, timed, as one piece of CPU work."""
+        parts = job.parts
 
         def run() -> None:
             for part in parts:
@@ -128,15 +122,10 @@ class Stages:
         await self._cpu(sum(_work_samples(part) for part in parts), run)
 
     async def validate(self, job: Job) -> None:
-        """Checksum each part, answer idempotent retries from the store, decode the rest."""
+        """Checksum and decode every part (whether a part is a retry is the committer's call)."""
         await self._cpu(
             sum(len(p.body) for p in job.parts) // 2, functools.partial(_checksum_all, job.parts)
         )
-        for part in job.parts:
-            if part.seq is not None:
-                entry = self.store.lookup(job.user_id, job.session_id, part.seq)
-                if entry is not None and entry.meta()["checksum"] == part.checksum:
-                    part.existing = entry.meta()
         await self._each_part(job, "validate", self._decode)
 
     def _decode(self, part: Part) -> None:
@@ -153,7 +142,7 @@ class Stages:
 
     async def metadata(self, job: Job) -> None:
         """Loudness, spectral, silence and voice-activity features and the 16-band spectrum."""
-        config = self.store.config
+        config = self.config
         work = functools.partial(
             _metadata,
             vad_mode=config.vad_mode,

@@ -1,12 +1,16 @@
 """``trio-audio check``: verify a data dir without changing it, and ``--repair`` it.
 
-``check`` reads the snapshot and every segment the way replay does, but never stops at the
-first problem and never writes: after a damaged frame it searches on for the next frame
-whose salted CRC holds (candidates found with numpy, proven by the CRC) and goes on from
-there, so one report lists every damaged region with its file and offsets. A damaged end of
-the newest segment that replay would cut as a torn tail is reported as such, not as
+``check`` gives replay's verdict: it runs ``replay`` without letting it change anything
+(``dry_run``), so every rule replay applies (the manifest, segment continuity and seq order,
+headers, CRCs, the torn-tail rules) is applied, and ``check`` finding the log sound means
+``serve`` starts with all of it. What replay refuses is reported with its file and offset.
+To list every damaged region, not only the first, it also reads the snapshot and every
+segment without stopping at the first problem: after a damaged frame it searches on for the
+next frame whose salted CRC holds (candidates found with numpy, proven by the CRC) and goes
+on from there, so one report lists every damaged region with its file and offsets. A damaged
+end of the newest segment that replay would cut as a torn tail is reported as such, not as
 corruption. It also folds the records (``compact.Fold``) to report chunks, sessions, users
-and bytes.
+and bytes. A path that is not a data dir holding a log is an error (``StoreError``).
 
 ``repair`` salvages every valid record: it takes the data dir's lock, writes the records
 that ``check`` finds, in log order, into a fresh log (new seqs from 1, a closing checkpoint,
@@ -28,29 +32,32 @@ import attrs
 import crc32c
 import numpy as np
 
+from ..errors import CorruptLog, StoreError
 from .compact import Fold
-from .log import (
+from .files import (
+    MANIFEST_FILE,
+    all_zero,
+    fsync_dir,
+    list_segments,
+    list_snapshots,
+    lock_data_dir,
+    log_dir,
+)
+from .record import (
     CHECKPOINT_MARK,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     MAX_RECORD_BYTES,
     SEGMENT_HEADER_SIZE,
     SNAPSHOT_MAGIC,
-    LogWriter,
     Record,
     RecordType,
-    _all_zero,
-    _decode,
-    _fsync_dir,
-    _salt_crc,
-    find_checkpoint,
-    list_segments,
-    list_snapshots,
-    lock_data_dir,
-    log_dir,
+    decode_payload,
     parse_segment_header,
-    read_blob,
+    salt_crc,
 )
+from .replay import find_checkpoint, read_blob, replay
+from .writer import LogWriter
 
 RESYNC_WINDOW: Final = 8 * 1024 * 1024
 _TYPES: Final = {t.value: t for t in RecordType}
@@ -122,7 +129,7 @@ def salvage(
             total += size
             parsed = parse_segment_header(os.pread(fd, SEGMENT_HEADER_SIZE, 0), magic)
             if isinstance(parsed, str):
-                torn = newest and (size <= SEGMENT_HEADER_SIZE or _all_zero(fd, size))
+                torn = newest and (size <= SEGMENT_HEADER_SIZE or all_zero(fd, size))
                 damage.append(Damage(str(path), 0, size, f"header: {parsed}", torn))
                 continue
             if size <= SEGMENT_HEADER_SIZE:
@@ -143,7 +150,7 @@ def salvage(
 def _walk(
     fd: int, size: int, salt: int, name: str, path: str, newest: bool, expected: int
 ) -> Iterator[Record | Damage | None]:
-    seed = _salt_crc(salt)
+    seed = salt_crc(salt)
     mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     view = memoryview(mm)
     try:
@@ -164,7 +171,7 @@ def _walk(
                     reason = f"unknown record type {type_}"
                 else:
                     rtype = _TYPES[type_]
-                    decoded = _decode(mm, view, pos + FRAME_HEADER_SIZE, end, rtype, name)
+                    decoded = decode_payload(mm, view, pos + FRAME_HEADER_SIZE, end, rtype, name)
                     if not isinstance(decoded, str):
                         yield Record(rtype, seq, decoded[0], decoded[1], name, pos)
                         expected = seq + 1
@@ -233,9 +240,23 @@ def _resync(mm: mmap.mmap, view: memoryview, start: int, size: int, seed: int) -
 
 
 def check(data_dir: Path) -> CheckReport:
-    """Verify every record of *data_dir*'s log; changes nothing."""
+    """Verify every record of *data_dir*'s log, by replay's rules; changes nothing."""
+    require_log(data_dir)
     fold = Fold()
     damage, files, total, checkpoints = salvage(data_dir, fold.add)
+    replayed = Fold()
+    try:
+        report = replay(data_dir, replayed.add, dry_run=True)
+    except CorruptLog as exc:
+        # Replay's verdict wins: the region it names is corrupt whatever salvage made of it.
+        refused = Damage(exc.path, exc.offset, exc.offset, exc.reason)
+        same = [d for d in damage if (d.path, d.offset) == (exc.path, exc.offset)]
+        for d in same:
+            damage[damage.index(d)] = attrs.evolve(d, torn=False, reason=exc.reason)
+        if not same:
+            damage.insert(0, refused)
+    else:
+        fold, checkpoints = replayed, report.checkpoints  # what serve will load
     sessions = {(live.user_id, live.session_id) for live in fold.live.values()}
     return CheckReport(
         files=files,
@@ -251,8 +272,22 @@ def check(data_dir: Path) -> CheckReport:
     )
 
 
+def require_log(data_dir: Path) -> None:
+    """Raise ``StoreError`` unless *data_dir* is a data dir that holds a log."""
+    directory = log_dir(data_dir)
+    if not data_dir.is_dir():
+        msg = f"no data dir at {data_dir}"
+        raise StoreError(msg)
+    if not directory.is_dir() or not (
+        list_segments(data_dir) or list_snapshots(data_dir) or (directory / MANIFEST_FILE).exists()
+    ):
+        msg = f"no log in {data_dir} (no {directory} with segments, a snapshot or a manifest)"
+        raise StoreError(msg)
+
+
 def repair(data_dir: Path) -> RepairReport:
     """Salvage every valid record into a fresh log and move the old one aside."""
+    require_log(data_dir)
     lock = lock_data_dir(data_dir)
     try:
         return _repair(data_dir)
@@ -296,7 +331,7 @@ def _repair(data_dir: Path) -> RepairReport:
         old.rename(moved_to)
     log_dir(work).rename(old)
     work.rmdir()
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     return RepairReport(len(seqs), tuple(damage), tuple(missing), moved_to)
 
 
@@ -304,7 +339,7 @@ def describe(report: CheckReport) -> list[str]:
     """The report as lines for a terminal."""
     lines = [
         f"{report.files} files, {report.bytes} bytes, {report.records} records "
-        f"({report.checkpoints} checkpoints)",
+        f"+ {report.checkpoints} checkpoints",
         f"{report.chunks} chunks in {report.sessions} sessions of {report.users} users, "
         f"{report.audio_bytes} bytes of audio",
     ]

@@ -41,27 +41,27 @@ import attrs
 import msgpack
 
 from ..errors import CorruptLog
-from .log import (
-    FIRST_SEQ,
+from .files import (
     REAL_FILES,
-    SNAPSHOT_MAGIC,
     TMP_SUFFIX,
-    BlobRef,
     FileOps,
-    Record,
-    RecordType,
-    _write_all,
-    build_checkpoint,
-    build_frame,
     list_segments,
     list_snapshots,
     log_dir,
-    pack_segment_header,
-    read_blob,
-    read_segment,
-    read_snapshot,
     snapshot_name,
+    write_all,
 )
+from .record import (
+    FIRST_SEQ,
+    SNAPSHOT_MAGIC,
+    BlobRef,
+    Record,
+    RecordType,
+    build_checkpoint,
+    build_frame,
+    pack_segment_header,
+)
+from .replay import read_blob, read_segment, read_snapshot
 
 logger = logging.getLogger("trio_audio.store")
 
@@ -182,7 +182,7 @@ def write_snapshot(data_dir: Path, start: int, files: FileOps = REAL_FILES) -> S
     moved: dict[str, BlobRef] = {}
     fd = files.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        offset = _write_all(files, fd, [pack_segment_header(salt, start, magic=SNAPSHOT_MAGIC)], 0)
+        offset = write_all(files, fd, [pack_segment_header(salt, start, magic=SNAPSHOT_MAGIC)], 0)
         buffers: list[bytes] = []
         buffered = 0
         for live in sorted(fold.live.values(), key=lambda item: item.record_seq):
@@ -195,10 +195,10 @@ def write_snapshot(data_dir: Path, start: int, files: FileOps = REAL_FILES) -> S
             buffers.extend(frame)
             buffered += size
             if buffered >= WRITE_BUFFER_BYTES:
-                offset += _write_all(files, fd, buffers, offset)
+                offset += write_all(files, fd, buffers, offset)
                 buffers, buffered = [], 0
         buffers.append(build_checkpoint(salt, start - 1))
-        offset += _write_all(files, fd, buffers, offset)
+        offset += write_all(files, fd, buffers, offset)
         files.fdatasync(fd)
     except BaseException:
         files.close(fd)

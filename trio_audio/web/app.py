@@ -43,8 +43,11 @@ from ..errors import (
 from ..metrics import Metrics
 from ..models import Job, Part, check_id, parse_seq, parse_timestamp
 from ..pipeline.pipeline import Ingress
-from ..store.store import Store, Stored
+from ..store import StoreBackend
+from ..store.index import Stored
+from . import session_events
 from .auth import RateLimiter, bearer
+from .console import register_console
 from .openapi import SPEC
 from .ws import QuartTransport, Session, WsContext
 
@@ -98,7 +101,7 @@ def problem_response(error: ServiceError) -> Response:
 
 def create_app(
     config: Config,
-    store: Store,
+    store: StoreBackend,
     ingress: Ingress,
     metrics: Metrics,
     readiness: Readiness,
@@ -109,7 +112,7 @@ def create_app(
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
     session code as the dedicated listener.
     """
-    app = QuartTrio("trio_audio")
+    app = QuartTrio("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
@@ -149,12 +152,13 @@ def create_app(
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(InternalError("the server failed to handle this request"))
 
-    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    open_paths = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/docs"}
 
     @app.before_request
     async def authenticate() -> None:
         """With auth on, every request but the open ones names its user by its token."""
-        if ws.tokens is not None and request.path not in open_paths:
+        path = request.path
+        if ws.tokens is not None and path not in open_paths and not path.startswith("/static/"):
             g.user_id = ws.tokens.user_for(bearer(request.headers.get("Authorization")))
 
     def owned(owner: str, what: str) -> None:
@@ -164,9 +168,9 @@ def create_app(
             raise NotFound(f"no {what}")
 
     def chunk_owner(chunk_id: str) -> None:
-        entry = store.chunks.get(chunk_id)
-        if entry is not None:
-            owned(entry.user_id, f"chunk {chunk_id!r}")
+        owner = store.owner(chunk_id)
+        if owner is not None:
+            owned(owner, f"chunk {chunk_id!r}")
 
     @app.get("/openapi.json")
     async def openapi() -> Response:
@@ -178,12 +182,12 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        report = store.report
+        stats = store.stats()
         body: dict[str, Any] = {
             "status": "ready" if readiness.ready else "not_ready",
             **attrs.asdict(readiness),
-            "chunks": len(store.chunks),
-            "replayed_records": report.records if report else None,
+            "chunks": stats.chunks,
+            "replayed_records": stats.replayed_records,
         }
         return json_response(body, 200 if readiness.ready else 503)
 
@@ -284,6 +288,32 @@ def create_app(
         body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted)}
         return json_response({**body, "chunk_ids": deleted})
 
+    @app.post("/sessions/<user_id>/<session_id>/end")
+    async def end_session(user_id: str, session_id: str) -> Response:
+        # Finalize now: the session's last words, without waiting for the idle timeout.
+        check_id("user_id", user_id)
+        check_id("session_id", session_id)
+        owned(user_id, f"user {user_id!r}")
+        ended = await session_events.end_session(store, ws.hub, ws.transcriber, user_id,
+                                                 session_id)  # fmt: skip
+        if ended is None:
+            raise NotFound(f"user {user_id!r} has no session {session_id!r}")
+        return json_response(ended)
+
+    @app.get("/sessions/<user_id>/<session_id>/events")
+    async def watch_session(user_id: str, session_id: str) -> Response:
+        # Server-sent events: the session's live results, as a WebSocket watcher gets them.
+        check_id("user_id", user_id)
+        check_id("session_id", session_id)
+        owned(user_id, f"user {user_id!r}")
+        stream = session_events.event_stream(ws.hub, user_id, session_id, ws.shutdown)
+        # Its end is the connection's end: no idle keep-alive left to hold a shutdown.
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
+        response = Response(stream, content_type="text/event-stream", headers=headers)
+        response.timeout = None  # it lasts as long as the client watches
+        return response
+
+    register_console(app)
     return app
 
 
@@ -360,40 +390,23 @@ def decode_cursor(value: str | None) -> tuple[str, int] | None:
 
 
 def list_sessions(
-    store: Store, user_id: str, only: str | None, limit: int, cursor: tuple[str, int] | None
+    store: StoreBackend,
+    user_id: str,
+    only: str | None,
+    limit: int,
+    cursor: tuple[str, int] | None,
 ) -> dict[str, Any]:
     """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
-    sessions = store.sessions(user_id)
-    names = sorted(n for n in sessions if only is None or n == only)
-    if cursor is not None:
-        names = [n for n in names if n >= cursor[0]]
-
-    def positions() -> Iterator[tuple[str, int, str]]:
-        for name in names:
-            after = cursor[1] if cursor is not None and name == cursor[0] else None
-            for seq, chunk_id in sessions[name].after(after):
-                yield name, seq, chunk_id
-
-    page: dict[str, list[dict[str, Any]]] = {}
-    next_cursor = None
-    last: tuple[str, int] | None = None
-    for taken, (name, seq, chunk_id) in enumerate(positions()):
-        if taken == limit:
-            assert last is not None
-            next_cursor = encode_cursor(*last)
-            break
-        page.setdefault(name, []).append(store.get(chunk_id))
-        last = (name, seq)
-    out = []
-    for name, chunks in page.items():
-        index = sessions[name]
-        out.append(
-            {
-                "session_id": name,
-                "chunk_count": len(index.seqs),
-                "duration_ms": round(index.duration_ms, 3),
-                "transcript": store.session_transcript(index),
-                "chunks": chunks,
-            }
-        )
+    page, more = store.page(user_id, only, limit, cursor)
+    out = [
+        {
+            "session_id": summary.session_id,
+            "chunk_count": summary.chunk_count,
+            "duration_ms": summary.duration_ms,
+            "transcript": summary.transcript,
+            "chunks": chunks,
+        }
+        for summary, chunks in page
+    ]
+    next_cursor = encode_cursor(*more) if more is not None else None
     return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}

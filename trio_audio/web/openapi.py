@@ -109,6 +109,26 @@ SESSIONS: Final = {
 }
 
 
+SESSION_END: Final = {
+    "type": "object",
+    "required": ["user_id", "session_id", "chunk_count", "duration_ms", "transcript"],
+    "properties": {
+        "user_id": ID,
+        "session_id": ID,
+        "chunk_count": {"type": "integer", "minimum": 1},
+        "duration_ms": NUMBER,
+        "transcript": {
+            "type": "object",
+            "required": ["status", "text"],
+            "properties": {
+                "status": {"enum": ["disabled", "pending", "done", "failed"]},
+                "text": {"type": "string"},
+            },
+        },
+    },
+}
+
+
 def _json(schema: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
@@ -201,6 +221,27 @@ SPEC: Final[dict[str, Any]] = {
                 "summary": "Delete one session of a user",
                 "parameters": [_param("session_id", "query", ID, required=True)],
                 "responses": {"200": {"description": "deleted"}, **_problems(400, 401, 404, 507)},
+            },
+        },
+        "/sessions/{user_id}/{session_id}/end": {
+            "parameters": [_param("user_id", "path", ID, required=True),
+                           _param("session_id", "path", ID, required=True)],
+            "post": {
+                "summary": "End the session's utterance now: its final words, stored, "
+                           "then session_end to its watchers",
+                "responses": {"200": {"description": "the session's summary", "content": {
+                                  "application/json": {"schema": SESSION_END}}},
+                              **_problems(400, 401, 404)},
+            },
+        },
+        "/sessions/{user_id}/{session_id}/events": {
+            "parameters": [_param("user_id", "path", ID, required=True),
+                           _param("session_id", "path", ID, required=True)],
+            "get": {
+                "summary": "Server-sent events: metadata, transcript, vad, session_end",
+                "responses": {"200": {"description": "an event stream", "content": {
+                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                              **_problems(400, 401, 404)},
             },
         },
         "/healthz": {"get": {"summary": "Liveness", "security": [],

@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import ssl
 import time
 from collections import deque
@@ -71,7 +72,8 @@ from ..hub import Hub, Subscription
 from ..metrics import Metrics
 from ..models import Job, Part, check_id, parse_seq
 from ..pipeline.pipeline import Ingress
-from ..store.store import Store, Stored
+from ..store import StoreBackend
+from ..store.index import Stored
 from .auth import RateLimiter, Tokens, bearer
 
 logger = logging.getLogger("trio_audio.ws")
@@ -115,7 +117,7 @@ class WsContext:
     """What every session needs, made once in ``serve`` and shared by both transports."""
 
     config: Config
-    store: Store
+    store: StoreBackend
     hub: Hub
     metrics: Metrics
     shutdown: trio.Event
@@ -246,6 +248,7 @@ class Session:
 
     def __init__(self, transport: Transport, ctx: WsContext, ingress: Ingress) -> None:
         self.transport = transport
+        self.id = secrets.token_hex(8)  # names this connection's jobs: it skips their echo
         self.ctx = ctx
         self.config = ctx.config
         self.ingress = ingress
@@ -302,7 +305,7 @@ class Session:
             return
         self.start = start
         code, reason, error, gone = CLOSE_NORMAL, "session ended", None, False
-        with self.ctx.hub.subscribe(start.user_id, start.session_id, origin=self) as sub:
+        with self.ctx.hub.subscribe(start.user_id, start.session_id, source=self.id) as sub:
             try:
                 async with trio.open_nursery() as nursery:
                     writer_done = trio.Event()
@@ -375,7 +378,7 @@ class Session:
 
     async def _started_and_replay(self, start: Start) -> None:
         store = self.ctx.store
-        session = store.sessions(start.user_id).get(start.session_id)
+        session = store.summary(start.user_id, start.session_id)
         resume = start.resume_from_seq
         self.next_seq = resume if resume is not None else (session.next_seq if session else 0)
         await self._send(
@@ -393,7 +396,7 @@ class Session:
         )
         if resume is None or session is None:
             return
-        for seq, chunk_id in list(session.after(resume - 1)):
+        for seq, chunk_id in store.chunks_after(start.user_id, start.session_id, resume - 1):
             chunk = store.get(chunk_id)
             self.replayed.add(chunk_id)
             await self._send({"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True})
@@ -474,7 +477,7 @@ class Session:
             seq = self.next_seq
         self.next_seq = seq + 1
         part = Part(body=data, content_type=start.content_type, raw=start.raw, seq=seq)
-        job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], origin=self)
+        job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], source=self.id)
         if self.ctx.rate is not None:
             try:
                 self.ctx.rate.take(start.user_id)
@@ -570,7 +573,7 @@ class Session:
             await self.ctx.transcriber.finalize(start.user_id, start.session_id)
 
     def _session_end(self, start: Start) -> dict[str, Any]:
-        session = self.ctx.store.sessions(start.user_id).get(start.session_id)
+        session = self.ctx.store.summary(start.user_id, start.session_id)
         return {
             "type": "session_end",
             "summary": {
@@ -579,8 +582,8 @@ class Session:
                 "stored": self.stored,
                 "duplicates": self.duplicates,
                 "next_seq": self.next_seq,
-                "chunk_count": len(session.seqs) if session else 0,
-                "duration_ms": round(session.duration_ms, 3) if session else 0.0,
+                "chunk_count": session.chunk_count if session else 0,
+                "duration_ms": session.duration_ms if session else 0.0,
             },
         }
 

@@ -1,0 +1,372 @@
+"""The web console in a real headless Chromium (Debian's ``chromium``), driven by Playwright.
+
+The service runs in this process on port 0; each test drives the browser from a worker thread
+(Playwright's sync API) while Trio serves. The fake microphone plays
+``fixtures/console/turn_on_the_kitchen_light.wav``: espeak-ng's voice from the speech fixtures,
+with 1 s of silence before and 2 s after (``to_wav(speak(SENTENCE, lead_s=1.0, tail_s=2.0))``);
+Chromium loops it. A JSGF grammar makes the words exact.
+
+Screenshots of each state go to ``<tmp_path>/screenshots``; their paths are printed.
+These tests are marked ``browser`` and run in ``nox -s browser``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pytest
+import trio
+
+from trio_audio.web.auth import add_token
+
+from .conftest import StartServer
+from .speech import SENTENCE, grammar_file, pieces, speak, to_wav
+
+if TYPE_CHECKING:  # playwright is installed only by ``nox -s browser``; these tests are
+    # collected (and deselected) in every other session too
+    from playwright.sync_api import BrowserContext, Page, Request
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM: Final = "/usr/bin/chromium"
+MIC_WAV: Final = Path(__file__).parent / "fixtures" / "console" / "turn_on_the_kitchen_light.wav"
+FLAGS: Final = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+WAIT_MS: Final = 30_000
+
+# How many pixels of a canvas differ from its background (the page clears to #0b0d12).
+PAINTED_JS: Final = """(id) => {
+  const c = document.getElementById(id);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (Math.abs(d[i] - 11) + Math.abs(d[i + 1] - 13) + Math.abs(d[i + 2] - 18) > 24) n++;
+  }
+  return n;
+}"""
+
+
+class Browser:
+    """One page in a fresh Chromium profile, recording every URL it asks for and every
+    console error, and saving numbered screenshots."""
+
+    def __init__(self, context: BrowserContext, shots: Path) -> None:
+        self.context = context
+        self.page: Page = context.new_page()
+        self.urls: list[str] = []
+        self.errors: list[str] = []
+        self.shots = shots
+        self.page.on("request", self._on_request)
+        self.page.on("websocket", lambda ws: self.urls.append(ws.url))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def _on_request(self, request: Request) -> None:
+        self.urls.append(request.url)
+
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{len(list(self.shots.iterdir())) + 1:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot: {path}")
+        return path
+
+    def painted(self, canvas_id: str) -> int:
+        count: int = self.page.evaluate(PAINTED_JS, canvas_id)
+        return count
+
+    def wait(self, expression: str, timeout_ms: int = WAIT_MS) -> None:
+        """Poll *expression* until it is true. (Playwright's ``wait_for_function`` evals a
+        string in the page, which the page's CSP rightly refuses.)"""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.page.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {expression}")
+            self.page.wait_for_timeout(100)
+
+    def loaded(self, chunk_id: str) -> None:
+        """Wait until the player holds *chunk_id*'s audio (as a blob: URL)."""
+        player = "document.getElementById('player')"
+        self.wait(f"{player}.dataset.chunk === '{chunk_id}' && {player}.src.startsWith('blob:')")
+
+    def text(self, selector: str) -> str:
+        return self.page.inner_text(selector)
+
+
+@contextmanager
+def browser(tmp_path: Path, *flags: str) -> Iterator[Browser]:
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh --user-data-dir
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[*FLAGS, *flags],
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            b = Browser(context, shots)
+            yield b
+            csp = [e for e in b.errors if "Content Security Policy" in e]
+            assert not csp, csp
+        finally:
+            context.close()
+
+
+async def in_browser(scenario: Callable[..., Any], *args: Any) -> Any:
+    """Run a sync browser scenario in a thread, while this thread's Trio serves."""
+    with trio.fail_after(120):
+        return await trio.to_thread.run_sync(scenario, *args)
+
+
+async def test_live_capture_from_the_microphone(start_server: StartServer, tmp_path: Path) -> None:
+    server = await start_server(asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)))
+
+    def scenario() -> None:
+        mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+               f"--use-file-for-fake-audio-capture={MIC_WAV}"]  # fmt: skip
+        with browser(tmp_path, *mic) as b:
+            page = b.page
+            page.goto(server.url + "/")
+            b.shot("live-idle")
+            page.fill("#live-user", "alice")
+            page.fill("#live-session", "mic")
+            page.click("#mic-start")
+            b.wait("Number(document.getElementById('acks').textContent) >= 10")
+            assert b.painted("spectrogram") > 500  # the chunks' bands were drawn
+            page.wait_for_selector("#vad-state[data-state=speech]", timeout=WAIT_MS)
+            b.shot("live-speech")
+            b.wait("document.getElementById('finals').textContent.includes('light')")
+            page.wait_for_selector("#vad-state[data-state=silence]", timeout=WAIT_MS)
+            b.shot("live-final-transcript")
+            finals = page.locator("#finals li").all_inner_texts()
+            words = page.locator("#finals li:first-child .word").evaluate_all(
+                "spans => spans.map(s => [s.dataset.word, Number(s.dataset.start)])"
+            )
+            events = b.text("#events")
+            page.click("#live-stop")
+            page.wait_for_selector("#live-state[data-state=idle]", timeout=WAIT_MS)
+            assert "session_end" in b.text("#events")
+            b.shot("live-stopped")
+        assert "vad speech_started" in events and "vad speech_stopped" in events
+        assert "ack seq=0 " in events
+        assert [w for w, _ in words] == SENTENCE.split(), (finals, words)
+        # On the session's timeline: the speech starts after the file's 1 s of silence.
+        assert 700 <= words[0][1] <= 1400, words
+
+    await in_browser(scenario)
+    async with server.client() as client:
+        listing = (await client.get("/sessions/alice?session_id=mic")).json()
+    chunks = listing["sessions"][0]["chunks"]
+    assert len(chunks) >= 10
+    assert {c["audio"]["sample_rate"] for c in chunks} == {16000}
+    assert any(c["features"]["speech_ratio"] > 0.5 for c in chunks)
+
+
+async def upload_session(
+    client: Any, user: str, session: str, n: int, token: str | None = None
+) -> list[str]:
+    """*n* WAV chunks of speech, uploaded over HTTP; their chunk ids."""
+    headers = {"Content-Type": "audio/wav"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    ids = []
+    for piece in pieces(speak(SENTENCE), 3.5 / n):
+        response = await client.post(
+            "/upload", params={"user_id": user, "session_id": session},
+            content=to_wav(piece), headers=headers,
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["chunk_id"])
+    return ids
+
+
+async def test_browse_play_and_delete_a_chunk(start_server: StartServer, tmp_path: Path) -> None:
+    server = await start_server(asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)))
+    async with server.client() as client:
+        ids = await upload_session(client, "alice", "uploaded", 3)
+        with trio.fail_after(30):  # the words are in before the page looks
+            while True:
+                chunk = (await client.get(f"/chunks/{ids[1]}")).json()
+                if chunk["transcript"]["status"] == "done":
+                    break
+                await trio.sleep(0.05)
+        raw = await client.post(
+            "/upload", content=(np.sin(np.arange(8000) / 5) * 8000).astype("<i2").tobytes(),
+            params={"user_id": "alice", "session_id": "raw", "encoding": "pcm_s16le",
+                    "sample_rate": 16000, "channels": 1},
+        )  # fmt: skip
+        assert raw.status_code == 201, raw.text
+        raw_id = raw.json()["chunk_id"]
+
+    def scenario() -> None:
+        with browser(tmp_path) as b:
+            page = b.page
+            page.goto(server.url + "/#browse")
+            page.fill("#browse-user", "alice")
+            page.click("#browse-form button[type=submit]")
+            page.click("button[data-session=uploaded]")
+            rows = page.locator("#chunks tbody tr")
+            rows.first.wait_for()
+            assert rows.count() == len(ids)
+            page.click(f"tr[data-chunk='{ids[1]}']")
+            b.loaded(ids[1])
+            assert ids[1] in b.text("#chunk-title")
+            assert json.loads(page.text_content("#chunk-json") or "")["chunk_id"] == ids[1]
+            assert b.painted("waveform") > 200 and b.painted("spectrum") > 200
+            chunk_words = page.locator("#chunk-words .word").all_inner_texts()
+            assert chunk_words and set(chunk_words) <= set(SENTENCE.split())
+            page.evaluate("document.getElementById('player').play()")
+            # The word being said lights up, in the chunk's words and the session's.
+            b.wait("document.querySelector('#chunk-words .word.now') !== null")
+            lit = b.text("#session-transcript .word.now")
+            b.shot("browse-playing")
+            b.wait("(p => p.currentTime > 0.2 || p.played.length > 0)(document.all.player)")
+            assert b.text("#session-transcript") == SENTENCE
+            assert lit in chunk_words
+
+            # Raw PCM (as a WebSocket stores it) plays too: the page wraps it in a WAV.
+            page.click("button[data-session=raw]")
+            page.click("#chunks tbody tr")
+            b.loaded(raw_id)
+            page.evaluate("document.getElementById('player').play()")
+            b.wait("document.getElementById('player').currentTime > 0.1")
+
+            # Delete asks first: dismissed keeps the chunk, accepted deletes it.
+            page.click("button[data-session=uploaded]")
+            page.click(f"tr[data-chunk='{ids[0]}']")
+            b.loaded(ids[0])
+            page.once("dialog", lambda d: d.dismiss())
+            page.click("#delete")
+            assert page.locator("#chunks tbody tr").count() == len(ids)
+            page.once("dialog", lambda d: d.accept())
+            page.click("#delete")
+            b.wait(f"document.querySelectorAll('#chunks tbody tr').length === {len(ids) - 1}")
+            b.shot("browse-deleted")
+
+            page.goto(server.url + "/#health")
+            page.wait_for_selector("tr[data-metric='chunks in store'] td", timeout=WAIT_MS)
+            health = b.text("#health-table")
+            b.shot("health")
+        assert "queue ingress" in health and "transcript lag" in health
+        assert page_value(health, "chunks in store") == str(len(ids))  # 3 + raw - deleted
+
+    await in_browser(scenario)
+    async with server.client() as client:
+        assert (await client.get(f"/chunks/{ids[0]}")).status_code == 404
+        assert (await client.get(f"/chunks/{ids[1]}")).status_code == 200
+
+
+def page_value(table_text: str, key: str) -> str:
+    for line in table_text.splitlines():
+        name, _, value = line.partition("\t")
+        if name.strip() == key:
+            return value.strip()
+    raise AssertionError(f"{key!r} not in {table_text!r}")
+
+
+async def test_token_flow_shows_only_the_tokens_user(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    tokens_file = tmp_path / "tokens"
+    alice, bob = add_token(tokens_file, "alice"), add_token(tokens_file, "bob")
+    server = await start_server(tokens_file=str(tokens_file))
+    async with server.client() as client:
+        mine = await upload_session(client, "alice", "alice-talk", 2, token=alice)
+        await upload_session(client, "bob", "bob-secret", 2, token=bob)
+
+    def scenario() -> None:
+        with browser(tmp_path) as b:
+            page = b.page
+            page.goto(server.url + "/#browse")
+            page.fill("#browse-user", "alice")
+            page.click("#browse-form button[type=submit]")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "unauthorized" in b.text("#error")
+            b.shot("token-missing")
+
+            # Live without a token: the server refuses the stream, the page says so and stops.
+            page.goto(server.url + "/#live")
+            page.fill("#live-user", "alice")
+            page.set_input_files("#file-input", str(MIC_WAV))
+            b.wait("document.getElementById('events').textContent.includes('error unauthorized')")
+            assert "unauthorized" in b.text("#error")
+            page.wait_for_selector("#live-state[data-state=idle]")
+            b.shot("token-live-refused")
+
+            page.goto(server.url + "/#browse")
+            page.fill("#browse-user", "alice")
+            page.fill("#token", alice)
+            page.click("#token-save")
+            assert page.evaluate("sessionStorage.getItem('trio-audio-token')") == alice
+            assert page.evaluate("localStorage.length") == 0
+            page.click("#browse-form button[type=submit]")
+            page.click("button[data-session=alice-talk]")
+            page.click(f"tr[data-chunk='{mine[0]}']")
+            b.loaded(mine[0])
+            b.shot("token-own-session")
+
+            page.fill("#browse-user", "bob")
+            page.click("#browse-form button[type=submit]")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "not_found" in b.text("#error")
+            assert "bob-secret" not in page.content()
+            assert "alice-talk" not in page.content()  # the last listing went with the switch
+            b.shot("token-other-user")
+
+            # Forgetting the token clears what it showed.
+            page.fill("#browse-user", "alice")
+            page.click("#browse-form button[type=submit]")
+            page.click("button[data-session=alice-talk]")
+            page.click("#token-clear")
+            assert page.evaluate("sessionStorage.length") == 0
+            assert "alice-talk" not in page.content()
+            assert page.get_attribute("#player", "src") is None
+            page.fill("#token", alice)
+            page.click("#token-save")
+
+            # The token also opens the live WebSocket (in its start message).
+            page.goto(server.url + "/#live")
+            page.fill("#live-user", "alice")
+            page.fill("#live-session", "from-file")
+            page.set_input_files("#file-input", str(MIC_WAV))
+            b.wait("Number(document.getElementById('acks').textContent) >= 3")
+            page.click("#live-stop")
+            page.wait_for_selector("#live-state[data-state=idle]", timeout=WAIT_MS)
+
+            # /docs tries a route with the same token.
+            page.goto(server.url + "/docs")
+            op = page.locator("details[data-path='/sessions/{user_id}'][data-method=get]")
+            op.locator("summary").click()
+            op.locator("input[name=user_id]").fill("alice")
+            op.locator("button[type=submit]").click()
+            op.locator(".result pre").wait_for(timeout=WAIT_MS)
+            result = op.locator(".result").inner_text()
+            b.shot("docs-try")
+            urls = list(b.urls)
+        assert "-> 200" in result and "alice-talk" in result
+        leaked = [u for u in urls if alice in u or bob in u]
+        assert not leaked, leaked
+        assert any(u.endswith("/ws") for u in urls)
+
+    await in_browser(scenario)
+    async with server.client(headers={"Authorization": f"Bearer {alice}"}) as client:
+        listing = (await client.get("/sessions/alice?session_id=from-file")).json()
+    assert listing["sessions"][0]["chunk_count"] >= 3

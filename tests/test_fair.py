@@ -1,0 +1,50 @@
+"""The fair queue: finals round robin across sessions, partials only when no final waits."""
+
+from __future__ import annotations
+
+from trio_audio.asr.fair import FairQueue
+
+
+def drain(queue: FairQueue[str, str]) -> list[str]:
+    out = []
+    while (taken := queue.take()) is not None:
+        key, job, _ = taken
+        out.append(job)
+        queue.done(key)
+    return out
+
+
+def test_a_long_session_takes_one_turn_a_round() -> None:
+    queue: FairQueue[str, str] = FairQueue()
+    for n in range(4):
+        queue.put_final("file", f"file{n}")
+    queue.put_final("short", "short0")
+    assert drain(queue) == ["file0", "short0", "file1", "file2", "file3"]
+
+
+def test_one_final_in_flight_per_session() -> None:
+    queue: FairQueue[str, str] = FairQueue()
+    queue.put_final("a", "a0")
+    queue.put_final("a", "a1")
+    assert queue.take() == ("a", "a0", True)
+    assert queue.take() is None  # a1 waits for a0: a session's words stay in order
+    queue.done("a")
+    assert queue.take() == ("a", "a1", True)
+
+
+def test_finals_go_before_partials_and_only_the_newest_partial_is_kept() -> None:
+    queue: FairQueue[str, str] = FairQueue()
+    queue.put_partial("a", "a-old")
+    queue.put_partial("a", "a-new")  # the old one is dropped, not queued
+    queue.put_final("b", "b0")
+    assert queue.take() == ("b", "b0", True)
+    assert queue.take() == ("a", "a-new", False)
+    assert queue.take() is None
+
+
+def test_a_final_makes_the_sessions_partial_stale() -> None:
+    queue: FairQueue[str, str] = FairQueue()
+    queue.put_partial("a", "a-partial")
+    queue.put_final("a", "a0")
+    assert drain(queue) == ["a0"]
+    assert queue.partials_waiting == 0 and queue.finals_waiting() == 0

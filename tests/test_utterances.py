@@ -1,0 +1,91 @@
+"""Cutting a session into utterances from the chunks' speech segments. Pure, synthetic audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trio_audio.asr.utterances import OVERLAP_MS, PREROLL_MS, Assembler, Utterance
+
+RATE = 16000
+
+
+def chunk(ms: float, level: float = 0.0) -> np.ndarray:
+    return np.full(int(ms * 16), level, np.int16)
+
+
+def spoken(assembler: Assembler, start_ms: float, ms: float,
+           segments: list[tuple[float, float]]) -> list[Utterance]:  # fmt: skip
+    """A chunk whose *segments* are loud (speech) and the rest silent."""
+    pcm = chunk(ms)
+    for begin, end in segments:
+        pcm[int(begin * 16) : int(end * 16)] = 8000
+    return assembler.add(start_ms, pcm, segments)
+
+
+def test_silence_makes_no_utterance_and_is_final_at_once() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    assert spoken(a, 0, 1000, []) == []
+    assert not a.open and a.final_until_ms == 1000
+    assert a.finish() == []
+
+
+def test_speech_then_a_gap_ends_an_utterance_with_pre_roll_and_tail() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    assert spoken(a, 0, 1000, [(500, 1000)]) == []
+    assert a.open and a.final_until_ms == 500 - PREROLL_MS
+    (u,) = spoken(a, 1000, 1000, [(0, 200)])  # speech goes on across the boundary, then stops
+    assert u.final and u.start_ms == 500 - PREROLL_MS
+    assert 1200 < u.end_ms <= 1200 + 300
+    assert len(u.pcm) == round((u.end_ms - u.start_ms) * 16) * 2
+    assert not a.open and a.final_until_ms == 2000
+
+
+def test_finish_ends_the_open_utterance_with_everything_heard() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    spoken(a, 0, 1000, [(100, 1000)])
+    partial = a.partial()
+    assert partial is not None and not partial.final and partial.end_ms == 1000
+    (u,) = a.finish()
+    assert u.final and (u.start_ms, u.end_ms) == (0.0, 1000.0)
+    assert a.partial() is None and a.finish() == []
+
+
+def test_two_segments_closer_than_the_gap_are_one_utterance() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    out = spoken(a, 0, 3000, [(300, 800), (1000, 1500)])  # 200 ms apart
+    assert len(out) == 1 and out[0].start_ms == 0.0 and out[0].end_ms >= 1500
+
+
+def test_a_gap_in_the_timeline_ends_the_utterance() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    spoken(a, 0, 1000, [(200, 1000)])
+    (u,) = spoken(a, 60_000, 1000, [])
+    assert u.end_ms == 1000.0
+    assert a.final_until_ms == 61_000
+
+
+def test_a_long_utterance_is_cut_at_its_quietest_point_with_overlap() -> None:
+    a = Assembler(gap_ms=500, max_ms=10_000)
+    out: list[Utterance] = []
+    for n in range(12):  # 12 s of speech, with one quiet 30 ms frame 8 s in
+        pcm = chunk(1000, 8000)
+        if n == 8:
+            pcm[4800:5280] = 0  # 300-330 ms into the ninth second
+        out += a.add(n * 1000.0, pcm, [(0, 1000)])
+    (first,) = out
+    cut = first.keep_until_ms
+    assert 8300 <= cut <= 8330  # the quiet frame, not the 10 s limit
+    assert first.end_ms == pytest.approx(cut + OVERLAP_MS)
+    partial = a.partial()
+    assert partial is not None
+    assert partial.start_ms == pytest.approx(cut - OVERLAP_MS) and partial.keep_from_ms == cut
+    (second,) = a.finish()
+    assert second.keep_from_ms == cut and second.end_ms == 12_000
+
+
+def test_memory_holds_only_the_open_utterance_or_the_pre_roll() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    for n in range(60):
+        spoken(a, n * 1000.0, 1000, [])
+    assert a.held_bytes <= PREROLL_MS * 16 * 2

@@ -1,0 +1,178 @@
+"""Cutting one session's audio into utterances, from the voice activity the pipeline found. Pure.
+
+The pipeline's VAD gives every stored chunk its ``speech_segments``; the transcriber hands
+the chunks here in seq order (``add``), with their 16 kHz PCM. An utterance starts
+``PREROLL_MS`` before the first speech and ends ``TAIL_MS`` after the last, once ``gap_ms``
+of silence follow it, on ``finish`` (the client's ``finalize``, the session's end or idle
+timeout), or at a gap in the session's timeline. Each finished utterance is decoded once.
+
+An utterance longer than ``max_ms`` is cut at the quietest 30 ms frame of the last
+``QUIET_SEARCH_MS`` before the limit, never at the limit itself, and the two halves overlap by
+``OVERLAP_MS`` on each side of the cut: each decode hears a word that crosses the cut whole,
+and a word belongs to the half it starts in (``keep_from_ms``/``keep_until_ms``).
+
+Times are on the session's timeline (the chunks' ``offset_ms``), in ms. Memory: the audio of
+the open utterance (at most ``max_ms`` plus the overlap) and ``PREROLL_MS`` before it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+RATE: Final = 16000
+PER_MS: Final = RATE // 1000
+FRAME_MS: Final = 30
+PREROLL_MS: Final = 300.0
+TAIL_MS: Final = 300.0
+OVERLAP_MS: Final = 500.0
+QUIET_SEARCH_MS: Final = 5000.0
+
+Pcm = npt.NDArray[np.int16]
+
+
+@attrs.frozen
+class Utterance:
+    """Audio to decode, and which of the words found in it are its own."""
+
+    start_ms: float
+    end_ms: float
+    pcm: bytes  # 16 kHz 16-bit mono, from start_ms to end_ms
+    final: bool
+    keep_from_ms: float = -math.inf  # words starting before it belong to the one before
+    keep_until_ms: float = math.inf  # words starting at or after it belong to the next
+
+
+class Assembler:
+    """One session's chunks in, utterances out."""
+
+    def __init__(self, gap_ms: float, max_ms: float, start_ms: float = 0.0) -> None:
+        self.gap_ms = gap_ms
+        self.max_ms = max(max_ms, 2 * (OVERLAP_MS + FRAME_MS))
+        self._reset(start_ms)
+
+    def _reset(self, start_ms: float) -> None:
+        self.buffer: Pcm = np.zeros(0, np.int16)
+        self.buffer_start_ms = start_ms
+        self.end_ms = start_ms  # the timeline position after the last chunk
+        self.utt_start_ms: float | None = None
+        self.keep_from_ms = -math.inf
+        self.last_speech_end_ms: float | None = None
+        self.closed_until_ms = start_ms  # the end of the last utterance given out
+
+    @property
+    def open(self) -> bool:
+        return self.utt_start_ms is not None
+
+    @property
+    def final_until_ms(self) -> float:
+        """Every word starting before this time is in an utterance already given out."""
+        return self.utt_start_ms if self.utt_start_ms is not None else self.end_ms
+
+    def add(
+        self, start_ms: float, pcm: Pcm, segments: list[tuple[float, float]]
+    ) -> list[Utterance]:
+        """A chunk at *start_ms* with its speech *segments* (ms from the chunk's start); the
+        utterances it finishes."""
+        out: list[Utterance] = []
+        if abs(start_ms - self.end_ms) > FRAME_MS:  # a gap (or overlap) in the timeline
+            out += self.finish()
+            self._reset(start_ms)
+        self.buffer = np.concatenate([self.buffer, pcm.astype(np.int16, copy=False)])
+        self.end_ms = start_ms + pcm.size / PER_MS
+        tail = min(TAIL_MS, self.gap_ms / 2)
+        for begin, end in sorted(segments):
+            begin, end = start_ms + begin, start_ms + end
+            last = self.last_speech_end_ms
+            if self.utt_start_ms is not None and last is not None and begin - last >= self.gap_ms:
+                out.append(self._close(last + tail))
+            if self.utt_start_ms is None:
+                earliest = max(self.buffer_start_ms, self.closed_until_ms)
+                self.utt_start_ms = max(earliest, begin - PREROLL_MS)
+                self.keep_from_ms = -math.inf
+            last = self.last_speech_end_ms
+            self.last_speech_end_ms = end if last is None else max(end, last)
+        last = self.last_speech_end_ms
+        if self.utt_start_ms is not None and last is not None and self.end_ms - last >= self.gap_ms:
+            out.append(self._close(last + tail))
+        while self.utt_start_ms is not None and (
+            self.end_ms - self.utt_start_ms > self.max_ms + OVERLAP_MS
+        ):
+            out.append(self._cut())
+        self._trim()
+        return out
+
+    def finish(self) -> list[Utterance]:
+        """End the open utterance with everything received (no more audio is coming now)."""
+        if self.utt_start_ms is None:
+            return []
+        return [self._close(self.end_ms)]
+
+    def partial(self) -> Utterance | None:
+        """The open utterance as heard so far (for a partial hypothesis), or None."""
+        if self.utt_start_ms is None:
+            return None
+        start = self.utt_start_ms
+        return Utterance(start, self.end_ms, self._pcm(start, self.end_ms), final=False,
+                         keep_from_ms=self.keep_from_ms)  # fmt: skip
+
+    def _close(self, end_ms: float) -> Utterance:
+        assert self.utt_start_ms is not None
+        end_ms = min(end_ms, self.end_ms)
+        start = self.utt_start_ms
+        utterance = Utterance(start, end_ms, self._pcm(start, end_ms), final=True,
+                              keep_from_ms=self.keep_from_ms)  # fmt: skip
+        self.utt_start_ms = None
+        self.last_speech_end_ms = None
+        self.keep_from_ms = -math.inf
+        self.closed_until_ms = end_ms
+        return utterance
+
+    def _cut(self) -> Utterance:
+        """Split a long open utterance at its quietest point before ``max_ms``."""
+        assert self.utt_start_ms is not None
+        start = self.utt_start_ms
+        limit = start + self.max_ms
+        cut = self._quietest(max(start + OVERLAP_MS + FRAME_MS, limit - QUIET_SEARCH_MS), limit)
+        end = cut + OVERLAP_MS
+        first = Utterance(start, end, self._pcm(start, end), final=True,
+                          keep_from_ms=self.keep_from_ms, keep_until_ms=cut)  # fmt: skip
+        self.utt_start_ms = cut - OVERLAP_MS
+        self.keep_from_ms = cut
+        return first
+
+    def _quietest(self, lo_ms: float, hi_ms: float) -> float:
+        """The middle of the 30 ms frame with the least energy in [lo_ms, hi_ms]."""
+        lo = max(0, round((lo_ms - self.buffer_start_ms) * PER_MS))
+        hi = min(self.buffer.size, round((hi_ms - self.buffer_start_ms) * PER_MS))
+        step = FRAME_MS * PER_MS
+        count = (hi - lo) // step
+        if count < 1:
+            return hi_ms
+        frames = self.buffer[lo : lo + count * step].astype(np.float64).reshape(count, step)
+        energy = np.einsum("ij,ij->i", frames, frames)
+        # The last of the quietest frames: cut as late as the silence allows.
+        best = count - 1 - int(np.argmin(energy[::-1]))
+        return self.buffer_start_ms + (lo + best * step + step // 2) / PER_MS
+
+    def _pcm(self, start_ms: float, end_ms: float) -> bytes:
+        lo = max(0, round((start_ms - self.buffer_start_ms) * PER_MS))
+        hi = max(lo, round((end_ms - self.buffer_start_ms) * PER_MS))
+        return self.buffer[lo:hi].astype("<i2").tobytes()
+
+    def _trim(self) -> None:
+        """Keep the open utterance, or the pre-roll a coming one could start with."""
+        keep = self.utt_start_ms if self.utt_start_ms is not None else self.end_ms - PREROLL_MS
+        cut = round((keep - self.buffer_start_ms) * PER_MS)
+        if cut > 0:
+            cut = min(cut, self.buffer.size)
+            self.buffer = self.buffer[cut:]
+            self.buffer_start_ms += cut / PER_MS
+
+    @property
+    def held_bytes(self) -> int:
+        return int(self.buffer.nbytes)

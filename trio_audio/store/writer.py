@@ -1,0 +1,382 @@
+"""The log writer: appends framed records to the newest segment, rolls to a new one, and
+makes them durable. Synchronous (no trio): the store's committer calls it through
+``trio.to_thread.run_sync``, one thread at a time.
+
+``LogWriter.append`` frames a record into memory and returns its seq and ``BlobRef``;
+``flush`` writes every buffered frame with ``pwritev`` (looping on short writes) and, if the
+write fails, truncates the file back to the last good record and re-raises, so a failed
+batch leaves no partial record and its seqs are given out again. ``sync`` makes the written
+records durable (``fdatasync``; a new segment's directory entry was fsync'd when ``flush``
+created it); ``checkpoint`` syncs and proves it. After a completed fsync the writer
+rewrites the manifest (``files.write_manifest``: newest segment, its fsync'd end, the durable
+seq) at most every *manifest_interval_s*, at the first sync after it created a segment, and
+at every ``checkpoint`` (so at start-up and a clean close): replay refuses a log that falls
+short of it. It keeps to the orders ``replay`` relies on:
+a segment is complete and ``fdatasync``'d before the next one is created, a new segment's
+header is ``fdatasync``'d (and the directory fsync'd) before any record goes into it, and a
+failed write's truncation is ``fdatasync``'d before anything else is written. Every call
+that changes a file goes through ``files.FileOps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from ..errors import CorruptLog, StoreError
+from .files import (
+    REAL_FILES,
+    FileOps,
+    list_segments,
+    log_dir,
+    make_dirs,
+    segment_name,
+    write_all,
+    write_manifest,
+)
+from .record import (
+    FIRST_SEQ,
+    SEGMENT_HEADER_SIZE,
+    BlobRef,
+    Manifest,
+    RecordType,
+    build_checkpoint,
+    build_frame,
+    pack_manifest,
+    pack_segment_header,
+    parse_segment_header,
+)
+
+logger = logging.getLogger("trio_audio.store")
+
+DEFAULT_SEGMENT_MAX_BYTES: Final = 256 * 1024 * 1024
+DEFAULT_MANIFEST_INTERVAL_S: Final = 1.0  # as Config.fsync_interval_s
+
+
+@attrs.define
+class _Pending:
+    """Frames buffered for one segment; ``header`` is set when flush must create it."""
+
+    segment: str
+    salt: int
+    start: int
+    header: bytes | None
+    buffers: list[bytes] = attrs.field(factory=list)
+    nbytes: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.nbytes
+
+
+class LogWriter:
+    """Appends records to the newest segment, rolling to a new one past the size limit.
+
+    Open it after replay with ``next_seq=report.last_seq + 1`` and
+    ``proven_seq=report.durable_seq``. Not thread-safe: one caller (the store's writer, one
+    thread at a time) uses it. *files* is the file layer (the real one by default).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        next_seq: int,
+        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+        proven_seq: int = 0,
+        files: FileOps = REAL_FILES,
+        manifest_interval_s: float = DEFAULT_MANIFEST_INTERVAL_S,
+    ) -> None:
+        if next_seq < FIRST_SEQ:
+            msg = f"next_seq must be at least {FIRST_SEQ}, got {next_seq}"
+            raise ValueError(msg)
+        if segment_max_bytes <= SEGMENT_HEADER_SIZE:
+            msg = f"segment_max_bytes must exceed {SEGMENT_HEADER_SIZE}"
+            raise ValueError(msg)
+        self._files = files
+        self._dir = log_dir(data_dir)
+        self._segment_max = segment_max_bytes
+        self._fd: int | None = None
+        self._segment: str | None = None
+        self._salt = 0
+        self._end = 0  # bytes of the current segment written (the last good end)
+        self._pending: list[_Pending] = []
+        self._next_seq = next_seq  # given out, buffered frames included
+        self._written_seq = next_seq  # after the last record written to a file
+        self._durable = 0  # the last seq a completed fsync covered
+        self._proven = proven_seq  # the last seq a checkpoint written says was fsync'd
+        self._proven_before = proven_seq  # ... before the pending batch
+        self._bytes_written = 0
+        self._broken: str | None = None
+        self._closed = False
+        self._synced: tuple[str, int] | None = None  # segment and end a completed fsync covered
+        self._manifest_interval = manifest_interval_s
+        self._manifest_at: float | None = None  # when the manifest was last written
+        make_dirs(self._dir)
+        names = list_segments(data_dir)
+        if names:
+            self._open_existing(names[-1], next_seq)
+
+    def _open_existing(self, name: str, next_seq: int) -> None:
+        path = self._dir / name
+        fd = self._files.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            parsed = parse_segment_header(os.pread(fd, SEGMENT_HEADER_SIZE, 0))
+            size = os.fstat(fd).st_size
+        except BaseException:
+            self._files.close(fd)
+            raise
+        if isinstance(parsed, str):
+            self._files.close(fd)
+            raise CorruptLog(str(path), 0, f"{parsed} (replay the log first)")
+        salt, base_seq = parsed
+        if next_seq < base_seq:
+            self._files.close(fd)
+            msg = f"next_seq {next_seq} is before the segment's base seq {base_seq}"
+            raise CorruptLog(str(path), 0, msg)
+        self._fd, self._segment, self._salt, self._end = fd, name, salt, size
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next appended record gets."""
+        return self._next_seq
+
+    @property
+    def current_segment(self) -> str | None:
+        """The segment file written to (None before the first flush into an empty log)."""
+        return self._segment
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes this writer has written to segment files (headers included)."""
+        return self._bytes_written
+
+    @property
+    def pending_records(self) -> int:
+        """Records appended but not yet flushed."""
+        return self._next_seq - self._written_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """The last seq a completed fsync of this writer covered."""
+        return self._durable
+
+    def append(
+        self, type: RecordType, meta: dict[str, Any], audio: bytes | None = None
+    ) -> tuple[int, BlobRef | None]:
+        """Frame a record into the batch; its ``BlobRef`` is valid once ``flush`` returned."""
+        self._check_usable()
+        type = RecordType(type)
+        if type == RecordType.CHECKPOINT:
+            msg = "checkpoints are written by the writer itself"
+            raise ValueError(msg)
+        if not self._pending:
+            self._proven_before = self._proven
+            if self._checkpoint_due():
+                self._append_checkpoint()
+        seq = self._next_seq
+        tail = self._pending[-1] if self._pending else None
+        salt = tail.salt if tail else self._salt
+        frame = build_frame(salt, type, seq, meta, audio)
+        size = sum(len(b) for b in frame)
+        segment, end = (tail.segment, tail.end) if tail else (self._segment, self._end)
+        if segment is None or (end > SEGMENT_HEADER_SIZE and end + size > self._segment_max):
+            salt = secrets.randbits(32)
+            header = pack_segment_header(salt, seq)
+            tail = _Pending(segment_name(seq), salt, SEGMENT_HEADER_SIZE, header)
+            self._pending.append(tail)
+            frame = build_frame(salt, type, seq, meta, audio)
+        elif tail is None:
+            assert self._segment is not None
+            tail = _Pending(self._segment, self._salt, self._end, None)
+            self._pending.append(tail)
+        offset = tail.end
+        tail.buffers.extend(frame)
+        tail.nbytes += size
+        self._next_seq = seq + 1
+        if type != RecordType.CHUNK:
+            return seq, None
+        assert audio is not None
+        return seq, BlobRef(tail.segment, offset + size - len(audio), len(audio))
+
+    def _checkpoint_due(self) -> bool:
+        return self._segment is not None and self._durable > self._proven
+
+    def _append_checkpoint(self) -> None:
+        assert self._segment is not None
+        frame = build_checkpoint(self._salt, self._durable)
+        tail = _Pending(self._segment, self._salt, self._end, None, [frame], len(frame))
+        self._pending.append(tail)
+        self._proven = self._durable
+
+    def flush(self) -> None:
+        """Write every buffered frame. On failure the log is left at its last good record,
+        the batch is dropped (its seqs are given out again) and the error re-raised."""
+        self._check_usable()
+        if not self._pending:
+            return
+        files = self._files
+        saved_fd, saved_segment, saved_salt, saved_end = (
+            self._fd,
+            self._segment,
+            self._salt,
+            self._end,
+        )
+        created: list[tuple[Path, int]] = []
+        written = 0
+        try:
+            for pending in self._pending:
+                if pending.header is not None:
+                    if self._fd is not None:
+                        # The older segment is complete and durable (its name was fsync'd
+                        # when it was created) before the next one exists: a crash only
+                        # damages the newest one.
+                        files.fdatasync(self._fd)
+                    path = self._dir / pending.segment
+                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                    fd = files.open(path, flags, 0o644)
+                    created.append((path, fd))
+                    self._fd, self._segment, self._salt = fd, pending.segment, pending.salt
+                    self._end = 0
+                    # The header is durable before any record is written after it: a bad
+                    # header on a segment longer than it is then corruption, not a crash.
+                    written += write_all(files, fd, [pending.header], 0)
+                    files.fdatasync(fd)
+                    files.fsync_dir(self._dir)
+                    self._end = SEGMENT_HEADER_SIZE
+                    self._manifest_at = None  # name the new segment at the next sync
+                assert self._fd is not None
+                written += write_all(files, self._fd, pending.buffers, pending.start)
+                self._end = pending.end
+        except BaseException as exc:
+            self._pending.clear()
+            self._next_seq = self._written_seq
+            self._proven = self._proven_before
+            self._fd, self._segment, self._salt, self._end = (
+                saved_fd,
+                saved_segment,
+                saved_salt,
+                saved_end,
+            )
+            self._roll_back(created, saved_fd, saved_end, exc)
+            raise
+        for _, fd in created[:-1]:
+            files.close(fd)
+        if created and saved_fd is not None:
+            files.close(saved_fd)
+        self._pending.clear()
+        self._written_seq = self._next_seq
+        self._bytes_written += written
+
+    def _roll_back(
+        self,
+        created: list[tuple[Path, int]],
+        fd: int | None,
+        end: int,
+        cause: BaseException,
+    ) -> None:
+        files = self._files
+        try:
+            for path, new_fd in created:
+                files.close(new_fd)
+                files.unlink(path)
+            if created:
+                files.fsync_dir(self._dir)
+            if fd is not None:
+                # Durable at once: a power cut must not bring back the half-written batch
+                # under the records that will be written over it.
+                files.ftruncate(fd, end)
+                files.fdatasync(fd)
+        except OSError as exc:
+            self._broken = f"a failed write could not be rolled back: {exc}"
+            msg = f"log write failed ({cause!r}) and {self._broken}"
+            raise StoreError(msg) from exc
+        logger.debug("rolled the log back to %s offset %d after %r", self._segment, end, cause)
+
+    def sync(self) -> None:
+        """Make every written record durable; rewrite the manifest if it is due (at most every
+        *manifest_interval_s*, and at the first sync after a new segment was created)."""
+        self._sync()
+        now = time.monotonic()
+        if self._manifest_at is None or now - self._manifest_at >= self._manifest_interval:
+            self._write_manifest()
+
+    def _sync(self) -> None:
+        self._check_usable()
+        written = self._written_seq - 1
+        if self._fd is not None:
+            self._files.fdatasync(self._fd)
+            assert self._segment is not None
+            self._synced = (self._segment, self._end)
+        self._durable = written
+
+    def _write_manifest(self) -> None:
+        """Record in the manifest how far the log is durable. A manifest that could not be
+        written is only a warning: the one before it still holds (it claims less)."""
+        if self._synced is None:
+            manifest = Manifest(0, 0, self._durable)
+        else:
+            name, offset = self._synced
+            manifest = Manifest(int(name[:16]), offset, self._durable)
+        try:
+            write_manifest(self._dir, pack_manifest(manifest), self._files)
+        except OSError as exc:
+            logger.warning("could not rewrite the log's manifest (%s); the last one holds", exc)
+            return
+        self._manifest_at = time.monotonic()
+
+    def checkpoint(self) -> None:
+        """Flush, fsync, and record in the log that every record written is durable (a
+        CHECKPOINT frame, fsync'd too), so that replay reports later damage to them as
+        corruption; and rewrite the manifest to say so. The store calls it at start-up and
+        at a clean close (and, in ``interval`` mode, when idle)."""
+        self.flush()
+        self._sync()
+        if self._checkpoint_due():
+            self._proven_before = self._proven
+            self._append_checkpoint()
+            self.flush()
+            self._sync()
+        self._write_manifest()
+
+    def seal(self) -> int:
+        """Make the current segment durable and close it; the next record starts a new
+        segment. Returns that record's seq: every record before it is in sealed segments.
+        Compaction's cut point."""
+        self.flush()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            self._files.fdatasync(fd)
+            self._files.close(fd)
+            assert self._segment is not None
+            self._synced = (self._segment, self._end)
+        self._segment, self._end = None, 0
+        self._durable = self._proven = self._written_seq - 1
+        return self._next_seq
+
+    def close(self) -> None:
+        """Close the segment; records appended and not flushed are dropped (with a warning)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pending:
+            logger.warning("log closed with %d unflushed records dropped", self.pending_records)
+            self._pending.clear()
+            self._next_seq = self._written_seq
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            self._files.close(fd)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            msg = "the log writer is closed"
+            raise StoreError(msg)
+        if self._broken is not None:
+            msg = f"the log writer is unusable: {self._broken}"
+            raise StoreError(msg)

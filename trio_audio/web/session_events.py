@@ -1,0 +1,99 @@
+"""A session's live results over HTTP: server-sent events, and ending a session at once.
+
+``GET /sessions/{user_id}/{session_id}/events`` streams what a WebSocket watcher of the
+session gets, as ``text/event-stream``: ``event: metadata`` (a chunk was stored),
+``transcript`` (partial and final words), ``vad`` (speech started or stopped) and
+``session_end`` (after ``POST .../end``). ``data`` is the same JSON message the WebSocket
+protocol sends. A comment line goes out every ``HEARTBEAT_S`` so proxies keep the
+connection open.
+
+``POST /sessions/{user_id}/{session_id}/end`` ends the session's open utterance now (no
+waiting for ``asr_idle_timeout_s``): it returns once the final words are stored, with the
+session's summary, and publishes ``session_end`` to the session's watchers.
+
+Resource handling: each stream holds one hub subscription (a bounded channel); a client
+that reads slower than its results arrive overflows it and its stream ends. Every stream
+ends when the service starts to shut down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Final, Protocol
+
+import trio
+
+from ..hub import Hub, Message, Subscription
+from ..store import StoreBackend
+
+HEARTBEAT_S: Final = 15.0
+
+
+class Finalizer(Protocol):
+    async def finalize(self, user_id: str, session_id: str) -> None: ...
+
+
+def format_event(message: Message) -> bytes:
+    """One server-sent event: its name is the message's ``type``, its data the JSON."""
+    data = json.dumps(message, separators=(",", ":"), allow_nan=False)
+    return f"event: {message.get('type', 'message')}\ndata: {data}\n\n".encode()
+
+
+async def next_message(sub: Subscription, shutdown: trio.Event, wait_s: float) -> Message | None:
+    """The session's next message; None after *wait_s* without one. ``trio.EndOfChannel``
+    when the stream must end (the client fell behind, or the service is shutting down)."""
+    message: Message | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def end_on_shutdown() -> None:
+            await shutdown.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(end_on_shutdown)
+        with trio.move_on_after(wait_s):
+            message = await sub.receive.receive()
+        nursery.cancel_scope.cancel()
+    if shutdown.is_set():
+        raise trio.EndOfChannel
+    return message
+
+
+async def event_stream(
+    hub: Hub, user_id: str, session_id: str, shutdown: trio.Event
+) -> AsyncIterator[bytes]:
+    """The body of an events response: the session's messages until the stream ends."""
+    with hub.subscribe(user_id, session_id) as sub:
+        yield b": watching " + f"{user_id}/{session_id}".encode() + b"\n\n"
+        while True:
+            try:
+                message = await next_message(sub, shutdown, HEARTBEAT_S)
+            except trio.EndOfChannel:
+                return
+            yield b": keepalive\n\n" if message is None else format_event(message)
+
+
+async def end_session(
+    store: StoreBackend,
+    hub: Hub,
+    transcriber: Finalizer | None,
+    user_id: str,
+    session_id: str,
+) -> dict[str, Any] | None:
+    """Finalize the session's transcript now; its summary (None: no such session)."""
+    if store.summary(user_id, session_id) is None:
+        return None
+    if transcriber is not None:
+        await transcriber.finalize(user_id, session_id)
+    summary = store.summary(user_id, session_id)
+    if summary is None:  # deleted meanwhile
+        return None
+    body = {
+        "user_id": user_id,
+        "session_id": session_id,
+        "chunk_count": summary.chunk_count,
+        "duration_ms": summary.duration_ms,
+        "transcript": summary.transcript,
+    }
+    hub.publish(user_id, session_id, {"type": "session_end", "summary": body})
+    return body
