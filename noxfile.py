@@ -1,5 +1,6 @@
 """Sessions: ``tests`` (the default), ``lint``, ``typecheck``; ``browser`` (the web console
-in headless Chromium, which CI also runs); on demand ``crash`` (the long kill -9 run),
+in headless Chromium, which CI also runs); ``tests_cluster`` (the service on a 3-node NATS
+JetStream cluster, which CI also runs); on demand ``crash`` (the long kill -9 run),
 ``bench`` (load and overload), ``bench_store`` (storage numbers).
 
 ``nox`` with no arguments runs lint, typecheck and tests, which is what CI runs.
@@ -17,9 +18,23 @@ PACKAGE = "trio_audio"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite: unit tests and end-to-end tests against real servers."""
+    """The whole suite: unit tests and end-to-end tests against real servers (the cluster's
+    own tests run in ``tests_cluster``)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *(session.posargs or ["--ignore=tests/test_cluster.py"]))
+
+
+@nox.session
+def tests_cluster(session: nox.Session) -> None:
+    """The service on a JetStream cluster of three real ``nats-server`` processes: its own
+    tests (several nodes, kill -9 of servers and nodes, the whole cluster down, restarts),
+    then the HTTP and WebSocket end-to-end suites with every service on the cluster."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_cluster.py", *session.posargs)
+    session.run(
+        "pytest", "tests/test_http.py", "tests/test_ws.py", *session.posargs,
+        env={"TRIO_AUDIO_TEST_CLUSTER": "1"},
+    )  # fmt: skip
 
 
 @nox.session
@@ -59,6 +74,15 @@ def bench_store(session: nox.Session) -> None:
     (``trio_audio/bench/storage.py``)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "trio_audio.bench.storage", *session.posargs)
+
+
+@nox.session
+def bench_cluster(session: nox.Session) -> None:
+    """Cluster numbers for the README: uploads/s and p99 with 1-3 nodes on a 3-node R=3
+    JetStream cluster vs the local log, WebSocket frames/s, replay of 100k chunks
+    (``trio_audio/bench/cluster.py``)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "trio_audio.bench.cluster", *session.posargs)
 
 
 @nox.session

@@ -35,3 +35,25 @@ def wav(freq: float = 440.0, seconds: float = 1.0, rate: int = 16000, channels: 
 def pcm_s16le(freq: float = 440.0, seconds: float = 1.0, rate: int = 16000) -> bytes:
     """Headerless 16-bit little-endian mono PCM."""
     return (sine(freq, seconds, rate)[:, 0] * 32767).astype("<i2").tobytes()
+
+
+# The first bytes of each container we sniff, as PCM can begin with them by chance.
+CONTAINER_MAGIC = {
+    "wav": b"RIFF\xf8\x7c\x00\x00WAVE",
+    "flac": b"fLaC\x00\x00\x00\x22",
+    "ogg": b"OggS\x00\x02\x00\x00",
+    "mp3-id3": b"ID3\x04\x00\x00\x00\x00\x00\x0a",
+    "mp3-sync": b"\xff\xfb\x36\x00",  # an MPEG-1 layer III frame header
+}
+
+
+def pcm_with_magic(magic: bytes, seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """Noise as 16-bit little-endian mono PCM whose first bytes are *magic*.
+
+    With this seed, libsndfile reads the MPEG-sync body as 72 ms of MP3: sniffed, it would
+    lose most of its length.
+    """
+    rng = np.random.default_rng(9)
+    data = bytearray((rng.standard_normal(round(seconds * rate)) * 3000).astype("<i2").tobytes())
+    data[: len(magic)] = magic
+    return bytes(data)

@@ -6,6 +6,7 @@ anything that could hang.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from trio_audio.config import Config
 from trio_audio.service import Running, serve
 from trio_audio.store.files import REAL_FILES, FileOps
 
+from .cluster import cluster_store, nats_cluster, own_cluster, service_nodes  # noqa: F401
 from .processes import Process
 
 
@@ -53,7 +55,20 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def start_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[StartServer]:
+def store_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config that puts the service on a store backend: none (the local log), or, with
+    ``TRIO_AUDIO_TEST_CLUSTER=1`` (``nox -s tests_cluster``), a fresh stream on a 3-node
+    JetStream cluster shared by the session (``tests/cluster.py``)."""
+    if not os.environ.get("TRIO_AUDIO_TEST_CLUSTER"):
+        return {}
+    cluster = request.getfixturevalue("nats_cluster")
+    return cluster_store(cluster)
+
+
+@pytest.fixture
+async def start_server(
+    nursery: trio.Nursery, data_dir: Path, store_overrides: dict[str, Any]
+) -> AsyncIterator[StartServer]:
     """``await start_server(**config)`` runs a service in this test's nursery."""
     servers: list[Server] = []
 
@@ -66,6 +81,7 @@ async def start_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[S
             # No speech engine unless a test asks for one (tests/test_transcribe.py does):
             # a worker process per server would slow every other test down.
             "asr_engine": "none",
+            **store_overrides,
         }
         values.update(overrides)
         config = Config(**values)

@@ -22,7 +22,7 @@ with atheris.instrument_imports():
     from trio_audio.errors import ServiceError, StoreError
     from trio_audio.store.files import log_dir
     from trio_audio.store.replay import replay
-    from trio_audio.web.ws import parse_control, parse_start
+    from trio_audio.web.messages import parse_control, parse_start
 
 MEDIA = ["", "audio/wav", "audio/flac", "audio/ogg", "audio/mpeg", "application/octet-stream",
          "audio/L16; rate=8000; channels=2"]  # fmt: skip

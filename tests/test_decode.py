@@ -30,6 +30,8 @@ from trio_audio.errors import (
     UnsupportedMediaType,
 )
 
+from .audio_samples import CONTAINER_MAGIC, pcm_with_magic
+
 Float32Array = npt.NDArray[np.float32]
 
 
@@ -298,9 +300,10 @@ def test_container_beats_content_type() -> None:
     assert decode(flac, content_type="audio/wav").container == "flac"
     wav = sf_bytes(tones(0.1), 16000, "WAV", "PCM_16")
     assert decode(wav, content_type="text/plain").container == "wav"
-    # Declared raw, but a WAV file came: the WAV header wins.
+    # Declared raw PCM is taken at its word, even when the bytes are a whole WAV file.
     decoded = decode(wav, content_type="audio/L16;rate=8000", raw=RawFormat("pcm_s16be", 8000, 2))
-    check(decoded, "wav", "pcm_s16le", 16000, 1)
+    check(decoded, "raw", "pcm_s16be", 8000, 2)
+    assert decoded.frames == len(wav) // 4
 
 
 def test_truncated_flac() -> None:
@@ -411,6 +414,24 @@ def test_raw_that_starts_like_an_mpeg_frame_is_still_raw() -> None:
     assert sniff_container(bytes(data)) == "mp3"
     decoded = decode(bytes(data), raw=RawFormat("pcm_s16le", 16000, 1))
     check(decoded, "raw", "pcm_s16le", 16000, 1)
+
+
+@pytest.mark.parametrize("magic", CONTAINER_MAGIC.values(), ids=CONTAINER_MAGIC.keys())
+def test_declared_pcm_that_starts_like_a_container_is_pcm(magic: bytes) -> None:
+    data = pcm_with_magic(magic)
+    assert sniff_container(data) is not None  # undeclared, these bytes would be sniffed
+    expected = np.frombuffer(data, "<i2").astype(np.float32)[:, None] / 32768
+    for content_type in ("application/octet-stream", "audio/wav", "audio/mpeg", ""):
+        decoded = decode(data, content_type=content_type, raw=RawFormat("pcm_s16le", 16000, 1))
+        check(decoded, "raw", "pcm_s16le", 16000, 1)
+        assert decoded.frames == 16000 and decoded.duration_ms == 1000.0
+        np.testing.assert_array_equal(decoded.samples, expected)
+    # The same bytes declared as audio/L16 (big-endian) are PCM too.
+    media_type, params = parse_media_type("audio/L16; rate=8000")
+    l16 = decode(data, content_type="audio/L16; rate=8000", raw=raw_format_from(
+        media_type, params, None, None, None))  # fmt: skip
+    check(l16, "raw", "pcm_s16be", 8000, 1)
+    assert l16.duration_ms == 2000.0
 
 
 def test_l16_from_content_type_decodes_big_endian() -> None:

@@ -19,7 +19,7 @@ from trio_audio.store.files import list_segments, log_dir
 from trio_audio.store.record import RecordType
 from trio_audio.store.replay import replay
 from trio_audio.store.writer import LogWriter
-from trio_audio.web.ws import parse_control, parse_start
+from trio_audio.web.messages import parse_control, parse_start
 
 from .strategies import AUDIO_INPUT, JSON_VALUES, MEDIA_TYPES, start_messages
 
@@ -66,7 +66,8 @@ def test_start_messages_validate_or_raise_typed_errors(
     except ServiceError as exc:
         assert 400 <= exc.status < 500 and exc.close_code in (4400, 4403, 4415)
         return
-    assert start.user_id and start.session_id and start.content_type
+    assert start.user_id and start.session_id
+    assert start.watch_only == ("format" not in message or message["format"] is None)
 
 
 @pytest.fixture(scope="module")

@@ -160,11 +160,31 @@ async def overloaded(start_server: StartServer, tmp_path: Path, nursery: trio.Nu
     return Refusal(server, 503, "overloaded", release=lambda: limiter.release_on_behalf_of("test"))
 
 
+async def no_slot(start_server: StartServer, tmp_path: Path, nursery: trio.Nursery) -> Refusal:
+    """The one upload slot held by an upload whose body is still coming: the gate refuses."""
+    server = await start_server(admit_max=1, admit_wait_s=0.1)
+    holder = await RawConnection.open(server.url)
+    await holder.send(UPLOAD_HEAD + BODY[:100])
+    with trio.fail_after(WAIT_S):
+        # Admission is the server's state, not an event this test can wait on: poll it.
+        while 'trio_audio_admission{state="inside"} 1' not in server.running.metrics.render():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+    async def finish() -> None:
+        await holder.send(BODY[100:])
+        response = await holder.response()
+        assert response is not None and response.status == 201
+        await holder.aclose()
+
+    return Refusal(server, 503, "overloaded", release=lambda: nursery.start_soon(finish))
+
+
 SETUPS: dict[str, Setup] = {
     "401": unauthorized,
     "413": too_large,
     "429": rate_limited,
     "503": overloaded,
+    "503-admission": no_slot,
 }
 
 

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+import wsproto
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     open_websocket_url,
     wrap_client_stream,
 )
+from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from .audio_samples import pcm_s16le, wav
 from .conftest import Server, StartServer, upload_params
+from .faults import FaultyFiles
+from .processes import Process
+from .strategies import JSON_VALUES, start_messages
 
 LIVE = ("flow", "keepalive", "vad", "transcript")  # may come at any time
 FORMAT = {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}
@@ -144,7 +152,10 @@ async def test_container_frames_and_base64_audio_messages(server: Server, transp
         ([{"type": "start", "user_id": "a/../b", "session_id": "s", "format": FORMAT}], 4400,
          "invalid_field"),
         ([{"type": "start", "user_id": "a", "format": FORMAT}], 4400, "missing_field"),
-        ([{"type": "start", "user_id": "a", "session_id": "s"}], 4400, "bad_message"),
+        ([{"type": "start", "user_id": "a", "session_id": "s", "format": "wav"}], 4400,
+         "bad_message"),
+        ([{"type": "start", "user_id": "a", "session_id": "s"}, b"\x00\x00"], 4400,
+         "bad_message"),  # no format: a watcher, which sends no audio
         ([{"type": "start", "user_id": "a", "session_id": "s",
            "format": {"encoding": "pcm_mulaw", "sample_rate": 8000, "channels": 1}}], 4415,
          "unsupported_media_type"),
@@ -154,6 +165,12 @@ async def test_container_frames_and_base64_audio_messages(server: Server, transp
         (["START", {"type": "audio", "data": "***"}], 4400, "bad_message"),
         (["START", b"\x00\x01\x02"], 4415, "invalid_audio"),  # odd length for 16-bit PCM
         (["START", "[1, 2]"], 4400, "bad_message"),
+        (["START", b""], 4415, "invalid_audio"),  # an empty frame: the same on both ports
+        (["START", "[" * 50_000], 4400, "bad_message"),  # nested deeper than JSON decoding goes
+        (["START", {"type": "start", "user_id": "alice", "session_id": "live",
+                    "format": FORMAT}], 4400, "bad_message"),  # a second start
+        ([{"type": "start", "user_id": "a", "session_id": "s", "format": {"container": []}}],
+         4415, "unsupported_media_type"),
     ],
 )  # fmt: skip
 async def test_errors_close_with_their_code_and_others_go_on(
@@ -410,3 +427,292 @@ async def test_websocket_chunks_count_against_the_users_rate_limit(
         received, code = await until_closed(ws)
     assert code == 4429
     assert received[-1]["code"] == "rate_limited" and received[-1]["retryable"] is True
+
+
+async def test_a_second_start_says_so(server: Server, transport: str) -> None:
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        await start_again(ws)
+        received, code = await until_closed(ws)
+    assert code == 4400
+    assert received[-1]["code"] == "bad_message" and "started" in received[-1]["message"]
+
+
+async def start_again(ws: WebSocketConnection) -> None:
+    message = {"type": "start", "user_id": "alice", "session_id": "live", "format": FORMAT}
+    await ws.send_message(json.dumps(message))
+
+
+@pytest.mark.parametrize("bad", ["not json", b"\x00\x01\x02", "second start"])
+async def test_chunks_taken_before_a_bad_message_are_answered_before_the_error(
+    server: Server, transport: str, bad: str | bytes
+) -> None:
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        for n in range(6):
+            await ws.send_message(frame(n))
+        if bad == "second start":
+            await start_again(ws)
+        else:
+            await ws.send_message(bad)
+        received, code = await until_closed(ws)
+    assert code in (4400, 4415)
+    assert received[-1]["type"] == "error"
+    assert [m["seq"] for m in received if m["type"] == "ack"] == list(range(6))
+    async with server.client() as client:
+        listing = (await client.get("/sessions/alice")).json()
+    assert listing["sessions"][0]["chunk_count"] == 6
+
+
+async def test_a_watcher_needs_no_format(server: Server, transport: str) -> None:
+    url = ws_url(server, transport)
+    async with connect(url) as sender:
+        await start(sender, "shared")
+        await sender.send_message(frame(0))
+        first = await receive_type(sender, "ack")
+        async with connect(url) as watcher:
+            watch = {"type": "start", "user_id": "alice", "session_id": "shared"}
+            await watcher.send_message(json.dumps({**watch, "resume_from_seq": 0}))
+            started = await receive(watcher)
+            assert started["type"] == "started" and started["stored_next_seq"] == 1
+            replayed = await receive_type(watcher, "ack")  # what was there before it came
+            assert replayed["replayed"] and replayed["chunk_id"] == first["chunk_id"]
+            await receive_type(watcher, "metadata")
+            await sender.send_message(frame(1))
+            second = await receive_type(sender, "ack", skip=("metadata",))
+            live = await receive_type(watcher, "metadata")
+            assert live["chunk_id"] == second["chunk_id"]
+            await watcher.send_message(json.dumps({"type": "keepalive"}))
+            await receive_type(watcher, "keepalive")
+            await watcher.send_message(json.dumps({"type": "end"}))
+            rest, code = await until_closed(watcher)
+    assert code == 1000 and rest[-1]["summary"]["stored"] == 0
+
+
+async def test_started_says_where_the_stored_session_ends(server: Server, transport: str) -> None:
+    url = ws_url(server, transport)
+    async with connect(url) as ws:
+        started = await start(ws)
+        assert (started["next_seq"], started["stored_next_seq"]) == (0, 0)
+        for n in range(3):
+            await ws.send_message(frame(n))
+        for n in range(3):
+            assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == n
+    async with connect(url) as ws:  # a client that lost its state: it resends from there
+        started = await start(ws)
+        assert (started["next_seq"], started["stored_next_seq"]) == (3, 3)
+    async with connect(url) as ws:
+        started = await start(ws, resume_from_seq=1)
+        assert (started["next_seq"], started["stored_next_seq"]) == (1, 3)
+
+
+@pytest.mark.parametrize("resume_from", [4, 2**40])
+async def test_resume_past_the_stored_end_is_refused(
+    server: Server, transport: str, resume_from: int
+) -> None:
+    url = ws_url(server, transport)
+    async with connect(url) as ws:
+        await start(ws)
+        for n in range(3):
+            await ws.send_message(frame(n))
+        for _ in range(3):
+            await receive_type(ws, "ack", skip=("metadata",))
+    async with connect(url) as ws:
+        message = {"type": "start", "user_id": "alice", "session_id": "live", "format": FORMAT}
+        await ws.send_message(json.dumps({**message, "resume_from_seq": resume_from}))
+        received, code = await until_closed(ws)
+    assert code == 4400
+    assert [m["type"] for m in received] == ["error"]
+    assert received[0]["code"] == "invalid_field" and "resume from 3" in received[0]["message"]
+    async with connect(url) as ws:  # from the stored end is fine: no gap
+        assert (await start(ws, resume_from_seq=3))["next_seq"] == 3
+
+
+async def test_a_full_disk_closes_4507_retryable_and_keeps_what_was_acknowledged(
+    start_server: StartServer, transport: str
+) -> None:
+    files = FaultyFiles()
+    server: Server = await start_server(files=files)
+    url = ws_url(server, transport)
+    acked = {}
+    async with connect(url) as ws:
+        await start(ws)
+        for n in range(3):
+            await ws.send_message(frame(n))
+            ack = await receive_type(ws, "ack", skip=("metadata",))
+            acked[ack["seq"]] = ack["chunk_id"]
+        files.full = True  # a short write, then ENOSPC
+        await ws.send_message(frame(3))
+        received, code = await until_closed(ws)
+    assert code == 4507
+    error = received[-1]
+    assert error["code"] == "insufficient_storage" and error["retryable"] is True
+    assert not [m for m in received if m["type"] == "ack"]
+    files.full = False  # room again: the client resumes where the store ends
+    async with connect(url) as ws:
+        started = await start(ws, resume_from_seq=3)
+        assert started["stored_next_seq"] == 3
+        await ws.send_message(frame(3))
+        assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == 3
+    async with server.client() as client:
+        chunks = (await client.get("/sessions/alice")).json()["sessions"][0]["chunks"]
+    assert [c["seq"] for c in chunks] == [0, 1, 2, 3]
+    assert {c["seq"]: c["chunk_id"] for c in chunks[:3]} == acked
+
+
+async def test_http_uploads_and_websocket_chunks_share_one_allowance(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(rate_limit_per_s=0.1, rate_limit_burst=3)
+    async with server.client() as client:
+        for n in range(2):
+            response = await client.post("/upload", params=upload_params(), content=wav(300 + n))
+            assert response.status_code == 201
+    async with connect(ws_url(server, transport)) as ws:
+        await start(ws)
+        await ws.send_message(frame(0))  # the third of the user's three
+        assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == 0
+        await ws.send_message(frame(1))
+        received, code = await until_closed(ws)
+    assert code == 4429 and received[-1]["code"] == "rate_limited"
+    async with server.client() as client:  # and the socket's chunk counted over HTTP too
+        response = await client.post("/upload", params=upload_params(), content=wav(900))
+    assert response.status_code == 429
+
+
+def host_port(server: Server, transport: str) -> tuple[str, int]:
+    url = ws_url(server, transport).removeprefix("ws://").removesuffix("/ws")
+    host, port = url.rsplit(":", 1)
+    return host, int(port)
+
+
+async def never_reading(server: Server, transport: str, session: str) -> trio.SocketStream:
+    """A raw socket that opens a session, sends audio until the server stops taking it (its
+    answers back up) or cuts it off, and never reads a byte after the handshake."""
+    host, port = host_port(server, transport)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=host, target="/ws")))
+    while not any(isinstance(event, AcceptConnection) for event in ws.events()):
+        ws.receive_data(await stream.receive_some(4096))
+    message = {"type": "start", "user_id": session, "session_id": session, "format": FORMAT}
+    await stream.send_all(ws.send(TextMessage(json.dumps(message))))
+    for n in range(600):  # until the server stops taking audio from it, or cuts it off
+        with trio.move_on_after(0.3) as blocked:
+            try:
+                await stream.send_all(ws.send(BytesMessage(frame(n))))
+            except trio.BrokenResourceError:
+                break
+        if blocked.cancelled_caught:
+            break
+    return stream
+
+
+async def test_clients_that_never_read_are_cut_off_and_free_their_slots(
+    start_server: StartServer, transport: str
+) -> None:
+    server: Server = await start_server(
+        ws_max_sessions=4, ws_queue=8, ws_send_timeout_s=0.3, drain_timeout_s=3
+    )  # the drain: hypercorn holds a cut-off client's connection until it goes (see README)
+    url = ws_url(server, transport)
+    stuck: list[trio.SocketStream] = []
+
+    async def hold_a_slot(i: int) -> None:
+        stuck.append(await never_reading(server, transport, f"u{i}"))
+
+    with trio.fail_after(30):  # without the cut-off they hold every slot for good
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(hold_a_slot, i)
+        while True:  # a normal client gets in once the slots are freed, and streams
+            async with connect(url) as ws:
+                message = {"type": "start", "user_id": "bob", "session_id": "s", "format": FORMAT}
+                await ws.send_message(json.dumps(message))
+                reply = await receive(ws)
+                if reply["type"] == "started":
+                    for n in range(3):
+                        await ws.send_message(frame(n))
+                    for n in range(3):
+                        assert (await receive_type(ws, "ack", skip=("metadata",)))["seq"] == n
+                    break
+                assert reply["code"] == "overloaded" and "sessions open" in reply["message"]
+            await trio.sleep(0.1)
+    async with server.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'trio_audio_failed_total{code="slow_reader"} 4' in metrics
+    for stream in stuck:
+        await stream.aclose()
+
+
+# -- fuzzing both transports of a real server ------------------------------------------------
+
+VALID_START = st.fixed_dictionaries(
+    {"type": st.just("start"), "user_id": st.just("fuzz"), "session_id": st.sampled_from("ab")},
+    optional={
+        "format": st.sampled_from([FORMAT, {"container": "wav"}, {"container": "mp3"}]),
+        "resume_from_seq": st.one_of(st.integers(-1, 3), JSON_VALUES),
+    },
+)
+CONTROL = st.fixed_dictionaries(
+    {"type": st.one_of(st.sampled_from(["audio", "finalize", "keepalive", "start", "x"]),
+                       st.text(max_size=8))},
+    optional={
+        "data": st.one_of(st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+                          JSON_VALUES),
+        "seq": st.one_of(st.integers(-2, 2**60), JSON_VALUES),
+        "format": JSON_VALUES,
+    },
+)  # fmt: skip
+FRAMES = st.one_of(
+    st.binary(max_size=64), st.just(b""), st.text(max_size=40), st.just(""),
+    JSON_VALUES.map(json.dumps), CONTROL.map(json.dumps),
+)  # fmt: skip
+FIRST = st.one_of(VALID_START.map(json.dumps), start_messages().map(json.dumps), FRAMES)
+
+
+async def exchange(url: str, frames: list[str | bytes]) -> tuple[list[dict[str, Any]], int | None]:
+    """Send *frames* then ``end``; every message up to the close, and the close code."""
+    async with connect(url) as ws:
+        for message in [*frames, json.dumps({"type": "end"})]:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                break
+        return await until_closed(ws)
+
+
+@pytest.fixture
+def served(spawn: type[Process]) -> Iterator[dict[str, str]]:
+    """A real ``trio-audio serve`` process: its WebSocket URL per transport. At the end, its
+    log must hold no traceback."""
+    process = spawn("--asr-engine", "none")
+    http = process.wait_ready()
+    assert process.proc.stderr is not None
+    while not (found := re.search(r"serving WebSocket on (\S+)", process.proc.stderr.readline())):
+        pass
+    yield {"listener": found.group(1), "http-port": http.replace("http://", "ws://") + "/ws"}
+    code, log = process.stop()
+    assert code == 0 and "Traceback" not in log, log
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(first=FIRST, rest=st.lists(FRAMES, max_size=5))
+def test_any_frames_get_a_typed_error_or_normal_processing_on_both_transports(
+    served: dict[str, str], first: str | bytes, rest: list[str | bytes]
+) -> None:
+    for url in served.values():
+        received, code = trio.run(exchange, url, [first, *rest])
+        assert code == 1000 or (code is not None and 4400 <= code < 4600), (code, received)
+        errors = [m for m in received if m["type"] == "error"]
+        if code == 1000:
+            assert not errors and received[-1]["type"] == "session_end", received
+        else:
+            error = received[-1]
+            assert error["type"] == "error" and errors == [error], received
+            assert error["code"] != "internal" and error["message"]
+            assert isinstance(error["retryable"], bool)

@@ -4,18 +4,22 @@ list|revoke`` are in ``cli_tools``.
 
 Every ``serve`` flag is also read from ``TRIO_AUDIO_<NAME>`` (flags win). Exit status: 0 after
 a clean drain, 2 for a bad flag or environment value, 3 when the store cannot start (data dir
-locked by another process, or a corrupt log, named with file and offset).
+locked by another process, or a corrupt log, named with file and offset), 4 when a port cannot
+be listened on (in use, not permitted, or an address this machine does not have), named in
+one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Final
 
 import attrs
 import trio
@@ -23,6 +27,9 @@ import trio
 from . import service
 from .config import Config, field_type
 from .errors import StoreError
+
+EXIT_STORE: Final = 3  # the store cannot start: data dir locked, or a corrupt log
+EXIT_LISTEN: Final = 4  # a port cannot be listened on
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,20 +78,41 @@ def build_parser() -> argparse.ArgumentParser:
         "stream", help="stream an audio file (or stdin PCM) over the WebSocket and print results"
     )
     stream.add_argument("file", help="WAV/FLAC/OGG/MP3 file, or - for 16-bit PCM on stdin")
-    stream.add_argument("--url", default="ws://127.0.0.1:8001/ws", help="the service's /ws")
-    stream.add_argument("--user-id", default="me")
-    stream.add_argument("--session-id", default=None, help="(default: the file's name)")
-    stream.add_argument("--chunk-ms", type=float, default=100.0, help="audio per frame")
-    stream.add_argument("--realtime", action="store_true", help="pace frames at real time")
-    stream.add_argument("--json", action="store_true", help="print every message as JSON")
-    stream.add_argument("--retries", type=int, default=10, help="reconnects before giving up")
-    stream.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate")
-    stream.add_argument("--channels", type=int, default=1, help="stdin PCM channels")
+    stream.add_argument(
+        "--url", default="ws://127.0.0.1:8001/ws", help="the service's /ws (default: %(default)s)"
+    )
+    stream.add_argument("--user-id", default="me", help="whose stream (default: %(default)s)")
+    stream.add_argument(
+        "--session-id", default=None, help="(default: the file's name, or stdin for -)"
+    )
+    stream.add_argument(
+        "--chunk-ms", type=float, default=100.0, help="audio per frame (default: %(default)s)"
+    )
+    stream.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace frames at real time (default: off: as fast as acknowledged)",
+    )
+    stream.add_argument(
+        "--json",
+        action="store_true",
+        help="print every message as JSON (default: off: a line per result)",
+    )
+    stream.add_argument(
+        "--retries", type=int, default=10, help="reconnects before giving up (default: %(default)s)"
+    )
+    stream.add_argument(
+        "--rate", type=int, default=16000, help="stdin PCM sample rate (default: %(default)s)"
+    )
+    stream.add_argument(
+        "--channels", type=int, default=1, help="stdin PCM channels (default: %(default)s)"
+    )
     stream.add_argument(
         "--token",
         default=os.environ.get("TRIO_AUDIO_TOKEN"),
-        help="bearer token, when the server has auth on (env TRIO_AUDIO_TOKEN)",
-    )
+        help="bearer token, when the server has auth on (default: env TRIO_AUDIO_TOKEN, "
+        "else none)",
+    )  # fmt: skip
     check = commands.add_parser(
         "check", help="verify a data dir's log (records, sessions, bytes, corruption)"
     )
@@ -122,7 +150,7 @@ def _check(args: argparse.Namespace) -> int:
         fixed = repair(args.data_dir)
     except StoreError as exc:
         print(f"trio-audio: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_STORE
     print(f"repaired: kept {fixed.kept} records; the old log is in {fixed.moved_to}")
     for damage in fixed.dropped:
         print(f"dropped {damage.path} offset {damage.offset}..{damage.end}: {damage.reason}")
@@ -186,25 +214,78 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(partial(service.serve, config))
     except BaseExceptionGroup as group:
         store_errors, rest = group.split(StoreError)
-        if store_errors is None or rest is not None:
+        listen_errors, rest = rest.split(_cannot_listen) if rest is not None else (None, None)
+        if rest is not None or (store_errors is None and listen_errors is None):
             raise
-        for leaf in _leaves(store_errors):
-            print(f"trio-audio: {leaf}", file=sys.stderr)
-        return 3
+        if store_errors is not None:
+            for leaf, _ in _leaves(store_errors):
+                print(f"trio-audio: {leaf}", file=sys.stderr)
+            return EXIT_STORE
+        assert listen_errors is not None
+        for leaf, path in _leaves(listen_errors):
+            print(f"trio-audio: {_listen_message(leaf, path, config)}", file=sys.stderr)
+        return EXIT_LISTEN
     except StoreError as exc:
         print(f"trio-audio: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_STORE
+    except OSError as exc:
+        if not _cannot_listen(exc):
+            raise
+        print(f"trio-audio: {_listen_message(exc, set(), config)}", file=sys.stderr)
+        return EXIT_LISTEN
     except ValueError as exc:  # the security settings, checked before anything starts
         print(f"trio-audio: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _leaves(group: BaseExceptionGroup[StoreError]) -> list[BaseException]:
-    out: list[BaseException] = []
+def _cannot_listen(exc: BaseException) -> bool:
+    """A bind refused: the port is in use, not ours to take, or the address is not local."""
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, StoreError)
+        and exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+    )
+
+
+def _listen_message(exc: BaseException, path: set[str], config: Config) -> str:
+    """One line naming the address that could not be listened on, and why.
+
+    *path* holds the names of the functions the error came through: the HTTP server runs in
+    ``serve_http`` and the WebSocket listener in ``serve_ws``.
+    """
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    reason = reason[:1].lower() + reason[1:]
+    if "serve_ws" in path:
+        where = f"the WebSocket port {config.host}:{config.ws_port}"
+    elif "serve_http" in path:
+        where = f"the HTTP port {config.host}:{config.port}"
+    else:
+        where = f"{config.host}:{config.port} or {config.host}:{config.ws_port}"
+    return f"cannot listen on {where}: {reason}"
+
+
+def _leaves(
+    group: BaseExceptionGroup[BaseException], path: frozenset[str] = frozenset()
+) -> list[tuple[BaseException, set[str]]]:
+    """Every leaf error of *group*, with the names of the functions it propagated through."""
+    path = path | _frames(group)
+    out: list[tuple[BaseException, set[str]]] = []
     for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc, path))
+        else:
+            out.append((exc, set(path | _frames(exc))))
     return out
+
+
+def _frames(exc: BaseException) -> frozenset[str]:
+    names = set()
+    tb = exc.__traceback__
+    while tb is not None:
+        names.add(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return frozenset(names)
 
 
 if __name__ == "__main__":

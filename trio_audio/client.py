@@ -11,6 +11,7 @@ so nothing is lost and nothing is stored twice.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from typing import Any, Final, TextIO
@@ -19,9 +20,15 @@ import attrs
 import numpy as np
 import soundfile as sf
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    open_websocket_url,
+)
 
-RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429}
+RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429, 4507}
 BACKOFF_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -96,7 +103,8 @@ class Streamer:
             if failures > self.options.retries:
                 raise exc
             delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
-            self._say({"type": "reconnecting", "after_s": delay, "reason": str(exc)})
+            reason_text = describe_failure(exc, self.options.url)
+            self._say({"type": "reconnecting", "after_s": delay, "reason": reason_text})
             await trio.sleep(delay)
 
     async def _connection(self, started_at: float) -> dict[str, Any]:
@@ -191,6 +199,35 @@ class Streamer:
         print(line, file=self.out, flush=True)
 
 
+def describe_failure(exc: BaseException, url: str) -> str:
+    """What went wrong talking to *url*, in words: trio-websocket wraps a refused connection
+    in a HandshakeError with no message, the cause two levels down."""
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(causes) < 10:
+        causes.append(seen)
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]
+        else:
+            seen = seen.__cause__ or seen.__context__
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused: {url}"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host of {url}: {cause.strerror}"
+        if isinstance(cause, ConnectionRejected):
+            return f"the server refused the WebSocket upgrade (HTTP {cause.status_code}): {url}"
+        if isinstance(cause, ConnectionTimeout | TimeoutError):
+            return f"timed out connecting: {url}"
+        if isinstance(cause, ConnectionClosed) and cause.reason is not None:
+            return f"connection closed ({cause.reason.code} {cause.reason.name}): {url}"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"{cause.strerror[:1].lower()}{cause.strerror[1:]}: {url}"
+    text = str(exc) or type(exc).__name__
+    return f"{text}: {url}"
+
+
 def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     first = group.exceptions[0]
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -214,7 +251,8 @@ def stream(options: Options, path: str) -> int:
         print(f"trio-audio: {exc}", file=sys.stderr)
         return 1
     except (ConnectionClosed, HandshakeError, OSError) as exc:
-        print(f"trio-audio: gave up after {options.retries} retries: {exc}", file=sys.stderr)
+        reason = describe_failure(exc, options.url)
+        print(f"trio-audio: gave up after {options.retries} retries: {reason}", file=sys.stderr)
         return 1
     streamer._say({"type": "session_end", "summary": summary})
     if not options.json:

@@ -73,6 +73,26 @@ class Config:
         validator=_positive,
         metadata={"help": "... and this share of the log's bytes"},
     )
+    store: str = attrs.field(
+        default="",
+        metadata={"help": "empty: the local log; nats://h1:4222,nats://h2:4222,...: JetStream"},
+    )
+    store_stream: str = attrs.field(
+        default="AUDIO", metadata={"help": "JetStream stream (and subject prefix) of the log"}
+    )
+    store_replicas: int = attrs.field(
+        default=3, validator=_positive, metadata={"help": "replicas of the stream (1: dev set-up)"}
+    )
+    store_timeout_s: float = attrs.field(
+        default=4.0,
+        validator=_positive,
+        metadata={"help": "how long a write waits for the cluster before 503 unavailable"},
+    )
+    store_dedupe_s: float = attrs.field(
+        default=120.0,
+        validator=_positive,
+        metadata={"help": "the stream's duplicate window for re-sent publishes"},
+    )
     commit_batch_max: int = attrs.field(
         default=256, validator=_positive, metadata={"help": "most records in one group commit"}
     )
@@ -119,6 +139,16 @@ class Config:
     stage_timeout_s: float = attrs.field(
         default=10.0, validator=_positive, metadata={"help": "per-chunk timeout of each stage"}
     )
+    admit_max: int = attrs.field(
+        default=64,
+        validator=_positive,
+        metadata={"help": "uploads inside the service at once; more wait for a slot"},
+    )
+    admit_wait_s: float = attrs.field(
+        default=1.0,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "longest wait for an upload slot before 503 (0: refuse at once)"},
+    )
     retry_after_s: int = attrs.field(
         default=1, validator=_positive, metadata={"help": "Retry-After sent with a 503"}
     )
@@ -144,6 +174,11 @@ class Config:
     )
     ws_flow_interval_s: float = attrs.field(
         default=1.0, validator=_positive, metadata={"help": "period of 'flow' messages"}
+    )
+    ws_send_timeout_s: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata={"help": "a WebSocket client that reads nothing for this long is cut off"},
     )
 
     # Speech: transcription and voice activity.

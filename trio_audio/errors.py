@@ -22,7 +22,7 @@ Errors a client causes or is told about (rendered as RFC 9457 problem+json on HT
     │   ├── RateLimited              rate_limited            429   4429
     │   └── Overloaded               overloaded              503   4429
     │       └── SlowReader           slow_reader             503   4429
-    ├── InsufficientStorage (OSError) insufficient_storage   507   1011  (retryable)
+    ├── InsufficientStorage (OSError) insufficient_storage   507   4507  (retryable)
     └── InternalError                internal                500   1011
 
 Errors of the store that stop the process rather than fail one request::
@@ -189,7 +189,7 @@ class SlowReader(Overloaded):
 class InsufficientStorage(ServiceError, OSError):
     code = "insufficient_storage"
     status = 507
-    close_code = 1011
+    close_code = 4507
     title = "The store cannot take more data"
     retryable = True
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_SEQ: Final = 2**53  # exact in JSON numbers everywhere
+ASCII_DIGITS: Final = re.compile(r"[0-9]+")  # str.isdigit() and int() take any Unicode digit
+EPOCH_SECONDS: Final = re.compile(r"-?[0-9]+(\.[0-9]*)?")
 
 
 def check_id(name: str, value: str | None, *, required: bool = True) -> str | None:
@@ -43,30 +45,45 @@ def check_id(name: str, value: str | None, *, required: bool = True) -> str | No
 
 
 def parse_seq(value: str | int | None) -> int | None:
-    """A client seq: a non-negative integer below 2**53, or None when absent."""
+    """A client seq: a non-negative integer below 2**53, or None when absent.
+
+    As text it is ASCII digits only: ``int()`` would also take full-width or other Unicode
+    digits, signs, spaces and underscores (``"\\uff11"``, a full-width one, or ``" +1_0 "``).
+    """
     if value is None or value == "":
         return None
-    try:
+    seq = -1
+    if isinstance(value, str) and ASCII_DIGITS.fullmatch(value):
         seq = int(value)
-    except (TypeError, ValueError):
-        seq = -1
-    if not 0 <= seq < MAX_SEQ or isinstance(value, bool):
-        msg = f"seq must be an integer 0..2^53-1, got {str(value)[:40]!r}"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        seq = value
+    if not 0 <= seq < MAX_SEQ:
+        msg = f"seq must be an integer 0..2^53-1 in ASCII digits, got {str(value)[:40]!r}"
         raise InvalidField(msg)
     return seq
 
 
 def parse_timestamp(value: str | float | None) -> str | None:
-    """A client capture time (epoch seconds or ISO 8601) normalised to ISO 8601 UTC."""
+    """A client capture time (epoch seconds or ISO 8601) normalised to ISO 8601 UTC.
+
+    Text is ASCII only: epoch seconds as ``[-]digits[.digits]``, or an ISO 8601 time.
+    """
     if value is None or value == "":
         return None
+    msg = f"timestamp must be epoch seconds or ISO 8601 in ASCII, got {str(value)[:40]!r}"
+    if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
+        raise InvalidField(msg)
     try:
-        when = datetime.fromtimestamp(float(value), UTC)
+        if isinstance(value, str) and not EPOCH_SECONDS.fullmatch(value):
+            when = None  # not epoch seconds: try ISO 8601
+        else:
+            when = datetime.fromtimestamp(float(value), UTC)
     except (TypeError, ValueError, OverflowError, OSError):
+        when = None
+    if when is None:
         try:
             when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
-            msg = f"timestamp must be epoch seconds or ISO 8601, got {str(value)[:40]!r}"
             raise InvalidField(msg) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)

@@ -45,12 +45,16 @@ from .fanout import fan_out
 from .hub import Hub
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
+from .store import StoreBackend
 from .store.files import REAL_FILES, FileOps
 from .store.store import Store
+from .web.access import Access
+from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
-from .web.ws import WsContext, message_limit, serve_ws
+from .web.transports import message_limit, serve_ws
+from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
 
@@ -61,7 +65,7 @@ class Running:
 
     http_url: str
     ws_url: str
-    store: Store
+    store: StoreBackend
     metrics: Metrics
     readiness: Readiness
     limiter: trio.CapacityLimiter
@@ -104,6 +108,8 @@ async def serve_http(
     app: QuartTrio,
     ingress: Ingress,
     shutdown: trio.Event,
+    admission: Admission | None = None,
+    metrics: Metrics | None = None,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -129,10 +135,25 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s)
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s,
+                         admission=admission, metrics=metrics)  # fmt: skip
         await hypercorn_serve(
             door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
         )
+
+
+def admission_gauge(admission: Admission) -> dict[str, float]:
+    """Uploads inside, waiting for a slot, admitted and refused so far, the last queueing
+    delay, and whether the gate is refusing new arrivals at once (overloaded)."""
+    stats = admission.statistics()
+    return {
+        'state="inside"': stats.inside,
+        'state="waiting"': stats.waiting,
+        'state="admitted_total"': stats.admitted,
+        'state="refused_total"': stats.refused,
+        'state="queue_delay_seconds"': round(stats.last_delay_s, 6),
+        'state="overloaded"': float(stats.overloaded),
+    }
 
 
 def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
@@ -174,6 +195,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def open_store(config: Config, metrics: Metrics, files: FileOps) -> StoreBackend:
+    """The backend ``config.store`` names: the local log (files: the layer under it) or,
+    for ``nats://...``, the JetStream cluster."""
+    if config.store:
+        from .store.jetstream import JetStreamStore
+
+        return JetStreamStore(config, metrics=metrics)
+    return Store(config, metrics=metrics, files=files)
+
+
 async def serve(
     config: Config,
     *,
@@ -193,7 +224,7 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = Store(config, metrics=metrics, files=files)  # files: the layer under the log
+    store = open_store(config, metrics, files)
     events = store.events()
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
@@ -212,13 +243,20 @@ async def serve(
                     async with ingress:  # each server owns a clone; the pipeline ends with the last
                         http_ingress, ws_ingress = ingress.clone(), ingress.clone()
                     rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, tokens, rate)
-                    app = create_app(config, store, http_ingress, metrics, readiness, ws)
+                    access = Access(tokens, rate)  # one for HTTP and WebSocket alike
+                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, access)
+                    app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
                     metrics.gauge(
-                        "trio_audio_store_chunks", lambda: {'store="local"': store.stats().chunks}
+                        "trio_audio_store_chunks",
+                        lambda: {f'store="{store.stats().backend}"': store.stats().chunks},
                     )
                     metrics.gauge("trio_audio_ws_sessions", lambda: {'transport="all"': ws.active})
-                    binds = await front.start(serve_http, config, app, http_ingress, shutdown)
+                    admission = Admission(config.admit_max, max_wait_s=config.admit_wait_s,
+                                          retry_after_s=config.retry_after_s)  # fmt: skip
+                    metrics.gauge("trio_audio_admission", lambda: admission_gauge(admission))
+                    binds = await front.start(
+                        serve_http, config, app, http_ingress, shutdown, admission, metrics
+                    )
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True

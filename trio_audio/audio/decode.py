@@ -1,10 +1,13 @@
 """Uploaded bytes to float32 samples: WAV parsed here, FLAC/Ogg/MP3 through libsndfile, raw PCM.
 
-The container is recognised by its magic bytes, never by the declared Content-Type alone: a
-declared type only decides which error a client gets when the bytes are not audio we know
-(422 ``invalid_audio`` when it named a format we decode, 415 ``unsupported_media_type``
-otherwise). Every decoder checks the header (channels, rate, length against the limit) before
-it touches the samples, so a small file that would decode to hours is refused cheaply.
+A declaration of raw PCM (``encoding``/``sample_rate``/``channels``, or ``audio/L16``) is
+final: those bytes are PCM in that format, never sniffed, because PCM can start with any bytes
+(``RIFF``, ``fLaC``, ``OggS``, ``ID3``, an MPEG frame sync). Without one, the container is
+recognised by its magic bytes, never by the declared Content-Type alone: a declared type only
+decides which error a client gets when the bytes are not audio we know (422 ``invalid_audio``
+when it named a format we decode, 415 ``unsupported_media_type`` otherwise). Every decoder
+checks the header (channels, rate, length against the limit) before it touches the samples, so
+a small file that would decode to hours is refused cheaply.
 """
 
 from __future__ import annotations
@@ -259,29 +262,24 @@ def decode(
     max_frames: int | None = None,
     max_duration_s: float | None = None,
 ) -> Decoded:
-    """Decode an upload to float32 samples, sniffing the container from the bytes.
+    """Decode an upload to float32 samples.
 
-    *raw* declares headerless PCM, unless the bytes turn out to be a container. A decoded
-    length over *max_frames* or *max_duration_s* is a 413 before any sample is decoded.
-    Raises InvalidAudio (422), UnsupportedMediaType (415) or PayloadTooLarge (413).
+    *raw* declares headerless PCM: the bytes are decoded as that PCM and never sniffed (PCM
+    can begin with any container's magic). Without it the container is sniffed from the bytes.
+    A decoded length over *max_frames* or *max_duration_s* is a 413 before any sample is
+    decoded. Raises InvalidAudio (422), UnsupportedMediaType (415) or PayloadTooLarge (413).
     """
     if not data:
         msg = "empty body: no audio bytes were sent"
         raise InvalidAudio(msg)
+    if raw is not None:
+        return decode_raw(data, raw, max_frames=max_frames, max_duration_s=max_duration_s)
     limit = _Limit(max_frames, max_duration_s)
     container = sniff_container(data)
     if container == "wav":
         return _decode_wav(data, limit)
     if container is not None:
-        if raw is not None and container == "mp3" and bytes(data[:3]) != b"ID3":
-            # A frame sync is weak evidence: PCM can start with those bytes too.
-            try:
-                return _decode_soundfile(data, container, limit)
-            except InvalidAudio:
-                return decode_raw(data, raw, max_frames=max_frames, max_duration_s=max_duration_s)
         return _decode_soundfile(data, container, limit)
-    if raw is not None:
-        return decode_raw(data, raw, max_frames=max_frames, max_duration_s=max_duration_s)
     media_type, _ = parse_media_type(content_type)
     declared = CONTAINER_MEDIA_TYPES.get(media_type)
     if declared is not None:

@@ -23,27 +23,84 @@ DEFAULT_OUT = Path("bench-results")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", nargs="?", default="suite", choices=("suite", "http", "ws"),
-                        help="the full suite (default), or one HTTP or WebSocket load")  # fmt: skip
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
-    parser.add_argument("--repeat", type=int, default=1, help="suite: run it this many times")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
-    parser.add_argument("--chunk-s", type=float, default=1.0, help="audio per HTTP upload")
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="HTTP workers (closed loop) / WebSocket connections")  # fmt: skip
-    parser.add_argument("--mode", choices=("closed", "open"), default="closed")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="open loop: uploads/s, or frames/s per WebSocket")  # fmt: skip
-    parser.add_argument("--window", type=int, default=32, help="WebSocket frames in flight")
-    parser.add_argument("--frame-ms", type=float, default=100.0, help="audio per WebSocket frame")
-    parser.add_argument("--target", choices=("server", "baseline"), default="server")
-    parser.add_argument("--url", default="", help="load this running server instead (no CPU/RSS)")
-    parser.add_argument("--ws-url", default="", help="with --url: its WebSocket (ws://../ws)")
-    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                        help="a serve flag, repeatable: --server-arg=--fsync=never")  # fmt: skip
-    parser.add_argument("--no-verify", action="store_true", help="skip the accounting pass")
+    parser.add_argument(
+        "what",
+        nargs="?",
+        default="suite",
+        choices=("suite", "http", "ws"),
+        help="the full suite, or one HTTP or WebSocket load (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds of load per run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="suite: run it this many times (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--chunk-s", type=float, default=1.0, help="audio per HTTP upload (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="HTTP workers (closed loop) / WebSocket connections (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("closed", "open"),
+        default="closed",
+        help="closed loop (each worker waits for its answer) or open loop "
+        "(a fixed --rate) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop: uploads/s, or frames/s per WebSocket "
+        "(default: %(default)s; open loop needs it set)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=32, help="WebSocket frames in flight (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--frame-ms",
+        type=float,
+        default=100.0,
+        help="audio per WebSocket frame (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("server", "baseline"),
+        default="server",
+        help="the service, or the naive one-request-at-a-time baseline (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--url",
+        default="",
+        help="load this running server instead (no CPU/RSS) (default: none: start a server)",
+    )
+    parser.add_argument(
+        "--ws-url", default="", help="with --url: its WebSocket (ws://../ws) (default: none)"
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a serve flag, repeatable: --server-arg=--fsync=never (default: none)",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the accounting pass (default: off: verify)"
+    )
     parser.add_argument("--profile", action="store_true",
-                        help="http/ws: record the server with py-spy (if installed)")  # fmt: skip
+                        help="http/ws: record the server with py-spy, if installed "
+                             "(default: off)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

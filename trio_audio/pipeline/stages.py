@@ -156,7 +156,7 @@ def _work_samples(part: Part) -> int:
     """How many samples a stage handles for *part* (unknown: a number too big to inline)."""
     if part.decoded is not None:
         return part.decoded.frames * part.decoded.channels
-    if sniff_container(part.body) in (None, "wav"):  # PCM: its size says its length
+    if part.raw is not None or sniff_container(part.body) in (None, "wav"):  # PCM: by size
         return len(part.body) // 2
     return UNKNOWN_SAMPLES  # compressed: a small file can decode to minutes of audio
 

@@ -1,1 +1,7 @@
-"""The network face of the service: the HTTP app (and, later, the WebSocket handler)."""
+"""The network face of the service.
+
+``app`` (the HTTP API, quart-trio), ``ws`` (the WebSocket session protocol), ``messages``
+(its parsing, pure), ``transports`` (trio-websocket listener and Quart's ``/ws``), ``access``
+(tokens and rate limit, shared by both), ``auth`` (the tokens file and the rate limiter),
+``media`` (container media types), ``openapi`` (the spec served at ``/openapi.json``).
+"""

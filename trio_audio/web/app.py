@@ -21,8 +21,9 @@ import attrs
 import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
+from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..audio.decode import parse_media_type, raw_format_from
 from ..config import Config
@@ -30,6 +31,7 @@ from ..errors import (
     BadRequest,
     Forbidden,
     InternalError,
+    InvalidAudio,
     InvalidField,
     MethodNotAllowed,
     MissingField,
@@ -46,16 +48,15 @@ from ..pipeline.pipeline import Ingress
 from ..store import StoreBackend
 from ..store.index import Stored
 from . import session_events
-from .auth import RateLimiter, bearer
+from .access import Access
 from .console import register_console
+from .media import CONTAINER_TYPES, OCTETS
 from .openapi import SPEC
-from .ws import QuartTransport, Session, WsContext
+from .transports import QuartTransport
+from .ws import Session, WsContext
 
 logger = logging.getLogger("trio_audio.web")
 
-OCTETS: Final = "application/octet-stream"
-AUDIO_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg",
-                      "mp3": "audio/mpeg"}  # fmt: skip
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
@@ -86,7 +87,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(text, status=status, headers=headers, content_type="application/json")
 
 
-def problem_response(error: ServiceError) -> Response:
+def problem_response(error: ServiceError, detail: str | None = None, **extra: Any) -> Response:
+    """*error* as RFC 9457 problem+json; *detail* replaces its detail, *extra* adds members."""
     headers = {}
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="trio-audio"'
@@ -95,8 +97,53 @@ def problem_response(error: ServiceError) -> Response:
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     body = error.problem(instance=request.path if request else None)
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
     text = json.dumps(body, separators=(",", ":"))
     return Response(text, status=error.status, headers=headers, content_type=PROBLEM_TYPE)
+
+
+class _CappedBody(TrioBody):
+    """A request body whose byte limit counts every byte received, not the bytes buffered.
+
+    Quart compares its limit with what waits in the buffer, which a form parser empties as it
+    reads: a chunked multipart body (no Content-Length) was never cut off at the limit. And a
+    reader woken by the cut-off saw only "no more data", a form that simply ended.
+    """
+
+    _received = 0
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await super().__anext__()
+        except StopAsyncIteration:
+            if self._must_raise is not None:
+                raise self._must_raise from None
+            raise
+
+    def append(self, data: bytes) -> None:
+        self._received += len(data)
+        limit = self._max_content_length
+        if limit is not None and self._received > limit and self._must_raise is None:
+            self._must_raise = RequestEntityTooLarge()
+            self.set_complete()
+            return
+        super().append(data)
+
+
+class _Request(TrioRequest):
+    body_class = _CappedBody
+
+
+class App(QuartTrio):
+    """The quart-trio app, with request bodies held to their byte limit however they are sent.
+
+    How a response ends under hypercorn (a refusal's unread body, the held-back
+    ``http.disconnect``) is the front door's business (``asgi.py``), in front of this app.
+    """
+
+    request_class = _Request
 
 
 def create_app(
@@ -106,17 +153,18 @@ def create_app(
     metrics: Metrics,
     readiness: Readiness,
     ws: WsContext,
+    access: Access,
 ) -> QuartTrio:
     """The quart-trio app, bound to the store and the pipeline's ingress.
 
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
-    session code as the dedicated listener.
+    session code as the dedicated listener. *access* (tokens and rate limit) is the same
+    object the WebSocket sessions use.
     """
-    app = QuartTrio("trio_audio", static_folder=None)  # /static/ is the console's
+    app = App("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
-    rate = ws.rate or RateLimiter(0, 1)
 
     @contextlib.contextmanager
     def body_deadline(length: int | None) -> Iterator[None]:
@@ -132,6 +180,32 @@ def create_app(
             msg = (f"the body took over {allowed:.1f} s; the minimum upload rate is "
                    f"{config.min_upload_bytes_per_s:g} bytes/s")  # fmt: skip
             raise RequestTimeout(msg)
+
+    def form_too_large(exc: RequestEntityTooLarge) -> PayloadTooLarge:
+        """The 413 for a multipart body, naming the limit it broke.
+
+        werkzeug's multipart parser raises the same exception for too many parts, a text field
+        over ``MAX_FORM_MEMORY_SIZE`` and a body over the byte limit; where it was raised tells
+        them apart (the part count is checked as each part's headers are parsed).
+        """
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        raised_in = where.tb_frame.f_code.co_name if where is not None else ""
+        if raised_in == "next_event":
+            msg = (f"the multipart body has more than {app.config['MAX_FORM_PARTS']} parts; an "
+                   f"upload takes at most {config.max_parts} files and a few fields")  # fmt: skip
+        elif raised_in == "parse":
+            msg = (f"a multipart text field is over the "
+                   f"{app.config['MAX_FORM_MEMORY_SIZE']} byte limit")  # fmt: skip
+        else:
+            msg = f"the body is over the {config.max_body_bytes} byte limit"
+        return PayloadTooLarge(msg)
+
+    def part_problem(error: ServiceError, index: int, filename: str | None) -> Response:
+        """*error* as a problem that names the multipart file part it is about."""
+        detail = f"file part {index} (filename {filename!r}): {error.detail}"
+        return problem_response(error, detail, part={"index": index, "filename": filename})
 
     @app.errorhandler(ServiceError)
     async def on_service_error(error: ServiceError) -> Response:
@@ -158,8 +232,8 @@ def create_app(
     async def authenticate() -> None:
         """With auth on, every request but the open ones names its user by its token."""
         path = request.path
-        if ws.tokens is not None and path not in open_paths and not path.startswith("/static/"):
-            g.user_id = ws.tokens.user_for(bearer(request.headers.get("Authorization")))
+        if path not in open_paths and not path.startswith("/static/"):
+            g.user_id = access.user_for_request(request.headers)
 
     def owned(owner: str, what: str) -> None:
         """Another user's data is reported missing: its existence must not leak."""
@@ -204,17 +278,20 @@ def create_app(
         user = g.get("user_id")
         multipart = media_type == "multipart/form-data"
         if not multipart and (user is not None or request.args.get("user_id")):
-            rate.take(user or request.args["user_id"])  # before reading the body
+            access.take(user or request.args["user_id"])  # before reading the body
+        filenames: list[str | None] = []
         with body_deadline(request.content_length):
             if media_type == "multipart/form-data":
-                form = await request.form
-                files = await request.files
+                try:
+                    form = await request.form
+                except RequestEntityTooLarge as exc:
+                    raise form_too_large(exc) from None
+                files = (await request.files).getlist("file")
                 fields = MultiDict(list(request.args.items(multi=True)))
                 fields.update(form)
-                uploads = [
-                    (f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
-                    for f in files.getlist("file")
-                ]
+                uploads = [(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
+                           for f in files]  # fmt: skip
+                filenames = [f.filename for f in files]
             else:
                 fields = request.args
                 uploads = [(await request.get_data(cache=False), content_type)]
@@ -224,20 +301,33 @@ def create_app(
             if len(uploads) > config.max_parts:
                 msg = f"{len(uploads)} files in one upload, over the limit of {config.max_parts}"
                 raise PayloadTooLarge(msg)
-            if any(len(body) > config.max_part_bytes for body, _ in uploads):
-                msg = f"a file part is over the {config.max_part_bytes} byte limit"
-                raise PayloadTooLarge(msg)
+            for index, (body, _) in enumerate(uploads):
+                if len(body) > config.max_part_bytes:
+                    msg = f"the file part is over the {config.max_part_bytes} byte limit"
+                    return part_problem(PayloadTooLarge(msg), index, filenames[index])
             if owner := user or fields.get("user_id"):
-                rate.take(owner, len(uploads))  # one upload per file part
+                access.take(owner, len(uploads))  # one upload per file part
         fields = authorize_fields(fields, user)
         job = build_job(fields, uploads)
         ingress.submit_nowait(job)
-        results: list[Stored] = await job.reply.wait()
+        try:
+            results: list[Stored] = await job.reply.wait()
+        except (InvalidAudio, UnsupportedMediaType, PayloadTooLarge) as exc:
+            # Decoding refused a part: name it (parts are decoded in order, and the
+            # first part left undecoded is the one that failed).
+            failed = next((i for i, part in enumerate(job.parts)
+                           if part.decoded is None and part.audio_info is None), None)  # fmt: skip
+            if not multipart or failed is None:
+                raise
+            return part_problem(exc, failed, filenames[failed])
         status = 201 if any(r.created for r in results) else 200
+        locations = [f"/chunks/{r.chunk['chunk_id']}" for r in results]
+        headers = {"Location": locations[0]}
         if media_type == "multipart/form-data":
-            return json_response({"chunks": [r.chunk for r in results]}, status)
-        chunk = results[0].chunk
-        return json_response(chunk, status, {"Location": f"/chunks/{chunk['chunk_id']}"})
+            # Location names the first chunk; Link names every chunk, in part order.
+            headers["Link"] = ", ".join(f'<{url}>; rel="item"' for url in locations)
+            return json_response({"chunks": [r.chunk for r in results]}, status, headers)
+        return json_response(results[0].chunk, status, headers)
 
     @app.get("/chunks/<chunk_id>")
     async def get_chunk(chunk_id: str) -> Response:
@@ -254,7 +344,7 @@ def create_app(
         # header: a "text/html" upload must not come back as a page a browser runs.
         container = store.get(chunk_id)["audio"]["container"]
         headers = {"X-Content-Type-Options": "nosniff"}
-        return Response(data, content_type=AUDIO_TYPES.get(container, OCTETS), headers=headers)
+        return Response(data, content_type=CONTAINER_TYPES.get(container, OCTETS), headers=headers)
 
     @app.websocket("/ws")
     async def ws_session() -> None:
@@ -364,7 +454,7 @@ def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> 
 def parse_limit(value: str | None) -> int:
     if value is None or value == "":
         return DEFAULT_PAGE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
         msg = f"limit must be an integer 1..{MAX_PAGE}, got {value[:20]!r}"
         raise InvalidField(msg)
     return int(value)

@@ -55,6 +55,8 @@ from hypercorn.typing import (
 )
 
 from ..errors import Overloaded
+from ..metrics import Metrics
+from .admission import Admission
 
 DRAIN_MAX_BYTES: Final = 512 * 1024
 """The most unread body a refusal reads to keep its connection. Measured per refusal of
@@ -64,6 +66,7 @@ even at 512 KB, 6.7 against 3.9 ms at 1 MB (README, Notes)."""
 DRAIN_TIMEOUT_S: Final = 2.0
 """How long a refusal waits for the rest of its body before the connection closes."""
 PROBLEM_TYPE: Final = b"application/problem+json"
+ADMITTED_PATHS: Final = frozenset({"/upload"})  # what the admission gate holds back
 
 
 class FrontDoor:
@@ -81,10 +84,14 @@ class FrontDoor:
         retry_after_s: int = 1,
         drain_max_bytes: int = DRAIN_MAX_BYTES,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        admission: Admission | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.shutdown = shutdown
         self.retry_after_s = retry_after_s
+        self.admission = admission
+        self.metrics = metrics
         self.drain_max_bytes = drain_max_bytes
         self.drain_timeout_s = drain_timeout_s
 
@@ -96,9 +103,25 @@ class FrontDoor:
             return
         exchange = Exchange(self, scope["headers"], receive, send)
         if self.shutdown.is_set():
-            await exchange.refuse_draining(scope["path"])
-        else:
+            error = Overloaded("the service is shutting down; retry on a new connection",
+                               retry_after=self.retry_after_s)  # fmt: skip
+            await exchange.refuse(error, scope["path"], close=True)
+            return
+        gate = self.admission if scope["path"] in ADMITTED_PATHS else None
+        if gate is None:
             await self.app(scope, exchange.receive, exchange.send)
+            return
+        try:
+            await gate.acquire()  # before the body is read: a refusal costs little
+        except Overloaded as error:
+            if self.metrics is not None:
+                self.metrics.refuse("admission")
+            await exchange.refuse(error, scope["path"], close=False)
+            return
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        finally:
+            gate.release()
 
 
 class Exchange:
@@ -208,27 +231,27 @@ class Exchange:
         while (await self.receive())["type"] != "http.disconnect":
             pass
 
-    async def refuse_draining(self, path: str) -> None:
-        """503 + ``Retry-After`` + ``Connection: close``: the service is shutting down.
+    async def refuse(self, error: Overloaded, path: str, *, close: bool) -> None:
+        """503 + ``Retry-After`` without the app: the service is shutting down (*close*:
+        ``Connection: close``) or has no room (the connection stays, its body drained within
+        the bounds, or is closed when too much body is left).
 
         The unread body is read (within the drain bounds) before the connection closes, so the
         close does not reset it under a client still sending, which can cost the client the
         answer already on its way.
         """
-        error = Overloaded("the service is shutting down; retry on a new connection",
-                           retry_after=self.door.retry_after_s)  # fmt: skip
         body = json.dumps(error.problem(instance=path), separators=(",", ":")).encode()
         headers = [
             (b"content-type", PROBLEM_TYPE),
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(error.retry_after).encode()),
         ]
-        start = {"type": "http.response.start", "status": error.status, "headers": headers}
+        start: Any = {"type": "http.response.start", "status": error.status, "headers": headers}
         async with trio.open_nursery() as nursery:
             # Hypercorn hands over the body and then ``http.disconnect``: someone must take
             # them until the end, or its queue fills and the close waits forever.
             nursery.start_soon(self._discard)
-            await self._send(self._closing(start))
+            await self._send(self._closing(start) if close or not self._can_drain() else start)
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
             if self._can_drain():
                 await self._drain()

@@ -23,6 +23,15 @@ PROBLEM: Final = {
         "code": {"type": "string"},
         "retryable": {"type": "boolean"},
         "instance": {"type": "string"},
+        "part": {
+            "description": "multipart: the file part the problem is about (index from 0)",
+            "type": "object",
+            "required": ["index", "filename"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "filename": {"type": ["string", "null"]},
+            },
+        },
     },
 }
 
@@ -154,6 +163,25 @@ UPLOAD_FIELDS: Final = [
     _param("channels", "query", {"type": "integer"}),
 ]
 
+# A raw body stores one chunk; multipart stores {"chunks": [...]} in part order.
+UPLOADED: Final = {
+    "headers": {
+        "Location": {
+            "description": "the chunk (multipart: the first chunk)",
+            "schema": {"type": "string"},
+        },
+        "Link": {
+            "description": 'multipart only: every chunk in part order, as </chunks/ID>; rel="item"',
+            "schema": {"type": "string"},
+        },
+    },
+    "content": {"application/json": {"schema": {"oneOf": [
+        {"$ref": "#/components/schemas/Chunk"},
+        {"type": "object", "required": ["chunks"], "properties": {
+            "chunks": {"type": "array", "items": {"$ref": "#/components/schemas/Chunk"}}}},
+    ]}}},
+}  # fmt: skip
+
 SPEC: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
     "info": {
@@ -178,8 +206,8 @@ SPEC: Final[dict[str, Any]] = {
                     "multipart/form-data": {"schema": {"type": "object"}},
                 }},
                 "responses": {
-                    "201": {"description": "stored", **_json("Chunk")},
-                    "200": {"description": "stored before (idempotent retry)", **_json("Chunk")},
+                    "201": {"description": "stored", **UPLOADED},
+                    "200": {"description": "stored before (idempotent retry)", **UPLOADED},
                     **_problems(400, 401, 403, 408, 409, 413, 415, 422, 429, 503, 507),
                 },
             }

@@ -1,11 +1,11 @@
-"""The WebSocket session protocol, and its two transports.
+"""The WebSocket session protocol: one connection, one session stream.
 
-One connection is one session stream. JSON text frames carry control, binary frames carry
-audio (one chunk each)::
+JSON text frames carry control, binary frames carry audio (one chunk each)::
 
     client                                   server
-    start {user_id, session_id, format,  ->
-           resume_from_seq?}             <-  started {session_id, next_seq, limits}
+    start {user_id, session_id, format?, ->
+           resume_from_seq?}             <-  started {session_id, next_seq, stored_next_seq,
+                                                      limits}
                                          <-  (resume: ack + metadata [+ transcript] replayed)
     <binary chunk> | audio {data, seq?}  ->
                                          <-  ack {seq, chunk_id}        once durably stored
@@ -16,48 +16,44 @@ audio (one chunk each)::
                                          <-  session_end {summary}, close 1000
     (anything wrong)                     <-  error {code, message, retryable}, close 4xxx
 
-Resource handling: each connection runs four tasks in its own nursery: the reader (parses,
+A ``start`` without ``format`` only watches: it gets the session's results and sends no audio.
+
+Resource handling: each connection runs five tasks in its own nursery: the reader (parses,
 submits to the pipeline), the acker (answers chunks in order), the relay (the session's live
-results from the hub) and the writer (the only task that sends). Every queue between them is
-bounded: the reader stops reading the socket when ``ws_max_inflight`` chunks are unanswered
-(TCP backpressure); a chunk that finds the pipeline full for ``ws_overload_timeout_s`` ends the
-connection with ``overloaded``; a client that reads results too slowly overflows its hub queue
-and is cut off with ``slow_reader``.
+results from the hub), the flow reporter, and the writer (the only task that sends). Every
+queue between them is bounded: the reader stops reading the socket when ``ws_max_inflight``
+chunks are unanswered (TCP backpressure); a chunk that finds the pipeline full for
+``ws_overload_timeout_s`` ends the connection with ``overloaded``; a client whose hub queue
+overflows, or that takes nothing the writer sends for ``ws_send_timeout_s``, is cut off with
+``slow_reader``, which frees its slot.
 
 Error handling: a bad message, format or chunk ends the connection with an ``error`` and the
-matching close code; other sessions never notice. On shutdown a session stops reading,
-answers what it had taken, and closes with 1001 so its client can resume elsewhere.
+matching close code, after the chunks taken before it are answered; other sessions never
+notice. On shutdown a session stops reading, answers what it had taken, and closes with 1001
+so its client can resume elsewhere.
 
-Transports: ``serve_ws`` runs the trio-websocket listener (the fast path); ``quart_session``
-serves the same protocol at ``/ws`` on the HTTP port. Both only move frames.
+Messages are parsed and built in ``messages.py``; the session runs over either transport of
+``transports.py`` (the trio-websocket listener, or ``/ws`` on the HTTP port), which implement
+``Transport`` below and only move frames.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import math
 import secrets
-import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from ..audio.decode import RawFormat, raw_format_from
 from ..config import Config
 from ..errors import (
     BadMessage,
-    Forbidden,
     IdleTimeout,
     InternalError,
     InvalidField,
@@ -66,25 +62,21 @@ from ..errors import (
     RateLimited,
     ServiceError,
     SlowReader,
-    UnsupportedMediaType,
 )
 from ..hub import Hub, Subscription
 from ..metrics import Metrics
-from ..models import Job, Part, check_id, parse_seq
+from ..models import Job, Part
 from ..pipeline.pipeline import Ingress
 from ..store import StoreBackend
 from ..store.index import Stored
-from .auth import RateLimiter, Tokens, bearer
+from .access import Access
+from .messages import Start, dumps, error_message, parse_audio, parse_control, parse_start
 
 logger = logging.getLogger("trio_audio.ws")
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
-CLOSE_NOT_FOUND: Final = 4404
 CLOSE_TIMEOUT_S: Final = 2.0  # for the closing handshake and the last error message
-MAX_CONTROL_BYTES: Final = 64 * 1024  # a JSON message that carries no audio
-CONTAINER_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg",
-                          "mp3": "audio/mpeg"}  # fmt: skip
 
 
 class Disconnected(Exception):
@@ -122,8 +114,7 @@ class WsContext:
     metrics: Metrics
     shutdown: trio.Event
     transcriber: Finalizer | None = None
-    tokens: Tokens | None = None  # None: auth off
-    rate: RateLimiter | None = None
+    access: Access = attrs.field(factory=Access)  # tokens and rate limit, shared with HTTP
     active: int = 0
     per_user: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)  # open ones, told to stop on shutdown
@@ -142,125 +133,40 @@ class SessionError(Exception):
         self.error = error
 
 
-@attrs.frozen
-class Start:
-    user_id: str
-    session_id: str
-    content_type: str
-    raw: RawFormat | None
-    resume_from_seq: int | None
-
-
-def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
-
-
-def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": error.detail,
-            "retryable": error.retryable, **extra}  # fmt: skip
-
-
-def parse_control(text: str) -> dict[str, Any]:
-    """A JSON object with a string ``type``; anything else is a ``bad_message``."""
-    if len(text) > MAX_CONTROL_BYTES and '"audio"' not in text[:256]:
-        msg = f"a control message of {len(text)} bytes is over {MAX_CONTROL_BYTES}"
-        raise PayloadTooLarge(msg)
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        msg = f"not JSON: {exc}"
-        raise BadMessage(msg) from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        msg = "a control message is a JSON object with a string 'type'"
-        raise BadMessage(msg)
-    return message
-
-
-def parse_start(
-    message: dict[str, Any], query: Mapping[str, str], user: str | None = None
-) -> Start:
-    """Validate a ``start`` message (ids may also come from the URL's query).
-
-    *user* is the authenticated user, when auth is on: the stream is theirs, and naming
-    another user is ``Forbidden``.
-    """
-    if message.get("type") != "start":
-        msg = f"the first message must be 'start', got {str(message.get('type'))[:40]!r}"
-        raise BadMessage(msg)
-    named = _text(message.get("user_id") or query.get("user_id"))
-    if user is not None and named is not None and named != user:
-        msg = f"this token streams as {user!r}, not {named[:64]!r}"
-        raise Forbidden(msg)
-    user_id = check_id("user_id", named or user)
-    session_id = check_id("session_id", _text(message.get("session_id") or query.get("session_id")))
-    assert user_id is not None and session_id is not None
-    fmt = message.get("format")
-    if not isinstance(fmt, dict):
-        msg = "start needs a format: {encoding, sample_rate, channels} or {container}"
-        raise BadMessage(msg)
-    container = fmt.get("container")
-    raw = None
-    if container is not None:
-        if container not in CONTAINER_TYPES:
-            msg = f"container must be one of {', '.join(CONTAINER_TYPES)}, got {container!r}"
-            raise UnsupportedMediaType(msg)
-        content_type = CONTAINER_TYPES[container]
-    else:
-        encoding = fmt.get("encoding")
-        try:
-            raw = raw_format_from(
-                "", {}, _text(encoding), _text(fmt.get("sample_rate")), _text(fmt.get("channels"))
-            )
-        except InvalidField as exc:
-            if encoding is not None and "encoding" in exc.detail:
-                raise UnsupportedMediaType(exc.detail) from None
-            raise
-        if raw is None:
-            msg = "format needs encoding, sample_rate and channels (or a container)"
-            raise BadMessage(msg)
-        content_type = f"audio/pcm;encoding={raw.encoding};rate={raw.sample_rate};" + (
-            f"channels={raw.channels}"
-        )
-    return Start(
-        user_id=user_id,
-        session_id=session_id,
-        content_type=content_type,
-        raw=raw,
-        resume_from_seq=parse_seq(message.get("resume_from_seq")),
-    )
-
-
 def _first_leaf(group: BaseExceptionGroup[SessionError]) -> SessionError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return "?"  # rejected by the field's own check with a clear message
-    return str(value)
-
-
 class Session:
-    """One connection speaking the protocol over a ``Transport``."""
+    """One connection speaking the protocol over a ``Transport``.
+
+    Channels and their owners: ``ack_send`` is the reader's, ``ack_recv`` the acker's; the
+    outgoing messages channel is made per stream in ``_stream``: the writer owns its receive
+    end, and every task that sends owns a clone of the send end, closed when it ends, so the
+    writer sees the channel end once the last of them is done.
+    """
 
     def __init__(self, transport: Transport, ctx: WsContext, ingress: Ingress) -> None:
-        self.transport = transport
         self.id = secrets.token_hex(8)  # names this connection's jobs: it skips their echo
+        self.transport = transport
         self.ctx = ctx
         self.config = ctx.config
         self.ingress = ingress
-        self.out_send, self.out_recv = trio.open_memory_channel[str | None](ctx.config.ws_queue)
         self.ack_send, self.ack_recv = trio.open_memory_channel[tuple[int, Job]](
             ctx.config.ws_max_inflight
         )
         self.unanswered: deque[float] = deque()  # receive times of chunks not yet answered
         self._answered = trio.Event()  # set each time the acker answers a chunk
         self._drained = trio.Event()  # set when the acker has answered the last chunk
-        self._reading = trio.CancelScope()  # the reader's; shutdown cancels it
+        self._reading = trio.CancelScope()  # the reader's; shutdown or an error cancels it
         self._handshaking = trio.CancelScope()  # the wait for 'start'; shutdown cancels it
+        self.error: ServiceError | None = None  # the first thing that went wrong: the end
+        self.jammed = False  # a send timed out: the client is not reading, send no more
+        self._sending = trio.CancelScope()  # the writer's current send
+        self._watching = trio.CancelScope()  # the watchdog's; the writer ends it when done
+        self._send_started: float | None = None  # when it began; None: not sending
+        self._released = False
         self.replayed: set[str] = set()
         self.stored = 0
         self.duplicates = 0
@@ -283,14 +189,21 @@ class Session:
             logger.exception("WebSocket session failed")
             await self._fail(InternalError("the server failed this session"))
         finally:
-            self.ctx.sessions.discard(self)
-            self.ctx.active -= 1
-            if self.admitted is not None:
-                left = self.ctx.per_user[self.admitted] - 1
-                if left:
-                    self.ctx.per_user[self.admitted] = left
-                else:
-                    del self.ctx.per_user[self.admitted]
+            self._release()
+
+    def _release(self) -> None:
+        """Give back this session's slot (once): at its end, or when its client is cut off."""
+        if self._released:
+            return
+        self._released = True
+        self.ctx.sessions.discard(self)
+        self.ctx.active -= 1
+        if self.admitted is not None:
+            left = self.ctx.per_user[self.admitted] - 1
+            if left:
+                self.ctx.per_user[self.admitted] = left
+            else:
+                del self.ctx.per_user[self.admitted]
 
     async def _run(self) -> None:
         start = None
@@ -304,38 +217,51 @@ class Session:
             await self._close(CLOSE_GOING_AWAY, "server shutting down")
             return
         self.start = start
-        code, reason, error, gone = CLOSE_NORMAL, "session ended", None, False
+        ended, gone = False, False
         with self.ctx.hub.subscribe(start.user_id, start.session_id, source=self.id) as sub:
             try:
-                async with trio.open_nursery() as nursery:
-                    writer_done = trio.Event()
-                    nursery.start_soon(self._writer, writer_done)
-                    await self._started_and_replay(start)
-                    nursery.start_soon(self._relay, sub)
-                    nursery.start_soon(self._flow)
-                    nursery.start_soon(self._acker)
-                    ended = await self._reader(start)
-                    with trio.move_on_after(CLOSE_TIMEOUT_S if not ended else math.inf):
-                        await self._drained.wait()  # on shutdown, bounded: resume covers it
-                    if ended:
-                        await self._finalize(start)
-                        await self._send(self._session_end(start))
-                    else:
-                        code, reason = CLOSE_GOING_AWAY, "server shutting down"
-                    await self.out_send.send(None)  # the writer flushes all before it
-                    with trio.move_on_after(CLOSE_TIMEOUT_S):
-                        await writer_done.wait()
-                    nursery.cancel_scope.cancel()
+                ended = await self._stream(start, sub)
             except* SessionError as group:
-                error = _first_leaf(group).error
+                self._end_with(_first_leaf(group).error)
             except* Disconnected:
                 gone = True
         if gone:
             return
-        if error is not None:
-            await self._fail(error)
+        if self.error is not None:
+            await self._fail(self.error)
+        elif ended:
+            await self._close(CLOSE_NORMAL, "session ended")
         else:
-            await self._close(code, reason)
+            await self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _stream(self, start: Start, sub: Subscription) -> bool:
+        """Run a started session's tasks until it ends; True if the client ended it.
+
+        Whatever ends it (``end``, shutdown or an error), the chunks taken so far are
+        answered first (an error or shutdown waits at most ``CLOSE_TIMEOUT_S`` for them),
+        then the writer sends everything queued, and only then does ``_run`` close.
+        """
+        out, out_recv = trio.open_memory_channel[str](self.config.ws_queue)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, out_recv)
+            nursery.start_soon(self._watchdog)
+            async with out:
+                await self._started_and_replay(start, out)
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(self._relay, sub, out.clone())
+                    tasks.start_soon(self._flow, out.clone())
+                    tasks.start_soon(self._acker, out.clone())
+                    ended = await self._reader(start, out.clone())
+                    clean = ended and self.error is None
+                    with trio.move_on_after(math.inf if clean else CLOSE_TIMEOUT_S):
+                        await self._drained.wait()  # bounded on shutdown: resume covers it
+                    tasks.cancel_scope.cancel()  # the relay and flow run until told
+                if ended and self.error is None:
+                    await self._finalize(start)
+                    await self._send(out, self._session_end(start))
+            # Every send end is closed now: the writer ends once it has sent what is queued.
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+        return ended
 
     async def _handshake(self) -> Start:
         with trio.move_on_after(self.config.ws_idle_timeout_s):
@@ -356,13 +282,10 @@ class Session:
 
     def _authenticate(self, control: dict[str, Any]) -> str | None:
         """With auth on: the user of the token in the start message, ?token= or the header."""
-        tokens = self.ctx.tokens
-        if tokens is None:
-            return None
         token = control.get("token") or self.transport.query.get("token")
-        if not isinstance(token, str):
-            token = bearer(self.transport.headers.get("authorization"))
-        return tokens.user_for(token)
+        return self.ctx.access.user_for_request(
+            self.transport.headers, token if isinstance(token, str) else None
+        )
 
     def _admit(self, user_id: str) -> None:
         """Count the session in, or refuse it past the overall and per-user caps."""
@@ -376,68 +299,102 @@ class Session:
         per_user[user_id] = per_user.get(user_id, 0) + 1
         self.admitted = user_id
 
-    async def _started_and_replay(self, start: Start) -> None:
+    async def _started_and_replay(self, start: Start, out: trio.MemorySendChannel[str]) -> None:
+        """``started``, then (on resume) the answers of the chunks stored from there on."""
         store = self.ctx.store
         session = store.summary(start.user_id, start.session_id)
+        stored_next_seq = session.next_seq if session else 0
         resume = start.resume_from_seq
-        self.next_seq = resume if resume is not None else (session.next_seq if session else 0)
+        if resume is not None and resume > stored_next_seq:
+            msg = (
+                f"resume_from_seq {resume} is past the end of this session, which has "
+                f"chunks up to seq {stored_next_seq - 1}: resume from {stored_next_seq} or before"
+            )
+            raise SessionError(InvalidField(msg))
+        self.next_seq = resume if resume is not None else stored_next_seq
         await self._send(
+            out,
             {
                 "type": "started",
                 "user_id": start.user_id,
                 "session_id": start.session_id,
                 "next_seq": self.next_seq,
+                "stored_next_seq": stored_next_seq,
                 "limits": {
                     "max_message_bytes": self.config.max_body_bytes,
                     "max_inflight": self.config.ws_max_inflight,
                     "idle_timeout_s": self.config.ws_idle_timeout_s,
                 },
-            }
+            },
         )
         if resume is None or session is None:
             return
         for seq, chunk_id in store.chunks_after(start.user_id, start.session_id, resume - 1):
             chunk = store.get(chunk_id)
             self.replayed.add(chunk_id)
-            await self._send({"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True})
-            await self._send({"type": "metadata", **chunk})
+            await self._send(
+                out, {"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True}
+            )
+            await self._send(out, {"type": "metadata", **chunk})
             transcript = chunk.get("transcript", {})
             if transcript.get("status") == "done":
                 text, words = transcript["text"], transcript["words"]
                 final = {"type": "transcript", "seq": seq, "is_final": True}
-                await self._send({**final, "text": text, "words": words})
+                await self._send(out, {**final, "text": text, "words": words})
 
-    # -- the four tasks -----------------------------------------------------------------
+    def _end_with(self, error: ServiceError) -> None:
+        """End the session with *error* (the first one wins): stop reading, answer, close."""
+        if self.error is None:
+            self.error = error
+            self.ctx.metrics.failed(error.code)  # now: its slot may be freed before the close
+        self._reading.cancel()
 
-    async def _reader(self, start: Start) -> bool:
-        """Read until ``end`` (True) or shutdown (False); submit each chunk to the pipeline.
+    def stop_reading(self) -> None:
+        """Shutdown: read no more; answer what was taken, then close 1001."""
+        self._handshaking.cancel()
+        self._reading.cancel()
+
+    # -- the tasks ----------------------------------------------------------------------
+
+    async def _reader(self, start: Start, out: trio.MemorySendChannel[str]) -> bool:
+        """Read until ``end`` (True), shutdown or an error (False); submit each chunk.
 
         Shutdown cancels ``_reading`` (see ``stop_reading``): a frame read but not yet
-        submitted was never answered, so its client sends it again when it resumes.
+        submitted was never answered, so its client sends it again when it resumes. A bad
+        message ends the session after the chunks before it are answered (``_end_with``).
         """
-        async with self.ack_send:
+        async with self.ack_send, out:
             with self._reading:
-                while True:
-                    message = await self._receive()
-                    if isinstance(message, bytes):
-                        await self._submit(start, message, None)
-                        continue
-                    control = self._control(message)
-                    kind = control["type"]
-                    if kind == "audio":
-                        data, seq = self._audio_payload(control)
-                        await self._submit(start, data, seq)
-                    elif kind == "end":
-                        return True
-                    elif kind == "finalize":
-                        await self._wait_answered()
-                        await self._finalize(start)
-                    elif kind == "keepalive":
-                        await self._send({"type": "keepalive"})
-                    else:
-                        msg = f"unknown message type {kind[:40]!r}"
-                        raise SessionError(BadMessage(msg))
+                try:
+                    return await self._read(start, out)
+                except SessionError as exc:
+                    self._end_with(exc.error)
             return False
+
+    async def _read(self, start: Start, out: trio.MemorySendChannel[str]) -> bool:
+        while True:
+            message = await self._receive()
+            if isinstance(message, bytes):
+                await self._submit(start, message, None)
+                continue
+            control = self._control(message)
+            kind = control["type"]
+            if kind == "audio":
+                data, seq = self._audio_payload(control)
+                await self._submit(start, data, seq)
+            elif kind == "end":
+                return True
+            elif kind == "finalize":
+                await self._wait_answered()
+                await self._finalize(start)
+            elif kind == "keepalive":
+                await self._send(out, {"type": "keepalive"})
+            elif kind == "start":
+                msg = "this connection has started its session already: one 'start' each"
+                raise SessionError(BadMessage(msg))
+            else:
+                msg = f"unknown message type {kind[:40]!r}"
+                raise SessionError(BadMessage(msg))
 
     async def _receive(self) -> str | bytes:
         """The next message, or ``idle_timeout`` after ``ws_idle_timeout_s`` of silence."""
@@ -446,11 +403,6 @@ class Session:
         msg = f"no message for {self.config.ws_idle_timeout_s:g} s"
         raise SessionError(IdleTimeout(msg))
 
-    def stop_reading(self) -> None:
-        """Shutdown: read no more; answer what was taken, then close 1001."""
-        self._handshaking.cancel()
-        self._reading.cancel()
-
     def _control(self, text: str) -> dict[str, Any]:
         try:
             return parse_control(text)
@@ -458,18 +410,15 @@ class Session:
             raise SessionError(exc) from None
 
     def _audio_payload(self, control: dict[str, Any]) -> tuple[bytes, int | None]:
-        data = control.get("data")
-        if not isinstance(data, str):
-            raise SessionError(BadMessage("an 'audio' message needs base64 'data'"))
         try:
-            audio = base64.b64decode(data, validate=True)
-            seq = parse_seq(control.get("seq"))
-        except (binascii.Error, ValueError) as exc:
-            detail = exc.detail if isinstance(exc, ServiceError) else "data is not base64"
-            raise SessionError(BadMessage(detail)) from None
-        return audio, seq
+            return parse_audio(control)
+        except ServiceError as exc:
+            raise SessionError(exc) from None
 
     async def _submit(self, start: Start, data: bytes, seq: int | None) -> None:
+        if start.content_type is None:
+            msg = "this socket sent no format in 'start': it only watches, and takes no audio"
+            raise SessionError(BadMessage(msg))
         if len(data) > self.config.max_body_bytes:
             msg = f"a chunk of {len(data)} bytes is over the {self.config.max_body_bytes} limit"
             raise SessionError(PayloadTooLarge(msg))
@@ -478,11 +427,10 @@ class Session:
         self.next_seq = seq + 1
         part = Part(body=data, content_type=start.content_type, raw=start.raw, seq=seq)
         job = Job(user_id=start.user_id, session_id=start.session_id, parts=[part], source=self.id)
-        if self.ctx.rate is not None:
-            try:
-                self.ctx.rate.take(start.user_id)
-            except RateLimited as exc:
-                raise SessionError(exc) from None
+        try:
+            self.ctx.access.take(start.user_id)
+        except RateLimited as exc:
+            raise SessionError(exc) from None
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
         with trio.move_on_after(self.config.ws_overload_timeout_s):
@@ -496,14 +444,15 @@ class Session:
         )
         raise SessionError(Overloaded(msg))
 
-    async def _acker(self) -> None:
-        """Answer chunks in the order they came: ack + metadata, or end with the error."""
-        async with self.ack_recv:
+    async def _acker(self, out: trio.MemorySendChannel[str]) -> None:
+        """Answer chunks in the order they came: ack + metadata; the first failure ends it."""
+        async with self.ack_recv, out:
             async for seq, job in self.ack_recv:
                 try:
                     results: list[Stored] = await job.reply.wait()
                 except ServiceError as exc:
-                    raise SessionError(exc) from None
+                    self._end_with(exc)  # the chunks after it stay unanswered
+                    break
                 finally:
                     self.unanswered.popleft()
                     self._answered.set()
@@ -515,53 +464,88 @@ class Session:
                 else:
                     ack["duplicate"] = True
                     self.duplicates += 1
-                await self._send(ack)
+                await self._send(out, ack)
                 if result.chunk["chunk_id"] not in self.replayed:
                     # Read back now, not at commit: the chunks before it are all answered
                     # by now, so its offset_ms is final even if they committed after it.
                     chunk = self.ctx.store.get(result.chunk["chunk_id"])
-                    await self._send({"type": "metadata", **chunk})
+                    await self._send(out, {"type": "metadata", **chunk})
         self._drained.set()
 
-    async def _relay(self, sub: Subscription) -> None:
+    async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
         """The session's live results from others (HTTP uploads, other sockets, transcripts)."""
-        async for message in sub.receive:
-            if message.get("type") == "metadata" and message.get("chunk_id") in self.replayed:
-                continue
-            await self._send(message)
-        if sub.overflowed:
-            msg = f"more than {self.config.ws_queue} results waited for this client to read them"
-            raise SessionError(SlowReader(msg))
+        async with out:
+            async for message in sub.receive:
+                if message.get("type") == "metadata" and message.get("chunk_id") in self.replayed:
+                    continue
+                await self._send(out, message)
+            if sub.overflowed:
+                msg = f"more than {self.config.ws_queue} results waited for this client to read"
+                self._end_with(SlowReader(msg))
 
-    async def _flow(self) -> None:
+    async def _flow(self, out: trio.MemorySendChannel[str]) -> None:
         """``flow {queue_depth, inflight, lag_ms, transcript_lag_ms}`` while anything lags.
 
         ``lag_ms``: age of this socket's oldest unanswered chunk; ``transcript_lag_ms``: age
         of the oldest chunk the transcriber has not done yet (all sessions: it is shared).
         """
         transcriber = self.ctx.transcriber
-        while True:
-            await trio.sleep(self.config.ws_flow_interval_s)
-            behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
-            if self.unanswered or behind:
-                lag = (time.monotonic() - self.unanswered[0]) * 1000 if self.unanswered else 0.0
-                stats = self.ingress.statistics()  # the shared pipeline's front queue
-                await self._send({"type": "flow", "queue_depth": stats.current_buffer_used,
-                                  "inflight": len(self.unanswered), "lag_ms": round(lag, 1),
-                                  "transcript_lag_ms": round(behind, 1)})  # fmt: skip
+        async with out:
+            while True:
+                await trio.sleep(self.config.ws_flow_interval_s)
+                behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
+                if self.unanswered or behind:
+                    oldest = self.unanswered[0] if self.unanswered else time.monotonic()
+                    stats = self.ingress.statistics()  # the shared pipeline's front queue
+                    await self._send(out, {"type": "flow",
+                                           "queue_depth": stats.current_buffer_used,
+                                           "inflight": len(self.unanswered),
+                                           "lag_ms": round((time.monotonic() - oldest) * 1000, 1),
+                                           "transcript_lag_ms": round(behind, 1)})  # fmt: skip
 
-    async def _writer(self, done: trio.Event) -> None:
-        """The only task that sends: drains the outgoing queue until the ``None`` marker."""
-        async for text in self.out_recv:
-            if text is None:
-                break
-            await self.transport.send(text)
-        done.set()
+    async def _writer(self, out_recv: trio.MemoryReceiveChannel[str]) -> None:
+        """The only task that sends: each message in order, until every sender is done.
+
+        Once the client is found not reading (``_watchdog``), what is still queued is dropped:
+        the chunks it answers stay stored, and a resume replays their answers.
+        """
+        async with out_recv:
+            async for text in out_recv:
+                if self.jammed:
+                    continue
+                with self._sending:
+                    self._send_started = trio.current_time()
+                    await self.transport.send(text)
+                self._send_started = None
+                self._sending = trio.CancelScope()
+        self._watching.cancel()  # all sent: nothing more to watch
+
+    async def _watchdog(self) -> None:
+        """Cut off a client that takes nothing the writer sends for ``ws_send_timeout_s``.
+
+        It ends the session with ``slow_reader`` (4429) and frees its slot at once. This task
+        does it, not a timeout around the send, because a send cannot always be cancelled:
+        hypercorn (``/ws`` on the HTTP port) shields its socket writes, so there the stuck send
+        (and the connection) lasts until the client goes away, but holds no slot.
+        """
+        timeout = self.config.ws_send_timeout_s
+        with self._watching:
+            while True:
+                await trio.sleep(timeout / 4)
+                since = self._send_started
+                if since is not None and trio.current_time() - since >= timeout:
+                    break
+        if not self._watching.cancelled_caught:
+            self.jammed = True
+            self._end_with(SlowReader(f"the client read nothing for {timeout:g} s"))
+            self._sending.cancel()
+            self._release()
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self.out_send.send(dumps(message))
+    @staticmethod
+    async def _send(out: trio.MemorySendChannel[str], message: dict[str, Any]) -> None:
+        await out.send(dumps(message))
 
     async def _wait_answered(self) -> None:
         while self.unanswered:
@@ -588,114 +572,16 @@ class Session:
         }
 
     async def _fail(self, error: ServiceError) -> None:
-        self.ctx.metrics.failed(error.code)
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            try:
-                await self.transport.send(dumps(error_message(error)))
-            except Disconnected:
-                return
+        if error is not self.error:  # that one was counted when it happened
+            self.ctx.metrics.failed(error.code)
+        if not self.jammed:  # else the error would only queue behind what it never read
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await self.transport.send(dumps(error_message(error)))
+                except Disconnected:
+                    return
         await self._close(error.close_code, error.code)
 
     async def _close(self, code: int, reason: str) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(Disconnected):
             await self.transport.close(code, reason)
-
-
-# -- transports ---------------------------------------------------------------------------
-
-
-def message_limit(config: Config) -> int:
-    """The library's frame limit: a chunk as base64 inside JSON, plus its envelope."""
-    return config.max_body_bytes * 4 // 3 + MAX_CONTROL_BYTES
-
-
-class TrioWebsocketTransport:
-    """A trio-websocket server connection."""
-
-    def __init__(self, connection: Any, request_headers: Any) -> None:
-        self.connection = connection
-        self.query: Mapping[str, str] = dict(parse_qsl(urlsplit(connection.path).query))
-        self.headers: Mapping[str, str] = {
-            _text_of(name).lower(): _text_of(value) for name, value in request_headers
-        }
-
-    async def receive(self) -> str | bytes:
-        try:
-            message: str | bytes = await self.connection.get_message()
-        except ConnectionClosed:
-            raise Disconnected from None
-        return message
-
-    async def send(self, message: str) -> None:
-        try:
-            await self.connection.send_message(message)
-        except ConnectionClosed:
-            raise Disconnected from None
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.connection.aclose(code, reason)
-
-
-def _text_of(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
-class QuartTransport:
-    """quart-trio's WebSocket on the HTTP port (a client that goes away cancels the handler)."""
-
-    def __init__(self, websocket: Any) -> None:
-        self.websocket = websocket
-        self.query: Mapping[str, str] = dict(websocket.args)
-        self.headers: Mapping[str, str] = {k.lower(): v for k, v in websocket.headers.items()}
-
-    async def receive(self) -> str | bytes:
-        message: str | bytes = await self.websocket.receive()
-        return message
-
-    async def send(self, message: str) -> None:
-        await self.websocket.send(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.websocket.close(code, reason)
-
-
-async def serve_ws(
-    ctx: WsContext,
-    ingress: Ingress,
-    tls: ssl.SSLContext | None = None,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The trio-websocket listener on ``host:ws_port`` at ``/ws``; reports the bound port.
-
-    Resource handling: owns its *ingress* clone. On shutdown it stops accepting, lets every
-    session drain and close (1001), then closes the clone so the pipeline can end.
-    """
-    config = ctx.config
-
-    async def handler(request: WebSocketRequest) -> None:
-        connection = await request.accept()
-        if urlsplit(request.path).path != "/ws":
-            # Not request.reject(): in trio-websocket 0.12 a rejected connection's task
-            # never ends, so each one would leak until shutdown.
-            await connection.aclose(CLOSE_NOT_FOUND, "the WebSocket endpoint is /ws")
-            return
-        transport = TrioWebsocketTransport(connection, request.headers)
-        await Session(transport, ctx, ingress).run()
-
-    async with ingress, trio.open_nursery() as sessions, trio.open_nursery() as listener:
-        serve: Callable[..., Awaitable[Any]] = partial(
-            serve_websocket,
-            handler,
-            config.host,
-            config.ws_port,
-            tls,
-            handler_nursery=sessions,
-            max_message_size=message_limit(config),
-            message_queue_size=4,
-        )
-        server = await listener.start(serve)
-        task_status.started(server.port)
-        await ctx.shutdown.wait()
-        ctx.stop_sessions()
-        listener.cancel_scope.cancel()

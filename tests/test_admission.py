@@ -1,0 +1,81 @@
+"""The upload gate: a bounded number inside, a short wait, then an explicit refusal."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trio_audio.errors import Overloaded
+from trio_audio.web.admission import Admission
+
+
+async def hold(gate: Admission, seconds: float) -> None:
+    async with gate.admit():
+        await trio.sleep(seconds)
+
+
+async def test_waiters_get_slots_in_turn_within_the_wait(autojump_clock: trio.abc.Clock) -> None:
+    gate = Admission(2, max_wait_s=1.0, target_s=10.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, gate, 0.5)
+        nursery.start_soon(hold, gate, 0.5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.statistics().inside == 2
+        started = trio.current_time()
+        async with gate.admit():  # waits for one of the two, not runnable meanwhile
+            assert trio.current_time() - started == pytest.approx(0.5)
+    stats = gate.statistics()
+    assert (stats.inside, stats.waiting, stats.admitted, stats.refused) == (0, 0, 3, 0)
+
+
+async def test_no_slot_within_the_wait_is_an_explicit_retryable_refusal(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = Admission(1, max_wait_s=0.2, retry_after_s=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, gate, 5.0)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(Overloaded) as refused:
+            async with gate.admit():
+                pytest.fail("admitted with no slot")
+        assert refused.value.retry_after == 3 and refused.value.retryable
+        assert gate.statistics().refused == 1
+        nursery.cancel_scope.cancel()
+    assert gate.statistics().inside == 0  # the held slot came back on cancellation
+
+
+async def test_a_standing_queue_turns_waiting_into_refusing_at_once_until_it_drains(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = Admission(1, max_wait_s=1.0, target_s=0.05, interval_s=0.5)
+    refused_at: list[float] = []
+
+    async def client(delay: float) -> None:
+        await trio.sleep(delay)
+        started = trio.current_time()
+        try:
+            async with gate.admit():
+                await trio.sleep(0.2)  # each upload takes 0.2 s: capacity 5/s
+        except Overloaded:
+            refused_at.append(trio.current_time() - started)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(40):  # 20/s offered for 2 s: 4x capacity
+            nursery.start_soon(client, n * 0.05)
+    assert refused_at, "overload must be refused"
+    assert min(refused_at) == 0.0  # once the delay stood above target: refused without a wait
+    assert not gate.overloaded(trio.current_time() + 10)  # the last admissions were quick
+    gate_after = gate.statistics()
+    assert gate_after.inside == 0 and gate_after.waiting == 0
+
+
+async def test_a_zero_wait_refuses_at_once_when_full(autojump_clock: trio.abc.Clock) -> None:
+    gate = Admission(1, max_wait_s=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, gate, 1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        before = trio.current_time()
+        with pytest.raises(Overloaded):
+            await gate.acquire()
+        assert trio.current_time() == before

@@ -1,0 +1,407 @@
+"""The service on a JetStream cluster: several nodes, one log, and faults with real processes.
+
+Every test here runs real ``nats-server`` processes (``tests/cluster.py``); ``nox -s
+tests_cluster`` runs them, and the end-to-end HTTP and WebSocket suites on the cluster.
+Waits are for readiness or for an answer, under ``fail_after``; never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from trio_audio.client import Options, Streamer
+from trio_audio.store.nats_bridge import open_nats
+from trio_audio.store.natscluster import LocalCluster
+
+from .audio_samples import pcm_s16le, wav
+from .cluster import ServiceNode, cluster_store
+from .conftest import StartServer, upload_params
+from .speech import SENTENCE, grammar_file, pieces, speak, to_wav
+from .test_ws import connect, receive_type, start
+
+NodeMaker = Callable[..., ServiceNode]
+
+
+async def eventually(
+    request: Callable[[], Awaitable[httpx.Response]], seconds: float, missing: int = 404
+) -> httpx.Response:
+    """The first response to *request* whose status is not *missing*, tried for *seconds*."""
+    with trio.fail_after(seconds):
+        for _ in iter(int, 1):
+            try:
+                response = await request()
+            except httpx.TransportError:
+                await trio.sleep(0.05)
+                continue
+            if response.status_code != missing:
+                return response
+            await trio.sleep(0.02)
+    raise AssertionError("unreachable")
+
+
+async def wait_for(ready: Callable[[], bool], seconds: float) -> None:
+    """Return once *ready()* holds (checked every 10 ms); fail after *seconds*."""
+    with trio.fail_after(seconds):
+        for _ in iter(int, 1):
+            if ready():
+                return
+            await trio.sleep(0.01)
+
+
+def audio(n: int) -> bytes:
+    """A distinct small WAV per n."""
+    return wav(200.0 + 7 * n, seconds=0.1, rate=16000)
+
+
+async def post(client: httpx.AsyncClient, data: bytes, **params: Any) -> httpx.Response:
+    return await client.post(
+        "/upload", params=upload_params(**params), content=data,
+        headers={"Content-Type": "audio/wav"},
+    )  # fmt: skip
+
+
+async def test_upload_to_one_node_read_from_another(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    store = cluster_store(nats_cluster)
+    a = await start_server(**store)
+    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    data = wav(440.0, seconds=0.5, rate=16000)
+    async with a.client() as ca, b.client() as cb:
+        created = await post(ca, data, seq="0")
+        assert created.status_code == 201, created.text
+        chunk = created.json()
+        # Read-your-writes on the node that acknowledged: at once.
+        assert (await ca.get(f"/chunks/{chunk['chunk_id']}")).json() == chunk
+        # On another node: once its follower has it (milliseconds).
+        got = await eventually(lambda: cb.get(f"/chunks/{chunk['chunk_id']}"), 5)
+        assert got.json() == chunk
+        assert (await cb.get(f"/chunks/{chunk['chunk_id']}/audio")).content == data
+        # The same (session, seq) sent to both nodes at once is stored once.
+        twice = audio(1)
+        answers: list[httpx.Response] = []
+
+        async def send(client: httpx.AsyncClient) -> None:
+            answers.append(await post(client, twice, seq="1"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, ca)
+            nursery.start_soon(send, cb)
+        assert sorted(r.status_code for r in answers) == [200, 201], [r.text for r in answers]
+        assert answers[0].json()["chunk_id"] == answers[1].json()["chunk_id"]
+        # Other bytes for a stored seq: 409 on any node.
+        assert (await post(cb, audio(2), seq="1")).status_code == 409
+        sessions = (await cb.get("/sessions/alice")).json()
+        assert sessions == (await ca.get("/sessions/alice")).json()
+
+
+async def test_a_watcher_on_one_node_sees_uploads_to_another(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    store = cluster_store(nats_cluster)
+    a = await start_server(**store)
+    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    async with connect(a.running.ws_url) as watcher, b.client() as cb:
+        await start(watcher, "shared")
+        for n in range(3):
+            sent = trio.current_time()
+            response = await post(cb, audio(n), session_id="shared")
+            assert response.status_code == 201
+            with trio.fail_after(1):  # within a second of B's answer
+                seen = await receive_type(watcher, "metadata")
+            assert seen["chunk_id"] == response.json()["chunk_id"]
+            assert trio.current_time() - sent < 5
+
+
+async def test_deletes_reach_every_node_and_leave_the_stream(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    store = cluster_store(nats_cluster)
+    a = await start_server(**store)
+    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    async with a.client() as ca, b.client() as cb:
+        ids = []
+        for n in range(4):
+            ids.append((await post(ca, audio(n), session_id="s1")).json()["chunk_id"])
+        other = (await post(ca, audio(9), session_id="s2")).json()["chunk_id"]
+        await eventually(lambda: cb.get(f"/chunks/{other}"), 5)
+        await eventually(lambda: cb.get(f"/chunks/{ids[-1]}"), 5)
+        assert (await cb.delete(f"/chunks/{ids[0]}")).status_code in (200, 204)
+        # Gone at once on the node that answered, and soon on the other.
+        assert (await cb.get(f"/chunks/{ids[0]}")).status_code == 404
+        gone = await eventually(lambda: ca.get(f"/chunks/{ids[0]}"), 5, missing=200)
+        assert gone.status_code == 404
+        deleted = await ca.delete("/sessions/alice", params={"session_id": "s1"})
+        assert deleted.status_code in (200, 204)
+        gone = await eventually(lambda: cb.get(f"/chunks/{ids[1]}"), 5, missing=200)
+        assert gone.status_code == 404
+        # A node started now replays the stream: the deleted chunks are not in it.
+        c = await start_server(**store, data_dir=a.config.data_dir.parent / "c")
+        async with c.client() as cc:
+            assert (await cc.get(f"/chunks/{other}")).status_code == 200
+            for chunk_id in ids:
+                assert (await cc.get(f"/chunks/{chunk_id}")).status_code == 404
+        assert c.running.store.stats().replayed_records is not None
+        # The purge of a user removes every session on every node.
+        purge_user = c.running.store.purge_user  # type: ignore[attr-defined]
+        assert await purge_user("alice") == [other]
+        gone = await eventually(lambda: ca.get(f"/chunks/{other}"), 5, missing=200)
+        assert gone.status_code == 404
+    # The audio is gone from the stream too: only the three tombstones are left in it.
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        with trio.fail_after(10):
+            for _ in iter(int, 1):
+                state = await nats.stream_state(store["store_stream"])
+                if state.messages == 3:
+                    break
+                await trio.sleep(0.05)
+
+
+async def upload_until(
+    urls: list[str], stop: trio.Event, acked: dict[str, bytes], counter: list[int], lane: int
+) -> None:
+    """Upload distinct chunks round-robin over *urls* until *stop*; record each acked one.
+
+    503s and broken connections are retried with the same seq (idempotent)."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        seq = 0
+        while not stop.is_set():
+            data = audio(1000 * lane + seq)
+            url = urls[(seq + lane) % len(urls)]
+            try:
+                response = await client.post(
+                    f"{url}/upload", content=data, headers={"Content-Type": "audio/wav"},
+                    params=upload_params(session_id=f"lane{lane}", seq=str(seq)),
+                )  # fmt: skip
+            except httpx.TransportError:
+                await trio.sleep(0.1)
+                continue
+            if response.status_code == 503:
+                assert response.headers.get("Retry-After"), response.text
+                await trio.sleep(0.1)
+                continue
+            assert response.status_code in (200, 201), response.text
+            acked[response.json()["chunk_id"]] = data
+            counter[0] += 1
+            seq += 1
+
+
+async def test_killing_the_stream_leader_during_uploads_loses_no_acknowledged_chunk(
+    own_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(own_cluster)
+    nodes = [service_nodes(store), service_nodes(store)]
+    for node in nodes:
+        await node.wait_ready()
+    urls = [node.url for node in nodes]
+    acked: dict[str, bytes] = {}
+    counter = [0]
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for lane in range(4):
+            nursery.start_soon(upload_until, urls, stop, acked, counter, lane)
+        await wait_for(lambda: counter[0] >= 40, 60)
+        async with open_nats(own_cluster.urls, name="test") as nats:
+            leader = (await nats.stream_state(store["store_stream"])).leader
+        names = [node.name for node in own_cluster.nodes]
+        assert leader in names
+        own_cluster.kill(names.index(leader))
+        before = counter[0]
+        await wait_for(lambda: counter[0] >= before + 80, 90)  # on with 2 of 3 servers
+        stop.set()
+    async with httpx.AsyncClient(timeout=30) as client:
+        for url in urls:
+            for chunk_id, data in acked.items():
+                path = f"{url}/chunks/{chunk_id}/audio"
+                got = await eventually(lambda path=path: client.get(path), 30)  # type: ignore[misc]
+                assert got.status_code == 200, got.text
+                assert hashlib.sha256(got.content).digest() == hashlib.sha256(data).digest()
+
+
+async def test_killing_a_service_node_mid_stream_resumes_on_another(
+    nats_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(nats_cluster)
+    a, b = service_nodes(store), service_nodes(store)
+    await a.wait_ready()
+    await b.wait_ready()
+    frames = [pcm_s16le(300.0 + 5 * n, seconds=0.05, rate=16000) for n in range(60)]
+    options = Options(url=a.ws_url, user_id="alice", session_id="live", chunk_ms=50,
+                      realtime=True, json=True, retries=20)  # fmt: skip
+
+    class Out:  # the client's printed messages
+        def write(self, text: str) -> None:
+            for line in text.split("\n"):
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                if message.get("type") == "ack":
+                    acks.append(message["seq"])
+
+        def flush(self) -> None:
+            pass
+
+    acks: list[int] = []
+    streamer = Streamer(options, 16000, 1, iter(frames), Out())  # type: ignore[arg-type]
+    summary: dict[str, Any] = {}
+
+    async def run() -> None:
+        summary.update(await streamer.run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await wait_for(lambda: len(acks) >= 15, 30)
+        options.url = b.ws_url  # what a load balancer does once A stops answering
+        a.kill()
+    assert summary["chunk_count"] == len(frames)
+    async with httpx.AsyncClient(base_url=b.url, timeout=30) as client:
+        page = (await client.get("/sessions/alice", params={"limit": 1000})).json()
+        chunks = [c for s in page["sessions"] for c in s["chunks"]]
+        assert [c["seq"] for c in chunks] == list(range(len(frames)))
+        for chunk in chunks:
+            got = await client.get(f"/chunks/{chunk['chunk_id']}/audio")
+            assert got.status_code == 200
+            body = got.content
+            assert frames[chunk["seq"]] in body  # the PCM, in whatever container it came
+
+
+async def test_cluster_down_uploads_get_503_reads_work_and_it_recovers(
+    own_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(own_cluster)
+    node = service_nodes(store, "--store-timeout-s", "2")
+    other = service_nodes(store, "--store-timeout-s", "2")
+    await node.wait_ready()
+    await other.wait_ready()
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+        stored = (await post(client, audio(0), seq="0")).json()
+        for i in range(3):
+            own_cluster.kill(i)
+        with trio.fail_after(15):  # an answer, never a hang
+            refused = await post(client, audio(1), seq="1")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "unavailable"
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Reads of the index keep working.
+        assert (await client.get(f"/chunks/{stored['chunk_id']}")).json() == stored
+        assert (await client.get("/sessions/alice")).status_code == 200
+        for i in range(3):
+            own_cluster.launch(i)
+        recovered = await eventually(lambda: post(client, audio(1), seq="1"), 90, missing=503)
+        assert recovered.status_code in (200, 201), recovered.text
+        chunk_id = recovered.json()["chunk_id"]
+    async with httpx.AsyncClient(base_url=other.url, timeout=30) as client:
+        seen = await eventually(lambda: client.get(f"/chunks/{chunk_id}"), 30)
+        assert seen.status_code == 200
+
+
+async def test_restarting_every_node_rebuilds_state_from_the_stream(
+    own_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(own_cluster)
+    a, b = service_nodes(store), service_nodes(store)
+    await a.wait_ready()
+    await b.wait_ready()
+    acked: dict[str, dict[str, Any]] = {}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for n in range(12):
+            url = (a.url, b.url)[n % 2]
+            response = await client.post(
+                f"{url}/upload", content=audio(n), headers={"Content-Type": "audio/wav"},
+                params=upload_params(session_id=f"s{n % 3}"),
+            )  # fmt: skip
+            assert response.status_code == 201
+            acked[response.json()["chunk_id"]] = response.json()
+        for chunk_id in acked:  # A has B's last chunks too (it follows B's writes)
+            path = f"{a.url}/chunks/{chunk_id}"
+            await eventually(lambda path=path: client.get(path), 10)  # type: ignore[misc]
+        listing = (await client.get(f"{a.url}/sessions/alice")).json()
+    a.kill()
+    b.kill()
+    for i in range(3):
+        own_cluster.kill(i)
+    for i in range(3):
+        own_cluster.launch(i)
+    c = service_nodes(store)
+    await c.wait_ready(90)
+    async with httpx.AsyncClient(base_url=c.url, timeout=30) as client:
+        assert (await client.get("/sessions/alice")).json() == listing
+        for n, (chunk_id, chunk) in enumerate(acked.items()):
+            assert (await client.get(f"/chunks/{chunk_id}")).json() == chunk
+            assert (await client.get(f"/chunks/{chunk_id}/audio")).content == audio(n)
+
+
+async def test_two_nodes_transcribing_write_each_transcript_once(
+    start_server: StartServer, nats_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    store = cluster_store(nats_cluster)
+    speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path))}
+    a = await start_server(**store, **speech)
+    b = await start_server(**store, **speech, data_dir=a.config.data_dir.parent / "b")
+    audio = speak(SENTENCE, lead_s=0.5)
+    pieces_ = list(pieces(audio, 0.5))
+    async with a.client() as ca, b.client() as cb:
+        for piece in pieces_:
+            response = await ca.post(
+                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+        listings = []
+        for client in (ca, cb):
+            with trio.fail_after(60):
+                for _ in iter(int, 1):
+                    listing = (await client.get("/sessions/alice")).json()["sessions"][0]
+                    if listing["transcript"]["status"] == "done":
+                        break
+                    await trio.sleep(0.05)
+            listings.append(listing)
+    assert listings[0] == listings[1]
+    assert listings[0]["transcript"]["text"] == SENTENCE
+    # One chunk record and one transcript per chunk in the stream, though both nodes decoded.
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        state = await nats.stream_state(store["store_stream"])
+    assert state.messages == 2 * len(pieces_)
+
+
+async def test_a_node_started_before_the_cluster_waits_for_it(
+    tmp_path: Path, service_nodes: NodeMaker
+) -> None:
+    cluster = LocalCluster(tmp_path / "late", nodes=3)
+    try:
+        node = service_nodes(cluster_store(cluster))
+        with trio.fail_after(60):  # it says it waits, and does not serve yet
+            for _ in iter(int, 1):
+                if "waiting until one answers" in node.log_path.read_text(errors="replace"):
+                    break
+                await trio.sleep(0.05)
+        await trio.sleep(1)  # a second of no cluster: still waiting, not serving
+        assert "serving HTTP" not in node.log_path.read_text(errors="replace")
+        cluster.start()
+        await node.wait_ready(90)
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            ready = (await client.get("/readyz")).json()
+            assert ready["status"] == "ready"
+            assert (await post(client, audio(0))).status_code == 201
+    finally:
+        cluster.stop()
+
+
+async def test_more_replicas_than_servers_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "one", nodes=1) as cluster:
+        store = cluster_store(cluster)
+        node = ServiceNode(tmp_path / "node", {**store, "store_replicas": 3})
+        node.start()
+        assert node.proc is not None
+        with trio.fail_after(60):
+            code = await trio.to_thread.run_sync(node.proc.wait)
+        assert code == 3
+        assert "cannot create the stream" in node.log_path.read_text()
+        assert "--store-replicas" in node.log_path.read_text()

@@ -1,0 +1,227 @@
+"""Cluster numbers for the README: the service on a 3-node JetStream cluster vs the local log.
+
+``python -m trio_audio.bench.cluster [--seconds 10] [--replay 100000]`` (``nox -s
+bench_cluster``) starts three ``nats-server`` processes (R=3, ``sync_interval: always``) and
+measures, on this machine:
+
+- acknowledged HTTP uploads/s and their p50/p99 latency with 1, 2 and 3 service nodes on the
+  cluster (a load generator process per node, 32 connections in all), next to one node on
+  the local log (``fsync=always``) in the same run;
+- WebSocket frames/s acknowledged, one node, local log and cluster;
+- how long a new node takes to replay a stream of ``--replay`` chunk records (published
+  straight into the stream, 3.2 KB of audio each) until it serves HTTP.
+
+Every process runs on this machine's cores: the numbers say what one box does with all of
+it, not what N boxes would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..store.natscluster import LocalCluster
+from .loadgen import Spec
+
+SERVING = re.compile(r"serving HTTP on (http://\S+),")
+SERVING_WS = re.compile(r"serving WebSocket on (ws://\S+)")
+REPLAYED = re.compile(r"replayed (\d+) records .* in ([0-9.]+) s")
+
+
+class Node:
+    """``trio-audio serve`` as a child process with its log in a file."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log = directory / "service.log"
+        self.started = time.monotonic()
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
+                 "--data-dir", str(directory / "data"), "--asr-engine", "none",
+                 "--rate-limit-per-s", "0", *args],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.url = self.ws_url = ""
+        self.ready_s = 0.0
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            http, ws = SERVING.search(text), SERVING_WS.search(text)
+            if http and ws:
+                self.url, self.ws_url = http.group(1), ws.group(1)
+                self.ready_s = time.monotonic() - self.started
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("service exited:\n" + text[-3000:])
+            time.sleep(0.05)
+        raise TimeoutError("service did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def load(specs: list[Spec], workdir: Path) -> dict[str, Any]:
+    """Run one load generator process per spec at once; the combined figures."""
+    procs = []
+    outs = []
+    for i, spec in enumerate(specs):
+        spec_path, out_path = workdir / f"spec{i}.json", workdir / f"out{i}.json"
+        spec_path.write_text(json.dumps(spec.to_json()))
+        outs.append(out_path)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "trio_audio.bench.loadgen", str(spec_path), str(out_path)]
+            )
+        )
+    for proc in procs:
+        proc.wait()
+    latencies: list[float] = []
+    acked = refused = failed = 0
+    elapsed = 0.0
+    for out_path in outs:
+        data = json.loads(out_path.read_text())
+        elapsed = max(elapsed, data["elapsed_s"])
+        for _, latency, status, _, _ in data["records"]:
+            if status in (200, 201):
+                acked += 1
+                latencies.append(latency)
+            elif status == 503:
+                refused += 1
+            else:
+                failed += 1
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+
+    return {
+        "acked_per_s": round(acked / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": pct(0.5) if latencies else None,
+        "p99_ms": pct(0.99) if latencies else None,
+        "acked": acked,
+        "refused": refused,
+        "failed": failed,
+    }
+
+
+def http_specs(nodes: list[Node], seconds: float, run_id: str) -> list[Spec]:
+    per = max(1, 32 // len(nodes))
+    specs = [
+        Spec(kind="http", url=n.url, concurrency=per, duration_s=seconds, chunk_s=0.1,
+             run_id=f"{run_id}-{i}")
+        for i, n in enumerate(nodes)
+    ]  # fmt: skip
+    return specs
+
+
+def ws_spec(node: Node, seconds: float, run_id: str) -> Spec:
+    return Spec(kind="ws", url=node.ws_url, concurrency=8, duration_s=seconds, frame_ms=100,
+                window=32, run_id=run_id)  # fmt: skip
+
+
+async def publish_records(store: str, stream: str, count: int, template: dict[str, Any]) -> float:
+    """Publish *count* chunk records straight into *stream*; the seconds it took."""
+    from ..store.jetstream import META, token
+    from ..store.nats_bridge import open_nats
+
+    body = b"\x00\x01" * 1600  # 3.2 KB of "audio"
+    started = time.perf_counter()
+    async with open_nats(store.split(","), name="bench", request_s=30) as nats:
+        await nats.wait_meta_leader()
+        await nats.ensure_stream(stream, [f"{stream}.>"], 3, 120)
+        sends, receives = trio.open_memory_channel[int](0)
+
+        async def publisher(receive: trio.MemoryReceiveChannel[int]) -> None:
+            async with receive:
+                async for n in receive:
+                    session = f"s{n // 1000}"
+                    meta = {**template, "chunk_id": f"bench{n:012d}", "session_id": session,
+                            "seq": n % 1000, "user_id": f"u{n % 50}"}  # fmt: skip
+                    subject = f"{stream}.{token(meta['user_id'])}.{session}.chunk.{n % 1000}"
+                    await nats.publish(subject, body, {META: json.dumps(meta)}, 30)
+
+        async with trio.open_nursery() as nursery:
+            async with receives:
+                for _ in range(64):
+                    nursery.start_soon(publisher, receives.clone())
+            async with sends:
+                for n in range(count):
+                    await sends.send(n)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trio_audio.bench.cluster")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--replay", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
+        work = Path(tmp)
+        local = Node(work / "local")
+        local.wait_ready()
+        results["local, 1 node: http"] = load(http_specs([local], args.seconds, "l"), work)
+        results["local, 1 node: ws frames"] = load([ws_spec(local, args.seconds, "lw")], work)
+        local.stop()
+        with LocalCluster(work / "nats", nodes=3) as cluster:
+            for n in (1, 2, 3):
+                flags = ["--store", cluster.store, "--store-stream", f"B{n}"]
+                nodes = [Node(work / f"c{n}-{i}", *flags) for i in range(n)]
+                for node in nodes:
+                    node.wait_ready()
+                results[f"cluster R=3, {n} node(s): http"] = load(
+                    http_specs(nodes, args.seconds, f"c{n}"), work
+                )
+                if n == 1:
+                    results["cluster R=3, 1 node: ws frames"] = load(
+                        [ws_spec(nodes[0], args.seconds, "cw")], work
+                    )
+                for node in nodes:
+                    node.stop()
+            if args.replay:
+                template = {
+                    "user_id": "u", "session_id": "s", "seq": 0, "chunk_id": "",
+                    "received_at": "2026-01-01T00:00:00.000Z", "timestamp": None,
+                    "size_bytes": 3200, "checksum": "0" * 64, "content_type": "audio/L16",
+                    "audio": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000,
+                              "channels": 1, "duration_ms": 100.0, "frames": 1600},
+                    "features": {"rms_dbfs": -20.0, "peak_dbfs": -6.0, "silence_ratio": 0.0,
+                                 "dominant_hz": 440.0, "spectral_centroid_hz": 440.0,
+                                 "speech_segments": []},
+                    "transcript": {"status": "disabled", "text": "", "words": []},
+                    "processing_ms": {},
+                }  # fmt: skip
+                took = trio.run(publish_records, cluster.store, "REPLAY", args.replay, template)
+                results["publish, 64 concurrent, records/s"] = round(args.replay / took, 1)
+                node = Node(work / "replay", "--store", cluster.store, "--store-stream", "REPLAY")
+                node.wait_ready()
+                match = REPLAYED.search(node.log.read_text())
+                results[f"new node, replay {args.replay} chunks"] = {
+                    "replay_s": float(match.group(2)) if match else None,
+                    "records": int(match.group(1)) if match else None,
+                    "start_to_serving_s": round(node.ready_s, 2),
+                }
+                node.stop()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

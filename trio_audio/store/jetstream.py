@@ -1,0 +1,764 @@
+"""The cluster store: the log is a replicated JetStream stream that every node follows.
+
+::
+
+    pipeline (Jobs) ──┐                                   JetStream stream (R=3, fsynced)
+    transcriber ──────┼──> writes ──> committer ──publish──>  AUDIO.<user>.<session>.…
+    web (deletes) ────┘                  ▲                          │
+                                         │ answered once            │ ordered, headers-only
+                                         │ its node has it          ▼ consumer (every node)
+                                         └──────────────────── follower ──> index (memory)
+                                                                    └──> events ──> fan-out
+
+Subjects (``<user>`` and ``<session>`` with ``.`` written as ``~``)::
+
+    AUDIO.<user>.<session>.chunk.<seq>          one chunk: its audio in the body
+    AUDIO.<user>.<session>.update.<chunk_id>    new top-level fields of a chunk
+    AUDIO.<user>.<session>.tombstone            chunks deleted (by id, or the whole session)
+
+A session's records are ordered by the stream; ``AUDIO.<user>.>`` filters a user's. The
+metadata of every record is a JSON header (``Trio-Audio``), so the follower replays and
+follows with ``headers_only`` and never pulls audio; ``read_audio`` fetches one message's
+body by its stream sequence with a direct get (any replica answers).
+
+Writes and their guarantees:
+
+- A write is answered only after its PubAck, which JetStream sends once a quorum (2 of 3)
+  has the message (each fsynced: the servers run ``sync_interval: always``), *and* after this
+  node's follower has applied it and sent its events, so the node that answered 201 can read
+  it at once. (A follower lagging past twice ``store_timeout_s`` gets the write answered from
+  its plan: it is stored, and a 503 would make a client's retry store it again.)
+- ``(session, seq)`` is stored once across every node: a chunk is published with
+  ``Nats-Expected-Last-Subject-Sequence: 0`` on its own subject ``…chunk.<seq>``, which
+  JetStream accepts only while that subject is empty (a compare-and-append, checked by the
+  stream's leader, for ever, not within a window). The node that loses the race gets err
+  10071, waits until its follower has the winner, and plans again: same bytes, 200 with the
+  stored chunk; other bytes, 409 ``seq_conflict``.
+- ``Nats-Msg-Id`` (the new chunk's id, or a write's own id) makes this node's re-send of a
+  publish whose PubAck it did not get (a timeout while the message did land) a no-op: the
+  stream drops a duplicate id seen within its duplicate window (``store_dedupe_s``, 2 min
+  by default), and answers with the first copy's sequence.
+- A transcript (an update of the ``transcript`` field) is written once per chunk: it is
+  published with the same compare-and-append on the chunk's update subject, and one that
+  comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Every
+  node transcribes what it follows; the first result wins.
+- Deletes publish a tombstone (every node drops the chunks from its index), then delete the
+  chunk messages from the stream (by sequence, or a purge of the session's subjects below the
+  tombstone's sequence), so the audio is gone from every replica.
+
+Read-your-writes: on the node that acknowledged a write, always (but for that lag). On
+another node once its follower has applied it: milliseconds later on a healthy cluster, not
+guaranteed at once.
+
+Error handling: when no server answers a write within ``store_timeout_s`` (or the client is
+disconnected) the write fails with 503 ``unavailable`` and Retry-After: never a hang, never an
+answer for a write that is not stored. Reads of the index keep working; audio reads need the
+cluster. The client reconnects by itself and the follower resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Any, Final
+
+import attrs
+import trio
+
+from ..config import Config
+from ..errors import (
+    InternalError,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+    StoreError,
+)
+from ..metrics import Metrics
+from ..models import Job
+from .events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed, Delete, Update, Write
+from .index import Entry, Index, Planned, SessionSummary, Stored
+from .nats_bridge import (
+    Follower,
+    Message,
+    MessageNotFound,
+    Nats,
+    NatsError,
+    Unavailable,
+    WrongLastSequence,
+    open_nats,
+)
+from .record import BlobRef
+from .store import StoreStats
+
+logger = logging.getLogger("trio_audio.store.jetstream")
+
+META: Final = "Trio-Audio"  # the header holding a record's metadata (JSON)
+SOURCE: Final = "Trio-Audio-Source"  # the connection that sent a chunk (skips its echo)
+NODE: Final = "Trio-Audio-Node"  # the node that published a record
+EXPECT_EMPTY: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
+PLAN_ATTEMPTS: Final = 4  # plans of one write that lose a compare-and-append, then 503
+FOLLOW_BATCH: Final = 512
+STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
+STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
+HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
+
+
+class StoreUnavailable(Overloaded):
+    """The cluster did not answer in time: retry later (503 ``unavailable``)."""
+
+    code = "unavailable"
+
+
+def servers(store: str) -> list[str]:
+    """The server URLs of a ``--store`` value (``nats://h1:4222,nats://h2:4222``)."""
+    urls = [u.strip() for u in store.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(("nats://", "tls://")):
+            msg = f"store must be a list of nats:// URLs, got {url!r}"
+            raise ValueError(msg)
+    return urls
+
+
+def token(value: str) -> str:
+    """An id as one subject token (ids may hold ``.``, which separates tokens)."""
+    return value.replace(".", "~")
+
+
+@attrs.define(eq=False)
+class Publish:
+    """One message a write sends, and what came of it."""
+
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    seq: int | None = None
+    error: NatsError | None = None
+
+
+@attrs.define(eq=False)
+class Pending:
+    """A write of the batch in flight: its plan and its messages."""
+
+    write: Write
+    plan: list[Planned] | dict[str, Any]
+    messages: list[Publish]
+
+
+class JetStreamStore:
+    """A ``StoreBackend`` on a JetStream stream (see the module docstring)."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+        self._config = config
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._servers = servers(config.store)
+        if not STREAM_NAME.fullmatch(config.store_stream):
+            msg = f"store_stream must match {STREAM_NAME.pattern}, got {config.store_stream!r}"
+            raise ValueError(msg)
+        self._stream = config.store_stream
+        self._node = secrets.token_hex(6)
+        status = "disabled" if config.asr_engine == "none" else "pending"
+        self._index = Index(status)
+        self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
+        self._events: trio.MemorySendChannel[Committed] | None = None
+        self._nats: Nats | None = None
+        self._applied = 0  # the last stream sequence the follower applied
+        self._announced = 0  # ... and whose events it has sent
+        self._progress = trio.Event()  # set (and replaced) each time the follower applies
+        self._live = False  # events are sent once replay is done
+        self._groups: dict[str, list[tuple[dict[str, Any], Message]]] = {}
+        self._pcm: dict[str, bytes] = {}  # speech PCM of chunks this node is publishing
+        self._results: dict[int, Any] = {}  # what the follower made of this node's records
+        self._replayed: int | None = None
+        self._pending: list[str] = []
+        self._bytes = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def events(self) -> trio.MemoryReceiveChannel[Committed]:
+        """The channel of ``Committed`` events (this node's writes and every other node's);
+        call before ``run``."""
+        if self._events is not None:
+            msg = "the store's events have a consumer already"
+            raise RuntimeError(msg)
+        send, receive = trio.open_memory_channel[Committed](self._config.event_queue)
+        self._events = send
+        return receive
+
+    def open_writes(self) -> trio.MemorySendChannel[Write]:
+        return self._send.clone()
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[JetStreamStore] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, wait for the meta leader, create the stream, replay it, report ready;
+        then follow it and commit until the writes end."""
+        config = self._config
+        try:
+            async with open_nats(
+                self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s
+            ) as nats:
+                self._nats = nats
+                logger.info("connected to NATS; waiting for the JetStream meta leader")
+                state = None
+                refused_since = None
+                while state is None:
+                    await nats.wait_meta_leader()
+                    try:
+                        state = await nats.ensure_stream(
+                            self._stream,
+                            [f"{self._stream}.>"],
+                            config.store_replicas,
+                            config.store_dedupe_s,
+                        )
+                    except Unavailable as exc:
+                        logger.info("the stream is not available yet (%s); retrying", exc)
+                        await trio.sleep(0.5)
+                    except NatsError as exc:
+                        # A cluster still forming may lack the peers for a while: retry, then
+                        # give up with the reason.
+                        now = trio.current_time()
+                        refused_since = refused_since if refused_since is not None else now
+                        if now - refused_since < STREAM_CREATE_S:
+                            logger.info("the stream cannot be created yet (%s); retrying", exc)
+                            await trio.sleep(0.5)
+                            continue
+                        msg = (
+                            f"cannot create the stream {self._stream} with "
+                            f"{config.store_replicas} replicas: {exc} (a cluster of fewer "
+                            "servers needs a lower --store-replicas)"
+                        )
+                        raise StoreError(msg) from None
+                follower = await self._retrying(
+                    lambda: nats.follow(self._stream, f"{self._stream}.>", 1)
+                )
+                await self._replay(follower, state.messages)
+                async with contextlib.AsyncExitStack() as stack:
+                    if self._events is not None:
+                        await stack.enter_async_context(self._events)
+                    await stack.enter_async_context(self._receive)
+                    nursery = await stack.enter_async_context(trio.open_nursery())
+                    nursery.start_soon(self._follow, follower)
+                    task_status.started(self)
+                    await self._commit_all()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._send.close()
+            self._nats = None
+
+    async def _retrying(self, call: Any) -> Any:
+        while True:
+            try:
+                return await call()
+            except Unavailable as exc:
+                logger.info("the cluster does not answer (%s); retrying", exc)
+                await trio.sleep(0.5)
+
+    async def _replay(self, follower: Follower, messages: int) -> None:
+        """Apply the stream's records up to its end (no events: nobody watches yet)."""
+        started = time.perf_counter()
+        count = 0
+        while messages:
+            batch = await follower.take(FOLLOW_BATCH * 8, 1.0)
+            count += len(batch)
+            for message in batch:
+                self._apply(message)
+            if batch and batch[-1].pending == 0:
+                break
+        self._replayed = count
+        self._announced = self._applied
+        self._pending = self._index.pending_transcripts()
+        self._live = True
+        logger.info(
+            "replayed %d records (%d chunks) from stream %s in %.2f s",
+            count,
+            len(self._index.chunks),
+            self._stream,
+            time.perf_counter() - started,
+        )
+
+    async def _follow(self, follower: Follower) -> None:
+        """Apply what the stream delivers, in order, and send the events it makes."""
+        while True:
+            batch = await follower.take(FOLLOW_BATCH, 1.0)
+            if not batch:
+                continue
+            events: list[Committed] = []
+            for message in batch:
+                events += self._apply(message)
+            # Events before answers (as the local store): by the time a writer hears
+            # "stored", the fan-out has its event.
+            if self._events is not None:
+                for event in events:
+                    await self._events.send(event)
+            self._announced = self._applied
+            self._progress.set()
+            self._progress = trio.Event()
+
+    # -- applying the stream ---------------------------------------------------------------
+
+    def _apply(self, message: Message) -> list[Committed]:
+        """Apply one followed record to the index; the events it makes."""
+        if message.seq <= self._applied:
+            return []
+        self._applied = message.seq
+        self._bytes += message.size
+        parts = message.subject.split(".")
+        kind = parts[3] if len(parts) > 3 else ""
+        try:
+            record = json.loads(message.headers[META])
+        except (KeyError, ValueError):
+            logger.warning("stream record %d on %s has no metadata", message.seq, message.subject)
+            return []
+        mine = message.headers.get(NODE) == self._node
+        if kind == "chunk":
+            return self._apply_chunk(record, message)
+        if kind == "update":
+            meta = self._index.apply_update(record)
+            if meta is None:
+                if mine:
+                    self._results[message.seq] = None
+                return []
+            chunk = self._index.chunk_json(meta)
+            if mine:
+                self._results[message.seq] = chunk
+            return [ChunkUpdated(chunk)]
+        if kind == "tombstone":
+            if "session" in record:
+                user_id, session_id = record["session"]
+                ids = [
+                    chunk_id
+                    for _, chunk_id in self._index.chunks_after(user_id, session_id, None)
+                    if int(self._index.chunks[chunk_id].blob.segment) < message.seq
+                ]
+            else:
+                ids = record["chunk_ids"]
+            removed = self._index.apply_tombstone({"chunk_ids": ids})
+            for entry in removed:
+                self._pcm.pop(entry.meta()["chunk_id"], None)
+            if mine:
+                self._results[message.seq] = removed
+            return _deleted_events(removed)
+        logger.warning("unknown record kind on %s", message.subject)
+        return []
+
+    def _apply_chunk(self, meta: dict[str, Any], message: Message) -> list[Committed]:
+        group = meta.get("group")
+        members = [(meta, message)]
+        if group is not None:  # a multipart upload is indexed whole or not at all
+            held = self._groups.setdefault(group[0], [])
+            held.append((meta, message))
+            if len(held) < group[2]:
+                return []
+            members = self._groups.pop(group[0])
+        events: list[Committed] = []
+        for member, msg in members:
+            session = self._index.users.get(member["user_id"], {}).get(member["session_id"])
+            if session is not None and member["seq"] in session.by_seq:
+                # Only a lost compare-and-append could do this; keep the first copy.
+                logger.warning("stream record %d repeats a stored seq; ignored", msg.seq)
+                continue
+            self._index.insert_meta(member, BlobRef(str(msg.seq), 0, msg.size))
+            chunk = self._index.chunk_json(member)
+            if msg.headers.get(NODE) == self._node:
+                self._results[msg.seq] = chunk
+                self._metrics.stored(msg.size)
+            if self._live:
+                pcm = self._pcm.pop(member["chunk_id"], None)
+                events.append(ChunkStored(chunk, msg.headers.get(SOURCE), pcm))
+        return events
+
+    async def _catch_up(self, lost: list[WrongLastSequence]) -> bool:
+        """After a lost compare-and-append: wait until this node has the winner, so the next
+        plan sees it. A winner still in flight (no sequence known) gets a moment first."""
+        last = max(e.last_seq for e in lost)
+        if last == 0:
+            await trio.sleep(0.05)
+            try:
+                last = (await self._nats_or_fail().stream_state(self._stream)).last_seq
+            except NatsError:
+                return False
+        return await self._wait_applied(last)
+
+    async def _wait_applied(self, seq: int) -> bool:
+        """Wait until the follower has applied *seq* and sent its events; False after twice
+        ``store_timeout_s``."""
+        with trio.move_on_after(self._config.store_timeout_s * 2):
+            while self._announced < seq:
+                await self._progress.wait()
+            return True
+        return False
+
+    # -- the committer ---------------------------------------------------------------------
+
+    async def _commit_all(self) -> None:
+        config, receive = self._config, self._receive
+        async for first in receive:
+            batch = [first]
+            wait = config.commit_wait_ms / 1000
+            with (
+                trio.move_on_after(wait),
+                contextlib.suppress(trio.EndOfChannel, trio.WouldBlock),
+            ):
+                while len(batch) < config.commit_batch_max:
+                    batch.append(await receive.receive() if wait > 0 else receive.receive_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Write]) -> None:
+        started = trio.current_time()
+        writes = [w for w in batch if not w.reply.done]
+        for _ in range(PLAN_ATTEMPTS):
+            if not writes:
+                break
+            writes = await self._commit_once(writes)
+        for write in writes:
+            write.reply.fail(StoreUnavailable("other nodes keep taking these seqs; retry"))
+        self._metrics.observe_stage("store", trio.current_time() - started)
+
+    async def _commit_once(self, writes: list[Write]) -> list[Write]:
+        """Plan, publish and answer *writes*; those that lost a compare-and-append."""
+        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        pending: list[Pending] = []
+        for write in writes:
+            try:
+                pending.append(self._plan(write, reserved))
+            except ServiceError as exc:
+                self._metrics.failed(exc.code)
+                write.reply.fail(exc)
+        async with trio.open_nursery() as nursery:
+            for item in pending:
+                nursery.start_soon(self._publish_all, item)
+        seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
+        if not await self._wait_applied(max(seqs, default=0)):
+            # Stored (the quorum acknowledged it) but not yet followed here: answered from
+            # the plan, since a 503 would make a client's retry store it again.
+            logger.warning("the follower lags; answering %d writes from their plan", len(seqs))
+        again: list[Write] = []
+        for item in pending:
+            errors = [m.error for m in item.messages if m.error is not None]
+            lost = [e for e in errors if isinstance(e, WrongLastSequence)]
+            if lost and len(lost) == len(errors) and await self._catch_up(lost):
+                again.append(item.write)
+                continue
+            if errors:
+                self._fail(item.write, errors[0])
+            else:
+                self._answer(item)
+        async with trio.open_nursery() as nursery:
+            for item in pending:
+                if isinstance(item.write, Delete) and all(m.seq for m in item.messages):
+                    nursery.start_soon(self._remove_deleted, item)
+        return again
+
+    def _plan(
+        self, write: Write, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
+    ) -> Pending:
+        """The messages *write* publishes (all or nothing), or the error that refuses it."""
+        index, stream = self._index, self._stream
+        write_id = secrets.token_hex(8)
+        if isinstance(write, Job):
+            plan = index.plan_chunks(write, reserved)
+            session = f"{stream}.{token(write.user_id)}.{token(write.session_id)}"
+            messages = []
+            room = (self._nats.max_payload if self._nats else 1 << 20) - HEADER_ROOM
+            for planned in plan:
+                if planned.meta is None:
+                    continue
+                body = planned.part.body
+                if len(body) > room:
+                    msg = f"a chunk of {len(body)} bytes is over the cluster's {room} byte limit"
+                    raise PayloadTooLarge(msg)
+                headers = {
+                    **EXPECT_EMPTY,
+                    "Nats-Msg-Id": planned.meta["chunk_id"],
+                    META: json.dumps(planned.meta, separators=(",", ":")),
+                    NODE: self._node,
+                }
+                if write.source is not None:
+                    headers[SOURCE] = write.source
+                messages.append(Publish(f"{session}.chunk.{planned.meta['seq']}", body, headers))
+            return Pending(write, plan, messages)
+        if isinstance(write, Update):
+            entry = index.chunks.get(write.chunk_id)
+            if entry is None:
+                msg = f"no chunk {write.chunk_id!r}"
+                raise NotFound(msg)
+            record = {"chunk_id": write.chunk_id, "set": write.fields}
+            subject = (
+                f"{stream}.{token(entry.user_id)}.{token(entry.session_id)}.update.{write.chunk_id}"
+            )
+            headers = self._headers(record, write_id)
+            if "transcript" in write.fields:
+                # Every node transcribes what it follows; the first transcript of a chunk is
+                # the one the log keeps (a compare-and-append on the chunk's update subject),
+                # and a later one is answered with the chunk as stored.
+                if entry.meta().get("transcript", {}).get("status") != "pending":
+                    return Pending(write, record, [])
+                headers.update(EXPECT_EMPTY)
+            return Pending(write, record, [Publish(subject, b"", headers)])
+        if write.session is not None:
+            user_id, session_id = write.session
+            if not index.session_chunk_ids(user_id, session_id):
+                msg = f"user {user_id!r} has no session {session_id!r}"
+                raise NotFound(msg)
+            record = {"session": [user_id, session_id]}
+            subject = f"{stream}.{token(user_id)}.{token(session_id)}.tombstone"
+            wanted: dict[str, Any] = {"chunk_ids": index.session_chunk_ids(user_id, session_id)}
+            return Pending(write, wanted, [Publish(subject, b"", self._headers(record, write_id))])
+        chunk_ids = index.present(write.chunk_ids)
+        if not chunk_ids:
+            msg = f"no chunk {', '.join(repr(c) for c in write.chunk_ids[:3])}"
+            raise NotFound(msg)
+        by_session: dict[tuple[str, str], list[str]] = {}
+        for chunk_id in chunk_ids:
+            entry = index.chunks[chunk_id]
+            by_session.setdefault((entry.user_id, entry.session_id), []).append(chunk_id)
+        messages = []
+        removed = []
+        for i, ((user_id, session_id), ids) in enumerate(by_session.items()):
+            record = {"chunk_ids": ids}
+            prefix = f"{stream}.{token(user_id)}.{token(session_id)}"
+            headers = self._headers(record, f"{write_id}-{i}")
+            messages.append(Publish(f"{prefix}.tombstone", b"", headers))
+            removed += [
+                (int(index.chunks[chunk_id].blob.segment), f"{prefix}.update.{chunk_id}")
+                for chunk_id in ids
+            ]
+        return Pending(write, {"chunk_ids": chunk_ids, "removed": removed}, messages)
+
+    def _headers(self, record: dict[str, Any], msg_id: str) -> dict[str, str]:
+        return {
+            "Nats-Msg-Id": msg_id,
+            META: json.dumps(record, separators=(",", ":")),
+            NODE: self._node,
+        }
+
+    async def _publish_all(self, item: Pending) -> None:
+        """Publish a write's messages in order; stop at the first that fails. A multipart
+        upload cut short has its published members deleted again."""
+        if isinstance(item.write, Job):
+            assert isinstance(item.plan, list)
+            for planned in item.plan:
+                if planned.meta is not None and planned.part.speech_pcm is not None:
+                    self._pcm[planned.meta["chunk_id"]] = planned.part.speech_pcm
+        for message in item.messages:
+            await self._publish(message)
+            if message.error is not None:
+                break
+        failed = any(m.error is not None or m.seq is None for m in item.messages)
+        if failed and isinstance(item.write, Job):
+            for planned in item.plan if isinstance(item.plan, list) else []:
+                if planned.meta is not None:
+                    self._pcm.pop(planned.meta["chunk_id"], None)
+            if len(item.messages) > 1:
+                for message in item.messages:
+                    if message.seq is not None:
+                        with contextlib.suppress(NatsError):
+                            await self._nats_or_fail().delete(self._stream, message.seq)
+
+    async def _publish(self, message: Publish) -> None:
+        """One publish, re-sent once (same ``Nats-Msg-Id``) when its PubAck does not come."""
+        nats = self._nats_or_fail()
+        timeout = self._config.store_timeout_s
+        for attempt in range(2):
+            try:
+                message.seq, _ = await nats.publish(
+                    message.subject, message.body, dict(message.headers), timeout / 2
+                )
+                message.error = None
+                return
+            except Unavailable as exc:
+                message.error = exc
+                if not nats.connected:
+                    return
+                if attempt == 0:
+                    logger.info("no PubAck for %s, sending again", message.subject)
+            except NatsError as exc:
+                message.error = exc
+                return
+
+    def _nats_or_fail(self) -> Nats:
+        if self._nats is None:
+            msg = "the store is closed"
+            raise StoreUnavailable(msg)
+        return self._nats
+
+    def _fail(self, write: Write, error: NatsError) -> None:
+        if isinstance(error, Unavailable):
+            logger.warning("a write failed, the cluster does not answer: %s", error)
+            service: ServiceError = StoreUnavailable(
+                "the store cluster does not answer; retry later", self._config.retry_after_s
+            )
+        elif isinstance(error, WrongLastSequence):
+            service = StoreUnavailable("another node took this seq meanwhile; retry")
+        else:
+            logger.error("a write was refused by JetStream: %s", error)
+            service = InternalError(f"the store cluster refused the write: {error}")
+        self._metrics.failed(service.code)
+        write.reply.fail(service)
+
+    def _answer(self, item: Pending) -> None:
+        """Answer a write whose messages all have their PubAck: from what the follower made
+        of them, or (when it lags) from the plan."""
+        write = item.write
+        followed = all(m.seq is not None and m.seq <= self._applied for m in item.messages)
+        results = [self._results.pop(m.seq, None) for m in item.messages if m.seq is not None]
+        if isinstance(write, Job):
+            assert isinstance(item.plan, list)
+            stored = []
+            for planned in item.plan:
+                if planned.meta is None:
+                    assert planned.existing is not None
+                    existing = self._index.chunks.get(planned.existing["chunk_id"])
+                    meta = existing.meta() if existing is not None else planned.existing
+                    stored.append(Stored(self._index.chunk_json(meta), created=False))
+                else:
+                    chunk_id = planned.meta["chunk_id"]
+                    entry = self._index.chunks.get(chunk_id)
+                    meta = entry.meta() if entry is not None else planned.meta
+                    stored.append(Stored(self._index.chunk_json(meta), created=True))
+            write.reply.set(stored)
+        elif isinstance(write, Update):
+            if not item.messages and write.chunk_id in self._index.chunks:
+                write.reply.set(self._index.get(write.chunk_id))  # transcribed already
+                return
+            chunk = results[0] if results else None
+            if not followed and write.chunk_id in self._index.chunks:
+                chunk = {**self._index.get(write.chunk_id), **write.fields}
+            if chunk is None:
+                write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
+            else:
+                write.reply.set(chunk)
+        elif followed:
+            removed: list[Entry] = [e for r in results if r for e in r]
+            write.reply.set([entry.meta()["chunk_id"] for entry in removed])
+        else:
+            assert isinstance(item.plan, dict)
+            write.reply.set(list(item.plan["chunk_ids"]))
+
+    async def _remove_deleted(self, item: Pending) -> None:
+        """Delete the tombstoned chunks' messages from the stream (their audio goes from
+        every replica); a failure leaves them hidden by the tombstone, and is logged."""
+        nats = self._nats_or_fail()
+        write = item.write
+        assert isinstance(write, Delete) and isinstance(item.plan, dict)
+        try:
+            if write.session is not None:
+                user_id, session_id = write.session
+                prefix = f"{self._stream}.{token(user_id)}.{token(session_id)}"
+                before = item.messages[0].seq
+                await nats.purge(self._stream, f"{prefix}.chunk.>", before)
+                await nats.purge(self._stream, f"{prefix}.update.>", before)
+                return
+            for entry_seq, subject in item.plan.get("removed", []):
+                with contextlib.suppress(MessageNotFound):
+                    await nats.delete(self._stream, entry_seq)
+                await nats.purge(self._stream, subject)
+        except NatsError as exc:
+            logger.warning("deleted chunks stay in the stream until the next delete: %s", exc)
+
+    # -- the writers' side -----------------------------------------------------------------
+
+    async def submit(self, write: Write) -> Any:
+        try:
+            await self._send.send(write)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            msg = "the store is closing; retry later"
+            raise Overloaded(msg) from None
+        return await write.reply.wait()
+
+    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        chunk: dict[str, Any] = await self.submit(Update(chunk_id, fields))
+        return chunk
+
+    async def delete_chunk(self, chunk_id: str) -> None:
+        await self.submit(Delete([chunk_id]))
+
+    async def delete_session(self, user_id: str, session_id: str) -> list[str]:
+        deleted: list[str] = await self.submit(Delete(session=(user_id, session_id)))
+        return deleted
+
+    async def purge_user(self, user_id: str) -> list[str]:
+        """Delete every chunk of a user on every node (a tombstone per session, then the
+        messages purged from the stream); the ids deleted."""
+        deleted: list[str] = []
+        for session_id in self.session_ids(user_id):
+            with contextlib.suppress(NotFound):
+                deleted += await self.delete_session(user_id, session_id)
+        return deleted
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, chunk_id: str) -> dict[str, Any]:
+        return self._index.get(chunk_id)
+
+    def has(self, chunk_id: str) -> bool:
+        return chunk_id in self._index.chunks
+
+    def chunk_ids(self) -> list[str]:
+        return list(self._index.chunks)
+
+    def session_ids(self, user_id: str) -> list[str]:
+        return sorted(self._index.users.get(user_id, {}))
+
+    def owner(self, chunk_id: str) -> str | None:
+        entry = self._index.chunks.get(chunk_id)
+        return entry.user_id if entry is not None else None
+
+    def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
+        return self._index.summary(user_id, session_id)
+
+    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
+        return self._index.chunks_after(user_id, session_id, seq)
+
+    def page(
+        self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
+    ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]:
+        return self._index.page(user_id, only, limit, after)
+
+    def pending_transcripts(self) -> list[str]:
+        return list(self._pending)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            chunks=len(self._index.chunks),
+            audio_bytes=self._index.audio_bytes,
+            log_bytes=self._bytes,
+            dead_bytes=0,
+            compactions=0,
+            replayed_records=self._replayed,
+            snapshot=None,
+            backend="jetstream",
+        )
+
+    async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
+        """The exact bytes uploaded for *chunk_id*, fetched from the stream by sequence."""
+        entry = self._index.entry(chunk_id)
+        try:
+            message = await self._nats_or_fail().get(self._stream, int(entry.blob.segment))
+        except MessageNotFound:
+            msg = f"chunk {chunk_id!r} was deleted"
+            raise NotFound(msg) from None
+        except Unavailable:
+            msg = "the store cluster does not answer; retry later"
+            raise StoreUnavailable(msg, self._config.retry_after_s) from None
+        except NatsError as exc:
+            msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
+            raise InternalError(msg) from None
+        return message.data, str(entry.meta().get("content_type", "application/octet-stream"))
+
+
+def _deleted_events(removed: list[Entry]) -> list[Committed]:
+    by_session: dict[tuple[str, str], list[str]] = {}
+    for entry in removed:
+        by_session.setdefault((entry.user_id, entry.session_id), []).append(
+            entry.meta()["chunk_id"]
+        )
+    return [ChunksDeleted(u, s, ids) for (u, s), ids in by_session.items()]

@@ -1,0 +1,350 @@
+"""The one place where asyncio runs: the ``nats-py`` client inside our ``trio.run``.
+
+``nats-py`` is asyncio-only. ``open_nats`` opens a ``trio-asyncio`` loop in the calling
+trio task, connects there, and hands back a ``Nats`` whose methods are plain trio coroutines
+(each one an ``aio_as_trio`` hop into the loop). Nothing outside this module imports asyncio
+or ``nats``; callers see the few operations the JetStream store needs and the errors below.
+
+Errors (what a caller may catch)::
+
+    NatsError
+     ├── Unavailable        no server answered in time (down, partitioned, no meta leader)
+     ├── WrongLastSequence  a compare-and-append lost: the subject has a message already
+     ├── MessageNotFound    no message at that stream sequence (deleted or purged)
+     └── ApiFailure         JetStream refused the request for another reason
+
+Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the client
+buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
+connection and then the loop. A follower's messages are queued inside the loop (at most
+``FOLLOW_QUEUE``; then delivery waits, and flow control holds the server back) and taken in
+batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import attrs
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+import trio_asyncio  # type: ignore[import-untyped]
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+
+logger = logging.getLogger("trio_audio.store.nats")
+
+WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-and-append
+WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
+FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
+HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
+
+
+class NatsError(Exception):
+    """Base of the errors the bridge raises."""
+
+
+class Unavailable(NatsError):
+    """No answer in time: the cluster (or its meta leader, or the stream's) is unreachable."""
+
+
+class WrongLastSequence(NatsError):
+    """A compare-and-append was refused: the subject's last message is ``last_seq`` (0: a
+    message still being replicated, whose sequence is not known yet)."""
+
+    def __init__(self, detail: str, last_seq: int) -> None:
+        super().__init__(detail)
+        self.last_seq = last_seq
+
+
+class MessageNotFound(NatsError, LookupError):
+    """No message at that sequence."""
+
+
+class ApiFailure(NatsError):
+    """JetStream refused a request (``err_code``, its description)."""
+
+    def __init__(self, detail: str, err_code: int | None) -> None:
+        super().__init__(detail)
+        self.err_code = err_code
+
+
+@attrs.frozen
+class Message:
+    """One followed message: its subject, stream sequence, headers and body size."""
+
+    subject: str
+    seq: int
+    headers: dict[str, str]
+    size: int
+    data: bytes = b""
+    pending: int = 0  # messages after this one in the stream (when it was delivered)
+
+
+@attrs.frozen
+class StreamState:
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    leader: str | None = None  # the server that leads the stream's replicas
+
+
+def _translate(exc: BaseException) -> NatsError:
+    """The bridge's error for an exception from nats-py."""
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return MessageNotFound(str(exc))
+    if isinstance(exc, nats.js.errors.APIError):
+        code = exc.err_code
+        if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
+            last = str(exc.description or "").rsplit(":", 1)[-1].strip()
+            return WrongLastSequence(str(exc.description), int(last) if last.isdigit() else 0)
+        if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+            return Unavailable(str(exc))
+        return ApiFailure(str(exc.description or exc), code)
+    if isinstance(
+        exc,
+        nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.js.errors.NoStreamResponseError
+        | nats.errors.ConnectionClosedError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | nats.errors.OutboundBufferLimitError
+        | nats.errors.NoServersError
+        | TimeoutError
+        | ConnectionError,
+    ):
+        return Unavailable(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    return ApiFailure(f"{type(exc).__name__}: {exc}", None)
+
+
+async def _call(loop: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run the asyncio coroutine function *fn* in *loop*; nats-py errors translated. The loop
+    is named, not found from context: callers run in tasks started outside ``open_nats``."""
+    try:
+        return await trio_asyncio.aio_as_trio(fn, loop=loop)(*args, **kwargs)
+    except nats.errors.Error as exc:
+        raise _translate(exc) from exc
+    except (TimeoutError, ConnectionError) as exc:
+        raise _translate(exc) from exc
+
+
+class Follower:
+    """An ordered, headers-only push consumer over a stream, from a start sequence.
+
+    nats-py's ordered consumer re-creates itself from the next sequence when it sees a gap or
+    misses two heartbeats (a server died, the connection moved), so what ``take`` returns is
+    the stream in order, each message once; deleted messages are simply absent."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._queue: collections.deque[Message] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._sub: Any = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        assert self._room is not None
+        while len(self._queue) >= FOLLOW_QUEUE:  # the client stops reading; flow control
+            self._room.clear()  # then holds the server back
+            await self._room.wait()
+        meta = msg.metadata
+        headers = dict(msg.headers or {})
+        size = int(headers.pop("Nats-Msg-Size", len(msg.data)))
+        self._queue.append(
+            Message(msg.subject, meta.sequence.stream, headers, size, msg.data, meta.num_pending)
+        )
+        assert self._arrived is not None
+        self._arrived.set()
+
+    async def _take(self, most: int, wait_s: float) -> list[Message]:
+        assert self._arrived is not None
+        if not self._queue:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
+            except TimeoutError:
+                return []
+        out: list[Message] = []
+        while self._queue and len(out) < most:
+            out.append(self._queue.popleft())
+        assert self._room is not None
+        self._room.set()
+        return out
+
+    async def take(self, most: int, wait_s: float) -> list[Message]:
+        """Up to *most* messages in stream order; waits up to *wait_s* for the first."""
+        messages: list[Message] = await trio_asyncio.aio_as_trio(self._take, loop=self._loop)(
+            most, wait_s
+        )
+        return messages
+
+
+class Nats:
+    """A connected client; its methods are trio coroutines (see the module docstring)."""
+
+    def __init__(self, loop: Any, client: Client, timeout: float) -> None:
+        self._loop = loop
+        self._nc = client
+        self._js = client.jetstream(timeout=timeout)
+        self.timeout = timeout
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload)
+
+    async def wait_meta_leader(self, deadline_s: float | None = None) -> None:
+        """Return once JetStream answers an API call (the cluster has a meta leader)."""
+        started = time.monotonic()
+        while True:
+            try:
+                await _call(self._loop, self._js.account_info)
+                return
+            except Unavailable:
+                if deadline_s is not None and time.monotonic() - started > deadline_s:
+                    raise
+                logger.info("waiting for the JetStream meta leader")
+                await trio.sleep(0.25)
+
+    async def ensure_stream(
+        self, name: str, subjects: list[str], replicas: int, duplicate_window_s: float
+    ) -> StreamState:
+        """Create the stream (or update its settings) and return its state."""
+        config = StreamConfig(
+            name=name,
+            subjects=subjects,
+            num_replicas=replicas,
+            allow_direct=True,
+            duplicate_window=duplicate_window_s,
+        )
+        try:
+            info = await _call(self._loop, self._js.add_stream, config)
+        except ApiFailure as exc:
+            if exc.err_code != 10058:  # stream name already in use with another config
+                raise
+            info = await _call(self._loop, self._js.update_stream, config)
+        return await self.stream_state(info.config.name)
+
+    async def stream_state(self, name: str) -> StreamState:
+        info = await _call(self._loop, self._js.stream_info, name)
+        state = info.state
+        leader = info.cluster.leader if info.cluster is not None else None
+        return StreamState(state.messages, state.bytes, state.first_seq, state.last_seq, leader)
+
+    async def publish(
+        self, subject: str, body: bytes, headers: dict[str, str], wait_s: float
+    ) -> tuple[int, bool]:
+        """Publish and wait for the PubAck: (stream sequence, duplicate?)."""
+        if not self.connected:
+            msg = "not connected to any NATS server"
+            raise Unavailable(msg)
+        ack = await _call(
+            self._loop, self._js.publish, subject, body, timeout=wait_s, headers=headers
+        )
+        return int(ack.seq), bool(ack.duplicate)
+
+    async def get(self, stream: str, seq: int) -> Message:
+        """The message at *seq* (a direct get: any replica answers)."""
+        raw = await _call(self._loop, self._js._jsm.get_msg, stream, seq=seq, direct=True)
+        data = raw.data or b""
+        headers = dict(raw.headers or {})
+        return Message(raw.subject or "", int(raw.seq or seq), headers, len(data), data)
+
+    async def delete(self, stream: str, seq: int) -> None:
+        await _call(self._loop, self._js._jsm.delete_msg, stream, seq)
+
+    async def purge(self, stream: str, subject: str, before_seq: int | None = None) -> None:
+        """Remove the messages on *subject* (a filter) with a sequence below *before_seq*."""
+        await _call(self._loop, self._js._jsm.purge_stream, stream, seq=before_seq, subject=subject)
+
+    async def follow(self, stream: str, subject: str, start_seq: int) -> Follower:
+        """An ordered headers-only consumer of *subject* from *start_seq* (see ``Follower``)."""
+        follower = Follower(self._loop)
+
+        async def subscribe() -> None:
+            follower._arrived, follower._room = asyncio.Event(), asyncio.Event()
+            follower._sub = await self._js.subscribe(
+                subject,
+                stream=stream,
+                cb=follower._on_message,
+                ordered_consumer=True,
+                headers_only=True,
+                idle_heartbeat=HEARTBEAT_S,
+                config=_start_config(start_seq),
+                pending_msgs_limit=1_000_000,
+            )
+
+        await _call(self._loop, subscribe)
+        return follower
+
+
+def _start_config(start_seq: int) -> ConsumerConfig | None:
+    if start_seq <= 1:
+        return None
+    return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+
+
+@asynccontextmanager
+async def open_nats(
+    servers: list[str], *, name: str, request_s: float = 2.0
+) -> AsyncIterator[Nats]:
+    """A trio-asyncio loop and a client connected to *servers* (trying until one answers).
+
+    Reconnects for ever afterwards; requests made while disconnected fail with
+    ``Unavailable`` after their timeout."""
+    async with trio_asyncio.open_loop() as loop:
+
+        async def connect() -> Client:
+            async def note_disconnect() -> None:
+                logger.warning("disconnected from NATS")
+
+            async def note_reconnect() -> None:
+                logger.info("reconnected to NATS")
+
+            async def note_error(exc: Exception) -> None:
+                logger.debug("nats: %s", exc)
+
+            client: Client = await nats.connect(
+                servers=servers,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                ping_interval=2,
+                max_outstanding_pings=2,
+                disconnected_cb=note_disconnect,
+                reconnected_cb=note_reconnect,
+                error_cb=note_error,
+            )
+            return client
+
+        logger.info("connecting to NATS at %s (waiting until one answers)", ", ".join(servers))
+        while True:
+            try:
+                client = await _call(loop, connect)
+                break
+            except NatsError as exc:
+                logger.info("no NATS server answers yet (%s); retrying", exc)
+                await trio.sleep(0.5)
+        try:
+            yield Nats(loop, client, request_s)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await _call(loop, client.close)
+                except NatsError as exc:
+                    logger.debug("closing the NATS connection: %s", exc)

@@ -1,0 +1,130 @@
+"""Admission of uploads: a bounded number inside the service, the rest wait briefly or are
+refused, so that overload costs little and work already admitted keeps its pace.
+
+Without it, every upload a client sends is parsed, read and queued until the ingest queue
+is full, and hundreds of busy connections starve the pipeline's few tasks of the scheduler:
+refusing cost about as much as accepting, and goodput fell to a few percent of capacity.
+
+The rule (after CoDel, "controlled delay"): at most ``limit`` uploads are inside at once.
+One more waits for a slot, not runnable, for at most ``max_wait_s``. The time each admitted
+upload waited (its queueing delay) is watched: once it has stayed above ``target_s`` for
+``interval_s`` the service is overloaded, not merely busy, and new arrivals are refused at
+once, before their body is read, until an upload is admitted within the target again. Bursts
+are absorbed; a standing queue is not allowed to form. A refusal is an explicit 503
+``overloaded`` with ``Retry-After`` (never a silent drop), sent on a connection that stays
+usable (the front door, ``asgi.py``).
+
+Plain trio; ``statistics()`` is what ``/metrics`` shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Final
+
+import attrs
+import trio
+
+from ..errors import Overloaded
+
+TARGET_S: Final = 0.05
+INTERVAL_S: Final = 0.5
+
+
+@attrs.frozen
+class AdmissionStatistics:
+    inside: int
+    waiting: int
+    admitted: int
+    refused: int
+    overloaded: bool
+    last_delay_s: float
+
+
+class Admission:
+    """A gate with ``limit`` slots; ``async with gate.admit(): ...`` around each upload."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        max_wait_s: float = 1.0,
+        target_s: float = TARGET_S,
+        interval_s: float = INTERVAL_S,
+        retry_after_s: int = 1,
+    ) -> None:
+        self.limit = limit
+        self.max_wait_s = max_wait_s
+        self.target_s = target_s
+        self.interval_s = interval_s
+        self.retry_after_s = retry_after_s
+        self._slots = trio.Semaphore(limit)  # FIFO: the longest waiter gets the next slot
+        self._waiting = 0
+        self._admitted = 0
+        self._refused = 0
+        self._above_since: float | None = None  # when the delay first went over the target
+        self._last_delay = 0.0
+
+    def overloaded(self, now: float) -> bool:
+        return self._above_since is not None and now - self._above_since >= self.interval_s
+
+    def statistics(self) -> AdmissionStatistics:
+        return AdmissionStatistics(
+            inside=self.limit - self._slots.value,
+            waiting=self._waiting,
+            admitted=self._admitted,
+            refused=self._refused,
+            overloaded=self.overloaded(trio.current_time()),
+            last_delay_s=self._last_delay,
+        )
+
+    def _refuse(self, why: str) -> Overloaded:
+        self._refused += 1
+        return Overloaded(why, retry_after=self.retry_after_s)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting as the rule allows; ``Overloaded`` when none comes in time.
+        The caller must ``release`` it."""
+        arrived = trio.current_time()
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            if self.overloaded(arrived) or self.max_wait_s <= 0:
+                msg = "the service is at capacity; retry after the delay given"
+                raise self._refuse(msg) from None
+            self._waiting += 1
+            try:
+                with trio.move_on_after(self.max_wait_s) as waited:
+                    await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            if waited.cancelled_caught:  # no slot (acquire is all or nothing)
+                self._observe(self.max_wait_s, trio.current_time())
+                raise self._refuse(
+                    f"no room within {self.max_wait_s:g} s; retry after the delay given"
+                ) from None
+        now = trio.current_time()
+        self._observe(now - arrived, now)
+        self._admitted += 1
+
+    def release(self) -> None:
+        self._slots.release()
+        if self._waiting == 0:  # the queue has drained: no standing delay any more
+            self._above_since = None
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a slot for the block (``Overloaded`` when none comes in time)."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def _observe(self, delay: float, now: float) -> None:
+        self._last_delay = delay
+        if delay < self.target_s:
+            self._above_since = None
+        elif self._above_since is None:
+            self._above_since = now

@@ -1,0 +1,153 @@
+"""The WebSocket protocol's messages: parsing what a client sends, building what it gets.
+
+Pure functions, no I/O: each parser returns a value or raises one of the project's typed
+errors (``trio_audio.errors``), never anything else, whatever the input (property-tested in
+tests/test_hostile.py and fuzzed in tests/fuzz_targets.py). The session (``ws.py``) turns
+those errors into an ``error`` message and a 4xxx close.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from ..audio.decode import RawFormat, raw_format_from
+from ..errors import (
+    BadMessage,
+    Forbidden,
+    InvalidField,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from ..models import check_id, parse_seq
+from .media import CONTAINER_TYPES
+
+MAX_CONTROL_BYTES: Final = 64 * 1024  # a JSON message that carries no audio
+
+
+@attrs.frozen
+class Start:
+    """A validated ``start``. ``content_type`` None: no ``format``, the socket only watches."""
+
+    user_id: str
+    session_id: str
+    content_type: str | None
+    raw: RawFormat | None
+    resume_from_seq: int | None
+
+    @property
+    def watch_only(self) -> bool:
+        return self.content_type is None
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": error.code, "message": error.detail,
+            "retryable": error.retryable, **extra}  # fmt: skip
+
+
+def parse_control(text: str) -> dict[str, Any]:
+    """A JSON object with a string ``type``; anything else is a ``bad_message``."""
+    if len(text) > MAX_CONTROL_BYTES and '"audio"' not in text[:256]:
+        msg = f"a control message of {len(text)} bytes is over {MAX_CONTROL_BYTES}"
+        raise PayloadTooLarge(msg)
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        msg = f"not JSON: {exc}"
+        raise BadMessage(msg) from None
+    except RecursionError:  # nested deeper than the decoder goes
+        msg = "not JSON this server reads: nested too deeply"
+        raise BadMessage(msg) from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        msg = "a control message is a JSON object with a string 'type'"
+        raise BadMessage(msg)
+    return message
+
+
+def parse_start(
+    message: dict[str, Any], query: Mapping[str, str], user: str | None = None
+) -> Start:
+    """Validate a ``start`` message (ids may also come from the URL's query).
+
+    *user* is the authenticated user, when auth is on: the stream is theirs, and naming
+    another user is ``Forbidden``. Without a ``format`` the socket only watches the session.
+    """
+    if message.get("type") != "start":
+        msg = f"the first message must be 'start', got {str(message.get('type'))[:40]!r}"
+        raise BadMessage(msg)
+    named = _text(message.get("user_id") or query.get("user_id"))
+    if user is not None and named is not None and named != user:
+        msg = f"this token streams as {user!r}, not {named[:64]!r}"
+        raise Forbidden(msg)
+    user_id = check_id("user_id", named or user)
+    session_id = check_id("session_id", _text(message.get("session_id") or query.get("session_id")))
+    assert user_id is not None and session_id is not None
+    fmt = message.get("format")
+    content_type: str | None = None
+    raw = None
+    if fmt is None:
+        pass  # a watcher: it sends no audio
+    elif not isinstance(fmt, dict):
+        msg = "format is {encoding, sample_rate, channels} or {container}; leave it out to watch"
+        raise BadMessage(msg)
+    elif (container := fmt.get("container")) is not None:
+        if not isinstance(container, str) or container not in CONTAINER_TYPES:
+            shown = str(container)[:40]
+            msg = f"container must be one of {', '.join(CONTAINER_TYPES)}, got {shown!r}"
+            raise UnsupportedMediaType(msg)
+        content_type = CONTAINER_TYPES[container]
+    else:
+        encoding = fmt.get("encoding")
+        try:
+            raw = raw_format_from(
+                "", {}, _text(encoding), _text(fmt.get("sample_rate")), _text(fmt.get("channels"))
+            )
+        except InvalidField as exc:
+            if encoding is not None and "encoding" in exc.detail:
+                raise UnsupportedMediaType(exc.detail) from None
+            raise
+        if raw is None:
+            msg = "format needs encoding, sample_rate and channels (or a container)"
+            raise BadMessage(msg)
+        content_type = f"audio/pcm;encoding={raw.encoding};rate={raw.sample_rate};" + (
+            f"channels={raw.channels}"
+        )
+    return Start(
+        user_id=user_id,
+        session_id=session_id,
+        content_type=content_type,
+        raw=raw,
+        resume_from_seq=parse_seq(message.get("resume_from_seq")),
+    )
+
+
+def parse_audio(message: dict[str, Any]) -> tuple[bytes, int | None]:
+    """The bytes and optional seq of an ``audio {data: BASE64, seq?}`` message."""
+    data = message.get("data")
+    if not isinstance(data, str):
+        raise BadMessage("an 'audio' message needs base64 'data'")
+    try:
+        audio = base64.b64decode(data, validate=True)
+        seq = parse_seq(message.get("seq"))
+    except (binascii.Error, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, ServiceError) else "data is not base64"
+        raise BadMessage(detail) from None
+    return audio, seq
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return "?"  # rejected by the field's own check with a clear message
+    return str(value)

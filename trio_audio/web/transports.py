@@ -1,0 +1,130 @@
+"""The two WebSocket transports the session protocol runs on, and the dedicated listener.
+
+* ``serve_ws`` runs the trio-websocket listener on ``ws_port`` (the fast path) and wraps each
+  connection in a ``TrioWebsocketTransport``.
+* ``QuartTransport`` wraps quart-trio's WebSocket, which serves ``/ws`` on the HTTP port
+  (the route is in ``app.py``).
+
+Both only move frames: they implement ``ws.Transport`` and turn their library's "the peer has
+gone" into ``ws.Disconnected``; everything else is the session's (``ws.Session``).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from ..config import Config
+from ..pipeline.pipeline import Ingress
+from .messages import MAX_CONTROL_BYTES
+from .ws import Disconnected, Session, WsContext
+
+CLOSE_NOT_FOUND: Final = 4404
+LIBRARY_QUEUE: Final = 4  # frames trio-websocket reads ahead of the session
+
+
+def message_limit(config: Config) -> int:
+    """The libraries' frame limit: a chunk as base64 inside JSON, plus its envelope."""
+    return config.max_body_bytes * 4 // 3 + MAX_CONTROL_BYTES
+
+
+class TrioWebsocketTransport:
+    """A trio-websocket server connection."""
+
+    def __init__(self, connection: Any, request_headers: Any) -> None:
+        self.connection = connection
+        self.query: Mapping[str, str] = dict(parse_qsl(urlsplit(connection.path).query))
+        self.headers: Mapping[str, str] = {
+            _text_of(name).lower(): _text_of(value) for name, value in request_headers
+        }
+
+    async def receive(self) -> str | bytes:
+        try:
+            message: str | bytes = await self.connection.get_message()
+        except ConnectionClosed:
+            raise Disconnected from None
+        return message
+
+    async def send(self, message: str) -> None:
+        try:
+            await self.connection.send_message(message)
+        except ConnectionClosed:
+            raise Disconnected from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.connection.aclose(code, reason)
+
+
+def _text_of(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class QuartTransport:
+    """quart-trio's WebSocket on the HTTP port (a client that goes away cancels the handler)."""
+
+    def __init__(self, websocket: Any) -> None:
+        self.websocket = websocket
+        self.query: Mapping[str, str] = dict(websocket.args)
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in websocket.headers.items()}
+
+    async def receive(self) -> str | bytes:
+        message: str | bytes | None = await self.websocket.receive()
+        if message is None:
+            # Quart reads an ASGI frame as ``bytes or text``: an empty binary frame (whose
+            # text is None) comes out as None. It is an empty chunk, as on the listener.
+            return b""
+        return message
+
+    async def send(self, message: str) -> None:
+        await self.websocket.send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.websocket.close(code, reason)
+
+
+async def serve_ws(
+    ctx: WsContext,
+    ingress: Ingress,
+    tls: ssl.SSLContext | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The trio-websocket listener on ``host:ws_port`` at ``/ws``; reports the bound port.
+
+    Resource handling: owns its *ingress* clone. On shutdown it stops accepting, lets every
+    session drain and close (1001), then closes the clone so the pipeline can end.
+    """
+    config = ctx.config
+
+    async def handler(request: WebSocketRequest) -> None:
+        connection = await request.accept()
+        if urlsplit(request.path).path != "/ws":
+            # Not request.reject(): in trio-websocket 0.12 a rejected connection's task
+            # never ends, so each one would leak until shutdown.
+            await connection.aclose(CLOSE_NOT_FOUND, "the WebSocket endpoint is /ws")
+            return
+        transport = TrioWebsocketTransport(connection, request.headers)
+        await Session(transport, ctx, ingress).run()
+
+    async with ingress, trio.open_nursery() as sessions, trio.open_nursery() as listener:
+        serve: Callable[..., Awaitable[Any]] = partial(
+            serve_websocket,
+            handler,
+            config.host,
+            config.ws_port,
+            tls,
+            handler_nursery=sessions,
+            max_message_size=message_limit(config),
+            message_queue_size=LIBRARY_QUEUE,
+        )
+        server = await listener.start(serve)
+        task_status.started(server.port)
+        await ctx.shutdown.wait()
+        ctx.stop_sessions()
+        listener.cancel_scope.cancel()
