@@ -131,7 +131,10 @@ def test_sigterm_drains_and_exits_zero_and_a_second_process_is_refused(
     restarted = spawn()
     url = restarted.wait_ready()
     with httpx.Client(base_url=url, timeout=30) as client:
-        assert client.get(f"/chunks/{chunk['chunk_id']}").json() == chunk
+        stored = client.get(f"/chunks/{chunk['chunk_id']}").json()
+    # The transcript may have moved on since (a tone has no speech: done, with no words).
+    assert stored.pop("transcript")["words"] == chunk.pop("transcript")["words"] == []
+    assert stored == chunk
     assert restarted.stop(signal.SIGINT)[0] == 0
 
 

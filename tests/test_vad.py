@@ -1,13 +1,45 @@
-"""Voice activity: resampling, WebRTC's frames, segments, and session-wide events."""
+"""Voice activity: resampling, Silero's frames, segments, and session-wide events."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from trio_audio.asr.utterances import Assembler, Utterance
 from trio_audio.audio import vad
 
 from .audio_samples import sine
-from .speech import RATE, speak
+from .speech import FIXTURE_TEXTS, RATE, pieces, speak
+
+
+def music(seconds: float = 4.0) -> np.ndarray:
+    """Something like music: four chords a second of harmonic tones with plucked attacks
+    and a noisy beat on each."""
+    rng = np.random.default_rng(7)
+    out = np.zeros(int(seconds * RATE))
+    step = RATE // 4
+    t = np.arange(step) / RATE
+    notes = [220.0, 261.6, 329.6, 392.0, 440.0, 523.3]
+    for start in range(0, out.size - step + 1, step):
+        for f in rng.choice(notes, 3, replace=False):
+            for h in range(1, 5):
+                out[start : start + step] += (
+                    0.08 / h * np.sin(2 * np.pi * f * h * t) * np.exp(-3 * t)
+                )
+        out[start : start + 400] += 0.3 * rng.standard_normal(400) * np.exp(-np.arange(400) / 80)
+    return out.astype(np.float32)
+
+
+def not_speech() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    t = np.arange(4 * RATE) / RATE
+    return {
+        "440 Hz sine": sine(440.0, 4.0, RATE)[:, 0],
+        "white noise": (0.1 * rng.standard_normal(t.size)).astype(np.float32),
+        "loud white noise": np.clip(0.5 * rng.standard_normal(t.size), -1, 1).astype(np.float32),
+        "sweep": (0.5 * np.sin(2 * np.pi * (200 + 600 * t) * t)).astype(np.float32),
+        "music": music(),
+    }
 
 
 def test_resample_keeps_the_pitch_and_the_length() -> None:
@@ -24,6 +56,61 @@ def test_an_alias_above_the_new_nyquist_is_filtered_out() -> None:
     tone = sine(12000.0, 1.0, 48000, amplitude=0.5)[:, 0]
     out = vad.resample(tone, 48000)
     assert np.sqrt(np.mean(out[200:-200] ** 2)) < 0.01  # 12 kHz would alias to 4 kHz
+
+
+def test_tones_noise_and_music_are_not_speech() -> None:
+    for name, audio in not_speech().items():
+        activity = vad.analyze(vad.to_pcm16(audio), mode=2, gap_ms=300)
+        assert activity.speech_ratio < 0.05, name
+        assert activity.segments == [], name
+
+
+def test_every_speech_fixture_is_speech() -> None:
+    for text in FIXTURE_TEXTS:
+        speech = speak(text, lead_s=0.5, tail_s=1.0)
+        activity = vad.analyze(vad.to_pcm16(speech), mode=2, gap_ms=500)
+        assert len(activity.segments) == 1, text
+        voiced = np.flatnonzero(np.abs(speech) > 0.02).size / speech.size
+        assert activity.speech_ratio > 0.7 * voiced, text
+
+
+def test_a_stream_fed_in_pieces_gets_the_flags_it_gets_fed_whole() -> None:
+    pcm = vad.to_pcm16(np.concatenate([speak(FIXTURE_TEXTS[0]), music(1.0)]))
+    whole = vad.Detector(2).flags(pcm)
+    detector = vad.Detector(2)
+    fed = np.concatenate(
+        [detector.flags(pcm[i : i + 10 * 512]) for i in range(0, pcm.size, 10 * 512)]
+    )
+    assert whole.any() and not whole.all()
+    assert np.array_equal(fed, whole)
+    detector.reset()
+    assert np.array_equal(detector.flags(pcm), whole)
+    with pytest.raises(ValueError, match="mode must be 0-3"):
+        vad.Detector(4)
+
+
+def utterances_of(audio: np.ndarray, piece_s: float) -> list[Utterance]:
+    """What the service cuts *audio* into: the pipeline's VAD per chunk, then the assembler."""
+    assembler = Assembler(gap_ms=500, max_ms=30_000)
+    out: list[Utterance] = []
+    offset = 0.0
+    for piece in pieces(audio, piece_s):
+        pcm = vad.to_pcm16(piece)
+        out += assembler.add(offset, pcm, vad.analyze(pcm, mode=2, gap_ms=500).segments)
+        offset += piece.size / RATE * 1000
+    return out + assembler.finish()
+
+
+def test_no_utterance_without_speech_and_one_per_sentence_whatever_the_chunk_size() -> None:
+    # The engine would make up words for anything it is given: it must be given no sound.
+    for piece_s in (0.1, 0.25, 1.0):
+        for name, audio in not_speech().items():
+            assert utterances_of(audio, piece_s) == [], (name, piece_s)
+        for text in FIXTURE_TEXTS:
+            speech = speak(text, lead_s=0.5, tail_s=1.0)
+            (utterance,) = utterances_of(speech, piece_s)
+            loud = np.flatnonzero(np.abs(speech) > 0.02) / RATE * 1000
+            assert utterance.start_ms <= loud[0] and utterance.end_ms >= loud[-1], (text, piece_s)
 
 
 def test_segmenter_confirms_joins_short_pauses_and_ends_after_the_gap() -> None:

