@@ -221,7 +221,7 @@ class Config:
         metadata={"help": "finalize a silent session's open utterance after"},
     )
     asr_max_utterance_s: float = attrs.field(
-        default=30.0,
+        default=29.0,  # with the 0.5 s overlap, within Whisper's 30 s window
         validator=_positive,
         metadata={"help": "longest utterance: cut at its quietest point before, with overlap"},
     )
