@@ -12,11 +12,16 @@ transcriber. A distributed backend produces the same events from its replicated 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
+from ..errors import Overloaded
 from ..models import Job, Reply
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @attrs.define(eq=False)
@@ -69,3 +74,63 @@ class ChunksDeleted:
 
 
 Committed = ChunkStored | ChunkUpdated | ChunksDeleted
+
+
+class CommitChannels:
+    """The writers' side every backend shares: one bounded channel of writes into its
+    committer, and one channel of ``Committed`` events out. Mixed into ``Store`` and
+    ``JetStreamStore``, which set ``_config``, ``_send`` and ``_events`` (None until a
+    consumer asks for them)."""
+
+    _config: Config
+    _send: trio.MemorySendChannel[Write]
+    _events: trio.MemorySendChannel[Committed] | None
+
+    def events(self) -> trio.MemoryReceiveChannel[Committed]:
+        """The channel of ``Committed`` events, for the one consumer; call before ``run``.
+
+        Without a consumer no events are sent. The consumer must keep reading: the committer
+        waits for room (the channel holds ``event_queue`` events)."""
+        if self._events is not None:
+            msg = "the store's events have a consumer already"
+            raise RuntimeError(msg)
+        send, receive = trio.open_memory_channel[Committed](self._config.event_queue)
+        self._events = send
+        return receive
+
+    def open_writes(self) -> trio.MemorySendChannel[Write]:
+        """A sender into the committer's channel; its owner closes it when done."""
+        return self._send.clone()
+
+    def close(self) -> None:
+        """No more writes from the store's own methods; ``run`` ends once the other senders
+        (``open_writes``) are closed too and the committer has written what they sent."""
+        self._send.close()
+
+    async def submit(self, write: Write) -> Any:
+        """Queue *write* for the committer and wait for its durable result.
+
+        Raises ``Overloaded`` (retryable) when the store is closing, and whatever the
+        committer answered the write with (``NotFound``, ``SeqConflict``, ...)."""
+        try:
+            await self._send.send(write)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            msg = "the store is closing; retry later"
+            raise Overloaded(msg) from None
+        return await write.reply.wait()
+
+    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Durably replace top-level fields of a stored chunk; its new chunk JSON.
+        ``NotFound`` for an unknown chunk."""
+        chunk: dict[str, Any] = await self.submit(Update(chunk_id, fields))
+        return chunk
+
+    async def delete_chunk(self, chunk_id: str) -> None:
+        """Durably delete one chunk; ``NotFound`` if it is not stored."""
+        await self.submit(Delete([chunk_id]))
+
+    async def delete_session(self, user_id: str, session_id: str) -> list[str]:
+        """Durably delete every chunk of a session; the ids deleted. ``NotFound`` if the
+        session has no chunks."""
+        deleted: list[str] = await self.submit(Delete(session=(user_id, session_id)))
+        return deleted

@@ -358,6 +358,53 @@ class Index:
         return [chunk_id for *_, chunk_id in sorted(pending)]
 
 
+class IndexReads:
+    """The read API every backend answers from its in-memory index: mixed into ``Store``
+    and ``JetStreamStore``, which set ``_index`` and ``_pending`` (the chunks their replay
+    found still pending transcription). Copies out, never the index's own objects."""
+
+    _index: Index
+    _pending: list[str]
+
+    def get(self, chunk_id: str) -> dict[str, Any]:
+        """The chunk JSON of *chunk_id*; ``NotFound`` if it is not stored."""
+        return self._index.get(chunk_id)
+
+    def has(self, chunk_id: str) -> bool:
+        return chunk_id in self._index.chunks
+
+    def chunk_ids(self) -> list[str]:
+        """Every stored chunk's id (in no particular order)."""
+        return list(self._index.chunks)
+
+    def session_ids(self, user_id: str) -> list[str]:
+        """The ids of a user's sessions that hold chunks, sorted."""
+        return sorted(self._index.users.get(user_id, {}))
+
+    def owner(self, chunk_id: str) -> str | None:
+        """The user a stored chunk belongs to (None: not stored)."""
+        entry = self._index.chunks.get(chunk_id)
+        return entry.user_id if entry is not None else None
+
+    def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
+        """A session's totals and transcript (None: no chunk stored)."""
+        return self._index.summary(user_id, session_id)
+
+    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
+        """``(seq, chunk_id)`` of a session's chunks after *seq* (all when None), in order."""
+        return self._index.chunks_after(user_id, session_id, seq)
+
+    def page(
+        self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
+    ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]:
+        """One page of a user's chunks by session; see ``Index.page``."""
+        return self._index.page(user_id, only, limit, after)
+
+    def pending_transcripts(self) -> list[str]:
+        """Chunks that replay found still ``pending`` transcription, in session/seq order."""
+        return list(self._pending)
+
+
 def build_meta(
     job: Job, part: Part, seq: int, transcript_status: str = "disabled"
 ) -> dict[str, Any]:

@@ -80,8 +80,17 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..models import Job
-from .events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed, Delete, Update, Write
-from .index import Entry, Index, Planned, SessionSummary, Stored
+from .events import (
+    ChunksDeleted,
+    ChunkStored,
+    ChunkUpdated,
+    CommitChannels,
+    Committed,
+    Delete,
+    Update,
+    Write,
+)
+from .index import Entry, Index, IndexReads, Planned, Stored
 from .nats_bridge import (
     Follower,
     Message,
@@ -149,7 +158,7 @@ class Pending:
     messages: list[Publish]
 
 
-class JetStreamStore:
+class JetStreamStore(CommitChannels, IndexReads):
     """A ``StoreBackend`` on a JetStream stream (see the module docstring)."""
 
     def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
@@ -178,22 +187,6 @@ class JetStreamStore:
         self._bytes = 0
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def events(self) -> trio.MemoryReceiveChannel[Committed]:
-        """The channel of ``Committed`` events (this node's writes and every other node's);
-        call before ``run``."""
-        if self._events is not None:
-            msg = "the store's events have a consumer already"
-            raise RuntimeError(msg)
-        send, receive = trio.open_memory_channel[Committed](self._config.event_queue)
-        self._events = send
-        return receive
-
-    def open_writes(self) -> trio.MemorySendChannel[Write]:
-        return self._send.clone()
-
-    def close(self) -> None:
-        self._send.close()
 
     async def run(
         self, *, task_status: trio.TaskStatus[JetStreamStore] = trio.TASK_STATUS_IGNORED
@@ -666,25 +659,6 @@ class JetStreamStore:
 
     # -- the writers' side -----------------------------------------------------------------
 
-    async def submit(self, write: Write) -> Any:
-        try:
-            await self._send.send(write)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            msg = "the store is closing; retry later"
-            raise Overloaded(msg) from None
-        return await write.reply.wait()
-
-    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        chunk: dict[str, Any] = await self.submit(Update(chunk_id, fields))
-        return chunk
-
-    async def delete_chunk(self, chunk_id: str) -> None:
-        await self.submit(Delete([chunk_id]))
-
-    async def delete_session(self, user_id: str, session_id: str) -> list[str]:
-        deleted: list[str] = await self.submit(Delete(session=(user_id, session_id)))
-        return deleted
-
     async def purge_user(self, user_id: str) -> list[str]:
         """Delete every chunk of a user on every node (a tombstone per session, then the
         messages purged from the stream); the ids deleted."""
@@ -695,36 +669,6 @@ class JetStreamStore:
         return deleted
 
     # -- reads -----------------------------------------------------------------------------
-
-    def get(self, chunk_id: str) -> dict[str, Any]:
-        return self._index.get(chunk_id)
-
-    def has(self, chunk_id: str) -> bool:
-        return chunk_id in self._index.chunks
-
-    def chunk_ids(self) -> list[str]:
-        return list(self._index.chunks)
-
-    def session_ids(self, user_id: str) -> list[str]:
-        return sorted(self._index.users.get(user_id, {}))
-
-    def owner(self, chunk_id: str) -> str | None:
-        entry = self._index.chunks.get(chunk_id)
-        return entry.user_id if entry is not None else None
-
-    def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
-        return self._index.summary(user_id, session_id)
-
-    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
-        return self._index.chunks_after(user_id, session_id, seq)
-
-    def page(
-        self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
-    ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]:
-        return self._index.page(user_id, only, limit, after)
-
-    def pending_transcripts(self) -> list[str]:
-        return list(self._pending)
 
     def stats(self) -> StoreStats:
         return StoreStats(

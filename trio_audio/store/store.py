@@ -41,16 +41,23 @@ from ..errors import (
     InsufficientStorage,
     InternalError,
     NotFound,
-    Overloaded,
     ServiceError,
     StoreError,
 )
 from ..metrics import Metrics
 from ..models import Job, Reply
 from .compact import Fold, Snapshot, log_size, remove_replaced, write_snapshot
-from .events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed, Delete, Update, Write
+from .events import (
+    ChunksDeleted,
+    ChunkStored,
+    ChunkUpdated,
+    CommitChannels,
+    Committed,
+    Update,
+    Write,
+)
 from .files import REAL_FILES, FileOps, lock_data_dir
-from .index import Entry, Index, Planned, SessionSummary, Stored
+from .index import Entry, Index, IndexReads, Planned, Stored
 from .record import BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
 from .writer import LogWriter
@@ -87,7 +94,7 @@ class Replayed:
     pending: list[str]
 
 
-class Store:
+class Store(CommitChannels, IndexReads):
     """The index plus the log. Build it in ``serve``, start ``run`` with ``nursery.start``."""
 
     def __init__(
@@ -117,27 +124,6 @@ class Store:
         return "disabled" if self._config.asr_engine == "none" else "pending"
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def events(self) -> trio.MemoryReceiveChannel[Committed]:
-        """The channel of ``Committed`` events, for the one consumer; call before ``run``.
-
-        Without a consumer no events are sent. The consumer must keep reading: the committer
-        waits for room (the channel holds ``event_queue`` events)."""
-        if self._events is not None:
-            msg = "the store's events have a consumer already"
-            raise RuntimeError(msg)
-        send, receive = trio.open_memory_channel[Committed](self._config.event_queue)
-        self._events = send
-        return receive
-
-    def open_writes(self) -> trio.MemorySendChannel[Write]:
-        """A sender into the committer's channel; its owner closes it when done."""
-        return self._send.clone()
-
-    def close(self) -> None:
-        """No more writes from the store's own methods; ``run`` ends once the other senders
-        (``open_writes``) are closed too and the committer has written what they sent."""
-        self._send.close()
 
     async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
         """Lock the data dir, replay the log, report ready; commit until the writes end."""
@@ -368,76 +354,7 @@ class Store:
 
     # -- the writers' side -----------------------------------------------------------------
 
-    async def submit(self, write: Write) -> Any:
-        """Queue *write* for the committer and wait for its durable result.
-
-        Raises ``Overloaded`` (retryable) when the store is closing, and whatever the
-        committer answered the write with (``NotFound``, ``SeqConflict``, ...)."""
-        try:
-            await self._send.send(write)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            msg = "the store is closing; retry later"
-            raise Overloaded(msg) from None
-        return await write.reply.wait()
-
-    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Durably replace top-level fields of a stored chunk; its new chunk JSON.
-
-        Written as an UPDATE record and replayed on restart. Raises ``NotFound`` for an
-        unknown chunk and ``InsufficientStorage`` when the log cannot be written."""
-        chunk: dict[str, Any] = await self.submit(Update(chunk_id, fields))
-        return chunk
-
-    async def delete_chunk(self, chunk_id: str) -> None:
-        """Durably delete one chunk (a TOMBSTONE record); ``NotFound`` if it is not stored.
-        Its space comes back at the next compaction."""
-        await self.submit(Delete([chunk_id]))
-
-    async def delete_session(self, user_id: str, session_id: str) -> list[str]:
-        """Durably delete every chunk of a session; the ids deleted. ``NotFound`` if the
-        session has no chunks."""
-        deleted: list[str] = await self.submit(Delete(session=(user_id, session_id)))
-        return deleted
-
     # -- reads -----------------------------------------------------------------------------
-
-    def get(self, chunk_id: str) -> dict[str, Any]:
-        """The chunk JSON of *chunk_id*; ``NotFound`` if it is not stored."""
-        return self._index.get(chunk_id)
-
-    def has(self, chunk_id: str) -> bool:
-        return chunk_id in self._index.chunks
-
-    def chunk_ids(self) -> list[str]:
-        """Every stored chunk's id (in no particular order)."""
-        return list(self._index.chunks)
-
-    def session_ids(self, user_id: str) -> list[str]:
-        """The ids of a user's sessions that hold chunks, sorted."""
-        return sorted(self._index.users.get(user_id, {}))
-
-    def owner(self, chunk_id: str) -> str | None:
-        """The user a stored chunk belongs to (None: not stored)."""
-        entry = self._index.chunks.get(chunk_id)
-        return entry.user_id if entry is not None else None
-
-    def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
-        """A session's totals and transcript (None: no chunk stored)."""
-        return self._index.summary(user_id, session_id)
-
-    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
-        """``(seq, chunk_id)`` of a session's chunks after *seq* (all when None), in order."""
-        return self._index.chunks_after(user_id, session_id, seq)
-
-    def page(
-        self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
-    ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]:
-        """One page of a user's chunks by session; see ``Index.page``."""
-        return self._index.page(user_id, only, limit, after)
-
-    def pending_transcripts(self) -> list[str]:
-        """Chunks that replay found still ``pending`` transcription, in session/seq order."""
-        return list(self._pending)
 
     def stats(self) -> StoreStats:
         report = self._report
