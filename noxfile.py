@@ -1,16 +1,15 @@
-"""Sessions: ``tests`` (the default), ``lint``, ``typecheck``; ``browser`` (the web console
-in headless Chromium, which CI also runs); ``tests_cluster`` (the service on a 3-node NATS
-JetStream cluster, which CI also runs); on demand ``crash`` (the long kill -9 run),
-``bench`` (load and overload), ``bench_store`` (storage numbers).
-
-``nox`` with no arguments runs lint, typecheck and tests, which is what CI runs.
+"""Sessions: ``lint``, ``typecheck``, ``tests``, ``browser`` (the web console in headless
+Chromium), ``tests_cluster`` (the service on a 3-node NATS JetStream cluster): ``nox`` with no
+arguments runs these five, which is the README's test command and what CI runs. On demand:
+``crash`` (the long kill -9 run), ``bench`` (load and overload), ``bench_store`` (storage
+numbers), ``bench_speech``, ``bench_cluster``, ``fuzz``, ``api``.
 """
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "browser", "tests_cluster"]
 nox.options.reuse_existing_virtualenvs = True
 
 PACKAGE = "trio_audio"
