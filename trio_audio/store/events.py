@@ -12,6 +12,7 @@ transcriber. A distributed backend produces the same events from its replicated 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -22,6 +23,7 @@ from ..models import Job, Reply
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .index import Entry
 
 
 @attrs.define(eq=False)
@@ -76,6 +78,14 @@ class ChunksDeleted:
 Committed = ChunkStored | ChunkUpdated | ChunksDeleted
 
 
+def deleted_events(removed: list[tuple[str, Entry]]) -> list[Committed]:
+    """One ``ChunksDeleted`` per session, from what ``Index.apply_tombstone`` removed."""
+    by_session: dict[tuple[str, str], list[str]] = {}
+    for chunk_id, entry in removed:
+        by_session.setdefault((entry.user_id, entry.session_id), []).append(chunk_id)
+    return [ChunksDeleted(u, s, ids) for (u, s), ids in by_session.items()]
+
+
 class CommitChannels:
     """The writers' side every backend shares: one bounded channel of writes into its
     committer, and one channel of ``Committed`` events out. Mixed into ``Store`` and
@@ -84,7 +94,23 @@ class CommitChannels:
 
     _config: Config
     _send: trio.MemorySendChannel[Write]
+    _receive: trio.MemoryReceiveChannel[Write]
     _events: trio.MemorySendChannel[Committed] | None
+
+    async def _next_batch(self) -> list[Write] | None:
+        """The committer's next group of writes: the first to arrive, then whatever follows
+        within ``commit_wait_ms``, up to ``commit_batch_max``; None once every sender is
+        closed and the channel is empty."""
+        config, receive = self._config, self._receive
+        try:
+            batch = [await receive.receive()]
+        except trio.EndOfChannel:
+            return None
+        wait = config.commit_wait_ms / 1000
+        with trio.move_on_after(wait), contextlib.suppress(trio.EndOfChannel, trio.WouldBlock):
+            while len(batch) < config.commit_batch_max:
+                batch.append(await receive.receive() if wait > 0 else receive.receive_nowait())
+        return batch
 
     def events(self) -> trio.MemoryReceiveChannel[Committed]:
         """The channel of ``Committed`` events, for the one consumer; call before ``run``.

@@ -130,6 +130,12 @@ class Planned:
     existing: dict[str, Any] | None = None
 
 
+def initial_transcript_status(asr_engine: str) -> str:
+    """What a new chunk's ``transcript.status`` starts as: ``pending`` when a speech engine
+    will transcribe it, ``disabled`` with ``--asr-engine none``."""
+    return "disabled" if asr_engine == "none" else "pending"
+
+
 class Index:
     """Chunks by id and by ``user -> session -> seq``; the committer's and replay's target."""
 
@@ -175,14 +181,14 @@ class Index:
         self.users[entry.user_id][entry.session_id].transcript = None
         return meta
 
-    def apply_tombstone(self, tombstone: dict[str, Any]) -> list[Entry]:
-        """Remove the chunks a TOMBSTONE names; the entries that were there."""
+    def apply_tombstone(self, tombstone: dict[str, Any]) -> list[tuple[str, Entry]]:
+        """Remove the chunks a TOMBSTONE names; ``(chunk_id, entry)`` of those that were there."""
         removed = []
         for chunk_id in tombstone["chunk_ids"]:
             entry = self.chunks.pop(chunk_id, None)
             if entry is None:
                 continue
-            removed.append(entry)
+            removed.append((chunk_id, entry))
             sessions = self.users.get(entry.user_id, {})
             session = sessions.get(entry.session_id)
             if session is not None and session.by_seq.get(entry.seq) == chunk_id:

@@ -81,7 +81,6 @@ from ..errors import (
 from ..metrics import Metrics
 from ..models import Job
 from .events import (
-    ChunksDeleted,
     ChunkStored,
     ChunkUpdated,
     CommitChannels,
@@ -89,8 +88,9 @@ from .events import (
     Delete,
     Update,
     Write,
+    deleted_events,
 )
-from .index import Entry, Index, IndexReads, Planned, Stored
+from .index import Index, IndexReads, Planned, Stored, initial_transcript_status
 from .nats_bridge import (
     Follower,
     Message,
@@ -170,8 +170,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             raise ValueError(msg)
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
-        status = "disabled" if config.asr_engine == "none" else "pending"
-        self._index = Index(status)
+        self._index = Index(initial_transcript_status(config.asr_engine))
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
         self._events: trio.MemorySendChannel[Committed] | None = None
         self._nats: Nats | None = None
@@ -334,11 +333,11 @@ class JetStreamStore(CommitChannels, IndexReads):
             else:
                 ids = record["chunk_ids"]
             removed = self._index.apply_tombstone({"chunk_ids": ids})
-            for entry in removed:
-                self._pcm.pop(entry.meta()["chunk_id"], None)
+            for chunk_id, _ in removed:
+                self._pcm.pop(chunk_id, None)
             if mine:
                 self._results[message.seq] = removed
-            return _deleted_events(removed)
+            return deleted_events(removed)
         logger.warning("unknown record kind on %s", message.subject)
         return []
 
@@ -392,16 +391,7 @@ class JetStreamStore(CommitChannels, IndexReads):
     # -- the committer ---------------------------------------------------------------------
 
     async def _commit_all(self) -> None:
-        config, receive = self._config, self._receive
-        async for first in receive:
-            batch = [first]
-            wait = config.commit_wait_ms / 1000
-            with (
-                trio.move_on_after(wait),
-                contextlib.suppress(trio.EndOfChannel, trio.WouldBlock),
-            ):
-                while len(batch) < config.commit_batch_max:
-                    batch.append(await receive.receive() if wait > 0 else receive.receive_nowait())
+        while (batch := await self._next_batch()) is not None:
             await self._commit(batch)
 
     async def _commit(self, batch: list[Write]) -> None:
@@ -630,8 +620,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             else:
                 write.reply.set(chunk)
         elif followed:
-            removed: list[Entry] = [e for r in results if r for e in r]
-            write.reply.set([entry.meta()["chunk_id"] for entry in removed])
+            write.reply.set([chunk_id for r in results if r for chunk_id, _ in r])
         else:
             assert isinstance(item.plan, dict)
             write.reply.set(list(item.plan["chunk_ids"]))
@@ -697,12 +686,3 @@ class JetStreamStore(CommitChannels, IndexReads):
             msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
             raise InternalError(msg) from None
         return message.data, str(entry.meta().get("content_type", "application/octet-stream"))
-
-
-def _deleted_events(removed: list[Entry]) -> list[Committed]:
-    by_session: dict[tuple[str, str], list[str]] = {}
-    for entry in removed:
-        by_session.setdefault((entry.user_id, entry.session_id), []).append(
-            entry.meta()["chunk_id"]
-        )
-    return [ChunksDeleted(u, s, ids) for (u, s), ids in by_session.items()]

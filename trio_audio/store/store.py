@@ -48,16 +48,16 @@ from ..metrics import Metrics
 from ..models import Job, Reply
 from .compact import Fold, Snapshot, log_size, remove_replaced, write_snapshot
 from .events import (
-    ChunksDeleted,
     ChunkStored,
     ChunkUpdated,
     CommitChannels,
     Committed,
     Update,
     Write,
+    deleted_events,
 )
 from .files import REAL_FILES, FileOps, lock_data_dir
-from .index import Entry, Index, IndexReads, Planned, Stored
+from .index import Entry, Index, IndexReads, Planned, Stored, initial_transcript_status
 from .record import BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
 from .writer import LogWriter
@@ -121,7 +121,7 @@ class Store(CommitChannels, IndexReads):
         self._fsync_failed = False
 
     def _transcript_status(self) -> str:
-        return "disabled" if self._config.asr_engine == "none" else "pending"
+        return initial_transcript_status(self._config.asr_engine)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,21 +183,7 @@ class Store(CommitChannels, IndexReads):
 
     async def _commit_all(self) -> None:
         """Group commit: take a batch of writes, write it, fsync once, answer every write."""
-        config, receive = self._config, self._receive
-        async for first in receive:
-            batch = [first]
-            wait = config.commit_wait_ms / 1000
-            # Fill the batch for up to commit_wait_ms; the stream may end meanwhile.
-            with (
-                trio.move_on_after(wait),
-                contextlib.suppress(trio.EndOfChannel, trio.WouldBlock),
-            ):
-                while len(batch) < config.commit_batch_max:
-                    batch.append(
-                        await self._receive.receive()
-                        if wait > 0
-                        else self._receive.receive_nowait()
-                    )
+        while (batch := await self._next_batch()) is not None:
             async with self._commit_lock:
                 events, answers = await self._commit(batch)
             # Events before answers: by the time a writer hears "stored", the fan-out has its
@@ -271,8 +257,8 @@ class Store(CommitChannels, IndexReads):
                 next(ref_iter)
                 assert not isinstance(plan, list)
                 removed = self._index.apply_tombstone(plan[1])
-                answers.append((write.reply, [entry.meta()["chunk_id"] for entry in removed]))
-                events += _deleted_events(removed)
+                answers.append((write.reply, [chunk_id for chunk_id, _ in removed]))
+                events += deleted_events(removed)
         metrics.observe_stage("store", trio.current_time() - started)
         return events, answers
 
@@ -351,8 +337,6 @@ class Store(CommitChannels, IndexReads):
                     self._fsync_failed = True
                     raise
                 self._synced = max(self._synced, written)
-
-    # -- the writers' side -----------------------------------------------------------------
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -521,15 +505,6 @@ def _close_log(log: LogWriter, sync: bool = True) -> None:
             log.checkpoint()  # flush, fsync, and prove it: a clean close leaves nothing unproven
     finally:
         log.close()
-
-
-def _deleted_events(removed: list[Entry]) -> list[Committed]:
-    by_session: dict[tuple[str, str], list[str]] = {}
-    for entry in removed:
-        by_session.setdefault((entry.user_id, entry.session_id), []).append(
-            entry.meta()["chunk_id"]
-        )
-    return [ChunksDeleted(u, s, ids) for (u, s), ids in by_session.items()]
 
 
 def write_error(exc: OSError) -> ServiceError:
