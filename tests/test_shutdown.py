@@ -139,6 +139,10 @@ async def test_requests_arriving_while_draining_get_503_and_connection_close(
     async def echo() -> tuple[dict[str, int], int]:
         return {"bytes": len(await request.get_data())}, 201
 
+    @app.get("/readyz")
+    async def readyz() -> tuple[dict[str, str], int]:
+        return {"status": "draining" if shutdown.is_set() else "ready"}, 503
+
     @app.get("/slow")
     async def slow() -> dict[str, str]:
         entered.set()
@@ -168,6 +172,12 @@ async def test_requests_arriving_while_draining_get_503_and_connection_close(
     assert problem["code"] == "overloaded" and problem["status"] == 503
     await later.send(BODY)
     assert await later.closed()
+    # A probe still reaches the app, so a load balancer sees the drain (and then the close).
+    probe = await RawConnection.open(url)
+    await probe.send(head("GET", "/readyz"))
+    seen = await probe.response()
+    assert seen is not None and json.loads(seen.body) == {"status": "draining"}
+    assert seen.headers["connection"] == "close"
     # The request taken before is answered, and its connection then closes.
     release.set()
     done = await taken.response()

@@ -80,6 +80,8 @@ class ChunkSource(Protocol):
 
     def has(self, chunk_id: str) -> bool: ...
 
+    def offset_ms(self, chunk_id: str) -> float | None: ...
+
     def chunks_after(
         self, user_id: str, session_id: str, seq: int | None
     ) -> list[tuple[int, str]]: ...
@@ -310,19 +312,18 @@ class Transcriber:
 
     def _first_seq(self, key: Key) -> int:
         """The seq a session's transcription goes on from: after its last finished chunk."""
-        first = 0
-        for seq, chunk_id in self.store.chunks_after(key[0], key[1], None):
+        for seq, chunk_id in reversed(self.store.chunks_after(key[0], key[1], None)):
             if self.store.get(chunk_id)["transcript"]["status"] != "pending":
-                first = seq + 1
-        return first
+                return seq + 1
+        return 0
 
     def _deliver(self, session: SessionState, item: Item) -> None:
         """In seq order: the chunk's VAD events, then (transcribed) to the feeder."""
-        if not self.store.has(item.chunk_id):
+        offset = self.store.offset_ms(item.chunk_id)  # final now its predecessors are in
+        if offset is None:
             self._drop_pcm(item)
             return  # deleted since
-        offset = self.store.get(item.chunk_id)["offset_ms"]  # final now its predecessors are in
-        item.offset_ms = float(offset)
+        item.offset_ms = offset
         for event, at_ms in session.activity.chunk(offset, item.duration_ms, item.segments):
             self._publish_vad(session.key, event, at_ms)
         if not item.transcribe or not self.running:
@@ -572,14 +573,12 @@ class Transcriber:
         if session is None:
             return
         self._release_waiting(session)
-        for event, at_ms in session.activity.end():
-            self._publish_vad(key, event, at_ms)
+        self._end_speech(session)
         if not self.enabled:
             return
         while self.running and session.feeding:
             await self._wait_change()
-        for utterance in session.assembler.finish():
-            self._queue_final(session, utterance)
+        self._end_utterance(session)
         await self._complete(session)
         while self.running and (session.finals or session.awaiting):
             await self._wait_change()
@@ -593,19 +592,25 @@ class Transcriber:
             for key, session in list(self.sessions.items()):
                 if now - session.last_active < timeout:
                     continue
+                self._end_speech(session)
                 if session.assembler.open:
-                    for event, at_ms in session.activity.end():
-                        self._publish_vad(key, event, at_ms)
-                    for utterance in session.assembler.finish():
-                        self._queue_final(session, utterance)
+                    self._end_utterance(session)
                     continue  # forgotten on a later round, once its words are stored
                 if session.busy:
                     continue
-                for event, at_ms in session.activity.end():
-                    self._publish_vad(key, event, at_ms)
                 if self.sessions.get(key) is session:
                     del self.sessions[key]
                     self.queue.forget(key)
+
+    def _end_speech(self, session: SessionState) -> None:
+        """The session's speech is over for now: its ``speech_stopped``, if it was speaking."""
+        for event, at_ms in session.activity.end():
+            self._publish_vad(session.key, event, at_ms)
+
+    def _end_utterance(self, session: SessionState) -> None:
+        """No more audio is coming now: the open utterance goes to be decoded."""
+        for utterance in session.assembler.finish():
+            self._queue_final(session, utterance)
 
     # -- results -----------------------------------------------------------------------------
 

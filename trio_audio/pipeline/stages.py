@@ -96,14 +96,15 @@ class Stages:
         self.max_duration_s = config.max_duration_s
         self.inline_max_samples = config.inline_max_samples
 
-    async def _cpu(self, samples: int, run: Callable[[], None]) -> None:
+    async def _cpu(self, samples: int, run: Callable[[], None], *, thread: bool = False) -> None:
         """CPU work: inline when small, else in a thread under the shared limiter.
 
         A thread hop costs more than the ~0.3 ms of numpy a 1 s chunk needs, so small work
         runs on the event loop (bounded by ``inline_max_samples``); anything larger, or of
-        unknown size, goes to a thread so it never stalls the loop.
+        unknown size, goes to a thread so it never stalls the loop. With *thread*, always a
+        thread: for work that releases the GIL and so runs beside the loop on another core.
         """
-        if samples <= self.inline_max_samples:
+        if not thread and samples <= self.inline_max_samples:
             run()
             await trio.lowlevel.checkpoint()
         else:
@@ -122,8 +123,7 @@ class Stages:
                 fn(part)
                 part.timings[name] = time.perf_counter() - started
 
-        samples = UNKNOWN_SAMPLES if thread else sum(_work_samples(part) for part in parts)
-        await self._cpu(samples, run)
+        await self._cpu(sum(_work_samples(part) for part in parts), run, thread=thread)
 
     async def validate(self, job: Job) -> None:
         """Checksum and decode every part (whether a part is a retry is the committer's call)."""

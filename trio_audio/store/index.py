@@ -379,6 +379,15 @@ class IndexReads:
     def has(self, chunk_id: str) -> bool:
         return chunk_id in self._index.chunks
 
+    def offset_ms(self, chunk_id: str) -> float | None:
+        """Where a stored chunk starts on its session's timeline now (None: not stored);
+        what its chunk JSON says, without unpacking it."""
+        entry = self._index.chunks.get(chunk_id)
+        if entry is None:
+            return None
+        session = self._index.users[entry.user_id][entry.session_id]
+        return round(session.offset_ms(entry.seq), 3)
+
     def chunk_ids(self) -> list[str]:
         """Every stored chunk's id (in no particular order)."""
         return list(self._index.chunks)

@@ -32,8 +32,9 @@ What it does, per HTTP request:
   closes after the response.
 - Once *shutdown* is set, every response carries ``Connection: close``, and a request that
   arrives then gets 503 ``overloaded`` with ``Retry-After`` and ``Connection: close`` without
-  reaching the app. Hypercorn closes idle keep-alive connections itself (its idle timer, which
-  the uncut recycle keeps running).
+  reaching the app, but for the probes (``/healthz``, ``/readyz``, ``/metrics``), which the
+  app still answers so a load balancer sees the drain. Hypercorn closes idle keep-alive
+  connections itself (its idle timer, which the uncut recycle keeps running).
 
 Resource handling: a refusal's unread body costs at most ``drain_max_bytes`` of reading and
 ``drain_timeout_s`` of waiting (no task is runnable while it waits).
@@ -67,6 +68,9 @@ DRAIN_TIMEOUT_S: Final = 2.0
 """How long a refusal waits for the rest of its body before the connection closes."""
 PROBLEM_TYPE: Final = b"application/problem+json"
 ADMITTED_PATHS: Final = frozenset({"/upload"})  # what the admission gate holds back
+# Answered by the app even while draining (with ``Connection: close``): a probe must see
+# ``/readyz`` say draining and ``/healthz`` say alive, and a scrape must still get ``/metrics``.
+PROBE_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class FrontDoor:
@@ -102,7 +106,9 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         exchange = Exchange(self, scope["headers"], receive, send)
-        if self.shutdown.is_set():
+        if self.shutdown.is_set() and scope["path"] not in PROBE_PATHS:
+            if self.metrics is not None:
+                self.metrics.refuse("shutting_down")
             error = Overloaded("the service is shutting down; retry on a new connection",
                                retry_after=self.retry_after_s)  # fmt: skip
             await exchange.refuse(error, scope["path"], close=True)
