@@ -253,12 +253,16 @@ async def test_browse_play_and_delete_a_chunk(start_server: StartServer, tmp_pat
             page.click("button[data-session=uploaded]")
             page.click(f"tr[data-chunk='{ids[0]}']")
             b.loaded(ids[0])
+            deletes: list[str] = []
+            page.on("request", lambda r: r.method == "DELETE" and deletes.append(r.url))
             page.once("dialog", lambda d: d.dismiss())
             page.click("#delete")
             assert page.locator("#chunks tbody tr").count() == len(ids)
             page.once("dialog", lambda d: d.accept())
             page.click("#delete")
             b.wait(f"document.querySelectorAll('#chunks tbody tr').length === {len(ids) - 1}")
+            # Only the accepted dialog sent a DELETE, for the chunk on show.
+            assert len(deletes) == 1 and deletes[0].endswith(f"/chunks/{ids[0]}"), deletes
             b.shot("browse-deleted")
 
             page.goto(server.url + "/#health")

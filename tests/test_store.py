@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_audio.config import Config
 from trio_audio.errors import NotFound
@@ -109,21 +110,24 @@ async def test_a_writer_cancelled_while_the_disk_stalls_never_strands_the_ones_b
     store: Store = await nursery.start(Store(Config(data_dir=tmp_path), files=disk).run)
     disk.flowing.clear()  # the next fsync stalls
     answers: dict[str, Any] = {}
+    gave_up = trio.Event()
 
     async def impatient() -> None:
         with trio.move_on_after(0.1):
             await store.update("c1", {"note": 1})
         answers["c1"] = "gave up"
+        gave_up.set()
 
     async def patient() -> None:
-        await trio.sleep(0.05)  # queued behind the first, which leads the stalled batch
         answers["c2"] = await store.update("c2", {"note": 2})
 
     with trio.fail_after(5):
         async with trio.open_nursery() as writers:
             writers.start_soon(impatient)
-            writers.start_soon(patient)
-            await trio.sleep(0.2)  # the first caller has been cancelled by now
+            await trio.testing.wait_all_tasks_blocked()  # its batch waits on the stalled fsync
+            writers.start_soon(patient)  # queued behind it
+            await gave_up.wait()  # the first caller is cancelled while the disk stalls
+            await trio.testing.wait_all_tasks_blocked()
             assert answers == {"c1": "gave up"}
             disk.flowing.set()
     assert answers["c2"]["note"] == 2
