@@ -87,6 +87,43 @@ def test_utterances_are_decoded_on_the_session_timeline(
             assert utterance.start_ms <= w.start_ms <= w.end_ms <= utterance.end_ms
 
 
+def test_the_encoder_window_fits_the_utterance_up_to_whispers_30_s() -> None:
+    # A short utterance is not padded to 30 s: that padding was most of a final's CPU.
+    assert whisper.encoder_frames(300, 1500) == 1500 < whisper.WINDOW_FRAMES
+    assert whisper.encoder_frames(2001, 1500) == 2100  # whole seconds
+    assert whisper.encoder_frames(2950, 1500) == whisper.encoder_frames(5000, 1500) == 3000
+    assert whisper.encoder_frames(300, 3000) == 3000  # asr_window_s 30: always the full window
+
+
+def test_a_decode_saying_the_same_words_over_and_over_is_caught() -> None:
+    assert whisper.looping([7, 1, 2, 1, 2, 1, 2])
+    assert whisper.looping([5, 5, 5])
+    assert not whisper.looping([1, 2, 1, 2, 3, 1, 2])
+    assert not whisper.looping(list(range(40)))
+
+
+def test_an_utterance_longer_than_the_short_window_is_heard_whole(
+    engine: whisper.WhisperEngine,
+) -> None:
+    texts = [SENTENCE, OTHER_SENTENCE] * 4
+    audio = np.concatenate([speak(t, lead_s=0.2, tail_s=0.4) for t in texts])
+    assert audio.size / RATE > EngineOptions().window_s  # past the short window
+    words = engine.transcribe(audio)
+    assert normal(" ".join(w.word for w in words)) == " ".join(texts).split()
+
+
+def test_a_partial_hears_the_utterance_so_far_and_a_final_the_same_audio_again(
+    engine: whisper.WhisperEngine,
+) -> None:
+    decoder = Decoder(engine)
+    pcm = vad.to_pcm16(speak(SENTENCE)).astype("<i2").tobytes()
+    partial = decoder.decode(pcm, 1000.0, partial=True)
+    assert normal(partial.text) == SENTENCE.split()
+    assert all(w.start_ms >= 1000.0 for w in partial.words)
+    final = decoder.decode(pcm, 1000.0)
+    assert normal(final.text) == SENTENCE.split()
+
+
 def test_number_pieces_are_glued_into_one_word() -> None:
     pieces_ = [Word(" It", 0, 100, 0.9), Word(" costs", 100, 300, 0.8),
                Word(" 32", 300, 500, 0.7), Word(",000", 500, 700, 0.6),

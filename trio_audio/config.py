@@ -195,6 +195,11 @@ class Config:
     asr_keyphrases: str = attrs.field(
         default="", metadata={"help": "keyphrase list file (one 'phrase /threshold/' a line)"}
     )
+    asr_window_s: float = attrs.field(
+        default=15.0,
+        validator=[attrs.validators.ge(1), attrs.validators.le(30)],
+        metadata={"help": "whisper: shortest encoder window, s (30: always Whisper's full 30 s)"},
+    )
     asr_workers: int = attrs.field(
         default=0,
         validator=attrs.validators.ge(0),

@@ -72,8 +72,9 @@ class EngineOptions:
     model_dir: str = ""  # empty: the model the engine ships
     grammar: str = ""  # a JSGF file: only its sentences are recognised
     keyphrases: str = ""  # a keyphrase list file (one phrase per line, ``/threshold/``)
+    window_s: float = 15.0  # whisper: the shortest encoder window (30: always the full one)
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
@@ -111,6 +112,9 @@ def check_options(options: EngineOptions) -> None:
         if value and not Path(value).exists():
             msg = f"asr_{name} {value!r} does not exist"
             raise EngineError(msg)
+    if not 1 <= options.window_s <= 30:
+        msg = f"asr_window_s must be from 1 to 30 (seconds), got {options.window_s}"
+        raise EngineError(msg)
     if options.grammar and options.keyphrases:
         msg = "give asr_grammar or asr_keyphrases, not both"
         raise EngineError(msg)

