@@ -48,3 +48,12 @@ def test_a_final_makes_the_sessions_partial_stale() -> None:
     queue.put_final("a", "a0")
     assert drain(queue) == ["a0"]
     assert queue.partials_waiting == 0 and queue.finals_waiting() == 0
+
+
+def test_partials_can_be_held_back_while_finals_still_go() -> None:
+    queue: FairQueue[str, str] = FairQueue()
+    queue.put_partial("a", "a-partial")
+    assert queue.take(partials=False) is None
+    queue.put_final("b", "b-final")
+    assert queue.take(partials=False) == ("b", "b-final", True)
+    assert queue.take() == ("a", "a-partial", False)

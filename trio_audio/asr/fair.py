@@ -32,9 +32,9 @@ class FairQueue(Generic[K, J]):
     def put_partial(self, key: K, job: J) -> None:
         self._partials[key] = job  # replaces (drops) an older one not yet taken
 
-    def take(self) -> tuple[K, J, bool] | None:
-        """The next ``(key, job, final)``, or None when nothing can go now. The key is busy
-        until ``done(key)``."""
+    def take(self, *, partials: bool = True) -> tuple[K, J, bool] | None:
+        """The next ``(key, job, final)``, or None when nothing can go now (without
+        *partials*: no partial may go). The key is busy until ``done(key)``."""
         for key in list(self._finals):
             if key in self._busy:
                 continue
@@ -44,7 +44,7 @@ class FairQueue(Generic[K, J]):
                 self._finals[key] = queue  # to the back of the round
             self._busy.add(key)
             return key, job, True
-        for key in list(self._partials):
+        for key in list(self._partials if partials else ()):
             if key in self._busy:
                 continue
             self._busy.add(key)

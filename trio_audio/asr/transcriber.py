@@ -16,8 +16,10 @@
 - Each finished utterance is decoded once, by whichever worker is free: the ``FairQueue``
   (``fair.py``) takes finals round robin across sessions, one in flight per session, so a
   long file cannot hold other sessions' words. Every ``asr_partial_interval_s`` the open
-  utterance is re-decoded for live words, only when no final waits; a partial's words are
-  published once two consecutive hypotheses agree on them (LocalAgreement-2).
+  utterance is re-decoded for live words, only when no final waits and never on every
+  worker at once (one stays free for the next final, when there are two or more); a
+  partial's words are published once two consecutive hypotheses agree on them
+  (LocalAgreement-2).
 - A chunk's transcript is done once every utterance that overlaps it is decoded: its words
   (those that start inside it) go into a durable update through the store.
 - ``finalize`` ends the session's open utterance now and returns once its words are stored;
@@ -184,6 +186,8 @@ class Transcriber:
         self.queue: FairQueue[Key, Utterance] = FairQueue()
         self._feed: collections.deque[tuple[SessionState, Item]] = collections.deque()
         self._decoding: dict[int, float] = {}  # worker -> when its current decode began
+        self._partials_decoding = 0
+        self.partial_slots = max(1, self.workers - 1)  # workers that may decode partials
         self._reordering: set[Key] = set()  # sessions with chunks waiting for an earlier seq
         self._changed = trio.Event()  # set whenever work is added or done
         self._stopped = trio.Event()
@@ -445,16 +449,19 @@ class Transcriber:
                 if self._started == self.workers:
                     self.workers_started.set()
                 while True:
-                    taken = self.queue.take()
+                    # Partials never hold every worker: one stays free for the next final.
+                    taken = self.queue.take(partials=self._partials_decoding < self.partial_slots)
                     if taken is None:
                         await self._wait_change()
                         continue
                     key, utterance, final = taken
                     self._decoding[index] = trio.current_time()
+                    self._partials_decoding += not final
                     try:
                         answer = await self._decode(worker, processes, utterance)
                     finally:
                         del self._decoding[index]
+                        self._partials_decoding -= not final
                         self.queue.done(key)
                         self._wake()
                     session = self.sessions.get(key)

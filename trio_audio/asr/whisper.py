@@ -244,23 +244,27 @@ class WhisperEngine:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def transcribe(self, audio: Floats, *, beam_size: int = BEAM_SIZE) -> list[Word]:
-        """The words of one utterance (16 kHz float audio), times in ms from its start."""
+    def transcribe(
+        self, audio: Floats, *, beam_size: int = BEAM_SIZE, retry: bool = True
+    ) -> list[Word]:
+        """The words of one utterance (16 kHz float audio), times in ms from its start.
+        Without *retry* a decode the short window misled gives no words (partials: the next
+        one, or the final, will say)."""
         words: list[Word] = []
         for start in range(0, audio.size, WINDOW_SAMPLES):
             piece = audio[start : start + WINDOW_SAMPLES]
             if piece.size < RATE // 10:  # under 100 ms: nothing to hear
                 continue
             shift = start / RATE * 1000
-            words += [w.shifted(shift) for w in self._window(piece, beam_size)]
+            words += [w.shifted(shift) for w in self._window(piece, beam_size, retry)]
         return glue(words)
 
-    def _window(self, audio: Floats, beam_size: int) -> list[Word]:
+    def _window(self, audio: Floats, beam_size: int, retry: bool) -> list[Word]:
         features = log_mel(audio, self.filters)
         frames = min(features.shape[1] - 1, WINDOW_FRAMES)
         window = encoder_frames(frames, self.min_frames)
         decoded = self._decode_window(features, frames, window, beam_size)
-        if decoded is None and window < WINDOW_FRAMES:  # the short window misled the decoder
+        if decoded is None and retry and window < WINDOW_FRAMES:  # the short window misled it
             decoded = self._decode_window(features, frames, WINDOW_FRAMES, beam_size)
         if decoded is None:
             return []
@@ -477,18 +481,19 @@ class WhisperStream:
             self.chunks.append(pcm)
 
     def partial(self) -> Hypothesis:
-        """The utterance so far, decoded greedily (beam 1: cheaper, for words that may still
-        change); the audio is used up, so the ``finish`` that follows has nothing to do."""
-        return self._decode(PARTIAL_BEAM_SIZE)
+        """The utterance so far, decoded greedily (beam 1, and never again in the full window:
+        cheaper, for words that may still change); the audio is used up, so the ``finish``
+        that follows has nothing to do."""
+        return self._decode(PARTIAL_BEAM_SIZE, retry=False)
 
     def finish(self) -> Hypothesis:
-        return self._decode(BEAM_SIZE)
+        return self._decode(BEAM_SIZE, retry=True)
 
-    def _decode(self, beam_size: int) -> Hypothesis:
+    def _decode(self, beam_size: int, *, retry: bool) -> Hypothesis:
         pcm = b"".join(self.chunks)
         self.chunks = []
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        words = self.engine.transcribe(audio, beam_size=beam_size)
+        words = self.engine.transcribe(audio, beam_size=beam_size, retry=retry)
         return Hypothesis(" ".join(w.word for w in words), words)
 
     def close(self) -> None:
