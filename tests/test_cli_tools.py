@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 import trio
 
 from trio_audio.__main__ import main
-from trio_audio.web.auth import Tokens, add_token, digest
+from trio_audio.web.auth import Tokens, add_token, digest, locked
 
 from .conftest import StartServer
 from .speech import OTHER_SENTENCE, SENTENCE, speak, to_wav
@@ -131,3 +132,20 @@ def test_token_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["token", "revoke", "alice", "--tokens-file", str(path)]) == 1
     assert "no token of 'alice'" in capsys.readouterr().err
     assert main(["token", "list"]) == 2  # no file named
+
+
+def test_a_token_added_while_a_revoke_rewrites_the_file_is_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    add_token(path, "bob")
+    added: list[str] = []
+    with locked(path):  # what a revoke holds while it reads and replaces the file
+        adder = threading.Thread(target=lambda: added.append(add_token(path, "carol")))
+        adder.start()
+        adder.join(timeout=0.5)
+        assert adder.is_alive()  # the add waits for the rewrite to finish
+        assert main(["token", "list", "--tokens-file", str(path)]) == 0  # reading never waits
+        path.write_text(path.read_text())  # the rewrite (as revoke's replace)
+    adder.join(timeout=10)
+    assert [u for _, u in Tokens.load(path).entries] == ["bob", "carol"]
+    assert main(["token", "revoke", "bob", "--tokens-file", str(path)]) == 0
+    assert Tokens.load(path).entries == ((digest(added[0]), "carol"),)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
-from .web.auth import DIGEST_PREFIX, Tokens
+from .web.auth import DIGEST_PREFIX, Tokens, locked
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 BLOCK: Final = 64 * 1024
@@ -374,32 +374,37 @@ def token_revoke_command(args: argparse.Namespace) -> int:
     if path is None:
         return 2
     try:
-        Tokens.load(path)  # refuse to rewrite a file we cannot parse
-        lines = path.read_text().splitlines(keepends=True)
+        with locked(path):  # an ``add`` running now is not lost
+            return _revoke(path, args.user, args.digest)
     except (OSError, ValueError) as exc:
         print(f"trio-audio: {exc}", file=sys.stderr)
         return 2
-    prefix = (args.digest or "").lower().removeprefix(DIGEST_PREFIX)
+
+
+def _revoke(path: Path, user: str, digest_prefix: str | None) -> int:
+    Tokens.load(path)  # refuse to rewrite a file we cannot parse
+    lines = path.read_text().splitlines(keepends=True)
+    prefix = (digest_prefix or "").lower().removeprefix(DIGEST_PREFIX)
     kept: list[str] = []
     removed: list[str] = []
     for line in lines:
         fields = line.split("#", 1)[0].split()
         matches = (
             len(fields) == 2
-            and fields[0] == args.user
+            and fields[0] == user
             and fields[1].lower().removeprefix(DIGEST_PREFIX).startswith(prefix)
         )
         (removed if matches else kept).append(line)
     if not removed:
-        which = f" with a digest starting {args.digest!r}" if args.digest else ""
-        print(f"trio-audio: no token of {args.user!r}{which} in {path}", file=sys.stderr)
+        which = f" with a digest starting {digest_prefix!r}" if digest_prefix else ""
+        print(f"trio-audio: no token of {user!r}{which} in {path}", file=sys.stderr)
         return 1
-    if args.digest and len(removed) > 1:
-        msg = f"{len(removed)} tokens of {args.user!r} match {args.digest!r}; give more digits"
+    if digest_prefix and len(removed) > 1:
+        msg = f"{len(removed)} tokens of {user!r} match {digest_prefix!r}; give more digits"
         print(f"trio-audio: {msg}", file=sys.stderr)
         return 1
     _replace(path, "".join(kept))
-    print(f"revoked {len(removed)} token(s) of {args.user}; a running serve applies this "
+    print(f"revoked {len(removed)} token(s) of {user}; a running serve applies this "
           "when it restarts")  # fmt: skip
     return 0
 

@@ -2,7 +2,9 @@
 
 Tokens file: one ``USER_ID sha256:HEXDIGEST`` a line (``#`` starts a comment). Only the
 SHA-256 of each token is stored, so the file does not hold usable secrets; ``trio-audio
-token add USER`` makes a token, appends its digest and prints the token once.
+token add USER`` makes a token, appends its digest and prints the token once. Whatever
+changes the file holds ``locked(path)`` (an exclusive ``flock`` on ``PATH.lock``), so an
+``add`` and a ``revoke`` run at once never lose each other's change.
 
 A presented token is hashed, and the digest is compared with ``hmac.compare_digest`` against
 every stored one without stopping early, so the time taken tells nothing about any token.
@@ -10,12 +12,15 @@ every stored one without stopping early, so the time taken tells nothing about a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import math
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -87,12 +92,24 @@ def add_token(path: Path, user_id: str) -> str:
     check_id("user_id", user_id)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as f:
-        f.write(f"{user_id} {DIGEST_PREFIX}{digest(token)}\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with locked(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(f"{user_id} {DIGEST_PREFIX}{digest(token)}\n")
+            f.flush()
+            os.fsync(f.fileno())
     return token
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the tokens file *path* for a change (blocks while another process holds it)."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class RateLimiter:
