@@ -12,6 +12,10 @@ held-out set shares nothing with the test fixtures:
   ``alsa-utils`` ("Front Left"), the LibriVox, card-game and robot-command utterances of
   ``pocketsphinx-testdata``, and 40 prompts of Asterisk's US English voice.
 
+``--dev`` runs a development set instead: 45-60 other Asterisk prompts, from between the
+held-out ones. Settings (``--window-s``, say) are chosen there, then measured once on the
+held-out set.
+
 Each engine runs in a fresh process, as the service does (the pipeline's VAD per 250 ms
 chunk, the transcriber's utterances, one decode each by a worker's ``Decoder`` on one thread),
 with silence around each recording. Texts are compared after Whisper's English normaliser
@@ -106,6 +110,7 @@ SPHINX = Path("/usr/share/pocketsphinx/test/data")
 ASTERISK = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 ASTERISK_COUNT = 40
+DEV_COUNT = 60
 DEBIAN_PACKAGES = "espeak-ng alsa-utils pocketsphinx-testdata asterisk-core-sounds-en-wav"
 
 
@@ -171,14 +176,30 @@ def real_items() -> Iterator[Item]:
         if m := re.match(r"<s> (.*?)\s*</s> \((.*)\)", line.strip()):
             yield Item("real", f"cards {m[2]}", m[1], read(SPHINX / "cards" / f"{m[2]}.wav"))
     yield Item("real", "goforward", "go forward ten meters", read(SPHINX / "goforward.raw"))
+    for name, text in asterisk_prompts(dev=False):
+        yield Item("real", f"asterisk {name}", text, read(ASTERISK / f"{name}.wav"))
+
+
+def asterisk_prompts(*, dev: bool) -> list[tuple[str, str]]:
+    """Every n-th usable prompt for the held-out set (ASTERISK_COUNT of them); with *dev*,
+    up to DEV_COUNT from between those, for choosing settings without looking at the
+    held-out set."""
     texts = asterisk_texts()
     usable = [
         (name, text) for name, text in sorted(texts.items())
         if "[" not in text and 2 <= len(text.split()) <= 25 and (ASTERISK / f"{name}.wav").exists()
     ]  # fmt: skip
     step = max(1, len(usable) // ASTERISK_COUNT)
-    for name, text in usable[::step][:ASTERISK_COUNT]:
-        yield Item("real", f"asterisk {name}", text, read(ASTERISK / f"{name}.wav"))
+    held_out = usable[::step][:ASTERISK_COUNT]
+    if not dev:
+        return held_out
+    return [p for p in usable[step // 2 :: step] if p not in held_out][:DEV_COUNT]
+
+
+def dev_set() -> list[Item]:
+    """Real speech the held-out set does not hold: what settings are tuned on."""
+    return [Item("dev", f"asterisk {name}", text, read(ASTERISK / f"{name}.wav"))
+            for name, text in asterisk_prompts(dev=True)]  # fmt: skip
 
 
 def held_out_set() -> list[Item]:
@@ -244,6 +265,9 @@ def main() -> None:
     parser.add_argument("--engines", default="whisper,pocketsphinx")
     parser.add_argument("--details", action="store_true", help="print every reference/hypothesis")
     parser.add_argument(
+        "--dev", action="store_true", help="the development set (tune here, not on the other)"
+    )
+    parser.add_argument(
         "--window-s",
         type=float,
         default=EngineOptions().window_s,
@@ -251,8 +275,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     engines = args.engines.split(",")
-    items = held_out_set()
-    sets = sorted({i.set for i in items}, key=["espeak", "espeak+noise", "real"].index)
+    items = dev_set() if args.dev else held_out_set()
+    sets = sorted({i.set for i in items}, key=["espeak", "espeak+noise", "real", "dev"].index)
     audio_s = {s: sum(i.audio.size for i in items if i.set == s) / RATE for s in sets}
     print("held-out set: " + ", ".join(
         f"{s} {sum(i.set == s for i in items)} utterances ({audio_s[s]:.0f} s)" for s in sets
