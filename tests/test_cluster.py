@@ -7,6 +7,7 @@ Waits are for readiness or for an answer, under ``fail_after``; never a fixed sl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -15,15 +16,18 @@ from typing import Any
 
 import httpx
 import trio
+from trio_websocket import WebSocketConnection
 
+from trio_audio.asr.cluster_work import Names, partition
 from trio_audio.client import Options, Streamer
-from trio_audio.store.nats_bridge import open_nats
+from trio_audio.store.jetstream import token
+from trio_audio.store.nats_bridge import MessageNotFound, open_nats
 from trio_audio.store.natscluster import LocalCluster
 
 from .audio_samples import pcm_s16le, wav
-from .cluster import ServiceNode, cluster_store
+from .cluster import ServiceNode, cluster_store, node_id
 from .conftest import StartServer, upload_params
-from .speech import SENTENCE, grammar_file, pieces, speak, to_wav
+from .speech import OTHER_SENTENCE, SENTENCE, grammar_file, pieces, speak, to_wav
 from .test_ws import connect, receive_type, start
 
 NodeMaker = Callable[..., ServiceNode]
@@ -339,37 +343,245 @@ async def test_restarting_every_node_rebuilds_state_from_the_stream(
             assert (await client.get(f"/chunks/{chunk_id}/audio")).content == audio(n)
 
 
+async def first_final(ws: WebSocketConnection, seconds: float) -> dict[str, Any]:
+    """The first final transcript a watcher gets (other messages skipped)."""
+    with trio.fail_after(seconds):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == "transcript" and message["is_final"]:
+                return dict(message)
+
+
+async def session_listing(client: httpx.AsyncClient, session_id: str, seconds: float) -> Any:
+    """The session's listing once no chunk of it is ``pending`` any more."""
+    with trio.fail_after(seconds):
+        for _ in iter(int, 1):
+            page = (await client.get("/sessions/alice", params={"session_id": session_id})).json()
+            sessions = page["sessions"]
+            if sessions and all(
+                c["transcript"]["status"] != "pending" for c in sessions[0]["chunks"]
+            ):
+                return sessions[0]
+            await trio.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+async def count_subjects(urls: list[str], stream: str) -> dict[str, int]:
+    """How many messages of each kind (chunk, update, tombstone) the stream holds."""
+    counts: dict[str, int] = {}
+    async with open_nats(urls, name="test") as nats:
+        state = await nats.stream_state(stream)
+        for seq in range(state.first_seq, state.last_seq + 1):
+            with contextlib.suppress(MessageNotFound):
+                kind = (await nats.get(stream, seq)).subject.split(".")[3]
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def grammar_args(tmp_path: Path) -> list[str]:
+    return ["--asr-engine", "pocketsphinx", "--asr-grammar", str(grammar_file(tmp_path)),
+            "--asr-workers", "1", "--asr-lease-s", "2"]  # fmt: skip
+
+
+async def test_sessions_go_to_the_partition_the_servers_compute(
+    nats_cluster: LocalCluster,
+) -> None:
+    stream = cluster_store(nats_cluster)["store_stream"]
+    names = Names(stream)
+    sessions = [("alice", "talk"), ("bob", "s.1"), ("u-2", "x_y"), ("a.b.c", "d"),
+                *((f"user{n}", f"session{n * 7}") for n in range(12))]  # fmt: skip
+    got: dict[tuple[str, str], int] = {}
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        await nats.ensure_stream(stream, [f"{stream}.>"], 3, 120)
+        src, dest = names.transform(8)
+        await nats.ensure_work_stream(names.work, stream, src, dest, 3)
+        for user_id, session_id in sessions:
+            subject = f"{stream}.{token(user_id)}.{token(session_id)}.chunk.0"
+            await nats.publish(subject, b"", {}, 5)
+        puller = await nats.pull(names.work, "check", f"{names.work}.>", 30, 1000)
+        with trio.fail_after(20):
+            while len(got) < len(sessions):
+                for work in await puller.take(100, 1):
+                    _, p, user, session, _ = work.subject.split(".")
+                    got[(user, session)] = int(p)
+    want = {(token(u), token(s)): partition(u, s, 8) for u, s in sessions}
+    assert got == want
+    assert len(set(want.values())) > 4  # spread, not all in one
+
+
 async def test_two_nodes_transcribing_write_each_transcript_once(
     start_server: StartServer, nats_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     store = cluster_store(nats_cluster)
-    speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path))}
+    speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path)),
+              "asr_workers": 1}  # fmt: skip
     a = await start_server(**store, **speech)
     b = await start_server(**store, **speech, data_dir=a.config.data_dir.parent / "b")
     audio = speak(SENTENCE, lead_s=0.5)
     pieces_ = list(pieces(audio, 0.5))
-    async with a.client() as ca, b.client() as cb:
+    async with (
+        a.client() as ca, b.client() as cb,
+        connect(a.running.ws_url) as wa, connect(b.running.ws_url) as wb,
+    ):  # fmt: skip
+        for watcher in (wa, wb):
+            await start(watcher, "talk")
         for piece in pieces_:
             response = await ca.post(
                 "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
                 headers={"Content-Type": "audio/wav"},
             )  # fmt: skip
             assert response.status_code == 201
-        listings = []
-        for client in (ca, cb):
+        # One node decodes the session; the watchers on both see its words as they come.
+        for watcher in (wa, wb):
+            assert (await first_final(watcher, 60))["text"] == SENTENCE
+        listings = [await session_listing(client, "talk", 60) for client in (ca, cb)]
+    assert listings[0] == listings[1]
+    assert listings[0]["transcript"] == {**listings[0]["transcript"], "status": "done",
+                                         "text": SENTENCE}  # fmt: skip
+    # One chunk record and one transcript per chunk in the log, though two nodes can decode.
+    counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+    # ... because one of them held the session's partition.
+    names = Names(store["store_stream"])
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        held = await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}")
+    assert held is not None
+    decoder, idle = (a, b) if held[0].decode() == a.running.store.node else (b, a)  # type: ignore[attr-defined]
+    assert held[0].decode() == decoder.running.store.node  # type: ignore[attr-defined]
+    # Only the holder decoded: the other node's engine stored nothing.
+    assert decoder.running.transcriber is not None and idle.running.transcriber is not None
+    assert decoder.running.transcriber.counts["done"] == len(pieces_)
+    assert idle.running.transcriber.counts["done"] == 0
+
+
+async def test_killing_the_worker_of_a_session_hands_it_over(
+    nats_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
+) -> None:
+    store = cluster_store(nats_cluster)
+    a = service_nodes(store, *grammar_args(tmp_path))
+    b = service_nodes(store, *grammar_args(tmp_path))
+    await a.wait_ready()
+    await b.wait_ready()
+    first = list(pieces(speak(SENTENCE, lead_s=0.5), 0.5))
+    second = list(pieces(speak(OTHER_SENTENCE, lead_s=0.5), 0.5))
+    names = Names(store["store_stream"])
+    key = f"p.{partition('alice', 'talk', 8)}"
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        open_nats(nats_cluster.urls, name="t") as nats,
+    ):
+
+        async def holder() -> str:
+            with trio.fail_after(30):
+                for _ in iter(int, 1):
+                    held = await nats.kv_get(names.leases, key)
+                    if held is not None:
+                        return held[0].decode()
+                    await trio.sleep(0.05)
+            raise AssertionError("unreachable")
+
+        owner_id = await holder()
+        owner, other = (a, b) if owner_id in node_id(a) else (b, a)
+        assert owner_id in node_id(owner)
+
+        async def upload(n: int, piece: Any) -> None:
+            response = await client.post(
+                f"{other.url}/upload", content=to_wav(piece),
+                params=upload_params(session_id="talk", seq=str(n)),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201, response.text
+
+        for n, piece in enumerate(first):
+            await upload(n, piece)
+        # Mid-stream: once the owner has stored some of the session's transcripts, it dies.
+        with trio.fail_after(60):
+            for _ in iter(int, 1):
+                page = await client.get(f"{other.url}/sessions/alice")
+                chunks = page.json()["sessions"][0]["chunks"]
+                done_before = {
+                    c["chunk_id"]: c for c in chunks if c["transcript"]["status"] == "done"
+                }
+                if done_before:
+                    break
+                await trio.sleep(0.05)
+        owner.kill()
+        for n, piece in enumerate(second, start=len(first)):
+            await upload(n, piece)
+        # The survivor takes the session over (the dead lease expires in 2 s) and every
+        # chunk ends done.
+        async with httpx.AsyncClient(base_url=other.url, timeout=30) as survivor:
+            listing = await session_listing(survivor, "talk", 60)
+        assert await holder() in node_id(other)
+    statuses = [c["transcript"]["status"] for c in listing["chunks"]]
+    assert statuses == ["done"] * len(first + second)
+    for chunk in listing["chunks"]:  # what the dead worker stored stays as it stored it
+        if chunk["chunk_id"] in done_before:
+            assert chunk == done_before[chunk["chunk_id"]]
+    assert OTHER_SENTENCE in listing["transcript"]["text"]
+    # None transcribed twice into the log.
+    counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(first + second), "update": len(first + second)}
+
+
+async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
+    nats_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
+) -> None:
+    store = cluster_store(nats_cluster)
+    node = service_nodes(store, "--asr-engine", "none", "--asr-transcribe", "on")
+    worker = service_nodes(store, *grammar_args(tmp_path), worker=True)
+    await node.wait_ready()
+    await worker.wait_ready()
+    pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5), 0.5))
+    async with (
+        httpx.AsyncClient(base_url=node.url, timeout=30) as client,
+        connect(node.ws_url) as watcher,
+    ):
+        await start(watcher, "talk")
+        for piece in pieces_:
+            response = await client.post(
+                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+            assert response.json()["transcript"]["status"] == "pending"
+        # The worker's words reach a watcher on the node (core NATS), and the log.
+        assert (await first_final(watcher, 60))["text"] == SENTENCE
+        listing = await session_listing(client, "talk", 60)
+    assert listing["transcript"]["status"] == "done"
+    assert listing["transcript"]["text"] == SENTENCE
+    counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+
+
+async def test_readyz_says_503_while_the_cluster_has_no_meta_leader(
+    own_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(own_cluster)
+    node = service_nodes(store, "--store-timeout-s", "1")
+    await node.wait_ready()
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+
+        async def readyz(status: int) -> dict[str, Any]:
             with trio.fail_after(60):
                 for _ in iter(int, 1):
-                    listing = (await client.get("/sessions/alice")).json()["sessions"][0]
-                    if listing["transcript"]["status"] == "done":
-                        break
-                    await trio.sleep(0.05)
-            listings.append(listing)
-    assert listings[0] == listings[1]
-    assert listings[0]["transcript"]["text"] == SENTENCE
-    # One chunk record and one transcript per chunk in the stream, though both nodes decoded.
-    async with open_nats(nats_cluster.urls, name="test") as nats:
-        state = await nats.stream_state(store["store_stream"])
-    assert state.messages == 2 * len(pieces_)
+                    response = await client.get("/readyz")
+                    if response.status_code == status:
+                        return dict(response.json())
+                    await trio.sleep(0.1)
+            raise AssertionError("unreachable")
+
+        assert (await readyz(200))["store_problem"] is None
+        own_cluster.kill(0)
+        own_cluster.kill(1)  # one server of three: no quorum, no meta leader
+        body = await readyz(503)
+        assert body["status"] == "not_ready"
+        assert "meta leader" in body["store_problem"] or "not connected" in body["store_problem"]
+        assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
+        own_cluster.launch(0)
+        own_cluster.launch(1)
+        body = await readyz(200)
+        assert body["status"] == "ready" and body["store_problem"] is None
 
 
 async def test_a_node_started_before_the_cluster_waits_for_it(

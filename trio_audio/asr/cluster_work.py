@@ -441,36 +441,46 @@ class Cluster:
             if held is not None and held[0].decode() != self.node:
                 return None
             last = held[1] if held is not None else None
+            sent = trio.current_time()  # the lease counts from here (see _renew)
             revision = await nats.kv_put(self.names.leases, key, self.node.encode(), last)
         except (WrongLastSequence, Unavailable):
             return None
         except NatsError as exc:
             logger.debug("lease of partition %d: %s", p, exc)
             return None
-        return Lease(p, revision, trio.current_time())
+        return Lease(p, revision, sent)
 
     async def _renew(self, nats: Nats, lease: Lease, scope: trio.CancelScope) -> None:
         """Renew the lease every third of its TTL; end the hold (cancel *scope*) once it is
-        lost, or not renewed for two thirds of its TTL (before anyone else could take it)."""
+        lost, or not renewed within two thirds of its TTL.
+
+        A renewal counts from when it was *sent*: the server stamps it later, so the entry
+        lives at least TTL past that time, and a holder that gives up at two thirds of it
+        stops before anyone else can take the partition (clocks running at the same rate)."""
         ttl = self.config.asr_lease_s
         key = f"p.{lease.partition}"
+        await trio.sleep_until(lease.renewed + ttl / 3)
         while True:
-            await trio.sleep(ttl / 3)
-            try:
-                lease.revision = await nats.kv_put(
-                    self.names.leases, key, self.node.encode(), lease.revision
-                )
-                lease.renewed = trio.current_time()
-            except WrongLastSequence:
-                lease.lost = True
-                scope.cancel()
-                return
-            except NatsError as exc:
-                logger.info("lease of partition %d not renewed: %s", lease.partition, exc)
-            if trio.current_time() - lease.renewed > ttl * 2 / 3:
-                lease.lost = True
-                scope.cancel()
-                return
+            sent = trio.current_time()
+            renewed = False
+            with trio.move_on_at(lease.renewed + ttl * 2 / 3):
+                try:
+                    lease.revision = await nats.kv_put(
+                        self.names.leases, key, self.node.encode(), lease.revision
+                    )
+                    lease.renewed, renewed = sent, True
+                except WrongLastSequence:
+                    pass  # someone else holds it now
+                except NatsError as exc:
+                    logger.info("lease of partition %d not renewed: %s", lease.partition, exc)
+                    await trio.sleep(ttl / 12)
+                    continue  # again, until two thirds of the TTL are gone
+            if renewed:
+                await trio.sleep_until(sent + ttl / 3)
+                continue
+            lease.lost = True
+            scope.cancel()
+            return
 
     # -- taking work --------------------------------------------------------------------
 
