@@ -97,8 +97,8 @@ class Config:
     asr_transcribe: str = attrs.field(
         default="auto",
         validator=attrs.validators.in_(("auto", "on", "off")),
-        metadata={"help": "new chunks start transcript pending (on) or disabled (off); auto: "
-                  "pending when this node has a speech engine"},
+        metadata={"help": "cluster: new chunks start transcript pending (on) or disabled "
+                  "(off); auto: pending when this node has a speech engine"},
     )  # fmt: skip
     asr_partitions: int = attrs.field(
         default=8,
@@ -304,10 +304,10 @@ class Config:
     log_level: str = attrs.field(default="info", metadata={"help": "logging level"})
 
     def __attrs_post_init__(self) -> None:
-        if self.asr_transcribe == "on" and self.asr_engine == "none" and not self.store:
+        if self.asr_transcribe != "auto" and not self.store:
             msg = (
-                "asr_transcribe on with asr_engine none needs a cluster store (--store "
-                "nats://...) whose workers transcribe: on the local log nothing would"
+                "asr_transcribe applies to a cluster store (--store nats://...), whose workers "
+                "may run elsewhere; on the local log the node's own engine decides"
             )
             raise ValueError(msg)
 
