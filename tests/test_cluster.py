@@ -392,6 +392,7 @@ async def test_sessions_go_to_the_partition_the_servers_compute(
                 *((f"user{n}", f"session{n * 7}") for n in range(12))]  # fmt: skip
     got: dict[tuple[str, str], int] = {}
     async with open_nats(nats_cluster.urls, name="test") as nats:
+        await nats.wait_meta_leader(60)  # the session's cluster may be starting still
         await nats.ensure_stream(stream, [f"{stream}.>"], 3, 120)
         src, dest = names.transform(8)
         await nats.ensure_work_stream(names.work, stream, src, dest, 3)
@@ -523,11 +524,19 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
     worker = service_nodes(store, *grammar_args(tmp_path), worker=True)
     await node.wait_ready()
     await worker.wait_ready()
-    pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5), 0.5))
+    names = Names(store["store_stream"])
+    # No silence after the words: the utterance stays open until the session is ended.
+    pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5, tail_s=0.1), 0.5))
     async with (
         httpx.AsyncClient(base_url=node.url, timeout=30) as client,
         connect(node.ws_url) as watcher,
+        open_nats(nats_cluster.urls, name="test") as nats,
     ):
+        with trio.fail_after(30):  # the worker holds the session's partition
+            for _ in iter(int, 1):
+                if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
+                    break
+                await trio.sleep(0.05)
         await start(watcher, "talk")
         for piece in pieces_:
             response = await client.post(
@@ -536,16 +545,19 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
             )  # fmt: skip
             assert response.status_code == 201
             assert response.json()["transcript"]["status"] == "pending"
-        # The worker's words reach a watcher on the node (core NATS), and the log.
-        assert (await first_final(watcher, 60))["text"] == SENTENCE
-        listing = await session_listing(client, "talk", 60)
-    assert listing["transcript"]["status"] == "done"
-    assert listing["transcript"]["text"] == SENTENCE
-    counts = await count_subjects(nats_cluster.urls, store["store_stream"])
-    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
-    # Stopped with SIGTERM, it exits cleanly and gives its partitions back at once.
-    names = Names(store["store_stream"])
-    async with open_nats(nats_cluster.urls, name="test") as nats:
+        # Ending the session on the node finalizes it on the worker, and answers once the
+        # node has the words.
+        ended = await client.post("/sessions/alice/talk/end")
+        assert ended.status_code == 200, ended.text
+        assert ended.json()["transcript"]["status"] == "done"
+        assert ended.json()["transcript"]["text"] == SENTENCE
+        # The worker's words reached the watcher on the node too (core NATS).
+        assert (await first_final(watcher, 10))["text"] == SENTENCE
+        listing = await session_listing(client, "talk", 10)
+        assert listing["transcript"] == ended.json()["transcript"]
+        counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+        assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+        # Stopped with SIGTERM, it exits cleanly and gives its partitions back at once.
         assert await nats.kv_get(names.leases, "p.0") is not None
         await trio.to_thread.run_sync(worker.stop)
         assert worker.proc is not None and worker.proc.returncode == 0

@@ -243,6 +243,9 @@ class Cluster:
         self.taker = NoTaker()
         self.transcriber: Transcriber | None = None
         self.leases: dict[int, Lease] = {}
+        # Chunks offered to this process's transcriber and not acknowledged, by partition;
+        # kept across holds, so a partition held again is not offered them twice.
+        self.held: dict[int, dict[str, Held]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.workers = 1  # live workers seen in the bucket (this one included)
         self._scope = trio.CancelScope()
@@ -489,7 +492,7 @@ class Cluster:
         p = lease.partition
         puller: Puller = await nats.pull(self.names.work, f"p{p}", f"{self.names.work}.{p}.>",
                                          ACK_WAIT_S, MAX_ACK_PENDING)  # fmt: skip
-        held: dict[str, Held] = {}
+        held = self.held.setdefault(p, {})
         idle_since = trio.current_time()
         try:
             self._sweep(p, held)
@@ -521,6 +524,8 @@ class Cluster:
         swept = 0
         for chunk_id in self.store.pending_now():
             chunk = self.store.get(chunk_id)
+            if chunk_id in held:
+                continue  # offered during an earlier hold; still in this transcriber
             if partition(chunk["user_id"], chunk["session_id"], partitions) == p:
                 held[chunk_id] = Held(chunk_id, now)
                 self.transcriber.offer_stored(chunk_id)
