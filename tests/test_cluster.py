@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -607,12 +608,34 @@ async def test_a_node_started_before_the_cluster_waits_for_it(
                     break
                 await trio.sleep(0.05)
         await trio.sleep(1)  # a second of no cluster: still waiting, not serving
-        assert "serving HTTP" not in node.log_path.read_text(errors="replace")
-        cluster.start()
+        log = node.log_path.read_text(errors="replace")
+        assert "serving HTTP" not in log
+        # Its HTTP port answers the probes meanwhile, and refuses the rest with 503.
+        waiting = re.findall(r"answering probes on (http://\S+) while", log)
+        assert waiting, log
+        async with httpx.AsyncClient(base_url=waiting[0], timeout=30) as client:
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["store_problem"] == "connecting to the NATS cluster"
+            assert (await client.get("/healthz")).status_code == 200
+            refused = await post(client, audio(0))
+            assert refused.status_code == 503 and refused.json()["code"] == "unavailable"
+            assert int(refused.headers["Retry-After"]) >= 1
+            # One server of three: it connects, but no meta leader can be elected yet.
+            cluster.launch(0)
+            with trio.fail_after(60):
+                for _ in iter(int, 1):
+                    problem = (await client.get("/readyz")).json()["store_problem"]
+                    if problem == "waiting for the JetStream meta leader":
+                        break
+                    await trio.sleep(0.1)
+        cluster.launch(1)
+        cluster.launch(2)
         await node.wait_ready(90)
+        assert node.url == waiting[0]  # the same port, now the service's
         async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
             ready = (await client.get("/readyz")).json()
-            assert ready["status"] == "ready"
+            assert ready["status"] == "ready" and ready["store_problem"] is None
             assert (await post(client, audio(0))).status_code == 201
     finally:
         cluster.stop()

@@ -209,6 +209,32 @@ def open_store(
     return Store(config, metrics=metrics, files=files)
 
 
+async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery) -> Config:
+    """Start *store* in *nursery* (ready once replayed). A cluster store can take a while (a
+    meta leader to elect, a stream to replay): meanwhile the HTTP port answers the probes
+    (``/readyz`` 503 with the reason) and refuses the rest (``web/waiting.py``). The config
+    to serve with: its port is the one held meanwhile, when it asked for any (0)."""
+    if not config.store or config.certfile:
+        await nursery.start(store.run)
+        return config
+    from .store.jetstream import JetStreamStore
+    from .web.waiting import serve_while_starting
+
+    assert isinstance(store, JetStreamStore)
+
+    def problem() -> str:
+        return store.health or "starting"
+
+    async with trio.open_nursery() as waiting:
+        port = await waiting.start(
+            serve_while_starting, config.host, config.port, problem, config.retry_after_s
+        )
+        logger.info("answering probes on http://%s:%d while the store starts", config.host, port)
+        await nursery.start(store.run)
+        waiting.cancel_scope.cancel()
+    return attrs.evolve(config, port=port)
+
+
 async def serve(
     config: Config,
     *,
@@ -233,7 +259,7 @@ async def serve(
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
-            await service.start(store.run)
+            config = await start_store(config, store, service)
             readiness.store = True
             cluster = None
             if config.store:  # one worker at a time per session, work from the cluster

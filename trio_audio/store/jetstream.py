@@ -184,7 +184,7 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._node = secrets.token_hex(6)
         self._index = Index(config.transcript_status())
         self._on_health = on_health  # told why JetStream cannot serve (None: it can again)
-        self._health: str | None = None
+        self._health: str | None = "connecting to the NATS cluster"  # None: it serves
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
         self._events: trio.MemorySendChannel[Committed] | None = None
         self._nats: Nats | None = None
@@ -212,6 +212,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s
             ) as nats:
                 self._nats = nats
+                self._health = "waiting for the JetStream meta leader"
                 logger.info("connected to NATS; waiting for the JetStream meta leader")
                 state = None
                 refused_since = None
@@ -242,6 +243,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                             "servers needs a lower --store-replicas)"
                         )
                         raise StoreError(msg) from None
+                self._health = f"replaying the stream {self._stream} ({state.messages} records)"
                 follower = await self._retrying(
                     lambda: nats.follow(self._stream, f"{self._stream}.>", 1)
                 )
@@ -252,6 +254,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                     await stack.enter_async_context(self._receive)
                     nursery = await stack.enter_async_context(trio.open_nursery())
                     nursery.start_soon(self._follow, follower)
+                    self._health = None  # replayed: it serves (the watch says when not)
                     nursery.start_soon(self._watch_health, nats)
                     task_status.started(self)
                     await self._commit_all()
@@ -272,7 +275,8 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     @property
     def health(self) -> str | None:
-        """Why JetStream cannot serve this node now (None: it can), checked every second."""
+        """Why this node cannot serve now (None: it can): while starting, the step it is at;
+        once running, whether JetStream answers, checked every second."""
         return self._health
 
     async def _watch_health(self, nats: Nats) -> None:
