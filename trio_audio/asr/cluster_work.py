@@ -36,8 +36,8 @@ Guarantees:
   session is taken over within ``asr_lease_s * 1.25`` (about 6 s by default) plus its decode.
   A worker that stops gracefully deletes its leases: the takeover is then immediate.
 - No chunk stays ``pending`` for ever while any worker runs: its work message is acknowledged
-  only once it is done (or failed, or deleted), and one held ``HOLD_S`` without a transcript
-  (the update was refused, say) is offered to the transcriber again.
+  only once it is done (or failed, or deleted), and one still pending after the transcriber
+  forgot its session (its update was refused, say), or held ``HOLD_S``, is offered again.
 - No chunk is transcribed twice into the log: a worker that lost its lease (paused, cut off)
   may still finish a decode, but a transcript is published with a compare-and-append on the
   chunk's ``update.<chunk_id>`` subject, so the first one is the one the log keeps.
@@ -524,7 +524,7 @@ class Cluster:
         swept = 0
         for chunk_id in self.store.pending_now():
             chunk = self.store.get(chunk_id)
-            if chunk_id in held:
+            if chunk_id in held and self._has_session(chunk):
                 continue  # offered during an earlier hold; still in this transcriber
             if partition(chunk["user_id"], chunk["session_id"], partitions) == p:
                 held[chunk_id] = Held(chunk_id, now)
@@ -545,7 +545,7 @@ class Cluster:
             return
         if not await self.store.wait_followed(origin):
             return  # this node lags the log: it comes again after ACK_WAIT_S
-        if not self._pending(chunk_id):
+        if self._pending(chunk_id) is None:
             await self._ack(puller, work)  # done (by someone), failed, or deleted
             return
         now = trio.current_time()
@@ -562,11 +562,14 @@ class Cluster:
         assert self.transcriber is not None
         now = trio.current_time()
         for chunk_id, item in list(held.items()):
-            if not self._pending(chunk_id):
+            chunk = self._pending(chunk_id)
+            if chunk is None:
                 if item.work is None or await self._ack(puller, item.work):
                     del held[chunk_id]
-            elif now - item.offered > HOLD_S:
-                logger.warning("chunk %s held %g s without a transcript; again", chunk_id, HOLD_S)
+            elif not self._has_session(chunk) or now - item.offered > HOLD_S:
+                # Its session was forgotten while it was still pending (its update was
+                # refused, say), or it is overdue: the transcriber gets it again.
+                logger.warning("chunk %s is still pending; queued again", chunk_id)
                 item.offered = now
                 self.transcriber.offer_stored(chunk_id)
             elif item.work is not None and now - item.extended > ACK_WAIT_S / 3:
@@ -576,11 +579,19 @@ class Cluster:
                 except NatsError as exc:
                     logger.debug("in-progress for %s: %s", chunk_id, exc)
 
-    def _pending(self, chunk_id: str) -> bool:
+    def _pending(self, chunk_id: str) -> dict[str, Any] | None:
+        """The chunk while it is stored and ``pending`` (None: done, failed or deleted)."""
         try:
-            return bool(self.store.get(chunk_id)["transcript"]["status"] == "pending")
+            chunk = self.store.get(chunk_id)
         except NotFound:
-            return False
+            return None
+        return chunk if chunk["transcript"]["status"] == "pending" else None
+
+    def _has_session(self, chunk: dict[str, Any]) -> bool:
+        """Whether the transcriber still has *chunk*'s session (it forgets a session only
+        once nothing of it is in flight)."""
+        assert self.transcriber is not None
+        return (chunk["user_id"], chunk["session_id"]) in self.transcriber.sessions
 
     async def _ack(self, puller: Puller, work: Work) -> bool:
         try:
