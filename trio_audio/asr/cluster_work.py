@@ -267,6 +267,16 @@ class Cluster:
         self.metrics.gauge(
             "trio_audio_cluster_partitions", lambda: {'state="held"': float(len(self.leases))}
         )
+        try:
+            await self._run(nats, taking, relay, task_status)
+        finally:
+            if taking:
+                with trio.CancelScope(shield=True), trio.move_on_after(3):
+                    await self._give_back(nats)
+
+    async def _run(
+        self, nats: Nats, taking: bool, relay: bool, task_status: trio.TaskStatus[Cluster]
+    ) -> None:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.hub.run, nats)
@@ -285,6 +295,17 @@ class Cluster:
                     for p in range(self.config.asr_partitions):
                         nursery.start_soon(self._partition, nats, p)
                 task_status.started(self)
+
+    async def _give_back(self, nats: Nats) -> None:
+        """Delete every lease still naming this worker (a renewal or an acquisition cut
+        short by the stop may have left one), so others take the partitions at once."""
+        for p in range(self.config.asr_partitions):
+            try:
+                held = await nats.kv_get(self.names.leases, f"p.{p}")
+                if held is not None and held[0].decode() == self.node:
+                    await nats.kv_delete(self.names.leases, f"p.{p}", held[1])
+            except NatsError as exc:
+                logger.info("partition %d expires by itself: %s", p, exc)
 
     def stop(self) -> None:
         """Stop taking work (the leases held are given back) and relaying."""
