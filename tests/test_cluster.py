@@ -566,6 +566,48 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
             assert await nats.kv_get(names.leases, f"p.{p}") is None
 
 
+async def test_chunks_caught_by_a_cluster_outage_are_transcribed_once_it_is_back(
+    own_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
+) -> None:
+    store = cluster_store(own_cluster)
+    node = service_nodes(store, "--asr-engine", "none", "--asr-transcribe", "on",
+                         "--store-timeout-s", "2")  # fmt: skip
+    worker = service_nodes(store, *grammar_args(tmp_path), "--store-timeout-s", "2",
+                           "--asr-idle-timeout-s", "2", worker=True)  # fmt: skip
+    await node.wait_ready()
+    await worker.wait_ready()
+    names = Names(store["store_stream"])
+    pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5), 0.5))
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+        async with open_nats(own_cluster.urls, name="test") as nats:
+            with trio.fail_after(30):  # the worker holds the session's partition
+                for _ in iter(int, 1):
+                    if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
+                        break
+                    await trio.sleep(0.05)
+        for piece in pieces_:
+            response = await client.post(
+                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+        for i in range(3):  # while the worker decodes: its transcripts cannot be stored
+            own_cluster.kill(i)
+        with trio.fail_after(30):  # the node sees the outage
+            for _ in iter(int, 1):
+                if (await client.get("/readyz")).status_code == 503:
+                    break
+                await trio.sleep(0.1)
+        for i in range(3):
+            own_cluster.launch(i)
+        listing = await session_listing(client, "talk", 120)
+    # Every chunk done, none twice. (Its words may be fewer: the chunks decoded again start
+    # a new utterance where the stored ones end, which can be mid-word.)
+    assert [c["transcript"]["status"] for c in listing["chunks"]] == ["done"] * len(pieces_)
+    counts = await count_subjects(own_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+
+
 async def test_readyz_says_503_while_the_cluster_has_no_meta_leader(
     own_cluster: LocalCluster, service_nodes: NodeMaker
 ) -> None:

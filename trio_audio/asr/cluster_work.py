@@ -350,24 +350,29 @@ class Cluster:
             for message in await inbox.take(1.0):
                 try:
                     body = json.loads(message.data)
-                except ValueError:
-                    continue
-                if body.get("node") == self.node:
-                    continue  # published to this node's watchers already
-                self.local_hub.publish(body["user_id"], body["session_id"], body["message"])
+                    node, user_id = body["node"], str(body["user_id"])
+                    session_id, live = str(body["session_id"]), dict(body["message"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # not ours: core subjects are open to any client
+                if node != self.node:  # this node's watchers had it already
+                    self.local_hub.publish(user_id, session_id, live)
 
     async def _serve_finalize(self, nats: Nats, inbox: Any, nursery: trio.Nursery) -> None:
         """Answer "finalize this session" for the partitions this worker holds."""
         while True:
             for message in await inbox.take(1.0):
-                p = int(message.subject.rsplit(".", 1)[-1])
+                try:
+                    p = int(message.subject.rsplit(".", 1)[-1])
+                    body = json.loads(message.data)
+                    key = (str(body["user_id"]), str(body["session_id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
                 if p in self.leases and message.reply:
-                    nursery.start_soon(self._finalize_for, nats, message.data, message.reply)
+                    nursery.start_soon(self._finalize_for, nats, key, message.reply)
 
-    async def _finalize_for(self, nats: Nats, data: bytes, reply: str) -> None:
+    async def _finalize_for(self, nats: Nats, key: tuple[str, str], reply: str) -> None:
         assert self.transcriber is not None
-        body = json.loads(data)
-        await self.transcriber.finalize(body["user_id"], body["session_id"])
+        await self.transcriber.finalize(*key)
         with contextlib.suppress(NatsError):
             await nats.publish_core(reply, b"done")
 
@@ -439,8 +444,6 @@ class Cluster:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._renew, nats, lease, scope)
                         nursery.start_soon(self._take, nats, lease, scope)
-            except NatsError as exc:  # its consumer could not be made or read: try again
-                logger.warning("partition %d: %s; giving it back", p, exc)
             finally:
                 self.leases.pop(p, None)
                 if not lease.lost:  # given back (fair share, or this process stops)
@@ -511,8 +514,14 @@ class Cluster:
     async def _take(self, nats: Nats, lease: Lease, scope: trio.CancelScope) -> None:
         """Fetch the partition's work and acknowledge it once done, while the lease holds."""
         p = lease.partition
-        puller: Puller = await nats.pull(self.names.work, f"p{p}", f"{self.names.work}.{p}.>",
-                                         ACK_WAIT_S, MAX_ACK_PENDING)  # fmt: skip
+        try:
+            puller: Puller = await nats.pull(self.names.work, f"p{p}",
+                                             f"{self.names.work}.{p}.>", ACK_WAIT_S,
+                                             MAX_ACK_PENDING)  # fmt: skip
+        except NatsError as exc:  # the cluster is away, say: give it back, try again later
+            logger.warning("partition %d: no consumer (%s); giving it back", p, exc)
+            scope.cancel()
+            return
         held = self.held.setdefault(p, {})
         idle_since = trio.current_time()
         try:
@@ -523,6 +532,10 @@ class Cluster:
                 except Unavailable:
                     batch = []
                     await trio.sleep(FETCH_WAIT_S)
+                except NatsError as exc:  # the consumer is gone, say: start the hold again
+                    logger.warning("partition %d: %s; giving it back", p, exc)
+                    scope.cancel()
+                    return
                 for work in batch:
                     await self._arrive(puller, work, held)
                 await self._settle(puller, held)
@@ -543,9 +556,10 @@ class Cluster:
         partitions = self.config.asr_partitions
         now = trio.current_time()
         swept = 0
+        live = set(self.transcriber.sessions)  # before this sweep adds any
         for chunk_id in self.store.pending_now():
             chunk = self.store.get(chunk_id)
-            if chunk_id in held and self._has_session(chunk):
+            if chunk_id in held and (chunk["user_id"], chunk["session_id"]) in live:
                 continue  # offered during an earlier hold; still in this transcriber
             if partition(chunk["user_id"], chunk["session_id"], partitions) == p:
                 held[chunk_id] = Held(chunk_id, now)
@@ -582,6 +596,7 @@ class Cluster:
         """Acknowledge held chunks the log has done; keep the others' work messages."""
         assert self.transcriber is not None
         now = trio.current_time()
+        again: list[tuple[str, str, int, str]] = []
         for chunk_id, item in list(held.items()):
             chunk = self._pending(chunk_id)
             if chunk is None:
@@ -590,15 +605,18 @@ class Cluster:
             elif not self._has_session(chunk) or now - item.offered > HOLD_S:
                 # Its session was forgotten while it was still pending (its update was
                 # refused, say), or it is overdue: the transcriber gets it again.
-                logger.warning("chunk %s is still pending; queued again", chunk_id)
+                again.append((chunk["user_id"], chunk["session_id"], chunk["seq"], chunk_id))
                 item.offered = now
-                self.transcriber.offer_stored(chunk_id)
             elif item.work is not None and now - item.extended > ACK_WAIT_S / 3:
                 try:
                     await puller.in_progress(item.work)
                     item.extended = now
                 except NatsError as exc:
                     logger.debug("in-progress for %s: %s", chunk_id, exc)
+        if again:  # a session's chunks all at once, in seq order: its utterances stay whole
+            logger.warning("%d chunks still pending are queued again", len(again))
+            for *_, chunk_id in sorted(again):
+                self.transcriber.offer_stored(chunk_id)
 
     def _pending(self, chunk_id: str) -> dict[str, Any] | None:
         """The chunk while it is stored and ``pending`` (None: done, failed or deleted)."""
