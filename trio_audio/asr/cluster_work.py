@@ -55,8 +55,12 @@ finalize server) in one nursery; a partition's consumer subscription is closed w
 ends. On exit the leases held are deleted (shielded, bounded).
 
 Error handling: the cluster being unreachable only pauses this: fetches and renewals fail
-with ``Unavailable`` and are retried; a lease not renewed for ``asr_lease_s * 2/3`` is given
-up before anyone else can take it.
+and are retried, a lease not renewed within ``asr_lease_s * 2/3`` is given up before anyone
+else can take it, and a partition whose consumer cannot be reached is given back and taken
+again later. Transcripts refused meanwhile leave their chunks ``pending`` and held; once the
+transcriber has let go of their session they are queued again, a session's together in seq
+order. A work message that is not a chunk record is acknowledged and dropped; messages on the
+core subjects that do not parse are ignored.
 """
 
 from __future__ import annotations
@@ -563,7 +567,7 @@ class Cluster:
                 continue  # offered during an earlier hold; still in this transcriber
             if partition(chunk["user_id"], chunk["session_id"], partitions) == p:
                 held[chunk_id] = Held(chunk_id, now)
-                self.transcriber.offer_stored(chunk_id)
+                self._offer(chunk_id)
                 swept += 1
         if swept:
             logger.info("partition %d: %d chunks left pending are queued again", p, swept)
@@ -590,7 +594,7 @@ class Cluster:
             return
         held[chunk_id] = Held(chunk_id, now, work, now)
         self.counts["taken"] += 1
-        self.transcriber.offer_stored(chunk_id)
+        self._offer(chunk_id)
 
     async def _settle(self, puller: Puller, held: dict[str, Held]) -> None:
         """Acknowledge held chunks the log has done; keep the others' work messages."""
@@ -616,7 +620,13 @@ class Cluster:
         if again:  # a session's chunks all at once, in seq order: its utterances stay whole
             logger.warning("%d chunks still pending are queued again", len(again))
             for *_, chunk_id in sorted(again):
-                self.transcriber.offer_stored(chunk_id)
+                self._offer(chunk_id)
+
+    def _offer(self, chunk_id: str) -> None:
+        """Hand a stored chunk to the transcriber (nothing when it was deleted meanwhile)."""
+        assert self.transcriber is not None
+        with contextlib.suppress(NotFound):
+            self.transcriber.offer_stored(chunk_id)
 
     def _pending(self, chunk_id: str) -> dict[str, Any] | None:
         """The chunk while it is stored and ``pending`` (None: done, failed or deleted)."""
