@@ -385,9 +385,10 @@ def grammar_args(tmp_path: Path) -> list[str]:
 
 
 async def test_sessions_go_to_the_partition_the_servers_compute(
-    nats_cluster: LocalCluster,
+    nats_cluster: LocalCluster, service_nodes: NodeMaker
 ) -> None:
-    stream = cluster_store(nats_cluster)["store_stream"]
+    store = cluster_store(nats_cluster)
+    stream = store["store_stream"]
     names = Names(stream)
     sessions = [("alice", "talk"), ("bob", "s.1"), ("u-2", "x_y"), ("a.b.c", "d"),
                 *((f"user{n}", f"session{n * 7}") for n in range(12))]  # fmt: skip
@@ -409,6 +410,14 @@ async def test_sessions_go_to_the_partition_the_servers_compute(
     want = {(token(u), token(s)): partition(u, s, 8) for u, s in sessions}
     assert got == want
     assert len(set(want.values())) > 4  # spread, not all in one
+    # A worker asking another partition count refuses to start, and says why.
+    worker = service_nodes(store, "--asr-engine", "pocketsphinx", "--asr-partitions", "4",
+                           worker=True)  # fmt: skip
+    assert worker.proc is not None
+    with trio.fail_after(60):
+        code = await trio.to_thread.run_sync(worker.proc.wait)
+    assert code == 3
+    assert "every node needs the same --asr-partitions" in worker.log_path.read_text()
 
 
 async def test_two_nodes_transcribing_write_each_transcript_once(

@@ -401,7 +401,8 @@ class Nats:
         self, name: str, source: str, src: str, dest: str, replicas: int
     ) -> None:
         """A work-queue stream fed by the server from *source*'s messages on *src*, their
-        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``)."""
+        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``). One
+        that exists already is left as it is (``work_transform`` tells how it is made)."""
         config = StreamConfig(
             name=name,
             subjects=[],
@@ -414,7 +415,6 @@ class Nats:
         except ApiFailure as exc:
             if exc.err_code != 10058:  # the stream exists with another config
                 raise
-            await _call(self._loop, self._js.update_stream, config)
 
     async def work_transform(self, name: str) -> str | None:
         """The destination of the first subject transform of *name*'s first source."""
