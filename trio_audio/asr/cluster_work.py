@@ -33,7 +33,8 @@ Guarantees:
   ``asr_lease_s``; another worker takes each partition within a further ``asr_lease_s / 4``
   (its poll), offers at once every chunk its index still has ``pending`` in that partition,
   and gets the dead worker's unacknowledged work messages again after ``ACK_WAIT_S``. So a
-  session is taken over within ``asr_lease_s * 1.25`` (about 6 s by default) plus its decode.
+  session is taken over within about ``asr_lease_s * 1.25`` plus the server's expiry check
+  (6-7 s by default) plus its decode.
   A worker that stops gracefully deletes its leases: the takeover is then immediate.
 - No chunk stays ``pending`` for ever while any worker runs: its work message is acknowledged
   only once it is done (or failed, or deleted), and one still pending after the transcriber
@@ -52,7 +53,13 @@ NATS request to its holder, then a wait until this node's follower has the trans
 
 Resource handling: ``Cluster.run`` owns every task here (relay, publisher, partitions,
 finalize server) in one nursery; a partition's consumer subscription is closed when its lease
-ends. On exit the leases held are deleted (shielded, bounded).
+ends. On exit every lease naming this worker is deleted (shielded, bounded). Chunks offered
+and not acknowledged are remembered per partition (``held``) until done, also across holds.
+
+What it needs of the transcriber: ``offer_stored`` (a stored chunk, its audio read back),
+``finalize``, ``enabled``, ``lag_s`` and ``sessions`` (keyed by user and session, a session
+forgotten only once nothing of it is in flight); and of the store: ``ClusterSource`` hides the
+replayed pending list, since pending chunks come as work.
 
 Error handling: the cluster being unreachable only pauses this: fetches and renewals fail
 and are retried, a lease not renewed within ``asr_lease_s * 2/3`` is given up before anyone
