@@ -113,13 +113,46 @@ class ServiceNode:
                 self.proc.wait()
 
 
+class WorkerNode(ServiceNode):
+    """``trio-audio asr-worker --store nats://...`` as a child process (no listeners)."""
+
+    def __init__(self, directory: Path, store: dict[str, Any], *args: str) -> None:
+        super().__init__(directory, store, *args)
+        self.args = [
+            sys.executable, "-m", "trio_audio", "asr-worker",
+            "--store", store["store"], "--store-stream", store["store_stream"],
+            "--store-replicas", str(store["store_replicas"]), *args,
+        ]  # fmt: skip
+
+    async def wait_ready(self, seconds: float = 60) -> None:
+        """Until the worker logs that it takes work (it has replayed the stream)."""
+        assert self.proc is not None
+        with trio.fail_after(seconds):
+            for _ in iter(int, 1):
+                text = self.log_path.read_text(errors="replace")
+                if "taking transcription work" in text:
+                    return
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"asr-worker exited:\n{text[-4000:]}")
+                await trio.sleep(0.05)
+
+
+NODE_ID = re.compile(r"node (\w+) took transcription partition (\d+)")
+
+
+def node_id(node: ServiceNode) -> set[str]:
+    """The cluster ids *node* has taken partitions under (one per start)."""
+    return {m[0] for m in NODE_ID.findall(node.log_path.read_text(errors="replace"))}
+
+
 @pytest.fixture
 def service_nodes(tmp_path: Path) -> Iterator[Callable[..., ServiceNode]]:
     """``service_nodes(store, *args)`` makes a started ``ServiceNode``; all stopped after."""
     made: list[ServiceNode] = []
 
-    def make(store: dict[str, Any], *args: str) -> ServiceNode:
-        node = ServiceNode(tmp_path / f"node{len(made) + 1}", store, *args)
+    def make(store: dict[str, Any], *args: str, worker: bool = False) -> ServiceNode:
+        kind = WorkerNode if worker else ServiceNode
+        node = kind(tmp_path / f"node{len(made) + 1}", store, *args)
         node.start()
         made.append(node)
         return node

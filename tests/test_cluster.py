@@ -7,23 +7,28 @@ Waits are for readiness or for an answer, under ``fail_after``; never a fixed sl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+from trio_websocket import WebSocketConnection
 
+from trio_audio.asr.cluster_work import Names, partition
 from trio_audio.client import Options, Streamer
-from trio_audio.store.nats_bridge import open_nats
+from trio_audio.store.jetstream import token
+from trio_audio.store.nats_bridge import MessageNotFound, open_nats
 from trio_audio.store.natscluster import LocalCluster
 
 from .audio_samples import pcm_s16le, wav
-from .cluster import ServiceNode, cluster_store
+from .cluster import ServiceNode, cluster_store, node_id
 from .conftest import StartServer, upload_params
-from .speech import SENTENCE, grammar_file, pieces, speak, to_wav
+from .speech import OTHER_SENTENCE, SENTENCE, grammar_file, pieces, speak, to_wav
 from .test_ws import connect, receive_type, start
 
 NodeMaker = Callable[..., ServiceNode]
@@ -339,37 +344,307 @@ async def test_restarting_every_node_rebuilds_state_from_the_stream(
             assert (await client.get(f"/chunks/{chunk_id}/audio")).content == audio(n)
 
 
+async def first_final(ws: WebSocketConnection, seconds: float) -> dict[str, Any]:
+    """The first final transcript a watcher gets (other messages skipped)."""
+    with trio.fail_after(seconds):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == "transcript" and message["is_final"]:
+                return dict(message)
+
+
+async def session_listing(client: httpx.AsyncClient, session_id: str, seconds: float) -> Any:
+    """The session's listing once no chunk of it is ``pending`` any more."""
+    with trio.fail_after(seconds):
+        for _ in iter(int, 1):
+            page = (await client.get("/sessions/alice", params={"session_id": session_id})).json()
+            sessions = page["sessions"]
+            if sessions and all(
+                c["transcript"]["status"] != "pending" for c in sessions[0]["chunks"]
+            ):
+                return sessions[0]
+            await trio.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+async def count_subjects(urls: list[str], stream: str) -> dict[str, int]:
+    """How many messages of each kind (chunk, update, tombstone) the stream holds."""
+    counts: dict[str, int] = {}
+    async with open_nats(urls, name="test") as nats:
+        state = await nats.stream_state(stream)
+        for seq in range(state.first_seq, state.last_seq + 1):
+            with contextlib.suppress(MessageNotFound):
+                kind = (await nats.get(stream, seq)).subject.split(".")[3]
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def grammar_args(tmp_path: Path) -> list[str]:
+    return ["--asr-engine", "pocketsphinx", "--asr-grammar", str(grammar_file(tmp_path)),
+            "--asr-workers", "1", "--asr-lease-s", "2"]  # fmt: skip
+
+
+async def test_sessions_go_to_the_partition_the_servers_compute(
+    nats_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(nats_cluster)
+    stream = store["store_stream"]
+    names = Names(stream)
+    sessions = [("alice", "talk"), ("bob", "s.1"), ("u-2", "x_y"), ("a.b.c", "d"),
+                *((f"user{n}", f"session{n * 7}") for n in range(12))]  # fmt: skip
+    got: dict[tuple[str, str], int] = {}
+    async with open_nats(nats_cluster.urls, name="test") as nats:
+        await nats.wait_meta_leader(60)  # the session's cluster may be starting still
+        await nats.ensure_stream(stream, [f"{stream}.>"], 3, 120)
+        src, dest = names.transform(8)
+        await nats.ensure_work_stream(names.work, stream, src, dest, 3)
+        for user_id, session_id in sessions:
+            subject = f"{stream}.{token(user_id)}.{token(session_id)}.chunk.0"
+            await nats.publish(subject, b"", {}, 5)
+        puller = await nats.pull(names.work, "check", f"{names.work}.>", 30, 1000)
+        with trio.fail_after(20):
+            while len(got) < len(sessions):
+                for work in await puller.take(100, 1):
+                    _, p, user, session, _ = work.subject.split(".")
+                    got[(user, session)] = int(p)
+    want = {(token(u), token(s)): partition(u, s, 8) for u, s in sessions}
+    assert got == want
+    assert len(set(want.values())) > 4  # spread, not all in one
+    # A worker asking another partition count refuses to start, and says why.
+    worker = service_nodes(store, "--asr-engine", "pocketsphinx", "--asr-partitions", "4",
+                           worker=True)  # fmt: skip
+    assert worker.proc is not None
+    with trio.fail_after(60):
+        code = await trio.to_thread.run_sync(worker.proc.wait)
+    assert code == 3
+    assert "every node needs the same --asr-partitions" in worker.log_path.read_text()
+
+
 async def test_two_nodes_transcribing_write_each_transcript_once(
     start_server: StartServer, nats_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     store = cluster_store(nats_cluster)
-    speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path))}
+    speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path)),
+              "asr_workers": 1}  # fmt: skip
     a = await start_server(**store, **speech)
     b = await start_server(**store, **speech, data_dir=a.config.data_dir.parent / "b")
     audio = speak(SENTENCE, lead_s=0.5)
     pieces_ = list(pieces(audio, 0.5))
-    async with a.client() as ca, b.client() as cb:
+    async with (
+        a.client() as ca, b.client() as cb,
+        connect(a.running.ws_url) as wa, connect(b.running.ws_url) as wb,
+    ):  # fmt: skip
+        for watcher in (wa, wb):
+            await start(watcher, "talk")
         for piece in pieces_:
             response = await ca.post(
                 "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
                 headers={"Content-Type": "audio/wav"},
             )  # fmt: skip
             assert response.status_code == 201
-        listings = []
-        for client in (ca, cb):
-            with trio.fail_after(60):
+        # One node decodes the session; the watchers on both see its words as they come.
+        for watcher in (wa, wb):
+            assert (await first_final(watcher, 60))["text"] == SENTENCE
+        listings = [await session_listing(client, "talk", 60) for client in (ca, cb)]
+    assert listings[0] == listings[1]
+    assert listings[0]["transcript"] == {**listings[0]["transcript"], "status": "done",
+                                         "text": SENTENCE}  # fmt: skip
+    # One chunk record and one transcript per chunk in the log, though two nodes can decode.
+    counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+    # ... because one node held the session's partition: the other's engine stored nothing.
+    done = [s.running.transcriber.counts["done"] for s in (a, b) if s.running.transcriber]
+    assert sorted(done) == [0, len(pieces_)]
+
+
+async def test_killing_the_worker_of_a_session_hands_it_over(
+    nats_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
+) -> None:
+    store = cluster_store(nats_cluster)
+    a = service_nodes(store, *grammar_args(tmp_path))
+    b = service_nodes(store, *grammar_args(tmp_path))
+    await a.wait_ready()
+    await b.wait_ready()
+    first = list(pieces(speak(SENTENCE, lead_s=0.5), 0.5))
+    second = list(pieces(speak(OTHER_SENTENCE, lead_s=0.5), 0.5))
+    names = Names(store["store_stream"])
+    key = f"p.{partition('alice', 'talk', 8)}"
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        open_nats(nats_cluster.urls, name="t") as nats,
+    ):
+
+        async def holder() -> str:
+            with trio.fail_after(30):
                 for _ in iter(int, 1):
-                    listing = (await client.get("/sessions/alice")).json()["sessions"][0]
-                    if listing["transcript"]["status"] == "done":
+                    held = await nats.kv_get(names.leases, key)
+                    if held is not None:
+                        return held[0].decode()
+                    await trio.sleep(0.05)
+            raise AssertionError("unreachable")
+
+        async def upload(node: ServiceNode, n: int, piece: Any) -> None:
+            response = await client.post(
+                f"{node.url}/upload", content=to_wav(piece),
+                params=upload_params(session_id="talk", seq=str(n)),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201, response.text
+
+        for n, piece in enumerate(first):
+            await upload(a, n, piece)
+        # Mid-stream: once the owner has stored some of the session's transcripts, it dies.
+        with trio.fail_after(60):
+            for _ in iter(int, 1):
+                page = await client.get(f"{a.url}/sessions/alice")
+                chunks = page.json()["sessions"][0]["chunks"]
+                done_before = {
+                    c["chunk_id"]: c for c in chunks if c["transcript"]["status"] == "done"
+                }
+                if done_before:
+                    break
+                await trio.sleep(0.05)
+        owner_id = await holder()  # it holds the session's chunks not done yet
+        owner, other = (a, b) if owner_id in node_id(a) else (b, a)
+        assert owner_id in node_id(owner)
+        owner.kill()
+        for n, piece in enumerate(second, start=len(first)):
+            await upload(other, n, piece)
+        # The survivor takes the session over (the dead lease expires in 2 s) and every
+        # chunk ends done.
+        async with httpx.AsyncClient(base_url=other.url, timeout=30) as survivor:
+            listing = await session_listing(survivor, "talk", 60)
+        assert await holder() in node_id(other)
+    statuses = [c["transcript"]["status"] for c in listing["chunks"]]
+    assert statuses == ["done"] * len(first + second)
+    for chunk in listing["chunks"]:  # what the dead worker stored stays as it stored it
+        if chunk["chunk_id"] in done_before:
+            assert chunk == done_before[chunk["chunk_id"]]
+    assert OTHER_SENTENCE in listing["transcript"]["text"]
+    # None transcribed twice into the log.
+    counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(first + second), "update": len(first + second)}
+
+
+async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
+    nats_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
+) -> None:
+    store = cluster_store(nats_cluster)
+    node = service_nodes(store, "--asr-engine", "none", "--asr-transcribe", "on")
+    worker = service_nodes(store, *grammar_args(tmp_path), worker=True)
+    await node.wait_ready()
+    await worker.wait_ready()
+    names = Names(store["store_stream"])
+    # No silence after the words: the utterance stays open until the session is ended.
+    pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5, tail_s=0.1), 0.5))
+    async with (
+        httpx.AsyncClient(base_url=node.url, timeout=30) as client,
+        connect(node.ws_url) as watcher,
+        open_nats(nats_cluster.urls, name="test") as nats,
+    ):
+        with trio.fail_after(30):  # the worker holds the session's partition
+            for _ in iter(int, 1):
+                if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
+                    break
+                await trio.sleep(0.05)
+        await start(watcher, "talk")
+        for piece in pieces_:
+            response = await client.post(
+                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+            assert response.json()["transcript"]["status"] == "pending"
+        # Ending the session on the node finalizes it on the worker, and answers once the
+        # node has the words.
+        ended = await client.post("/sessions/alice/talk/end")
+        assert ended.status_code == 200, ended.text
+        assert ended.json()["transcript"]["status"] == "done"
+        assert ended.json()["transcript"]["text"] == SENTENCE
+        # The worker's words reached the watcher on the node too (core NATS).
+        assert (await first_final(watcher, 10))["text"] == SENTENCE
+        listing = await session_listing(client, "talk", 10)
+        assert listing["transcript"] == ended.json()["transcript"]
+        counts = await count_subjects(nats_cluster.urls, store["store_stream"])
+        assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+        # Stopped with SIGTERM, it exits cleanly and gives its partitions back at once.
+        assert await nats.kv_get(names.leases, "p.0") is not None
+        await trio.to_thread.run_sync(worker.stop)
+        assert worker.proc is not None and worker.proc.returncode == 0
+        for p in range(8):
+            assert await nats.kv_get(names.leases, f"p.{p}") is None
+
+
+async def test_chunks_caught_by_a_cluster_outage_are_transcribed_once_it_is_back(
+    own_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
+) -> None:
+    store = cluster_store(own_cluster)
+    node = service_nodes(store, "--asr-engine", "none", "--asr-transcribe", "on",
+                         "--store-timeout-s", "2")  # fmt: skip
+    worker = service_nodes(store, *grammar_args(tmp_path), "--store-timeout-s", "2",
+                           "--asr-idle-timeout-s", "2", worker=True)  # fmt: skip
+    await node.wait_ready()
+    await worker.wait_ready()
+    names = Names(store["store_stream"])
+    pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5), 0.5))
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+        async with open_nats(own_cluster.urls, name="test") as nats:
+            with trio.fail_after(30):  # the worker holds the session's partition
+                for _ in iter(int, 1):
+                    if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
                         break
                     await trio.sleep(0.05)
-            listings.append(listing)
-    assert listings[0] == listings[1]
-    assert listings[0]["transcript"]["text"] == SENTENCE
-    # One chunk record and one transcript per chunk in the stream, though both nodes decoded.
-    async with open_nats(nats_cluster.urls, name="test") as nats:
-        state = await nats.stream_state(store["store_stream"])
-    assert state.messages == 2 * len(pieces_)
+        for piece in pieces_:
+            response = await client.post(
+                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+                headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+        for i in range(3):  # while the worker decodes: its transcripts cannot be stored
+            own_cluster.kill(i)
+        with trio.fail_after(30):  # the node sees the outage
+            for _ in iter(int, 1):
+                if (await client.get("/readyz")).status_code == 503:
+                    break
+                await trio.sleep(0.1)
+        for i in range(3):
+            own_cluster.launch(i)
+        listing = await session_listing(client, "talk", 120)
+    # Every chunk done, none twice. (Its words may be fewer: the chunks decoded again start
+    # a new utterance where the stored ones end, which can be mid-word.)
+    assert [c["transcript"]["status"] for c in listing["chunks"]] == ["done"] * len(pieces_)
+    counts = await count_subjects(own_cluster.urls, store["store_stream"])
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+
+
+async def test_readyz_says_503_while_the_cluster_has_no_meta_leader(
+    own_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(own_cluster)
+    node = service_nodes(store, "--store-timeout-s", "1")
+    await node.wait_ready()
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+
+        async def readyz(status: int) -> dict[str, Any]:
+            with trio.fail_after(60):
+                for _ in iter(int, 1):
+                    response = await client.get("/readyz")
+                    if response.status_code == status:
+                        return dict(response.json())
+                    await trio.sleep(0.1)
+            raise AssertionError("unreachable")
+
+        assert (await readyz(200))["store_problem"] is None
+        own_cluster.kill(0)
+        own_cluster.kill(1)  # one server of three: no quorum, no meta leader
+        body = await readyz(503)
+        assert body["status"] == "not_ready"
+        assert "meta leader" in body["store_problem"] or "not connected" in body["store_problem"]
+        assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
+        own_cluster.launch(0)
+        own_cluster.launch(1)
+        body = await readyz(200)
+        assert body["status"] == "ready" and body["store_problem"] is None
 
 
 async def test_a_node_started_before_the_cluster_waits_for_it(
@@ -384,12 +659,34 @@ async def test_a_node_started_before_the_cluster_waits_for_it(
                     break
                 await trio.sleep(0.05)
         await trio.sleep(1)  # a second of no cluster: still waiting, not serving
-        assert "serving HTTP" not in node.log_path.read_text(errors="replace")
-        cluster.start()
+        log = node.log_path.read_text(errors="replace")
+        assert "serving HTTP" not in log
+        # Its HTTP port answers the probes meanwhile, and refuses the rest with 503.
+        waiting = re.findall(r"answering probes on (http://\S+) while", log)
+        assert waiting, log
+        async with httpx.AsyncClient(base_url=waiting[0], timeout=30) as client:
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["store_problem"] == "connecting to the NATS cluster"
+            assert (await client.get("/healthz")).status_code == 200
+            refused = await post(client, audio(0))
+            assert refused.status_code == 503 and refused.json()["code"] == "unavailable"
+            assert int(refused.headers["Retry-After"]) >= 1
+            # One server of three: it connects, but no meta leader can be elected yet.
+            cluster.launch(0)
+            with trio.fail_after(60):
+                for _ in iter(int, 1):
+                    problem = (await client.get("/readyz")).json()["store_problem"]
+                    if problem == "waiting for the JetStream meta leader":
+                        break
+                    await trio.sleep(0.1)
+        cluster.launch(1)
+        cluster.launch(2)
         await node.wait_ready(90)
+        assert node.url == waiting[0]  # the same port, now the service's
         async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
             ready = (await client.get("/readyz")).json()
-            assert ready["status"] == "ready"
+            assert ready["status"] == "ready" and ready["store_problem"] is None
             assert (await post(client, audio(0))).status_code == 201
     finally:
         cluster.stop()

@@ -33,6 +33,7 @@ def test_environment_then_flags() -> None:
         ({"TRIO_AUDIO_PORT": "70000"}, "port must be a port number"),
         ({"TRIO_AUDIO_FSYNC": "sometimes"}, "fsync must be one of always, interval, never"),
         ({"TRIO_AUDIO_INGRESS_QUEUE": "0"}, "ingress_queue must be positive"),
+        ({"TRIO_AUDIO_ASR_TRANSCRIBE": "on"}, "asr_transcribe applies to a cluster store"),
     ],
 )
 def test_bad_values_name_what_is_wrong(env: dict[str, str], message: str) -> None:
@@ -46,3 +47,17 @@ def test_every_field_is_a_serve_flag() -> None:
     args = build_parser().parse_args(argv)
     assert args.data_dir == Path("d")
     assert (args.ws_port, args.fsync, args.max_body_bytes) == (0, "interval", 10)
+
+
+def test_what_a_new_chunk_starts_as_on_a_cluster() -> None:
+    store = {"TRIO_AUDIO_STORE": "nats://127.0.0.1:4222"}
+    status = {
+        (engine, transcribe): Config.from_sources(
+            env={**store, "TRIO_AUDIO_ASR_ENGINE": engine, "TRIO_AUDIO_ASR_TRANSCRIBE": transcribe}
+        ).transcript_status()
+        for engine in ("none", "whisper")
+        for transcribe in ("auto", "on", "off")
+    }
+    assert status == {("none", "auto"): "disabled", ("none", "on"): "pending",
+                      ("none", "off"): "disabled", ("whisper", "auto"): "pending",
+                      ("whisper", "on"): "pending", ("whisper", "off"): "disabled"}  # fmt: skip

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the service")
     _add_config_flags(serve)
+    worker = commands.add_parser(
+        "asr-worker", help="transcribe for a JetStream cluster (--store nats://...), no listeners"
+    )
+    _add_config_flags(worker)
     token = commands.add_parser("token", help="manage bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     add = token_commands.add_parser("add", help="make a token for USER and print it once")
@@ -210,8 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    target = partial(service.serve, config)
+    if args.command == "asr-worker":
+        from .asr.cluster_work import run_worker
+
+        target = partial(run_worker, config)
     try:
-        trio.run(partial(service.serve, config))
+        trio.run(target)
     except BaseExceptionGroup as group:
         store_errors, rest = group.split(StoreError)
         listen_errors, rest = rest.split(_cannot_listen) if rest is not None else (None, None)

@@ -93,6 +93,23 @@ class Config:
         validator=_positive,
         metadata={"help": "the stream's duplicate window for re-sent publishes"},
     )
+    # Transcription on a cluster store (see asr/cluster_work.py).
+    asr_transcribe: str = attrs.field(
+        default="auto",
+        validator=attrs.validators.in_(("auto", "on", "off")),
+        metadata={"help": "cluster: new chunks start transcript pending (on) or disabled "
+                  "(off); auto: pending when this node has a speech engine"},
+    )  # fmt: skip
+    asr_partitions: int = attrs.field(
+        default=8,
+        validator=_positive,
+        metadata={"help": "cluster: work partitions sessions are spread over (all nodes agree)"},
+    )
+    asr_lease_s: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata={"help": "cluster: a worker's unrenewed hold on a partition ends after"},
+    )
     commit_batch_max: int = attrs.field(
         default=256, validator=_positive, metadata={"help": "most records in one group commit"}
     )
@@ -290,6 +307,20 @@ class Config:
         default=15.0, validator=_positive, metadata={"help": "deadline for a graceful drain"}
     )
     log_level: str = attrs.field(default="info", metadata={"help": "logging level"})
+
+    def __attrs_post_init__(self) -> None:
+        if self.asr_transcribe != "auto" and not self.store:
+            msg = (
+                "asr_transcribe applies to a cluster store (--store nats://...), whose workers "
+                "may run elsewhere; on the local log the node's own engine decides"
+            )
+            raise ValueError(msg)
+
+    def transcript_status(self) -> str:
+        """What a new chunk's ``transcript.status`` starts as (see ``asr_transcribe``)."""
+        if self.asr_transcribe == "auto":
+            return "disabled" if self.asr_engine == "none" else "pending"
+        return "pending" if self.asr_transcribe == "on" else "disabled"
 
     @classmethod
     def from_sources(

@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import signal
 import ssl
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -39,7 +40,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from .asr.transcriber import Transcriber
+from .asr.transcriber import ChunkSource, Transcriber
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
@@ -195,14 +196,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def open_store(config: Config, metrics: Metrics, files: FileOps) -> StoreBackend:
+def open_store(
+    config: Config, metrics: Metrics, files: FileOps, readiness: Readiness | None = None
+) -> StoreBackend:
     """The backend ``config.store`` names: the local log (files: the layer under it) or,
-    for ``nats://...``, the JetStream cluster."""
+    for ``nats://...``, the JetStream cluster (whose health *readiness* follows)."""
     if config.store:
         from .store.jetstream import JetStreamStore
 
-        return JetStreamStore(config, metrics=metrics)
+        on_health = readiness.note_store if readiness is not None else None
+        return JetStreamStore(config, metrics=metrics, on_health=on_health)
     return Store(config, metrics=metrics, files=files)
+
+
+async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery) -> Config:
+    """Start *store* in *nursery* (ready once replayed). A cluster store can take a while (a
+    meta leader to elect, a stream to replay): meanwhile the HTTP port answers the probes
+    (``/readyz`` 503 with the reason) and refuses the rest (``web/waiting.py``). The config
+    to serve with: its port is the one held meanwhile, when it asked for any (0)."""
+    if not config.store or config.certfile:
+        await nursery.start(store.run)
+        return config
+    from .store.jetstream import JetStreamStore
+    from .web.waiting import serve_while_starting
+
+    assert isinstance(store, JetStreamStore)
+
+    def problem() -> str:
+        return store.health or "starting"
+
+    async with trio.open_nursery() as waiting:
+        port = await waiting.start(
+            serve_while_starting, config.host, config.port, problem, config.retry_after_s
+        )
+        logger.info("answering probes on http://%s:%d while the store starts", config.host, port)
+        await nursery.start(store.run)
+        waiting.cancel_scope.cancel()
+    return attrs.evolve(config, port=port)
 
 
 async def serve(
@@ -224,18 +254,27 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = open_store(config, metrics, files)
+    store = open_store(config, metrics, files, readiness)
     events = store.events()
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
-            await service.start(store.run)
+            config = await start_store(config, store, service)
             readiness.store = True
-            transcriber = Transcriber(config, store, hub, metrics, limiter)
-            service.start_soon(fan_out, events, hub, transcriber)
+            cluster = None
+            if config.store:  # one worker at a time per session, work from the cluster
+                from .asr.cluster_work import cluster_for
+
+                cluster = cluster_for(config, store, hub, metrics)
+            source: ChunkSource = cluster.source if cluster else store
+            transcriber = Transcriber(config, source, cluster.hub if cluster else hub,
+                                      metrics, limiter)  # fmt: skip
+            service.start_soon(fan_out, events, hub, cluster.taker if cluster else transcriber)
             try:
                 async with trio.open_nursery() as front:
                     await front.start(transcriber.run)
+                    if cluster is not None:
+                        await front.start(partial(cluster.run, transcriber))
                     ingress = await front.start(
                         run_pipeline, config, store.open_writes(), metrics, limiter
                     )
@@ -244,7 +283,8 @@ async def serve(
                         http_ingress, ws_ingress = ingress.clone(), ingress.clone()
                     rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
                     access = Access(tokens, rate)  # one for HTTP and WebSocket alike
-                    ws = WsContext(config, store, hub, metrics, shutdown, transcriber, access)
+                    finalizer = cluster if cluster is not None else transcriber
+                    ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access)
                     app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
                     metrics.gauge(
                         "trio_audio_store_chunks",
@@ -269,6 +309,8 @@ async def serve(
                     await shutdown.wait()
                     readiness.draining = True
                     transcriber.stop()  # what it has not done stays pending: queued at start
+                    if cluster is not None:
+                        cluster.stop()  # its leases are given back: others take over at once
             finally:
                 store.close()  # the committer ends once the pipeline's sender is closed too
         if service.cancel_scope.cancelled_caught:

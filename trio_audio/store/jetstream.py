@@ -40,8 +40,9 @@ Writes and their guarantees:
   by default), and answers with the first copy's sequence.
 - A transcript (an update of the ``transcript`` field) is written once per chunk: it is
   published with the same compare-and-append on the chunk's update subject, and one that
-  comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Every
-  node transcribes what it follows; the first result wins.
+  comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Each
+  session is transcribed by one worker at a time (``asr/cluster_work.py``); this guard keeps
+  the log right when a worker that lost its hold on a session still finishes a decode.
 - Deletes publish a tombstone (every node drops the chunks from its index), then delete the
   chunk messages from the stream (by sequence, or a purge of the session's subjects below the
   tombstone's sequence), so the audio is gone from every replica.
@@ -49,6 +50,9 @@ Writes and their guarantees:
 Read-your-writes: on the node that acknowledged a write, always (but for that lag). On
 another node once its follower has applied it: milliseconds later on a healthy cluster, not
 guaranteed at once.
+
+Health: once running, the node asks JetStream every second whether it answers (connected,
+and a meta leader to answer the API); ``on_health`` hears why not, for ``/readyz``.
 
 Error handling: when no server answers a write within ``store_timeout_s`` (or the client is
 disconnected) the write fails with 503 ``unavailable`` and Retry-After: never a hang, never an
@@ -64,6 +68,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -90,7 +95,7 @@ from .events import (
     Write,
     deleted_events,
 )
-from .index import Index, IndexReads, Planned, Stored, initial_transcript_status
+from .index import Index, IndexReads, Planned, Stored
 from .nats_bridge import (
     Follower,
     Message,
@@ -115,6 +120,7 @@ FOLLOW_BATCH: Final = 512
 STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
 STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
+HEALTH_PERIOD_S: Final = 1.0  # how often a running node asks JetStream whether it answers
 
 
 class StoreUnavailable(Overloaded):
@@ -161,7 +167,13 @@ class Pending:
 class JetStreamStore(CommitChannels, IndexReads):
     """A ``StoreBackend`` on a JetStream stream (see the module docstring)."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        on_health: Callable[[str | None], None] | None = None,
+    ) -> None:
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
         self._servers = servers(config.store)
@@ -170,7 +182,9 @@ class JetStreamStore(CommitChannels, IndexReads):
             raise ValueError(msg)
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
-        self._index = Index(initial_transcript_status(config.asr_engine))
+        self._index = Index(config.transcript_status())
+        self._on_health = on_health  # told why JetStream cannot serve (None: it can again)
+        self._health: str | None = "connecting to the NATS cluster"  # None: it serves
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
         self._events: trio.MemorySendChannel[Committed] | None = None
         self._nats: Nats | None = None
@@ -198,6 +212,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s
             ) as nats:
                 self._nats = nats
+                self._health = "waiting for the JetStream meta leader"
                 logger.info("connected to NATS; waiting for the JetStream meta leader")
                 state = None
                 refused_since = None
@@ -228,6 +243,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                             "servers needs a lower --store-replicas)"
                         )
                         raise StoreError(msg) from None
+                self._health = f"replaying the stream {self._stream} ({state.messages} records)"
                 follower = await self._retrying(
                     lambda: nats.follow(self._stream, f"{self._stream}.>", 1)
                 )
@@ -238,12 +254,58 @@ class JetStreamStore(CommitChannels, IndexReads):
                     await stack.enter_async_context(self._receive)
                     nursery = await stack.enter_async_context(trio.open_nursery())
                     nursery.start_soon(self._follow, follower)
+                    self._health = None  # replayed: it serves (the watch says when not)
+                    nursery.start_soon(self._watch_health, nats)
                     task_status.started(self)
                     await self._commit_all()
                     nursery.cancel_scope.cancel()
         finally:
             self._send.close()
             self._nats = None
+
+    @property
+    def node(self) -> str:
+        """This process's id on the cluster (in the headers of what it publishes)."""
+        return self._node
+
+    @property
+    def nats(self) -> Nats:
+        """The connection (while ``run`` runs); ``StoreUnavailable`` otherwise."""
+        return self._nats_or_fail()
+
+    @property
+    def health(self) -> str | None:
+        """Why this node cannot serve now (None: it can): while starting, the step it is at;
+        once running, whether JetStream answers, checked every second."""
+        return self._health
+
+    async def _watch_health(self, nats: Nats) -> None:
+        """Ask JetStream every ``HEALTH_PERIOD_S`` whether it answers (connected, with a meta
+        leader); tell ``on_health`` when that changes."""
+        while True:
+            problem = await nats.health(self._config.store_timeout_s)
+            if problem != self._health:
+                if problem is None:
+                    logger.info("JetStream answers again")
+                else:
+                    logger.warning("JetStream cannot serve: %s", problem)
+                self._health = problem
+                if self._on_health is not None:
+                    self._on_health(problem)
+            await trio.sleep(HEALTH_PERIOD_S)
+
+    async def wait_followed(self, seq: int) -> bool:
+        """Wait until this node has applied stream sequence *seq*; False after twice
+        ``store_timeout_s``."""
+        return await self._wait_applied(seq)
+
+    async def applied_more(self) -> None:
+        """Return once the follower has applied more of the stream."""
+        await self._progress.wait()
+
+    def pending_now(self) -> list[str]:
+        """Every chunk ``pending`` transcription now, in user, session and seq order."""
+        return self._index.pending_transcripts()
 
     async def _retrying(self, call: Any) -> Any:
         while True:
@@ -479,7 +541,8 @@ class JetStreamStore(CommitChannels, IndexReads):
             )
             headers = self._headers(record, write_id)
             if "transcript" in write.fields:
-                # Every node transcribes what it follows; the first transcript of a chunk is
+                # One worker at a time holds a session (asr/cluster_work.py), but one that
+                # lost its hold may still finish a decode: the first transcript of a chunk is
                 # the one the log keeps (a compare-and-append on the chunk's update subject),
                 # and a later one is answered with the chunk as stored.
                 if entry.meta().get("transcript", {}).get("status") != "pending":

@@ -13,6 +13,11 @@ Errors (what a caller may catch)::
      ├── MessageNotFound    no message at that stream sequence (deleted or purged)
      └── ApiFailure         JetStream refused the request for another reason
 
+Besides the log's operations it offers what cluster transcription needs: a work-queue stream
+fed by a stream source, durable pull consumers with explicit acks (``Puller``), a key-value
+bucket for leases (create-if-absent and compare-and-set updates), core NATS publish,
+subscribe (``Inbox``) and request, and a health probe for ``/readyz``.
+
 Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the client
 buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
 connection and then the loop. A follower's messages are queued inside the loop (at most
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,7 +44,16 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
 
 logger = logging.getLogger("trio_audio.store.nats")
 
@@ -46,6 +61,7 @@ WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-an
 WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
 FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
+INBOX_QUEUE: Final = 4096  # core NATS messages held for the trio side; then the newest drop
 
 
 class NatsError(Exception):
@@ -189,6 +205,103 @@ class Follower:
         return messages
 
 
+@attrs.frozen
+class Work:
+    """One message of a durable pull consumer, to be acknowledged (or extended) by the caller:
+    its subject, headers, stream sequence and how often it was delivered."""
+
+    subject: str
+    seq: int
+    headers: dict[str, str]
+    delivered: int
+    handle: Any = attrs.field(eq=False, repr=False)
+
+
+class Puller:
+    """A durable pull consumer with explicit acks (``Nats.pull``)."""
+
+    def __init__(self, loop: Any, sub: Any) -> None:
+        self._loop = loop
+        self._sub = sub
+
+    async def take(self, most: int, wait_s: float) -> list[Work]:
+        """Up to *most* messages; waits up to *wait_s* for the first ([] when none came)."""
+
+        async def fetch() -> list[Msg]:
+            try:
+                msgs: list[Msg] = await self._sub.fetch(most, timeout=wait_s)
+            except nats.errors.TimeoutError:
+                return []
+            return msgs
+
+        msgs = await _call(self._loop, fetch)
+        return [
+            Work(m.subject, m.metadata.sequence.stream, dict(m.headers or {}),
+                 m.metadata.num_delivered, m)
+            for m in msgs
+        ]  # fmt: skip
+
+    async def ack(self, work: Work) -> None:
+        """Acknowledge *work* and wait for the server to confirm it."""
+        await _call(self._loop, work.handle.ack_sync, 5.0)
+
+    async def in_progress(self, work: Work) -> None:
+        """Restart *work*'s ack wait (the caller still holds it)."""
+        await _call(self._loop, work.handle.in_progress)
+
+    async def close(self) -> None:
+        with contextlib.suppress(NatsError):
+            await _call(self._loop, self._sub.unsubscribe)
+
+
+@attrs.frozen
+class CoreMessage:
+    """A core NATS message: subject, body, and the subject a reply goes to (if any)."""
+
+    subject: str
+    data: bytes
+    reply: str = ""
+
+
+class Inbox:
+    """A core NATS subscription whose messages are queued in the loop (at most
+    ``INBOX_QUEUE``; beyond that the newest are dropped: core NATS is best effort anyway)."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._queue: collections.deque[CoreMessage] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._sub: Any = None
+        self.dropped = 0
+
+    async def _on_message(self, msg: Msg) -> None:
+        if len(self._queue) >= INBOX_QUEUE:
+            self.dropped += 1
+            return
+        self._queue.append(CoreMessage(msg.subject, msg.data, msg.reply or ""))
+        assert self._arrived is not None
+        self._arrived.set()
+
+    async def _take(self, wait_s: float) -> list[CoreMessage]:
+        assert self._arrived is not None
+        if not self._queue:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
+            except TimeoutError:
+                return []
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
+    async def take(self, wait_s: float) -> list[CoreMessage]:
+        """Every queued message; waits up to *wait_s* for the first."""
+        messages: list[CoreMessage] = await trio_asyncio.aio_as_trio(self._take, loop=self._loop)(
+            wait_s
+        )
+        return messages
+
+
 class Nats:
     """A connected client; its methods are trio coroutines (see the module docstring)."""
 
@@ -269,6 +382,141 @@ class Nats:
     async def purge(self, stream: str, subject: str, before_seq: int | None = None) -> None:
         """Remove the messages on *subject* (a filter) with a sequence below *before_seq*."""
         await _call(self._loop, self._js._jsm.purge_stream, stream, seq=before_seq, subject=subject)
+
+    # -- work queues, leases and core subjects (cluster transcription) ---------------------
+
+    async def health(self, wait_s: float) -> str | None:
+        """Why JetStream cannot serve now (None: it can): no connection, or no answer from
+        its API within *wait_s* (no meta leader yet, or no quorum for one)."""
+        if not self.connected:
+            return "not connected to any NATS server"
+        js = self._nc.jetstream(timeout=wait_s)
+        try:
+            await _call(self._loop, js.account_info)
+        except NatsError as exc:
+            return f"JetStream does not answer (no meta leader?): {exc}"
+        return None
+
+    async def ensure_work_stream(
+        self, name: str, source: str, src: str, dest: str, replicas: int
+    ) -> None:
+        """A work-queue stream fed by the server from *source*'s messages on *src*, their
+        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``). One
+        that exists already is left as it is (``work_transform`` tells how it is made)."""
+        config = StreamConfig(
+            name=name,
+            subjects=[],
+            sources=[StreamSource(name=source, subject_transforms=[SubjectTransform(src, dest)])],
+            retention=RetentionPolicy.WORK_QUEUE,
+            num_replicas=replicas,
+        )
+        try:
+            await _call(self._loop, self._js.add_stream, config)
+        except ApiFailure as exc:
+            if exc.err_code != 10058:  # the stream exists with another config
+                raise
+
+    async def work_transform(self, name: str) -> str | None:
+        """The destination of the first subject transform of *name*'s first source."""
+        info = await _call(self._loop, self._js.stream_info, name)
+        for source in info.config.sources or []:
+            for transform in source.subject_transforms or []:
+                return str(transform.dest)
+        return None
+
+    async def pull(
+        self, stream: str, durable: str, subject: str, ack_wait_s: float, max_ack_pending: int
+    ) -> Puller:
+        """A durable pull consumer of *subject* (created if missing), explicit acks."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
+            filter_subject=subject,
+        )
+
+        async def subscribe() -> Any:
+            return await self._js.pull_subscribe(subject, durable=durable, stream=stream,
+                                                 config=config)  # fmt: skip
+
+        return Puller(self._loop, await _call(self._loop, subscribe))
+
+    async def ensure_kv(self, bucket: str, ttl_s: float, replicas: int) -> None:
+        """A key-value bucket whose entries expire *ttl_s* after their last write."""
+        config = KeyValueConfig(bucket=bucket, ttl=ttl_s, replicas=replicas, history=1)
+        await _call(self._loop, self._js.create_key_value, config)
+
+    async def kv_get(self, bucket: str, key: str) -> tuple[bytes, int] | None:
+        """A key's value and revision (None: absent, deleted or expired)."""
+
+        async def get() -> tuple[bytes, int] | None:
+            kv = await self._js.key_value(bucket)
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            return entry.value or b"", int(entry.revision or 0)
+
+        result: tuple[bytes, int] | None = await _call(self._loop, get)
+        return result
+
+    async def kv_put(self, bucket: str, key: str, value: bytes, last: int | None) -> int:
+        """Write *key* only while its revision is *last* (None: only while it is absent);
+        its new revision. ``WrongLastSequence`` when someone else wrote it meanwhile."""
+
+        async def put() -> int:
+            kv = await self._js.key_value(bucket)
+            try:
+                if last is None:
+                    return int(await kv.create(key, value))
+                return int(await kv.update(key, value, last=last))
+            except nats.js.errors.KeyWrongLastSequenceError as exc:
+                raise WrongLastSequence(str(exc), 0) from None
+
+        revision: int = await _call(self._loop, put)
+        return revision
+
+    async def kv_delete(self, bucket: str, key: str, last: int) -> None:
+        """Delete *key* while its revision is still *last*."""
+
+        async def delete() -> None:
+            kv = await self._js.key_value(bucket)
+            try:
+                await kv.delete(key, last=last)
+            except nats.js.errors.KeyWrongLastSequenceError as exc:
+                raise WrongLastSequence(str(exc), 0) from None
+
+        await _call(self._loop, delete)
+
+    async def kv_keys(self, bucket: str, prefix: str) -> list[str]:
+        """The keys of *bucket* under ``prefix.`` that have a value (from the bucket's
+        stream state; a deleted key's marker counts too)."""
+        subjects = f"$KV.{bucket}.{prefix}.>"
+        info = await _call(self._loop, self._js.stream_info, f"KV_{bucket}", subjects)
+        cut = len(f"$KV.{bucket}.")
+        return [subject[cut:] for subject in (info.state.subjects or {})]
+
+    async def publish_core(self, subject: str, data: bytes) -> None:
+        """A core NATS publish (fire and forget: no stream, no acknowledgement)."""
+        await _call(self._loop, self._nc.publish, subject, data)
+
+    async def request(self, subject: str, data: bytes, wait_s: float) -> bytes:
+        """A core NATS request; the reply's body (``Unavailable``: no answer in time)."""
+        msg = await _call(self._loop, self._nc.request, subject, data, timeout=wait_s)
+        return bytes(msg.data)
+
+    async def subscribe_core(self, subject: str) -> Inbox:
+        """A core NATS subscription of *subject* (see ``Inbox``)."""
+        inbox = Inbox(self._loop)
+
+        async def subscribe() -> None:
+            inbox._arrived = asyncio.Event()
+            inbox._sub = await self._nc.subscribe(subject, cb=inbox._on_message)
+
+        await _call(self._loop, subscribe)
+        return inbox
 
     async def follow(self, stream: str, subject: str, start_seq: int) -> Follower:
         """An ordered headers-only consumer of *subject* from *start_seq* (see ``Follower``)."""

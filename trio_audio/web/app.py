@@ -76,10 +76,16 @@ class Readiness:
     pipeline: bool = False
     http: bool = False
     draining: bool = False
+    store_problem: str | None = None  # why a cluster store cannot serve now (None: it can)
 
     @property
     def ready(self) -> bool:
-        return self.store and self.pipeline and self.http and not self.draining
+        ok = self.store and self.pipeline and self.http and not self.draining
+        return ok and self.store_problem is None
+
+    def note_store(self, problem: str | None) -> None:
+        """The store's health changed (``JetStreamStore``'s ``on_health``)."""
+        self.store_problem = problem
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
