@@ -54,6 +54,11 @@ def render(result: dict[str, Any]) -> str:
                                                   "server_cpu_percent")])  # fmt: skip
         lines += _table(rows)
     lines += _ratios(scenarios)
+    shares = [row for row in summary if "share_of_bare" in row]
+    if shares:
+        lines.append("")
+        lines += [f"{row['name']}: {row['share_of_bare']:.2f}x of the bare front door "
+                  f"(medians of {row['runs']} runs)" for row in shares]  # fmt: skip
     for s in scenarios:
         if "overload" in s["name"]:
             lines += _overload(s)
