@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import Overloaded
 from ..metrics import Metrics
 from ..models import Job
-from .stages import Stage, Stages, run_stage
+from .stages import GROUP_MAX, Stage, Stages, run_stage
 
 
 class Ingress:
@@ -88,10 +88,11 @@ async def run_pipeline(
     then drain in order, the last one hands its jobs to the committer, and this returns.
     """
     work = Stages(config, limiter)
-    stages = [
-        Stage("validate", work.validate, config.stage_workers, config.stage_timeout_s),
-        Stage("transform", work.transform, config.stage_workers, config.stage_timeout_s),
-        Stage("metadata", work.metadata, config.stage_workers, config.stage_timeout_s),
+    workers, timeout = config.stage_workers, config.stage_timeout_s
+    stages = [  # each worker takes the jobs waiting together as one group (stages.py)
+        Stage("validate", work.validate, workers, timeout, GROUP_MAX),
+        Stage("transform", work.transform, workers, timeout, GROUP_MAX),
+        Stage("metadata", work.metadata, workers, timeout, GROUP_MAX),
     ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
     queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}
