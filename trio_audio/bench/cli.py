@@ -74,6 +74,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--window", type=int, default=32, help="WebSocket frames in flight (default: %(default)s)"
     )
     parser.add_argument(
+        "--metadata-every",
+        type=int,
+        default=1,
+        help="WebSocket: ask for the metadata of every Nth frame (0: none) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--frame-ms",
         type=float,
         default=100.0,
@@ -91,6 +97,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="pin the server to this CPU and the load to the others (default: not pinned)",
+    )
+    parser.add_argument(
+        "--server-python",
+        default=sys.executable,
+        help="the interpreter that runs the service: another venv's, to compare two versions "
+        "under the same load (default: this one)",
     )
     parser.add_argument(
         "--url",
@@ -145,7 +157,8 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
         load = loadavg()
         spec = Spec(**{**spec.to_json(), "run_id": f"r{stamp}-{len(results)}"})
         verify = not args.no_verify and kw.get("target") != "bare"  # the bare one keeps nothing
-        scenario = Scenario(name=name, spec=spec, verify=verify, cpu=args.cpu, **kw)
+        scenario = Scenario(name=name, spec=spec, verify=verify, cpu=args.cpu,
+                            python=args.server_python, **kw)  # fmt: skip
         print(f"[{time.strftime('%H:%M:%S')}] {name} (load average {load[0]:.2f})",
               file=sys.stderr, flush=True)  # fmt: skip
         result = await run_scenario(scenario, out)
@@ -164,7 +177,7 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
                 concurrency=args.concurrency, mode=args.mode, rate=args.rate)  # fmt: skip
     ws = Spec(kind="ws", duration_s=args.duration, frame_ms=args.frame_ms,
               concurrency=args.concurrency, mode=args.mode, rate=args.rate,
-              window=args.window)  # fmt: skip
+              window=args.window, metadata_every=args.metadata_every)  # fmt: skip
     profile = out / f"profile-{stamp}.txt" if args.profile else None
     if args.what == "http":
         await one("http", http, target=target, server_args=server_args, url=args.url,
@@ -231,6 +244,7 @@ def spread(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
                           ("p50_ms", lambda s: s["latency_ms"]["p50"]),
                           ("p99_ms", lambda s: s["latency_ms"]["p99"]),
                           ("server_cpu_percent", lambda s: s["server_cpu_percent"]),
+                          ("cpu_ms_per_accepted", lambda s: s.get("server_cpu_ms_per_accepted")),
                           ("peak_rss_mb", lambda s: s["memory"].get("peak_rss_mb"))):  # fmt: skip
             values = [v for v in map(read, runs) if v is not None]
             if values:
@@ -244,4 +258,9 @@ def spread(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if server and bare and "accepted_per_s" in server and "accepted_per_s" in bare:
             ratio = server["accepted_per_s"]["median"] / max(bare["accepted_per_s"]["median"], 1)
             server["share_of_bare"] = round(ratio, 3)
+            if "cpu_ms_per_accepted" in server and "cpu_ms_per_accepted" in bare:
+                cost = (
+                    bare["cpu_ms_per_accepted"]["median"] / server["cpu_ms_per_accepted"]["median"]
+                )
+                server["cpu_share_of_bare"] = round(cost, 3)
     return out

@@ -54,6 +54,7 @@ class Scenario:
     verify: bool = True
     profile: Path | None = None  # record the server with py-spy into this file (collapsed)
     cpu: int | None = None  # pin the server to this CPU (and the load to the others)
+    python: str = sys.executable  # the service's interpreter: another venv runs other code
 
 
 @attrs.frozen
@@ -89,7 +90,7 @@ def server_command(scenario: Scenario, data_dir: Path) -> list[str]:
     if scenario.target == "bare":
         return [*pin, sys.executable, "-m", "trio_audio.bench.bare", "--port", "0",
                 "--ws-port", "0", *scenario.server_args]  # fmt: skip
-    return [*pin, sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
+    return [*pin, scenario.python, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
             "--data-dir", str(data_dir), "--asr-engine", "none", "--log-level", "info",
             *scenario.server_args]  # fmt: skip
 
@@ -440,6 +441,8 @@ def summarize(
         "refusal_latency_ms": {"p50": ms_of(refused_latency, 50),
                                "p99": ms_of(refused_latency, 99)},
         "server_cpu_percent": _round(cpu_percent(server_samples, start, end)),
+        "server_cpu_ms_per_accepted": _per_accepted(cpu_percent(server_samples, start, end),
+                                                    accepted / elapsed),
         "loadgen_cpu_percent": round(100 * outcome.cpu_s / elapsed, 1),
         "memory": memory,
         "server_counters": {k: after.get(k, 0) - before.get(k, 0) for k in after
@@ -450,6 +453,13 @@ def summarize(
         "verify_s": round(verify_s, 2),
         "lost": [attrs.asdict(item) for item in lost],
     }  # fmt: skip
+
+
+def _per_accepted(cpu_percent: float | None, accepted_per_s: float) -> float | None:
+    """Server CPU milliseconds per accepted chunk: the cost, whatever else ran beside it."""
+    if cpu_percent is None or not accepted_per_s:
+        return None
+    return round(10 * cpu_percent / accepted_per_s, 3)
 
 
 def _round(value: float | None) -> float | None:
