@@ -446,6 +446,10 @@ def _analyze_rows(
     bands = _band_map(rate, like.nfft)
     band_power = powers[:, bands.first_bin :] @ _band_matrix(rate, like.nfft)
     totals = powers.sum(axis=1)
+    scales = np.where(totals > SILENT_POWER, mean_square / np.where(totals > 0, totals, 1), 0.0)
+    levels = _db_rows(band_power * scales[:, None])
+    levels[:, bands.bins_per_band == 0] = SILENCE_FLOOR_DBFS  # a band with no bin
+    level_lists = levels.tolist()
     results = []
     for row in range(n):
         ms = float(mean_square[row])
@@ -462,14 +466,19 @@ def _analyze_rows(
             silence_ratio=float(silence[row]),
             fft_bin_hz=bin_hz,
         )
-        total = float(totals[row])
-        scale = ms / total if total > SILENT_POWER else 0.0
-        levels = [
-            _db(float(power) * scale) if in_band else SILENCE_FLOOR_DBFS
-            for power, in_band in zip(band_power[row], bands.bins_per_band, strict=True)
-        ]
-        results.append(Analysis(features, Spectrum(list(bands.centres), list(bands.edges), levels)))
+        spectrum = Spectrum(list(bands.centres), list(bands.edges), level_lists[row])
+        results.append(Analysis(features, spectrum))
     return results
+
+
+def _db_rows(powers: Float64Array) -> Float64Array:
+    """:func:`_db` of every element."""
+    levels: Float64Array = np.where(
+        powers <= _FLOOR_POWER,
+        SILENCE_FLOOR_DBFS,
+        10.0 * np.log10(np.maximum(powers, _FLOOR_POWER)),
+    )
+    return levels
 
 
 def _spectral_rows(powers: Float64Array, bin_hz: float) -> list[tuple[float, float, float, float]]:

@@ -180,7 +180,7 @@ async def profile(pid: int, seconds: float, path: Path) -> None:
     beside = Path(sys.executable).parent / "py-spy"
     command = [shutil.which("py-spy") or str(beside), "record", "--pid", str(pid),
                "--duration", str(max(1, int(seconds))), "--rate", "250", "--threads",
-               "--format", "raw", "--output", str(path), "--nonblocking"]  # fmt: skip
+               "--format", "raw", "--output", str(path), "--nonblocking", "--gil"]  # fmt: skip
     await trio.run_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

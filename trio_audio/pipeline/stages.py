@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -152,6 +153,9 @@ class Stages:
         self.limiter = limiter
         self.max_duration_s = config.max_duration_s
         self.inline_max_samples = config.inline_max_samples
+        # A thread runs beside the event loop only if the process has another CPU to run it
+        # on; pinned to one, the hop is all cost (two context switches and a GIL handover).
+        self.beside = len(os.sched_getaffinity(0)) > 1
 
     async def _cpu(self, samples: int, run: Callable[[], None], *, thread: bool = False) -> None:
         """CPU work: inline when small, else in a thread under the shared limiter.
@@ -232,12 +236,14 @@ class Stages:
 
         The voice activity model (Silero, ~3 ms of CPU per second of audio) runs in a thread,
         one hop per group: onnxruntime releases the GIL, so it runs beside the event loop on
-        another core instead of stalling it (the numpy features stay inline)."""
+        another core instead of stalling it (the numpy features stay inline). A process
+        pinned to one CPU has no other core: there a small group's VAD runs inline too."""
         config = self.config
         outcomes = await self._grouped(jobs, "metadata", _features, _features_all)
         live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
         voice = Voice(config.vad_mode, config.vad_gap_ms, keep_pcm=config.asr_engine != "none")
-        voiced = iter(await self._grouped(live, "vad", voice.one, voice.all, thread=True))
+        found = await self._grouped(live, "vad", voice.one, voice.all, thread=self.beside)
+        voiced = iter(found)
         return [next(voiced) if outcome is None else outcome for outcome in outcomes]
 
 
