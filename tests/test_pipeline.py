@@ -13,7 +13,7 @@ from trio_audio.errors import InvalidAudio, Overloaded
 from trio_audio.metrics import Metrics
 from trio_audio.models import Job, Part
 from trio_audio.pipeline.pipeline import Ingress
-from trio_audio.pipeline.stages import Outcomes, Stage, Stages, each, run_stage
+from trio_audio.pipeline.stages import Outcomes, Stage, Stages, each, run_stage, take_waiting
 
 from .audio_samples import encode, sine, wav
 from .speech import FIXTURE_TEXTS, speak
@@ -147,6 +147,19 @@ async def test_jobs_waiting_together_are_one_group_and_a_bad_one_fails_alone() -
         await jobs[1].reply.wait()
     assert metrics.failures["invalid_audio"] == 1
     assert metrics.stages["transform"].count == 4
+
+
+async def test_a_group_stops_growing_at_its_byte_budget() -> None:
+    send, receive = trio.open_memory_channel[Job](8)
+    jobs = [job(b"x" * 400_000) for _ in range(5)]
+    for j in jobs:
+        send.send_nowait(j)
+    first = receive.receive_nowait()
+    assert take_waiting(first, receive, 32, max_bytes=1_000_000) == jobs[:3]  # 1.2 MB: stop
+    assert take_waiting(receive.receive_nowait(), receive, 32, max_bytes=1_000_000) == jobs[3:]
+    big = job(b"x" * 2_000_000)
+    send.send_nowait(job(b"small"))
+    assert take_waiting(big, receive, 32, max_bytes=1_000_000) == [big]  # alone
 
 
 async def test_a_group_that_times_out_fails_each_of_its_jobs(

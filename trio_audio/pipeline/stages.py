@@ -37,6 +37,9 @@ logger = logging.getLogger("trio_audio.pipeline")
 
 UNKNOWN_SAMPLES: Final = 2**62
 GROUP_MAX: Final = 32  # jobs one worker takes at once (bounded by what is already waiting)
+# A group stops growing once its bodies reach this: big (or compressed) chunks go alone or
+# nearly so, so a group's work stays within the timeout each of its chunks would have had.
+GROUP_MAX_BYTES: Final = 1 << 20
 
 Outcomes = list[BaseException | None]  # per job of a group: None (done) or why it failed
 Work = Callable[[list[Job]], Awaitable[Outcomes]]
@@ -72,15 +75,25 @@ def each(work: Callable[[Job], Awaitable[None]]) -> Work:
     return run
 
 
-def take_waiting(first: Job, receive: trio.MemoryReceiveChannel[Job], most: int) -> list[Job]:
-    """*first* and the jobs already waiting behind it, at most *most*; never waits."""
+def take_waiting(
+    first: Job, receive: trio.MemoryReceiveChannel[Job], most: int, max_bytes: int = GROUP_MAX_BYTES
+) -> list[Job]:
+    """*first* and the jobs already waiting behind it: at most *most*, and no more once their
+    bodies add up to *max_bytes*; never waits."""
     group = [first]
-    while len(group) < most:
+    size = _body_bytes(first)
+    while len(group) < most and size < max_bytes:
         try:
-            group.append(receive.receive_nowait())
+            job = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             break
+        group.append(job)
+        size += _body_bytes(job)
     return group
+
+
+def _body_bytes(job: Job) -> int:
+    return sum(len(part.body) for part in job.parts)
 
 
 async def run_worker(
