@@ -186,3 +186,26 @@ def test_batch_probabilities_equal_the_one_at_a_time_ones() -> None:
 def test_a_batch_rejects_a_bad_mode() -> None:
     with pytest.raises(ValueError, match="VAD mode"):
         vad.analyze_batch([np.zeros(RATE, np.int16)], mode=7, gap_ms=300)
+
+
+def test_a_batch_larger_than_one_call_is_split_and_still_equal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    batch_probabilities = vad._batch_probabilities
+
+    def counted(pcms: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(pcms))
+        return batch_probabilities(pcms)
+
+    monkeypatch.setattr(vad, "MAX_BATCH_WINDOWS", 8)
+    monkeypatch.setattr(vad, "_batch_probabilities", counted)
+    pcm = vad.to_pcm16(speak(FIXTURE_TEXTS[1], lead_s=0.0))
+    chunks = [pcm[i : i + 1600] for i in range(0, 1600 * 5, 1600)]  # 3 windows each
+    chunks.append(pcm[: 512 * 20])  # one longer than a call: alone
+    assert all(np.abs(c).max() > 1000 for c in chunks)  # none is skipped as silent
+    together = vad.analyze_batch(chunks, mode=2, gap_ms=300)
+    assert sorted(calls) == [1, 1, 2, 2]
+    assert [a.to_dict() for a in together] == [
+        vad.analyze(c, mode=2, gap_ms=300).to_dict() for c in chunks
+    ]

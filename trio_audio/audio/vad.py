@@ -60,6 +60,7 @@ STATE_SHAPE: Final = (1, 1, 128)
 BATCH_MODEL_PATH: Final = Path(__file__).with_name("silero_vad_v6_batch.onnx")
 BATCH_MODEL_SHA256: Final = "d08f9a4911c2a7180e9ba24825edd9ebd6b2a6ac2b06365609979d2ed87380e9"
 HIDDEN: Final = 128
+MAX_BATCH_WINDOWS: Final = 1024  # windows in one batched call (~2.4 MB of input)
 
 Float32Array = npt.NDArray[np.float32]
 Int16Array = npt.NDArray[np.int16]
@@ -296,9 +297,9 @@ def analyze_batch(pcms: list[Int16Array], mode: int, gap_ms: float) -> list[Voic
     """``analyze`` of each chunk, with the windows of every chunk in one call of the model.
 
     Each chunk starts from a fresh state, as in ``analyze``: the chunks are the batch rows
-    and their windows the time steps; a shorter chunk is padded with silent windows after
-    its end, whose probabilities are dropped (the network runs forward in time, so padding
-    after a chunk never changes what it found before). Results equal ``analyze``'s.
+    and their windows the time steps. Chunks of one length share a call (at most
+    ``MAX_BATCH_WINDOWS`` windows each), so nothing is padded and one long chunk never
+    makes the others wait through its length. Results equal ``analyze``'s.
     """
     detector = Detector(mode)  # rejects a bad mode, loads the model
     counts = [
@@ -306,19 +307,32 @@ def analyze_batch(pcms: list[Int16Array], mode: int, gap_ms: float) -> list[Voic
         else pcm.size // FRAME_SAMPLES
         for pcm in pcms
     ]  # fmt: skip
-    probs = _batch_probabilities([p for p, n in zip(pcms, counts, strict=True) if n])
+    by_length: dict[int, list[int]] = {}
+    for index, count in enumerate(counts):
+        if count:
+            by_length.setdefault(count, []).append(index)
+    probs: dict[int, Float32Array] = {}
+    for count, members in by_length.items():
+        per_call = max(1, MAX_BATCH_WINDOWS // count)
+        for first in range(0, len(members), per_call):
+            call = members[first : first + per_call]
+            probs.update(zip(call, _batch_probabilities([pcms[i] for i in call]), strict=True))
     out = []
-    for pcm, count in zip(pcms, counts, strict=True):
+    for index, (pcm, count) in enumerate(zip(pcms, counts, strict=True)):
         if count == 0:
             out.append(analyze(pcm, mode, gap_ms))  # silent or shorter than a window
             continue
         detector.speaking = False
-        out.append(activity(detector.flags_of(probs.pop(0)), gap_ms))
+        out.append(activity(detector.flags_of(probs[index]), gap_ms))
     return out
 
 
 def _batch_probabilities(pcms: list[Int16Array]) -> list[Float32Array]:
-    """Speech probabilities of each chunk's full frames, every chunk in one model call."""
+    """Speech probabilities of each chunk's full frames, every chunk in one model call.
+
+    A shorter chunk is padded with silent windows after its end, whose probabilities are
+    dropped: the network runs forward in time, so what comes after a window never changes
+    its probability."""
     if not pcms:
         return []
     lengths = [pcm.size // FRAME_SAMPLES for pcm in pcms]
