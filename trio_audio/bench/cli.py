@@ -100,7 +100,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--server-python",
-        default=sys.executable,
+        default="",
         help="the interpreter that runs the service: another venv's, to compare two versions "
         "under the same load (default: this one)",
     )
@@ -158,7 +158,7 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
         spec = Spec(**{**spec.to_json(), "run_id": f"r{stamp}-{len(results)}"})
         verify = not args.no_verify and kw.get("target") != "bare"  # the bare one keeps nothing
         scenario = Scenario(name=name, spec=spec, verify=verify, cpu=args.cpu,
-                            python=args.server_python, **kw)  # fmt: skip
+                            python=args.server_python or sys.executable, **kw)  # fmt: skip
         print(f"[{time.strftime('%H:%M:%S')}] {name} (load average {load[0]:.2f})",
               file=sys.stderr, flush=True)  # fmt: skip
         result = await run_scenario(scenario, out)
