@@ -99,10 +99,13 @@ async def run_pipeline(
     """
     work = Stages(config, limiter)
     workers, timeout = config.stage_workers, config.stage_timeout_s
-    stages = [  # each worker takes the jobs waiting together as one group (stages.py)
-        Stage("validate", work.validate, workers, timeout, GROUP_MAX),
-        Stage("transform", work.transform, workers, timeout, GROUP_MAX),
-        Stage("metadata", work.metadata, workers, timeout, GROUP_MAX),
+    # Each worker takes the jobs waiting together as one group (stages.py), at most a stage
+    # queue's worth: what a stage holds stays bounded by the queue sizes it was given.
+    group = min(GROUP_MAX, config.stage_queue)
+    stages = [
+        Stage("validate", work.validate, workers, timeout, group),
+        Stage("transform", work.transform, workers, timeout, group),
+        Stage("metadata", work.metadata, workers, timeout, group),
     ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
     queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}
