@@ -86,3 +86,33 @@ async def test_baseline_takes_the_same_uploads_and_is_accounted(tmp_path: Path) 
     assert result["accepted"] > 0
     assert result["stored_per_s"] > 0
     assert result["lost"] == []
+
+
+async def test_the_bare_front_doors_answer_and_the_ceiling_ratio_is_reported(
+    tmp_path: Path,
+) -> None:
+    """The bare servers answer the same loads (nothing to verify: they keep nothing), pinned
+    to one CPU with the load on the others, and the service's share of them is computed."""
+    from trio_audio.bench.cli import spread
+
+    results = []
+    with trio.fail_after(120):
+        for kind in ("http", "ws"):
+            spec = Spec(kind=kind, duration_s=1.0, concurrency=2, window=4, bodies=4,
+                        chunk_s=0.25, run_id=f"c{kind}", metadata_every=0)  # fmt: skip
+            for target in ("server", "bare"):
+                scenario = Scenario(name=f"{kind} {target}", spec=spec, target=target,
+                                    verify=target != "bare", cpu=0)  # fmt: skip
+                results.append(await run_scenario(scenario, tmp_path))
+    for result in results:
+        assert result["accepted"] > 0 and result["failed"] == 0, result["errors"]
+        assert result["lost"] == []
+        assert result["server_cpu_ms_per_accepted"] is not None
+    assert results[1]["verified"] == 0 and results[0]["verified"] == results[0]["accepted"]
+    rows = {row["name"]: row for row in spread(results)}
+    for kind in ("http", "ws"):
+        assert rows[f"{kind} server"]["share_of_bare"] > 0
+        assert rows[f"{kind} server"]["cpu_share_of_bare"] > 0
+    text = render({"started": "now", "machine": {"cpus": 2, "python": "3", "loadavg_before": []},
+                   "scenarios": results, "summary": spread(results)})  # fmt: skip
+    assert "of the bare front door's rate" in text

@@ -18,8 +18,10 @@ from trio_audio.audio.features import (
     SILENCE_FLOOR_DBFS,
     Analysis,
     analyze,
+    analyze_spectra,
     analyze_spectrum,
     downmix,
+    power_spectra,
     power_spectrum,
 )
 
@@ -250,3 +252,63 @@ def test_any_signal_gives_finite_features_in_range(samples: Float32Array, rate: 
         assert 0.0 <= freq <= nyquist
     assert all(SILENCE_FLOOR_DBFS <= db <= 10.0 for db in analysis.spectrum.band_db)
     check_dict(analysis)
+
+
+def features_one_by_one_and_together(
+    chunks: list[Float32Array], rates: list[int]
+) -> tuple[list[Analysis], list[Analysis]]:
+    monos = [downmix(chunk) for chunk in chunks]
+    alone = [
+        analyze_spectrum(chunk, mono, power_spectrum(mono, rate))
+        for chunk, mono, rate in zip(chunks, monos, rates, strict=True)
+    ]
+    together = analyze_spectra(chunks, monos, power_spectra(monos, rates))
+    return alone, together
+
+
+def assert_same(alone: list[Analysis], together: list[Analysis]) -> None:
+    assert len(alone) == len(together)
+    for one, batched in zip(alone, together, strict=True):
+        want, got = one.to_dict(), batched.to_dict()
+        for key, value in want["features"].items():
+            assert got["features"][key] == pytest.approx(value, abs=1e-3), key
+        assert got["spectrum"]["bands_hz"] == want["spectrum"]["bands_hz"]
+        assert got["spectrum"]["band_edges_hz"] == want["spectrum"]["band_edges_hz"]
+        assert got["spectrum"]["band_db"] == pytest.approx(want["spectrum"]["band_db"], abs=1e-3)
+
+
+def test_a_group_of_chunks_gets_what_each_chunk_gets_alone() -> None:
+    """Tones, noise, silence, clipping, stereo; 100 ms, 1 s (Welch) and odd lengths, mixed
+    rates: the groups of one shape share a step, the rest go one by one, all in order."""
+    tones = [sine(f, 0.1, amplitude=a) for f, a in ((100, 0.5), (440, 1.0), (1234.5, 0.2))]
+    clipped = np.clip(sine(300, 0.1, amplitude=2.0), -1, 1)
+    chunks: list[Float32Array] = [
+        *tones,
+        noise(0.1, seed=1),
+        np.zeros(1600, np.float32),
+        clipped,
+        sine(440, 1.0),
+        noise(1.0, seed=2),
+        np.zeros(16000, np.float32),
+        noise(0.0371, seed=3),
+        np.stack([sine(440, 0.1, 48000), noise(0.1, 48000, seed=4)], axis=1),
+        np.stack([noise(0.1, 48000, seed=5), noise(0.1, 48000, seed=6)], axis=1),
+        np.zeros(1, np.float32),
+    ]
+    rates = [16000] * 10 + [48000, 48000, 16000]
+    alone, together = features_one_by_one_and_together(chunks, rates)
+    assert_same(alone, together)
+    assert together[0].to_dict() == alone[0].to_dict()  # to the digit, in practice
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    group=st.lists(
+        hnp.arrays(np.float32, st.just(800), elements=st.floats(-1.0, 1.0, width=32)),
+        min_size=2,
+        max_size=6,
+    )
+)
+def test_any_group_gets_what_each_chunk_gets_alone(group: list[Float32Array]) -> None:
+    alone, together = features_one_by_one_and_together(group, [8000] * len(group))
+    assert_same(alone, together)

@@ -152,3 +152,60 @@ def test_session_activity_joins_segments_across_chunks() -> None:
     ]
     assert activity.end() == [("speech_stopped", 4000.0)]
     assert activity.end() == []
+
+
+def test_a_batch_of_chunks_gets_what_each_chunk_gets_alone() -> None:
+    """Speech, tones, noise, music and silence, cut into chunks of unequal lengths (shorter
+    ones padded inside the batch), analysed in one batch and one at a time: same results."""
+    signals = [speak(text) for text in FIXTURE_TEXTS] + list(not_speech().values())
+    chunks = []
+    for n, signal in enumerate(signals):
+        pcm = vad.to_pcm16(signal)
+        size = (1600, 16000, 8000 + 37 * n, 300)[n % 4]  # 100 ms, 1 s, odd, under a window
+        chunks += [pcm[i : i + size] for i in range(0, min(pcm.size, 4 * size), size)]
+    chunks += [np.zeros(RATE, np.int16), np.zeros(0, np.int16)]
+    alone = [vad.analyze(pcm, mode=2, gap_ms=300) for pcm in chunks]
+    together = vad.analyze_batch(chunks, mode=2, gap_ms=300)
+    assert len(together) == len(alone)
+    assert any(a.segments for a in alone) and any(not a.segments for a in alone)
+    for one, batched in zip(alone, together, strict=True):
+        assert batched.speech_ratio == pytest.approx(one.speech_ratio, abs=1e-9)
+        assert len(batched.segments) == len(one.segments)
+        for got, want in zip(batched.segments, one.segments, strict=True):
+            assert got == pytest.approx(want)
+        assert batched.to_dict() == one.to_dict()
+
+
+def test_batch_probabilities_equal_the_one_at_a_time_ones() -> None:
+    pcms = [vad.to_pcm16(speak(text))[: 512 * (5 + 7 * i)] for i, text in enumerate(FIXTURE_TEXTS)]
+    batched = vad._batch_probabilities(pcms)
+    for pcm, probs in zip(pcms, batched, strict=True):
+        np.testing.assert_allclose(probs, vad.Detector(2).probabilities(pcm), atol=1e-5)
+
+
+def test_a_batch_rejects_a_bad_mode() -> None:
+    with pytest.raises(ValueError, match="VAD mode"):
+        vad.analyze_batch([np.zeros(RATE, np.int16)], mode=7, gap_ms=300)
+
+
+def test_a_batch_larger_than_one_call_is_split_and_still_equal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    batch_probabilities = vad._batch_probabilities
+
+    def counted(pcms: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(pcms))
+        return batch_probabilities(pcms)
+
+    monkeypatch.setattr(vad, "MAX_BATCH_WINDOWS", 8)
+    monkeypatch.setattr(vad, "_batch_probabilities", counted)
+    pcm = vad.to_pcm16(speak(FIXTURE_TEXTS[1], lead_s=0.0))
+    chunks = [pcm[i : i + 1600] for i in range(0, 1600 * 5, 1600)]  # 3 windows each
+    chunks.append(pcm[: 512 * 20])  # one longer than a call: alone
+    assert all(np.abs(c).max() > 1000 for c in chunks)  # none is skipped as silent
+    together = vad.analyze_batch(chunks, mode=2, gap_ms=300)
+    assert sorted(calls) == [1, 1, 2, 2]
+    assert [a.to_dict() for a in together] == [
+        vad.analyze(c, mode=2, gap_ms=300).to_dict() for c in chunks
+    ]

@@ -128,6 +128,32 @@ async def test_the_whole_message_sequence(server: Server, transport: str) -> Non
     ]
 
 
+@pytest.mark.parametrize(("every", "with_metadata"), [(3, [0, 3, 6]), (0, [])])
+async def test_metadata_every_sends_the_metadata_of_every_nth_seq(
+    server: Server, transport: str, every: int, with_metadata: list[int]
+) -> None:
+    """A client that asks for fewer metadata messages gets every ack, durable, and the
+    metadata of the seqs that *every* divides; the chunks are all stored with their analysis."""
+    async with connect(ws_url(server, transport)) as ws:
+        started = await start(ws, "sparse", metadata_every=every)
+        assert started["metadata_every"] == every
+        for n in range(8):
+            await ws.send_message(frame(n))
+        await ws.send_message(json.dumps({"type": "end"}))
+        received, code = await until_closed(ws)
+    assert code == 1000
+    acks = [m["seq"] for m in received if m["type"] == "ack"]
+    metadata = [m for m in received if m["type"] == "metadata"]
+    assert acks == list(range(8))
+    assert [m["seq"] for m in metadata] == with_metadata
+    async with server.client() as client:
+        chunks = (await client.get("/sessions/alice?session_id=sparse")).json()["sessions"][0]
+    assert len(chunks["chunks"]) == 8
+    assert all("speech_ratio" in c["features"] for c in chunks["chunks"])
+    for meta in metadata:
+        assert chunks["chunks"][meta["seq"]] == {k: v for k, v in meta.items() if k != "type"}
+
+
 async def test_container_frames_and_base64_audio_messages(server: Server, transport: str) -> None:
     async with connect(ws_url(server, transport)) as ws:
         await start(ws, "files", format={"container": "wav"})
@@ -171,6 +197,12 @@ async def test_container_frames_and_base64_audio_messages(server: Server, transp
                     "format": FORMAT}], 4400, "bad_message"),  # a second start
         ([{"type": "start", "user_id": "a", "session_id": "s", "format": {"container": []}}],
          4415, "unsupported_media_type"),
+        ([{"type": "start", "user_id": "a", "session_id": "s", "format": FORMAT,
+           "metadata_every": -1}], 4400, "invalid_field"),
+        ([{"type": "start", "user_id": "a", "session_id": "s", "format": FORMAT,
+           "metadata_every": "2"}], 4400, "invalid_field"),
+        ([{"type": "start", "user_id": "a", "session_id": "s", "format": FORMAT,
+           "metadata_every": True}], 4400, "invalid_field"),
     ],
 )  # fmt: skip
 async def test_errors_close_with_their_code_and_others_go_on(

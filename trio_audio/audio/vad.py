@@ -1,8 +1,9 @@
 """Voice activity: Silero VAD (its ONNX model, run by onnxruntime on one thread) on 32 ms
 frames, and speech segments.
 
-Plain numpy and onnxruntime, no trio: the pipeline calls ``analyze`` for every chunk (in a
-worker thread for large chunks); the transcriber cuts utterances from the segments it finds
+Plain numpy and onnxruntime, no trio: the pipeline calls ``analyze_batch`` for the chunks
+waiting in its stage (in a worker thread), which gives each chunk what ``analyze`` gives it;
+the transcriber cuts utterances from the segments it finds
 and joins them into session-wide ``speech_started``/``speech_stopped`` events. A
 ``Detector`` keeps Silero's state between calls, for audio fed in pieces.
 
@@ -54,6 +55,12 @@ LOWPASS_ZERO_CROSSINGS: Final = 8  # half-length of the resampling filter, in in
 MODEL_PATH: Final = Path(__file__).with_name("silero_vad_v6.onnx")
 MODEL_SHA256: Final = "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2"
 STATE_SHAPE: Final = (1, 1, 128)
+# The same network with a batch dimension (``batch_model.py`` derives it from the one above),
+# so the windows of several chunks share one call: row t * B + b is window t of chunk b.
+BATCH_MODEL_PATH: Final = Path(__file__).with_name("silero_vad_v6_batch.onnx")
+BATCH_MODEL_SHA256: Final = "d08f9a4911c2a7180e9ba24825edd9ebd6b2a6ac2b06365609979d2ed87380e9"
+HIDDEN: Final = 128
+MAX_BATCH_WINDOWS: Final = 1024  # windows in one batched call (~2.4 MB of input)
 
 Float32Array = npt.NDArray[np.float32]
 Int16Array = npt.NDArray[np.int16]
@@ -101,16 +108,26 @@ class VadError(RuntimeError):
 @functools.cache
 def _session() -> Any:
     """The Silero model, loaded once per process (onnxruntime's ``run`` is thread-safe)."""
+    return _load(MODEL_PATH, MODEL_SHA256)
+
+
+@functools.cache
+def _batch_session() -> Any:
+    """The Silero model with a batch dimension (``BATCH_MODEL_PATH``), loaded once."""
+    return _load(BATCH_MODEL_PATH, BATCH_MODEL_SHA256)
+
+
+def _load(path: Path, sha256: str) -> Any:
     import onnxruntime
 
     try:
-        data = MODEL_PATH.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         msg = f"cannot read the VAD model: {exc}"
         raise VadError(msg) from exc
     digest = hashlib.sha256(data).hexdigest()
-    if digest != MODEL_SHA256:
-        msg = f"the VAD model {MODEL_PATH} has sha256 {digest}, expected {MODEL_SHA256}"
+    if digest != sha256:
+        msg = f"the VAD model {path} has sha256 {digest}, expected {sha256}"
         raise VadError(msg)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
@@ -161,7 +178,10 @@ class Detector:
 
     def flags(self, pcm: Int16Array) -> npt.NDArray[np.bool_]:
         """Speech or not for each full frame of *pcm*, with the hysteresis of the module doc."""
-        probs = self.probabilities(pcm)
+        return self.flags_of(self.probabilities(pcm))
+
+    def flags_of(self, probs: Float32Array) -> npt.NDArray[np.bool_]:
+        """Speech or not for each of the frames' speech probabilities *probs*."""
         out: npt.NDArray[np.bool_] = np.zeros(probs.size, np.bool_)
         for i, p in enumerate(probs):
             if p >= self.threshold:
@@ -249,7 +269,11 @@ def analyze(pcm: Int16Array, mode: int, gap_ms: float) -> VoiceActivity:
     if pcm.size == 0 or int(np.abs(pcm.astype(np.int32)).max()) < SILENT_PEAK:
         Detector(mode)  # still reject a bad mode, and load the model once
         return VoiceActivity(0.0, [])
-    flags = speech_flags(pcm, Detector(mode))
+    return activity(speech_flags(pcm, Detector(mode)), gap_ms)
+
+
+def activity(flags: npt.NDArray[np.bool_], gap_ms: float) -> VoiceActivity:
+    """The segments and speech ratio of one chunk from its frames' speech flags."""
     segmenter = Segmenter(gap_ms, max(1, min(EDGE_SPEECH_FRAMES, flags.size)))
     found: list[tuple[int, int]] = []
     begin = 0
@@ -267,6 +291,65 @@ def analyze(pcm: Int16Array, mode: int, gap_ms: float) -> VoiceActivity:
     ]
     ratio = float(flags.mean()) if flags.size else 0.0
     return VoiceActivity(ratio, segments)
+
+
+def analyze_batch(pcms: list[Int16Array], mode: int, gap_ms: float) -> list[VoiceActivity]:
+    """``analyze`` of each chunk, with the windows of every chunk in one call of the model.
+
+    Each chunk starts from a fresh state, as in ``analyze``: the chunks are the batch rows
+    and their windows the time steps. Chunks of one length share a call (at most
+    ``MAX_BATCH_WINDOWS`` windows each), so nothing is padded and one long chunk never
+    makes the others wait through its length. Results equal ``analyze``'s.
+    """
+    detector = Detector(mode)  # rejects a bad mode, loads the model
+    counts = [
+        0 if pcm.size == 0 or int(np.abs(pcm.astype(np.int32)).max()) < SILENT_PEAK
+        else pcm.size // FRAME_SAMPLES
+        for pcm in pcms
+    ]  # fmt: skip
+    by_length: dict[int, list[int]] = {}
+    for index, count in enumerate(counts):
+        if count:
+            by_length.setdefault(count, []).append(index)
+    probs: dict[int, Float32Array] = {}
+    for count, members in by_length.items():
+        per_call = max(1, MAX_BATCH_WINDOWS // count)
+        for first in range(0, len(members), per_call):
+            call = members[first : first + per_call]
+            probs.update(zip(call, _batch_probabilities([pcms[i] for i in call]), strict=True))
+    out = []
+    for index, (pcm, count) in enumerate(zip(pcms, counts, strict=True)):
+        if count == 0:
+            out.append(analyze(pcm, mode, gap_ms))  # silent or shorter than a window
+            continue
+        detector.speaking = False
+        out.append(activity(detector.flags_of(probs[index]), gap_ms))
+    return out
+
+
+def _batch_probabilities(pcms: list[Int16Array]) -> list[Float32Array]:
+    """Speech probabilities of each chunk's full frames, every chunk in one model call.
+
+    A shorter chunk is padded with silent windows after its end, whose probabilities are
+    dropped: the network runs forward in time, so what comes after a window never changes
+    its probability."""
+    if not pcms:
+        return []
+    lengths = [pcm.size // FRAME_SAMPLES for pcm in pcms]
+    batch, steps = len(pcms), max(lengths)
+    rows = np.zeros((steps, batch, CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
+    for b, (pcm, count) in enumerate(zip(pcms, lengths, strict=True)):
+        frames = (pcm[: count * FRAME_SAMPLES].astype(np.float32) / 32768.0).reshape(
+            count, FRAME_SAMPLES
+        )
+        rows[:count, b, CONTEXT_SAMPLES:] = frames
+        rows[1:count, b, :CONTEXT_SAMPLES] = frames[:-1, -CONTEXT_SAMPLES:]
+    state = np.zeros((1, batch, HIDDEN), np.float32)
+    probs, _, _ = _batch_session().run(
+        None, {"input": rows.reshape(steps * batch, -1), "h": state, "c": state}
+    )
+    table = np.asarray(probs, np.float32).reshape(batch, steps)
+    return [table[b, :count] for b, count in enumerate(lengths)]
 
 
 class SessionActivity:

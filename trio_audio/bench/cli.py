@@ -3,7 +3,11 @@
 ``trio-audio bench`` (``suite``) runs every scenario the README's Performance table quotes:
 closed-loop uploads (the capacity C), the naive baseline on the same uploads, fsync modes,
 open loop at 0.8 C and at 5 C (overload), and WebSocket streams; ``--repeat N`` runs it N
-times and reports the spread. ``trio-audio bench http`` / ``ws`` run one load. Each run writes
+times and reports the spread. ``trio-audio bench http`` / ``ws`` run one load.
+``trio-audio bench ceiling --cpu 0`` runs the HTTP and WebSocket loads against the service
+and against the bare front doors
+(``bench/bare.py``) alternately, server pinned to one CPU and the load on the others, and
+reports the service's share of the bare ceiling (``--repeat`` rounds). Each run writes
 its JSON to ``--out`` (default ``bench-results/``) and prints a report.
 """
 
@@ -27,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "what",
         nargs="?",
         default="suite",
-        choices=("suite", "http", "ws"),
-        help="the full suite, or one HTTP or WebSocket load (default: %(default)s)",
+        choices=("suite", "http", "ws", "ceiling"),
+        help="the full suite, one HTTP or WebSocket load, or both against the bare front "
+        "doors (default: %(default)s)",
     )
     parser.add_argument(
         "--duration",
@@ -69,6 +74,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--window", type=int, default=32, help="WebSocket frames in flight (default: %(default)s)"
     )
     parser.add_argument(
+        "--metadata-every",
+        type=int,
+        default=1,
+        help="WebSocket: ask for the metadata of every Nth frame (0: none) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--frame-ms",
         type=float,
         default=100.0,
@@ -76,9 +87,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=("server", "baseline"),
+        choices=("server", "baseline", "bare"),
         default="server",
-        help="the service, or the naive one-request-at-a-time baseline (default: %(default)s)",
+        help="the service, the naive one-request-at-a-time baseline, or the bare front door "
+        "that only reads and acks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        help="pin the server to this CPU and the load to the others (default: not pinned)",
+    )
+    parser.add_argument(
+        "--server-python",
+        default="",
+        help="the interpreter that runs the service: another venv's, to compare two versions "
+        "under the same load (default: this one)",
     )
     parser.add_argument(
         "--url",
@@ -132,7 +156,9 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
     async def one(name: str, spec: Spec, **kw: Any) -> dict[str, Any]:
         load = loadavg()
         spec = Spec(**{**spec.to_json(), "run_id": f"r{stamp}-{len(results)}"})
-        scenario = Scenario(name=name, spec=spec, verify=not args.no_verify, **kw)
+        verify = not args.no_verify and kw.get("target") != "bare"  # the bare one keeps nothing
+        scenario = Scenario(name=name, spec=spec, verify=verify, cpu=args.cpu,
+                            python=args.server_python or sys.executable, **kw)  # fmt: skip
         print(f"[{time.strftime('%H:%M:%S')}] {name} (load average {load[0]:.2f})",
               file=sys.stderr, flush=True)  # fmt: skip
         result = await run_scenario(scenario, out)
@@ -151,7 +177,7 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
                 concurrency=args.concurrency, mode=args.mode, rate=args.rate)  # fmt: skip
     ws = Spec(kind="ws", duration_s=args.duration, frame_ms=args.frame_ms,
               concurrency=args.concurrency, mode=args.mode, rate=args.rate,
-              window=args.window)  # fmt: skip
+              window=args.window, metadata_every=args.metadata_every)  # fmt: skip
     profile = out / f"profile-{stamp}.txt" if args.profile else None
     if args.what == "http":
         await one("http", http, target=target, server_args=server_args, url=args.url,
@@ -160,6 +186,11 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
         ws_url = args.ws_url or (args.url.replace("http", "ws", 1) + "/ws" if args.url else "")
         await one("ws", Spec(**{**ws.to_json(), "url": ws_url}), target=target,
                   server_args=server_args, url=args.url, profile=profile)  # fmt: skip
+    elif args.what == "ceiling":
+        for _ in range(args.repeat):
+            for spec in (http, ws):
+                for side in ("server", "bare"):
+                    await one(f"{spec.kind} {side}", spec, target=side, server_args=server_args)
     if args.what != "suite":
         if profile is not None:
             from .runner import profile_summary
@@ -213,6 +244,7 @@ def spread(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
                           ("p50_ms", lambda s: s["latency_ms"]["p50"]),
                           ("p99_ms", lambda s: s["latency_ms"]["p99"]),
                           ("server_cpu_percent", lambda s: s["server_cpu_percent"]),
+                          ("cpu_ms_per_accepted", lambda s: s.get("server_cpu_ms_per_accepted")),
                           ("peak_rss_mb", lambda s: s["memory"].get("peak_rss_mb"))):  # fmt: skip
             values = [v for v in map(read, runs) if v is not None]
             if values:
@@ -220,4 +252,15 @@ def spread(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             "max": max(values)}  # fmt: skip
         row["lost"] = sum(len(s["lost"]) for s in runs)
         out.append(row)
+    rows = {row["name"]: row for row in out}
+    for kind in ("http", "ws"):  # ceiling: the service's share of the bare front door
+        server, bare = rows.get(f"{kind} server"), rows.get(f"{kind} bare")
+        if server and bare and "accepted_per_s" in server and "accepted_per_s" in bare:
+            ratio = server["accepted_per_s"]["median"] / max(bare["accepted_per_s"]["median"], 1)
+            server["share_of_bare"] = round(ratio, 3)
+            if "cpu_ms_per_accepted" in server and "cpu_ms_per_accepted" in bare:
+                cost = (
+                    bare["cpu_ms_per_accepted"]["median"] / server["cpu_ms_per_accepted"]["median"]
+                )
+                server["cpu_share_of_bare"] = round(cost, 3)
     return out

@@ -52,6 +52,7 @@ class Spec:
     chunk_s: float = 1.0  # seconds of audio per HTTP upload
     frame_ms: float = 100.0  # per WebSocket frame
     window: int = 32  # unacknowledged frames per WebSocket (closed loop)
+    metadata_every: int = 1  # WebSocket: ask for the metadata of every Nth seq (start message)
     bodies: int = 32  # distinct bodies, sent round robin
     users: int = 64  # spread uploads over this many user ids (per-user rate limits)
     run_id: str = "bench"
@@ -206,9 +207,11 @@ async def run_ws(spec: Spec) -> Outcome:
 
     async def stream(index: int, sent: dict[int, tuple[float, int]]) -> None:
         session = f"{spec.run_id}-ws{index}"
-        start_message = {"type": "start", "user_id": f"bench{index % spec.users}",
+        start_message: dict[str, Any] = {"type": "start", "user_id": f"bench{index % spec.users}",
                          "session_id": session, "format": {"encoding": "pcm_s16le",
                          "sample_rate": audio.RATE, "channels": 1}}  # fmt: skip
+        if spec.metadata_every != 1:
+            start_message["metadata_every"] = spec.metadata_every
         async with open_websocket_url(spec.url, max_message_size=2**24) as ws:
             out.connections += 1
             await ws.send_message(json.dumps(start_message))

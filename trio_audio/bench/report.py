@@ -54,6 +54,13 @@ def render(result: dict[str, Any]) -> str:
                                                   "server_cpu_percent")])  # fmt: skip
         lines += _table(rows)
     lines += _ratios(scenarios)
+    shares = [row for row in summary if "share_of_bare" in row]
+    if shares:
+        lines.append("")
+        lines += [f"{row['name']}: {row['share_of_bare']:.2f}x of the bare front door's "
+                  f"rate, {row.get('cpu_share_of_bare', 0):.3f}x of its chunks per server "
+                  f"CPU-second ({_spread(row.get('cpu_ms_per_accepted'))} ms CPU each; "
+                  f"medians of {row['runs']} runs)" for row in shares]  # fmt: skip
     for s in scenarios:
         if "overload" in s["name"]:
             lines += _overload(s)

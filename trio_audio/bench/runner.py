@@ -48,11 +48,13 @@ LOADGEN = "import sys; from trio_audio.bench.loadgen import main; sys.exit(main(
 class Scenario:
     name: str
     spec: Spec
-    target: str = "server"  # server | baseline | external
+    target: str = "server"  # server | baseline | bare | external
     server_args: tuple[str, ...] = ()
     url: str = ""  # for an external server: its HTTP base URL
     verify: bool = True
     profile: Path | None = None  # record the server with py-spy into this file (collapsed)
+    cpu: int | None = None  # pin the server to this CPU (and the load to the others)
+    python: str = sys.executable  # the service's interpreter: another venv runs other code
 
 
 @attrs.frozen
@@ -81,12 +83,24 @@ class ServerProcess:
 
 
 def server_command(scenario: Scenario, data_dir: Path) -> list[str]:
+    pin = ["taskset", "-c", str(scenario.cpu)] if scenario.cpu is not None else []
     if scenario.target == "baseline":
-        return [sys.executable, "-m", "trio_audio.bench.baseline", "--port", "0",
+        return [*pin, sys.executable, "-m", "trio_audio.bench.baseline", "--port", "0",
                 "--file", str(data_dir / "baseline.log"), *scenario.server_args]  # fmt: skip
-    return [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
+    if scenario.target == "bare":
+        return [*pin, sys.executable, "-m", "trio_audio.bench.bare", "--port", "0",
+                "--ws-port", "0", *scenario.server_args]  # fmt: skip
+    return [*pin, scenario.python, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
             "--data-dir", str(data_dir), "--asr-engine", "none", "--log-level", "info",
             *scenario.server_args]  # fmt: skip
+
+
+def other_cpus(cpu: int | None) -> list[str]:
+    """``taskset`` for the load generator: every CPU but the server's (none pinned: nothing)."""
+    if cpu is None:
+        return []
+    others = sorted(os.sched_getaffinity(0) - {cpu}) or [cpu]
+    return ["taskset", "-c", ",".join(map(str, others))]
 
 
 async def run_server(
@@ -166,7 +180,7 @@ async def profile(pid: int, seconds: float, path: Path) -> None:
     beside = Path(sys.executable).parent / "py-spy"
     command = [shutil.which("py-spy") or str(beside), "record", "--pid", str(pid),
                "--duration", str(max(1, int(seconds))), "--rate", "250", "--threads",
-               "--format", "raw", "--output", str(path), "--nonblocking"]  # fmt: skip
+               "--format", "raw", "--output", str(path), "--nonblocking", "--gil"]  # fmt: skip
     await trio.run_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -275,11 +289,14 @@ async def verify(
 # -- one scenario ------------------------------------------------------------------------
 
 
-async def run_load(spec: Spec, workdir: Path, samples: list[Sample]) -> Outcome:
-    """The load generator as a child process (its CPU sampled into *samples*)."""
+async def run_load(
+    spec: Spec, workdir: Path, samples: list[Sample], cpu: int | None = None
+) -> Outcome:
+    """The load generator as a child process (its CPU sampled into *samples*), kept off the
+    server's *cpu* when the server is pinned."""
     spec_path, out_path = workdir / f"{spec.run_id}.spec.json", workdir / f"{spec.run_id}.out.json"
     spec_path.write_text(json.dumps(spec.to_json()))
-    command = [sys.executable, "-c", LOADGEN, str(spec_path), str(out_path)]
+    command = [*other_cpus(cpu), sys.executable, "-c", LOADGEN, str(spec_path), str(out_path)]
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(command)
         nursery.start_soon(sample, process.pid, samples)
@@ -324,7 +341,7 @@ async def run_scenario(scenario: Scenario, workdir: Path) -> dict[str, Any]:
             if scenario.profile is not None and server is not None:
                 nursery.start_soon(profile, server.process.pid, spec.duration_s,
                                    scenario.profile)  # fmt: skip
-            outcome = await run_load(spec, Path(load_dir), load_samples)
+            outcome = await run_load(spec, Path(load_dir), load_samples, scenario.cpu)
             load_ended = time.monotonic()
             after = await scrape(http_url)
             acked = [(r[3], outcome.checksums[r[4]]) for r in outcome.records
@@ -424,6 +441,8 @@ def summarize(
         "refusal_latency_ms": {"p50": ms_of(refused_latency, 50),
                                "p99": ms_of(refused_latency, 99)},
         "server_cpu_percent": _round(cpu_percent(server_samples, start, end)),
+        "server_cpu_ms_per_accepted": _per_accepted(cpu_percent(server_samples, start, end),
+                                                    accepted / elapsed),
         "loadgen_cpu_percent": round(100 * outcome.cpu_s / elapsed, 1),
         "memory": memory,
         "server_counters": {k: after.get(k, 0) - before.get(k, 0) for k in after
@@ -434,6 +453,13 @@ def summarize(
         "verify_s": round(verify_s, 2),
         "lost": [attrs.asdict(item) for item in lost],
     }  # fmt: skip
+
+
+def _per_accepted(cpu_percent: float | None, accepted_per_s: float) -> float | None:
+    """Server CPU milliseconds per accepted chunk: the cost, whatever else ran beside it."""
+    if cpu_percent is None or not accepted_per_s:
+        return None
+    return round(10 * cpu_percent / accepted_per_s, 3)
 
 
 def _round(value: float | None) -> float | None:

@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import Overloaded
 from ..metrics import Metrics
 from ..models import Job
-from .stages import Stage, Stages, run_stage
+from .stages import GROUP_MAX, Stage, Stages, run_stage
 
 
 class Ingress:
@@ -56,6 +56,16 @@ class Ingress:
             raise self.refuse("shutting_down", "the service is shutting down") from None
         self._metrics.accepted(len(job.parts))
 
+    def try_submit(self, job: Job) -> bool:
+        """Queue *job* if there is room now (True); False, and nothing counted, if not."""
+        job.enqueued = trio.current_time()
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            return False
+        self._metrics.accepted(len(job.parts))
+        return True
+
     async def submit(self, job: Job) -> None:
         """Queue *job*, waiting for room (backpressure to the producer)."""
         job.enqueued = trio.current_time()
@@ -88,10 +98,14 @@ async def run_pipeline(
     then drain in order, the last one hands its jobs to the committer, and this returns.
     """
     work = Stages(config, limiter)
+    workers, timeout = config.stage_workers, config.stage_timeout_s
+    # Each worker takes the jobs waiting together as one group (stages.py), at most a stage
+    # queue's worth: what a stage holds stays bounded by the queue sizes it was given.
+    group = min(GROUP_MAX, config.stage_queue)
     stages = [
-        Stage("validate", work.validate, config.stage_workers, config.stage_timeout_s),
-        Stage("transform", work.transform, config.stage_workers, config.stage_timeout_s),
-        Stage("metadata", work.metadata, config.stage_workers, config.stage_timeout_s),
+        Stage("validate", work.validate, workers, timeout, group),
+        Stage("transform", work.transform, workers, timeout, group),
+        Stage("metadata", work.metadata, workers, timeout, group),
     ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
     queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}

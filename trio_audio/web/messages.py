@@ -29,6 +29,7 @@ from ..models import check_id, parse_seq
 from .media import CONTAINER_TYPES
 
 MAX_CONTROL_BYTES: Final = 64 * 1024  # a JSON message that carries no audio
+MAX_METADATA_EVERY: Final = 1_000_000
 
 
 @attrs.frozen
@@ -40,6 +41,7 @@ class Start:
     content_type: str | None
     raw: RawFormat | None
     resume_from_seq: int | None
+    metadata_every: int = 1  # send the metadata of chunks whose seq it divides (0: none)
 
     @property
     def watch_only(self) -> bool:
@@ -48,6 +50,11 @@ class Start:
 
 def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def metadata_message(chunk: dict[str, Any]) -> str:
+    """``{"type": "metadata", ...chunk}`` as text, without copying the chunk's dict."""
+    return '{"type":"metadata",' + dumps(chunk)[1:]
 
 
 def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:
@@ -128,7 +135,22 @@ def parse_start(
         content_type=content_type,
         raw=raw,
         resume_from_seq=parse_seq(message.get("resume_from_seq")),
+        metadata_every=_metadata_every(message.get("metadata_every", 1)),
     )
+
+
+def _metadata_every(value: object) -> int:
+    """How often a stream wants its chunks' ``metadata``: every chunk whose seq this
+    divides; 1 (the default) is every chunk, 0 none."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 <= value <= MAX_METADATA_EVERY
+    ):
+        shown = str(value)[:40]
+        msg = f"metadata_every must be a whole number from 0 to {MAX_METADATA_EVERY}, got {shown!r}"
+        raise InvalidField(msg)
+    return value
 
 
 def parse_audio(message: dict[str, Any]) -> tuple[bytes, int | None]:

@@ -9,7 +9,7 @@ JSON text frames carry control, binary frames carry audio (one chunk each)::
                                          <-  (resume: ack + metadata [+ transcript] replayed)
     <binary chunk> | audio {data, seq?}  ->
                                          <-  ack {seq, chunk_id}        once durably stored
-                                         <-  metadata {...chunk JSON}
+                                         <-  metadata {...chunk JSON}   (each metadata_every)
                                          <-  transcript / vad / flow {queue_depth, lag_ms}
     finalize | keepalive                 ->
     end                                  ->
@@ -70,7 +70,15 @@ from ..pipeline.pipeline import Ingress
 from ..store import StoreBackend
 from ..store.index import Stored
 from .access import Access
-from .messages import Start, dumps, error_message, parse_audio, parse_control, parse_start
+from .messages import (
+    Start,
+    dumps,
+    error_message,
+    metadata_message,
+    parse_audio,
+    parse_control,
+    parse_start,
+)
 
 logger = logging.getLogger("trio_audio.ws")
 
@@ -320,6 +328,7 @@ class Session:
                 "session_id": start.session_id,
                 "next_seq": self.next_seq,
                 "stored_next_seq": stored_next_seq,
+                "metadata_every": start.metadata_every,
                 "limits": {
                     "max_message_bytes": self.config.max_body_bytes,
                     "max_inflight": self.config.ws_max_inflight,
@@ -335,7 +344,8 @@ class Session:
             await self._send(
                 out, {"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True}
             )
-            await self._send(out, {"type": "metadata", **chunk})
+            if self._wants_metadata(seq):
+                await out.send(metadata_message(chunk))
             transcript = chunk.get("transcript", {})
             if transcript.get("status") == "done":
                 text, words = transcript["text"], transcript["words"]
@@ -433,6 +443,8 @@ class Session:
             raise SessionError(exc) from None
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
+        if self.ingress.try_submit(job):  # room now: no timeout to set up
+            return
         with trio.move_on_after(self.config.ws_overload_timeout_s):
             await self.ingress.submit(job)
             return
@@ -465,11 +477,8 @@ class Session:
                     ack["duplicate"] = True
                     self.duplicates += 1
                 await self._send(out, ack)
-                if result.chunk["chunk_id"] not in self.replayed:
-                    # Read back now, not at commit: the chunks before it are all answered
-                    # by now, so its offset_ms is final even if they committed after it.
-                    chunk = self.ctx.store.get(result.chunk["chunk_id"])
-                    await self._send(out, {"type": "metadata", **chunk})
+                if result.chunk["chunk_id"] not in self.replayed and self._wants_metadata(seq):
+                    await out.send(metadata_message(self._as_answered(result.chunk)))
         self._drained.set()
 
     async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
@@ -546,6 +555,19 @@ class Session:
     @staticmethod
     async def _send(out: trio.MemorySendChannel[str], message: dict[str, Any]) -> None:
         await out.send(dumps(message))
+
+    def _wants_metadata(self, seq: int) -> bool:
+        every = self.start.metadata_every if self.start is not None else 1
+        return every == 1 or (every > 0 and seq % every == 0)
+
+    def _as_answered(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """The chunk JSON as committed, with ``offset_ms`` as the store has it now: the chunks
+        before it are all answered by now, so it is final even if they committed after it.
+        (Cheaper than reading the record back: no unpacking, no second chunk JSON.)"""
+        offset = self.ctx.store.offset_ms(chunk["chunk_id"])
+        if offset is None or offset == chunk.get("offset_ms"):
+            return chunk
+        return {**chunk, "offset_ms": offset}
 
     async def _wait_answered(self) -> None:
         while self.unanswered:
