@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
 
 from trio_audio.asr.engine import EngineError, EngineOptions, check_options, load_engine
+from trio_audio.asr.process import WorkerProcess
 from trio_audio.asr.utterances import Assembler, Utterance
-from trio_audio.asr.worker import Decoder
+from trio_audio.asr.worker import NICE, Decoder
 from trio_audio.audio import vad
 
 from .speech import OTHER_SENTENCE, RATE, SENTENCE, grammar_file, pieces, speak
@@ -106,3 +109,13 @@ def test_engines_are_found_by_name_or_by_path(tmp_path: Path) -> None:
     bad.write_text("this is not JSGF")
     with pytest.raises(EngineError):
         load_engine(EngineOptions(engine="pocketsphinx", grammar=str(bad))).open_stream()
+
+
+async def test_a_worker_process_runs_below_the_service_in_cpu_priority() -> None:
+    # Ingestion answers clients; transcription catches up: the kernel should favour the first.
+    worker = WorkerProcess(0, {"op": "init", "options": EngineOptions(engine="none").to_dict()})
+    async with trio.open_nursery() as nursery:
+        await worker.start(nursery)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, ours + NICE)
+        await worker.aclose()

@@ -220,7 +220,7 @@ class Config:
     asr_workers: int = attrs.field(
         default=0,
         validator=attrs.validators.ge(0),
-        metadata={"help": "transcription worker processes (0: one per core but one)"},
+        metadata={"help": "transcription worker processes (0: one per core, at nice 10)"},
     )
     asr_streams_per_worker: int = attrs.field(
         default=1,

@@ -96,8 +96,9 @@ class ChunkSource(Protocol):
 
 
 def default_workers() -> int:
-    """Worker processes when ``asr_workers`` is 0: every core but the one ingestion needs."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    """Worker processes when ``asr_workers`` is 0: one per core. They run at a lower CPU
+    priority (``worker.NICE``), so ingestion still has a core whenever it needs one."""
+    return len(os.sched_getaffinity(0))
 
 
 @attrs.define(eq=False)

@@ -13,6 +13,7 @@ reaches the parent's pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from .engine import EMPTY, Engine, EngineError, EngineOptions, Hypothesis, load_
 from .protocol import read_frame, write_frame
 
 RATE = 16000
+NICE = 10
 
 
 class Decoder:
@@ -91,6 +93,10 @@ def main() -> None:
     # Ctrl-C reaches the whole process group; the parent decides when this worker stops (it
     # closes stdin), so the interrupt is not the worker's to act on, nor to print.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the service in CPU priority: ingestion takes a core whenever it needs one, and
+    # transcription gets the rest (its backlog is bounded, and it catches up).
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the engine's prints go to stderr, never into the frames
     serve(sys.stdin.buffer, out)
