@@ -72,6 +72,19 @@ async def post(client: httpx.AsyncClient, data: bytes, **params: Any) -> httpx.R
     )  # fmt: skip
 
 
+async def upload_speech(client: httpx.AsyncClient, pieces_: list[Any]) -> list[dict[str, Any]]:
+    """Upload *pieces_* in order as session ``talk``; each stored chunk's JSON."""
+    chunks = []
+    for piece in pieces_:
+        response = await client.post(
+            "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
+            headers={"Content-Type": "audio/wav"},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        chunks.append(response.json())
+    return chunks
+
+
 async def test_upload_to_one_node_read_from_another(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
@@ -436,12 +449,7 @@ async def test_two_nodes_transcribing_write_each_transcript_once(
     ):  # fmt: skip
         for watcher in (wa, wb):
             await start(watcher, "talk")
-        for piece in pieces_:
-            response = await ca.post(
-                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
-                headers={"Content-Type": "audio/wav"},
-            )  # fmt: skip
-            assert response.status_code == 201
+        await upload_speech(ca, pieces_)
         # One node decodes the session; the watchers on both see its words as they come.
         for watcher in (wa, wb):
             assert (await first_final(watcher, 60))["text"] == SENTENCE
@@ -548,13 +556,8 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
                     break
                 await trio.sleep(0.05)
         await start(watcher, "talk")
-        for piece in pieces_:
-            response = await client.post(
-                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
-                headers={"Content-Type": "audio/wav"},
-            )  # fmt: skip
-            assert response.status_code == 201
-            assert response.json()["transcript"]["status"] == "pending"
+        for chunk in await upload_speech(client, pieces_):
+            assert chunk["transcript"]["status"] == "pending"
         # Ending the session on the node finalizes it on the worker, and answers once the
         # node has the words.
         ended = await client.post("/sessions/alice/talk/end")
@@ -594,12 +597,7 @@ async def test_chunks_caught_by_a_cluster_outage_are_transcribed_once_it_is_back
                     if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
                         break
                     await trio.sleep(0.05)
-        for piece in pieces_:
-            response = await client.post(
-                "/upload", params=upload_params(session_id="talk"), content=to_wav(piece),
-                headers={"Content-Type": "audio/wav"},
-            )  # fmt: skip
-            assert response.status_code == 201
+        await upload_speech(client, pieces_)
         for i in range(3):  # while the worker decodes: its transcripts cannot be stored
             own_cluster.kill(i)
         with trio.fail_after(30):  # the node sees the outage

@@ -91,7 +91,15 @@ from ..metrics import Metrics
 from ..store import StoreBackend
 from ..store.events import ChunkStored, Committed
 from ..store.jetstream import META, JetStreamStore, token
-from ..store.nats_bridge import Nats, NatsError, Puller, Unavailable, Work, WrongLastSequence
+from ..store.nats_bridge import (
+    Nats,
+    NatsError,
+    Puller,
+    Unavailable,
+    Work,
+    WrongLastSequence,
+    retrying,
+)
 from .transcriber import Transcriber
 
 logger = logging.getLogger("trio_audio.asr.cluster")
@@ -292,13 +300,11 @@ class Cluster:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.hub.run, nats)
                 if relay:
-                    inbox = await self._retrying(
-                        lambda: nats.subscribe_core(f"{self.names.live}.>")
-                    )
+                    inbox = await retrying(lambda: nats.subscribe_core(f"{self.names.live}.>"))
                     nursery.start_soon(self._relay, inbox)
                 if taking:
                     await self._set_up(nats)
-                    finalize = await self._retrying(
+                    finalize = await retrying(
                         lambda: nats.subscribe_core(f"{self.names.finalize}.*")
                     )
                     nursery.start_soon(self._serve_finalize, nats, finalize, nursery)
@@ -321,14 +327,6 @@ class Cluster:
     def stop(self) -> None:
         """Stop taking work (the leases held are given back) and relaying."""
         self._scope.cancel()
-
-    async def _retrying(self, call: Any) -> Any:
-        while True:
-            try:
-                return await call()
-            except Unavailable as exc:
-                logger.info("the cluster does not answer (%s); retrying", exc)
-                await trio.sleep(0.5)
 
     async def _set_up(self, nats: Nats) -> None:
         """The work stream, the lease bucket and one durable consumer per partition."""

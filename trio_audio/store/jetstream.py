@@ -105,6 +105,7 @@ from .nats_bridge import (
     Unavailable,
     WrongLastSequence,
     open_nats,
+    retrying,
 )
 from .record import BlobRef
 from .store import StoreStats
@@ -244,9 +245,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                         )
                         raise StoreError(msg) from None
                 self._health = f"replaying the stream {self._stream} ({state.messages} records)"
-                follower = await self._retrying(
-                    lambda: nats.follow(self._stream, f"{self._stream}.>", 1)
-                )
+                follower = await retrying(lambda: nats.follow(self._stream, f"{self._stream}.>", 1))
                 await self._replay(follower, state.messages)
                 async with contextlib.AsyncExitStack() as stack:
                     if self._events is not None:
@@ -306,14 +305,6 @@ class JetStreamStore(CommitChannels, IndexReads):
     def pending_now(self) -> list[str]:
         """Every chunk ``pending`` transcription now, in user, session and seq order."""
         return self._index.pending_transcripts()
-
-    async def _retrying(self, call: Any) -> Any:
-        while True:
-            try:
-                return await call()
-            except Unavailable as exc:
-                logger.info("the cluster does not answer (%s); retrying", exc)
-                await trio.sleep(0.5)
 
     async def _replay(self, follower: Follower, messages: int) -> None:
         """Apply the stream's records up to its end (no events: nobody watches yet)."""

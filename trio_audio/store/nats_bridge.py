@@ -32,9 +32,9 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 import nats
@@ -56,6 +56,8 @@ from nats.js.api import (
 )
 
 logger = logging.getLogger("trio_audio.store.nats")
+T = TypeVar("T")
+M = TypeVar("M")
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-and-append
 WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
@@ -70,6 +72,16 @@ class NatsError(Exception):
 
 class Unavailable(NatsError):
     """No answer in time: the cluster (or its meta leader, or the stream's) is unreachable."""
+
+
+async def retrying(call: Callable[[], Awaitable[T]], pause_s: float = 0.5) -> T:
+    """``await call()`` until the cluster answers it (``Unavailable``: log, wait, again)."""
+    while True:
+        try:
+            return await call()
+        except Unavailable as exc:
+            logger.info("the cluster does not answer (%s); retrying", exc)
+            await trio.sleep(pause_s)
 
 
 class WrongLastSequence(NatsError):
@@ -154,7 +166,43 @@ async def _call(loop: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise _translate(exc) from exc
 
 
-class Follower:
+class _Arrivals(Generic[M]):
+    """Messages a subscription's callback queues in the asyncio loop, taken from trio."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._queue: collections.deque[M] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._sub: Any = None
+
+    def _put(self, message: M) -> None:
+        self._queue.append(message)
+        assert self._arrived is not None
+        self._arrived.set()
+
+    async def _take(self, most: int, wait_s: float) -> list[M]:
+        assert self._arrived is not None
+        if not self._queue:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
+            except TimeoutError:
+                return []
+        out: list[M] = []
+        while self._queue and len(out) < most:
+            out.append(self._queue.popleft())
+        self._taken()
+        return out
+
+    def _taken(self) -> None:
+        """After a take, in the loop."""
+
+    async def _take_in_loop(self, most: int, wait_s: float) -> list[M]:
+        taken: list[M] = await trio_asyncio.aio_as_trio(self._take, loop=self._loop)(most, wait_s)
+        return taken
+
+
+class Follower(_Arrivals[Message]):
     """An ordered, headers-only push consumer over a stream, from a start sequence.
 
     nats-py's ordered consumer re-creates itself from the next sequence when it sees a gap or
@@ -162,11 +210,8 @@ class Follower:
     the stream in order, each message once; deleted messages are simply absent."""
 
     def __init__(self, loop: Any) -> None:
-        self._loop = loop
-        self._queue: collections.deque[Message] = collections.deque()
-        self._arrived: asyncio.Event | None = None
+        super().__init__(loop)
         self._room: asyncio.Event | None = None
-        self._sub: Any = None
 
     async def _on_message(self, msg: Msg) -> None:
         assert self._room is not None
@@ -176,33 +221,17 @@ class Follower:
         meta = msg.metadata
         headers = dict(msg.headers or {})
         size = int(headers.pop("Nats-Msg-Size", len(msg.data)))
-        self._queue.append(
+        self._put(
             Message(msg.subject, meta.sequence.stream, headers, size, msg.data, meta.num_pending)
         )
-        assert self._arrived is not None
-        self._arrived.set()
 
-    async def _take(self, most: int, wait_s: float) -> list[Message]:
-        assert self._arrived is not None
-        if not self._queue:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), wait_s)
-            except TimeoutError:
-                return []
-        out: list[Message] = []
-        while self._queue and len(out) < most:
-            out.append(self._queue.popleft())
+    def _taken(self) -> None:
         assert self._room is not None
         self._room.set()
-        return out
 
     async def take(self, most: int, wait_s: float) -> list[Message]:
         """Up to *most* messages in stream order; waits up to *wait_s* for the first."""
-        messages: list[Message] = await trio_asyncio.aio_as_trio(self._take, loop=self._loop)(
-            most, wait_s
-        )
-        return messages
+        return await self._take_in_loop(most, wait_s)
 
 
 @attrs.frozen
@@ -263,43 +292,23 @@ class CoreMessage:
     reply: str = ""
 
 
-class Inbox:
+class Inbox(_Arrivals[CoreMessage]):
     """A core NATS subscription whose messages are queued in the loop (at most
     ``INBOX_QUEUE``; beyond that the newest are dropped: core NATS is best effort anyway)."""
 
     def __init__(self, loop: Any) -> None:
-        self._loop = loop
-        self._queue: collections.deque[CoreMessage] = collections.deque()
-        self._arrived: asyncio.Event | None = None
-        self._sub: Any = None
+        super().__init__(loop)
         self.dropped = 0
 
     async def _on_message(self, msg: Msg) -> None:
         if len(self._queue) >= INBOX_QUEUE:
             self.dropped += 1
             return
-        self._queue.append(CoreMessage(msg.subject, msg.data, msg.reply or ""))
-        assert self._arrived is not None
-        self._arrived.set()
-
-    async def _take(self, wait_s: float) -> list[CoreMessage]:
-        assert self._arrived is not None
-        if not self._queue:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), wait_s)
-            except TimeoutError:
-                return []
-        out = list(self._queue)
-        self._queue.clear()
-        return out
+        self._put(CoreMessage(msg.subject, msg.data, msg.reply or ""))
 
     async def take(self, wait_s: float) -> list[CoreMessage]:
         """Every queued message; waits up to *wait_s* for the first."""
-        messages: list[CoreMessage] = await trio_asyncio.aio_as_trio(self._take, loop=self._loop)(
-            wait_s
-        )
-        return messages
+        return await self._take_in_loop(INBOX_QUEUE, wait_s)
 
 
 class Nats:
