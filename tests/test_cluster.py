@@ -120,6 +120,41 @@ async def test_upload_to_one_node_read_from_another(
         assert sessions == (await ca.get("/sessions/alice")).json()
 
 
+async def test_a_multipart_upload_is_stored_whole_or_not_at_all_across_nodes(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    store = cluster_store(nats_cluster)
+    a = await start_server(**store)
+    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    stream = store["store_stream"]
+    subject = f"{stream}.{token('alice')}.{token('mp')}.chunk"
+
+    def files(*ns: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+        return [("file", (f"{n}.wav", audio(n), "audio/wav")) for n in ns]
+
+    async with a.client() as ca, b.client() as cb, open_nats(nats_cluster.urls, name="t") as nats:
+        # A node that died halfway through sending a multipart upload: the servers drop its
+        # uncommitted batch, so the seqs it was taking are free (not held for ever).
+        headers = {"Nats-Batch-Id": "died-halfway", "Nats-Batch-Sequence": "1",
+                   "Nats-Expected-Last-Subject-Sequence": "0"}  # fmt: skip
+        await nats.publish_core(f"{subject}.0", audio(7), headers)
+        response = await cb.post("/upload", data=upload_params(session_id="mp"), files=files(0, 1))
+        assert response.status_code == 201, response.text
+        assert [c["seq"] for c in response.json()["chunks"]] == [0, 1]
+        # Seq 3 taken meanwhile with other bytes: a batch of 2, 3, 4 is refused whole.
+        assert (await post(ca, audio(99), session_id="mp", seq="3")).status_code == 201
+        response = await cb.post(
+            "/upload", data={**upload_params(session_id="mp"), "seq": "2"}, files=files(2, 3, 4)
+        )
+        assert response.status_code == 409, response.text
+        for client in (ca, cb):
+            listing = await eventually(lambda c=client: c.get("/sessions/alice"), 5)
+            chunks = listing.json()["sessions"][0]["chunks"]
+            assert [c["seq"] for c in chunks] == [0, 1, 3]
+        state = await nats.stream_state(stream)
+        assert state.messages == 3  # nothing of either batch but what was committed
+
+
 async def test_a_watcher_on_one_node_sees_uploads_to_another(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:

@@ -38,6 +38,8 @@ Writes and their guarantees:
   publish whose PubAck it did not get (a timeout while the message did land) a no-op: the
   stream drops a duplicate id seen within its duplicate window (``store_dedupe_s``, 2 min
   by default), and answers with the first copy's sequence.
+- A multipart upload's chunks are published as one atomic batch (``Nats.publish_batch``):
+  all stored or none, even when this node dies halfway through sending them.
 - A transcript (an update of the ``transcript`` field) is written once per chunk: it is
   published with the same compare-and-append on the chunk's update subject, and one that
   comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Each
@@ -578,27 +580,53 @@ class JetStreamStore(CommitChannels, IndexReads):
         }
 
     async def _publish_all(self, item: Pending) -> None:
-        """Publish a write's messages in order; stop at the first that fails. A multipart
-        upload cut short has its published members deleted again."""
+        """Publish a write's messages in order; stop at the first that fails. The chunks of a
+        multipart upload go as one atomic batch: all stored or none, even when this node
+        dies halfway through sending them."""
         if isinstance(item.write, Job):
             assert isinstance(item.plan, list)
             for planned in item.plan:
                 if planned.meta is not None and planned.part.speech_pcm is not None:
                     self._pcm[planned.meta["chunk_id"]] = planned.part.speech_pcm
-        for message in item.messages:
-            await self._publish(message)
-            if message.error is not None:
-                break
+        if isinstance(item.write, Job) and len(item.messages) > 1:
+            await self._publish_batch(item.messages)
+        else:
+            for message in item.messages:
+                await self._publish(message)
+                if message.error is not None:
+                    break
         failed = any(m.error is not None or m.seq is None for m in item.messages)
         if failed and isinstance(item.write, Job):
             for planned in item.plan if isinstance(item.plan, list) else []:
                 if planned.meta is not None:
                     self._pcm.pop(planned.meta["chunk_id"], None)
-            if len(item.messages) > 1:
-                for message in item.messages:
-                    if message.seq is not None:
-                        with contextlib.suppress(NatsError):
-                            await self._nats_or_fail().delete(self._stream, message.seq)
+
+    async def _publish_batch(self, messages: list[Publish]) -> None:
+        """*messages* as one atomic batch, sent again once when its PubAck does not come (a
+        batch that did land then loses its compare-and-appends, which ``_commit`` handles as
+        for any write another node took first)."""
+        nats = self._nats_or_fail()
+        timeout = self._config.store_timeout_s
+        batch = [(m.subject, m.body, dict(m.headers)) for m in messages]
+        error: NatsError | None = None
+        for attempt in range(2):
+            try:
+                seqs = await nats.publish_batch(batch, timeout / 2)
+            except Unavailable as exc:
+                error = exc
+                if not nats.connected:
+                    break
+                if attempt == 0:
+                    logger.info("no PubAck for a batch of %d, sending again", len(batch))
+                continue
+            except NatsError as exc:
+                error = exc
+                break
+            for message, seq in zip(messages, seqs, strict=True):
+                message.seq, message.error = seq, None
+            return
+        for message in messages:
+            message.error = error
 
     async def _publish(self, message: Publish) -> None:
         """One publish, re-sent once (same ``Nats-Msg-Id``) when its PubAck does not come."""

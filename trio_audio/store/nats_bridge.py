@@ -30,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -350,6 +352,7 @@ class Nats:
             subjects=subjects,
             num_replicas=replicas,
             allow_direct=True,
+            allow_atomic=True,  # multipart uploads: all their chunks are stored, or none
             duplicate_window=duplicate_window_s,
         )
         try:
@@ -377,6 +380,38 @@ class Nats:
             self._loop, self._js.publish, subject, body, timeout=wait_s, headers=headers
         )
         return int(ack.seq), bool(ack.duplicate)
+
+    async def publish_batch(
+        self, messages: list[tuple[str, bytes, dict[str, str]]], wait_s: float
+    ) -> list[int]:
+        """Publish *messages* as one atomic batch (``allow_atomic`` streams, server 2.12+):
+        the stream stores all of them, in order and next to each other, or none (a refused
+        compare-and-append, or a publisher that dies before the commit: the server drops
+        an uncommitted batch). Their stream sequences, once the commit's PubAck came.
+        ``Nats-Msg-Id`` is not allowed in a batch and is left out."""
+        if not self.connected:
+            msg = "not connected to any NATS server"
+            raise Unavailable(msg)
+        batch_id = secrets.token_hex(16)
+
+        async def send() -> list[int]:
+            for n, (subject, body, headers) in enumerate(messages, 1):
+                batch_headers = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
+                batch_headers["Nats-Batch-Id"] = batch_id
+                batch_headers["Nats-Batch-Sequence"] = str(n)
+                if n < len(messages):
+                    await self._nc.publish(subject, body, headers=batch_headers)
+                    continue
+                batch_headers["Nats-Batch-Commit"] = "1"
+                reply = await self._nc.request(subject, body, timeout=wait_s, headers=batch_headers)
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                nats.js.errors.APIError.from_error(answer["error"])  # raises
+            last, count = int(answer["seq"]), int(answer.get("count", len(messages)))
+            return list(range(last - count + 1, last + 1))
+
+        seqs: list[int] = await _call(self._loop, send)
+        return seqs
 
     async def get(self, stream: str, seq: int) -> Message:
         """The message at *seq* (a direct get: any replica answers)."""
@@ -507,9 +542,11 @@ class Nats:
         cut = len(f"$KV.{bucket}.")
         return [subject[cut:] for subject in (info.state.subjects or {})]
 
-    async def publish_core(self, subject: str, data: bytes) -> None:
+    async def publish_core(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         """A core NATS publish (fire and forget: no stream, no acknowledgement)."""
-        await _call(self._loop, self._nc.publish, subject, data)
+        await _call(self._loop, self._nc.publish, subject, data, headers=headers)
 
     async def request(self, subject: str, data: bytes, wait_s: float) -> bytes:
         """A core NATS request; the reply's body (``Unavailable``: no answer in time)."""
