@@ -126,6 +126,14 @@ async def test_the_whole_message_sequence(server: Server, transport: str) -> Non
     assert listing["sessions"][0]["chunks"] == [
         {k: v for k, v in m.items() if k != "type"} for m in metadata
     ]
+    # The same session summary as POST /sessions/{user}/{session}/end gives, plus the
+    # stream's own counts.
+    session = listing["sessions"][0]
+    assert end[0]["summary"] == {
+        "user_id": "alice", "session_id": session["session_id"],
+        "chunk_count": 3, "duration_ms": session["duration_ms"],
+        "transcript": session["transcript"], "stored": 3, "duplicates": 0, "next_seq": 3,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("every", "with_metadata"), [(3, [0, 3, 6]), (0, [])])

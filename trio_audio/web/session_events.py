@@ -26,6 +26,7 @@ import trio
 
 from ..hub import Hub, Message, Subscription
 from ..store import StoreBackend
+from .messages import session_summary
 
 HEARTBEAT_S: Final = 15.0
 
@@ -85,15 +86,8 @@ async def end_session(
         return None
     if transcriber is not None:
         await transcriber.finalize(user_id, session_id)
-    summary = store.summary(user_id, session_id)
-    if summary is None:  # deleted meanwhile
+    body = session_summary(store, user_id, session_id)
+    if body is None:  # deleted meanwhile
         return None
-    body = {
-        "user_id": user_id,
-        "session_id": session_id,
-        "chunk_count": summary.chunk_count,
-        "duration_ms": summary.duration_ms,
-        "transcript": summary.transcript,
-    }
     hub.publish(user_id, session_id, {"type": "session_end", "summary": body})
     return body

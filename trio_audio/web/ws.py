@@ -78,6 +78,7 @@ from .messages import (
     parse_audio,
     parse_control,
     parse_start,
+    session_summary,
 )
 
 logger = logging.getLogger("trio_audio.ws")
@@ -579,19 +580,13 @@ class Session:
             await self.ctx.transcriber.finalize(start.user_id, start.session_id)
 
     def _session_end(self, start: Start) -> dict[str, Any]:
-        session = self.ctx.store.summary(start.user_id, start.session_id)
-        return {
-            "type": "session_end",
-            "summary": {
-                "user_id": start.user_id,
-                "session_id": start.session_id,
-                "stored": self.stored,
-                "duplicates": self.duplicates,
-                "next_seq": self.next_seq,
-                "chunk_count": session.chunk_count if session else 0,
-                "duration_ms": session.duration_ms if session else 0.0,
-            },
-        }
+        """The session's summary (as ``POST .../end`` gives it) and this stream's counts."""
+        session = session_summary(self.ctx.store, start.user_id, start.session_id) or {
+            "user_id": start.user_id, "session_id": start.session_id,
+            "chunk_count": 0, "duration_ms": 0.0, "transcript": None,
+        }  # fmt: skip
+        stream = {"stored": self.stored, "duplicates": self.duplicates, "next_seq": self.next_seq}
+        return {"type": "session_end", "summary": {**session, **stream}}
 
     async def _fail(self, error: ServiceError) -> None:
         if error is not self.error:  # that one was counted when it happened
