@@ -209,3 +209,17 @@ def test_a_batch_larger_than_one_call_is_split_and_still_equal(
     assert [a.to_dict() for a in together] == [
         vad.analyze(c, mode=2, gap_ms=300).to_dict() for c in chunks
     ]
+
+
+def test_speech_still_going_at_a_chunks_end_is_a_segment_even_after_a_few_silent_frames() -> None:
+    # 5 speech frames (160 ms) near the end, then 3 silent ones: fewer than the 500 ms gap,
+    # so the word may go on in the next chunk, and it is kept, as it would be with no
+    # silent frame after it.
+    gap_ms = 500.0
+    tail = np.array([False] * 20 + [True] * 5 + [False] * 3)
+    assert vad.activity(tail, gap_ms).segments == [(20 * vad.FRAME_MS, 25 * vad.FRAME_MS)]
+    flush = np.array([False] * 20 + [True] * 5)
+    assert vad.activity(flush, gap_ms).segments == [(20 * vad.FRAME_MS, 25 * vad.FRAME_MS)]
+    # The same blip with the whole gap after it inside the chunk is over: too short to count.
+    closed = np.array([False] * 20 + [True] * 5 + [False] * 20)
+    assert vad.activity(closed, gap_ms).segments == []

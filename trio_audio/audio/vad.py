@@ -275,19 +275,21 @@ def analyze(pcm: Int16Array, mode: int, gap_ms: float) -> VoiceActivity:
 def activity(flags: npt.NDArray[np.bool_], gap_ms: float) -> VoiceActivity:
     """The segments and speech ratio of one chunk from its frames' speech flags."""
     segmenter = Segmenter(gap_ms, max(1, min(EDGE_SPEECH_FRAMES, flags.size)))
-    found: list[tuple[int, int]] = []
+    found: list[tuple[int, int, bool]] = []  # (first frame, end frame, open at the end?)
     begin = 0
     for flag in flags:
         for kind, frame in segmenter.push(bool(flag)):
             if kind == "start":
                 begin = frame
             else:
-                found.append((begin, frame))
-    found += [(begin, frame) for _, frame in segmenter.flush()]
+                found.append((begin, frame, False))
+    # Still open at the chunk's end (fewer than gap_ms of silence after it, even if a few
+    # silent frames close the chunk): its speech may go on in the next chunk.
+    found += [(begin, frame, True) for _, frame in segmenter.flush()]
     segments = [
         (lo * FRAME_MS, hi * FRAME_MS)
-        for lo, hi in found
-        if lo == 0 or hi >= flags.size or int(flags[lo:hi].sum()) >= MIN_SPEECH_FRAMES
+        for lo, hi, open_at_end in found
+        if lo == 0 or open_at_end or int(flags[lo:hi].sum()) >= MIN_SPEECH_FRAMES
     ]
     ratio = float(flags.mean()) if flags.size else 0.0
     return VoiceActivity(ratio, segments)
