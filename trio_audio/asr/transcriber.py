@@ -528,7 +528,7 @@ class Transcriber:
         self, session: SessionState, utterance: Utterance, answer: dict[str, Any]
     ) -> None:
         """LocalAgreement-2: publish the words two consecutive hypotheses agree on."""
-        if not answer.get("ok") or session.assembler.partial() is None:
+        if not answer.get("ok") or not session.assembler.open:
             return
         if session.finals:  # the utterance it heard has ended meanwhile
             return
