@@ -172,38 +172,13 @@ def analyze(samples: npt.NDArray[np.floating], sample_rate: int) -> Analysis:
 
 
 def power_spectrum(mono: Float32Array, sample_rate: int) -> PowerSpectrum:
-    """The Hann-windowed, Welch-averaged rfft power of a mono signal (see the module doc)."""
+    """The Hann-windowed, Welch-averaged rfft power of a mono signal (see the module doc):
+    a group of one for :func:`power_spectra`."""
     count = len(mono)
     if count == 0 or sample_rate <= 0:
         msg = f"need samples and a positive rate, got {count} frames at {sample_rate} Hz"
         raise ValueError(msg)
-    nfft = min(MAX_NFFT, max(MIN_NFFT, 1 << (count - 1).bit_length()))
-    if count <= nfft:
-        window, scale = _hann(count)
-        spec = np.fft.rfft(np.multiply(mono, window), nfft)
-        power = np.square(spec.real)
-        power += np.square(spec.imag)
-        power *= scale
-        return PowerSpectrum(power, sample_rate, nfft, 1)
-    window, scale = _hann(nfft)
-    hop = nfft // 2
-    n_frames = min(MAX_WELCH_FRAMES, -(-(count - nfft) // hop) + 1)
-    step = (count - nfft) // (n_frames - 1)
-    frames = np.lib.stride_tricks.sliding_window_view(mono, nfft)[::step][:n_frames]
-    # In batches through reused buffers: float64 (numpy's float32 FFT is slower), and a few
-    # hundred KB at a time rather than megabytes of fresh memory per chunk.
-    batch = min(WELCH_BATCH, n_frames)
-    windowed = np.empty((batch, nfft))
-    spec = np.empty((batch, nfft // 2 + 1), np.complex128)
-    power = np.zeros(nfft // 2 + 1)
-    for start in range(0, n_frames, batch):
-        size = min(batch, n_frames - start)
-        np.multiply(frames[start : start + size], window, out=windowed[:size])
-        part = np.fft.rfft(windowed[:size], axis=-1, out=spec[:size])
-        power += np.einsum("ij,ij->j", part.real, part.real)
-        power += np.einsum("ij,ij->j", part.imag, part.imag)
-    power *= scale / n_frames
-    return PowerSpectrum(power, sample_rate, nfft, n_frames)
+    return _power_rows(np.asarray(mono)[None], sample_rate)[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,31 +195,15 @@ def _hann(length: int) -> tuple[Float64Array, float]:
 def analyze_spectrum(
     samples: npt.NDArray[np.floating], mono: Float32Array, spectrum: PowerSpectrum
 ) -> Analysis:
-    """Features and band spectrum from the samples, their downmix and its power spectrum."""
-    count = len(mono)
-    if count == 0:
+    """Features and band spectrum from the samples, their downmix and its power spectrum: a
+    group of one for :func:`analyze_spectra`."""
+    if len(mono) == 0:
         msg = "cannot analyze 0 frames"
         raise ValueError(msg)
-    rate = spectrum.sample_rate
-    mean_square = float(np.dot(mono, mono)) / count
-    peak = max(float(samples.max()), -float(samples.min()))
-    negative = mono < 0
-    crossings = int(np.count_nonzero(negative[1:] != negative[:-1]))
-    clipped = int(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL))
-    dominant, centroid, rolloff, flatness = _spectral(spectrum)
-    features = Features(
-        rms_dbfs=_db(mean_square),
-        peak_dbfs=_db(peak * peak),
-        dominant_hz=dominant,
-        spectral_centroid_hz=centroid,
-        spectral_rolloff_hz=rolloff,
-        spectral_flatness=flatness,
-        zero_crossing_rate=crossings / (count - 1) if count > 1 else 0.0,
-        clipping_ratio=clipped / samples.size,
-        silence_ratio=_silence_ratio(mono, rate),
-        fft_bin_hz=spectrum.fft_bin_hz,
+    rows = _analyze_rows(
+        np.asarray(samples)[None], np.asarray(mono)[None], spectrum.power[None], spectrum
     )
-    return Analysis(features, _bands(spectrum, mean_square))
+    return rows[0]
 
 
 def _db(power: float) -> float:
@@ -254,48 +213,11 @@ def _db(power: float) -> float:
     return 10.0 * math.log10(power)
 
 
-def _spectral(spectrum: PowerSpectrum) -> tuple[float, float, float, float]:
-    """Dominant frequency, centroid, rolloff and flatness; all 0.0 for silence."""
-    power = spectrum.power
-    total = float(power.sum())
-    above_dc = power[1:]
-    if total <= SILENT_POWER or len(above_dc) == 0:
-        return 0.0, 0.0, 0.0, 0.0
-    bin_hz = spectrum.fft_bin_hz
-    peak = int(np.argmax(above_dc)) + 1
-    offset = 0.0
-    if peak < len(power) - 1:
-        left, mid, right = np.log(power[peak - 1 : peak + 2] + FLATNESS_EPSILON)
-        curve = left - 2.0 * mid + right
-        if curve < 0:
-            offset = min(0.5, max(-0.5, 0.5 * float(left - right) / float(curve)))
-    dominant = (peak + offset) * bin_hz
-    centroid = float(np.dot(_bin_numbers(len(power)), power)) / total * bin_hz
-    rolloff_bin = int(np.searchsorted(np.cumsum(power), ROLLOFF_FRACTION * total))
-    rolloff = min(rolloff_bin, len(power) - 1) * bin_hz
-    geometric = math.exp(float(np.mean(np.log(above_dc + FLATNESS_EPSILON))))
-    flatness = min(1.0, geometric / (float(above_dc.mean()) + FLATNESS_EPSILON))
-    return dominant, centroid, rolloff, flatness
-
-
 @functools.lru_cache(maxsize=16)
 def _bin_numbers(bins: int) -> Float64Array:
     numbers = np.arange(bins, dtype=np.float64)
     numbers.setflags(write=False)
     return numbers
-
-
-def _silence_ratio(mono: Float32Array, sample_rate: int) -> float:
-    """The fraction of whole 20 ms frames below SILENCE_THRESHOLD_DBFS."""
-    frame = max(1, round(SILENCE_FRAME_S * sample_rate))
-    n_frames = len(mono) // frame
-    if n_frames == 0:
-        mean_square = float(np.dot(mono, mono)) / len(mono)
-        return 1.0 if mean_square < _SILENCE_MEAN_SQUARE else 0.0
-    frames = mono[: n_frames * frame].reshape(n_frames, frame)
-    energies = np.einsum("ij,ij->i", frames, frames)
-    silent = int(np.count_nonzero(energies < _SILENCE_MEAN_SQUARE * frame))
-    return silent / n_frames
 
 
 @attrs.frozen
@@ -331,21 +253,6 @@ def _band_map(sample_rate: int, nfft: int) -> _BandMap:
     )
 
 
-def _bands(spectrum: PowerSpectrum, mean_square: float) -> Spectrum:
-    """Each band's share of the spectral power, scaled to the signal's mean square."""
-    bands = _band_map(spectrum.sample_rate, spectrum.nfft)
-    sums = np.bincount(
-        bands.band_of_bin, weights=spectrum.power[bands.first_bin :], minlength=N_BANDS
-    )
-    total = float(spectrum.power.sum())
-    scale = mean_square / total if total > SILENT_POWER else 0.0
-    levels = [
-        _db(float(power) * scale) if count else SILENCE_FLOOR_DBFS
-        for power, count in zip(sums, bands.bins_per_band, strict=True)
-    ]
-    return Spectrum(list(bands.centres), list(bands.edges), levels)
-
-
 # -- groups of chunks: one vectorised step per shape -----------------------------------------
 
 
@@ -364,10 +271,8 @@ def power_spectra(
     out: list[PowerSpectrum | None] = [None] * len(monos)
     for group in _same_shape([(len(m), r) for m, r in zip(monos, sample_rates, strict=True)]):
         rate, count = sample_rates[group[0]], len(monos[group[0]])
-        if len(group) == 1 or count == 0 or rate <= 0:
-            for i in group:
-                out[i] = power_spectrum(monos[i], sample_rates[i])
-            continue
+        if count == 0 or rate <= 0:
+            power_spectrum(monos[group[0]], rate)  # raises the error that says why
         stacked = np.stack([monos[i] for i in group])
         for i, power in zip(group, _power_rows(stacked, rate), strict=True):
             out[i] = power
@@ -392,7 +297,7 @@ def _power_rows(monos: Float32Array, sample_rate: int) -> list[PowerSpectrum]:
         step = (count - nfft) // (n_frames - 1)
         frames = np.lib.stride_tricks.sliding_window_view(monos, nfft, axis=-1)
         power = np.zeros((monos.shape[0], nfft // 2 + 1))
-        for start in range(0, n_frames, WELCH_BATCH):  # a few frames at a time, as above
+        for start in range(0, n_frames, WELCH_BATCH):  # a few frames at a time: little scratch
             chosen = frames[:, start * step : min(n_frames, start + WELCH_BATCH) * step : step]
             part = np.fft.rfft(np.multiply(chosen, window), axis=-1)
             power += np.einsum("nij,nij->nj", part.real, part.real)
@@ -411,10 +316,8 @@ def analyze_spectra(
             for s, m, p in zip(samples, monos, spectra, strict=True)]  # fmt: skip
     out: list[Analysis | None] = [None] * len(samples)
     for group in _same_shape(keys):
-        if len(group) == 1 or len(monos[group[0]]) == 0:
-            for i in group:
-                out[i] = analyze_spectrum(samples[i], monos[i], spectra[i])
-            continue
+        if len(monos[group[0]]) == 0:
+            analyze_spectrum(samples[group[0]], monos[group[0]], spectra[group[0]])  # raises
         found = _analyze_rows(
             np.stack([np.asarray(samples[i]) for i in group]),
             np.stack([monos[i] for i in group]),
