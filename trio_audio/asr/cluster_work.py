@@ -89,7 +89,7 @@ from ..errors import NotFound, StoreError
 from ..hub import Hub, Message
 from ..metrics import Metrics
 from ..store import StoreBackend
-from ..store.events import ChunkStored, Committed
+from ..store.events import ChunkStored
 from ..store.jetstream import META, JetStreamStore, token
 from ..store.nats_bridge import (
     Nats,
@@ -402,13 +402,10 @@ class Cluster:
                 await self.store.applied_more()
 
     def _session_pending(self, user_id: str, session_id: str) -> bool:
-        for _, chunk_id in self.store.chunks_after(user_id, session_id, None):
-            try:
-                if self.store.get(chunk_id)["transcript"]["status"] == "pending":
-                    return True
-            except NotFound:
-                continue
-        return False
+        """Whether a chunk of the session still waits for its transcript (the index keeps
+        the session's status, so this unpacks nothing)."""
+        summary = self.store.summary(user_id, session_id)
+        return summary is not None and summary.transcript["status"] == "pending"
 
     def lag_s(self) -> float:
         return self.transcriber.lag_s() if self.transcriber is not None else 0.0
@@ -664,13 +661,6 @@ def cluster_for(config: Config, store: StoreBackend, hub: Hub, metrics: Metrics)
     return None
 
 
-async def drain_events(events: trio.MemoryReceiveChannel[Committed]) -> None:
-    """An asr-worker's event stream: nobody watches there (its work comes as work)."""
-    async with events:
-        async for _ in events:
-            pass
-
-
 async def run_worker(
     config: Config, *, task_status: trio.TaskStatus[Cluster] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -685,13 +675,11 @@ async def run_worker(
         raise ValueError(msg)
     metrics = Metrics()
     limiter = trio.CapacityLimiter(config.cpu_threads)
-    store = JetStreamStore(config, metrics=metrics)
-    events = store.events()
+    store = JetStreamStore(config, metrics=metrics)  # no events: its work comes as work
     hub = Hub(config.ws_queue)
     async with trio.open_nursery() as root:
         await root.start(store.run)
         try:
-            root.start_soon(drain_events, events)
             cluster = Cluster(config, store, hub, metrics)
             transcriber = Transcriber(config, cluster.source, cluster.hub, metrics, limiter)
             async with trio.open_nursery() as work:

@@ -70,7 +70,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
@@ -602,52 +602,46 @@ class JetStreamStore(CommitChannels, IndexReads):
                     self._pcm.pop(planned.meta["chunk_id"], None)
 
     async def _publish_batch(self, messages: list[Publish]) -> None:
-        """*messages* as one atomic batch, sent again once when its PubAck does not come (a
-        batch that did land then loses its compare-and-appends, which ``_commit`` handles as
-        for any write another node took first)."""
-        nats = self._nats_or_fail()
-        timeout = self._config.store_timeout_s
+        """*messages* as one atomic batch (see ``_acked``)."""
         batch = [(m.subject, m.body, dict(m.headers)) for m in messages]
+        seqs, error = await self._acked(lambda nats, wait_s: nats.publish_batch(batch, wait_s))
+        for n, message in enumerate(messages):
+            message.seq, message.error = (seqs[n] if seqs else None), error
+
+    async def _publish(self, message: Publish) -> None:
+        """One publish (see ``_acked``; a re-send has the same ``Nats-Msg-Id``, so the stream
+        drops it if the first copy landed)."""
+
+        async def one(nats: Nats, wait_s: float) -> list[int]:
+            seq, _ = await nats.publish(
+                message.subject, message.body, dict(message.headers), wait_s
+            )
+            return [seq]
+
+        seqs, message.error = await self._acked(one)
+        message.seq = seqs[0] if seqs else None
+
+    async def _acked(
+        self, publish: Callable[[Nats, float], Awaitable[list[int]]]
+    ) -> tuple[list[int] | None, NatsError | None]:
+        """*publish*, sent again once when its PubAck does not come; its sequences, or the
+        error. (A batch that did land the first time then loses its compare-and-appends,
+        which ``_commit`` handles as for any write another node took first.)"""
+        nats = self._nats_or_fail()
+        wait_s = self._config.store_timeout_s / 2
         error: NatsError | None = None
         for attempt in range(2):
             try:
-                seqs = await nats.publish_batch(batch, timeout / 2)
+                return await publish(nats, wait_s), None
             except Unavailable as exc:
                 error = exc
                 if not nats.connected:
                     break
                 if attempt == 0:
-                    logger.info("no PubAck for a batch of %d, sending again", len(batch))
-                continue
+                    logger.info("no PubAck in %.1f s, sending again", wait_s)
             except NatsError as exc:
-                error = exc
-                break
-            for message, seq in zip(messages, seqs, strict=True):
-                message.seq, message.error = seq, None
-            return
-        for message in messages:
-            message.error = error
-
-    async def _publish(self, message: Publish) -> None:
-        """One publish, re-sent once (same ``Nats-Msg-Id``) when its PubAck does not come."""
-        nats = self._nats_or_fail()
-        timeout = self._config.store_timeout_s
-        for attempt in range(2):
-            try:
-                message.seq, _ = await nats.publish(
-                    message.subject, message.body, dict(message.headers), timeout / 2
-                )
-                message.error = None
-                return
-            except Unavailable as exc:
-                message.error = exc
-                if not nats.connected:
-                    return
-                if attempt == 0:
-                    logger.info("no PubAck for %s, sending again", message.subject)
-            except NatsError as exc:
-                message.error = exc
-                return
+                return None, exc
+        return None, error
 
     def _nats_or_fail(self) -> Nats:
         if self._nats is None:

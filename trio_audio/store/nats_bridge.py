@@ -320,6 +320,7 @@ class Nats:
         self._loop = loop
         self._nc = client
         self._js = client.jetstream(timeout=timeout)
+        self._buckets: dict[str, Any] = {}  # bucket name -> nats-py KeyValue handle
         self.timeout = timeout
 
     @property
@@ -492,11 +493,19 @@ class Nats:
         config = KeyValueConfig(bucket=bucket, ttl=ttl_s, replicas=replicas, history=1)
         await _call(self._loop, self._js.create_key_value, config)
 
+    async def _bucket(self, bucket: str) -> Any:
+        """The bucket's handle (in the loop); nats-py asks the server for it on each
+        ``key_value`` call, so it is asked once."""
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            kv = self._buckets[bucket] = await self._js.key_value(bucket)
+        return kv
+
     async def kv_get(self, bucket: str, key: str) -> tuple[bytes, int] | None:
         """A key's value and revision (None: absent, deleted or expired)."""
 
         async def get() -> tuple[bytes, int] | None:
-            kv = await self._js.key_value(bucket)
+            kv = await self._bucket(bucket)
             try:
                 entry = await kv.get(key)
             except nats.js.errors.KeyNotFoundError:
@@ -511,7 +520,7 @@ class Nats:
         its new revision. ``WrongLastSequence`` when someone else wrote it meanwhile."""
 
         async def put() -> int:
-            kv = await self._js.key_value(bucket)
+            kv = await self._bucket(bucket)
             try:
                 if last is None:
                     return int(await kv.create(key, value))
@@ -526,7 +535,7 @@ class Nats:
         """Delete *key* while its revision is still *last*."""
 
         async def delete() -> None:
-            kv = await self._js.key_value(bucket)
+            kv = await self._bucket(bucket)
             try:
                 await kv.delete(key, last=last)
             except nats.js.errors.KeyWrongLastSequenceError as exc:
