@@ -56,16 +56,6 @@ class Ingress:
             raise self.refuse("shutting_down", "the service is shutting down") from None
         self._metrics.accepted(len(job.parts))
 
-    def try_submit(self, job: Job) -> bool:
-        """Queue *job* if there is room now (True); False, and nothing counted, if not."""
-        job.enqueued = trio.current_time()
-        try:
-            self._send.send_nowait(job)
-        except trio.WouldBlock:
-            return False
-        self._metrics.accepted(len(job.parts))
-        return True
-
     async def submit(self, job: Job) -> None:
         """Queue *job*, waiting for room (backpressure to the producer)."""
         job.enqueued = trio.current_time()

@@ -188,35 +188,30 @@ class Stages:
         self,
         jobs: list[Job],
         name: str,
-        one: Callable[[Part], None],
-        together: Callable[[list[Part]], None] | None = None,
+        together: Callable[[list[Part]], None],
         *,
         thread: bool = False,
     ) -> Outcomes:
         """The parts of every job as one piece of CPU work (timed; with *thread*: always in a
-        thread, for work that releases the GIL): *together* on all of them at once, or *one*
-        on each part. If *together* fails, each job's parts go through *one*, so a bad chunk
-        fails its own job only."""
+        thread, for work that releases the GIL): *together* on all of them at once. If that
+        fails, *together* again on each job's parts alone, so a bad chunk fails its own job
+        only."""
         outcomes: Outcomes = [None] * len(jobs)
         parts = [part for job in jobs for part in job.parts]
 
-        def one_by_one() -> None:
-            for index, job in enumerate(jobs):
-                try:
-                    for part in job.parts:
-                        one(part)
-                except Exception as exc:
-                    outcomes[index] = exc
-
         def run() -> None:
             started = time.perf_counter()
-            if together is None:
-                one_by_one()
-            else:
-                try:
-                    together(parts)
-                except Exception:
-                    one_by_one()
+            try:
+                together(parts)
+            except Exception as exc:
+                if len(jobs) == 1:
+                    outcomes[0] = exc
+                else:
+                    for index, job in enumerate(jobs):
+                        try:
+                            together(job.parts)
+                        except Exception as job_exc:
+                            outcomes[index] = job_exc
             share = (time.perf_counter() - started) / max(1, len(parts))
             for part in parts:
                 part.timings[name] = share
@@ -228,20 +223,21 @@ class Stages:
         """Checksum and decode every part (whether a part is a retry is the committer's call)."""
         parts = [part for job in jobs for part in job.parts]
         await self._cpu(sum(len(p.body) for p in parts) // 2, lambda: _checksum_all(parts))
-        return await self._grouped(jobs, "validate", self._decode)
+        return await self._grouped(jobs, "validate", self._decode_all)
 
-    def _decode(self, part: Part) -> None:
-        part.decoded = decode(
-            part.body,
-            content_type=part.content_type,
-            raw=part.raw,
-            max_duration_s=self.max_duration_s,
-        )
+    def _decode_all(self, parts: list[Part]) -> None:
+        for part in parts:
+            part.decoded = decode(
+                part.body,
+                content_type=part.content_type,
+                raw=part.raw,
+                max_duration_s=self.max_duration_s,
+            )
 
     async def transform(self, jobs: list[Job]) -> Outcomes:
         """Downmix to mono float32 and take the power spectrum (a real FFT), chunks of one
         shape in one step."""
-        return await self._grouped(jobs, "transform", _transform, _transform_all)
+        return await self._grouped(jobs, "transform", _transform_all)
 
     async def metadata(self, jobs: list[Job]) -> Outcomes:
         """Loudness, spectral and silence features and the 16-band spectrum, then voice
@@ -252,10 +248,10 @@ class Stages:
         another core instead of stalling it (the numpy features stay inline). A process
         pinned to one CPU has no other core: there a small group's VAD runs inline too."""
         config = self.config
-        outcomes = await self._grouped(jobs, "metadata", _features, _features_all)
+        outcomes = await self._grouped(jobs, "metadata", _features_all)
         live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
         voice = Voice(config.vad_mode, config.vad_gap_ms, keep_pcm=config.asr_engine != "none")
-        found = await self._grouped(live, "vad", voice.one, voice.all, thread=self.beside)
+        found = await self._grouped(live, "vad", voice.all, thread=self.beside)
         voiced = iter(found)
         return [next(voiced) if outcome is None else outcome for outcome in outcomes]
 
@@ -274,12 +270,6 @@ def _checksum_all(parts: list[Part]) -> None:
         part.checksum = hashlib.sha256(part.body).hexdigest()
 
 
-def _transform(part: Part) -> None:
-    assert part.decoded is not None
-    part.mono = features.downmix(part.decoded.samples)
-    part.spectrum = features.power_spectrum(part.mono, part.decoded.sample_rate)
-
-
 def _transform_all(parts: list[Part]) -> None:
     monos, rates = [], []
     for part in parts:
@@ -290,12 +280,6 @@ def _transform_all(parts: list[Part]) -> None:
         parts, monos, features.power_spectra(monos, rates), strict=True
     ):
         part.mono, part.spectrum = mono, spectrum
-
-
-def _features(part: Part) -> None:
-    assert part.decoded is not None and part.mono is not None and part.spectrum is not None
-    analysis = features.analyze_spectrum(part.decoded.samples, part.mono, part.spectrum)
-    part.analysis = analysis.to_dict()
 
 
 def _features_all(parts: list[Part]) -> None:
@@ -317,10 +301,6 @@ class Voice:
     mode: int
     gap_ms: float
     keep_pcm: bool
-
-    def one(self, part: Part) -> None:
-        pcm = self._pcm(part)
-        self._done(part, pcm, vad.analyze(pcm, self.mode, self.gap_ms))
 
     def all(self, parts: list[Part]) -> None:
         pcms = [self._pcm(part) for part in parts]

@@ -444,8 +444,6 @@ class Session:
             raise SessionError(exc) from None
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
-        if self.ingress.try_submit(job):  # room now: no timeout to set up
-            return
         with trio.move_on_after(self.config.ws_overload_timeout_s):
             await self.ingress.submit(job)
             return
