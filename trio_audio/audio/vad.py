@@ -106,15 +106,33 @@ class VadError(RuntimeError):
 
 
 @functools.cache
-def _session() -> Any:
-    """The Silero model, loaded once per process (onnxruntime's ``run`` is thread-safe)."""
-    return _load(MODEL_PATH, MODEL_SHA256)
-
-
-@functools.cache
 def _batch_session() -> Any:
-    """The Silero model with a batch dimension (``BATCH_MODEL_PATH``), loaded once."""
+    """The Silero model with a batch dimension (``BATCH_MODEL_PATH``; with a batch of one it
+    is the shipped model exactly), loaded once per process (``run`` is thread-safe)."""
     return _load(BATCH_MODEL_PATH, BATCH_MODEL_SHA256)
+
+
+def _threshold(mode: int) -> float:
+    """The speech probability of VAD *mode* (``ValueError`` for a mode outside 0-3)."""
+    if not 0 <= mode < len(THRESHOLDS):
+        msg = f"VAD mode must be 0-{len(THRESHOLDS) - 1}, got {mode}"
+        raise ValueError(msg)
+    return THRESHOLDS[mode]
+
+
+def hysteresis(
+    probs: Float32Array, threshold: float, speaking: bool = False
+) -> tuple[npt.NDArray[np.bool_], bool]:
+    """Speech or not for each frame's probability (the module doc's hysteresis), starting
+    *speaking* or not; the flags and whether speech goes on after the last frame."""
+    out: npt.NDArray[np.bool_] = np.zeros(probs.size, np.bool_)
+    for i, p in enumerate(probs):
+        if p >= threshold:
+            speaking = True
+        elif p < threshold - HYSTERESIS:
+            speaking = False
+        out[i] = speaking
+    return out, speaking
 
 
 def _load(path: Path, sha256: str) -> Any:
@@ -147,11 +165,8 @@ class Detector:
     """
 
     def __init__(self, mode: int = 2) -> None:
-        if not 0 <= mode < len(THRESHOLDS):
-            msg = f"VAD mode must be 0-{len(THRESHOLDS) - 1}, got {mode}"
-            raise ValueError(msg)
-        self.threshold = THRESHOLDS[mode]
-        self.session = _session()
+        self.threshold = _threshold(mode)
+        self.session = _batch_session()
         self.reset()
 
     def reset(self) -> None:
@@ -178,24 +193,8 @@ class Detector:
 
     def flags(self, pcm: Int16Array) -> npt.NDArray[np.bool_]:
         """Speech or not for each full frame of *pcm*, with the hysteresis of the module doc."""
-        return self.flags_of(self.probabilities(pcm))
-
-    def flags_of(self, probs: Float32Array) -> npt.NDArray[np.bool_]:
-        """Speech or not for each of the frames' speech probabilities *probs*."""
-        out: npt.NDArray[np.bool_] = np.zeros(probs.size, np.bool_)
-        for i, p in enumerate(probs):
-            if p >= self.threshold:
-                self.speaking = True
-            elif p < self.threshold - HYSTERESIS:
-                self.speaking = False
-            out[i] = self.speaking
+        out, self.speaking = hysteresis(self.probabilities(pcm), self.threshold, self.speaking)
         return out
-
-
-def speech_flags(pcm: Int16Array, detector: Detector) -> npt.NDArray[np.bool_]:
-    """*detector*'s verdict for each full 32 ms frame of 16 kHz *pcm* (a partial tail is
-    left)."""
-    return detector.flags(pcm)
 
 
 class Segmenter:
@@ -264,12 +263,10 @@ class VoiceActivity:
 def analyze(pcm: Int16Array, mode: int, gap_ms: float) -> VoiceActivity:
     """Voice activity of one chunk of 16 kHz *pcm*, with the threshold of *mode* (0-3).
 
-    Costs about 3 ms of CPU per second of audio (Silero); a silent chunk costs nothing.
+    Costs about 3 ms of CPU per second of audio (Silero); a silent chunk costs nothing. A
+    batch of one (``analyze_batch``).
     """
-    if pcm.size == 0 or int(np.abs(pcm.astype(np.int32)).max()) < SILENT_PEAK:
-        Detector(mode)  # still reject a bad mode, and load the model once
-        return VoiceActivity(0.0, [])
-    return activity(speech_flags(pcm, Detector(mode)), gap_ms)
+    return analyze_batch([pcm], mode, gap_ms)[0]
 
 
 def activity(flags: npt.NDArray[np.bool_], gap_ms: float) -> VoiceActivity:
@@ -303,7 +300,7 @@ def analyze_batch(pcms: list[Int16Array], mode: int, gap_ms: float) -> list[Voic
     ``MAX_BATCH_WINDOWS`` windows each), so nothing is padded and one long chunk never
     makes the others wait through its length. Results equal ``analyze``'s.
     """
-    detector = Detector(mode)  # rejects a bad mode, loads the model
+    threshold = _threshold(mode)
     counts = [
         0 if pcm.size == 0 or int(np.abs(pcm.astype(np.int32)).max()) < SILENT_PEAK
         else pcm.size // FRAME_SAMPLES
@@ -320,38 +317,30 @@ def analyze_batch(pcms: list[Int16Array], mode: int, gap_ms: float) -> list[Voic
             call = members[first : first + per_call]
             probs.update(zip(call, _batch_probabilities([pcms[i] for i in call]), strict=True))
     out = []
-    for index, (pcm, count) in enumerate(zip(pcms, counts, strict=True)):
-        if count == 0:
-            out.append(analyze(pcm, mode, gap_ms))  # silent or shorter than a window
+    for index, count in enumerate(counts):
+        if count == 0:  # silent, or shorter than a window
+            out.append(VoiceActivity(0.0, []))
             continue
-        detector.speaking = False
-        out.append(activity(detector.flags_of(probs[index]), gap_ms))
+        out.append(activity(hysteresis(probs[index], threshold)[0], gap_ms))
     return out
 
 
 def _batch_probabilities(pcms: list[Int16Array]) -> list[Float32Array]:
-    """Speech probabilities of each chunk's full frames, every chunk in one model call.
-
-    A shorter chunk is padded with silent windows after its end, whose probabilities are
-    dropped: the network runs forward in time, so what comes after a window never changes
-    its probability."""
-    if not pcms:
-        return []
-    lengths = [pcm.size // FRAME_SAMPLES for pcm in pcms]
-    batch, steps = len(pcms), max(lengths)
-    rows = np.zeros((steps, batch, CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
-    for b, (pcm, count) in enumerate(zip(pcms, lengths, strict=True)):
-        frames = (pcm[: count * FRAME_SAMPLES].astype(np.float32) / 32768.0).reshape(
-            count, FRAME_SAMPLES
-        )
-        rows[:count, b, CONTEXT_SAMPLES:] = frames
-        rows[1:count, b, :CONTEXT_SAMPLES] = frames[:-1, -CONTEXT_SAMPLES:]
+    """Speech probabilities of the full frames of chunks with as many frames each, every
+    chunk a batch row of one model call, from a fresh state."""
+    count = pcms[0].size // FRAME_SAMPLES
+    batch = len(pcms)
+    frames = np.stack([pcm[: count * FRAME_SAMPLES] for pcm in pcms]).astype(np.float32)
+    frames = (frames / 32768.0).reshape(batch, count, FRAME_SAMPLES).transpose(1, 0, 2)
+    rows = np.zeros((count, batch, CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
+    rows[:, :, CONTEXT_SAMPLES:] = frames  # time-major: row t * batch + b
+    rows[1:, :, :CONTEXT_SAMPLES] = frames[:-1, :, -CONTEXT_SAMPLES:]
     state = np.zeros((1, batch, HIDDEN), np.float32)
     probs, _, _ = _batch_session().run(
-        None, {"input": rows.reshape(steps * batch, -1), "h": state, "c": state}
+        None, {"input": rows.reshape(count * batch, -1), "h": state, "c": state}
     )
-    table = np.asarray(probs, np.float32).reshape(batch, steps)
-    return [table[b, :count] for b, count in enumerate(lengths)]
+    table = np.asarray(probs, np.float32).reshape(batch, count)
+    return list(table)
 
 
 class SessionActivity:
