@@ -126,3 +126,19 @@ def test_a_session_is_done_only_when_every_chunk_is() -> None:
     index.apply_update({"chunk_id": chunks[1]["chunk_id"], "set": {"transcript": failed}})
     summary = index.summary("u", "s")
     assert summary is not None and summary.transcript == {"status": "failed", "text": "hello"}
+
+
+def test_the_pending_transcripts_follow_updates_and_deletes_in_session_order() -> None:
+    index = Index("pending")
+    b = commit(index, Job("u", "b", [part("x")]))[0]
+    a0, a1 = commit(index, Job("u", "a", [part("y"), part("z")]))
+    assert index.pending_chunks() == [("u", "a", a0["chunk_id"]), ("u", "a", a1["chunk_id"]),
+                                      ("u", "b", b["chunk_id"])]  # fmt: skip
+    index.apply_update({"chunk_id": a0["chunk_id"], "set": {"transcript": {"status": "done"}}})
+    index.apply_tombstone({"chunk_ids": [b["chunk_id"]]})
+    assert index.pending_transcripts() == [a1["chunk_id"]]
+    index.apply_update({"chunk_id": a1["chunk_id"], "set": {"transcript": {"status": "pending"}}})
+    assert index.pending_transcripts() == [a1["chunk_id"]]
+    plain = Index()  # no speech engine: new chunks start "disabled"
+    commit(plain, Job("u", "s", [part("q")]))
+    assert plain.pending_transcripts() == []

@@ -563,11 +563,10 @@ class Cluster:
         now = trio.current_time()
         swept = 0
         live = set(self.transcriber.sessions)  # before this sweep adds any
-        for chunk_id in self.store.pending_now():
-            chunk = self.store.get(chunk_id)
-            if chunk_id in held and (chunk["user_id"], chunk["session_id"]) in live:
+        for user_id, session_id, chunk_id in self.store.pending_now():
+            if chunk_id in held and (user_id, session_id) in live:
                 continue  # offered during an earlier hold; still in this transcriber
-            if partition(chunk["user_id"], chunk["session_id"], partitions) == p:
+            if partition(user_id, session_id, partitions) == p:
                 held[chunk_id] = Held(chunk_id, now)
                 self._offer(chunk_id)
                 swept += 1

@@ -130,6 +130,10 @@ class Planned:
     existing: dict[str, Any] | None = None
 
 
+def _transcript_pending(meta: dict[str, Any]) -> bool:
+    return bool(meta.get("transcript", {}).get("status") == "pending")
+
+
 def initial_transcript_status(asr_engine: str) -> str:
     """What a new chunk's ``transcript.status`` starts as: ``pending`` when a speech engine
     will transcribe it, ``disabled`` with ``--asr-engine none``."""
@@ -146,11 +150,15 @@ class Index:
         self.dead_bytes = 0  # deleted or replaced bytes since the last compaction
         # New chunks start "pending" when a speech engine will transcribe them.
         self.transcript_status = transcript_status
+        self.pending: set[str] = set()  # chunks whose transcript is still pending
 
     # -- applying records ------------------------------------------------------------------
 
-    def insert(self, chunk_id: str, entry: Entry) -> Entry:
+    def insert(self, chunk_id: str, entry: Entry, meta: dict[str, Any] | None = None) -> Entry:
+        """Index *entry* (*meta*: its metadata unpacked, when the caller has it)."""
         self.chunks[chunk_id] = entry
+        if _transcript_pending(entry.meta() if meta is None else meta):
+            self.pending.add(chunk_id)
         sessions = self.users.setdefault(entry.user_id, {})
         sessions.setdefault(entry.session_id, SessionIndex()).add(
             entry.seq, chunk_id, entry.duration_ms
@@ -167,7 +175,7 @@ class Index:
             seq=meta["seq"],
             duration_ms=float(meta["audio"]["duration_ms"]),
         )
-        return self.insert(meta["chunk_id"], entry)
+        return self.insert(meta["chunk_id"], entry, meta)
 
     def apply_update(self, patch: dict[str, Any]) -> dict[str, Any] | None:
         """Replace the top-level fields in ``patch["set"]`` of the chunk it names."""
@@ -179,6 +187,10 @@ class Index:
         self.dead_bytes += len(entry.packed)
         entry.packed = msgpack.packb(meta)
         self.users[entry.user_id][entry.session_id].transcript = None
+        if _transcript_pending(meta):
+            self.pending.add(patch["chunk_id"])
+        else:
+            self.pending.discard(patch["chunk_id"])
         return meta
 
     def apply_tombstone(self, tombstone: dict[str, Any]) -> list[tuple[str, Entry]]:
@@ -188,6 +200,7 @@ class Index:
             entry = self.chunks.pop(chunk_id, None)
             if entry is None:
                 continue
+            self.pending.discard(chunk_id)
             removed.append((chunk_id, entry))
             sessions = self.users.get(entry.user_id, {})
             session = sessions.get(entry.session_id)
@@ -357,11 +370,17 @@ class Index:
 
     def pending_transcripts(self) -> list[str]:
         """Every chunk still ``pending`` transcription, in user, session and seq order."""
-        pending = []
-        for chunk_id, entry in self.chunks.items():
-            if entry.meta().get("transcript", {}).get("status") == "pending":
-                pending.append((entry.user_id, entry.session_id, entry.seq, chunk_id))
-        return [chunk_id for *_, chunk_id in sorted(pending)]
+        return [chunk_id for _, _, chunk_id in self.pending_chunks()]
+
+    def pending_chunks(self) -> list[tuple[str, str, str]]:
+        """``(user_id, session_id, chunk_id)`` of every chunk still ``pending``
+        transcription, in user, session and seq order (costs what is pending, not the
+        index)."""
+        chunks = self.chunks
+        found = sorted(
+            (chunks[c].user_id, chunks[c].session_id, chunks[c].seq, c) for c in self.pending
+        )
+        return [(user_id, session_id, chunk_id) for user_id, session_id, _, chunk_id in found]
 
 
 class IndexReads:

@@ -304,9 +304,10 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Return once the follower has applied more of the stream."""
         await self._progress.wait()
 
-    def pending_now(self) -> list[str]:
-        """Every chunk ``pending`` transcription now, in user, session and seq order."""
-        return self._index.pending_transcripts()
+    def pending_now(self) -> list[tuple[str, str, str]]:
+        """``(user_id, session_id, chunk_id)`` of every chunk ``pending`` transcription now,
+        in user, session and seq order."""
+        return self._index.pending_chunks()
 
     async def _replay(self, follower: Follower, messages: int) -> None:
         """Apply the stream's records up to its end (no events: nobody watches yet)."""
