@@ -40,7 +40,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from .asr.transcriber import ChunkSource, Transcriber
+from .asr.transcriber import Transcriber
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
@@ -266,8 +266,7 @@ async def serve(
                 from .asr.cluster_work import cluster_for
 
                 cluster = cluster_for(config, store, hub, metrics)
-            source: ChunkSource = cluster.source if cluster else store
-            transcriber = Transcriber(config, source, cluster.hub if cluster else hub,
+            transcriber = Transcriber(config, store, cluster.hub if cluster else hub,
                                       metrics, limiter)  # fmt: skip
             service.start_soon(fan_out, events, hub, cluster.taker if cluster else transcriber)
             try:

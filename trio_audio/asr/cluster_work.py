@@ -58,8 +58,8 @@ and not acknowledged are remembered per partition (``held``) until done, also ac
 
 What it needs of the transcriber: ``offer_stored`` (a stored chunk, its audio read back),
 ``finalize``, ``enabled``, ``lag_s`` and ``sessions`` (keyed by user and session, a session
-forgotten only once nothing of it is in flight); and of the store: ``ClusterSource`` hides the
-replayed pending list, since pending chunks come as work.
+forgotten only once nothing of it is in flight); and of the store: a JetStream store queues
+nothing for the transcriber at start-up, since pending chunks come as work.
 
 Error handling: the cluster being unreachable only pauses this: fetches and renewals fail
 and are retried, a lease not renewed within ``asr_lease_s * 2/3`` is given up before anyone
@@ -190,35 +190,6 @@ class LiveHub(Hub):
                     logger.debug("an interim result was not published: %s", exc)
 
 
-class ClusterSource:
-    """The store as the transcriber sees it on a cluster: the same reads and update, but
-    nothing queued at start-up (pending chunks come as work, partition by partition)."""
-
-    def __init__(self, store: JetStreamStore) -> None:
-        self._store = store
-
-    def get(self, chunk_id: str) -> dict[str, Any]:
-        return self._store.get(chunk_id)
-
-    def has(self, chunk_id: str) -> bool:
-        return self._store.has(chunk_id)
-
-    def offset_ms(self, chunk_id: str) -> float | None:
-        return self._store.offset_ms(chunk_id)
-
-    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
-        return self._store.chunks_after(user_id, session_id, seq)
-
-    def pending_transcripts(self) -> list[str]:
-        return []
-
-    async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
-        return await self._store.read_audio(chunk_id)
-
-    async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return await self._store.update(chunk_id, fields)
-
-
 class NoTaker:
     """The fan-out's transcriber on a cluster: new chunks come as work, not as events."""
 
@@ -258,7 +229,6 @@ class Cluster:
         self.names = Names(config.store_stream)
         self.node = store.node
         self.hub = LiveHub(hub, self.node, self.names)
-        self.source = ClusterSource(store)
         self.taker = NoTaker()
         self.transcriber: Transcriber | None = None
         self.leases: dict[int, Lease] = {}
@@ -680,7 +650,7 @@ async def run_worker(
         await root.start(store.run)
         try:
             cluster = Cluster(config, store, hub, metrics)
-            transcriber = Transcriber(config, cluster.source, cluster.hub, metrics, limiter)
+            transcriber = Transcriber(config, store, cluster.hub, metrics, limiter)
             async with trio.open_nursery() as work:
                 await work.start(transcriber.run)
                 await work.start(partial(cluster.run, transcriber, relay=False))

@@ -322,7 +322,9 @@ class JetStreamStore(CommitChannels, IndexReads):
                 break
         self._replayed = count
         self._announced = self._applied
-        self._pending = self._index.pending_transcripts()
+        # Nothing is queued for the transcriber at start-up: on a cluster pending chunks come
+        # as work, partition by partition (asr/cluster_work.py).
+        self._pending = []
         self._live = True
         logger.info(
             "replayed %d records (%d chunks) from stream %s in %.2f s",

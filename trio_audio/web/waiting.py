@@ -19,7 +19,11 @@ import json
 from collections.abc import Callable
 from typing import Final
 
+import attrs
 import trio
+
+from ..store.jetstream import StoreUnavailable
+from .app import Readiness
 
 READ_TIMEOUT_S: Final = 5.0
 MAX_HEAD_BYTES: Final = 16 * 1024
@@ -43,16 +47,11 @@ def answer(path: str, problem: str, retry_s: int) -> bytes:
     """The whole response to a request for *path* while the store starts (*problem*)."""
     if path == "/healthz":
         return _response(200, {"status": "ok"}, "application/json", retry_s)
-    if path == "/readyz":
-        body: dict[str, object] = {"status": "not_ready", "store": False, "pipeline": False,
-                                   "http": False, "draining": False,
-                                   "store_problem": problem}  # fmt: skip
+    if path == "/readyz":  # the fields the running node's /readyz has, none of them up yet
+        body = {"status": "not_ready", **attrs.asdict(Readiness(store_problem=problem))}
         return _response(503, body, "application/json", retry_s)
-    problem_body: dict[str, object] = {
-        "type": "about:blank", "title": "Service Unavailable", "status": 503,
-        "detail": f"the node is starting: {problem}", "code": "unavailable",
-    }  # fmt: skip
-    return _response(503, problem_body, "application/problem+json", retry_s)
+    refusal = StoreUnavailable(f"the node is starting: {problem}", retry_after=retry_s)
+    return _response(503, refusal.problem(instance=path), "application/problem+json", retry_s)
 
 
 async def serve_while_starting(
