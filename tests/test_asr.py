@@ -68,6 +68,8 @@ def test_the_same_audio_gives_the_same_words_whatever_was_decoded_before(
         np.random.default_rng(1).normal(0, 0.3, 3 * RATE).astype(np.float32)
     ):
         decoder.decode(other.pcm, 0.0)
+        decoder.decode(other.pcm, 0.0, partial=True)  # leaves its utterance open
+    assert decoder.decode(first.pcm, 0.0, partial=True).text == SENTENCE
     after = decoder.decode(first.pcm, 0.0)
     assert after.text == before.text == SENTENCE  # the text is a function of the audio alone
     for a, b in zip(after.words, before.words, strict=True):

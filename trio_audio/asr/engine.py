@@ -86,7 +86,8 @@ class EngineStream(Protocol):
         """16-bit little-endian mono PCM at the engine's sample rate."""
 
     def partial(self) -> Hypothesis:
-        """The hypothesis of the utterance so far (words may still change)."""
+        """The hypothesis of the utterance so far (words may still change). The utterance
+        may be left open: the next ``start`` ends it."""
 
     def finish(self) -> Hypothesis:
         """End the utterance; its final words, times from the utterance start."""

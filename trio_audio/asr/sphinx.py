@@ -78,10 +78,14 @@ class SphinxStream:
             msg = f"pocketsphinx cannot start with {config}: {exc}"
             raise EngineError(msg) from exc
         self.initial_cmn: str = self.decoder.get_cmn(False)
+        self.open = False  # an utterance started and not finished (a partial's)
 
     def start(self) -> None:
+        if self.open:
+            self.decoder.end_utt()
         self.decoder.set_cmn(self.initial_cmn)
         self.decoder.start_utt()
+        self.open = True
 
     def feed(self, pcm: bytes) -> None:
         if pcm:
@@ -111,6 +115,7 @@ class SphinxStream:
 
     def finish(self) -> Hypothesis:
         self.decoder.end_utt()
+        self.open = False
         return self._hypothesis()
 
     def close(self) -> None:

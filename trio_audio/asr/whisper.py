@@ -482,8 +482,7 @@ class WhisperStream:
 
     def partial(self) -> Hypothesis:
         """The utterance so far, decoded greedily (beam 1, and never again in the full window:
-        cheaper, for words that may still change); the audio is used up, so the ``finish``
-        that follows has nothing to do."""
+        cheaper, for words that may still change)."""
         return self._decode(PARTIAL_BEAM_SIZE, retry=False)
 
     def finish(self) -> Hypothesis:

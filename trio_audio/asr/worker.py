@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..audio import vad
-from .engine import EMPTY, Engine, EngineError, EngineOptions, Hypothesis, load_engine
+from .engine import Engine, EngineError, EngineOptions, Hypothesis, load_engine
 from .protocol import read_frame, write_frame
 
 RATE = 16000
@@ -40,19 +40,15 @@ class Decoder:
         """The words of one utterance (16 kHz 16-bit mono PCM that starts at *offset_ms* on
         the session's timeline), with times on that timeline.
 
-        With *partial* the audio is an utterance still going on: a streaming engine gives
-        its hypothesis so far (its words may change); one that only decodes whole utterances
-        (Whisper) decodes what there is."""
+        With *partial* the audio is an utterance still going on: the stream's hypothesis so
+        far (its words may change; the next ``start`` ends that utterance)."""
         if self.engine.sample_rate != RATE:
             samples = np.frombuffer(pcm, dtype="<i2") / 32768.0
             resampled = vad.resample(samples, RATE, self.engine.sample_rate)
             pcm = vad.to_pcm16(resampled).astype("<i2").tobytes()
         self.stream.start()
         self.stream.feed(pcm)
-        hypothesis = self.stream.partial() if partial else EMPTY
-        final = self.stream.finish()  # ends the utterance either way
-        if not hypothesis.text:
-            hypothesis = final
+        hypothesis = self.stream.partial() if partial else self.stream.finish()
         words = [w.shifted(offset_ms) for w in hypothesis.words]
         return Hypothesis(hypothesis.text, words)
 
