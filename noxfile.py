@@ -89,7 +89,8 @@ def bench_speech(session: nox.Session) -> None:
     """Speech numbers for the README: WER on a held-out set, CPU per audio second, peak RSS
     per worker, install size, for whisper and pocketsphinx (``trio_audio/bench/speech.py``;
     needs ``apt-get install espeak-ng alsa-utils pocketsphinx-testdata
-    asterisk-core-sounds-en asterisk-core-sounds-en-wav``). ``-- --details`` lists every miss."""
+    asterisk-core-sounds-en asterisk-core-sounds-en-wav``). ``-- --details`` lists every miss,
+    ``-- --more`` runs the second held-out set of real speech, ``-- --dev`` the development set."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "trio_audio.bench.speech", *session.posargs)
 
