@@ -17,6 +17,7 @@ from trio_audio.bench.report import render
 from trio_audio.bench.runner import (
     Scenario,
     host_port,
+    profile_summary,
     run_load,
     run_scenario,
     run_server,
@@ -116,3 +117,24 @@ async def test_the_bare_front_doors_answer_and_the_ceiling_ratio_is_reported(
     text = render({"started": "now", "machine": {"cpus": 2, "python": "3", "loadavg_before": []},
                    "scenarios": results, "summary": spread(results)})  # fmt: skip
     assert "of the bare front door's rate" in text
+
+
+def test_a_profile_is_summed_by_part_of_the_service_our_work_before_the_libraries(
+    tmp_path: Path,
+) -> None:
+    stages = "run_worker (trio_audio/pipeline/stages.py:119)"
+    vad_call = f"{stages};analyze_batch (trio_audio/audio/vad.py:318);run (onnxruntime/x.py:1)"
+    http = "H11Protocol.handle (hypercorn/protocol/h11.py:116);next_event (h11/_connection.py:1)"
+    collapsed = tmp_path / "profile.txt"
+    collapsed.write_text(
+        f"thread (1): MainThread;{vad_call} 6\n"
+        f"thread (1): MainThread;{http} 3\n"
+        "thread (1): MainThread;unrolled_run (trio/_core/_run.py:2866) 1\n"
+    )
+    summary = profile_summary(collapsed)
+    assert summary["parts"] == [
+        ("VAD (Silero in onnxruntime)", 60.0),
+        ("hypercorn and h11 (HTTP parsing)", 30.0),
+        ("Trio: scheduler, cancel scopes, channels, sockets", 10.0),
+    ]
+    assert ("run_worker (trio_audio/pipeline/stages.py", 60.0) in summary["inclusive"]

@@ -8,6 +8,12 @@ pinned core, so a noisy machine moves both sides alike:
 - WebSocket: a trio-websocket listener that answers ``start`` with ``started`` and each
   binary frame with a small JSON ``ack {seq, chunk_id}``, and ``end`` with ``session_end``.
 
+With ``--refuse``, every ``POST /upload`` is read to its end and answered 503 ``overloaded``
+with ``Retry-After`` by a plain ASGI function in front of the app, on a connection that stays
+open: the least an explicit refusal of an upload can cost under hypercorn, to set beside what
+the service's refusals cost (``--server-arg=--admit-max=1 --server-arg=--admit-wait-s=0``
+makes the service refuse nearly everything).
+
 Nothing is kept, so the bench's accounting pass is skipped for these targets. ``/metrics``
 answers an empty page so the runner can scrape it like the service's.
 
@@ -22,6 +28,7 @@ import json
 import signal
 import sys
 from functools import partial
+from typing import Any, Final
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -49,6 +56,29 @@ def create_app() -> QuartTrio:
     return app
 
 
+REFUSAL: Final = json.dumps({"code": "overloaded", "status": 503}).encode()
+REFUSAL_HEADERS: Final = [
+    (b"content-type", b"application/problem+json"),
+    (b"content-length", str(len(REFUSAL)).encode()),
+    (b"retry-after", b"1"),
+]
+
+
+def refusing(app: Any) -> Any:
+    """*app* behind an ASGI function that refuses every upload once its body is read."""
+
+    async def front(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/upload":
+            await app(scope, receive, send)
+            return
+        while (await receive()).get("more_body", False):
+            pass
+        await send({"type": "http.response.start", "status": 503, "headers": REFUSAL_HEADERS})
+        await send({"type": "http.response.body", "body": REFUSAL})
+
+    return front
+
+
 async def ws_handler(request: WebSocketRequest) -> None:
     ws = await request.accept()
     seq = 0
@@ -71,14 +101,19 @@ async def ws_handler(request: WebSocketRequest) -> None:
         return
 
 
-async def main(port: int, ws_port: int) -> None:
+async def main(port: int, ws_port: int, refuse: bool = False) -> None:
     hyper = HyperConfig()
     hyper.bind = [f"127.0.0.1:{port}"]
     hyper.accesslog = None
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
-            partial(serve, create_app(), hyper, shutdown_trigger=shutdown.wait)
+            partial(
+                serve,
+                refusing(create_app()) if refuse else create_app(),
+                hyper,
+                shutdown_trigger=shutdown.wait,
+            )
         )
         listener = await nursery.start(
             partial(serve_websocket, ws_handler, "127.0.0.1", ws_port, ssl_context=None)
@@ -96,8 +131,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trio_audio.bench.bare")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ws-port", type=int, default=0)
+    parser.add_argument("--refuse", action="store_true", help="answer every upload 503")
     args = parser.parse_args(argv)
-    trio.run(main, args.port, args.ws_port)
+    trio.run(main, args.port, args.ws_port, args.refuse)
     return 0
 
 

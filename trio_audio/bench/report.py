@@ -67,7 +67,7 @@ def render(result: dict[str, Any]) -> str:
     for s in scenarios:
         if "profile" in s:
             lines += ["", f"server profile ({s['profile']['file']}), % of samples:"]
-            for kind in ("self", "inclusive"):
+            for kind in ("parts", "self", "inclusive"):
                 lines.append(f"  {kind}:")
                 lines += [f"    {share:5.1f}  {name}" for name, share in s["profile"][kind]]
     lines.append("")

@@ -176,18 +176,41 @@ async def sample(pid: int, samples: list[Sample]) -> None:
 
 
 async def profile(pid: int, seconds: float, path: Path) -> None:
-    """Sample *pid*'s Python stacks with py-spy (all threads, not idle) into *path*."""
+    """Sample *pid*'s Python stacks with py-spy into *path*: every thread that is working,
+    whether or not it holds the GIL, so native code that lets go of it (the VAD's
+    onnxruntime, numpy's FFT, fsync) counts where it runs."""
     beside = Path(sys.executable).parent / "py-spy"
     command = [shutil.which("py-spy") or str(beside), "record", "--pid", str(pid),
                "--duration", str(max(1, int(seconds))), "--rate", "250", "--threads",
-               "--format", "raw", "--output", str(path), "--nonblocking", "--gil"]  # fmt: skip
+               "--format", "raw", "--output", str(path), "--nonblocking"]  # fmt: skip
     await trio.run_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# Where a sample's CPU goes: the first part whose pattern its stack matches (our work before
+# the libraries that call it; a stack is often cut short, so the last parts take what is left).
+PROFILE_PARTS: tuple[tuple[str, str], ...] = (
+    ("VAD (Silero in onnxruntime)", r"audio/vad\.py|onnxruntime"),
+    ("decoding and checks", r"audio/decode\.py|soundfile"),
+    ("features and spectrum (numpy)", r"audio/features\.py"),
+    ("SHA-256", r"hashlib|sha256"),
+    ("store: committer, index, msgpack, write and fsync", r"trio_audio/store/|msgpack"),
+    ("pipeline stages (groups, hops, timeouts)", r"trio_audio/pipeline/"),
+    ("metrics", r"trio_audio/metrics\.py"),
+    ("WebSocket session and messages", r"trio_audio/web/(ws|messages|transports)\.py"),
+    ("trio-websocket and wsproto", r"trio_websocket|wsproto"),
+    ("HTTP routes (ids, query, response JSON)", r"trio_audio/web/|trio_audio/models\.py"),
+    ("Quart's request machinery", r"quart"),
+    ("hypercorn and h11 (HTTP parsing)", r"hypercorn|h11/"),
+    ("Trio: scheduler, cancel scopes, channels, sockets", r"trio/"),
+)
+
+
 def profile_summary(path: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
-    """Self and inclusive shares of the samples per function of a collapsed py-spy file."""
+    """Shares of the samples of a collapsed py-spy file: per part of the service
+    (``PROFILE_PARTS``), and per function, self and inclusive."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
+    parts: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -199,12 +222,15 @@ def profile_summary(path: Path, top: int = 25) -> dict[str, list[tuple[str, floa
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
+        part = next((name for name, pattern in PROFILE_PARTS if re.search(pattern, stack)),
+                    "other (the interpreter, unattributed)")  # fmt: skip
+        parts[part] = parts.get(part, 0) + count
 
     def shares(counts: dict[str, int]) -> list[tuple[str, float]]:
         ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
         return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
 
-    return {"self": shares(own), "inclusive": shares(inclusive)}
+    return {"parts": shares(parts), "self": shares(own), "inclusive": shares(inclusive)}
 
 
 # -- HTTP helpers ------------------------------------------------------------------------
@@ -443,6 +469,9 @@ def summarize(
         "server_cpu_percent": _round(cpu_percent(server_samples, start, end)),
         "server_cpu_ms_per_accepted": _per_accepted(cpu_percent(server_samples, start, end),
                                                     accepted / elapsed),
+        # every answer, refusals included: what a refusal costs when nearly all are refused
+        "server_cpu_ms_per_answer": _per_accepted(cpu_percent(server_samples, start, end),
+                                                  (accepted + refused) / elapsed),
         "loadgen_cpu_percent": round(100 * outcome.cpu_s / elapsed, 1),
         "memory": memory,
         "server_counters": {k: after.get(k, 0) - before.get(k, 0) for k in after
