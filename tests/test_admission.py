@@ -79,3 +79,42 @@ async def test_a_zero_wait_refuses_at_once_when_full(autojump_clock: trio.abc.Cl
         with pytest.raises(Overloaded):
             await gate.acquire()
         assert trio.current_time() == before
+
+
+async def test_refusals_are_paced_per_connection_by_their_retry_after(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = Admission(1, max_wait_s=0, retry_after_s=3)
+    never = trio.Event()
+    started = trio.current_time()
+    await gate.pace(("10.0.0.1", 5000), never)  # a connection's first refusal: at once
+    await gate.pace(("10.0.0.2", 5000), never)  # another connection's: at once too
+    assert trio.current_time() == started
+    await trio.sleep(1)
+    await gate.pace(("10.0.0.1", 5000), never)  # sent again at once: held until its Retry-After
+    assert trio.current_time() - started == pytest.approx(3)
+    stats = gate.statistics()
+    assert (stats.held, stats.paced) == (0, 1)
+    await trio.sleep(3)  # a client that waits what it was told is never held
+    before = trio.current_time()
+    await gate.pace(("10.0.0.1", 5000), never)
+    assert trio.current_time() == before
+    await gate.pace(None, never)  # no known connection: nothing to pace by
+    await gate.pace(None, never)
+    assert trio.current_time() == before and gate.statistics().paced == 1
+
+
+async def test_a_held_refusal_is_let_go_at_once_when_the_service_drains(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = Admission(1, max_wait_s=0, retry_after_s=30)
+    draining = trio.Event()
+    await gate.pace("connection", draining)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gate.pace, "connection", draining)
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.statistics().held == 1
+        await trio.sleep(2)
+        draining.set()
+    assert trio.current_time() == pytest.approx(2)
+    assert gate.statistics().held == 0

@@ -162,7 +162,7 @@ async def overloaded(start_server: StartServer, tmp_path: Path, nursery: trio.Nu
 
 async def no_slot(start_server: StartServer, tmp_path: Path, nursery: trio.Nursery) -> Refusal:
     """The one upload slot held by an upload whose body is still coming: the gate refuses."""
-    server = await start_server(admit_max=1, admit_wait_s=0.1)
+    server = await start_server(admit_max=1, admit_wait_s=0.1, retry_after_s=1)
     holder = await RawConnection.open(server.url)
     await holder.send(UPLOAD_HEAD + BODY[:100])
     with trio.fail_after(WAIT_S):
@@ -250,6 +250,31 @@ async def test_a_refused_body_too_large_to_drain_closes_its_connection(
     await conn.aclose()
     async with server.client() as client:  # and the server is none the worse
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_connection_refused_again_at_once_is_answered_after_its_retry_after(
+    start_server: StartServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A client that resends at once (a retry storm) gets its next refusal once the
+    Retry-After it was given has passed; other connections are refused without a wait."""
+    made = await no_slot(start_server, tmp_path, nursery)
+    conn = await RawConnection.open(made.server.url)
+    await conn.send(UPLOAD_HEAD + BODY)
+    first = await conn.response()
+    assert_refused(first, made)
+    assert first is not None and first.headers["retry-after"] == "1"
+    refused_at = trio.current_time()
+    await conn.send(UPLOAD_HEAD + BODY)  # again at once, Retry-After ignored
+    other = await RawConnection.open(made.server.url)
+    await other.send(UPLOAD_HEAD + BODY)
+    assert_refused(await other.response(), made)
+    assert trio.current_time() - refused_at < 0.9  # not held: its first refusal
+    assert_refused(await conn.response(), made)
+    assert trio.current_time() - refused_at >= 0.95  # held until its Retry-After
+    assert 'trio_audio_admission{state="paced_total"} 1' in made.server.running.metrics.render()
+    await conn.aclose()
+    await other.aclose()
+    made.release()
 
 
 def local_port(response: httpx.Response) -> int:

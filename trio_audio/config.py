@@ -167,7 +167,12 @@ class Config:
         metadata={"help": "longest wait for an upload slot before 503 (0: refuse at once)"},
     )
     retry_after_s: int = attrs.field(
-        default=1, validator=_positive, metadata={"help": "Retry-After sent with a 503"}
+        default=3,
+        validator=_positive,
+        metadata={
+            "help": "Retry-After sent with a 503; also the shortest time between two refusals "
+            "on one connection (a refusal sent sooner is held until then)"
+        },
     )
 
     # WebSocket.

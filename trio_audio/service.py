@@ -145,7 +145,8 @@ async def serve_http(
 
 def admission_gauge(admission: Admission) -> dict[str, float]:
     """Uploads inside, waiting for a slot, admitted and refused so far, the last queueing
-    delay, and whether the gate is refusing new arrivals at once (overloaded)."""
+    delay, whether the gate is refusing new arrivals at once (overloaded), and refusals held
+    by the per-connection pacing (now, and so far)."""
     stats = admission.statistics()
     return {
         'state="inside"': stats.inside,
@@ -154,6 +155,8 @@ def admission_gauge(admission: Admission) -> dict[str, float]:
         'state="refused_total"': stats.refused,
         'state="queue_delay_seconds"': round(stats.last_delay_s, 6),
         'state="overloaded"': float(stats.overloaded),
+        'state="held"': stats.held,
+        'state="paced_total"': stats.paced,
     }
 
 

@@ -14,13 +14,22 @@ are absorbed; a standing queue is not allowed to form. A refusal is an explicit 
 ``overloaded`` with ``Retry-After`` (never a silent drop), sent on a connection that stays
 usable (the front door, ``asgi.py``).
 
+Refusals are paced per connection (``pace``): a connection gets at most one refusal per
+``retry_after_s``. A client that honours ``Retry-After`` is never held; one that sends again
+at once (a retry storm on keep-alive connections) has its next refusal held, not runnable,
+until the ``Retry-After`` it was given has passed. Under hypercorn a refusal costs about what a
+bare quart-trio request costs (its HTTP parsing and the body's reading, which no early answer
+avoids: README, Performance), so the refusals per second are what decide how much of the one
+event loop is left for admitted work; pacing bounds them by connections / ``retry_after_s``
+instead of by how fast clients can resend.
+
 Plain trio; ``statistics()`` is what ``/metrics`` shows.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from typing import Final
 
 import attrs
@@ -30,6 +39,7 @@ from ..errors import Overloaded
 
 TARGET_S: Final = 0.05
 INTERVAL_S: Final = 0.5
+PACED_CONNECTIONS_MAX: Final = 65536  # connections remembered for pacing (~100 B each)
 
 
 @attrs.frozen
@@ -40,6 +50,8 @@ class AdmissionStatistics:
     refused: int
     overloaded: bool
     last_delay_s: float
+    held: int  # refusals being held by the pacing
+    paced: int  # refusals held so far
 
 
 class Admission:
@@ -65,6 +77,9 @@ class Admission:
         self._refused = 0
         self._above_since: float | None = None  # when the delay first went over the target
         self._last_delay = 0.0
+        self._next_refusal: dict[Hashable, float] = {}  # per connection: none before this
+        self._held = 0
+        self._paced = 0
 
     def overloaded(self, now: float) -> bool:
         return self._above_since is not None and now - self._above_since >= self.interval_s
@@ -77,6 +92,8 @@ class Admission:
             refused=self._refused,
             overloaded=self.overloaded(trio.current_time()),
             last_delay_s=self._last_delay,
+            held=self._held,
+            paced=self._paced,
         )
 
     def _refuse(self, why: str) -> Overloaded:
@@ -121,6 +138,28 @@ class Admission:
             yield
         finally:
             self.release()
+
+    async def pace(self, connection: Hashable | None, cancel: trio.Event) -> None:
+        """Return when a refusal may be sent on *connection*: at once, unless it was sent one
+        less than ``retry_after_s`` ago, then once that has passed (or *cancel* is set: the
+        service is draining and answers everyone now). None (no known connection): at once.
+        """
+        if connection is None:
+            return
+        until = self._next_refusal.get(connection)
+        if until is not None and until > trio.current_time():
+            self._held += 1
+            self._paced += 1
+            try:
+                with trio.move_on_at(until):
+                    await cancel.wait()
+            finally:
+                self._held -= 1
+        now = trio.current_time()
+        if len(self._next_refusal) >= PACED_CONNECTIONS_MAX:  # forget the connections let go
+            self._next_refusal = {c: t for c, t in self._next_refusal.items() if t > now}
+        if len(self._next_refusal) < PACED_CONNECTIONS_MAX or connection in self._next_refusal:
+            self._next_refusal[connection] = now + self.retry_after_s
 
     def _observe(self, delay: float, now: float) -> None:
         self._last_delay = delay

@@ -118,10 +118,12 @@ class FrontDoor:
             await self.app(scope, exchange.receive, exchange.send)
             return
         try:
-            await gate.acquire()  # before the body is read: a refusal costs little
+            await gate.acquire()  # before the body is read
         except Overloaded as error:
             if self.metrics is not None:
                 self.metrics.refuse("admission")
+            client = scope.get("client")
+            await gate.pace(tuple(client) if client else None, self.shutdown)
             await exchange.refuse(error, scope["path"], close=False)
             return
         try:
