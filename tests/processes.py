@@ -12,6 +12,12 @@ from pathlib import Path
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 
 
+def _hangup_as_from_a_terminal() -> None:
+    """In the child: SIGHUP back to its default. The service leaves SIGHUP alone when it
+    starts with it ignored (``nohup``), and a test run under ``nohup`` would pass that on."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Process:
     """``trio-audio serve`` as a child process on port 0."""
 
@@ -19,7 +25,7 @@ class Process:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
              "--data-dir", str(data_dir), *args],
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, preexec_fn=_hangup_as_from_a_terminal,
         )  # fmt: skip
         self.log: list[str] = []
         self.url = ""

@@ -26,7 +26,7 @@ from trio_audio.asr.protocol import HEADER, decode_body, encode_frame
 from trio_audio.web.asgi import FrontDoor
 
 from .processes import Process
-from .test_keepalive import BODY, HEALTH, UPLOAD, RawConnection, head, serve_behind_door
+from .test_keepalive import BODY, HEALTH, UPLOAD, WAIT_S, RawConnection, head, serve_behind_door
 
 PROMPT_S = 2.0  # the whole drain, signal to exit, when nothing is stuck
 
@@ -101,7 +101,12 @@ async def test_an_idle_keep_alive_connection_does_not_hold_shutdown(spawn: type[
     assert response is not None and response.status == 200
     signalled = trio.current_time()
     server.proc.send_signal(signal.SIGHUP)
-    assert await conn.closed()
+    try:
+        assert await conn.closed()
+    except trio.TooSlowError:
+        server.proc.kill()
+        _, log = await exited(server, within=WAIT_S)
+        raise AssertionError(f"the idle connection outlived the drain's start:\n{log}") from None
     code, log = await exited(server, within=PROMPT_S)
     assert code == 0, log
     assert "SIGHUP received: draining" in log
