@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from trio_audio.errors import Overloaded
+from trio_audio.web import admission
 from trio_audio.web.admission import Admission
 
 
@@ -118,3 +119,28 @@ async def test_a_held_refusal_is_let_go_at_once_when_the_service_drains(
         draining.set()
     assert trio.current_time() == pytest.approx(2)
     assert gate.statistics().held == 0
+
+
+async def test_pacing_remembers_a_bounded_number_of_connections(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admission, "PACED_CONNECTIONS_MAX", 2)
+    gate = Admission(1, max_wait_s=0, retry_after_s=3)
+    never = trio.Event()
+    await gate.pace("a", never)
+    await gate.pace("b", never)
+    await gate.pace("c", never)  # past the bound: "a", the oldest, is forgotten
+    started = trio.current_time()
+    await gate.pace("a", never)  # so it is not held (and "b" is forgotten now)
+    assert trio.current_time() == started
+    await gate.pace("c", never)  # still remembered: held until its Retry-After
+    assert trio.current_time() - started == pytest.approx(3)
+    await trio.sleep(10)  # all let go: each is at once again, and only the last two are kept
+    before = trio.current_time()
+    for connection in "abcd":
+        await gate.pace(connection, never)
+    assert trio.current_time() == before
+    await gate.pace("a", never)  # forgotten again (only "c" and "d" are kept): at once
+    assert trio.current_time() == before
+    await gate.pace("d", never)  # kept: held
+    assert trio.current_time() - before == pytest.approx(3)

@@ -160,9 +160,11 @@ async def overloaded(start_server: StartServer, tmp_path: Path, nursery: trio.Nu
     return Refusal(server, 503, "overloaded", release=lambda: limiter.release_on_behalf_of("test"))
 
 
-async def no_slot(start_server: StartServer, tmp_path: Path, nursery: trio.Nursery) -> Refusal:
+async def no_slot(
+    start_server: StartServer, tmp_path: Path, nursery: trio.Nursery, retry_after_s: int = 1
+) -> Refusal:
     """The one upload slot held by an upload whose body is still coming: the gate refuses."""
-    server = await start_server(admit_max=1, admit_wait_s=0.1, retry_after_s=1)
+    server = await start_server(admit_max=1, admit_wait_s=0.1, retry_after_s=retry_after_s)
     holder = await RawConnection.open(server.url)
     await holder.send(UPLOAD_HEAD + BODY[:100])
     with trio.fail_after(WAIT_S):
@@ -257,20 +259,21 @@ async def test_a_connection_refused_again_at_once_is_answered_after_its_retry_af
 ) -> None:
     """A client that resends at once (a retry storm) gets its next refusal once the
     Retry-After it was given has passed; other connections are refused without a wait."""
-    made = await no_slot(start_server, tmp_path, nursery)
+    made = await no_slot(start_server, tmp_path, nursery, retry_after_s=2)
     conn = await RawConnection.open(made.server.url)
+    sent_at = trio.current_time()  # the server's pacing starts after this
     await conn.send(UPLOAD_HEAD + BODY)
     first = await conn.response()
     assert_refused(first, made)
-    assert first is not None and first.headers["retry-after"] == "1"
+    assert first is not None and first.headers["retry-after"] == "2"
     refused_at = trio.current_time()
     await conn.send(UPLOAD_HEAD + BODY)  # again at once, Retry-After ignored
     other = await RawConnection.open(made.server.url)
     await other.send(UPLOAD_HEAD + BODY)
     assert_refused(await other.response(), made)
-    assert trio.current_time() - refused_at < 0.9  # not held: its first refusal
+    assert trio.current_time() - refused_at < 1.5  # not held: its first refusal
     assert_refused(await conn.response(), made)
-    assert trio.current_time() - refused_at >= 0.95  # held until its Retry-After
+    assert trio.current_time() - sent_at >= 2.0  # held until its Retry-After
     assert 'trio_audio_admission{state="paced_total"} 1' in made.server.running.metrics.render()
     await conn.aclose()
     await other.aclose()

@@ -15,7 +15,7 @@ held-out set shares nothing with the test fixtures:
 ``--dev`` runs a development set instead: 45-60 other Asterisk prompts, from between the
 held-out ones. Settings (``--window-s``, say) are chosen there, then measured once on the
 held-out set. ``--more`` runs a second held-out set of real speech: every usable Asterisk
-prompt that neither of the others holds (186 prompts, 1,268 words), for figures the first
+prompt that neither of the others holds (186 prompts, 1,273 words), for figures the first
 set's 418 words are too few to tell apart.
 
 Each engine runs in a fresh process, as the service does (the pipeline's VAD per 250 ms

@@ -14,14 +14,16 @@ are absorbed; a standing queue is not allowed to form. A refusal is an explicit 
 ``overloaded`` with ``Retry-After`` (never a silent drop), sent on a connection that stays
 usable (the front door, ``asgi.py``).
 
-Refusals are paced per connection (``pace``): a connection gets at most one refusal per
-``retry_after_s``. A client that honours ``Retry-After`` is never held; one that sends again
-at once (a retry storm on keep-alive connections) has its next refusal held, not runnable,
-until the ``Retry-After`` it was given has passed. Under hypercorn a refusal costs about what a
-bare quart-trio request costs (its HTTP parsing and the body's reading, which no early answer
-avoids: README, Performance), so the refusals per second are what decide how much of the one
-event loop is left for admitted work; pacing bounds them by connections / ``retry_after_s``
-instead of by how fast clients can resend.
+Refusals are paced per connection (``pace``, keyed by the client's address and port): a
+connection gets at most one refusal per ``retry_after_s`` (over HTTP/2, or through a proxy
+that shares its upstream connections, the requests of one connection are paced together). A
+client that honours ``Retry-After`` is never held; one that sends again at once (a retry storm
+on keep-alive connections) has its next refusal held, not runnable, until the ``Retry-After``
+it was given has passed. Under hypercorn a refusal costs about what a bare quart-trio request
+costs (its HTTP parsing and the body's reading, which no early answer avoids: README,
+Performance), so the refusals per second are what decide how much of the one event loop is
+left for admitted work; pacing bounds them by connections / ``retry_after_s`` instead of by
+how fast clients can resend.
 
 Plain trio; ``statistics()`` is what ``/metrics`` shows.
 """
@@ -29,6 +31,7 @@ Plain trio; ``statistics()`` is what ``/metrics`` shows.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from typing import Final
 
@@ -39,7 +42,7 @@ from ..errors import Overloaded
 
 TARGET_S: Final = 0.05
 INTERVAL_S: Final = 0.5
-PACED_CONNECTIONS_MAX: Final = 65536  # connections remembered for pacing (~100 B each)
+PACED_CONNECTIONS_MAX: Final = 65536  # connections remembered for pacing (~200 B each)
 
 
 @attrs.frozen
@@ -77,7 +80,8 @@ class Admission:
         self._refused = 0
         self._above_since: float | None = None  # when the delay first went over the target
         self._last_delay = 0.0
-        self._next_refusal: dict[Hashable, float] = {}  # per connection: none before this
+        # per connection: no refusal before this time (an OrderedDict: O(1) at both ends)
+        self._next_refusal: OrderedDict[Hashable, float] = OrderedDict()
         self._held = 0
         self._paced = 0
 
@@ -156,10 +160,15 @@ class Admission:
             finally:
                 self._held -= 1
         now = trio.current_time()
-        if len(self._next_refusal) >= PACED_CONNECTIONS_MAX:  # forget the connections let go
-            self._next_refusal = {c: t for c, t in self._next_refusal.items() if t > now}
-        if len(self._next_refusal) < PACED_CONNECTIONS_MAX or connection in self._next_refusal:
-            self._next_refusal[connection] = now + self.retry_after_s
+        # Kept in the order of their times (each is moved to the end when set), so the ones
+        # let go are at the front; past the bound the oldest is forgotten.
+        remembered = self._next_refusal
+        remembered.pop(connection, None)
+        while remembered and (
+            len(remembered) >= PACED_CONNECTIONS_MAX or next(iter(remembered.values())) <= now
+        ):
+            remembered.popitem(last=False)
+        remembered[connection] = now + self.retry_after_s
 
     def _observe(self, delay: float, now: float) -> None:
         self._last_delay = delay
