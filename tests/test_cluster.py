@@ -27,7 +27,7 @@ from trio_audio.store.natscluster import LocalCluster
 
 from .audio_samples import pcm_s16le, wav
 from .cluster import ServiceNode, cluster_store, node_id
-from .conftest import StartServer, upload_params
+from .conftest import Server, StartServer, upload_params
 from .speech import OTHER_SENTENCE, SENTENCE, grammar_file, pieces, speak, to_wav
 from .test_ws import connect, receive_type, start
 
@@ -85,12 +85,20 @@ async def upload_speech(client: httpx.AsyncClient, pieces_: list[Any]) -> list[d
     return chunks
 
 
+async def two_nodes(
+    start_server: StartServer, cluster: LocalCluster, **overrides: Any
+) -> tuple[dict[str, Any], Server, Server]:
+    """Two service nodes on *cluster*, on a stream of their own, each with its data dir."""
+    store = cluster_store(cluster)
+    a = await start_server(**store, **overrides)
+    b = await start_server(**store, **overrides, data_dir=a.config.data_dir.parent / "b")
+    return store, a, b
+
+
 async def test_upload_to_one_node_read_from_another(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
-    store = cluster_store(nats_cluster)
-    a = await start_server(**store)
-    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    _, a, b = await two_nodes(start_server, nats_cluster)
     data = wav(440.0, seconds=0.5, rate=16000)
     async with a.client() as ca, b.client() as cb:
         created = await post(ca, data, seq="0")
@@ -123,9 +131,7 @@ async def test_upload_to_one_node_read_from_another(
 async def test_a_multipart_upload_is_stored_whole_or_not_at_all_across_nodes(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
-    store = cluster_store(nats_cluster)
-    a = await start_server(**store)
-    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    store, a, b = await two_nodes(start_server, nats_cluster)
     stream = store["store_stream"]
     subject = f"{stream}.{token('alice')}.{token('mp')}.chunk"
 
@@ -158,9 +164,7 @@ async def test_a_multipart_upload_is_stored_whole_or_not_at_all_across_nodes(
 async def test_a_watcher_on_one_node_sees_uploads_to_another(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
-    store = cluster_store(nats_cluster)
-    a = await start_server(**store)
-    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    _, a, b = await two_nodes(start_server, nats_cluster)
     async with connect(a.running.ws_url) as watcher, b.client() as cb:
         await start(watcher, "shared")
         for n in range(3):
@@ -176,9 +180,7 @@ async def test_a_watcher_on_one_node_sees_uploads_to_another(
 async def test_deletes_reach_every_node_and_leave_the_stream(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
-    store = cluster_store(nats_cluster)
-    a = await start_server(**store)
-    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    store, a, b = await two_nodes(start_server, nats_cluster)
     async with a.client() as ca, b.client() as cb:
         ids = []
         for n in range(4):
@@ -470,11 +472,9 @@ async def test_sessions_go_to_the_partition_the_servers_compute(
 async def test_two_nodes_transcribing_write_each_transcript_once(
     start_server: StartServer, nats_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    store = cluster_store(nats_cluster)
     speech = {"asr_engine": "pocketsphinx", "asr_grammar": str(grammar_file(tmp_path)),
               "asr_workers": 1}  # fmt: skip
-    a = await start_server(**store, **speech)
-    b = await start_server(**store, **speech, data_dir=a.config.data_dir.parent / "b")
+    store, a, b = await two_nodes(start_server, nats_cluster, **speech)
     audio = speak(SENTENCE, lead_s=0.5)
     pieces_ = list(pieces(audio, 0.5))
     async with (
