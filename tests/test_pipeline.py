@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import numpy as np
 import pytest
 import trio
@@ -12,11 +14,29 @@ from trio_audio.config import Config
 from trio_audio.errors import InvalidAudio, Overloaded
 from trio_audio.metrics import Metrics
 from trio_audio.models import Job, Part
+from trio_audio.pipeline import stages as stages_module
 from trio_audio.pipeline.pipeline import Ingress
-from trio_audio.pipeline.stages import Outcomes, Stage, Stages, each, run_stage, take_waiting
+from trio_audio.pipeline.stages import Outcomes, Stage, Stages, Work, run_stage, take_waiting
 
 from .audio_samples import encode, sine, wav
 from .speech import FIXTURE_TEXTS, speak
+
+
+def each(work: Callable[[Job], Awaitable[None]]) -> Work:
+    """Work on one job as work on a group: job after job, each failure its job's own."""
+
+    async def run(jobs: list[Job]) -> Outcomes:
+        outcomes: Outcomes = []
+        for job in jobs:
+            try:
+                await work(job)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    return run
 
 
 def job(body: bytes = b"") -> Job:
@@ -246,3 +266,21 @@ async def test_a_group_through_the_real_stages_gets_what_each_job_gets_alone() -
         )
         speech += a.analysis["features"]["speech_ratio"] > 0.5
     assert speech >= 4  # the speech chunks were really speech, so the comparison means something
+
+
+async def test_a_bad_chunk_in_a_group_costs_the_others_no_second_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[bytes] = []
+    real_decode = stages_module.decode
+
+    def counting(body: bytes, **kwargs: object) -> object:
+        decoded.append(body)
+        return real_decode(body, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stages_module, "decode", counting)
+    stages = Stages(Config(asr_engine="none"), trio.CapacityLimiter(2))
+    jobs = chunk_jobs()
+    outcomes = await stages.validate(jobs)
+    assert [isinstance(o, InvalidAudio) for o in outcomes].count(True) == 1
+    assert len(decoded) == len(jobs)  # each body decoded once, the bad one included

@@ -58,23 +58,6 @@ class Stage:
     group_max: int = 1
 
 
-def each(work: Callable[[Job], Awaitable[None]]) -> Work:
-    """Work on one job as work on a group: job after job, each failure its job's own."""
-
-    async def run(jobs: list[Job]) -> Outcomes:
-        outcomes: Outcomes = []
-        for job in jobs:
-            try:
-                await work(job)
-            except Exception as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        return outcomes
-
-    return run
-
-
 def take_waiting(
     first: Job, receive: trio.MemoryReceiveChannel[Job], most: int, max_bytes: int = GROUP_MAX_BYTES
 ) -> list[Job]:
@@ -169,6 +152,8 @@ class Stages:
         # A thread runs beside the event loop only if the process has another CPU to run it
         # on; pinned to one, the hop is all cost (two context switches and a GIL handover).
         self.beside = len(os.sched_getaffinity(0)) > 1
+        self.voice = Voice(config.vad_mode, config.vad_gap_ms,
+                           keep_pcm=config.asr_engine != "none")  # fmt: skip
 
     async def _cpu(self, samples: int, run: Callable[[], None], *, thread: bool = False) -> None:
         """CPU work: inline when small, else in a thread under the shared limiter.
@@ -190,28 +175,33 @@ class Stages:
         name: str,
         together: Callable[[list[Part]], None],
         *,
+        vectorised: bool = True,
         thread: bool = False,
     ) -> Outcomes:
         """The parts of every job as one piece of CPU work (timed; with *thread*: always in a
-        thread, for work that releases the GIL): *together* on all of them at once. If that
-        fails, *together* again on each job's parts alone, so a bad chunk fails its own job
-        only."""
+        thread, for work that releases the GIL). *vectorised*: *together* on all of them at
+        once, and if that fails, on each job's parts alone, so a bad chunk fails its own job
+        only; otherwise (work that goes part by part anyway) each job's parts alone from the
+        start, so a bad chunk costs the others nothing twice."""
         outcomes: Outcomes = [None] * len(jobs)
         parts = [part for job in jobs for part in job.parts]
 
+        def each_alone() -> None:
+            for index, job in enumerate(jobs):
+                try:
+                    together(job.parts)
+                except Exception as exc:
+                    outcomes[index] = exc
+
         def run() -> None:
             started = time.perf_counter()
-            try:
-                together(parts)
-            except Exception as exc:
-                if len(jobs) == 1:
-                    outcomes[0] = exc
-                else:
-                    for index, job in enumerate(jobs):
-                        try:
-                            together(job.parts)
-                        except Exception as job_exc:
-                            outcomes[index] = job_exc
+            if vectorised and len(jobs) > 1:
+                try:
+                    together(parts)
+                except Exception:
+                    each_alone()
+            else:
+                each_alone()
             share = (time.perf_counter() - started) / max(1, len(parts))
             for part in parts:
                 part.timings[name] = share
@@ -223,7 +213,7 @@ class Stages:
         """Checksum and decode every part (whether a part is a retry is the committer's call)."""
         parts = [part for job in jobs for part in job.parts]
         await self._cpu(sum(len(p.body) for p in parts) // 2, lambda: _checksum_all(parts))
-        return await self._grouped(jobs, "validate", self._decode_all)
+        return await self._grouped(jobs, "validate", self._decode_all, vectorised=False)
 
     def _decode_all(self, parts: list[Part]) -> None:
         for part in parts:
@@ -247,11 +237,9 @@ class Stages:
         one hop per group: onnxruntime releases the GIL, so it runs beside the event loop on
         another core instead of stalling it (the numpy features stay inline). A process
         pinned to one CPU has no other core: there a small group's VAD runs inline too."""
-        config = self.config
         outcomes = await self._grouped(jobs, "metadata", _features_all)
         live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
-        voice = Voice(config.vad_mode, config.vad_gap_ms, keep_pcm=config.asr_engine != "none")
-        found = await self._grouped(live, "vad", voice.all, thread=self.beside)
+        found = await self._grouped(live, "vad", self.voice.all, thread=self.beside) if live else []
         voiced = iter(found)
         return [next(voiced) if outcome is None else outcome for outcome in outcomes]
 
