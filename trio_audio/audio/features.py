@@ -256,7 +256,7 @@ def _band_map(sample_rate: int, nfft: int) -> _BandMap:
 # -- groups of chunks: one vectorised step per shape -----------------------------------------
 
 
-def _same_shape(keys: Sequence[object]) -> list[list[int]]:
+def same_key(keys: Sequence[object]) -> list[list[int]]:
     """Indices grouped by equal key, in first-seen order."""
     groups: dict[object, list[int]] = {}
     for index, key in enumerate(keys):
@@ -269,7 +269,7 @@ def power_spectra(
 ) -> list[PowerSpectrum]:
     """:func:`power_spectrum` of each mono signal; those of one length and rate in one step."""
     out: list[PowerSpectrum | None] = [None] * len(monos)
-    for group in _same_shape([(len(m), r) for m, r in zip(monos, sample_rates, strict=True)]):
+    for group in same_key([(len(m), r) for m, r in zip(monos, sample_rates, strict=True)]):
         rate, count = sample_rates[group[0]], len(monos[group[0]])
         if count == 0 or rate <= 0:
             power_spectrum(monos[group[0]], rate)  # raises the error that says why
@@ -315,7 +315,7 @@ def analyze_spectra(
     keys = [(s.shape, m.shape, p.sample_rate, p.nfft)
             for s, m, p in zip(samples, monos, spectra, strict=True)]  # fmt: skip
     out: list[Analysis | None] = [None] * len(samples)
-    for group in _same_shape(keys):
+    for group in same_key(keys):
         if len(monos[group[0]]) == 0:
             analyze_spectrum(samples[group[0]], monos[group[0]], spectra[group[0]])  # raises
         found = _analyze_rows(

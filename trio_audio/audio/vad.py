@@ -4,8 +4,7 @@ frames, and speech segments.
 Plain numpy and onnxruntime, no trio: the pipeline calls ``analyze_batch`` for the chunks
 waiting in its stage (in a worker thread), which gives each chunk what ``analyze`` gives it;
 the transcriber cuts utterances from the segments it finds
-and joins them into session-wide ``speech_started``/``speech_stopped`` events. A
-``Detector`` keeps Silero's state between calls, for audio fed in pieces.
+and joins them into session-wide ``speech_started``/``speech_stopped`` events.
 
 Silero is a small neural network trained to tell speech from everything else: tones, music
 and noise are not speech to it (WebRTC's VAD, which this replaced, called a 440 Hz sine
@@ -42,6 +41,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from .features import same_key
+
 VAD_RATE: Final = 16000
 FRAME_SAMPLES: Final = 512  # Silero's window at 16 kHz
 FRAME_MS: Final = FRAME_SAMPLES * 1000 / VAD_RATE  # 32 ms
@@ -54,7 +55,6 @@ SILENT_PEAK: Final = 33  # a chunk whose samples all stay under -60 dBFS is not 
 LOWPASS_ZERO_CROSSINGS: Final = 8  # half-length of the resampling filter, in input periods
 MODEL_PATH: Final = Path(__file__).with_name("silero_vad_v6.onnx")
 MODEL_SHA256: Final = "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2"
-STATE_SHAPE: Final = (1, 1, 128)
 # The same network with a batch dimension (``batch_model.py`` derives it from the one above),
 # so the windows of several chunks share one call: row t * B + b is window t of chunk b.
 BATCH_MODEL_PATH: Final = Path(__file__).with_name("silero_vad_v6_batch.onnx")
@@ -155,46 +155,6 @@ def _load(path: Path, sha256: str) -> Any:
     return onnxruntime.InferenceSession(
         data, sess_options=options, providers=["CPUExecutionProvider"]
     )
-
-
-class Detector:
-    """Silero's speech flags for one stream of 16 kHz audio, frame after frame.
-
-    Keeps the network's state and the last samples between calls, so a stream fed in pieces
-    gets the flags it would get fed whole. ``reset`` starts a new stream.
-    """
-
-    def __init__(self, mode: int = 2) -> None:
-        self.threshold = _threshold(mode)
-        self.session = _batch_session()
-        self.reset()
-
-    def reset(self) -> None:
-        self.h = np.zeros(STATE_SHAPE, np.float32)
-        self.c = np.zeros(STATE_SHAPE, np.float32)
-        self.context = np.zeros(CONTEXT_SAMPLES, np.float32)
-        self.speaking = False
-
-    def probabilities(self, pcm: Int16Array) -> Float32Array:
-        """Speech probability of each full frame of *pcm* (a partial tail is left out)."""
-        count = pcm.size // FRAME_SAMPLES
-        if count == 0:
-            return np.zeros(0, np.float32)
-        audio = pcm[: count * FRAME_SAMPLES].astype(np.float32) / 32768.0
-        frames = audio.reshape(count, FRAME_SAMPLES)
-        contexts = np.empty((count, CONTEXT_SAMPLES), np.float32)
-        contexts[0] = self.context
-        contexts[1:] = frames[:-1, -CONTEXT_SAMPLES:]
-        batch = np.concatenate([contexts, frames], axis=1)
-        probs, self.h, self.c = self.session.run(None, {"input": batch, "h": self.h, "c": self.c})
-        self.context = frames[-1, -CONTEXT_SAMPLES:].copy()
-        out: Float32Array = np.asarray(probs, np.float32).reshape(count)
-        return out
-
-    def flags(self, pcm: Int16Array) -> npt.NDArray[np.bool_]:
-        """Speech or not for each full frame of *pcm*, with the hysteresis of the module doc."""
-        out, self.speaking = hysteresis(self.probabilities(pcm), self.threshold, self.speaking)
-        return out
 
 
 class Segmenter:
@@ -306,12 +266,11 @@ def analyze_batch(pcms: list[Int16Array], mode: int, gap_ms: float) -> list[Voic
         else pcm.size // FRAME_SAMPLES
         for pcm in pcms
     ]  # fmt: skip
-    by_length: dict[int, list[int]] = {}
-    for index, count in enumerate(counts):
-        if count:
-            by_length.setdefault(count, []).append(index)
     probs: dict[int, Float32Array] = {}
-    for count, members in by_length.items():
+    for members in same_key(counts):
+        count = counts[members[0]]
+        if count == 0:
+            continue
         per_call = max(1, MAX_BATCH_WINDOWS // count)
         for first in range(0, len(members), per_call):
             call = members[first : first + per_call]
