@@ -533,10 +533,14 @@ class Cluster:
         now = trio.current_time()
         swept = 0
         live = set(self.transcriber.sessions)  # before this sweep adds any
+        ours: dict[tuple[str, str], bool] = {}  # per session: one hash, not one per chunk
         for user_id, session_id, chunk_id in self.store.pending_now():
             if chunk_id in held and (user_id, session_id) in live:
                 continue  # offered during an earlier hold; still in this transcriber
-            if partition(user_id, session_id, partitions) == p:
+            session = (user_id, session_id)
+            if session not in ours:
+                ours[session] = partition(user_id, session_id, partitions) == p
+            if ours[session]:
                 held[chunk_id] = Held(chunk_id, now)
                 self._offer(chunk_id)
                 swept += 1
@@ -555,7 +559,7 @@ class Cluster:
             return
         if not await self.store.wait_followed(origin):
             return  # this node lags the log: it comes again after ACK_WAIT_S
-        if self._pending(chunk_id) is None:
+        if self.store.pending_key(chunk_id) is None:
             await self._ack(puller, work)  # done (by someone), failed, or deleted
             return
         now = trio.current_time()
@@ -573,14 +577,15 @@ class Cluster:
         now = trio.current_time()
         again: list[tuple[str, str, int, str]] = []
         for chunk_id, item in list(held.items()):
-            chunk = self._pending(chunk_id)
-            if chunk is None:
+            key = self.store.pending_key(chunk_id)
+            if key is None:
                 if item.work is None or await self._ack(puller, item.work):
                     del held[chunk_id]
-            elif not self._has_session(chunk) or now - item.offered > HOLD_S:
+            elif key[:2] not in self.transcriber.sessions or now - item.offered > HOLD_S:
                 # Its session was forgotten while it was still pending (its update was
-                # refused, say), or it is overdue: the transcriber gets it again.
-                again.append((chunk["user_id"], chunk["session_id"], chunk["seq"], chunk_id))
+                # refused, say; the transcriber forgets a session only once nothing of it
+                # is in flight), or it is overdue: the transcriber gets it again.
+                again.append((*key, chunk_id))
                 item.offered = now
             elif item.work is not None and now - item.extended > ACK_WAIT_S / 3:
                 try:
@@ -598,20 +603,6 @@ class Cluster:
         assert self.transcriber is not None
         with contextlib.suppress(NotFound):
             self.transcriber.offer_stored(chunk_id)
-
-    def _pending(self, chunk_id: str) -> dict[str, Any] | None:
-        """The chunk while it is stored and ``pending`` (None: done, failed or deleted)."""
-        try:
-            chunk = self.store.get(chunk_id)
-        except NotFound:
-            return None
-        return chunk if chunk["transcript"]["status"] == "pending" else None
-
-    def _has_session(self, chunk: dict[str, Any]) -> bool:
-        """Whether the transcriber still has *chunk*'s session (it forgets a session only
-        once nothing of it is in flight)."""
-        assert self.transcriber is not None
-        return (chunk["user_id"], chunk["session_id"]) in self.transcriber.sessions
 
     async def _ack(self, puller: Puller, work: Work) -> bool:
         try:

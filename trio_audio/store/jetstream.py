@@ -304,6 +304,14 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Return once the follower has applied more of the stream."""
         await self._progress.wait()
 
+    def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None:
+        """``(user_id, session_id, seq)`` of the chunk while it is stored and ``pending``
+        transcription (None: done, failed or deleted); unpacks nothing."""
+        if chunk_id not in self._index.pending:
+            return None
+        entry = self._index.chunks[chunk_id]
+        return entry.user_id, entry.session_id, entry.seq
+
     def pending_now(self) -> list[tuple[str, str, str]]:
         """``(user_id, session_id, chunk_id)`` of every chunk ``pending`` transcription now,
         in user, session and seq order."""
