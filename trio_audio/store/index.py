@@ -134,12 +134,6 @@ def _transcript_pending(meta: dict[str, Any]) -> bool:
     return bool(meta.get("transcript", {}).get("status") == "pending")
 
 
-def initial_transcript_status(asr_engine: str) -> str:
-    """What a new chunk's ``transcript.status`` starts as: ``pending`` when a speech engine
-    will transcribe it, ``disabled`` with ``--asr-engine none``."""
-    return "disabled" if asr_engine == "none" else "pending"
-
-
 class Index:
     """Chunks by id and by ``user -> session -> seq``; the committer's and replay's target."""
 

@@ -57,7 +57,7 @@ from .events import (
     deleted_events,
 )
 from .files import REAL_FILES, FileOps, lock_data_dir
-from .index import Entry, Index, IndexReads, Planned, Stored, initial_transcript_status
+from .index import Entry, Index, IndexReads, Planned, Stored
 from .record import BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
 from .writer import LogWriter
@@ -104,7 +104,7 @@ class Store(CommitChannels, IndexReads):
         self._metrics = metrics if metrics is not None else Metrics()
         self._data_dir = Path(config.data_dir)
         self._files = files  # the file layer under the log (tests put fault doubles here)
-        self._index = Index(self._transcript_status())
+        self._index = Index(self._config.transcript_status())
         self._report: ReplayReport | None = None
         self._pending: list[str] = []
         self._log: LogWriter | None = None
@@ -120,9 +120,6 @@ class Store(CommitChannels, IndexReads):
         self._compactions = 0
         self._fsync_failed = False
 
-    def _transcript_status(self) -> str:
-        return initial_transcript_status(self._config.asr_engine)
-
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,7 +128,7 @@ class Store(CommitChannels, IndexReads):
         try:
             started = time.perf_counter()
             replayed = await trio.to_thread.run_sync(
-                _replay, self._data_dir, self._transcript_status()
+                _replay, self._data_dir, self._config.transcript_status()
             )
             self._index, self._report, self._pending = (
                 replayed.index,
