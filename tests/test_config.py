@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trio_audio.__main__ import build_parser
-from trio_audio.config import Config
+from trio_audio.config import MAX_ASR_PARTITIONS, Config
 
 
 def test_defaults_are_the_embedded_set_up() -> None:
@@ -61,3 +61,9 @@ def test_what_a_new_chunk_starts_as_on_a_cluster() -> None:
     assert status == {("none", "auto"): "disabled", ("none", "on"): "pending",
                       ("none", "off"): "disabled", ("whisper", "auto"): "pending",
                       ("whisper", "on"): "pending", ("whisper", "off"): "disabled"}  # fmt: skip
+
+
+def test_more_asr_partitions_than_the_work_stream_takes_is_a_bad_setting() -> None:
+    with pytest.raises(ValueError, match="asr_partitions"):
+        Config(asr_partitions=MAX_ASR_PARTITIONS + 1)
+    assert Config(asr_partitions=MAX_ASR_PARTITIONS).asr_partitions == MAX_ASR_PARTITIONS

@@ -19,6 +19,9 @@ FSYNC_MODES: Final = ("always", "interval", "never")
 ENV_PREFIX: Final = "TRIO_AUDIO_"
 
 
+MAX_ASR_PARTITIONS: Final = 1024  # the work stream's partitions (one consumer each)
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         msg = f"{attribute.name} must be positive, got {value!r}"
@@ -102,7 +105,7 @@ class Config:
     )  # fmt: skip
     asr_partitions: int = attrs.field(
         default=8,
-        validator=_positive,
+        validator=[_positive, attrs.validators.le(MAX_ASR_PARTITIONS)],
         metadata={"help": "cluster: work partitions sessions are spread over (all nodes agree)"},
     )
     asr_lease_s: float = attrs.field(

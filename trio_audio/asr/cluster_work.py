@@ -111,7 +111,6 @@ FETCH_WAIT_S: Final = 0.5  # one fetch's wait; also the period acks are settled 
 HOLD_S: Final = 300.0  # a chunk held this long without a transcript is offered again
 LIVE_QUEUE: Final = 1024  # interim results waiting to be published; then the newest drop
 FINALIZE_WAIT_S: Final = 60.0  # how long a finalize waits for the session's holder
-MAX_PARTITIONS: Final = 1024
 SET_UP_S: Final = 30.0  # how long creating the work stream and lease bucket is retried
 
 
@@ -219,9 +218,6 @@ class Cluster:
     """The cluster side of transcription in one process (a serve node or an asr-worker)."""
 
     def __init__(self, config: Config, store: JetStreamStore, hub: Hub, metrics: Metrics) -> None:
-        if config.asr_partitions > MAX_PARTITIONS:
-            msg = f"asr_partitions must be at most {MAX_PARTITIONS}, got {config.asr_partitions}"
-            raise ValueError(msg)
         self.config = config
         self.store = store
         self.local_hub = hub
