@@ -283,12 +283,17 @@ class Cluster:
         """Delete every lease still naming this worker (a renewal or an acquisition cut
         short by the stop may have left one), so others take the partitions at once."""
         for p in range(self.config.asr_partitions):
-            try:
-                held = await nats.kv_get(self.names.leases, f"p.{p}")
-                if held is not None and held[0].decode() == self.node:
-                    await nats.kv_delete(self.names.leases, f"p.{p}", held[1])
-            except NatsError as exc:
-                logger.info("partition %d expires by itself: %s", p, exc)
+            await self._release(nats, p)
+
+    async def _release(self, nats: Nats, p: int) -> None:
+        """Delete the lease of *p* if it names this worker (at whatever revision it is)."""
+        try:
+            held = await nats.kv_get(self.names.leases, f"p.{p}")
+            if held is not None and held[0].decode() == self.node:
+                await nats.kv_delete(self.names.leases, f"p.{p}", held[1])
+                logger.info("gave back transcription partition %d", p)
+        except NatsError as exc:
+            logger.info("partition %d expires by itself: %s", p, exc)
 
     def stop(self) -> None:
         """Stop taking work (the leases held are given back) and relaying."""
@@ -420,11 +425,7 @@ class Cluster:
                 self.leases.pop(p, None)
                 if not lease.lost:  # given back (fair share, or this process stops)
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
-                        try:
-                            await nats.kv_delete(self.names.leases, f"p.{p}", lease.revision)
-                            logger.info("gave back transcription partition %d", p)
-                        except NatsError as exc:
-                            logger.info("partition %d expires by itself: %s", p, exc)
+                        await self._release(nats, p)
             if lease.lost:
                 logger.warning("lost transcription partition %d", p)
             await trio.sleep(poll)
