@@ -3,8 +3,9 @@
 The analysis the metadata stage runs on each chunk (features, band spectrum, voice activity)
 is timed with the process's CPU clock, so other work on the machine moves it little:
 
-- ``one at a time``: ``power_spectrum``, ``analyze_spectrum`` and ``vad.analyze`` per chunk
-  (what each chunk cost before groups);
+- ``one at a time``: ``power_spectrum``, ``analyze_spectrum`` and ``vad.analyze`` per chunk,
+  which are now groups of one through the same code (so this is what a chunk costs when it
+  arrives alone, not the code before groups: for that, run this against an older checkout);
 - ``grouped``: ``power_spectra``, ``analyze_spectra`` and ``vad.analyze_batch`` over the
   group, as the stages run a group of chunks that arrived together.
 
