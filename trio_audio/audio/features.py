@@ -229,6 +229,7 @@ class _BandMap:
     first_bin: int
     band_of_bin: npt.NDArray[np.intp]  # band of bins first_bin, first_bin + 1, ...
     bins_per_band: Float64Array
+    matrix: Float64Array  # (bins from first_bin, N_BANDS) ones where a bin is in a band
 
 
 @functools.lru_cache(maxsize=32)
@@ -242,14 +243,17 @@ def _band_map(sample_rate: int, nfft: int) -> _BandMap:
     bands = np.searchsorted(edges, freqs[first_bin:], side="right") - 1
     bands = np.minimum(bands, N_BANDS - 1)  # nyquist itself belongs to the top band
     per_band = np.bincount(bands, minlength=N_BANDS).astype(np.float64)
-    bands.setflags(write=False)
-    per_band.setflags(write=False)
+    matrix = np.zeros((len(bands), N_BANDS))
+    matrix[np.arange(len(bands)), bands] = 1.0  # band sums by one matmul
+    for array in (bands, per_band, matrix):
+        array.setflags(write=False)
     return _BandMap(
         edges=[float(e) for e in edges],
         centres=[float(c) for c in centres],
         first_bin=first_bin,
         band_of_bin=bands,
         bins_per_band=per_band,
+        matrix=matrix,
     )
 
 
@@ -347,7 +351,7 @@ def _analyze_rows(
     silence = _silence_ratios(monos, rate)
     spectral = _spectral_rows(powers, bin_hz)
     bands = _band_map(rate, like.nfft)
-    band_power = powers[:, bands.first_bin :] @ _band_matrix(rate, like.nfft)
+    band_power = powers[:, bands.first_bin :] @ bands.matrix
     totals = powers.sum(axis=1)
     scales = np.where(totals > SILENT_POWER, mean_square / np.where(totals > 0, totals, 1), 0.0)
     levels = _db_rows(band_power * scales[:, None])
@@ -434,13 +438,3 @@ def _silence_ratios(monos: Float32Array, sample_rate: int) -> Float64Array:
     silent = np.count_nonzero(energies < _SILENCE_MEAN_SQUARE * frame, axis=1)
     ratios: Float64Array = silent / n_frames
     return ratios
-
-
-@functools.lru_cache(maxsize=32)
-def _band_matrix(sample_rate: int, nfft: int) -> Float64Array:
-    """(bins from ``first_bin``, N_BANDS) ones where a bin falls in a band: sums by matmul."""
-    bands = _band_map(sample_rate, nfft)
-    matrix = np.zeros((len(bands.band_of_bin), N_BANDS))
-    matrix[np.arange(len(bands.band_of_bin)), bands.band_of_bin] = 1.0
-    matrix.setflags(write=False)
-    return matrix
