@@ -510,7 +510,8 @@ class Cluster:
                     scope.cancel()
                     return
                 for work in batch:
-                    await self._arrive(puller, work, held)
+                    if not await self._arrive(puller, work, held):
+                        break  # this node lags the log: the rest (later in it) come again
                 await self._settle(puller, held)
                 now = trio.current_time()
                 if held or batch:
@@ -544,8 +545,10 @@ class Cluster:
         if swept:
             logger.info("partition %d: %d chunks left pending are queued again", p, swept)
 
-    async def _arrive(self, puller: Puller, work: Work, held: dict[str, Held]) -> None:
-        """A work message: offer its chunk, or acknowledge it when there is nothing to do."""
+    async def _arrive(self, puller: Puller, work: Work, held: dict[str, Held]) -> bool:
+        """A work message: offer its chunk, or acknowledge it when there is nothing to do.
+        False when this node's follower has not reached the chunk within its wait (the
+        message comes again after ``ACK_WAIT_S``)."""
         assert self.transcriber is not None
         try:
             chunk_id = str(json.loads(work.headers[META])["chunk_id"])
@@ -553,20 +556,21 @@ class Cluster:
         except (KeyError, ValueError, IndexError):
             logger.warning("work message %d on %s is not a chunk; dropped", work.seq, work.subject)
             await self._ack(puller, work)
-            return
+            return True
         if not await self.store.wait_followed(origin):
-            return  # this node lags the log: it comes again after ACK_WAIT_S
+            return False
         if self.store.pending_key(chunk_id) is None:
             await self._ack(puller, work)  # done (by someone), failed, or deleted
-            return
+            return True
         now = trio.current_time()
         if chunk_id in held:
             held[chunk_id].work = work  # again (it waited ACK_WAIT_S) or after a sweep
             held[chunk_id].extended = now
-            return
+            return True
         held[chunk_id] = Held(chunk_id, now, work, now)
         self.counts["taken"] += 1
         self._offer(chunk_id)
+        return True
 
     async def _settle(self, puller: Puller, held: dict[str, Held]) -> None:
         """Acknowledge held chunks the log has done; keep the others' work messages."""
