@@ -67,8 +67,7 @@ class ServiceNode:
         directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / "service.log"
         self.args = [
-            sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
-            "--data-dir", str(directory / "data"), "--asr-engine", "none",
+            sys.executable, "-m", "trio_audio", *self.command(directory),
             "--store", store["store"], "--store-stream", store["store_stream"],
             "--store-replicas", str(store["store_replicas"]), *args,
         ]  # fmt: skip
@@ -80,19 +79,29 @@ class ServiceNode:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
 
+    def command(self, directory: Path) -> list[str]:
+        return ["serve", "--port", "0", "--ws-port", "0", "--data-dir", str(directory / "data"),
+                "--asr-engine", "none"]  # fmt: skip
+
+    def ready(self, log: str) -> bool:
+        """Whether *log* says the process is ready: both URLs (a node logs them once it has
+        replayed the stream), as many times as it started."""
+        http, ws = SERVING_HTTP.findall(log), SERVING_WS.findall(log)
+        if http and ws and len(http) == len(ws) == self.starts():
+            self.url, self.ws_url = http[-1], ws[-1]
+            return True
+        return False
+
     async def wait_ready(self, seconds: float = 60) -> None:
-        """Until the node logs both URLs (it does once it has replayed the stream)."""
+        """Until the process's log says it is ready."""
         assert self.proc is not None
         with trio.fail_after(seconds):
             for _ in iter(int, 1):
                 text = self.log_path.read_text(errors="replace")
-                http = SERVING_HTTP.findall(text)
-                ws = SERVING_WS.findall(text)
-                if http and ws and len(http) == len(ws) == self.starts():
-                    self.url, self.ws_url = http[-1], ws[-1]
+                if self.ready(text):
                     return
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"service node exited:\n{text[-4000:]}")
+                    raise AssertionError(f"{self.args[3]} exited:\n{text[-4000:]}")
                 await trio.sleep(0.05)
 
     def starts(self) -> int:
@@ -116,25 +125,11 @@ class ServiceNode:
 class WorkerNode(ServiceNode):
     """``trio-audio asr-worker --store nats://...`` as a child process (no listeners)."""
 
-    def __init__(self, directory: Path, store: dict[str, Any], *args: str) -> None:
-        super().__init__(directory, store, *args)
-        self.args = [
-            sys.executable, "-m", "trio_audio", "asr-worker",
-            "--store", store["store"], "--store-stream", store["store_stream"],
-            "--store-replicas", str(store["store_replicas"]), *args,
-        ]  # fmt: skip
+    def command(self, directory: Path) -> list[str]:
+        return ["asr-worker"]
 
-    async def wait_ready(self, seconds: float = 60) -> None:
-        """Until the worker logs that it takes work (it has replayed the stream)."""
-        assert self.proc is not None
-        with trio.fail_after(seconds):
-            for _ in iter(int, 1):
-                text = self.log_path.read_text(errors="replace")
-                if "taking transcription work" in text:
-                    return
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"asr-worker exited:\n{text[-4000:]}")
-                await trio.sleep(0.05)
+    def ready(self, log: str) -> bool:
+        return "taking transcription work" in log  # it has replayed the stream
 
 
 NODE_ID = re.compile(r"node (\w+) took transcription partition (\d+)")

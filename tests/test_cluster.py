@@ -22,7 +22,7 @@ from trio_websocket import WebSocketConnection
 from trio_audio.asr.cluster_work import Names, partition
 from trio_audio.client import Options, Streamer
 from trio_audio.store.jetstream import token
-from trio_audio.store.nats_bridge import MessageNotFound, open_nats
+from trio_audio.store.nats_bridge import MessageNotFound, Nats, open_nats
 from trio_audio.store.natscluster import LocalCluster
 
 from .audio_samples import pcm_s16le, wav
@@ -93,6 +93,17 @@ async def two_nodes(
     a = await start_server(**store, **overrides)
     b = await start_server(**store, **overrides, data_dir=a.config.data_dir.parent / "b")
     return store, a, b
+
+
+async def lease_holder(nats: Nats, names: Names, key: str) -> str:
+    """The worker holding lease *key*, once one does (within 30 s)."""
+    with trio.fail_after(30):
+        for _ in iter(int, 1):
+            held = await nats.kv_get(names.leases, key)
+            if held is not None:
+                return str(held[0].decode())
+            await trio.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
 async def test_upload_to_one_node_read_from_another(
@@ -516,15 +527,6 @@ async def test_killing_the_worker_of_a_session_hands_it_over(
         open_nats(nats_cluster.urls, name="t") as nats,
     ):
 
-        async def holder() -> str:
-            with trio.fail_after(30):
-                for _ in iter(int, 1):
-                    held = await nats.kv_get(names.leases, key)
-                    if held is not None:
-                        return held[0].decode()
-                    await trio.sleep(0.05)
-            raise AssertionError("unreachable")
-
         async def upload(node: ServiceNode, n: int, piece: Any) -> None:
             response = await client.post(
                 f"{node.url}/upload", content=to_wav(piece),
@@ -546,7 +548,8 @@ async def test_killing_the_worker_of_a_session_hands_it_over(
                 if done_before:
                     break
                 await trio.sleep(0.05)
-        owner_id = await holder()  # it holds the session's chunks not done yet
+        # The holder has the session's chunks that are not done yet.
+        owner_id = await lease_holder(nats, names, key)
         owner, other = (a, b) if owner_id in node_id(a) else (b, a)
         assert owner_id in node_id(owner)
         owner.kill()
@@ -556,7 +559,7 @@ async def test_killing_the_worker_of_a_session_hands_it_over(
         # chunk ends done.
         async with httpx.AsyncClient(base_url=other.url, timeout=30) as survivor:
             listing = await session_listing(survivor, "talk", 60)
-        assert await holder() in node_id(other)
+        assert await lease_holder(nats, names, key) in node_id(other)
     statuses = [c["transcript"]["status"] for c in listing["chunks"]]
     assert statuses == ["done"] * len(first + second)
     for chunk in listing["chunks"]:  # what the dead worker stored stays as it stored it
@@ -584,11 +587,8 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
         connect(node.ws_url) as watcher,
         open_nats(nats_cluster.urls, name="test") as nats,
     ):
-        with trio.fail_after(30):  # the worker holds the session's partition
-            for _ in iter(int, 1):
-                if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
-                    break
-                await trio.sleep(0.05)
+        # The worker holds the session's partition.
+        await lease_holder(nats, names, f"p.{partition('alice', 'talk', 8)}")
         await start(watcher, "talk")
         for chunk in await upload_speech(client, pieces_):
             assert chunk["transcript"]["status"] == "pending"
@@ -628,11 +628,8 @@ async def test_chunks_caught_by_a_cluster_outage_are_transcribed_once_it_is_back
     pieces_ = list(pieces(speak(SENTENCE, lead_s=0.5, tail_s=0.0), 0.5))
     async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
         async with open_nats(own_cluster.urls, name="test") as nats:
-            with trio.fail_after(30):  # the worker holds the session's partition
-                for _ in iter(int, 1):
-                    if await nats.kv_get(names.leases, f"p.{partition('alice', 'talk', 8)}"):
-                        break
-                    await trio.sleep(0.05)
+            # The worker holds the session's partition.
+            await lease_holder(nats, names, f"p.{partition('alice', 'talk', 8)}")
         last = (await upload_speech(client, pieces_))[-1]
         stored = (await client.get(f"/chunks/{last['chunk_id']}")).json()
         assert stored["transcript"]["status"] == "pending"
