@@ -26,7 +26,6 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..models import check_id, parse_seq
-from ..store import StoreBackend
 from .media import CONTAINER_TYPES
 
 MAX_CONTROL_BYTES: Final = 64 * 1024  # a JSON message that carries no audio
@@ -56,21 +55,6 @@ def dumps(message: dict[str, Any]) -> str:
 def metadata_message(chunk: dict[str, Any]) -> str:
     """``{"type": "metadata", ...chunk}`` as text, without copying the chunk's dict."""
     return '{"type":"metadata",' + dumps(chunk)[1:]
-
-
-def session_summary(store: StoreBackend, user_id: str, session_id: str) -> dict[str, Any] | None:
-    """What ``session_end`` says of a session (WebSocket and ``POST .../end`` alike): its
-    ids, chunk count, duration and transcript so far; None if it has no chunks."""
-    summary = store.summary(user_id, session_id)
-    if summary is None:
-        return None
-    return {
-        "user_id": user_id,
-        "session_id": session_id,
-        "chunk_count": summary.chunk_count,
-        "duration_ms": summary.duration_ms,
-        "transcript": summary.transcript,
-    }
 
 
 def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:

@@ -26,9 +26,23 @@ import trio
 
 from ..hub import Hub, Message, Subscription
 from ..store import StoreBackend
-from .messages import session_summary
 
 HEARTBEAT_S: Final = 15.0
+
+
+def session_summary(store: StoreBackend, user_id: str, session_id: str) -> dict[str, Any] | None:
+    """What ``session_end`` says of a session (WebSocket and ``POST .../end`` alike): its
+    ids, chunk count, duration and transcript so far; None if it has no chunks."""
+    summary = store.summary(user_id, session_id)
+    if summary is None:
+        return None
+    return {
+        "user_id": user_id,
+        "session_id": session_id,
+        "chunk_count": summary.chunk_count,
+        "duration_ms": summary.duration_ms,
+        "transcript": summary.transcript,
+    }
 
 
 class Finalizer(Protocol):

@@ -78,8 +78,8 @@ from .messages import (
     parse_audio,
     parse_control,
     parse_start,
-    session_summary,
 )
+from .session_events import session_summary
 
 logger = logging.getLogger("trio_audio.ws")
 
