@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_audio.store.natscluster import LocalCluster
+from trio_audio.cluster.dev import LocalCluster
 
 _streams = itertools.count(1)
 

@@ -19,11 +19,11 @@ import httpx
 import trio
 from trio_websocket import WebSocketConnection
 
-from trio_audio.asr.cluster_work import Names, partition
 from trio_audio.client import Options, Streamer
-from trio_audio.store.jetstream import token
-from trio_audio.store.nats_bridge import MessageNotFound, Nats, open_nats
-from trio_audio.store.natscluster import LocalCluster
+from trio_audio.cluster.bridge import MessageNotFound, Nats, open_nats
+from trio_audio.cluster.dev import LocalCluster
+from trio_audio.cluster.jetstream import token
+from trio_audio.cluster.work import Names, partition
 
 from .audio_samples import pcm_s16le, wav
 from .cluster import ServiceNode, cluster_store, node_id

@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     target = partial(service.serve, config)
     if args.command == "asr-worker":
-        from .asr.cluster_work import run_worker
+        from .cluster.work import run_worker
 
         target = partial(run_worker, config)
     try:

@@ -96,7 +96,7 @@ class Config:
         validator=_positive,
         metadata={"help": "the stream's duplicate window for re-sent publishes"},
     )
-    # Transcription on a cluster store (see asr/cluster_work.py).
+    # Transcription on a cluster store (see cluster/work.py).
     asr_transcribe: str = attrs.field(
         default="auto",
         validator=attrs.validators.in_(("auto", "on", "off")),

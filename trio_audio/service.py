@@ -205,7 +205,7 @@ def open_store(
     """The backend ``config.store`` names: the local log (files: the layer under it) or,
     for ``nats://...``, the JetStream cluster (whose health *readiness* follows)."""
     if config.store:
-        from .store.jetstream import JetStreamStore
+        from .cluster.jetstream import JetStreamStore
 
         on_health = readiness.note_store if readiness is not None else None
         return JetStreamStore(config, metrics=metrics, on_health=on_health)
@@ -220,7 +220,7 @@ async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery
     if not config.store or config.certfile:
         await nursery.start(store.run)
         return config
-    from .store.jetstream import JetStreamStore
+    from .cluster.jetstream import JetStreamStore
     from .web.waiting import serve_while_starting
 
     assert isinstance(store, JetStreamStore)
@@ -266,7 +266,7 @@ async def serve(
             readiness.store = True
             cluster = None
             if config.store:  # one worker at a time per session, work from the cluster
-                from .asr.cluster_work import cluster_for
+                from .cluster.work import cluster_for
 
                 cluster = cluster_for(config, store, hub, metrics)
             transcriber = Transcriber(config, store, cluster.hub if cluster else hub,

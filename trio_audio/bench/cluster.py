@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from ..store.natscluster import LocalCluster
+from ..cluster.dev import LocalCluster
 from .loadgen import Spec
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
@@ -138,8 +138,8 @@ def ws_spec(node: Node, seconds: float, run_id: str) -> Spec:
 
 async def publish_records(store: str, stream: str, count: int, template: dict[str, Any]) -> float:
     """Publish *count* chunk records straight into *stream*; the seconds it took."""
-    from ..store.jetstream import META, token
-    from ..store.nats_bridge import open_nats
+    from ..cluster.bridge import open_nats
+    from ..cluster.jetstream import META, token
 
     body = b"\x00\x01" * 1600  # 3.2 KB of "audio"
     started = time.perf_counter()

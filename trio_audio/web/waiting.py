@@ -22,7 +22,7 @@ from typing import Final
 import attrs
 import trio
 
-from ..store.jetstream import StoreUnavailable
+from ..cluster.jetstream import StoreUnavailable
 from .app import Readiness
 
 READ_TIMEOUT_S: Final = 5.0

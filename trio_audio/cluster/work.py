@@ -84,14 +84,14 @@ from typing import Any, Final
 import attrs
 import trio
 
+from ..asr.transcriber import Transcriber
 from ..config import Config
 from ..errors import NotFound, StoreError
 from ..hub import Hub, Message
 from ..metrics import Metrics
 from ..store import StoreBackend
 from ..store.events import ChunkStored
-from ..store.jetstream import META, JetStreamStore, token
-from ..store.nats_bridge import (
+from .bridge import (
     Nats,
     NatsError,
     Puller,
@@ -100,9 +100,9 @@ from ..store.nats_bridge import (
     WrongLastSequence,
     retrying,
 )
-from .transcriber import Transcriber
+from .jetstream import META, JetStreamStore, token
 
-logger = logging.getLogger("trio_audio.asr.cluster")
+logger = logging.getLogger("trio_audio.cluster.work")
 
 ACK_WAIT_S: Final = 30.0  # a delivered work message unacknowledged this long goes again
 MAX_ACK_PENDING: Final = 10_000  # work messages of a partition held at once

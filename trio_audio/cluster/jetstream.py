@@ -43,7 +43,7 @@ Writes and their guarantees:
 - A transcript (an update of the ``transcript`` field) is written once per chunk: it is
   published with the same compare-and-append on the chunk's update subject, and one that
   comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Each
-  session is transcribed by one worker at a time (``asr/cluster_work.py``); this guard keeps
+  session is transcribed by one worker at a time (``cluster/work.py``); this guard keeps
   the log right when a worker that lost its hold on a session still finishes a decode.
 - Deletes publish a tombstone (every node drops the chunks from its index), then delete the
   chunk messages from the stream (by sequence, or a purge of the session's subjects below the
@@ -87,7 +87,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..models import Job
-from .events import (
+from ..store.events import (
     ChunkStored,
     ChunkUpdated,
     CommitChannels,
@@ -97,8 +97,10 @@ from .events import (
     Write,
     deleted_events,
 )
-from .index import Index, IndexReads, Planned, Stored
-from .nats_bridge import (
+from ..store.index import Index, IndexReads, Planned, Stored
+from ..store.record import BlobRef
+from ..store.store import StoreStats
+from .bridge import (
     Follower,
     Message,
     MessageNotFound,
@@ -109,10 +111,8 @@ from .nats_bridge import (
     open_nats,
     retrying,
 )
-from .record import BlobRef
-from .store import StoreStats
 
-logger = logging.getLogger("trio_audio.store.jetstream")
+logger = logging.getLogger("trio_audio.cluster.jetstream")
 
 META: Final = "Trio-Audio"  # the header holding a record's metadata (JSON)
 SOURCE: Final = "Trio-Audio-Source"  # the connection that sent a chunk (skips its echo)
@@ -331,7 +331,7 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._replayed = count
         self._announced = self._applied
         # Nothing is queued for the transcriber at start-up: on a cluster pending chunks come
-        # as work, partition by partition (asr/cluster_work.py).
+        # as work, partition by partition (cluster/work.py).
         self._pending = []
         self._live = True
         logger.info(
@@ -545,7 +545,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             )
             headers = self._headers(record, write_id)
             if "transcript" in write.fields:
-                # One worker at a time holds a session (asr/cluster_work.py), but one that
+                # One worker at a time holds a session (cluster/work.py), but one that
                 # lost its hold may still finish a decode: the first transcript of a chunk is
                 # the one the log keeps (a compare-and-append on the chunk's update subject),
                 # and a later one is answered with the chunk as stored.

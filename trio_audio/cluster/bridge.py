@@ -57,7 +57,7 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-logger = logging.getLogger("trio_audio.store.nats")
+logger = logging.getLogger("trio_audio.cluster.bridge")
 T = TypeVar("T")
 M = TypeVar("M")
 

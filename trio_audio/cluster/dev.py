@@ -1,6 +1,6 @@
 """A NATS JetStream cluster of ``nats-server`` processes on one machine, for tests and demos.
 
-``python -m trio_audio.store.natscluster DIR [--nodes 3]`` starts the servers (each with its
+``python -m trio_audio.cluster.dev DIR [--nodes 3]`` starts the servers (each with its
 own config, store dir and ports under *DIR*), prints the ``--store`` URL list to give
 ``trio-audio serve``, and stops them on Ctrl-C. The tests start the same cluster from
 Python (``LocalCluster``) and kill and restart single servers.
@@ -187,7 +187,7 @@ def wait_listening(port: int, timeout: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trio_audio.store.natscluster",
+        prog="python -m trio_audio.cluster.dev",
         description="Run a JetStream cluster of nats-server processes on loopback.",
     )
     parser.add_argument("directory", type=Path, help="where each server keeps its data")
