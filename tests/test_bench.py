@@ -89,6 +89,19 @@ async def test_baseline_takes_the_same_uploads_and_is_accounted(tmp_path: Path) 
     assert result["lost"] == []
 
 
+async def test_baseline_takes_websocket_frames_with_the_same_work_and_is_accounted(
+    tmp_path: Path,
+) -> None:
+    """The same-work WebSocket floor acknowledges frames it analysed and appended, and the
+    bench reads every acknowledged chunk back from it, as it does from the service."""
+    spec = Spec(kind="ws", duration_s=0.5, concurrency=2, window=4, bodies=4, run_id="bw")
+    with trio.fail_after(60):
+        result = await run_scenario(Scenario(name="bw", spec=spec, target="baseline"), tmp_path)
+    assert result["accepted"] > 0 and result["failed"] == 0, result["errors"]
+    assert result["lost"] == []
+    assert result["verified"] == result["accepted"]
+
+
 async def test_the_bare_front_doors_answer_and_the_ceiling_ratio_is_reported(
     tmp_path: Path,
 ) -> None:
@@ -101,7 +114,7 @@ async def test_the_bare_front_doors_answer_and_the_ceiling_ratio_is_reported(
         for kind in ("http", "ws"):
             spec = Spec(kind=kind, duration_s=1.0, concurrency=2, window=4, bodies=4,
                         chunk_s=0.25, run_id=f"c{kind}", metadata_every=0)  # fmt: skip
-            for target in ("server", "bare"):
+            for target in ("server", "baseline", "bare"):
                 scenario = Scenario(name=f"{kind} {target}", spec=spec, target=target,
                                     verify=target != "bare", cpu=0)  # fmt: skip
                 results.append(await run_scenario(scenario, tmp_path))
@@ -109,14 +122,16 @@ async def test_the_bare_front_doors_answer_and_the_ceiling_ratio_is_reported(
         assert result["accepted"] > 0 and result["failed"] == 0, result["errors"]
         assert result["lost"] == []
         assert result["server_cpu_ms_per_accepted"] is not None
-    assert results[1]["verified"] == 0 and results[0]["verified"] == results[0]["accepted"]
+    assert results[2]["verified"] == 0 and results[0]["verified"] == results[0]["accepted"]
     rows = {row["name"]: row for row in spread(results)}
     for kind in ("http", "ws"):
-        assert rows[f"{kind} server"]["share_of_bare"] > 0
-        assert rows[f"{kind} server"]["cpu_share_of_bare"] > 0
+        for side in ("bare", "baseline"):
+            assert rows[f"{kind} server"][f"share_of_{side}"] > 0
+            assert rows[f"{kind} server"][f"cpu_share_of_{side}"] > 0
     text = render({"started": "now", "machine": {"cpus": 2, "python": "3", "loadavg_before": []},
                    "scenarios": results, "summary": spread(results)})  # fmt: skip
     assert "of the bare front door's rate" in text
+    assert "the same work done plainly" in text
 
 
 def test_a_profile_is_summed_by_part_of_the_service_our_work_before_the_libraries(

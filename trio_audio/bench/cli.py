@@ -4,10 +4,11 @@
 closed-loop uploads (the capacity C), the naive baseline on the same uploads, fsync modes,
 open loop at 0.8 C and at 5 C (overload), and WebSocket streams; ``--repeat N`` runs it N
 times and reports the spread. ``trio-audio bench http`` / ``ws`` run one load.
-``trio-audio bench ceiling --cpu 0`` runs the HTTP and WebSocket loads against the service
-and against the bare front doors
-(``bench/bare.py``) alternately, server pinned to one CPU and the load on the others, and
-reports the service's share of the bare ceiling (``--repeat`` rounds). Each run writes
+``trio-audio bench ceiling --cpu 0`` runs the HTTP and WebSocket loads against the service,
+the same work done plainly (``bench/baseline.py``: the analysis inline in a plain quart-trio
+handler and a plain trio-websocket handler, no fsync: the floor to beat) and the bare front
+doors (``bench/bare.py``: the ceiling) in turn, server pinned to one CPU and the load on the
+others, and reports the service against both (``--repeat`` rounds). Each run writes
 its JSON to ``--out`` (default ``bench-results/``) and prints a report.
 """
 
@@ -189,7 +190,7 @@ async def _run(args: argparse.Namespace, stamp: str, out: Path) -> list[dict[str
     elif args.what == "ceiling":
         for _ in range(args.repeat):
             for spec in (http, ws):
-                for side in ("server", "bare"):
+                for side in ("server", "baseline", "bare"):
                     await one(f"{spec.kind} {side}", spec, target=side, server_args=server_args)
     if args.what != "suite":
         if profile is not None:
@@ -253,14 +254,19 @@ def spread(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["lost"] = sum(len(s["lost"]) for s in runs)
         out.append(row)
     rows = {row["name"]: row for row in out}
-    for kind in ("http", "ws"):  # ceiling: the service's share of the bare front door
-        server, bare = rows.get(f"{kind} server"), rows.get(f"{kind} bare")
-        if server and bare and "accepted_per_s" in server and "accepted_per_s" in bare:
-            ratio = server["accepted_per_s"]["median"] / max(bare["accepted_per_s"]["median"], 1)
-            server["share_of_bare"] = round(ratio, 3)
-            if "cpu_ms_per_accepted" in server and "cpu_ms_per_accepted" in bare:
+    for kind in ("http", "ws"):  # ceiling: the service against the floor and the bare door
+        server = rows.get(f"{kind} server")
+        for side in ("bare", "baseline"):
+            other = rows.get(f"{kind} {side}")
+            if not server or not other or "accepted_per_s" not in server:
+                continue
+            if "accepted_per_s" not in other:
+                continue
+            ratio = server["accepted_per_s"]["median"] / max(other["accepted_per_s"]["median"], 1)
+            server[f"share_of_{side}"] = round(ratio, 3)
+            if "cpu_ms_per_accepted" in server and "cpu_ms_per_accepted" in other:
                 cost = (
-                    bare["cpu_ms_per_accepted"]["median"] / server["cpu_ms_per_accepted"]["median"]
+                    other["cpu_ms_per_accepted"]["median"] / server["cpu_ms_per_accepted"]["median"]
                 )
-                server["cpu_share_of_bare"] = round(cost, 3)
+                server[f"cpu_share_of_{side}"] = round(cost, 3)
     return out

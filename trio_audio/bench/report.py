@@ -61,6 +61,9 @@ def render(result: dict[str, Any]) -> str:
                   f"rate, {row.get('cpu_share_of_bare', 0):.3f}x of its chunks per server "
                   f"CPU-second ({_spread(row.get('cpu_ms_per_accepted'))} ms CPU each; "
                   f"medians of {row['runs']} runs)" for row in shares]  # fmt: skip
+        lines += [f"{row['name']}: {row['share_of_baseline']:.2f}x the rate of the same work "
+                  f"done plainly, {row.get('cpu_share_of_baseline', 0):.3f}x its chunks per "
+                  f"server CPU-second" for row in shares if "share_of_baseline" in row]  # fmt: skip
     for s in scenarios:
         if "overload" in s["name"]:
             lines += _overload(s)

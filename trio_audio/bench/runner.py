@@ -86,7 +86,8 @@ def server_command(scenario: Scenario, data_dir: Path) -> list[str]:
     pin = ["taskset", "-c", str(scenario.cpu)] if scenario.cpu is not None else []
     if scenario.target == "baseline":
         return [*pin, sys.executable, "-m", "trio_audio.bench.baseline", "--port", "0",
-                "--file", str(data_dir / "baseline.log"), *scenario.server_args]  # fmt: skip
+                "--ws-port", "0", "--file", str(data_dir / "baseline.log"),
+                *scenario.server_args]  # fmt: skip
     if scenario.target == "bare":
         return [*pin, sys.executable, "-m", "trio_audio.bench.bare", "--port", "0",
                 "--ws-port", "0", *scenario.server_args]  # fmt: skip
