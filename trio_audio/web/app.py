@@ -9,8 +9,6 @@ read; bodies over ``max_body_bytes`` get 413 without being read into memory (Qua
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -32,7 +30,6 @@ from ..errors import (
     Forbidden,
     InternalError,
     InvalidAudio,
-    InvalidField,
     MethodNotAllowed,
     MissingField,
     NotFound,
@@ -50,6 +47,7 @@ from ..store.index import Stored
 from . import session_events
 from .access import Access
 from .console import register_console
+from .listing import decode_cursor, list_session_totals, list_sessions, parse_flag, parse_limit
 from .media import CONTAINER_TYPES, OCTETS
 from .openapi import SPEC
 from .transports import QuartTransport
@@ -57,8 +55,6 @@ from .ws import Session, WsContext
 
 logger = logging.getLogger("trio_audio.web")
 
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
@@ -364,7 +360,9 @@ def create_app(
         only = check_id("session_id", request.args.get("session_id"), required=False)
         limit = parse_limit(request.args.get("limit"))
         cursor = decode_cursor(request.args.get("cursor"))
-        return json_response(list_sessions(store, user_id, only, limit, cursor))
+        with_chunks = parse_flag("chunks", request.args.get("chunks"), default=True)
+        listing = list_sessions if with_chunks else list_session_totals
+        return json_response(listing(store, user_id, only, limit, cursor))
 
     @app.delete("/chunks/<chunk_id>")
     async def delete_chunk(chunk_id: str) -> Response:
@@ -455,54 +453,3 @@ def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> 
             )
         )
     return Job(user_id=user_id, session_id=session_id, parts=parts)
-
-
-def parse_limit(value: str | None) -> int:
-    if value is None or value == "":
-        return DEFAULT_PAGE
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
-        msg = f"limit must be an integer 1..{MAX_PAGE}, got {value[:20]!r}"
-        raise InvalidField(msg)
-    return int(value)
-
-
-def encode_cursor(session_id: str, seq: int) -> str:
-    raw = json.dumps([session_id, seq], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(value: str | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    msg = "cursor is not one this server gave out"
-    try:
-        position = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidField(msg) from None
-    match position:
-        case [str(session_id), int(seq)]:
-            return session_id, seq
-    raise InvalidField(msg)
-
-
-def list_sessions(
-    store: StoreBackend,
-    user_id: str,
-    only: str | None,
-    limit: int,
-    cursor: tuple[str, int] | None,
-) -> dict[str, Any]:
-    """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
-    page, more = store.page(user_id, only, limit, cursor)
-    out = [
-        {
-            "session_id": summary.session_id,
-            "chunk_count": summary.chunk_count,
-            "duration_ms": summary.duration_ms,
-            "transcript": summary.transcript,
-            "chunks": chunks,
-        }
-        for summary, chunks in page
-    ]
-    next_cursor = encode_cursor(*more) if more is not None else None
-    return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}

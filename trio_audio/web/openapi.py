@@ -236,11 +236,14 @@ SPEC: Final[dict[str, Any]] = {
         "/sessions/{user_id}": {
             "parameters": [_param("user_id", "path", ID, required=True)],
             "get": {
-                "summary": "A user's sessions with their chunks in seq order, paged",
+                "summary": "A user's sessions with their chunks in seq order (or totals), paged",
                 "parameters": [
                     _param("session_id", "query", ID),
                     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}),
                     _param("cursor", "query", {"type": "string"}),
+                    {**_param("chunks", "query", {"type": "boolean", "default": True}),
+                     "description": "false: pages of sessions' totals and transcripts "
+                                    "(limit counts sessions), chunks left out"},
                 ],
                 "responses": {"200": {"description": "a page", **_json("Sessions")},
                               **_problems(400, 401, 404)},
