@@ -643,6 +643,7 @@ class Transcriber:
             "status": "done",
             "text": " ".join(w["word"] for w in span.words),
             "words": span.words,
+            "offset_ms": round(span.start_ms, 3),  # where the words' times count from
         }
         if await self._update(span.chunk_id, transcript):
             self.counts["done"] += 1

@@ -34,6 +34,7 @@ from ..errors import (
     MissingField,
     NotFound,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     RequestTimeout,
     ServiceError,
     Unauthorized,
@@ -50,6 +51,7 @@ from .console import register_console
 from .listing import decode_cursor, list_session_totals, list_sessions, parse_flag, parse_limit
 from .media import CONTAINER_TYPES, OCTETS
 from .openapi import SPEC
+from .routes.session_export import register_session_export
 from .transports import QuartTransport
 from .ws import Session, WsContext
 
@@ -95,6 +97,8 @@ def problem_response(error: ServiceError, detail: str | None = None, **extra: An
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="trio-audio"'
 
+    if isinstance(error, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{error.size}"
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -156,12 +160,14 @@ def create_app(
     readiness: Readiness,
     ws: WsContext,
     access: Access,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> QuartTrio:
     """The quart-trio app, bound to the store and the pipeline's ingress.
 
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
     session code as the dedicated listener. *access* (tokens and rate limit) is the same
-    object the WebSocket sessions use.
+    object the WebSocket sessions use. *limiter* bounds the threads that decode a session's
+    audio for export (the service's CPU limiter; a limiter of ``cpu_threads`` when None).
     """
     app = App("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -407,6 +413,9 @@ def create_app(
         response.timeout = None  # it lasts as long as the client watches
         return response
 
+    register_session_export(
+        app, config, store, owned, limiter or trio.CapacityLimiter(config.cpu_threads)
+    )
     register_console(app)
     return app
 
