@@ -290,8 +290,10 @@ async def test_browse_a_session_play_it_take_it_away_and_delete(
             lit = page.evaluate(CLICK_WORD_JS, "kitchen")
             assert lit["word"] == "kitchen", lit
             assert abs(lit["at"] * 1000 - lit["start"]) < 50, lit
+            page.evaluate("document.getElementById('player').pause()")
+            b.shot("browse-word-lit")
+            page.evaluate("document.getElementById('player').play()")
             b.wait("document.getElementById('player').currentTime > 2.4")  # chunk 3 of 3
-            b.shot("browse-playing")
 
             # Downloads: the subtitles of the whole session.
             with page.expect_download() as download:

@@ -18,6 +18,7 @@ const browse = {
   session: null, // the totals of the session on show
   generation: 0, // bumped on every switch, so a late answer for an old view is dropped
   words: [], // the session's words in time order, with their elements
+  chunkStarts: new Map(), // chunk_id -> where it starts in the session's audio (ms)
   lit: -1,
   chunkCursors: [], // the cursors of the chunk pages before this one
   chunkCursor: null,
@@ -43,8 +44,7 @@ async function listSessions(more) {
     browse.cursor = page.next_cursor;
     renderSessions();
   } catch (error) {
-    renderSessions();
-    showError(error);
+    if (generation === browse.generation) showError(error);
   }
 }
 
@@ -153,6 +153,7 @@ async function loadTranscript() {
   try {
     const doc = await apiJson(`${sessionPath(s.session_id)}/transcript?format=json`);
     if (generation !== browse.generation) return;
+    browse.chunkStarts = new Map((doc.chunks || []).map((c) => [c.chunk_id, c.start_ms]));
     const words = (doc.words || []).slice().sort((a, b) => a.start_ms - b.start_ms);
     const nodes = [];
     browse.words = words.map((w, i) => {
@@ -348,7 +349,10 @@ function closeSession() {
   $("session-view").hidden = true;
   for (const id of ["session-title", "session-meta", "session-transcript"]) $(id).replaceChildren();
   $("chunks").tBodies[0].replaceChildren();
-  for (const link of document.querySelectorAll("a.download")) link.removeAttribute("href");
+  for (const link of document.querySelectorAll("a.download")) {
+    link.removeAttribute("href");
+    link.removeAttribute("download");
+  }
 }
 
 // A download with the token's header: fetched here, then saved from a blob: URL.
@@ -402,7 +406,10 @@ export function initBrowse() {
     browse.chunkCursors.push(browse.chunkCursor);
     loadChunks(browse.nextChunkCursor);
   });
-  $("chunk-play").addEventListener("click", () => browse.chunk && seek(browse.chunk.offset_ms));
+  $("chunk-play").addEventListener("click", () => {
+    const chunk = browse.chunk;
+    if (chunk) seek(browse.chunkStarts.get(chunk.chunk_id) ?? chunk.offset_ms);
+  });
   $("chunk-close").addEventListener("click", closeChunk);
   $("chunk-delete").addEventListener("click", deleteChunk);
   $("delete-session").addEventListener("click", deleteSession);

@@ -73,9 +73,10 @@ export function plural(n, noun) {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
-// 83.4 s -> "1:23", 4 h -> "4:00:00"
+// 2.5 s -> "2.5 s", 83.4 s -> "1:23", 4 h -> "4:00:00"
 export function fmtClock(ms) {
   if (ms === null || ms === undefined || !Number.isFinite(ms)) return "-";
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
   const total = Math.round(ms / 1000);
   const h = Math.floor(total / 3600);
   const m = Math.floor((total % 3600) / 60);
