@@ -353,7 +353,7 @@ async def test_browse_a_session_play_it_take_it_away_and_delete(
             page.goto(server.url + "/#health")
             page.wait_for_selector("tr[data-metric='chunks in store'] td", timeout=WAIT_MS)
             health = b.text("#health-table")
-            b.shot("health")
+            b.layouts("health")
         assert "queue ingress" in health and "transcript lag" in health
         assert page_value(health, "chunks in store") == str(RAW_CHUNKS)
 

@@ -9,6 +9,7 @@ import { $, fmtClock, plural, showError } from "./ui.js";
 const SESSIONS_PAGE = 50;
 const CHUNKS_PAGE = 20;
 const PREVIEW_CHARS = 90;
+const LONG_SESSION_MS = 10 * 60 * 1000;
 const EXTENSIONS = { wav: "wav", srt: "srt", vtt: "vtt", txt: "txt" };
 
 const browse = {
@@ -103,6 +104,7 @@ function renderSessionHead() {
 
 function dropAudio() {
   const player = $("player");
+  $("player-state").hidden = true;
   player.pause();
   player.removeAttribute("src");
   delete player.dataset.session;
@@ -113,8 +115,8 @@ function dropAudio() {
 
 // The whole session as one WAV. Without a token the player streams it (and seeks with range
 // requests); with one, the page fetches it with the token's header first, since a URL must
-// never carry the token.
-async function loadAudio() {
+// never carry the token (a long session only when asked: an hour is ~115 MB at 16 kHz).
+async function loadAudio(force = false) {
   const s = browse.session;
   const generation = browse.generation;
   dropAudio();
@@ -124,6 +126,13 @@ async function loadAudio() {
   if (!getToken()) {
     player.src = url;
     player.dataset.session = s.session_id;
+    return;
+  }
+  if (s.duration_ms > LONG_SESSION_MS && !force) {
+    note.replaceChildren(`This session is ${fmtClock(s.duration_ms)} long; with a token its audio is ` +
+      "fetched whole before it plays. ",
+      el("button", { type: "button", id: "load-audio", onclick: () => loadAudio(true) }, "Load the audio"));
+    note.hidden = false;
     return;
   }
   note.textContent = "Loading the session's audio…";
