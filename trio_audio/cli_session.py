@@ -137,7 +137,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def delete_command(args: argparse.Namespace) -> int:
-    if (args.chunk is None) == (len(args.ids) == 2) or (args.chunk and args.ids):
+    if not ((args.chunk and not args.ids) or (args.chunk is None and len(args.ids) == 2)):
         print("trio-audio: give USER SESSION, or --chunk ID", file=sys.stderr)
         return 2
     base = args.url.rstrip("/")
