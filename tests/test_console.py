@@ -326,6 +326,7 @@ async def test_browse_a_session_play_it_take_it_away_and_delete(
             deletes: list[str] = []
             page.on("request", lambda r: r.method == "DELETE" and deletes.append(r.url))
             page.click("button[data-session=uploaded]")
+            before = b.text("#session-meta")  # "3.2 s · 3 chunks"
             page.click(f"tr[data-chunk='{ids[0]}']")
             page.wait_for_selector(f"#chunk-view[data-chunk='{ids[0]}']")
             page.once("dialog", lambda d: d.dismiss())
@@ -335,7 +336,10 @@ async def test_browse_a_session_play_it_take_it_away_and_delete(
             b.wait("document.querySelectorAll('#chunks tbody tr').length === 2")
             b.wait("document.querySelector('#sessions li[data-session=uploaded]')"
                    ".textContent.includes('2 chunks')")  # fmt: skip
-            assert "2 chunks" in b.text("#session-meta")
+            # No stale totals: the duration is the server's new one, in the list and the view.
+            after = b.text("#session-meta")
+            assert "2 chunks" in after and after.split(" · ")[0] != before.split(" · ")[0]
+            assert after.split(" · ")[0] in b.text("#sessions li[data-session=uploaded]")
             page.once("dialog", lambda d: d.dismiss())
             page.click("#delete-session")
             assert page.is_visible("#session-view")
