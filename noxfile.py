@@ -40,7 +40,9 @@ def tests_cluster(session: nox.Session) -> None:
 def browser(session: nox.Session) -> None:
     """The web console in Debian's headless Chromium (``/usr/bin/chromium``, from apt; never a
     downloaded browser), driven by Playwright: live capture, browse and play, the token flow.
-    Screenshots of each state go under each test's tmp dir; their paths are printed."""
+    A test fails on any error in the browser's console and on sideways scrolling at 390 px.
+    Screenshots of each state (and at 390 and 1,920 px) go under each test's tmp dir; their
+    paths are printed."""
     session.install("-e", ".[test]", "playwright")
     session.run("pytest", "-s", "-m", "browser", "tests/test_console.py", *session.posargs)
 

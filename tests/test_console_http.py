@@ -21,7 +21,8 @@ from .conftest import StartServer
     [
         ("/", "text/html; charset=utf-8", b"/static/app.js"),
         ("/docs", "text/html; charset=utf-8", b"/static/docs.js"),
-        ("/static/app.js", "text/javascript; charset=utf-8", b"new WebSocket("),
+        ("/static/app.js", "text/javascript; charset=utf-8", b'from "./browse.js"'),
+        ("/static/live.js", "text/javascript; charset=utf-8", b"new WebSocket("),
         ("/static/pcm-worklet.js", "text/javascript; charset=utf-8", b"registerProcessor"),
         ("/static/app.css", "text/css; charset=utf-8", b"--accent"),
     ],
@@ -59,9 +60,8 @@ def test_every_console_file_is_in_the_wheel() -> None:
         "package-data"
     ]["trio_audio.web"]
     assets = load_assets()
-    assert {"index.html", "docs.html", "app.js", "api.js", "docs.js", "pcm-worklet.js"} <= set(
-        assets
-    )
+    scripts = {"app.js", "api.js", "ui.js", "live.js", "browse.js", "chunk.js", "health.js"}
+    assert {"index.html", "docs.html", "docs.js", "pcm-worklet.js", *scripts} <= set(assets)
     for name in assets:
         assert any(fnmatch.fnmatch(f"static/{name}", p) and "/" not in name for p in patterns), name
 

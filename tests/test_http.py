@@ -202,6 +202,30 @@ async def test_session_listing_and_paging(client: httpx.AsyncClient) -> None:
     assert nobody == {"user_id": "nobody", "sessions": [], "next_cursor": None}
 
 
+async def test_session_totals_list_sessions_without_their_chunks(
+    client: httpx.AsyncClient,
+) -> None:
+    """``chunks=false`` pages over sessions, not chunks: a long session is one line."""
+    for session, n in (("c", 1), ("a", 5), ("b", 2)):
+        for _ in range(n):
+            assert (await upload(client, wav(440, 0.2), session_id=session)).status_code == 201
+    seen = []
+    cursor = None
+    for _ in range(5):
+        params = {"chunks": "false", "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/sessions/alice", params=params)).json()
+        assert all(s["chunks"] == [] for s in page["sessions"])
+        seen += [(s["session_id"], s["chunk_count"]) for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [("a", 5), ("b", 2), ("c", 1)]
+    only = (await client.get("/sessions/alice?chunks=false&session_id=a")).json()["sessions"]
+    assert [(s["session_id"], s["duration_ms"]) for s in only] == [("a", pytest.approx(1000.0))]
+    bad = await client.get("/sessions/alice?chunks=maybe")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_field"
+
+
 @pytest.mark.parametrize(
     ("params", "data", "content_type", "status", "code"),
     [

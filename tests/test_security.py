@@ -100,6 +100,9 @@ async def test_a_user_sees_only_their_own_data(
             ("GET", "/sessions/alice"),
             ("DELETE", f"/chunks/{chunk['chunk_id']}"),
             ("DELETE", "/sessions/alice?session_id=s"),
+            ("GET", "/sessions/alice/s/audio"),
+            ("GET", "/sessions/alice/s/transcript?format=vtt"),
+            ("DELETE", "/sessions/alice/s"),
         ]:
             response = await client.request(method, url, headers=bearer(bob))
             assert response.status_code == 404, (method, url, response.text)

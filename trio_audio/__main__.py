@@ -1,12 +1,14 @@
 """Command line: ``trio-audio serve`` runs the service; ``trio-audio check DATA_DIR``
 verifies a data dir's log (``--repair`` salvages it); ``upload``, ``sessions`` and ``token
-list|revoke`` are in ``cli_tools``.
+list|revoke`` are in ``cli_tools``; ``export``, ``delete`` and ``demo`` in ``cli_session``.
+``--version`` prints the version.
 
 Every ``serve`` flag is also read from ``TRIO_AUDIO_<NAME>`` (flags win). Exit status: 0 after
 a clean drain, 2 for a bad flag or environment value, 3 when the store cannot start (data dir
 locked by another process, or a corrupt log, named with file and offset), 4 when a port cannot
 be listened on (in use, not permitted, or an address this machine does not have), named in
-one line.
+one line. The client commands exit 141 when their standard output is closed early (``...
+| head -1``), quietly.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from typing import Final
 import attrs
 import trio
 
-from . import service
+from . import __version__, service
 from .config import Config, field_type
 from .errors import StoreError
 
 EXIT_STORE: Final = 3  # the store cannot start: data dir locked, or a corrupt log
 EXIT_LISTEN: Final = 4  # a port cannot be listened on
+EXIT_PIPE: Final = 141  # standard output was closed early (128 + SIGPIPE, as a shell says)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-audio", description="Audio ingestion service on Trio."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the service")
     _add_config_flags(serve)
@@ -129,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_tools import add_commands
 
     add_commands(commands, token_commands)
+    from .cli_session import add_session_commands
+
+    add_session_commands(commands)
     from .bench.cli import configure as configure_bench
 
     configure_bench(
@@ -192,8 +199,11 @@ def _stream(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "tool", None) is not None:  # upload, sessions, token list/revoke
-        return int(args.tool(args))
+    if getattr(args, "tool", None) is not None:  # upload, sessions, export, delete, demo, token
+        try:
+            return int(args.tool(args))
+        except BrokenPipeError:
+            return _reader_left()
     if args.command == "stream":
         return _stream(args)
     if args.command == "bench":
@@ -246,6 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-audio: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _reader_left() -> int:
+    """Standard output's reader went away (``... | head -1``): stop quietly, as a command
+    killed by SIGPIPE does (status 141), with nothing more sent to the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+    os.close(devnull)
+    return EXIT_PIPE
 
 
 def _cannot_listen(exc: BaseException) -> bool:

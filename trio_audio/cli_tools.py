@@ -12,36 +12,25 @@ revoke, or the server refused; 2 for bad arguments or an unreadable tokens file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
+from .cli_http import DEFAULT_URL, ServerError, send
 from .web.auth import DIGEST_PREFIX, Tokens, locked
 
-DEFAULT_URL: Final = "http://127.0.0.1:8000"
 BLOCK: Final = 64 * 1024
 PAGE: Final = 1000
 RETRY_MAX_WAIT_S: Final = 30
 CONTENT_TYPES: Final = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg",
                         ".opus": "audio/ogg", ".mp3": "audio/mpeg"}  # fmt: skip
 BAR_WIDTH: Final = 30
-
-
-class ServerError(Exception):
-    """The service answered with an error (an RFC 9457 problem), or could not be reached."""
-
-    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None):
-        super().__init__(f"{status} {code}: {detail}" if status else detail)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
 
 
 def add_commands(
@@ -65,9 +54,14 @@ def add_commands(
     upload = commands.add_parser(
         "upload", help="upload audio files as consecutive chunks of one session"
     )
-    upload.add_argument("files", nargs="+", type=Path, metavar="FILE", help="WAV/FLAC/OGG/MP3")
+    upload.add_argument("files", nargs="*", type=Path, metavar="FILE", help="WAV/FLAC/OGG/MP3")
     upload.add_argument("--user", required=True, help="the user_id")
     upload.add_argument("--session", required=True, help="the session_id")
+    upload.add_argument(
+        "--sample",
+        action="store_true",
+        help="also upload the short speech sample shipped with trio-audio (a first transcript)",
+    )
     upload.add_argument(
         "--retries", type=int, default=5, help="retries of a file the server is too busy for"
     )
@@ -103,42 +97,6 @@ def add_commands(
     revoke.set_defaults(tool=token_revoke_command)
 
 
-# -- HTTP ----------------------------------------------------------------------------------
-
-
-def send(
-    url: str,
-    token: str | None,
-    method: str = "GET",
-    body: Iterator[bytes] | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 120,
-) -> tuple[int, Any]:
-    """One request; its status and JSON answer, or ``ServerError`` with the problem's code."""
-    sent = dict(headers or {})
-    if token:
-        sent["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=body, headers=sent, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            problem = json.load(exc)
-        except ValueError:
-            problem = {}
-        retry = exc.headers.get("Retry-After")
-        raise ServerError(
-            exc.code,
-            str(problem.get("code", f"http_{exc.code}")),
-            str(problem.get("detail", exc.reason)),
-            int(retry) if retry and retry.isdigit() else None,
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ServerError(0, "unreachable", f"cannot reach {url}: {reason}") from None
-
-
 # -- upload --------------------------------------------------------------------------------
 
 
@@ -166,6 +124,12 @@ class Progress:
         self.done_files += 1
         self.draw()
 
+    def clear(self) -> None:
+        """Take the bar off its line, so that what is printed next starts a clean line."""
+        if self.tty:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+
     def draw(self) -> None:
         filled = int(BAR_WIDTH * min(1.0, self.done_bytes / self.total))
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
@@ -190,12 +154,44 @@ def _blocks(path: Path, progress: Progress) -> Iterator[bytes]:
             yield block
 
 
+def sample_path() -> Path:
+    """The speech sample shipped in the package (see docs/speech-weights.md)."""
+    return Path(__file__).with_name("samples") / "hello.flac"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_checksums(
+    url: str, token: str | None, user: str, session: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The chunks the session holds, by checksum (each list in seq order)."""
+    listing = fetch_sessions(url, token, user, session)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for chunk in (c for s in listing["sessions"] for c in s["chunks"]):
+        found.setdefault(chunk["checksum"], []).append(chunk)
+    return found
+
+
 def upload_command(args: argparse.Namespace) -> int:
-    files: list[Path] = args.files
+    files: list[Path] = list(args.files) + ([sample_path()] if args.sample else [])
+    if not files:
+        print("trio-audio: name files to upload, or give --sample", file=sys.stderr)
+        return 2
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         print(f"trio-audio: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    try:  # what the session holds already: a re-run stores nothing twice
+        stored = stored_checksums(args.url, args.token, args.user, args.session)
+    except ServerError as exc:
+        print(f"trio-audio: {exc}", file=sys.stderr)
+        return 1
     query = urllib.parse.urlencode({"user_id": args.user, "session_id": args.session})
     url = f"{args.url.rstrip('/')}/upload?{query}"
     progress = Progress(len(files), sum(f.stat().st_size for f in files), sys.stderr)
@@ -204,30 +200,35 @@ def upload_command(args: argparse.Namespace) -> int:
     sent_bytes = 0
     for path in files:
         size = path.stat().st_size
-        headers = {
-            "Content-Type": CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"),
-            "Content-Length": str(size),
-        }
         before = progress.done_bytes
-        try:
-            chunk, created = _upload_one(url, args.token, path, headers, progress, args.retries)
-        except ServerError as exc:
-            failed += 1
-            progress.done_bytes = before + size
-            progress.file_done()
-            newline = "\n" if progress.tty else ""
-            print(f"{newline}trio-audio: {path}: {exc}", file=sys.stderr)
-            continue
+        same = stored.get(file_sha256(path))
+        if same:  # this file's bytes are in the session: one stored chunk per file given
+            chunk, state = same.pop(0), "skipped: already stored"
+        else:
+            headers = {
+                "Content-Type": CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+                "Content-Length": str(size),
+            }
+            try:
+                chunk, created = _upload_one(url, args.token, path, headers, progress, args.retries)
+            except ServerError as exc:
+                failed += 1
+                progress.done_bytes = before + size
+                progress.clear()
+                print(f"trio-audio: {path}: {exc}", file=sys.stderr, flush=True)
+                progress.file_done()
+                continue
+            state = "stored" if created else "already stored"
+            new += created
+            sent_bytes += size
+        again += state != "stored"
         progress.done_bytes = before + size
-        progress.file_done()
-        new += created
-        again += not created
-        sent_bytes += size
         duration = chunk["audio"]["duration_ms"]
         audio_ms += duration
-        state = "stored" if created else "already stored"
+        progress.clear()
         print(f"{chunk['chunk_id']}  seq {chunk['seq']:>4}  {duration / 1000:7.2f} s  "
-              f"{state:<14}  {path}")  # fmt: skip
+              f"{state:<14}  {path}", flush=True)  # fmt: skip
+        progress.file_done()
     progress.close()
     took = time.monotonic() - progress.started
     print(

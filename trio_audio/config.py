@@ -137,6 +137,11 @@ class Config:
     max_parts: int = attrs.field(
         default=32, validator=_positive, metadata={"help": "most files in one multipart upload"}
     )
+    export_block_s: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata={"help": "a session's WAV is decoded and sent this much audio at a time"},
+    )
 
     # Pipeline.
     ingress_queue: int = attrs.field(

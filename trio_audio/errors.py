@@ -15,6 +15,8 @@ Errors a client causes or is told about (rendered as RFC 9457 problem+json on HT
     ├── NotFound (LookupError)       not_found               404   4400
     ├── MethodNotAllowed             method_not_allowed      405   4400
     ├── SeqConflict                  seq_conflict            409   4400
+    ├── NotExportable                not_exportable          409   4400  (a session's WAV)
+    ├── RangeNotSatisfiable          range_not_satisfiable   416   4400  (Content-Range)
     ├── PayloadTooLarge              payload_too_large       413   4413
     ├── UnsupportedMediaType         unsupported_media_type  415   4415
     ├── InvalidAudio (ValueError)    invalid_audio           422   4415
@@ -151,6 +153,26 @@ class SeqConflict(ServiceError):
     status = 409
     close_code = 4400
     title = "This seq is already stored with other bytes"
+
+
+class NotExportable(ServiceError):
+    code = "not_exportable"
+    status = 409
+    close_code = 4400
+    title = "The session cannot be exported in this form"
+
+
+class RangeNotSatisfiable(ServiceError):
+    """A ``Range`` outside the resource; ``size`` goes in ``Content-Range: bytes */size``."""
+
+    code = "range_not_satisfiable"
+    status = 416
+    close_code = 4400
+    title = "The requested range is outside the resource"
+
+    def __init__(self, detail: str, size: int) -> None:
+        super().__init__(detail)
+        self.size = size
 
 
 class PayloadTooLarge(ServiceError):

@@ -287,7 +287,9 @@ async def serve(
                     access = Access(tokens, rate)  # one for HTTP and WebSocket alike
                     finalizer = cluster if cluster is not None else transcriber
                     ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access)
-                    app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
+                    app = create_app(
+                        config, store, http_ingress, metrics, readiness, ws, access, limiter
+                    )
                     metrics.gauge(
                         "trio_audio_store_chunks",
                         lambda: {f'store="{store.stats().backend}"': store.stats().chunks},
@@ -302,7 +304,8 @@ async def serve(
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True
-                    logger.info("serving HTTP on %s, data in %s", ", ".join(binds), config.data_dir)
+                    where = config.store or str(config.data_dir.resolve())
+                    logger.info("serving HTTP on %s, data in %s", ", ".join(binds), where)
                     logger.info("serving WebSocket on %s", ws_url)
                     running = Running(
                         binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app, hub

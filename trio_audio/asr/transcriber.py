@@ -254,10 +254,12 @@ class Transcriber:
         out['worker="deferred"'] = float(len(self._feed))
         return out
 
-    def lag_s(self) -> float:
-        """Age of the oldest chunk offered but not yet transcribed (0 when none waits)."""
-        oldest = [s.awaiting[0].since for s in self.sessions.values() if s.awaiting]
-        oldest += [item.since for _, item in self._feed]
+    def lag_s(self, key: Key | None = None) -> float:
+        """Age of the oldest chunk offered but not yet transcribed (0 when none waits): of
+        the session *key* (user_id, session_id), or of all sessions when None."""
+        sessions = self.sessions.values() if key is None else [self.sessions.get(key)]
+        oldest = [s.awaiting[0].since for s in sessions if s is not None and s.awaiting]
+        oldest += [item.since for state, item in self._feed if key is None or state.key == key]
         return max(0.0, trio.current_time() - min(oldest)) if oldest else 0.0
 
     # -- taking chunks -----------------------------------------------------------------------
@@ -643,6 +645,7 @@ class Transcriber:
             "status": "done",
             "text": " ".join(w["word"] for w in span.words),
             "words": span.words,
+            "offset_ms": round(span.start_ms, 3),  # where the words' times count from
         }
         if await self._update(span.chunk_id, transcript):
             self.counts["done"] += 1

@@ -378,8 +378,8 @@ class Cluster:
         summary = self.store.summary(user_id, session_id)
         return summary is not None and summary.transcript["status"] == "pending"
 
-    def lag_s(self) -> float:
-        return self.transcriber.lag_s() if self.transcriber is not None else 0.0
+    def lag_s(self, key: tuple[str, str] | None = None) -> float:
+        return self.transcriber.lag_s(key) if self.transcriber is not None else 0.0
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -9,8 +9,6 @@ read; bodies over ``max_body_bytes`` get 413 without being read into memory (Qua
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -32,11 +30,11 @@ from ..errors import (
     Forbidden,
     InternalError,
     InvalidAudio,
-    InvalidField,
     MethodNotAllowed,
     MissingField,
     NotFound,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     RequestTimeout,
     ServiceError,
     Unauthorized,
@@ -50,15 +48,15 @@ from ..store.index import Stored
 from . import session_events
 from .access import Access
 from .console import register_console
+from .listing import decode_cursor, list_session_totals, list_sessions, parse_flag, parse_limit
 from .media import CONTAINER_TYPES, OCTETS
 from .openapi import SPEC
+from .routes.session_export import register_session_export
 from .transports import QuartTransport
 from .ws import Session, WsContext
 
 logger = logging.getLogger("trio_audio.web")
 
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
@@ -99,6 +97,8 @@ def problem_response(error: ServiceError, detail: str | None = None, **extra: An
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="trio-audio"'
 
+    if isinstance(error, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{error.size}"
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -160,12 +160,14 @@ def create_app(
     readiness: Readiness,
     ws: WsContext,
     access: Access,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> QuartTrio:
     """The quart-trio app, bound to the store and the pipeline's ingress.
 
     It also serves the WebSocket session protocol at ``/ws`` on the HTTP port, with the same
     session code as the dedicated listener. *access* (tokens and rate limit) is the same
-    object the WebSocket sessions use.
+    object the WebSocket sessions use. *limiter* bounds the threads that decode a session's
+    audio for export (the service's CPU limiter; a limiter of ``cpu_threads`` when None).
     """
     app = App("trio_audio", static_folder=None)  # /static/ is the console's
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -364,7 +366,9 @@ def create_app(
         only = check_id("session_id", request.args.get("session_id"), required=False)
         limit = parse_limit(request.args.get("limit"))
         cursor = decode_cursor(request.args.get("cursor"))
-        return json_response(list_sessions(store, user_id, only, limit, cursor))
+        with_chunks = parse_flag("chunks", request.args.get("chunks"), default=True)
+        listing = list_sessions if with_chunks else list_session_totals
+        return json_response(listing(store, user_id, only, limit, cursor))
 
     @app.delete("/chunks/<chunk_id>")
     async def delete_chunk(chunk_id: str) -> Response:
@@ -409,6 +413,9 @@ def create_app(
         response.timeout = None  # it lasts as long as the client watches
         return response
 
+    register_session_export(
+        app, config, store, owned, limiter or trio.CapacityLimiter(config.cpu_threads)
+    )
     register_console(app)
     return app
 
@@ -455,54 +462,3 @@ def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> 
             )
         )
     return Job(user_id=user_id, session_id=session_id, parts=parts)
-
-
-def parse_limit(value: str | None) -> int:
-    if value is None or value == "":
-        return DEFAULT_PAGE
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
-        msg = f"limit must be an integer 1..{MAX_PAGE}, got {value[:20]!r}"
-        raise InvalidField(msg)
-    return int(value)
-
-
-def encode_cursor(session_id: str, seq: int) -> str:
-    raw = json.dumps([session_id, seq], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(value: str | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    msg = "cursor is not one this server gave out"
-    try:
-        position = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidField(msg) from None
-    match position:
-        case [str(session_id), int(seq)]:
-            return session_id, seq
-    raise InvalidField(msg)
-
-
-def list_sessions(
-    store: StoreBackend,
-    user_id: str,
-    only: str | None,
-    limit: int,
-    cursor: tuple[str, int] | None,
-) -> dict[str, Any]:
-    """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
-    page, more = store.page(user_id, only, limit, cursor)
-    out = [
-        {
-            "session_id": summary.session_id,
-            "chunk_count": summary.chunk_count,
-            "duration_ms": summary.duration_ms,
-            "transcript": summary.transcript,
-            "chunks": chunks,
-        }
-        for summary, chunks in page
-    ]
-    next_cursor = encode_cursor(*more) if more is not None else None
-    return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}

@@ -138,6 +138,74 @@ SESSION_END: Final = {
 }
 
 
+SESSION_TRANSCRIPT: Final = {
+    "type": "object",
+    "required": [
+        "user_id",
+        "session_id",
+        "status",
+        "duration_ms",
+        "text",
+        "words",
+        "missing_seqs",
+        "gaps_ms",
+        "chunks",
+    ],
+    "properties": {
+        "user_id": ID,
+        "session_id": ID,
+        "status": {"enum": ["disabled", "pending", "done", "failed"]},
+        "duration_ms": NUMBER,
+        "text": {"type": "string"},
+        "words": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["word", "start_ms", "end_ms", "seq"],
+                "properties": {
+                    "word": {"type": "string"},
+                    "start_ms": NUMBER,
+                    "end_ms": NUMBER,
+                    "seq": {"type": "integer"},
+                    "confidence": NUMBER,
+                },
+            },
+        },
+        "missing_seqs": {
+            "description": "inclusive [first, last] ranges, silence in the audio",
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "integer"}},
+        },
+        "gaps_ms": NUMBER,
+        "chunks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["seq", "chunk_id", "start_ms", "duration_ms", "status"],
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "chunk_id": ID,
+                    "start_ms": NUMBER,
+                    "duration_ms": NUMBER,
+                    "status": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+DELETED: Final = {
+    "type": "object",
+    "required": ["user_id", "session_id", "deleted", "chunk_ids"],
+    "properties": {
+        "user_id": ID,
+        "session_id": ID,
+        "deleted": {"type": "integer"},
+        "chunk_ids": {"type": "array", "items": ID},
+    },
+}
+
+
 def _json(schema: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
@@ -152,6 +220,28 @@ def _problems(*statuses: int) -> dict[str, Any]:
 def _param(name: str, where: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required, "schema": schema}
 
+
+SESSION_PATH: Final = [
+    _param("user_id", "path", ID, required=True),
+    _param("session_id", "path", ID, required=True),
+]
+
+WAV: Final = {
+    "headers": {
+        "Accept-Ranges": {"schema": {"type": "string"}},
+        "Content-Range": {"description": "206 only", "schema": {"type": "string"}},
+        "X-Missing-Seqs": {
+            "description": "seqs heard as silence, as 3-5,9",
+            "schema": {"type": "string"},
+        },
+        "X-Gaps-Ms": {
+            "description": "milliseconds of silence for missing seqs",
+            "schema": {"type": "string"},
+        },
+        "X-Duration-Ms": {"schema": {"type": "string"}},
+    },
+    "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+}
 
 UPLOAD_FIELDS: Final = [
     _param("user_id", "query", ID),
@@ -191,7 +281,8 @@ SPEC: Final[dict[str, Any]] = {
         "Live streaming is a WebSocket at /ws (not described by OpenAPI).",
     },
     "components": {
-        "schemas": {"Chunk": CHUNK, "Problem": PROBLEM, "Sessions": SESSIONS},
+        "schemas": {"Chunk": CHUNK, "Problem": PROBLEM, "Sessions": SESSIONS,
+                    "Transcript": SESSION_TRANSCRIPT},
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
     "security": [{"bearer": []}, {}],
@@ -236,11 +327,14 @@ SPEC: Final[dict[str, Any]] = {
         "/sessions/{user_id}": {
             "parameters": [_param("user_id", "path", ID, required=True)],
             "get": {
-                "summary": "A user's sessions with their chunks in seq order, paged",
+                "summary": "A user's sessions with their chunks in seq order (or totals), paged",
                 "parameters": [
                     _param("session_id", "query", ID),
                     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}),
                     _param("cursor", "query", {"type": "string"}),
+                    {**_param("chunks", "query", {"type": "boolean", "default": True}),
+                     "description": "false: pages of sessions' totals and transcripts "
+                                    "(limit counts sessions), chunks left out"},
                 ],
                 "responses": {"200": {"description": "a page", **_json("Sessions")},
                               **_problems(400, 401, 404)},
@@ -249,6 +343,44 @@ SPEC: Final[dict[str, Any]] = {
                 "summary": "Delete one session of a user",
                 "parameters": [_param("session_id", "query", ID, required=True)],
                 "responses": {"200": {"description": "deleted"}, **_problems(400, 401, 404, 507)},
+            },
+        },
+        "/sessions/{user_id}/{session_id}": {
+            "parameters": SESSION_PATH,
+            "delete": {
+                "summary": "Delete a session: every chunk of it, durably",
+                "responses": {"200": {"description": "deleted", "content": {
+                                  "application/json": {"schema": DELETED}}},
+                              **_problems(400, 401, 404, 507)},
+            },
+        },
+        "/sessions/{user_id}/{session_id}/audio": {
+            "parameters": SESSION_PATH,
+            "get": {
+                "summary": "The session's audio as one 16-bit PCM WAV on its timeline; missing "
+                           "seqs are silence (X-Missing-Seqs, X-Gaps-Ms); byte ranges served",
+                "parameters": [_param("Range", "header", {"type": "string"})],
+                "responses": {
+                    "200": {"description": "the whole WAV", **WAV},
+                    "206": {"description": "the range asked for (Content-Range)", **WAV},
+                    **_problems(400, 401, 404, 409, 416),
+                },
+            },
+        },
+        "/sessions/{user_id}/{session_id}/transcript": {
+            "parameters": SESSION_PATH,
+            "get": {
+                "summary": "The session's durable transcript with word times on the audio's "
+                           "timeline: JSON, plain text, SRT or WebVTT",
+                "parameters": [_param("format", "query",
+                                      {"enum": ["json", "txt", "srt", "vtt"], "default": "json"})],
+                "responses": {"200": {"description": "the transcript", "content": {
+                                  "application/json": {"schema": {
+                                      "$ref": "#/components/schemas/Transcript"}},
+                                  "text/plain": {"schema": {"type": "string"}},
+                                  "application/x-subrip": {"schema": {"type": "string"}},
+                                  "text/vtt": {"schema": {"type": "string"}}}},
+                              **_problems(400, 401, 404, 409)},
             },
         },
         "/sessions/{user_id}/{session_id}/end": {

@@ -110,7 +110,7 @@ class Finalizer(Protocol):
 
     async def finalize(self, user_id: str, session_id: str) -> None: ...
 
-    def lag_s(self) -> float: ...
+    def lag_s(self, key: tuple[str, str] | None = None) -> float: ...
 
 
 @attrs.define
@@ -495,13 +495,17 @@ class Session:
         """``flow {queue_depth, inflight, lag_ms, transcript_lag_ms}`` while anything lags.
 
         ``lag_ms``: age of this socket's oldest unanswered chunk; ``transcript_lag_ms``: age
-        of the oldest chunk the transcriber has not done yet (all sessions: it is shared).
+        of this session's oldest chunk the transcriber has not done yet (other sessions'
+        backlog is not this stream's lag).
         """
         transcriber = self.ctx.transcriber
         async with out:
             while True:
                 await trio.sleep(self.config.ws_flow_interval_s)
-                behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
+                behind = 0.0
+                if transcriber is not None and self.start is not None:
+                    key = (self.start.user_id, self.start.session_id)
+                    behind = transcriber.lag_s(key) * 1000
                 if self.unanswered or behind:
                     oldest = self.unanswered[0] if self.unanswered else time.monotonic()
                     stats = self.ingress.statistics()  # the shared pipeline's front queue

@@ -1,0 +1,1 @@
+"""HTTP routes by resource, each module registering its own on the app."""
