@@ -10,7 +10,8 @@ player can seek.
 ``GET /sessions/{user_id}/{session_id}/transcript?format=json|txt|srt|vtt``: the durable
 words, on the same timeline as the audio.
 
-``DELETE /sessions/{user_id}/{session_id}``: every chunk of the session, durably.
+``DELETE /sessions/{user_id}/{session_id}`` (and the older ``DELETE /sessions/{user_id}
+?session_id=``): every chunk of the session, durably.
 
 Resource handling: the audio is streamed, never built whole: one chunk's stored bytes and
 ``export_block_s`` of decoded PCM at a time, decoded in a thread under the service's CPU
@@ -209,14 +210,26 @@ def register_session_export(
         headers["Content-Disposition"] = f'inline; filename="{user_id}-{session_id}.{kind}"'
         return Response(text, headers=headers, content_type=TRANSCRIPT_TYPES[kind])
 
-    @app.delete("/sessions/<user_id>/<session_id>")
-    async def delete_whole_session(user_id: str, session_id: str) -> Response:
+    async def delete(user_id: str, session_id: str) -> Response:
         # A durable tombstone for every chunk; 404 if none is stored, 507 when the log is full.
-        session_ids(user_id, session_id)
         deleted = await store.delete_session(user_id, session_id)
         body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted),
                 "chunk_ids": deleted}  # fmt: skip
         return Response(_dumps(body), content_type="application/json")
+
+    @app.delete("/sessions/<user_id>/<session_id>")
+    async def delete_whole_session(user_id: str, session_id: str) -> Response:
+        session_ids(user_id, session_id)
+        return await delete(user_id, session_id)
+
+    @app.delete("/sessions/<user_id>")
+    async def delete_session(user_id: str) -> Response:
+        # The older form, the session named in the query: ?session_id= (required).
+        check_id("user_id", user_id)
+        owned(user_id, f"user {user_id!r}")
+        session_id = check_id("session_id", request.args.get("session_id"))
+        assert session_id is not None
+        return await delete(user_id, session_id)
 
 
 def _dumps(body: Any) -> str:
