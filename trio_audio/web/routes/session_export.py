@@ -48,6 +48,7 @@ from .. import export_format as fmt
 
 logger = logging.getLogger("trio_audio.web.export")
 
+SKIP_BLOCK_FRAMES: Final = 1 << 16  # frames decoded at a time to reach a place in an MP3
 CHECKPOINT_EVERY: Final = 256  # chunk records read between checkpoints
 TRANSCRIPT_TYPES: Final = {
     "json": "application/json",
@@ -92,10 +93,20 @@ async def session_chunks(
     return found
 
 
+class _Forward(sf.SoundFile):  # type: ignore[misc]
+    """A SoundFile read front to back only: soundfile asks a seekable file where it is
+    before every read, and on an MP3 that seek moves libsndfile's decoder off its place."""
+
+    def seekable(self) -> bool:
+        return False
+
+
 class ChunkReader:
     """One stored chunk's audio as 16-bit PCM, a block at a time from a start frame.
 
-    Containers are read through libsndfile from the stored bytes (seeking to the start);
+    Containers are read through libsndfile from the stored bytes (seeking to the start; an
+    MP3 is decoded from its beginning, front to back, as the ingest decoder reads it: a seek
+    in an MP3 lands near the frame asked for, not on it);
     headerless PCM is sliced. Exactly ``frames`` frames come out (what the chunk JSON says),
     padded with silence should the decoder find fewer. Only ever called from one thread at a
     time.
@@ -116,8 +127,15 @@ class ChunkReader:
             self.whole = to_pcm16(decode(self.data, raw=raw).samples)
             return
         try:
-            self.sound = sf.SoundFile(io.BytesIO(self.data))
-            self.sound.seek(self.position)
+            if audio["container"] == "mp3":  # libsndfile's MP3 seek is not sample-exact:
+                self.sound = _Forward(io.BytesIO(self.data))  # decode from the start and
+                skip = self.position  # drop what comes before
+                while skip > 0:
+                    dropped = len(self.sound.read(min(skip, SKIP_BLOCK_FRAMES), dtype="int16"))
+                    skip = skip - dropped if dropped else 0
+            else:
+                self.sound = sf.SoundFile(io.BytesIO(self.data))
+                self.sound.seek(self.position)
         except (sf.LibsndfileError, RuntimeError, ValueError):
             # A WAV our own parser reads but libsndfile does not: decode it whole (its size
             # is bounded by the upload limits).
