@@ -238,3 +238,16 @@ def test_serve_says_where_its_data_is_as_an_absolute_path(tmp_path: Path) -> Non
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+async def test_upload_sample_sends_the_shipped_speech(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = await start_server()
+    args = ("--user", "u", "--session", "s", "--url", server.url)
+    assert await run("upload", "--sample", *args) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith("samples/hello.flac") and " stored " in line
+    assert await run("upload", *args) == 2  # nothing to upload
+    sample = Path(__file__).parent.parent / "trio_audio" / "samples" / "hello.flac"
+    assert sample.stat().st_size < 100_000
