@@ -219,3 +219,35 @@ async def test_demo_shows_the_words_of_the_shipped_sample(start_server: StartSer
     async with server.client() as client:
         listing = (await client.get("/sessions/demo")).json()
     assert listing["sessions"][0]["chunk_count"] == 1
+
+
+def test_serve_says_where_its_data_is_as_an_absolute_path(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        command("serve", "--port", "0", "--ws-port", "0", "--data-dir", "data",
+                "--asr-engine", "none"),
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if "serving HTTP on" in line:
+                assert line.rstrip().endswith(f", data in {(tmp_path / 'data').resolve()}")
+                break
+        else:
+            raise AssertionError("serve did not start")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+async def test_upload_sample_sends_the_shipped_speech(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = await start_server()
+    args = ("--user", "u", "--session", "s", "--url", server.url)
+    assert await run("upload", "--sample", *args) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith("samples/hello.flac") and " stored " in line
+    assert await run("upload", *args) == 2  # nothing to upload
+    sample = Path(__file__).parent.parent / "trio_audio" / "samples" / "hello.flac"
+    assert sample.stat().st_size < 100_000

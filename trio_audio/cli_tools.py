@@ -170,8 +170,14 @@ def file_sha256(path: Path) -> str:
 def stored_checksums(
     url: str, token: str | None, user: str, session: str
 ) -> dict[str, list[dict[str, Any]]]:
-    """The chunks the session holds, by checksum (each list in seq order)."""
-    listing = fetch_sessions(url, token, user, session)
+    """The chunks the session holds, by checksum (each list in seq order). Another user's
+    sessions are a 404: then nothing is known to be stored, and the upload says why."""
+    try:
+        listing = fetch_sessions(url, token, user, session)
+    except ServerError as exc:
+        if exc.status != 404:
+            raise
+        return {}
     found: dict[str, list[dict[str, Any]]] = {}
     for chunk in (c for s in listing["sessions"] for c in s["chunks"]):
         found.setdefault(chunk["checksum"], []).append(chunk)

@@ -641,12 +641,13 @@ class Transcriber:
         return await trio.to_thread.run_sync(convert, limiter=self.limiter)
 
     async def _done(self, span: Span) -> None:
-        transcript = {
+        transcript: dict[str, Any] = {
             "status": "done",
             "text": " ".join(w["word"] for w in span.words),
             "words": span.words,
-            "offset_ms": round(span.start_ms, 3),  # where the words' times count from
         }
+        if span.words:  # where the chunk started on its session's timeline when its words
+            transcript["offset_ms"] = round(span.start_ms, 3)  # were timed (for exports)
         if await self._update(span.chunk_id, transcript):
             self.counts["done"] += 1
             self.metrics.observe_stage("transcribe", trio.current_time() - span.since)

@@ -378,16 +378,6 @@ def create_app(
         await store.delete_chunk(chunk_id)
         return json_response({"chunk_id": chunk_id, "deleted": True})
 
-    @app.delete("/sessions/<user_id>")
-    async def delete_session(user_id: str) -> Response:
-        check_id("user_id", user_id)
-        owned(user_id, f"user {user_id!r}")
-        session_id = check_id("session_id", request.args.get("session_id"))
-        assert session_id is not None
-        deleted = await store.delete_session(user_id, session_id)
-        body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted)}
-        return json_response({**body, "chunk_ids": deleted})
-
     @app.post("/sessions/<user_id>/<session_id>/end")
     async def end_session(user_id: str, session_id: str) -> Response:
         # Finalize now: the session's last words, without waiting for the idle timeout.

@@ -142,7 +142,7 @@ def missing_header(timeline: Timeline) -> str:
     return ",".join(parts)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")
 
 
 def parse_range(header: str | None, total: int) -> tuple[int, int] | None:

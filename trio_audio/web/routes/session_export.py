@@ -10,7 +10,8 @@ player can seek.
 ``GET /sessions/{user_id}/{session_id}/transcript?format=json|txt|srt|vtt``: the durable
 words, on the same timeline as the audio.
 
-``DELETE /sessions/{user_id}/{session_id}``: every chunk of the session, durably.
+``DELETE /sessions/{user_id}/{session_id}`` (and the older ``DELETE /sessions/{user_id}
+?session_id=``): every chunk of the session, durably.
 
 Resource handling: the audio is streamed, never built whole: one chunk's stored bytes and
 ``export_block_s`` of decoded PCM at a time, decoded in a thread under the service's CPU
@@ -47,6 +48,7 @@ from .. import export_format as fmt
 
 logger = logging.getLogger("trio_audio.web.export")
 
+SKIP_BLOCK_FRAMES: Final = 1 << 16  # frames decoded at a time to reach a place in an MP3
 CHECKPOINT_EVERY: Final = 256  # chunk records read between checkpoints
 TRANSCRIPT_TYPES: Final = {
     "json": "application/json",
@@ -91,10 +93,20 @@ async def session_chunks(
     return found
 
 
+class _Forward(sf.SoundFile):  # type: ignore[misc]
+    """A SoundFile read front to back only: soundfile asks a seekable file where it is
+    before every read, and on an MP3 that seek moves libsndfile's decoder off its place."""
+
+    def seekable(self) -> bool:
+        return False
+
+
 class ChunkReader:
     """One stored chunk's audio as 16-bit PCM, a block at a time from a start frame.
 
-    Containers are read through libsndfile from the stored bytes (seeking to the start);
+    Containers are read through libsndfile from the stored bytes (seeking to the start; an
+    MP3 is decoded from its beginning, front to back, as the ingest decoder reads it: a seek
+    in an MP3 lands near the frame asked for, not on it);
     headerless PCM is sliced. Exactly ``frames`` frames come out (what the chunk JSON says),
     padded with silence should the decoder find fewer. Only ever called from one thread at a
     time.
@@ -115,8 +127,15 @@ class ChunkReader:
             self.whole = to_pcm16(decode(self.data, raw=raw).samples)
             return
         try:
-            self.sound = sf.SoundFile(io.BytesIO(self.data))
-            self.sound.seek(self.position)
+            if audio["container"] == "mp3":  # libsndfile's MP3 seek is not sample-exact:
+                self.sound = _Forward(io.BytesIO(self.data))  # decode from the start and
+                skip = self.position  # drop what comes before
+                while skip > 0:
+                    dropped = len(self.sound.read(min(skip, SKIP_BLOCK_FRAMES), dtype="int16"))
+                    skip = skip - dropped if dropped else 0
+            else:
+                self.sound = sf.SoundFile(io.BytesIO(self.data))
+                self.sound.seek(self.position)
         except (sf.LibsndfileError, RuntimeError, ValueError):
             # A WAV our own parser reads but libsndfile does not: decode it whole (its size
             # is bounded by the upload limits).
@@ -209,14 +228,26 @@ def register_session_export(
         headers["Content-Disposition"] = f'inline; filename="{user_id}-{session_id}.{kind}"'
         return Response(text, headers=headers, content_type=TRANSCRIPT_TYPES[kind])
 
-    @app.delete("/sessions/<user_id>/<session_id>")
-    async def delete_whole_session(user_id: str, session_id: str) -> Response:
+    async def delete(user_id: str, session_id: str) -> Response:
         # A durable tombstone for every chunk; 404 if none is stored, 507 when the log is full.
-        session_ids(user_id, session_id)
         deleted = await store.delete_session(user_id, session_id)
         body = {"user_id": user_id, "session_id": session_id, "deleted": len(deleted),
                 "chunk_ids": deleted}  # fmt: skip
         return Response(_dumps(body), content_type="application/json")
+
+    @app.delete("/sessions/<user_id>/<session_id>")
+    async def delete_whole_session(user_id: str, session_id: str) -> Response:
+        session_ids(user_id, session_id)
+        return await delete(user_id, session_id)
+
+    @app.delete("/sessions/<user_id>")
+    async def delete_session(user_id: str) -> Response:
+        # The older form, the session named in the query: ?session_id= (required).
+        check_id("user_id", user_id)
+        owned(user_id, f"user {user_id!r}")
+        session_id = check_id("session_id", request.args.get("session_id"))
+        assert session_id is not None
+        return await delete(user_id, session_id)
 
 
 def _dumps(body: Any) -> str:
