@@ -7,7 +7,7 @@
        ├─ signal watcher   SIGINT/SIGTERM -> shutdown event, then the drain deadline
        └─ service nursery
           ├─ store         lock data dir, replay the log, then the committer (its one writer)
-          ├─ fan-out       store events -> hub (watchers) and transcriber
+          ├─ fan-out       store events -> watchers (rendered once) and transcriber
           └─ front nursery
              ├─ transcriber   worker processes, fed by the fan-out
              ├─ pipeline      stage pools joined by bounded channels, into the committer
@@ -55,6 +55,7 @@ from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
 from .web.transports import message_limit, serve_ws
+from .web.watchers import Watchers
 from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
@@ -257,6 +258,7 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
+    watchers = Watchers(hub)  # what the hub's subscribers get: store events, live results
     store = open_store(config, metrics, files, readiness)
     events = store.events()
     async with trio.open_nursery() as root:
@@ -268,10 +270,11 @@ async def serve(
             if config.store:  # one worker at a time per session, work from the cluster
                 from .cluster.work import cluster_for
 
-                cluster = cluster_for(config, store, hub, metrics)
-            transcriber = Transcriber(config, store, cluster.hub if cluster else hub,
+                cluster = cluster_for(config, store, watchers, metrics)
+            transcriber = Transcriber(config, store, cluster.live if cluster else watchers,
                                       metrics, limiter)  # fmt: skip
-            service.start_soon(fan_out, events, hub, cluster.taker if cluster else transcriber)
+            taker = cluster.taker if cluster else transcriber
+            service.start_soon(fan_out, events, watchers, taker)
             try:
                 async with trio.open_nursery() as front:
                     await front.start(transcriber.run)

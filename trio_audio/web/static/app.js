@@ -131,10 +131,10 @@ function onLiveMessage(message) {
     case "transcript":
       if (message.is_final) {
         $("partial").textContent = "";
-        if (message.words.length) {
+        if (message.words.length) {  // each chunk's final, once stored; silent ones have none
           $("finals").append(el("li", { class: "final" }, ...wordsLine(message.words)));
+          logEvent(`final transcript seq=${message.seq}: ${message.text}`, "final");
         }
-        logEvent(`final transcript: ${message.text}`, "final");
       } else {
         $("partial").replaceChildren(...wordsLine(message.words));
       }
@@ -146,6 +146,9 @@ function onLiveMessage(message) {
     case "flow":
       $("flow").textContent = `${fmtMs(message.lag_ms)} (transcript ${fmtMs(
         message.transcript_lag_ms)}, queue ${message.queue_depth}, in flight ${message.inflight})`;
+      break;
+    case "deleted":
+      logEvent(`deleted seq ${message.seqs.join(", ")}`);
       break;
     case "session_end":
       logEvent(`session_end ${JSON.stringify(message.summary)}`);
