@@ -186,6 +186,14 @@ class SlowReader(Overloaded):
     title = "The client reads results too slowly"
 
 
+class StoreUnavailable(Overloaded):
+    """The store's cluster did not answer in time, or the node is still starting: retry
+    later (503 ``unavailable``)."""
+
+    code = "unavailable"
+    title = "The store is unavailable"
+
+
 class InsufficientStorage(ServiceError, OSError):
     code = "insufficient_storage"
     status = 507

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from .events import Committed, Write
     from .index import SessionSummary
-    from .store import StoreStats
+    from .types import StoreStats
 
 
 class StoreBackend(Protocol):

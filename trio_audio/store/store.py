@@ -60,6 +60,7 @@ from .files import REAL_FILES, FileOps, lock_data_dir
 from .index import Entry, Index, IndexReads, Planned, Stored
 from .record import BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
+from .types import StoreStats
 from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
@@ -69,20 +70,6 @@ Record = tuple[RecordType, dict[str, Any], bytes | None]  # one record for the l
 
 class FsyncFailed(StoreError):
     """An fsync of the log failed: nothing more may be written (see ``Store``)."""
-
-
-@attrs.frozen
-class StoreStats:
-    """A reader's copy of the store's totals."""
-
-    chunks: int
-    audio_bytes: int
-    log_bytes: int
-    dead_bytes: int
-    compactions: int
-    replayed_records: int | None
-    snapshot: str | None
-    backend: str = "local"
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ from typing import Final
 import attrs
 import trio
 
-from ..cluster.jetstream import StoreUnavailable
+from ..errors import StoreUnavailable
 from .app import Readiness
 
 READ_TIMEOUT_S: Final = 5.0
