@@ -80,7 +80,7 @@ import logging
 import math
 import signal
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -90,8 +90,8 @@ from ..config import Config
 from ..errors import NotFound, StoreError
 from ..live import Live, LivePort, Unwatched, live_from_dict, live_to_dict
 from ..metrics import Metrics
-from ..store import StoreBackend
 from ..store.events import ChunkStored
+from ..store.index import SessionSummary
 from .bridge import (
     Nats,
     NatsError,
@@ -186,6 +186,27 @@ class LiveRelay:
                     logger.debug("an interim result was not published: %s", exc)
 
 
+class FollowedLog(Protocol):
+    """What cluster work needs of the JetStream backend (``JetStreamStore``): its node id
+    and connection, its follower's progress, and the chunks its index has ``pending``."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def nats(self) -> Nats: ...
+
+    async def wait_followed(self, seq: int) -> bool: ...
+
+    async def applied_more(self) -> None: ...
+
+    def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None: ...
+
+    def pending_now(self) -> list[tuple[str, str, str]]: ...
+
+    def summary(self, user_id: str, session_id: str) -> SessionSummary | None: ...
+
+
 class NoTaker:
     """The fan-out's transcriber on a cluster: new chunks come as work, not as events."""
 
@@ -215,7 +236,7 @@ class Cluster:
     """The cluster side of transcription in one process (a serve node or an asr-worker)."""
 
     def __init__(
-        self, config: Config, store: JetStreamStore, live: LivePort, metrics: Metrics
+        self, config: Config, store: FollowedLog, live: LivePort, metrics: Metrics
     ) -> None:
         self.config = config
         self.store = store
@@ -611,15 +632,6 @@ class Cluster:
             return False
         self.counts["acked"] += 1
         return True
-
-
-def cluster_for(
-    config: Config, store: StoreBackend, live: LivePort, metrics: Metrics
-) -> Cluster | None:
-    """The cluster side of transcription when *store* is a JetStream one (None otherwise)."""
-    if isinstance(store, JetStreamStore):
-        return Cluster(config, store, live, metrics)
-    return None
 
 
 async def run_worker(

@@ -324,6 +324,13 @@ class Store(CommitChannels, IndexReads):
 
     # -- reads -----------------------------------------------------------------------------
 
+    @property
+    def health(self) -> str | None:
+        """Why this store cannot take writes now (None: it can)."""
+        if self._fsync_failed:
+            return "an fsync of the log failed: nothing more is written"
+        return None
+
     def stats(self) -> StoreStats:
         report = self._report
         return StoreStats(
