@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ..errors import StoreUnavailable
-from .app import Readiness
+from .context import Readiness
 
 READ_TIMEOUT_S: Final = 5.0
 MAX_HEAD_BYTES: Final = 16 * 1024
