@@ -49,6 +49,12 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.part: int | None = None  # which part of its job it is about, when one is
+
+    def of_part(self, index: int) -> ServiceError:
+        """This error, naming part *index* of its job (a multipart upload's file part)."""
+        self.part = index
+        return self
 
     def problem(self, instance: str | None = None) -> dict[str, object]:
         """The RFC 9457 problem document for this error."""

@@ -22,12 +22,10 @@ from ...audio.decode import parse_media_type, raw_format_from
 from ...config import Config
 from ...errors import (
     Forbidden,
-    InvalidAudio,
     MissingField,
     PayloadTooLarge,
     RequestTimeout,
     ServiceError,
-    UnsupportedMediaType,
 )
 from ...models import Job, Part, check_id, parse_seq, parse_timestamp
 from ...store.index import Stored
@@ -80,14 +78,10 @@ async def upload() -> Response:
     ingress.submit_nowait(job)
     try:
         results: list[Stored] = await job.reply.wait()
-    except (InvalidAudio, UnsupportedMediaType, PayloadTooLarge) as exc:
-        # Decoding refused a part: name it (parts are decoded in order, and the
-        # first part left undecoded is the one that failed).
-        failed = next((i for i, part in enumerate(job.parts)
-                       if part.decoded is None and part.audio_info is None), None)  # fmt: skip
-        if not multipart or failed is None:
+    except ServiceError as exc:
+        if not multipart or exc.part is None:  # not one part's fault (or only one part)
             raise
-        return part_problem(exc, failed, filenames[failed])
+        return part_problem(exc, exc.part, filenames[exc.part])
     status = 201 if any(r.created for r in results) else 200
     locations = [f"/chunks/{r.chunk['chunk_id']}" for r in results]
     headers = {"Location": locations[0]}
