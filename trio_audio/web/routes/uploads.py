@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import attrs
 import trio
 from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
@@ -40,7 +41,8 @@ async def upload() -> Response:
     if ingress.full:  # refuse before reading the body
         raise ingress.refuse("queue_full")
     content_type = request.headers.get("Content-Type", "")
-    media_type, _ = parse_media_type(content_type)
+    media = parse_media_type(content_type)  # parsed once: the job's part keeps it
+    media_type = media[0]
     user = g.get("user_id")
     multipart = media_type == "multipart/form-data"
     if not multipart and (user is not None or request.args.get("user_id")):
@@ -55,20 +57,22 @@ async def upload() -> Response:
             files = (await request.files).getlist("file")
             fields = MultiDict(list(request.args.items(multi=True)))
             fields.update(form)
-            uploads = [(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
+            uploads = [upload_of(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
                        for f in files]  # fmt: skip
             filenames = [f.filename for f in files]
         else:
             fields = request.args
-            uploads = [(await request.get_data(cache=False), content_type)]
+            body = await request.get_data(cache=False, as_text=False)
+            assert isinstance(body, bytes)
+            uploads = [Upload(body, content_type, *media)]
     if media_type == "multipart/form-data":
         if not uploads:
             raise MissingField("multipart upload has no 'file' part")
         if len(uploads) > config.max_parts:
             msg = f"{len(uploads)} files in one upload, over the limit of {config.max_parts}"
             raise PayloadTooLarge(msg)
-        for index, (body, _) in enumerate(uploads):
-            if len(body) > config.max_part_bytes:
+        for index, one in enumerate(uploads):
+            if len(one.body) > config.max_part_bytes:
                 msg = f"the file part is over the {config.max_part_bytes} byte limit"
                 return part_problem(PayloadTooLarge(msg), index, filenames[index])
         if owner := user or fields.get("user_id"):
@@ -156,7 +160,22 @@ def authorize_fields(fields: MultiDict[str, str], user: str | None) -> MultiDict
     return out
 
 
-def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> Job:
+@attrs.frozen
+class Upload:
+    """One body of a request (the whole body, or a multipart file part) and its type, as
+    sent and as parsed."""
+
+    body: bytes
+    content_type: str
+    media_type: str
+    params: dict[str, str]
+
+
+def upload_of(body: bytes, content_type: str) -> Upload:
+    return Upload(body, content_type, *parse_media_type(content_type))
+
+
+def build_job(fields: MultiDict[str, str], uploads: list[Upload]) -> Job:
     """A job from the request's fields (query or form) and its bodies; 400 on bad fields."""
     user_id = check_id("user_id", fields.get("user_id"))
     session_id = check_id("session_id", fields.get("session_id"))
@@ -164,19 +183,18 @@ def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> 
     seq = parse_seq(fields.get("seq"))
     timestamp = parse_timestamp(fields.get("timestamp"))
     parts = []
-    for index, (body, content_type) in enumerate(uploads):
-        media_type, params = parse_media_type(content_type)
+    for index, one in enumerate(uploads):
         raw = raw_format_from(
-            media_type,
-            params,
+            one.media_type,
+            one.params,
             fields.get("encoding"),
             fields.get("sample_rate"),
             fields.get("channels"),
         )
         parts.append(
             Part(
-                body=body,
-                content_type=content_type or "application/octet-stream",
+                body=one.body,
+                content_type=one.content_type or OCTETS,
                 raw=raw,
                 seq=None if seq is None else seq + index,
                 timestamp=timestamp,
