@@ -38,3 +38,13 @@ async def test_a_watcher_that_falls_behind_is_cut_off_and_others_go_on() -> None
         hub.publish("u", "s", msg(3))
         assert fast.receive.receive_nowait() == msg(3)
     assert not fast.overflowed
+
+
+async def test_a_session_is_watched_by_anyone_but_the_sender() -> None:
+    hub = Hub(queue_size=2)
+    assert not hub.watched("u", "s")
+    with hub.subscribe("u", "s", source="me"):
+        assert hub.watched("u", "s") and not hub.watched("u", "s", source="me")
+        with hub.subscribe("u", "s"):
+            assert hub.watched("u", "s", source="me")
+    assert not hub.watched("u", "s")

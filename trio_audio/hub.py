@@ -90,6 +90,12 @@ class Hub:
                 sub.offer(message)
                 self.published += 1
 
+    def watched(self, user_id: str, session_id: str, *, source: str | None = None) -> bool:
+        """Whether a message of *source* for this session would reach anyone (so whether it
+        is worth rendering)."""
+        subs = self._subs.get((user_id, session_id), ())
+        return any(source is None or sub.source != source for sub in subs)
+
     def watchers(self, user_id: str, session_id: str) -> int:
         return len(self._subs.get((user_id, session_id), ()))
 

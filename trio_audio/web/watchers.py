@@ -29,22 +29,25 @@ class Watchers:
 
     def committed(self, event: Committed) -> None:
         """A durable change, to the watchers of its session (a new chunk not back to the
-        connection that sent it: that one has its ack and metadata)."""
-        message = render(event)
-        if message is None:
-            return
-        if isinstance(event, ChunkStored):
-            chunk = event.chunk
-            self.hub.publish(chunk["user_id"], chunk["session_id"], message, source=event.source)
-        elif isinstance(event, ChunksDeleted):
-            self.hub.publish(event.user_id, event.session_id, message)
+        connection that sent it: that one has its ack and metadata). Rendered only when
+        someone would get it."""
+        source = None
+        if isinstance(event, ChunksDeleted):
+            user_id, session_id = event.user_id, event.session_id
         else:
-            chunk = event.chunk
-            self.hub.publish(chunk["user_id"], chunk["session_id"], message)
+            user_id, session_id = event.chunk["user_id"], event.chunk["session_id"]
+            if isinstance(event, ChunkStored):
+                source = event.source
+        if not self.hub.watched(user_id, session_id, source=source):
+            return
+        message = render(event)
+        if message is not None:
+            self.hub.publish(user_id, session_id, message, source=source)
 
     def publish(self, item: Live) -> None:
         """A live result (``LivePort``)."""
-        self.hub.publish(item.user_id, item.session_id, wire(live_message(item)))
+        if self.hub.watched(item.user_id, item.session_id):
+            self.hub.publish(item.user_id, item.session_id, wire(live_message(item)))
 
     def say(self, user_id: str, session_id: str, message: dict[str, Any]) -> None:
         """A message of web's own (``session_end``) to the session's watchers."""
