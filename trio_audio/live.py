@@ -12,6 +12,7 @@ watchers (``web/watchers.py``), a cluster's also relays it to the other nodes.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import attrs
@@ -65,9 +66,31 @@ def live_from_dict(data: dict[str, Any]) -> Live:
         msg = "not a live result"
         raise ValueError(msg)
     try:
-        return kind(**fields)
+        item = kind(**fields)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+    _check(item)
+    return item
+
+
+def _check(item: Live) -> None:
+    """``ValueError`` unless *item* holds what its type says (it came off the network)."""
+    ok = isinstance(item.user_id, str) and isinstance(item.session_id, str)
+    if isinstance(item, SpeechChange):
+        ok = ok and item.event in ("speech_started", "speech_stopped") and _ms(item.at_ms)
+    else:
+        ok = (ok and isinstance(item.seq, int) and not isinstance(item.seq, bool)
+              and _ms(item.start_ms) and _ms(item.end_ms) and isinstance(item.words, list)
+              and all(isinstance(w, dict) and isinstance(w.get("word"), str)
+                      and _ms(w.get("start_ms")) and _ms(w.get("end_ms"))
+                      for w in item.words))  # fmt: skip
+    if not ok:
+        msg = f"not a valid {type(item).__name__}"
+        raise ValueError(msg)
+
+
+def _ms(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Unwatched:
