@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import httpx
@@ -347,3 +348,33 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     assert 'trio_audio_stage_seconds_count{stage="validate"} 1' in text
     assert 'trio_audio_queue_depth{queue="ingress"} 0' in text
     assert "# TYPE trio_audio_stage_seconds histogram" in text
+
+
+async def test_server_sent_events_tell_of_stored_and_deleted_chunks(server: Server) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    with trio.fail_after(20):
+        async with (
+            server.client() as client,
+            server.client() as watcher,
+            watcher.stream("GET", "/sessions/alice/sse/events") as response,
+        ):
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith(": watching")
+            stored = await client.post(
+                "/upload", params=upload_params(session_id="sse"), content=wav(seconds=0.2)
+            )
+            chunk_id = stored.json()["chunk_id"]
+            assert (await client.delete(f"/chunks/{chunk_id}")).status_code == 200
+            name = ""
+            async for line in lines:
+                if line.startswith("event: "):
+                    name = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line.removeprefix("data: "))))
+                    if name == "deleted":
+                        break
+    assert [name for name, _ in events] == ["metadata", "deleted"]
+    assert events[0][1]["chunk_id"] == chunk_id
+    assert events[1][1] == {"type": "deleted", "user_id": "alice", "session_id": "sse",
+                            "chunk_ids": [chunk_id], "seqs": [0]}  # fmt: skip

@@ -47,3 +47,31 @@ def test_importing_the_package_loads_nothing_heavy_until_serve_is_used() -> None
         "print(before, 'trio_audio.service' in sys.modules)"
     )
     assert loaded == "[] True"
+
+
+def test_only_the_store_opener_knows_the_cluster_backend() -> None:
+    # The backend seam: service, asr/ and web/ know a store only as StoreBackend. The cluster
+    # package is imported by the one place that opens --store, the asr-worker command, and
+    # the cluster's own benchmark.
+    import ast
+    from pathlib import Path
+
+    root = Path(trio_audio.__file__).parent
+    allowed = {"backend.py", "__main__.py", "bench/cluster.py"}
+    importers = set()
+    for path in root.rglob("*.py"):
+        name = path.relative_to(root).as_posix()
+        if name.startswith("cluster/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                parts = (node.module or "").split(".")
+                # trio_audio.cluster..., or relative: .cluster (top level), ..cluster (one down)
+                if parts[:2] == ["trio_audio", "cluster"] or (node.level and parts[0] == "cluster"):
+                    importers.add(name)
+            elif isinstance(node, ast.Import) and any(
+                "trio_audio.cluster" in alias.name for alias in node.names
+            ):
+                importers.add(name)
+    assert importers <= allowed, importers - allowed
+    assert "backend.py" in importers

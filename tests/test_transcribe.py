@@ -58,13 +58,18 @@ async def transcribed(client: httpx.AsyncClient, session: str) -> dict[str, Any]
             await trio.sleep(0.05)
 
 
-def drain(sub_receive: trio.MemoryReceiveChannel[Message]) -> list[Message]:
+def drain(sub_receive: trio.MemoryReceiveChannel[Message]) -> list[dict[str, Any]]:
+    """The messages a watcher has been sent so far, as it reads them."""
     out = []
     while True:
         try:
-            out.append(sub_receive.receive_nowait())
+            out.append(json.loads(sub_receive.receive_nowait().text))
         except trio.WouldBlock:
             return out
+
+
+def final_text(finals: list[dict[str, Any]]) -> str:
+    return " ".join(m["text"] for m in finals if m["text"])
 
 
 def check_chunk_words(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -108,10 +113,11 @@ async def test_chunks_get_words_of_their_span_and_watchers_partials_then_finals(
     assert sum(bool(c["features"]["speech_segments"]) for c in session["chunks"]) >= 4
 
     transcripts = [m for m in messages if m["type"] == "transcript"]
-    finals = [m for m in transcripts if m["is_final"]]
-    assert [m["text"] for m in finals] == [SENTENCE, OTHER_SENTENCE]
-    first_final = transcripts.index(finals[0])
-    assert any(not m["is_final"] for m in transcripts[:first_final])  # partials came first
+    finals = [m for m in transcripts if m["is_final"]]  # each chunk's, once it is stored
+    assert [m["chunk_id"] for m in finals] == [c["chunk_id"] for c in session["chunks"]]
+    assert final_text(finals) == f"{SENTENCE} {OTHER_SENTENCE}"
+    first_words = transcripts.index(next(m for m in finals if m["words"]))
+    assert any(not m["is_final"] for m in transcripts[:first_words])  # partials came first
     assert [w["word"] for m in finals for w in m["words"]] == [w["word"] for w in words]
     events = [(m["event"], m["at_ms"]) for m in messages if m["type"] == "vad"]
     assert [e for e, _ in events] == ["speech_started", "speech_stopped"] * 2
@@ -186,8 +192,10 @@ async def test_a_long_file_does_not_hold_another_sessions_words(
             ]
             await transcribed(client, "file")
         short_finals = [m for m in drain(short_sub.receive) if m.get("is_final")]
-    assert [m["text"] for m in short_finals] == [SENTENCE]
-    assert len(file_finals_by_then) < 6  # the short session took its turn, not the last one
+        file_finals = [m for m in drain(file_sub.receive) if m.get("is_final")]
+    assert final_text(short_finals) == SENTENCE
+    # the short session took its turn, not the last one: the file was not done by then
+    assert not file_finals_by_then and len(file_finals) == 1
 
 
 async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
@@ -234,17 +242,22 @@ async def test_websocket_clients_get_partials_before_the_final(
                 await ws.send_message((piece * 32767).astype("<i2").tobytes())
                 await trio.sleep(0.1)  # a live client: each piece as it is recorded (2x)
             await ws.send_message(json.dumps({"type": "finalize"}))
-            while not any(m.get("is_final") for m in received):
+            while sum(m["is_final"] for m in received) < len(chunks):  # one for each chunk
                 message = json.loads(await ws.get_message())
                 if message["type"] == "transcript":
                     received.append(message)
             await ws.send_message(json.dumps({"type": "end"}))
-    final = received[-1]
-    assert final["text"] == SENTENCE and [w["word"] for w in final["words"]] == SENTENCE.split()
-    partials = received[:-1]
-    assert partials and not any(m["is_final"] for m in partials)
-    seqs = [m["seq"] for m in received]  # each names a chunk that was sent, in order
+    finals = [m for m in received if m["is_final"]]
+    assert final_text(finals) == SENTENCE
+    assert [w["word"] for m in finals for w in m["words"]] == SENTENCE.split()
+    assert [m["seq"] for m in finals] == list(range(len(chunks)))
+    partials = received[: received.index(next(m for m in finals if m["words"]))]
+    partials = [m for m in partials if not m["is_final"]]
+    assert partials and all(m["status"] == "partial" for m in partials)
+    seqs = [m["seq"] for m in partials]  # each names a chunk that was sent, in order
     assert seqs == sorted(seqs) and seqs[0] >= 0 and seqs[-1] < len(chunks)
+    for m in partials:  # the open utterance's span, which its words are in
+        assert m["start_ms"] <= m["words"][0]["start_ms"] and m["end_ms"] >= m["start_ms"]
 
 
 async def read_events(
@@ -293,7 +306,8 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
     stored = [e["chunk_id"] for e in events if e["type"] == "metadata"]
     assert stored == [c["chunk_id"] for c in chunks]  # every chunk, in order, once
     finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
-    assert [f["text"] for f in finals] == [SENTENCE]
+    assert final_text(finals) == SENTENCE
+    assert [f["chunk_id"] for f in finals] == [c["chunk_id"] for c in chunks]
     assert "vad" in kinds and kinds.index("vad") < kinds.index("session_end")
     assert events[-1]["summary"] == summary
 
@@ -326,3 +340,38 @@ async def test_an_open_event_stream_ends_when_the_service_shuts_down(
                 await server.stop()
         # the reader returns at the end of the stream (no session_end: nothing happened)
     assert events == []
+
+
+async def test_a_watcher_gets_each_final_once_it_is_stored_and_a_resume_gets_the_same(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await grammar_server(start_server, tmp_path)
+    watch = {"type": "start", "user_id": "alice", "session_id": "durable"}
+    live: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT_S):
+        async with open_websocket_url(server.running.ws_url) as ws, server.client() as client:
+            await ws.send_message(json.dumps(watch))
+            assert json.loads(await ws.get_message())["type"] == "started"
+            chunks = [await upload(client, "durable", p) for p in pieces(speak(SENTENCE), 0.5)]
+            while len(live) < len(chunks):
+                message = json.loads(await ws.get_message())
+                if message["type"] == "transcript" and message["is_final"]:
+                    # The store has it already: the final is the stored update, not the
+                    # decoder's answer on its way to the store.
+                    stored = (await client.get(f"/chunks/{message['chunk_id']}")).json()
+                    assert stored["transcript"]["status"] == message["status"] == "done"
+                    assert stored["transcript"]["words"] == message["words"]
+                    start = stored["offset_ms"]
+                    assert message["start_ms"] == round(start, 1)
+                    assert message["end_ms"] == round(start + stored["audio"]["duration_ms"], 1)
+                    live.append(message)
+        assert [m["chunk_id"] for m in live] == [c["chunk_id"] for c in chunks]
+        assert final_text(live) == SENTENCE
+        async with open_websocket_url(server.running.ws_url) as ws:
+            await ws.send_message(json.dumps({**watch, "resume_from_seq": 0}))
+            resumed: list[dict[str, Any]] = []
+            while len(resumed) < len(chunks):
+                message = json.loads(await ws.get_message())
+                if message["type"] == "transcript":
+                    resumed.append(message)
+    assert resumed == live  # one shape, one rendering, live or replayed

@@ -756,3 +756,30 @@ def test_any_frames_get_a_typed_error_or_normal_processing_on_both_transports(
             assert error["type"] == "error" and errors == [error], received
             assert error["code"] != "internal" and error["message"]
             assert isinstance(error["retryable"], bool)
+
+
+async def test_deleting_chunks_and_the_session_tells_its_watchers(
+    server: Server, transport: str
+) -> None:
+    async with connect(ws_url(server, transport)) as watcher, server.client() as client:
+        watch = {"type": "start", "user_id": "alice", "session_id": "gone"}
+        await watcher.send_message(json.dumps(watch))
+        assert (await receive(watcher))["type"] == "started"
+        ids = []
+        for n in range(3):
+            params = upload_params(session_id="gone", seq=n)
+            response = await client.post("/upload", params=params, content=wav(seconds=0.1))
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["chunk_id"])
+            assert (await receive_type(watcher, "metadata"))["chunk_id"] == ids[-1]
+        assert (await client.delete(f"/chunks/{ids[1]}")).status_code == 200
+        one = await receive_type(watcher, "deleted")
+        assert one == {"type": "deleted", "user_id": "alice", "session_id": "gone",
+                       "chunk_ids": [ids[1]], "seqs": [1]}  # fmt: skip
+        response = await client.delete("/sessions/alice", params={"session_id": "gone"})
+        assert response.status_code == 200, response.text
+        rest = await receive_type(watcher, "deleted")
+        assert sorted(zip(rest["seqs"], rest["chunk_ids"], strict=True)) == [
+            (0, ids[0]),
+            (2, ids[2]),
+        ]

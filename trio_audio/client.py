@@ -190,6 +190,8 @@ class Streamer:
                     f"rms {f['rms_dbfs']:6.1f} dBFS  dominant {f['dominant_hz']:7.1f} Hz  "
                     f"silence {f['silence_ratio']:.2f}")  # fmt: skip
         elif kind == "transcript":
+            if message.get("is_final") and not message.get("text"):
+                return  # a chunk with no words (each chunk's final comes once it is stored)
             mark = "final" if message.get("is_final") else "partial"
             line = f"seq {message['seq']:>5}  [{mark}] {message.get('text', '')}"
         elif kind in ("error", "reconnecting"):

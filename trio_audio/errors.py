@@ -51,6 +51,12 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.part: int | None = None  # which part of its job it is about, when one is
+
+    def of_part(self, index: int) -> ServiceError:
+        """This error, naming part *index* of its job (a multipart upload's file part)."""
+        self.part = index
+        return self
 
     def problem(self, instance: str | None = None) -> dict[str, object]:
         """The RFC 9457 problem document for this error."""
@@ -206,6 +212,14 @@ class Overloaded(RetryLater):
 class SlowReader(Overloaded):
     code = "slow_reader"
     title = "The client reads results too slowly"
+
+
+class StoreUnavailable(Overloaded):
+    """The store's cluster did not answer in time, or the node is still starting: retry
+    later (503 ``unavailable``)."""
+
+    code = "unavailable"
+    title = "The store is unavailable"
 
 
 class InsufficientStorage(ServiceError, OSError):

@@ -1,9 +1,12 @@
 """The one consumer of the store's ``Committed`` events: hands them to watchers and the
 transcriber.
 
-Data flows one way: web -> pipeline -> store -> events -> (hub -> watchers, transcriber).
-Neither consumer may block: the hub drops a watcher that falls behind, and the transcriber
-defers what its lanes cannot take. So the store's committer never waits on a slow client.
+Data flows one way: web -> pipeline -> store -> events -> (watchers, transcriber). Every
+event goes to the watchers (``web/watchers.py`` renders it once for the session's hub
+subscribers); new chunks also go to the transcriber. Neither consumer may block: the hub
+drops a watcher that falls behind, and the transcriber defers what its lanes cannot take.
+So the store's committer never waits on a slow client, and every event it sends has a
+reader.
 
 Resource handling: ``fan_out`` owns the event channel and returns when the store closes it.
 """
@@ -14,7 +17,6 @@ from typing import Protocol
 
 import trio
 
-from .hub import Hub
 from .store.events import ChunkStored, Committed
 
 
@@ -22,15 +24,17 @@ class ChunkTaker(Protocol):
     def offer(self, event: ChunkStored) -> None: ...
 
 
+class EventTaker(Protocol):
+    def committed(self, event: Committed) -> None: ...
+
+
 async def fan_out(
-    events: trio.MemoryReceiveChannel[Committed], hub: Hub, transcriber: ChunkTaker
+    events: trio.MemoryReceiveChannel[Committed], watchers: EventTaker, transcriber: ChunkTaker
 ) -> None:
-    """New chunks' metadata to the session's watchers (not back to the connection that sent
-    it), and every new chunk to the transcriber; until the store ends the stream."""
+    """Every event to the session's watchers, and every new chunk to the transcriber; until
+    the store ends the stream."""
     async with events:
         async for event in events:
+            watchers.committed(event)
             if isinstance(event, ChunkStored):
-                chunk = event.chunk
-                message = {"type": "metadata", **chunk}
-                hub.publish(chunk["user_id"], chunk["session_id"], message, source=event.source)
                 transcriber.offer(event)

@@ -1,4 +1,8 @@
-"""Live results per session: the service's fan-out and the transcriber publish, watchers read.
+"""Messages per session for its watchers (WebSocket, SSE, console), each rendered once.
+
+Only ``web/`` publishes (``watchers.py``: the store's committed events and the live port's
+results; ``session_events.py``: ``session_end``), each message rendered once into a ``Wire``
+(its JSON text), which every watcher sends as it is.
 
 Each watcher gets its own bounded channel. ``publish`` never waits: a watcher whose channel
 is full has fallen too far behind, so its channel is closed and it is marked ``overflowed``;
@@ -10,11 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
+import attrs
 import trio
 
-Message = dict[str, Any]
+
+@attrs.frozen
+class Wire:
+    """One message as watchers send it: its ``type``, its JSON text, and the chunk it is
+    about (None: not one chunk's)."""
+
+    type: str
+    text: str
+    chunk_id: str | None = None
+
+
+Message = Wire
 
 
 class Subscription:
@@ -74,6 +89,12 @@ class Hub:
             if source is None or sub.source != source:
                 sub.offer(message)
                 self.published += 1
+
+    def watched(self, user_id: str, session_id: str, *, source: str | None = None) -> bool:
+        """Whether a message of *source* for this session would reach anyone (so whether it
+        is worth rendering)."""
+        subs = self._subs.get((user_id, session_id), ())
+        return any(source is None or sub.source != source for sub in subs)
 
     def watchers(self, user_id: str, session_id: str) -> int:
         return len(self._subs.get((user_id, session_id), ()))

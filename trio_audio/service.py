@@ -7,7 +7,7 @@
        ├─ signal watcher   SIGINT/SIGTERM -> shutdown event, then the drain deadline
        └─ service nursery
           ├─ store         lock data dir, replay the log, then the committer (its one writer)
-          ├─ fan-out       store events -> hub (watchers) and transcriber
+          ├─ fan-out       store events -> watchers (rendered once) and transcriber
           └─ front nursery
              ├─ transcriber   worker processes, fed by the fan-out
              ├─ pipeline      stage pools joined by bounded channels, into the committer
@@ -41,6 +41,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from .asr.transcriber import Transcriber
+from .backend import open_backend
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
@@ -48,13 +49,14 @@ from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store import StoreBackend
 from .store.files import REAL_FILES, FileOps
-from .store.store import Store
 from .web.access import Access
 from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
 from .web.transports import message_limit, serve_ws
+from .web.waiting import serve_while_starting
+from .web.watchers import Watchers
 from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
@@ -199,19 +201,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def open_store(
-    config: Config, metrics: Metrics, files: FileOps, readiness: Readiness | None = None
-) -> StoreBackend:
-    """The backend ``config.store`` names: the local log (files: the layer under it) or,
-    for ``nats://...``, the JetStream cluster (whose health *readiness* follows)."""
-    if config.store:
-        from .cluster.jetstream import JetStreamStore
-
-        on_health = readiness.note_store if readiness is not None else None
-        return JetStreamStore(config, metrics=metrics, on_health=on_health)
-    return Store(config, metrics=metrics, files=files)
-
-
 async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery) -> Config:
     """Start *store* in *nursery* (ready once replayed). A cluster store can take a while (a
     meta leader to elect, a stream to replay): meanwhile the HTTP port answers the probes
@@ -220,10 +209,6 @@ async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery
     if not config.store or config.certfile:
         await nursery.start(store.run)
         return config
-    from .cluster.jetstream import JetStreamStore
-    from .web.waiting import serve_while_starting
-
-    assert isinstance(store, JetStreamStore)
 
     def problem() -> str:
         return store.health or "starting"
@@ -257,21 +242,19 @@ async def serve(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     readiness = Readiness()
     hub = Hub(config.ws_queue)
-    store = open_store(config, metrics, files, readiness)
+    watchers = Watchers(hub)  # what the hub's subscribers get: store events, live results
+    backend = open_backend(config, metrics, files, watchers, readiness.note_store)
+    store, cluster = backend.store, backend.work  # cluster: transcription shared with nodes
     events = store.events()
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
             config = await start_store(config, store, service)
             readiness.store = True
-            cluster = None
-            if config.store:  # one worker at a time per session, work from the cluster
-                from .cluster.work import cluster_for
-
-                cluster = cluster_for(config, store, hub, metrics)
-            transcriber = Transcriber(config, store, cluster.hub if cluster else hub,
+            transcriber = Transcriber(config, store, cluster.live if cluster else watchers,
                                       metrics, limiter)  # fmt: skip
-            service.start_soon(fan_out, events, hub, cluster.taker if cluster else transcriber)
+            taker = cluster.taker if cluster else transcriber
+            service.start_soon(fan_out, events, watchers, taker)
             try:
                 async with trio.open_nursery() as front:
                     await front.start(transcriber.run)

@@ -6,7 +6,8 @@
     (never waits)        (per session, seq     (per session:    (finals round  worker 1 ─┤
                           order)               VAD -> utterances) robin)                 │
                                                                                          v
-                  hub (transcript, vad) <── results: words -> each chunk's span ─> store.update
+     live port (partials, vad) <── results: words -> each chunk's span ─> store.update
+                                                        (its ChunkUpdated is the final)
 
 - The service's fan-out calls ``offer`` with each ``ChunkStored`` event. A session's chunks
   are put back in seq order (``reorder.py``); in that order each gives its ``vad`` events at
@@ -55,7 +56,7 @@ from ..audio import features, vad
 from ..audio.decode import RawFormat, decode
 from ..config import Config
 from ..errors import NotFound, ServiceError
-from ..hub import Hub
+from ..live import LivePort, Partial, SpeechChange
 from ..metrics import Metrics
 from ..store.events import ChunkStored
 from .engine import EngineError, EngineOptions, check_options
@@ -162,13 +163,13 @@ class Transcriber:
         self,
         config: Config,
         store: ChunkSource,
-        hub: Hub,
+        live: LivePort,
         metrics: Metrics,
         limiter: trio.CapacityLimiter,
     ) -> None:
         self.config = config
         self.store = store
-        self.hub = hub
+        self.live = live
         self.metrics = metrics
         self.limiter = limiter
         self.enabled = config.asr_engine != "none"
@@ -503,27 +504,15 @@ class Transcriber:
         if session.finals and session.finals[0] is utterance:
             session.finals.popleft()
             self.pcm_bytes -= len(utterance.pcm)
-        user_id, session_id = session.key
         if not answer.get("ok"):
             reason = f"the speech engine failed: {answer.get('error')}"
             for span in session.awaiting:
                 if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:
                     span.failed = reason
         else:
-            words = _own_words(utterance, answer["words"])
-            if words:
-                message = {
-                    "type": "transcript",
-                    "seq": session.last_seq,
-                    "is_final": True,
-                    "text": " ".join(w["word"] for w in words),
-                    "words": words,
-                    "start_ms": round(utterance.start_ms, 1),
-                    "end_ms": round(utterance.end_ms, 1),
-                }
-                self.hub.publish(user_id, session_id, message)
-                for word in words:
-                    _place(session.awaiting, word)
+            # Watchers get these words once they are stored (the store's ChunkUpdated).
+            for word in _own_words(utterance, answer["words"]):
+                _place(session.awaiting, word)
         await self._complete(session)
 
     def _apply_partial(
@@ -544,10 +533,9 @@ class Transcriber:
         session.heard = heard
         if agreed > session.stable:
             session.stable = agreed
-            stable = words[:agreed]
-            message = {"type": "transcript", "seq": session.last_seq, "is_final": False,
-                       "text": " ".join(w["word"] for w in stable), "words": stable}  # fmt: skip
-            self.hub.publish(session.key[0], session.key[1], message)
+            user_id, session_id = session.key
+            self.live.publish(Partial(user_id, session_id, session.last_seq, words[:agreed],
+                                      utterance.start_ms, utterance.end_ms))  # fmt: skip
 
     async def _complete(self, session: SessionState) -> None:
         """Store the transcript of every chunk all of whose utterances are decoded.
@@ -670,8 +658,7 @@ class Transcriber:
         return True
 
     def _publish_vad(self, key: Key, event: str, at_ms: float) -> None:
-        message = {"type": "vad", "event": event, "at_ms": round(at_ms, 1)}
-        self.hub.publish(key[0], key[1], message)
+        self.live.publish(SpeechChange(key[0], key[1], event, at_ms))
 
 
 def _own_words(utterance: Utterance, words: list[dict[str, Any]]) -> list[dict[str, Any]]:

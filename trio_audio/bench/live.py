@@ -7,8 +7,9 @@ A real ``trio-audio serve`` (the default speech engine unless ``--server-arg`` s
 otherwise) on a fresh data dir; N WebSocket clients each stream speech in real time (100 ms
 frames of 16 kHz PCM, paced by the clock): sentences with a second of silence between them,
 each client starting at its own point of that cycle (talkers do not all pause at once).
-For every final ``transcript`` a client receives, the latency is its arrival time minus the
-moment the utterance's audio had been sent (its ``end_ms`` on the session timeline). A load
+For every final ``transcript`` with words a client receives (one per chunk, sent once the
+chunk's transcript is stored), the latency is its arrival time minus the moment that chunk's
+audio had been sent (its ``end_ms`` on the session timeline). A load
 is "kept" when the p95 latency is at most ``--within-s`` (1.5 s). Not a test: nothing here
 asserts; numbers go to stdout for the README.
 """
@@ -63,7 +64,11 @@ async def client(url: str, n: int, audio: np.ndarray, latencies: list[float]) ->
         async def receive() -> None:
             while True:
                 message: dict[str, Any] = json.loads(await ws.get_message())
-                if message.get("type") == "transcript" and message.get("is_final"):
+                if (
+                    message.get("type") == "transcript"
+                    and message.get("is_final")
+                    and (message.get("words"))
+                ):
                     spoken = began + message["end_ms"] / 1000
                     latencies.append(trio.current_time() - spoken)
                 if message.get("type") == "session_end":

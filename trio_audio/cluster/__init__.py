@@ -4,5 +4,5 @@ asyncio), transcription work shared across nodes (``work.py``) and the developme
 tool (``dev.py``: ``python -m trio_audio.cluster.dev DIR``).
 
 Nothing outside this package imports it except the one place that opens a store from
-``--store`` (``service.py``) and the CLI's ``asr-worker`` command.
+``--store`` (``trio_audio/backend.py``) and the CLI's ``asr-worker`` command.
 """

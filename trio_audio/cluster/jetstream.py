@@ -80,10 +80,10 @@ from ..config import Config
 from ..errors import (
     InternalError,
     NotFound,
-    Overloaded,
     PayloadTooLarge,
     ServiceError,
     StoreError,
+    StoreUnavailable,
 )
 from ..metrics import Metrics
 from ..models import Job
@@ -99,7 +99,7 @@ from ..store.events import (
 )
 from ..store.index import Index, IndexReads, Planned, Stored
 from ..store.record import BlobRef
-from ..store.store import StoreStats
+from ..store.types import StoreStats
 from .bridge import (
     Follower,
     Message,
@@ -124,12 +124,6 @@ STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried a
 STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
 HEALTH_PERIOD_S: Final = 1.0  # how often a running node asks JetStream whether it answers
-
-
-class StoreUnavailable(Overloaded):
-    """The cluster did not answer in time: retry later (503 ``unavailable``)."""
-
-    code = "unavailable"
 
 
 def servers(store: str) -> list[str]:

@@ -12,7 +12,7 @@
     "p.<p>" = the holder's node id   ──────> fetch ─> its follower has the chunk ─> transcriber
     "w.<node>" = a live worker                (offer_stored)  ─> transcript update in the log
                                               ─> ack once the log no longer has it ``pending``
-    AUDIO_asr_live.<user>.<session>   core NATS: partials, finals and VAD events, every node
+    AUDIO_asr_live.<user>.<session>   core NATS: partials and VAD events, every node
     AUDIO_asr_finalize.<p>            core NATS request: "finalize this session" to its holder
 
 Why this design. The servers copy each chunk record into the work stream themselves (a
@@ -45,9 +45,10 @@ Guarantees:
 - Balance: workers register (``w.<node>``, same TTL) and take at most their fair share
   (ceil(P / workers)) of free partitions; one holding more than that releases an idle one.
 
-Interim results (partials, VAD events, finals as they are decoded) are not durable: the
-transcriber publishes them to its own watchers and on a core NATS subject, and every serve
-node relays what other nodes publish there to its watchers. ``finalize`` (WebSocket
+Interim results (partials, VAD events) are not durable: the transcriber publishes them to
+its own watchers and on a core NATS subject, and every serve node relays what other nodes
+publish there to its watchers. Finals are the log's: every node's watchers get them from its
+own follower's ``ChunkUpdated``, once they are stored. ``finalize`` (WebSocket
 ``finalize``/``end``, HTTP session end) on a node that does not hold the session is a core
 NATS request to its holder, then a wait until this node's follower has the transcripts.
 
@@ -79,7 +80,7 @@ import logging
 import math
 import signal
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -87,10 +88,10 @@ import trio
 from ..asr.transcriber import Transcriber
 from ..config import Config
 from ..errors import NotFound, StoreError
-from ..hub import Hub, Message
+from ..live import Live, LivePort, Unwatched, live_from_dict, live_to_dict
 from ..metrics import Metrics
-from ..store import StoreBackend
 from ..store.events import ChunkStored
+from ..store.index import SessionSummary
 from .bridge import (
     Nats,
     NatsError,
@@ -154,25 +155,21 @@ class Names:
         )
 
 
-class LiveHub(Hub):
-    """The hub the transcriber publishes into: this node's watchers, and (through ``run``)
-    the core NATS subject every node relays to its own."""
+class LiveRelay:
+    """The live port the transcriber publishes into: this node's watchers, and (through
+    ``run``) the core NATS subject every node relays to its own."""
 
-    def __init__(self, local: Hub, node: str, names: Names) -> None:
-        super().__init__(local.queue_size)
+    def __init__(self, local: LivePort, node: str, names: Names) -> None:
         self._local = local
         self._node = node
         self._names = names
         self._send, self._receive = trio.open_memory_channel[tuple[str, bytes]](LIVE_QUEUE)
         self.dropped = 0
 
-    def publish(
-        self, user_id: str, session_id: str, message: Message, *, source: str | None = None
-    ) -> None:
-        self._local.publish(user_id, session_id, message, source=source)
-        body = {"node": self._node, "user_id": user_id, "session_id": session_id,
-                "message": message}  # fmt: skip
-        subject = f"{self._names.live}.{token(user_id)}.{token(session_id)}"
+    def publish(self, item: Live) -> None:
+        self._local.publish(item)
+        body = {"node": self._node, "item": live_to_dict(item)}
+        subject = f"{self._names.live}.{token(item.user_id)}.{token(item.session_id)}"
         try:
             self._send.send_nowait((subject, json.dumps(body, separators=(",", ":")).encode()))
         except trio.WouldBlock:
@@ -187,6 +184,27 @@ class LiveHub(Hub):
                 except NatsError as exc:
                     self.dropped += 1
                     logger.debug("an interim result was not published: %s", exc)
+
+
+class FollowedLog(Protocol):
+    """What cluster work needs of the JetStream backend (``JetStreamStore``): its node id
+    and connection, its follower's progress, and the chunks its index has ``pending``."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def nats(self) -> Nats: ...
+
+    async def wait_followed(self, seq: int) -> bool: ...
+
+    async def applied_more(self) -> None: ...
+
+    def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None: ...
+
+    def pending_now(self) -> list[tuple[str, str, str]]: ...
+
+    def summary(self, user_id: str, session_id: str) -> SessionSummary | None: ...
 
 
 class NoTaker:
@@ -217,14 +235,16 @@ class Lease:
 class Cluster:
     """The cluster side of transcription in one process (a serve node or an asr-worker)."""
 
-    def __init__(self, config: Config, store: JetStreamStore, hub: Hub, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: FollowedLog, live: LivePort, metrics: Metrics
+    ) -> None:
         self.config = config
         self.store = store
-        self.local_hub = hub
+        self.local_live = live
         self.metrics = metrics
         self.names = Names(config.store_stream)
         self.node = store.node
-        self.hub = LiveHub(hub, self.node, self.names)
+        self.live = LiveRelay(live, self.node, self.names)
         self.taker = NoTaker()
         self.transcriber: Transcriber | None = None
         self.leases: dict[int, Lease] = {}
@@ -264,7 +284,7 @@ class Cluster:
     ) -> None:
         with self._scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.hub.run, nats)
+                nursery.start_soon(self.live.run, nats)
                 if relay:
                     inbox = await retrying(lambda: nats.subscribe_core(f"{self.names.live}.>"))
                     nursery.start_soon(self._relay, inbox)
@@ -330,12 +350,11 @@ class Cluster:
             for message in await inbox.take(1.0):
                 try:
                     body = json.loads(message.data)
-                    node, user_id = body["node"], str(body["user_id"])
-                    session_id, live = str(body["session_id"]), dict(body["message"])
+                    node, item = body["node"], live_from_dict(dict(body["item"]))
                 except (ValueError, KeyError, TypeError):
                     continue  # not ours: core subjects are open to any client
                 if node != self.node:  # this node's watchers had it already
-                    self.local_hub.publish(user_id, session_id, live)
+                    self.local_live.publish(item)
 
     async def _serve_finalize(self, nats: Nats, inbox: Any, nursery: trio.Nursery) -> None:
         """Answer "finalize this session" for the partitions this worker holds."""
@@ -615,13 +634,6 @@ class Cluster:
         return True
 
 
-def cluster_for(config: Config, store: StoreBackend, hub: Hub, metrics: Metrics) -> Cluster | None:
-    """The cluster side of transcription when *store* is a JetStream one (None otherwise)."""
-    if isinstance(store, JetStreamStore):
-        return Cluster(config, store, hub, metrics)
-    return None
-
-
 async def run_worker(
     config: Config, *, task_status: trio.TaskStatus[Cluster] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -637,12 +649,11 @@ async def run_worker(
     metrics = Metrics()
     limiter = trio.CapacityLimiter(config.cpu_threads)
     store = JetStreamStore(config, metrics=metrics)  # no events: its work comes as work
-    hub = Hub(config.ws_queue)
     async with trio.open_nursery() as root:
         await root.start(store.run)
         try:
-            cluster = Cluster(config, store, hub, metrics)
-            transcriber = Transcriber(config, store, cluster.hub, metrics, limiter)
+            cluster = Cluster(config, store, Unwatched(), metrics)
+            transcriber = Transcriber(config, store, cluster.live, metrics, limiter)
             async with trio.open_nursery() as work:
                 await work.start(transcriber.run)
                 await work.start(partial(cluster.run, transcriber, relay=False))

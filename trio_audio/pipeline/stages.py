@@ -216,13 +216,18 @@ class Stages:
         return await self._grouped(jobs, "validate", self._decode_all, vectorised=False)
 
     def _decode_all(self, parts: list[Part]) -> None:
-        for part in parts:
-            part.decoded = decode(
-                part.body,
-                content_type=part.content_type,
-                raw=part.raw,
-                max_duration_s=self.max_duration_s,
-            )
+        """Decode each part, in order; a refusal names its part (its index in *parts*, which
+        are one job's: see ``_grouped``)."""
+        for index, part in enumerate(parts):
+            try:
+                part.decoded = decode(
+                    part.body,
+                    content_type=part.content_type,
+                    raw=part.raw,
+                    max_duration_s=self.max_duration_s,
+                )
+            except ServiceError as exc:
+                raise exc.of_part(index) from None
 
     async def transform(self, jobs: list[Job]) -> Outcomes:
         """Downmix to mono float32 and take the power spectrum (a real FFT), chunks of one

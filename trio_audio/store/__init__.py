@@ -1,7 +1,9 @@
 """Durable storage, behind one interface (``StoreBackend``) that the rest of the service uses.
 
 The embedded default is the local store (``store.py``): an in-memory index (``index.py``)
-over an append-only msgpack log on disk, written by one committer task. Whatever the
+over an append-only msgpack log on disk, written by one committer task; the other is the
+JetStream cluster (``trio_audio.cluster``). ``trio_audio/backend.py`` opens the one
+``--store`` names; nothing else knows which one runs. Whatever the
 backend, the contract is the same:
 
 - ``run(task_status=...)`` owns the backend's whole life (lock, replay, the committer and its
@@ -13,6 +15,7 @@ backend, the contract is the same:
 - Reads: ``get``, ``has``, ``chunk_ids``, ``session_ids``, ``owner``, ``summary``,
   ``chunks_after``, ``page``, ``read_audio``, ``pending_transcripts``, ``stats``; copies,
   never the backend's objects.
+- ``health``: why the backend cannot serve now (None: it can), for ``/readyz``.
 - ``events()``: one channel of ``Committed`` events (chunk stored, updated, deleted) in commit
   order, for the service's fan-out to the live watchers and the transcriber. The store never
   calls up into web or transcription code.
@@ -27,13 +30,16 @@ if TYPE_CHECKING:
 
     from .events import Committed, Write
     from .index import SessionSummary
-    from .store import StoreStats
+    from .types import StoreStats
 
 
 class StoreBackend(Protocol):
     """What the service needs of a store backend (see the module docstring)."""
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
+
+    @property
+    def health(self) -> str | None: ...
 
     def events(self) -> trio.MemoryReceiveChannel[Committed]: ...
 

@@ -68,11 +68,12 @@ class ChunkUpdated:
 
 @attrs.frozen
 class ChunksDeleted:
-    """Chunks of one session were deleted."""
+    """Chunks of one session were deleted (*seqs*: theirs, in the same order)."""
 
     user_id: str
     session_id: str
     chunk_ids: list[str]
+    seqs: list[int] = attrs.field(factory=list)
 
 
 Committed = ChunkStored | ChunkUpdated | ChunksDeleted
@@ -80,10 +81,13 @@ Committed = ChunkStored | ChunkUpdated | ChunksDeleted
 
 def deleted_events(removed: list[tuple[str, Entry]]) -> list[Committed]:
     """One ``ChunksDeleted`` per session, from what ``Index.apply_tombstone`` removed."""
-    by_session: dict[tuple[str, str], list[str]] = {}
+    by_session: dict[tuple[str, str], ChunksDeleted] = {}
     for chunk_id, entry in removed:
-        by_session.setdefault((entry.user_id, entry.session_id), []).append(chunk_id)
-    return [ChunksDeleted(u, s, ids) for (u, s), ids in by_session.items()]
+        key = (entry.user_id, entry.session_id)
+        event = by_session.setdefault(key, ChunksDeleted(*key, []))
+        event.chunk_ids.append(chunk_id)
+        event.seqs.append(entry.seq)
+    return list(by_session.values())
 
 
 class CommitChannels:

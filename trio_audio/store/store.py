@@ -60,6 +60,7 @@ from .files import REAL_FILES, FileOps, lock_data_dir
 from .index import Entry, Index, IndexReads, Planned, Stored
 from .record import BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
+from .types import StoreStats
 from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
@@ -69,20 +70,6 @@ Record = tuple[RecordType, dict[str, Any], bytes | None]  # one record for the l
 
 class FsyncFailed(StoreError):
     """An fsync of the log failed: nothing more may be written (see ``Store``)."""
-
-
-@attrs.frozen
-class StoreStats:
-    """A reader's copy of the store's totals."""
-
-    chunks: int
-    audio_bytes: int
-    log_bytes: int
-    dead_bytes: int
-    compactions: int
-    replayed_records: int | None
-    snapshot: str | None
-    backend: str = "local"
 
 
 @attrs.frozen
@@ -336,6 +323,13 @@ class Store(CommitChannels, IndexReads):
                 self._synced = max(self._synced, written)
 
     # -- reads -----------------------------------------------------------------------------
+
+    @property
+    def health(self) -> str | None:
+        """Why this store cannot take writes now (None: it can)."""
+        if self._fsync_failed:
+            return "an fsync of the log failed: nothing more is written"
+        return None
 
     def stats(self) -> StoreStats:
         report = self._report

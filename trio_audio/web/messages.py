@@ -1,5 +1,13 @@
 """The WebSocket protocol's messages: parsing what a client sends, building what it gets.
 
+Every message a watcher gets about a session is rendered here, once: a stored chunk's
+``metadata``, a chunk's durable ``transcript`` (the same message live and on resume), a
+``deleted``, and the live port's partial ``transcript`` and ``vad`` (``render``). A
+``transcript`` always has ``seq, chunk_id, is_final, status, text, words, start_ms,
+end_ms``: a final is one chunk's stored transcript (``status`` done or failed, plus
+``error`` when failed) spanning that chunk; a partial (``status: partial``, ``chunk_id``
+null) is the open utterance's agreed words so far, spanning the utterance.
+
 Pure functions, no I/O: each parser returns a value or raises one of the project's typed
 errors (``trio_audio.errors``), never anything else, whatever the input (property-tested in
 tests/test_hostile.py and fuzzed in tests/fuzz_targets.py). The session (``ws.py``) turns
@@ -25,7 +33,10 @@ from ..errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from ..hub import Wire
+from ..live import Live, Partial, SpeechChange
 from ..models import check_id, parse_seq
+from ..store.events import ChunksDeleted, ChunkStored, ChunkUpdated, Committed
 from .media import CONTAINER_TYPES
 
 MAX_CONTROL_BYTES: Final = 64 * 1024  # a JSON message that carries no audio
@@ -55,6 +66,66 @@ def dumps(message: dict[str, Any]) -> str:
 def metadata_message(chunk: dict[str, Any]) -> str:
     """``{"type": "metadata", ...chunk}`` as text, without copying the chunk's dict."""
     return '{"type":"metadata",' + dumps(chunk)[1:]
+
+
+def transcript_message(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """The final ``transcript`` of a stored chunk once its transcript is done or failed;
+    None while it is pending or when transcription is off."""
+    transcript = chunk.get("transcript") or {}
+    status = transcript.get("status")
+    if status not in ("done", "failed"):
+        return None
+    start = float(chunk.get("offset_ms") or 0.0)
+    message = {
+        "type": "transcript",
+        "seq": chunk["seq"],
+        "chunk_id": chunk["chunk_id"],
+        "is_final": True,
+        "status": status,
+        "text": transcript.get("text", ""),
+        "words": transcript.get("words", []),
+        "start_ms": round(start, 1),
+        "end_ms": round(start + float(chunk["audio"]["duration_ms"]), 1),
+    }
+    if status == "failed":
+        message["error"] = transcript.get("error", "")
+    return message
+
+
+def deleted_message(event: ChunksDeleted) -> dict[str, Any]:
+    """``deleted {user_id, session_id, chunk_ids, seqs}``: those chunks are gone."""
+    return {"type": "deleted", "user_id": event.user_id, "session_id": event.session_id,
+            "chunk_ids": event.chunk_ids, "seqs": event.seqs}  # fmt: skip
+
+
+def live_message(item: Live) -> dict[str, Any]:
+    """A partial ``transcript`` or a ``vad`` event."""
+    if isinstance(item, SpeechChange):
+        return {"type": "vad", "event": item.event, "at_ms": round(item.at_ms, 1)}
+    assert isinstance(item, Partial)
+    return {"type": "transcript", "seq": item.seq, "chunk_id": None, "is_final": False,
+            "status": "partial", "text": " ".join(w["word"] for w in item.words),
+            "words": item.words, "start_ms": round(item.start_ms, 1),
+            "end_ms": round(item.end_ms, 1)}  # fmt: skip
+
+
+def render(event: Committed) -> Wire | None:
+    """The one wire message of a committed event for the session's watchers (None: the
+    event tells them nothing, such as an update that left the transcript pending)."""
+    if isinstance(event, ChunkStored):
+        chunk = event.chunk
+        return Wire("metadata", metadata_message(chunk), chunk["chunk_id"])
+    if isinstance(event, ChunkUpdated):
+        message = transcript_message(event.chunk)
+        if message is None:
+            return None
+        return Wire("transcript", dumps(message), event.chunk["chunk_id"])
+    return Wire("deleted", dumps(deleted_message(event)))
+
+
+def wire(message: dict[str, Any]) -> Wire:
+    """*message* rendered for watchers."""
+    return Wire(message["type"], dumps(message), message.get("chunk_id"))
 
 
 def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:

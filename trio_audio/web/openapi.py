@@ -398,7 +398,7 @@ SPEC: Final[dict[str, Any]] = {
             "parameters": [_param("user_id", "path", ID, required=True),
                            _param("session_id", "path", ID, required=True)],
             "get": {
-                "summary": "Server-sent events: metadata, transcript, vad, session_end",
+                "summary": "Server-sent events: metadata, transcript, vad, deleted, session_end",
                 "responses": {"200": {"description": "an event stream", "content": {
                                   "text/event-stream": {"schema": {"type": "string"}}}},
                               **_problems(400, 401, 404)},

@@ -2,8 +2,9 @@
 
 ``GET /sessions/{user_id}/{session_id}/events`` streams what a WebSocket watcher of the
 session gets, as ``text/event-stream``: ``event: metadata`` (a chunk was stored),
-``transcript`` (partial and final words), ``vad`` (speech started or stopped) and
-``session_end`` (after ``POST .../end``). ``data`` is the same JSON message the WebSocket
+``transcript`` (partial words, and each chunk's final words once stored), ``vad`` (speech
+started or stopped), ``deleted`` (chunks of the session were deleted) and ``session_end``
+(after ``POST .../end``). ``data`` is the same JSON message the WebSocket
 protocol sends. A comment line goes out every ``HEARTBEAT_S`` so proxies keep the
 connection open.
 
@@ -18,14 +19,14 @@ ends when the service starts to shut down.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Final, Protocol
 
 import trio
 
-from ..hub import Hub, Message, Subscription
+from ..hub import Hub, Subscription, Wire
 from ..store import StoreBackend
+from .messages import wire
 
 HEARTBEAT_S: Final = 15.0
 
@@ -49,16 +50,15 @@ class Finalizer(Protocol):
     async def finalize(self, user_id: str, session_id: str) -> None: ...
 
 
-def format_event(message: Message) -> bytes:
+def format_event(message: Wire) -> bytes:
     """One server-sent event: its name is the message's ``type``, its data the JSON."""
-    data = json.dumps(message, separators=(",", ":"), allow_nan=False)
-    return f"event: {message.get('type', 'message')}\ndata: {data}\n\n".encode()
+    return f"event: {message.type}\ndata: {message.text}\n\n".encode()
 
 
-async def next_message(sub: Subscription, shutdown: trio.Event, wait_s: float) -> Message | None:
+async def next_message(sub: Subscription, shutdown: trio.Event, wait_s: float) -> Wire | None:
     """The session's next message; None after *wait_s* without one. ``trio.EndOfChannel``
     when the stream must end (the client fell behind, or the service is shutting down)."""
-    message: Message | None = None
+    message: Wire | None = None
     async with trio.open_nursery() as nursery:
 
         async def end_on_shutdown() -> None:
@@ -103,5 +103,5 @@ async def end_session(
     body = session_summary(store, user_id, session_id)
     if body is None:  # deleted meanwhile
         return None
-    hub.publish(user_id, session_id, {"type": "session_end", "summary": body})
+    hub.publish(user_id, session_id, wire({"type": "session_end", "summary": body}))
     return body

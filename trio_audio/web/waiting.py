@@ -22,8 +22,8 @@ from typing import Final
 import attrs
 import trio
 
-from ..cluster.jetstream import StoreUnavailable
-from .app import Readiness
+from ..errors import StoreUnavailable
+from .context import Readiness
 
 READ_TIMEOUT_S: Final = 5.0
 MAX_HEAD_BYTES: Final = 16 * 1024

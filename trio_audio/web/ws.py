@@ -10,7 +10,8 @@ JSON text frames carry control, binary frames carry audio (one chunk each)::
     <binary chunk> | audio {data, seq?}  ->
                                          <-  ack {seq, chunk_id}        once durably stored
                                          <-  metadata {...chunk JSON}   (each metadata_every)
-                                         <-  transcript / vad / flow {queue_depth, lag_ms}
+                                         <-  transcript / vad / deleted / flow {queue_depth,
+                                                                                 lag_ms}
     finalize | keepalive                 ->
     end                                  ->
                                          <-  session_end {summary}, close 1000
@@ -78,6 +79,7 @@ from .messages import (
     parse_audio,
     parse_control,
     parse_start,
+    transcript_message,
 )
 from .session_events import session_summary
 
@@ -177,6 +179,7 @@ class Session:
         self._send_started: float | None = None  # when it began; None: not sending
         self._released = False
         self.replayed: set[str] = set()
+        self.replayed_final: set[str] = set()  # chunks whose final transcript it replayed
         self.stored = 0
         self.duplicates = 0
         self.next_seq = 0
@@ -347,11 +350,10 @@ class Session:
             )
             if self._wants_metadata(seq):
                 await out.send(metadata_message(chunk))
-            transcript = chunk.get("transcript", {})
-            if transcript.get("status") == "done":
-                text, words = transcript["text"], transcript["words"]
-                final = {"type": "transcript", "seq": seq, "is_final": True}
-                await self._send(out, {**final, "text": text, "words": words})
+            final = transcript_message(chunk)  # as a live watcher gets it
+            if final is not None:
+                self.replayed_final.add(chunk_id)
+                await self._send(out, final)
 
     def _end_with(self, error: ServiceError) -> None:
         """End the session with *error* (the first one wins): stop reading, answer, close."""
@@ -481,12 +483,16 @@ class Session:
         self._drained.set()
 
     async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
-        """The session's live results from others (HTTP uploads, other sockets, transcripts)."""
+        """The session's results from others (HTTP uploads, other sockets, transcripts,
+        deletions), as rendered once for every watcher; none that the resume replayed."""
         async with out:
             async for message in sub.receive:
-                if message.get("type") == "metadata" and message.get("chunk_id") in self.replayed:
+                if message.chunk_id is not None and (
+                    (message.type == "metadata" and message.chunk_id in self.replayed)
+                    or (message.type == "transcript" and message.chunk_id in self.replayed_final)
+                ):
                     continue
-                await self._send(out, message)
+                await out.send(message.text)
             if sub.overflowed:
                 msg = f"more than {self.config.ws_queue} results waited for this client to read"
                 self._end_with(SlowReader(msg))

@@ -77,11 +77,22 @@ function onLiveMessage(message) {
     }
     case "transcript":
       if (message.is_final) {
+        // Each chunk's final, once stored. An utterance's words come as the finals of its
+        // chunks, one after another: they join one line, which a chunk without words (the
+        // silence between utterances) closes.
         $("partial").textContent = "";
         if (message.words.length) {
-          $("finals").append(el("li", { class: "final" }, ...wordsLine(message.words)));
+          if (!openFinal) {
+            openFinal = el("li", { class: "final" });
+            $("finals").append(openFinal);
+          } else {
+            openFinal.append(" ");
+          }
+          openFinal.append(...wordsLine(message.words));
+          logEvent(`final transcript seq=${message.seq}: ${message.text}`, "final");
+        } else {
+          openFinal = null;
         }
-        logEvent(`final transcript: ${message.text}`, "final");
       } else {
         $("partial").replaceChildren(...wordsLine(message.words));
       }
@@ -94,7 +105,11 @@ function onLiveMessage(message) {
       $("flow").textContent = `${fmtMs(message.lag_ms)} (transcript ${fmtMs(
         message.transcript_lag_ms)}, queue ${message.queue_depth}, in flight ${message.inflight})`;
       break;
+    case "deleted":
+      logEvent(`deleted seq ${message.seqs.join(", ")}`);
+      break;
     case "session_end":
+      openFinal = null;
       logEvent(`session_end ${JSON.stringify(message.summary)}`);
       break;
     case "error":
@@ -163,6 +178,7 @@ class LiveSession {
 }
 
 let live = null; // {session, stop()}
+let openFinal = null; // the line the current utterance's final words join
 
 function liveUi(running, label) {
   $("mic-start").disabled = running;
@@ -185,6 +201,7 @@ function newLiveSession() {
   $("acks").textContent = "0";
   $("sent").textContent = "0";
   $("finals").replaceChildren();
+  openFinal = null;
   $("partial").textContent = "";
   clearSpectrogram();
   const session = new LiveSession($("live-user").value, $("live-session").value);

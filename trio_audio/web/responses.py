@@ -1,0 +1,35 @@
+"""JSON and RFC 9457 problem+json responses, as every route answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from quart import Response, request
+
+from ..errors import RangeNotSatisfiable, ServiceError, Unauthorized
+
+PROBLEM_TYPE: Final = "application/problem+json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return Response(text, status=status, headers=headers, content_type="application/json")
+
+
+def problem_response(error: ServiceError, detail: str | None = None, **extra: Any) -> Response:
+    """*error* as RFC 9457 problem+json; *detail* replaces its detail, *extra* adds members."""
+    headers = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="trio-audio"'
+    if isinstance(error, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{error.size}"
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    body = error.problem(instance=request.path if request else None)
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
+    text = json.dumps(body, separators=(",", ":"))
+    return Response(text, status=error.status, headers=headers, content_type=PROBLEM_TYPE)
