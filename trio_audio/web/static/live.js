@@ -8,6 +8,7 @@ const FRAME_MS = 100;
 const RATE = 16000;
 const FRAME_SAMPLES = (RATE * FRAME_MS) / 1000;
 const MAX_EVENTS = 300;
+const LINE_GAP_MS = 1000; // a pause this long between final words starts a new line
 
 const spectrogram = $("spectrogram");
 const specCtx = spectrogram.getContext("2d");
@@ -78,20 +79,20 @@ function onLiveMessage(message) {
     case "transcript":
       if (message.is_final) {
         // Each chunk's final, once stored. An utterance's words come as the finals of its
-        // chunks, one after another: they join one line, which a chunk without words (the
-        // silence between utterances) closes.
+        // chunks, one after another: they join one line until a pause longer than
+        // LINE_GAP_MS between two words starts the next.
         $("partial").textContent = "";
         if (message.words.length) {
-          if (!openFinal) {
+          const first = message.words[0].start_ms;
+          if (!openFinal || first - lastWordEnd > LINE_GAP_MS) {
             openFinal = el("li", { class: "final" });
             $("finals").append(openFinal);
           } else {
             openFinal.append(" ");
           }
           openFinal.append(...wordsLine(message.words));
+          lastWordEnd = message.words[message.words.length - 1].end_ms;
           logEvent(`final transcript seq=${message.seq}: ${message.text}`, "final");
-        } else {
-          openFinal = null;
         }
       } else {
         $("partial").replaceChildren(...wordsLine(message.words));
@@ -179,6 +180,7 @@ class LiveSession {
 
 let live = null; // {session, stop()}
 let openFinal = null; // the line the current utterance's final words join
+let lastWordEnd = 0; // where its last word ended (ms)
 
 function liveUi(running, label) {
   $("mic-start").disabled = running;
