@@ -6,8 +6,12 @@ final: those bytes are PCM in that format, never sniffed, because PCM can start 
 recognised by its magic bytes, never by the declared Content-Type alone: a declared type only
 decides which error a client gets when the bytes are not audio we know (422 ``invalid_audio``
 when it named a format we decode, 415 ``unsupported_media_type`` otherwise). Every decoder
-checks the header (channels, rate, length against the limit) before it touches the samples, so
-a small file that would decode to hours is refused cheaply.
+checks the header (channels, rate, length against the limits) before it touches the samples, so
+a small file that would decode to hours is refused cheaply. Limits are on decoded length in
+seconds, frames and samples (frames x channels: what memory the samples take). A header
+can lie or say nothing (FLAC, Ogg and MP3 need not carry a frame count), so FLAC, Ogg and MP3
+are read in blocks and the reading stops at the limit; an ``Allowance`` (the room the caller
+took in its memory budget) is asked for more as the blocks come and a refusal ends the decode.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -26,6 +31,7 @@ from ..errors import (
     InvalidAudio,
     InvalidField,
     MissingField,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
@@ -119,6 +125,26 @@ _SF_ENCODINGS: Final = {
     "MPEG_LAYER_II": "mp2",
     "MPEG_LAYER_I": "mp1",
 }
+
+
+@attrs.define
+class Allowance:
+    """Decoded samples a decode may make: *samples* were taken beforehand (in the caller's
+    memory budget); *more(n)* asks for n more and says whether it got them. The decode asks
+    before it makes each block past what it holds, and fails with 503 ``overloaded`` when
+    refused. Afterwards ``samples`` is what was taken in all."""
+
+    samples: int
+    more: Callable[[int], bool]
+
+    def need(self, total: int) -> None:
+        if total <= self.samples:
+            return
+        extra = max(total - self.samples, READ_BLOCK_FRAMES)
+        if not self.more(extra):
+            msg = "no memory free to decode this audio now; retry after the delay given"
+            raise Overloaded(msg)
+        self.samples += extra
 
 
 @attrs.frozen
@@ -261,25 +287,30 @@ def decode(
     raw: RawFormat | None = None,
     max_frames: int | None = None,
     max_duration_s: float | None = None,
+    max_samples: int | None = None,
+    allowance: Allowance | None = None,
 ) -> Decoded:
     """Decode an upload to float32 samples.
 
     *raw* declares headerless PCM: the bytes are decoded as that PCM and never sniffed (PCM
     can begin with any container's magic). Without it the container is sniffed from the bytes.
-    A decoded length over *max_frames* or *max_duration_s* is a 413 before any sample is
-    decoded. Raises InvalidAudio (422), UnsupportedMediaType (415) or PayloadTooLarge (413).
+    A decoded length over *max_frames*, *max_duration_s* or *max_samples* (frames x channels)
+    is a 413 before any sample is decoded, or, where the header did not say, as soon as the
+    reading passes it. *allowance*: the samples the caller has room for (see ``Allowance``).
+    Raises InvalidAudio (422), UnsupportedMediaType (415), PayloadTooLarge (413) or Overloaded
+    (503, the allowance was refused).
     """
     if not data:
         msg = "empty body: no audio bytes were sent"
         raise InvalidAudio(msg)
+    limit = _Limit(max_frames, max_duration_s, max_samples)
     if raw is not None:
-        return decode_raw(data, raw, max_frames=max_frames, max_duration_s=max_duration_s)
-    limit = _Limit(max_frames, max_duration_s)
+        return _decode_raw(data, raw, limit, allowance)
     container = sniff_container(data)
     if container == "wav":
-        return _decode_wav(data, limit)
+        return _decode_wav(data, limit, allowance)
     if container is not None:
-        return _decode_soundfile(data, container, limit)
+        return _decode_soundfile(data, container, limit, allowance)
     media_type, _ = parse_media_type(content_type)
     declared = CONTAINER_MEDIA_TYPES.get(media_type)
     if declared is not None:
@@ -296,14 +327,30 @@ def decode(
     raise UnsupportedMediaType(msg)
 
 
+def decoded_samples_bound(data: bytes, raw: RawFormat | None = None) -> int | None:
+    """At most how many samples *data* decodes to, from its size alone (PCM: one sample per
+    byte at least), or None for a compressed container, whose header must be read."""
+    if raw is not None:
+        return len(data) // _PCM_LAYOUTS[raw.encoding][1]
+    container = sniff_container(data)
+    if container == "wav":
+        return len(data)
+    return None
+
+
 def decode_raw(
     data: bytes,
     raw: RawFormat,
     *,
     max_frames: int | None = None,
     max_duration_s: float | None = None,
+    max_samples: int | None = None,
 ) -> Decoded:
     """Headerless PCM in the declared format (no sniffing)."""
+    return _decode_raw(data, raw, _Limit(max_frames, max_duration_s, max_samples), None)
+
+
+def _decode_raw(data: bytes, raw: RawFormat, limit: _Limit, allowance: Allowance | None) -> Decoded:
     if raw.encoding not in RAW_ENCODINGS:
         msg = f"unknown raw encoding {raw.encoding!r}"
         raise InvalidAudio(msg)
@@ -320,36 +367,46 @@ def decode_raw(
     if frames == 0:
         msg = "raw PCM body holds no complete frame"
         raise InvalidAudio(msg)
-    _Limit(max_frames, max_duration_s).check(frames, raw.sample_rate)
+    limit.check(frames, raw.sample_rate, raw.channels)
+    if allowance is not None:
+        allowance.need(frames * raw.channels)
     samples = _pcm_to_float(data, 0, frames, raw.channels, raw.encoding)
     return Decoded(samples, "raw", raw.encoding, raw.sample_rate, raw.channels, frames)
 
 
 @attrs.frozen
 class _Limit:
-    """The longest decoded length allowed, in frames and/or seconds."""
+    """The longest decoded length allowed, in frames, seconds and/or samples."""
 
     max_frames: int | None
     max_duration_s: float | None
+    max_samples: int | None = None
 
-    def cap(self, sample_rate: int) -> int | None:
-        """The most frames allowed at *sample_rate*, or None for no limit."""
+    def cap(self, sample_rate: int, channels: int = 1) -> int | None:
+        """The most frames allowed at *sample_rate* and *channels*, or None for no limit."""
         caps = []
         if self.max_frames is not None:
             caps.append(self.max_frames)
         if self.max_duration_s is not None:
             caps.append(math.floor(self.max_duration_s * sample_rate))
+        if self.max_samples is not None:
+            caps.append(self.max_samples // channels)
         return min(caps) if caps else None
 
-    def check(self, frames: int, sample_rate: int) -> None:
-        cap = self.cap(sample_rate)
+    def check(self, frames: int, sample_rate: int, channels: int = 1) -> None:
+        cap = self.cap(sample_rate, channels)
         if cap is not None and frames > cap:
-            raise self.too_large(frames, sample_rate, cap)
+            raise self.too_large(frames, sample_rate, channels, cap)
 
-    @staticmethod
     def too_large(
-        frames: int, sample_rate: int, cap: int, *, more: bool = False
+        self, frames: int, sample_rate: int, channels: int, cap: int, *, more: bool = False
     ) -> PayloadTooLarge:
+        by_samples = self.max_samples is not None and cap == self.max_samples // channels
+        if by_samples:
+            count = f"more than {cap * channels}" if more else f"{frames * channels}"
+            msg = (f"decoded audio is {count} samples ({channels} channel(s) at "
+                   f"{sample_rate} Hz), over the limit of {self.max_samples} samples")  # fmt: skip
+            return PayloadTooLarge(msg)
         length = (
             "more than " + _seconds(cap / sample_rate) if more else _seconds(frames / sample_rate)
         )
@@ -406,7 +463,7 @@ class _WavFormat:
     block_align: int
 
 
-def _decode_wav(data: bytes, limit: _Limit) -> Decoded:
+def _decode_wav(data: bytes, limit: _Limit, allowance: Allowance | None) -> Decoded:
     """Walk the RIFF chunks ("fmt " before "data"), then convert the data chunk with numpy."""
     size = len(data)
     offset = 12
@@ -433,7 +490,7 @@ def _decode_wav(data: bytes, limit: _Limit) -> Decoded:
                     "present (truncated upload?)"
                 )
                 raise InvalidAudio(msg)
-            return _wav_samples(data, body, chunk_size, fmt, limit)
+            return _wav_samples(data, body, chunk_size, fmt, limit, allowance)
         offset = body + chunk_size + (chunk_size & 1)
     msg = "WAV file has no fmt chunk" if fmt is None else "WAV file has no data chunk"
     raise InvalidAudio(msg)
@@ -480,7 +537,14 @@ def _parse_wav_fmt(chunk: bytes) -> _WavFormat:
     return _WavFormat(encoding, rate, channels, block_align)
 
 
-def _wav_samples(data: bytes, offset: int, size: int, fmt: _WavFormat, limit: _Limit) -> Decoded:
+def _wav_samples(
+    data: bytes,
+    offset: int,
+    size: int,
+    fmt: _WavFormat,
+    limit: _Limit,
+    allowance: Allowance | None,
+) -> Decoded:
     frames, extra = divmod(size, fmt.block_align)
     if extra:
         msg = (
@@ -491,12 +555,16 @@ def _wav_samples(data: bytes, offset: int, size: int, fmt: _WavFormat, limit: _L
     if frames == 0:
         msg = "WAV data chunk holds 0 frames"
         raise InvalidAudio(msg)
-    limit.check(frames, fmt.sample_rate)
+    limit.check(frames, fmt.sample_rate, fmt.channels)
+    if allowance is not None:
+        allowance.need(frames * fmt.channels)
     samples = _pcm_to_float(data, offset, frames, fmt.channels, fmt.encoding)
     return Decoded(samples, "wav", fmt.encoding, fmt.sample_rate, fmt.channels, frames)
 
 
-def _decode_soundfile(data: bytes, container: str, limit: _Limit) -> Decoded:
+def _decode_soundfile(
+    data: bytes, container: str, limit: _Limit, allowance: Allowance | None
+) -> Decoded:
     """FLAC, Ogg Vorbis/Opus and MP3 through libsndfile; header checks before any samples."""
     name = _CONTAINER_NAMES[container]
     try:
@@ -516,11 +584,10 @@ def _decode_soundfile(data: bytes, container: str, limit: _Limit) -> Decoded:
         channels, rate, header_frames = int(sound.channels), int(sound.samplerate), sound.frames
         _check_channels(channels, name)
         _check_rate(rate, name)
-        cap = limit.cap(rate)
         if header_frames < UNKNOWN_FRAMES:
-            limit.check(header_frames, rate)
+            limit.check(header_frames, rate, channels)
         try:
-            samples = _read_all(sound, header_frames, rate, cap)
+            samples = _read_all(sound, header_frames, limit, allowance)
         except ServiceError:
             raise
         except Exception as exc:
@@ -545,8 +612,14 @@ class _ForwardReader(sf.SoundFile):  # type: ignore[misc]
         return False
 
 
-def _read_all(sound: sf.SoundFile, header_frames: int, rate: int, cap: int | None) -> Samples:
-    """Read to the end (at most *cap* frames) in blocks; the header's count is only a hint."""
+def _read_all(
+    sound: sf.SoundFile, header_frames: int, limit: _Limit, allowance: Allowance | None
+) -> Samples:
+    """Read to the end (at most the limit's frames) in blocks; the header's count is only a
+    hint. The first read goes into an array of the hinted size, so a file whose header tells
+    the truth is read with no copy; more is read block by block and joined at the end."""
+    rate, channels = int(sound.samplerate), int(sound.channels)
+    cap = limit.cap(rate, channels)
     hint = header_frames + 1 if 0 <= header_frames < UNKNOWN_FRAMES else READ_BLOCK_FRAMES
     blocks: list[Samples] = []
     total = 0
@@ -554,18 +627,20 @@ def _read_all(sound: sf.SoundFile, header_frames: int, rate: int, cap: int | Non
         want = min(hint, MAX_READ_FRAMES) if not blocks else READ_BLOCK_FRAMES
         if cap is not None:
             want = min(want, cap + 1 - total)
+        if allowance is not None:  # the blocks so far, this one, and their join at the end
+            allowance.need((total + want) * channels * (2 if blocks else 1))
         block: Samples = sound.read(want, dtype="float32", always_2d=True)
         if len(block):
             blocks.append(block)
             total += len(block)
         if cap is not None and total > cap:
-            raise _Limit.too_large(total, rate, cap, more=True)
+            raise limit.too_large(total, rate, channels, cap, more=True)
         if len(block) < want:
             break
     if len(blocks) == 1:
         return np.ascontiguousarray(blocks[0])
     if not blocks:
-        return np.zeros((0, int(sound.channels)), np.float32)
+        return np.zeros((0, channels), np.float32)
     return np.concatenate(blocks)
 
 
