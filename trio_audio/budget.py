@@ -62,13 +62,26 @@ class ByteBudget:
     async def take(self, size: int, timeout_s: float) -> bool:
         """Take *size* bytes, waiting up to *timeout_s* for room; False (and counted as a
         refusal) when none came. More than ``capacity`` never fits."""
-        if self.take_nowait(size):
+        return await self._wait(size, timeout_s, take=True)
+
+    async def room(self, size: int, timeout_s: float) -> bool:
+        """Wait up to *timeout_s* until *size* bytes are free, taking none; False (counted as
+        a refusal) when they were not."""
+        return await self._wait(size, timeout_s, take=False)
+
+    def _fits(self, size: int, *, take: bool) -> bool:
+        if take:
+            return self.take_nowait(size)
+        return self._used + size <= self.capacity
+
+    async def _wait(self, size: int, timeout_s: float, *, take: bool) -> bool:
+        if self._fits(size, take=take):
             return True
         if size <= self.capacity and timeout_s > 0:
             self._waiting += 1
             try:
                 with trio.move_on_after(timeout_s):
-                    while not self.take_nowait(size):
+                    while not self._fits(size, take=take):
                         with trio.move_on_after(POLL_S):
                             await self._freed.wait()
                     return True

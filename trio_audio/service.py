@@ -33,6 +33,7 @@ import signal
 import ssl
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -54,6 +55,8 @@ from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
+from .web.bodies import BodyRules
+from .web.origins import Origins
 from .web.transports import message_limit, serve_ws
 from .web.ws import WsContext
 
@@ -112,6 +115,8 @@ async def serve_http(
     admission: Admission | None = None,
     metrics: Metrics | None = None,
     *,
+    origins: Origins | None = None,
+    access: Access | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hypercorn's trio worker on ``config.host:config.port`` until *shutdown*.
@@ -136,8 +141,9 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s,
-                         admission=admission, metrics=metrics)  # fmt: skip
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s, admission=admission,
+                         metrics=metrics, bodies=BodyRules.from_config(config),
+                         origins=origins, access=access, ingress=ingress)  # fmt: skip
         await hypercorn_serve(
             door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
         )
@@ -286,7 +292,9 @@ async def serve(
                     rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
                     access = Access(tokens, rate)  # one for HTTP and WebSocket alike
                     finalizer = cluster if cluster is not None else transcriber
-                    ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access)
+                    origins = Origins.from_config(config, auth=tokens is not None)
+                    ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access,
+                                   origins=origins)  # fmt: skip
                     app = create_app(config, store, http_ingress, metrics, readiness, ws, access)
                     metrics.gauge(
                         "trio_audio_store_chunks",
@@ -297,8 +305,10 @@ async def serve(
                                           retry_after_s=config.retry_after_s)  # fmt: skip
                     metrics.gauge("trio_audio_admission", lambda: admission_gauge(admission))
                     binds = await front.start(
-                        serve_http, config, app, http_ingress, shutdown, admission, metrics
-                    )
+                        partial(serve_http, origins=origins, access=access),
+                        config, app, http_ingress, shutdown, admission, metrics,
+                    )  # fmt: skip
+                    origins.http_ports.update(urlsplit(bind).port or 0 for bind in binds)
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True

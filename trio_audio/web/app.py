@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any, Final
 
 import attrs
-import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.wrappers.request import TrioBody, TrioRequest
@@ -37,7 +34,6 @@ from ..errors import (
     MissingField,
     NotFound,
     PayloadTooLarge,
-    RequestTimeout,
     ServiceError,
     Unauthorized,
     UnsupportedMediaType,
@@ -172,21 +168,6 @@ def create_app(
     app.config["MAX_FORM_PARTS"] = config.max_parts + 16
     app.config["BODY_TIMEOUT"] = max(30, int(config.stage_timeout_s * 3))
 
-    @contextlib.contextmanager
-    def body_deadline(length: int | None) -> Iterator[None]:
-        """Cut off a body sent slower than ``min_upload_bytes_per_s`` (after a grace)."""
-        if config.min_upload_bytes_per_s <= 0:
-            yield
-            return
-        size = length if length is not None else config.max_body_bytes
-        allowed = config.upload_grace_s + size / config.min_upload_bytes_per_s
-        with trio.move_on_after(allowed) as scope:
-            yield
-        if scope.cancelled_caught:
-            msg = (f"the body took over {allowed:.1f} s; the minimum upload rate is "
-                   f"{config.min_upload_bytes_per_s:g} bytes/s")  # fmt: skip
-            raise RequestTimeout(msg)
-
     def form_too_large(exc: RequestEntityTooLarge) -> PayloadTooLarge:
         """The 413 for a multipart body, naming the limit it broke.
 
@@ -283,24 +264,23 @@ def create_app(
         media_type, _ = parse_media_type(content_type)
         user = g.get("user_id")
         multipart = media_type == "multipart/form-data"
-        if not multipart and (user is not None or request.args.get("user_id")):
-            access.take(user or request.args["user_id"])  # before reading the body
+        # A raw body's user was counted by the front door before the body was read.
         filenames: list[str | None] = []
-        with body_deadline(request.content_length):
-            if media_type == "multipart/form-data":
-                try:
-                    form = await request.form
-                except RequestEntityTooLarge as exc:
-                    raise form_too_large(exc) from None
-                files = (await request.files).getlist("file")
-                fields = MultiDict(list(request.args.items(multi=True)))
-                fields.update(form)
-                uploads = [(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
-                           for f in files]  # fmt: skip
-                filenames = [f.filename for f in files]
-            else:
-                fields = request.args
-                uploads = [(await request.get_data(cache=False), content_type)]
+        # The front door has read the body already, within its rate and size rules.
+        if media_type == "multipart/form-data":
+            try:
+                form = await request.form
+            except RequestEntityTooLarge as exc:
+                raise form_too_large(exc) from None
+            files = (await request.files).getlist("file")
+            fields = MultiDict(list(request.args.items(multi=True)))
+            fields.update(form)
+            uploads = [(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
+                       for f in files]  # fmt: skip
+            filenames = [f.filename for f in files]
+        else:
+            fields = request.args
+            uploads = [(await request.get_data(cache=False), content_type)]
         if media_type == "multipart/form-data":
             if not uploads:
                 raise MissingField("multipart upload has no 'file' part")

@@ -79,6 +79,7 @@ from .messages import (
     parse_control,
     parse_start,
 )
+from .origins import Origins
 from .session_events import session_summary
 
 logger = logging.getLogger("trio_audio.ws")
@@ -124,6 +125,7 @@ class WsContext:
     shutdown: trio.Event
     transcriber: Finalizer | None = None
     access: Access = attrs.field(factory=Access)  # tokens and rate limit, shared with HTTP
+    origins: Origins | None = None  # who may open a socket with auth off (None: anyone)
     active: int = 0
     per_user: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)  # open ones, told to stop on shutdown
