@@ -114,35 +114,61 @@ class UserBudgets:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._budgets: dict[Hashable, ByteBudget] = {}
-        self._holders: dict[Hashable, int] = {}
 
     def __len__(self) -> int:
         return len(self._budgets)
 
     async def take(self, key: Hashable, size: int, timeout_s: float) -> bool:
         budget = self._budgets.setdefault(key, ByteBudget(self.capacity))
-        self._holders[key] = self._holders.get(key, 0) + 1
-        taken = False
         try:
-            taken = await budget.take(size, timeout_s)
+            return await budget.take(size, timeout_s)
         finally:
-            if not taken:
-                self._release(key)
-        return taken
+            self._forget_idle(key, budget)
 
     def give(self, key: Hashable, size: int) -> None:
         budget = self._budgets.get(key)
         if budget is not None:
             budget.give(size)
-            self._release(key)
+            self._forget_idle(key, budget)
 
-    def _release(self, key: Hashable) -> None:
-        left = self._holders.get(key, 1) - 1
-        if left > 0:
-            self._holders[key] = left
-        else:
-            self._holders.pop(key, None)
+    def _forget_idle(self, key: Hashable, budget: ByteBudget) -> None:
+        stats = budget.statistics()
+        if stats.used == 0 and stats.waiting == 0:
             self._budgets.pop(key, None)
+
+
+class Inflight:
+    """The bytes one sender (a WebSocket) has in flight: within its own ``capacity`` and
+    within its user's budget in *users*; ``close`` gives back whatever it still holds."""
+
+    def __init__(self, capacity: int, users: UserBudgets) -> None:
+        self.own = ByteBudget(capacity)
+        self.users = users
+        self.key: Hashable = None
+        self.held = 0
+
+    async def take(self, key: Hashable, size: int, timeout_s: float) -> bool:
+        """Take *size* bytes for *key*, waiting up to *timeout_s* for each budget."""
+        if not await self.own.take(size, timeout_s):
+            return False
+        if not await self.users.take(key, size, timeout_s):
+            self.own.give(size)
+            return False
+        self.key = key
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        size = min(size, self.held)  # nothing twice: after ``close``, a late answer gives none
+        if size <= 0:
+            return
+        self.held -= size
+        self.own.give(size)
+        self.users.give(self.key, size)
+
+    def close(self) -> None:
+        if self.held:
+            self.give(self.held)
 
 
 class Hold:
