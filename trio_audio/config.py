@@ -20,7 +20,10 @@ ENV_PREFIX: Final = "TRIO_AUDIO_"
 
 
 MAX_ASR_PARTITIONS: Final = 1024  # the work stream's partitions (one consumer each)
-DECODED_BYTES_PER_SAMPLE: Final = 8  # float32 samples + their float32 mono mix, at worst
+# What one decoded sample costs while the pipeline holds it: 4 bytes of float32, its share of
+# the mono mix, and the analysis's working arrays at their peak (measured: up to ~29 bytes a
+# sample, when 384 kHz mono is resampled to 16 kHz for the VAD).
+DECODED_BYTES_PER_SAMPLE: Final = 32
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -139,15 +142,15 @@ class Config:
         default=32, validator=_positive, metadata={"help": "most files in one multipart upload"}
     )
     max_decoded_samples: int = attrs.field(
-        default=32 * 1024 * 1024,
+        default=16 * 1024 * 1024,
         validator=_positive,
         metadata={"help": "most decoded samples (frames x channels) in one upload, then 413"},
     )
     max_decoded_bytes_inflight: int = attrs.field(
         default=512 * 1024 * 1024,
         validator=_positive,
-        metadata={"help": "decoded audio held by the pipeline at once, in bytes; more waits, "
-                  "then 503"},
+        metadata={"help": "decoded audio held by the pipeline at once, in bytes (32 a sample, "
+                  "with its analysis); more waits, then 503"},
     )  # fmt: skip
     max_body_bytes_inflight: int = attrs.field(
         default=256 * 1024 * 1024,

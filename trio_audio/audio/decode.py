@@ -328,14 +328,22 @@ def decode(
 
 
 def decoded_samples_bound(data: bytes, raw: RawFormat | None = None) -> int | None:
-    """At most how many samples *data* decodes to, from its size alone (PCM: one sample per
-    byte at least), or None for a compressed container, whose header must be read."""
+    """How many samples *data* decodes to, before decoding it: at most its size for PCM (one
+    sample a byte at least), what the header says for FLAC, Ogg and MP3 (a hint only: it can
+    lie, which the decode's limits catch), None when it says nothing or is not audio."""
     if raw is not None:
         return len(data) // _PCM_LAYOUTS[raw.encoding][1]
     container = sniff_container(data)
     if container == "wav":
         return len(data)
-    return None
+    if container is None:
+        return None
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as sound:
+            frames, channels = sound.frames, sound.channels
+    except Exception:  # not readable: the decode says why
+        return None
+    return frames * channels if 0 < frames < UNKNOWN_FRAMES else None
 
 
 def decode_raw(

@@ -245,9 +245,13 @@ class Stages:
         return [next(found) if outcome is None else outcome for outcome in outcomes]
 
     def _first_guess(self, part: Part) -> int:
+        """The samples to take room for before decoding *part* (the decode takes more as it
+        needs); none when its header says it is over the limit: refused before it decodes."""
         bound = decoded_samples_bound(part.body, part.raw)
         if bound is None:
             bound = len(part.body) * COMPRESSED_SAMPLES_PER_BYTE
+        elif bound > self.max_samples and part.raw is None and sniff_container(part.body) != "wav":
+            return 0
         return min(bound, self.max_samples)
 
     def _decode_all(self, holds: dict[int, Hold], parts: list[Part]) -> None:

@@ -30,7 +30,7 @@ from .ws import Disconnected, Session, WsContext
 
 CLOSE_NOT_FOUND: Final = 4404
 PROBLEM_TYPE: Final = b"application/problem+json"
-LIBRARY_QUEUE: Final = 4  # frames trio-websocket reads ahead of the session
+LIBRARY_QUEUE: Final = 1  # frames trio-websocket reads ahead of the session (memory: one)
 
 
 def message_limit(config: Config) -> int:
