@@ -46,6 +46,7 @@ from .asr.transcriber import Transcriber
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
+from .memory import message_limit
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store import StoreBackend
@@ -58,7 +59,7 @@ from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
 from .web.bodies import BodyRules
 from .web.origins import Origins
-from .web.transports import message_limit, serve_ws
+from .web.transports import serve_ws
 from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")

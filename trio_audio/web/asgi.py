@@ -367,12 +367,21 @@ class Exchange:
         if isinstance(error, Unauthorized):
             headers.append((b"www-authenticate", b'Bearer realm="trio-audio"'))
         start: Any = {"type": "http.response.start", "status": error.status, "headers": headers}
+        self.closing = close
+        try:
+            await self._answer(start, body, drain_bytes)
+        except* (trio.BusyResourceError, trio.BrokenResourceError):
+            # The client hung up on reading the status line: hypercorn then closes its side
+            # outside its send lock, under the answer's last send. Nobody is left to tell.
+            pass
+
+    async def _answer(self, start: Any, body: bytes, drain_bytes: int | None) -> None:
         drains = self._can_drain() if drain_bytes is None else drain_bytes > 0
         async with trio.open_nursery() as nursery:
             # Hypercorn hands over the body and then ``http.disconnect``: someone must take
             # them until the end, or its queue fills and the close waits forever.
             nursery.start_soon(self._discard)
-            await self._send(self._closing(start) if close or not drains else start)
+            await self._send(self._closing(start) if self.closing or not drains else start)
             # In one piece when nothing is to be read: a client that hangs up once it has the
             # answer must not race a last empty send with hypercorn's close.
             await self._send({"type": "http.response.body", "body": body, "more_body": drains})

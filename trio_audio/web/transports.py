@@ -21,21 +21,15 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from ..config import Config
 from ..errors import ServiceError
+from ..memory import message_limit
 from ..pipeline.pipeline import Ingress
-from .messages import MAX_CONTROL_BYTES
 from .origins import header_map
 from .ws import Disconnected, Session, WsContext
 
 CLOSE_NOT_FOUND: Final = 4404
 PROBLEM_TYPE: Final = b"application/problem+json"
 LIBRARY_QUEUE: Final = 1  # frames trio-websocket reads ahead of the session (memory: one)
-
-
-def message_limit(config: Config) -> int:
-    """The libraries' frame limit: a chunk as base64 inside JSON, plus its envelope."""
-    return config.max_body_bytes * 4 // 3 + MAX_CONTROL_BYTES
 
 
 class TrioWebsocketTransport:
