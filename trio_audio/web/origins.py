@@ -12,9 +12,9 @@ So, with auth off (auth on needs a bearer token, which no page sends on its own)
   ``allow_unauthenticated_remote``), the names clients use must be listed (or ``*``).
 - **Origin.** A WebSocket handshake, or a request that changes something (POST, PUT, PATCH,
   DELETE), that carries an ``Origin`` other than the service's own is refused with 403
-  ``forbidden_origin``. The service's own origin is a page it served: the same host and port
-  as the request's ``Host`` (the console on the HTTP port), or, for the WebSocket listener,
-  an allowed host on the HTTP port. ``allowed_origins`` adds others (or ``*``).
+  ``forbidden_origin``. The service's own origin is a page it served: an allowed host name (as
+  above) on the HTTP port, or on the port of the request's ``Host`` (a proxy in front).
+  ``allowed_origins`` adds others (or ``*``).
 - **No simple uploads.** An upload whose body is ``text/plain`` or
   ``application/x-www-form-urlencoded`` (what a page can post anywhere without asking, and
   what ``curl -d`` sends) is refused with 415 unless its ``Origin`` is allowed: send audio
@@ -119,12 +119,12 @@ class Origins:
         name = parts.hostname.rstrip(".")
         if not self.host_allowed(name):
             return False
-        if listener:
-            return port in self.http_ports
-        if host is None:
+        if port in self.http_ports:
+            return True  # a page the service served, by any of its names
+        if listener or host is None:
             return False
-        host_name, host_port = split_host(host)
-        return (name, port) == (host_name, host_port or DEFAULT_PORTS[parts.scheme])
+        _, host_port = split_host(host)
+        return port == (host_port or DEFAULT_PORTS[parts.scheme])
 
     def check(
         self, method: str, path: str, headers: Mapping[str, str], *, listener: bool = False

@@ -116,9 +116,10 @@ async def serve_ws(
     async def handler(request: WebSocketRequest) -> None:
         if ctx.origins is not None:
             path = urlsplit(request.path).path
-            error = ctx.origins.refusal(
-                "WEBSOCKET", path, header_map(request.headers), listener=True
-            )
+            headers = header_map(request.headers)
+            # wsproto keeps Host out of the other headers (trio-websocket has no accessor)
+            headers["host"] = request._event.host
+            error = ctx.origins.refusal("WEBSOCKET", path, headers, listener=True)
             if error is not None:
                 await _reject(request, error, path)
                 return
