@@ -138,8 +138,8 @@ class UserBudgets:
 
 
 class Inflight:
-    """The bytes one sender (a WebSocket) has in flight: within its own ``capacity`` and
-    within its user's budget in *users*; ``close`` gives back whatever it still holds."""
+    """The bytes one sender (a WebSocket session) has in flight: within its own ``capacity``
+    and within its user's budget in *users*; ``close`` gives back whatever it still holds."""
 
     def __init__(self, capacity: int, users: UserBudgets) -> None:
         self.own = ByteBudget(capacity)
@@ -148,7 +148,11 @@ class Inflight:
         self.held = 0
 
     async def take(self, key: Hashable, size: int, timeout_s: float) -> bool:
-        """Take *size* bytes for *key*, waiting up to *timeout_s* for each budget."""
+        """Take *size* bytes for *key*, waiting up to *timeout_s* for each budget. A sender
+        acts for one key (a session for its user) while it holds bytes."""
+        if self.held and key != self.key:
+            msg = f"this sender holds bytes for {self.key!r}, not {key!r}"
+            raise ValueError(msg)
         if not await self.own.take(size, timeout_s):
             return False
         if not await self.users.take(key, size, timeout_s):
