@@ -29,28 +29,20 @@ import soundfile as sf
 
 from ..errors import (
     InvalidAudio,
-    InvalidField,
-    MissingField,
     Overloaded,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
+from .declared import MAX_CHANNELS as MAX_CHANNELS  # re-exported, as are the names below
+from .declared import MAX_SAMPLE_RATE as MAX_SAMPLE_RATE
+from .declared import MIN_CHANNELS, MIN_SAMPLE_RATE
+from .declared import RAW_ENCODINGS as RAW_ENCODINGS
+from .declared import RawFormat as RawFormat
+from .declared import parse_media_type as parse_media_type
+from .declared import raw_format_from as raw_format_from
 
 Samples = npt.NDArray[np.float32]
-
-RAW_ENCODINGS: Final = (
-    "pcm_s16le",
-    "pcm_s16be",
-    "pcm_s24le",
-    "pcm_s32le",
-    "pcm_f32le",
-    "pcm_u8",
-)
-MIN_SAMPLE_RATE: Final = 1000
-MAX_SAMPLE_RATE: Final = 384_000
-MIN_CHANNELS: Final = 1
-MAX_CHANNELS: Final = 8
 
 READ_BLOCK_FRAMES: Final = 1 << 18  # libsndfile reads past the header's frame count
 MAX_READ_FRAMES: Final = 1 << 22  # the largest single read a header can ask for
@@ -70,7 +62,7 @@ CONTAINER_MEDIA_TYPES: Final = {
     "audio/mpeg": "mp3",
     "audio/mp3": "mp3",
 }
-L16_MEDIA_TYPE: Final = "audio/l16"
+
 
 _CONTAINER_NAMES: Final = {"wav": "WAV", "flac": "FLAC", "ogg": "Ogg", "mp3": "MP3"}
 _SUPPORTED: Final = (
@@ -147,15 +139,6 @@ class Allowance:
         self.samples += extra
 
 
-@attrs.frozen
-class RawFormat:
-    """The declared format of headerless PCM."""
-
-    encoding: str  # one of RAW_ENCODINGS
-    sample_rate: int
-    channels: int
-
-
 @attrs.frozen(eq=False)
 class Decoded:
     """Decoded audio: C-contiguous float32 samples shaped (frames, channels), nominally in [-1, 1].
@@ -199,85 +182,6 @@ def _is_mpeg_frame_header(head: bytes) -> bool:
     bitrate = head[2] >> 4  # 0b1111 is invalid
     rate = (head[2] >> 2) & 0x3  # 0b11 is reserved
     return version != 0b01 and layer in (0b01, 0b10) and bitrate != 0xF and rate != 0b11
-
-
-def parse_media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type into its lowercased type and its parameters (names lowercased)."""
-    if not content_type:
-        return "", {}
-    media_type, *parts = content_type.split(";")
-    params: dict[str, str] = {}
-    for part in parts:
-        name, sep, value = part.partition("=")
-        name = name.strip().lower()
-        if not sep or not name:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        params[name] = value
-    return media_type.strip().lower(), params
-
-
-def raw_format_from(
-    media_type: str,
-    params: dict[str, str],
-    encoding: str | None,
-    sample_rate: str | None,
-    channels: str | None,
-) -> RawFormat | None:
-    """The declared raw PCM format, or None when none was declared.
-
-    Either explicit ``encoding``, ``sample_rate`` and ``channels`` fields (all three), or
-    ``audio/L16`` (RFC 2586: 16-bit big-endian) with a ``rate`` parameter and ``channels``
-    (default 1); the fields fill in a parameter the media type lacks. 400 on bad values.
-    """
-    if encoding:
-        name = encoding.strip().lower()
-        if name not in RAW_ENCODINGS:
-            msg = f"encoding must be one of {', '.join(RAW_ENCODINGS)}, got {encoding[:40]!r}"
-            raise InvalidField(msg)
-        if not sample_rate:
-            msg = "sample_rate is required with encoding"
-            raise MissingField(msg)
-        if not channels:
-            msg = "channels is required with encoding"
-            raise MissingField(msg)
-        return RawFormat(name, _parse_rate(sample_rate), _parse_channels(channels))
-    if media_type == L16_MEDIA_TYPE:
-        rate = params.get("rate") or sample_rate
-        if not rate:
-            msg = "audio/L16 needs a rate parameter (audio/L16;rate=16000;channels=1)"
-            raise MissingField(msg)
-        count = params.get("channels") or channels or "1"
-        return RawFormat("pcm_s16be", _parse_rate(rate), _parse_channels(count))
-    return None
-
-
-def _parse_rate(value: str) -> int:
-    rate = _parse_int(value)
-    if rate is None or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        msg = (
-            f"sample_rate must be an integer {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}, "
-            f"got {value[:40]!r}"
-        )
-        raise InvalidField(msg)
-    return rate
-
-
-def _parse_channels(value: str) -> int:
-    count = _parse_int(value)
-    if count is None or not MIN_CHANNELS <= count <= MAX_CHANNELS:
-        msg = f"channels must be an integer {MIN_CHANNELS}..{MAX_CHANNELS}, got {value[:40]!r}"
-        raise InvalidField(msg)
-    return count
-
-
-def _parse_int(value: str) -> int | None:
-    text = value.strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 9:
-        return None
-    return int(text)
 
 
 def decode(
