@@ -19,7 +19,7 @@ from .audio_samples import wav
 
 async def one(host: str, port: int, statuses: Counter[str]) -> None:
     body = wav(440, 0.25)  # 8 KB: trickled over 3.2 s
-    head = (b"POST /upload?user_id=alice&session_id=slow HTTP/1.1\r\nHost: x\r\n"
+    head = (b"POST /upload?user_id=alice&session_id=slow HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % len(body))  # fmt: skip
     stream = await trio.open_tcp_stream(host, port)
     response = b""

@@ -137,7 +137,7 @@ async def test_a_response_sent_before_the_body_was_read_closes_the_connection(
     # open, the rest of the body unread, until the read timeout).
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
-    head = (b"POST /upload?user_id=alice&session_id=s HTTP/1.1\r\nHost: x\r\n"
+    head = (b"POST /upload?user_id=alice&session_id=s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: audio/wav\r\nContent-Length: 8000\r\n\r\n")  # fmt: skip
     await stream.send_all(head + b"RIFF")
     response_bytes = b""

@@ -163,22 +163,25 @@ async def overloaded(start_server: StartServer, tmp_path: Path, nursery: trio.Nu
 async def no_slot(
     start_server: StartServer, tmp_path: Path, nursery: trio.Nursery, retry_after_s: int = 1
 ) -> Refusal:
-    """The one upload slot held by an upload whose body is still coming: the gate refuses."""
-    server = await start_server(admit_max=1, admit_wait_s=0.1, retry_after_s=retry_after_s)
-    holder = await RawConnection.open(server.url)
-    await holder.send(UPLOAD_HEAD + BODY[:100])
+    """The one upload slot held by an upload inside (its decode waits for the only CPU
+    thread, held): the gate refuses before the body is read. (A body still on its way holds
+    no slot: the front door reads it before the upload is admitted.)"""
+    server = await start_server(admit_max=1, admit_wait_s=0.1, retry_after_s=retry_after_s,
+                                cpu_threads=1, inline_max_samples=0)  # fmt: skip
+    limiter = server.running.limiter
+    await limiter.acquire_on_behalf_of("test")
+
+    async def hold() -> None:
+        async with server.client() as client:
+            response = await client.post(f"{UPLOAD}&seq=0", content=wav(300))
+            assert response.status_code == 201
+
+    nursery.start_soon(hold)
     with trio.fail_after(WAIT_S):
         # Admission is the server's state, not an event this test can wait on: poll it.
         while 'trio_audio_admission{state="inside"} 1' not in server.running.metrics.render():  # noqa: ASYNC110
             await trio.sleep(0.01)
-
-    async def finish() -> None:
-        await holder.send(BODY[100:])
-        response = await holder.response()
-        assert response is not None and response.status == 201
-        await holder.aclose()
-
-    return Refusal(server, 503, "overloaded", release=lambda: nursery.start_soon(finish))
+    return Refusal(server, 503, "overloaded", release=lambda: limiter.release_on_behalf_of("test"))
 
 
 SETUPS: dict[str, Setup] = {

@@ -225,7 +225,7 @@ async def test_a_body_sent_too_slowly_is_cut_off(start_server: StartServer) -> N
     server: Server = await start_server(min_upload_bytes_per_s=8000, upload_grace_s=0.2)
     body = wav(440, 0.125)  # 4 KB: allowed 0.2 + 0.5 s; sent at 2.5 KB/s it would take 1.6 s
     stream = await raw_request(server, (
-        b"POST /upload?user_id=alice&session_id=s HTTP/1.1\r\nHost: x\r\n"
+        b"POST /upload?user_id=alice&session_id=s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % len(body)))  # fmt: skip
     response = b""
     with trio.fail_after(5):
@@ -253,7 +253,7 @@ async def test_hundreds_of_slow_connections_do_not_slow_a_normal_client(
     async with trio.open_nursery() as nursery:
         slow = []
         for _ in range(300):  # slow-loris: a header line and then a byte now and then
-            slow.append(await raw_request(server, b"POST /upload HTTP/1.1\r\nHost: x\r\n"))
+            slow.append(await raw_request(server, b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"))
 
         async def drip() -> None:
             while True:

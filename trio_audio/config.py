@@ -20,6 +20,10 @@ ENV_PREFIX: Final = "TRIO_AUDIO_"
 
 
 MAX_ASR_PARTITIONS: Final = 1024  # the work stream's partitions (one consumer each)
+# What one decoded sample costs while the pipeline holds it: 4 bytes of float32, its share of
+# the mono mix, and the analysis's working arrays at their peak (measured: up to ~29 bytes a
+# sample, when 384 kHz mono is resampled to 16 kHz for the VAD).
+DECODED_BYTES_PER_SAMPLE: Final = 32
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -142,6 +146,23 @@ class Config:
         validator=_positive,
         metadata={"help": "a session's WAV is decoded and sent this much audio at a time"},
     )
+    max_decoded_samples: int = attrs.field(
+        default=16 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "most decoded samples (frames x channels) in one upload, then 413"},
+    )
+    max_decoded_bytes_inflight: int = attrs.field(
+        default=512 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "decoded audio held by the pipeline at once, in bytes (32 a sample, "
+                  "with its analysis); more waits, then 503"},
+    )  # fmt: skip
+    max_body_bytes_inflight: int = attrs.field(
+        default=256 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "upload bodies held at once (being read or in the pipeline), in "
+                  "bytes; more waits, then 503"},
+    )  # fmt: skip
 
     # Pipeline.
     ingress_queue: int = attrs.field(
@@ -193,6 +214,16 @@ class Config:
         default=32,
         validator=_positive,
         metadata={"help": "unacknowledged chunks per WebSocket before it stops reading"},
+    )
+    ws_max_inflight_bytes: int = attrs.field(
+        default=32 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "bytes of unacknowledged chunks per WebSocket before it stops reading"},
+    )
+    ws_user_inflight_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        validator=_positive,
+        metadata={"help": "bytes of unacknowledged chunks per user, over all their WebSockets"},
     )
     ws_idle_timeout_s: float = attrs.field(
         default=60.0, validator=_positive, metadata={"help": "close a silent WebSocket after"}
@@ -308,6 +339,16 @@ class Config:
     upload_grace_s: float = attrs.field(
         default=5.0, validator=_positive, metadata={"help": "time any body may take"}
     )
+    allowed_hosts: str = attrs.field(
+        default="",
+        metadata={"help": "with auth off: Host names served besides loopback ones and the "
+                  "bound address (comma-separated; * for any)"},
+    )  # fmt: skip
+    allowed_origins: str = attrs.field(
+        default="",
+        metadata={"help": "with auth off: web origins (scheme://host:port) that may use the "
+                  "API besides the service's own pages (comma-separated; * for any)"},
+    )  # fmt: skip
     ws_max_sessions: int = attrs.field(
         default=1000, validator=_positive, metadata={"help": "open WebSocket sessions, in all"}
     )
@@ -322,6 +363,16 @@ class Config:
     log_level: str = attrs.field(default="info", metadata={"help": "logging level"})
 
     def __attrs_post_init__(self) -> None:
+        for name in ("max_body_bytes_inflight", "ws_max_inflight_bytes", "ws_user_inflight_bytes"):
+            if getattr(self, name) < self.max_body_bytes:
+                msg = (f"{name} ({getattr(self, name)}) must be at least max_body_bytes "
+                       f"({self.max_body_bytes}): a body of that size must fit")  # fmt: skip
+                raise ValueError(msg)
+        if self.max_decoded_bytes_inflight < self.max_decoded_samples * DECODED_BYTES_PER_SAMPLE:
+            msg = (f"max_decoded_bytes_inflight ({self.max_decoded_bytes_inflight}) must hold "
+                   f"one upload of max_decoded_samples ({self.max_decoded_samples} x "
+                   f"{DECODED_BYTES_PER_SAMPLE} bytes)")  # fmt: skip
+            raise ValueError(msg)
         if self.asr_transcribe != "auto" and not self.store:
             msg = (
                 "asr_transcribe applies to a cluster store (--store nats://...), whose workers "

@@ -10,6 +10,8 @@ Errors a client causes or is told about (rendered as RFC 9457 problem+json on HT
     │   └── BadMessage               bad_message             400   4400  (WebSocket only)
     ├── Unauthorized                 unauthorized            401   4401  (WWW-Authenticate)
     ├── Forbidden                    forbidden               403   4403
+    │   └── ForbiddenOrigin          forbidden_origin        403   4403  (auth off)
+    ├── MisdirectedRequest           misdirected_request     421   4403  (auth off)
     ├── IdleTimeout                  idle_timeout            408   4408  (WebSocket only)
     ├── RequestTimeout               request_timeout         408   4408  (a body sent too slowly)
     ├── NotFound (LookupError)       not_found               404   4400
@@ -117,6 +119,18 @@ class Forbidden(ServiceError):
     status = 403
     close_code = 4403
     title = "This token may not act for that user"
+
+
+class ForbiddenOrigin(Forbidden):
+    code = "forbidden_origin"
+    title = "Pages from this origin may not use this service"
+
+
+class MisdirectedRequest(ServiceError):
+    code = "misdirected_request"
+    status = 421
+    close_code = 4403
+    title = "This service does not answer for that host"
 
 
 class RequestTimeout(ServiceError):

@@ -33,6 +33,8 @@ import signal
 import ssl
 from functools import partial
 from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -45,6 +47,7 @@ from .backend import open_backend
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
+from .memory import message_limit
 from .metrics import Metrics
 from .pipeline.pipeline import Ingress, run_pipeline
 from .store import StoreBackend
@@ -54,12 +57,15 @@ from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, Tokens
-from .web.transports import message_limit, serve_ws
+from .web.bodies import BodyRules
+from .web.origins import Origins
+from .web.transports import serve_ws
 from .web.waiting import serve_while_starting
 from .web.watchers import Watchers
 from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
+APP_QUEUE: Final = 2  # hypercorn's default of 10 would hold 10 WebSocket frames per /ws socket
 
 
 @attrs.frozen
@@ -114,6 +120,8 @@ async def serve_http(
     admission: Admission | None = None,
     metrics: Metrics | None = None,
     *,
+    origins: Origins | None = None,
+    access: Access | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hypercorn's trio worker on ``config.host:config.port`` until *shutdown*.
@@ -131,6 +139,7 @@ async def serve_http(
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.websocket_max_message_size = message_limit(config)
+    hyper.max_app_queue_size = APP_QUEUE  # messages read ahead of the app: WebSocket frames too
     hyper.read_timeout = max(1, round(config.read_timeout_s))
     # An idle keep-alive connection is a socket read too. Hypercorn's default (5 s) is httpx's
     # own idle expiry: a client would often send into a connection just being closed.
@@ -138,8 +147,9 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
-        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s,
-                         admission=admission, metrics=metrics)  # fmt: skip
+        door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s, admission=admission,
+                         metrics=metrics, bodies=BodyRules.from_config(config),
+                         origins=origins, access=access, ingress=ingress)  # fmt: skip
         await hypercorn_serve(
             door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
         )
@@ -269,7 +279,9 @@ async def serve(
                     rate = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
                     access = Access(tokens, rate)  # one for HTTP and WebSocket alike
                     finalizer = cluster if cluster is not None else transcriber
-                    ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access)
+                    origins = Origins.from_config(config, auth=tokens is not None)
+                    ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access,
+                                   origins=origins)  # fmt: skip
                     app = create_app(
                         config, store, http_ingress, metrics, readiness, ws, access, limiter
                     )
@@ -282,8 +294,10 @@ async def serve(
                                           retry_after_s=config.retry_after_s)  # fmt: skip
                     metrics.gauge("trio_audio_admission", lambda: admission_gauge(admission))
                     binds = await front.start(
-                        serve_http, config, app, http_ingress, shutdown, admission, metrics
-                    )
+                        partial(serve_http, origins=origins, access=access),
+                        config, app, http_ingress, shutdown, admission, metrics,
+                    )  # fmt: skip
+                    origins.http_ports.update(urlsplit(bind).port or 0 for bind in binds)
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True

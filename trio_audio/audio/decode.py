@@ -6,8 +6,12 @@ final: those bytes are PCM in that format, never sniffed, because PCM can start 
 recognised by its magic bytes, never by the declared Content-Type alone: a declared type only
 decides which error a client gets when the bytes are not audio we know (422 ``invalid_audio``
 when it named a format we decode, 415 ``unsupported_media_type`` otherwise). Every decoder
-checks the header (channels, rate, length against the limit) before it touches the samples, so
-a small file that would decode to hours is refused cheaply.
+checks the header (channels, rate, length against the limits) before it touches the samples, so
+a small file that would decode to hours is refused cheaply. Limits are on decoded length in
+seconds, frames and samples (frames x channels: what memory the samples take). A header
+can lie or say nothing (FLAC, Ogg and MP3 need not carry a frame count), so FLAC, Ogg and MP3
+are read in blocks and the reading stops at the limit; an ``Allowance`` (the room the caller
+took in its memory budget) is asked for more as the blocks come and a refusal ends the decode.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -24,27 +29,20 @@ import soundfile as sf
 
 from ..errors import (
     InvalidAudio,
-    InvalidField,
-    MissingField,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
+from .declared import MAX_CHANNELS as MAX_CHANNELS  # re-exported, as are the names below
+from .declared import MAX_SAMPLE_RATE as MAX_SAMPLE_RATE
+from .declared import MIN_CHANNELS, MIN_SAMPLE_RATE
+from .declared import RAW_ENCODINGS as RAW_ENCODINGS
+from .declared import RawFormat as RawFormat
+from .declared import parse_media_type as parse_media_type
+from .declared import raw_format_from as raw_format_from
 
 Samples = npt.NDArray[np.float32]
-
-RAW_ENCODINGS: Final = (
-    "pcm_s16le",
-    "pcm_s16be",
-    "pcm_s24le",
-    "pcm_s32le",
-    "pcm_f32le",
-    "pcm_u8",
-)
-MIN_SAMPLE_RATE: Final = 1000
-MAX_SAMPLE_RATE: Final = 384_000
-MIN_CHANNELS: Final = 1
-MAX_CHANNELS: Final = 8
 
 READ_BLOCK_FRAMES: Final = 1 << 18  # libsndfile reads past the header's frame count
 MAX_READ_FRAMES: Final = 1 << 22  # the largest single read a header can ask for
@@ -64,7 +62,7 @@ CONTAINER_MEDIA_TYPES: Final = {
     "audio/mpeg": "mp3",
     "audio/mp3": "mp3",
 }
-L16_MEDIA_TYPE: Final = "audio/l16"
+
 
 _CONTAINER_NAMES: Final = {"wav": "WAV", "flac": "FLAC", "ogg": "Ogg", "mp3": "MP3"}
 _SUPPORTED: Final = (
@@ -121,13 +119,24 @@ _SF_ENCODINGS: Final = {
 }
 
 
-@attrs.frozen
-class RawFormat:
-    """The declared format of headerless PCM."""
+@attrs.define
+class Allowance:
+    """Decoded samples a decode may make: *samples* were taken beforehand (in the caller's
+    memory budget); *more(n)* asks for n more and says whether it got them. The decode asks
+    before it makes each block past what it holds, and fails with 503 ``overloaded`` when
+    refused. Afterwards ``samples`` is what was taken in all."""
 
-    encoding: str  # one of RAW_ENCODINGS
-    sample_rate: int
-    channels: int
+    samples: int
+    more: Callable[[int], bool]
+
+    def need(self, total: int) -> None:
+        if total <= self.samples:
+            return
+        extra = max(total - self.samples, READ_BLOCK_FRAMES)
+        if not self.more(extra):
+            msg = "no memory free to decode this audio now; retry after the delay given"
+            raise Overloaded(msg)
+        self.samples += extra
 
 
 @attrs.frozen(eq=False)
@@ -175,85 +184,6 @@ def _is_mpeg_frame_header(head: bytes) -> bool:
     return version != 0b01 and layer in (0b01, 0b10) and bitrate != 0xF and rate != 0b11
 
 
-def parse_media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type into its lowercased type and its parameters (names lowercased)."""
-    if not content_type:
-        return "", {}
-    media_type, *parts = content_type.split(";")
-    params: dict[str, str] = {}
-    for part in parts:
-        name, sep, value = part.partition("=")
-        name = name.strip().lower()
-        if not sep or not name:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        params[name] = value
-    return media_type.strip().lower(), params
-
-
-def raw_format_from(
-    media_type: str,
-    params: dict[str, str],
-    encoding: str | None,
-    sample_rate: str | None,
-    channels: str | None,
-) -> RawFormat | None:
-    """The declared raw PCM format, or None when none was declared.
-
-    Either explicit ``encoding``, ``sample_rate`` and ``channels`` fields (all three), or
-    ``audio/L16`` (RFC 2586: 16-bit big-endian) with a ``rate`` parameter and ``channels``
-    (default 1); the fields fill in a parameter the media type lacks. 400 on bad values.
-    """
-    if encoding:
-        name = encoding.strip().lower()
-        if name not in RAW_ENCODINGS:
-            msg = f"encoding must be one of {', '.join(RAW_ENCODINGS)}, got {encoding[:40]!r}"
-            raise InvalidField(msg)
-        if not sample_rate:
-            msg = "sample_rate is required with encoding"
-            raise MissingField(msg)
-        if not channels:
-            msg = "channels is required with encoding"
-            raise MissingField(msg)
-        return RawFormat(name, _parse_rate(sample_rate), _parse_channels(channels))
-    if media_type == L16_MEDIA_TYPE:
-        rate = params.get("rate") or sample_rate
-        if not rate:
-            msg = "audio/L16 needs a rate parameter (audio/L16;rate=16000;channels=1)"
-            raise MissingField(msg)
-        count = params.get("channels") or channels or "1"
-        return RawFormat("pcm_s16be", _parse_rate(rate), _parse_channels(count))
-    return None
-
-
-def _parse_rate(value: str) -> int:
-    rate = _parse_int(value)
-    if rate is None or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        msg = (
-            f"sample_rate must be an integer {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}, "
-            f"got {value[:40]!r}"
-        )
-        raise InvalidField(msg)
-    return rate
-
-
-def _parse_channels(value: str) -> int:
-    count = _parse_int(value)
-    if count is None or not MIN_CHANNELS <= count <= MAX_CHANNELS:
-        msg = f"channels must be an integer {MIN_CHANNELS}..{MAX_CHANNELS}, got {value[:40]!r}"
-        raise InvalidField(msg)
-    return count
-
-
-def _parse_int(value: str) -> int | None:
-    text = value.strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 9:
-        return None
-    return int(text)
-
-
 def decode(
     data: bytes,
     *,
@@ -261,25 +191,30 @@ def decode(
     raw: RawFormat | None = None,
     max_frames: int | None = None,
     max_duration_s: float | None = None,
+    max_samples: int | None = None,
+    allowance: Allowance | None = None,
 ) -> Decoded:
     """Decode an upload to float32 samples.
 
     *raw* declares headerless PCM: the bytes are decoded as that PCM and never sniffed (PCM
     can begin with any container's magic). Without it the container is sniffed from the bytes.
-    A decoded length over *max_frames* or *max_duration_s* is a 413 before any sample is
-    decoded. Raises InvalidAudio (422), UnsupportedMediaType (415) or PayloadTooLarge (413).
+    A decoded length over *max_frames*, *max_duration_s* or *max_samples* (frames x channels)
+    is a 413 before any sample is decoded, or, where the header did not say, as soon as the
+    reading passes it. *allowance*: the samples the caller has room for (see ``Allowance``).
+    Raises InvalidAudio (422), UnsupportedMediaType (415), PayloadTooLarge (413) or Overloaded
+    (503, the allowance was refused).
     """
     if not data:
         msg = "empty body: no audio bytes were sent"
         raise InvalidAudio(msg)
+    limit = _Limit(max_frames, max_duration_s, max_samples)
     if raw is not None:
-        return decode_raw(data, raw, max_frames=max_frames, max_duration_s=max_duration_s)
-    limit = _Limit(max_frames, max_duration_s)
+        return _decode_raw(data, raw, limit, allowance)
     container = sniff_container(data)
     if container == "wav":
-        return _decode_wav(data, limit)
+        return _decode_wav(data, limit, allowance)
     if container is not None:
-        return _decode_soundfile(data, container, limit)
+        return _decode_soundfile(data, container, limit, allowance)
     media_type, _ = parse_media_type(content_type)
     declared = CONTAINER_MEDIA_TYPES.get(media_type)
     if declared is not None:
@@ -296,14 +231,38 @@ def decode(
     raise UnsupportedMediaType(msg)
 
 
+def decoded_samples_bound(data: bytes, raw: RawFormat | None = None) -> int | None:
+    """How many samples *data* decodes to, before decoding it: at most its size for PCM (one
+    sample a byte at least), what the header says for FLAC, Ogg and MP3 (a hint only: it can
+    lie, which the decode's limits catch), None when it says nothing or is not audio."""
+    if raw is not None:
+        return len(data) // _PCM_LAYOUTS[raw.encoding][1]
+    container = sniff_container(data)
+    if container == "wav":
+        return len(data)
+    if container is None:
+        return None
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as sound:
+            frames, channels = sound.frames, sound.channels
+    except Exception:  # not readable: the decode says why
+        return None
+    return frames * channels if 0 < frames < UNKNOWN_FRAMES else None
+
+
 def decode_raw(
     data: bytes,
     raw: RawFormat,
     *,
     max_frames: int | None = None,
     max_duration_s: float | None = None,
+    max_samples: int | None = None,
 ) -> Decoded:
     """Headerless PCM in the declared format (no sniffing)."""
+    return _decode_raw(data, raw, _Limit(max_frames, max_duration_s, max_samples), None)
+
+
+def _decode_raw(data: bytes, raw: RawFormat, limit: _Limit, allowance: Allowance | None) -> Decoded:
     if raw.encoding not in RAW_ENCODINGS:
         msg = f"unknown raw encoding {raw.encoding!r}"
         raise InvalidAudio(msg)
@@ -320,36 +279,46 @@ def decode_raw(
     if frames == 0:
         msg = "raw PCM body holds no complete frame"
         raise InvalidAudio(msg)
-    _Limit(max_frames, max_duration_s).check(frames, raw.sample_rate)
+    limit.check(frames, raw.sample_rate, raw.channels)
+    if allowance is not None:
+        allowance.need(frames * raw.channels)
     samples = _pcm_to_float(data, 0, frames, raw.channels, raw.encoding)
     return Decoded(samples, "raw", raw.encoding, raw.sample_rate, raw.channels, frames)
 
 
 @attrs.frozen
 class _Limit:
-    """The longest decoded length allowed, in frames and/or seconds."""
+    """The longest decoded length allowed, in frames, seconds and/or samples."""
 
     max_frames: int | None
     max_duration_s: float | None
+    max_samples: int | None = None
 
-    def cap(self, sample_rate: int) -> int | None:
-        """The most frames allowed at *sample_rate*, or None for no limit."""
+    def cap(self, sample_rate: int, channels: int = 1) -> int | None:
+        """The most frames allowed at *sample_rate* and *channels*, or None for no limit."""
         caps = []
         if self.max_frames is not None:
             caps.append(self.max_frames)
         if self.max_duration_s is not None:
             caps.append(math.floor(self.max_duration_s * sample_rate))
+        if self.max_samples is not None:
+            caps.append(self.max_samples // channels)
         return min(caps) if caps else None
 
-    def check(self, frames: int, sample_rate: int) -> None:
-        cap = self.cap(sample_rate)
+    def check(self, frames: int, sample_rate: int, channels: int = 1) -> None:
+        cap = self.cap(sample_rate, channels)
         if cap is not None and frames > cap:
-            raise self.too_large(frames, sample_rate, cap)
+            raise self.too_large(frames, sample_rate, channels, cap)
 
-    @staticmethod
     def too_large(
-        frames: int, sample_rate: int, cap: int, *, more: bool = False
+        self, frames: int, sample_rate: int, channels: int, cap: int, *, more: bool = False
     ) -> PayloadTooLarge:
+        by_samples = self.max_samples is not None and cap == self.max_samples // channels
+        if by_samples:
+            count = f"more than {cap * channels}" if more else f"{frames * channels}"
+            msg = (f"decoded audio is {count} samples ({channels} channel(s) at "
+                   f"{sample_rate} Hz), over the limit of {self.max_samples} samples")  # fmt: skip
+            return PayloadTooLarge(msg)
         length = (
             "more than " + _seconds(cap / sample_rate) if more else _seconds(frames / sample_rate)
         )
@@ -406,7 +375,7 @@ class _WavFormat:
     block_align: int
 
 
-def _decode_wav(data: bytes, limit: _Limit) -> Decoded:
+def _decode_wav(data: bytes, limit: _Limit, allowance: Allowance | None) -> Decoded:
     """Walk the RIFF chunks ("fmt " before "data"), then convert the data chunk with numpy."""
     size = len(data)
     offset = 12
@@ -433,7 +402,7 @@ def _decode_wav(data: bytes, limit: _Limit) -> Decoded:
                     "present (truncated upload?)"
                 )
                 raise InvalidAudio(msg)
-            return _wav_samples(data, body, chunk_size, fmt, limit)
+            return _wav_samples(data, body, chunk_size, fmt, limit, allowance)
         offset = body + chunk_size + (chunk_size & 1)
     msg = "WAV file has no fmt chunk" if fmt is None else "WAV file has no data chunk"
     raise InvalidAudio(msg)
@@ -480,7 +449,14 @@ def _parse_wav_fmt(chunk: bytes) -> _WavFormat:
     return _WavFormat(encoding, rate, channels, block_align)
 
 
-def _wav_samples(data: bytes, offset: int, size: int, fmt: _WavFormat, limit: _Limit) -> Decoded:
+def _wav_samples(
+    data: bytes,
+    offset: int,
+    size: int,
+    fmt: _WavFormat,
+    limit: _Limit,
+    allowance: Allowance | None,
+) -> Decoded:
     frames, extra = divmod(size, fmt.block_align)
     if extra:
         msg = (
@@ -491,12 +467,16 @@ def _wav_samples(data: bytes, offset: int, size: int, fmt: _WavFormat, limit: _L
     if frames == 0:
         msg = "WAV data chunk holds 0 frames"
         raise InvalidAudio(msg)
-    limit.check(frames, fmt.sample_rate)
+    limit.check(frames, fmt.sample_rate, fmt.channels)
+    if allowance is not None:
+        allowance.need(frames * fmt.channels)
     samples = _pcm_to_float(data, offset, frames, fmt.channels, fmt.encoding)
     return Decoded(samples, "wav", fmt.encoding, fmt.sample_rate, fmt.channels, frames)
 
 
-def _decode_soundfile(data: bytes, container: str, limit: _Limit) -> Decoded:
+def _decode_soundfile(
+    data: bytes, container: str, limit: _Limit, allowance: Allowance | None
+) -> Decoded:
     """FLAC, Ogg Vorbis/Opus and MP3 through libsndfile; header checks before any samples."""
     name = _CONTAINER_NAMES[container]
     try:
@@ -516,11 +496,10 @@ def _decode_soundfile(data: bytes, container: str, limit: _Limit) -> Decoded:
         channels, rate, header_frames = int(sound.channels), int(sound.samplerate), sound.frames
         _check_channels(channels, name)
         _check_rate(rate, name)
-        cap = limit.cap(rate)
         if header_frames < UNKNOWN_FRAMES:
-            limit.check(header_frames, rate)
+            limit.check(header_frames, rate, channels)
         try:
-            samples = _read_all(sound, header_frames, rate, cap)
+            samples = _read_all(sound, header_frames, limit, allowance)
         except ServiceError:
             raise
         except Exception as exc:
@@ -545,8 +524,14 @@ class _ForwardReader(sf.SoundFile):  # type: ignore[misc]
         return False
 
 
-def _read_all(sound: sf.SoundFile, header_frames: int, rate: int, cap: int | None) -> Samples:
-    """Read to the end (at most *cap* frames) in blocks; the header's count is only a hint."""
+def _read_all(
+    sound: sf.SoundFile, header_frames: int, limit: _Limit, allowance: Allowance | None
+) -> Samples:
+    """Read to the end (at most the limit's frames) in blocks; the header's count is only a
+    hint. The first read goes into an array of the hinted size, so a file whose header tells
+    the truth is read with no copy; more is read block by block and joined at the end."""
+    rate, channels = int(sound.samplerate), int(sound.channels)
+    cap = limit.cap(rate, channels)
     hint = header_frames + 1 if 0 <= header_frames < UNKNOWN_FRAMES else READ_BLOCK_FRAMES
     blocks: list[Samples] = []
     total = 0
@@ -554,18 +539,20 @@ def _read_all(sound: sf.SoundFile, header_frames: int, rate: int, cap: int | Non
         want = min(hint, MAX_READ_FRAMES) if not blocks else READ_BLOCK_FRAMES
         if cap is not None:
             want = min(want, cap + 1 - total)
+        if allowance is not None:  # the blocks so far, this one, and their join at the end
+            allowance.need((total + want) * channels * (2 if blocks else 1))
         block: Samples = sound.read(want, dtype="float32", always_2d=True)
         if len(block):
             blocks.append(block)
             total += len(block)
         if cap is not None and total > cap:
-            raise _Limit.too_large(total, rate, cap, more=True)
+            raise limit.too_large(total, rate, channels, cap, more=True)
         if len(block) < want:
             break
     if len(blocks) == 1:
         return np.ascontiguousarray(blocks[0])
     if not blocks:
-        return np.zeros((0, int(sound.channels)), np.float32)
+        return np.zeros((0, channels), np.float32)
     return np.concatenate(blocks)
 
 

@@ -21,14 +21,16 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final
 
 import attrs
 import trio
 
 from ..audio import features, vad
-from ..audio.decode import decode, sniff_container
-from ..config import Config
+from ..audio.decode import Allowance, decode, decoded_samples_bound, sniff_container
+from ..budget import ByteBudget, Hold
+from ..config import DECODED_BYTES_PER_SAMPLE, Config
 from ..errors import InternalError, Overloaded, ServiceError
 from ..metrics import Metrics
 from ..models import Job, Part
@@ -36,6 +38,7 @@ from ..models import Job, Part
 logger = logging.getLogger("trio_audio.pipeline")
 
 UNKNOWN_SAMPLES: Final = 2**62
+COMPRESSED_SAMPLES_PER_BYTE: Final = 8  # a first guess at what compressed audio decodes to
 GROUP_MAX: Final = 32  # jobs one worker takes at once (bounded by what is already waiting)
 # A group stops growing once its bodies reach this: big (or compressed) chunks go alone or
 # nearly so, so a group's work stays within the timeout each of its chunks would have had.
@@ -148,6 +151,9 @@ class Stages:
         self.config = config
         self.limiter = limiter
         self.max_duration_s = config.max_duration_s
+        self.max_samples = config.max_decoded_samples
+        self.decoded = ByteBudget(config.max_decoded_bytes_inflight)
+        self.room_wait_s = config.ws_overload_timeout_s
         self.inline_max_samples = config.inline_max_samples
         # A thread runs beside the event loop only if the process has another CPU to run it
         # on; pinned to one, the hop is all cost (two context switches and a GIL handover).
@@ -210,24 +216,66 @@ class Stages:
         return outcomes
 
     async def validate(self, jobs: list[Job]) -> Outcomes:
-        """Checksum and decode every part (whether a part is a retry is the committer's call)."""
+        """Checksum and decode every part (whether a part is a retry is the committer's call).
+
+        Decoded audio is held within ``max_decoded_bytes_inflight``: each job first takes room
+        for what its bodies say they decode to (waiting for it a bounded time, then 503), and
+        each decode takes more as it reads past that, or fails with 503. The room is given
+        back when the samples are let go (``Hold.hand_over``)."""
         parts = [part for job in jobs for part in job.parts]
         await self._cpu(sum(len(p.body) for p in parts) // 2, lambda: _checksum_all(parts))
-        return await self._grouped(jobs, "validate", self._decode_all, vectorised=False)
+        holds: dict[int, Hold] = {}
+        outcomes: Outcomes = []
+        for job in jobs:
+            size = sum(self._first_guess(part) for part in job.parts) * DECODED_BYTES_PER_SAMPLE
+            if await self.decoded.take(size, self.room_wait_s):
+                hold = Hold(self.decoded, size)
+                holds.update((id(part), hold) for part in job.parts)
+                outcomes.append(None)
+            else:
+                msg = "no memory free to decode this audio now; retry after the delay given"
+                outcomes.append(Overloaded(msg))
+        live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+        try:
+            decode_all = partial(self._decode_all, holds)
+            found = iter(await self._grouped(live, "validate", decode_all, vectorised=False))
+        finally:
+            for hold in set(holds.values()):
+                hold.release()  # what a decode kept is the samples'; the rest goes back
+        return [next(found) if outcome is None else outcome for outcome in outcomes]
 
-    def _decode_all(self, parts: list[Part]) -> None:
-        """Decode each part, in order; a refusal names its part (its index in *parts*, which
-        are one job's: see ``_grouped``)."""
+    def _first_guess(self, part: Part) -> int:
+        """The samples to take room for before decoding *part* (the decode takes more as it
+        needs); none when its header says it is over the limit: refused before it decodes."""
+        bound = decoded_samples_bound(part.body, part.raw)
+        if bound is None:
+            bound = len(part.body) * COMPRESSED_SAMPLES_PER_BYTE
+        elif bound > self.max_samples and part.raw is None and sniff_container(part.body) != "wav":
+            return 0
+        return min(bound, self.max_samples)
+
+    def _decode_all(self, holds: dict[int, Hold], parts: list[Part]) -> None:
+        """Decode one job's *parts* within its hold, ``max_decoded_samples`` in all; a refusal
+        names its part (its index in *parts*, which are one job's: see ``_grouped``)."""
+        left = self.max_samples
         for index, part in enumerate(parts):
+            hold = holds[id(part)]
+            allowance = Allowance(hold.size // DECODED_BYTES_PER_SAMPLE, partial(_more, hold))
             try:
-                part.decoded = decode(
+                decoded = decode(
                     part.body,
                     content_type=part.content_type,
                     raw=part.raw,
                     max_duration_s=self.max_duration_s,
+                    max_samples=left,
+                    allowance=allowance,
                 )
             except ServiceError as exc:
                 raise exc.of_part(index) from None
+            samples = decoded.frames * decoded.channels
+            left -= samples
+            hold.hand_over(decoded, samples * DECODED_BYTES_PER_SAMPLE)
+            part.decoded = decoded
 
     async def transform(self, jobs: list[Job]) -> Outcomes:
         """Downmix to mono float32 and take the power spectrum (a real FFT), chunks of one
@@ -247,6 +295,10 @@ class Stages:
         found = await self._grouped(live, "vad", self.voice.all, thread=self.beside) if live else []
         voiced = iter(found)
         return [next(voiced) if outcome is None else outcome for outcome in outcomes]
+
+
+def _more(hold: Hold, samples: int) -> bool:
+    return hold.more(samples * DECODED_BYTES_PER_SAMPLE)
 
 
 def _work_samples(part: Part) -> int:

@@ -129,6 +129,14 @@ class Admission:
         self._observe(now - arrived, now)
         self._admitted += 1
 
+    async def room(self) -> None:
+        """Return once a slot is free, taking none (it waits as ``acquire`` does);
+        ``Overloaded`` when none comes in time. What an upload asks before its body is read:
+        it takes its slot once the body is in (``acquire``), so a slow body holds none."""
+        await self.acquire()
+        self._admitted -= 1
+        self.release()
+
     def release(self) -> None:
         self._slots.release()
         if self._waiting == 0:  # the queue has drained: no standing delay any more

@@ -43,7 +43,9 @@ Resource handling: a refusal's unread body costs at most ``drain_max_bytes`` of 
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Final
+from urllib.parse import parse_qs
 
 import trio
 from hypercorn.typing import (
@@ -52,12 +54,24 @@ from hypercorn.typing import (
     ASGIReceiveEvent,
     ASGISendCallable,
     ASGISendEvent,
+    HTTPScope,
     Scope,
 )
 
-from ..errors import Overloaded
+from ..errors import (
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    RetryLater,
+    ServiceError,
+    Unauthorized,
+)
 from ..metrics import Metrics
+from ..pipeline.pipeline import Ingress
+from .access import Access
 from .admission import Admission
+from .bodies import Body, BodyRules, ClientGone
+from .origins import Origins, header_map
 
 DRAIN_MAX_BYTES: Final = 512 * 1024
 """The most unread body a refusal reads to keep its connection. Measured per refusal of
@@ -67,6 +81,7 @@ even at 512 KB, 6.7 against 3.9 ms at 1 MB (README, Notes)."""
 DRAIN_TIMEOUT_S: Final = 2.0
 """How long a refusal waits for the rest of its body before the connection closes."""
 PROBLEM_TYPE: Final = b"application/problem+json"
+REFUSALS: Final = {408: "slow_body", 413: "body_too_large"}  # metrics' reasons, by status
 ADMITTED_PATHS: Final = frozenset({"/upload"})  # what the admission gate holds back
 # Answered by the app even while draining (with ``Connection: close``): a probe must see
 # ``/readyz`` say draining and ``/healthz`` say alive, and a scrape must still get ``/metrics``.
@@ -90,11 +105,19 @@ class FrontDoor:
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         admission: Admission | None = None,
         metrics: Metrics | None = None,
+        bodies: BodyRules | None = None,
+        origins: Origins | None = None,
+        access: Access | None = None,
+        ingress: Ingress | None = None,
     ) -> None:
         self.app = app
         self.shutdown = shutdown
         self.retry_after_s = retry_after_s
         self.admission = admission
+        self.bodies = bodies
+        self.origins = origins if origins is not None and origins.enforce else None
+        self.access = access
+        self.ingress = ingress
         self.metrics = metrics
         self.drain_max_bytes = drain_max_bytes
         self.drain_timeout_s = drain_timeout_s
@@ -102,10 +125,22 @@ class FrontDoor:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        if scope["type"] == "websocket" and self.origins is not None:
+            error = self.origins.refusal("WEBSOCKET", scope["path"], header_map(scope["headers"]))
+            if error is not None:
+                await _deny_websocket(error, scope["path"], receive, send)
+                return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         exchange = Exchange(self, scope["headers"], receive, send)
+        if self.origins is not None:
+            headers = header_map(scope["headers"])
+            error = self.origins.refusal(scope["method"], scope["path"], headers)
+            if error is not None:
+                self._refused(error.code)
+                await exchange.refuse(error, scope["path"], close=False)
+                return
         if self.shutdown.is_set() and scope["path"] not in PROBE_PATHS:
             if self.metrics is not None:
                 self.metrics.refuse("shutting_down")
@@ -113,23 +148,93 @@ class FrontDoor:
                                retry_after=self.retry_after_s)  # fmt: skip
             await exchange.refuse(error, scope["path"], close=True)
             return
-        gate = self.admission if scope["path"] in ADMITTED_PATHS else None
-        if gate is None:
+        if scope["path"] not in ADMITTED_PATHS:
             await self.app(scope, exchange.receive, exchange.send)
+        elif self.bodies is not None and scope["method"] == "POST":
+            await self._upload(scope, exchange, self.bodies)
+        else:
+            await self._admitted(scope, exchange, exchange.receive)
+
+    async def _admitted(self, scope: HTTPScope, exchange: Exchange, receive: Any) -> None:
+        """The app behind the admission gate (503 when it has no slot in time)."""
+        gate = self.admission
+        if gate is None:
+            await self.app(scope, receive, exchange.send)
             return
         try:
-            await gate.acquire()  # before the body is read
+            await gate.acquire()
         except Overloaded as error:
-            if self.metrics is not None:
-                self.metrics.refuse("admission")
+            self._refused("admission")
             client = scope.get("client")
             await gate.pace(tuple(client) if client else None, self.shutdown)
             await exchange.refuse(error, scope["path"], close=False)
             return
         try:
-            await self.app(scope, exchange.receive, exchange.send)
+            await self.app(scope, receive, exchange.send)
         finally:
             gate.release()
+
+    async def _upload(self, scope: HTTPScope, exchange: Exchange, rules: BodyRules) -> None:
+        """Read the body by the rules of ``bodies.py``, then admit it: a body still on its
+        way holds no slot. A length over the limit goes to the app (413 before reading)."""
+        declared = exchange._expected()
+        if declared is not None and declared > rules.max_bytes:
+            await self.app(scope, exchange.receive, exchange.send)
+            return
+        try:
+            self._before_body(scope)
+        except (Unauthorized, RetryLater) as error:
+            await exchange.refuse(error, scope["path"], close=False)
+            return
+        gate = self.admission
+        if gate is not None:
+            try:  # no room inside: refused before the body is read, as before
+                await gate.room()
+            except Overloaded as error:
+                self._refused("admission")
+                client = scope.get("client")
+                await gate.pace(tuple(client) if client else None, self.shutdown)
+                await exchange.refuse(error, scope["path"], close=False)
+                return
+        body = Body(rules)
+        try:
+            try:
+                await body.read(exchange.receive, declared)
+            except ClientGone:
+                return
+            except (RequestTimeout, PayloadTooLarge, Overloaded) as error:
+                self._refused(
+                    {408: "slow_body", 413: "body_too_large"}.get(error.status, "body_budget")
+                )
+                body.release()
+                # A refusal for room reads (and drops) the rest of the body, so its client, still
+                # sending, gets the answer instead of a reset; otherwise as any early answer.
+                linger = rules.max_bytes if isinstance(error, Overloaded) else None
+                await exchange.refuse(error, scope["path"], close=False, drain_bytes=linger)
+                return
+            await self._admitted(scope, exchange, partial(body.replay, exchange.receive))
+        finally:
+            body.release()
+
+    def _before_body(self, scope: HTTPScope) -> None:
+        """What an upload can be refused for before its body is read: no valid token (401),
+        its user over the rate limit (429; a multipart upload names its user in the body,
+        and is counted by the app), no room in the ingest queue (503)."""
+        access = self.access
+        if access is not None:
+            headers = header_map(scope["headers"])
+            user = access.user_for_request(headers)
+            if not headers.get("content-type", "").lower().startswith("multipart/form-data"):
+                query = parse_qs(scope["query_string"].decode("latin-1"))
+                named = query.get("user_id", [None])[0]
+                if owner := user or named:
+                    access.take(owner)
+        if self.ingress is not None and self.ingress.full:
+            raise self.ingress.refuse("queue_full")
+
+    def _refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refuse(reason)
 
 
 class Exchange:
@@ -223,14 +328,15 @@ class Exchange:
             return True  # chunked: read up to the bound, then close
         return expected - self.received <= self.door.drain_max_bytes
 
-    async def _drain(self) -> None:
-        """Wait while the rest of the body is received, bounded in time and bytes.
+    async def _drain(self, limit: int | None = None) -> None:
+        """Wait while the rest of the body is received, bounded in time and bytes (*limit*,
+        or the door's ``drain_max_bytes``).
 
         Someone else receives it: the app, or ``_discard`` for a refusal of our own.
         """
         if self.body_in:
             return
-        self.drain_limit = self.received + self.door.drain_max_bytes
+        self.drain_limit = self.received + (limit or self.door.drain_max_bytes)
         self.settled = trio.Event()
         with trio.move_on_after(self.door.drain_timeout_s):
             await self.settled.wait()
@@ -239,10 +345,13 @@ class Exchange:
         while (await self.receive())["type"] != "http.disconnect":
             pass
 
-    async def refuse(self, error: Overloaded, path: str, *, close: bool) -> None:
-        """503 + ``Retry-After`` without the app: the service is shutting down (*close*:
-        ``Connection: close``) or has no room (the connection stays, its body drained within
-        the bounds, or is closed when too much body is left).
+    async def refuse(
+        self, error: ServiceError, path: str, *, close: bool, drain_bytes: int | None = None
+    ) -> None:
+        """*error* without the app, e.g. 503 + ``Retry-After``: the service is shutting down
+        (*close*: ``Connection: close``) or has no room (the connection stays, its body
+        drained within the bounds, or is closed when too much body is left). *drain_bytes*:
+        read (and drop) at most that much more body before the end, whatever is left (0: none).
 
         The unread body is read (within the drain bounds) before the connection closes, so the
         close does not reset it under a client still sending, which can cost the client the
@@ -252,16 +361,45 @@ class Exchange:
         headers = [
             (b"content-type", PROBLEM_TYPE),
             (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(error.retry_after).encode()),
         ]
+        if isinstance(error, RetryLater):
+            headers.append((b"retry-after", str(error.retry_after).encode()))
+        if isinstance(error, Unauthorized):
+            headers.append((b"www-authenticate", b'Bearer realm="trio-audio"'))
         start: Any = {"type": "http.response.start", "status": error.status, "headers": headers}
+        self.closing = close
+        try:
+            await self._answer(start, body, drain_bytes)
+        except* (trio.BusyResourceError, trio.BrokenResourceError):
+            # The client hung up on reading the status line: hypercorn then closes its side
+            # outside its send lock, under the answer's last send. Nobody is left to tell.
+            pass
+
+    async def _answer(self, start: Any, body: bytes, drain_bytes: int | None) -> None:
+        drains = self._can_drain() if drain_bytes is None else drain_bytes > 0
         async with trio.open_nursery() as nursery:
             # Hypercorn hands over the body and then ``http.disconnect``: someone must take
             # them until the end, or its queue fills and the close waits forever.
             nursery.start_soon(self._discard)
-            await self._send(self._closing(start) if close or not self._can_drain() else start)
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
-            if self._can_drain():
-                await self._drain()
-            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send(self._closing(start) if self.closing or not drains else start)
+            # In one piece when nothing is to be read: a client that hangs up once it has the
+            # answer must not race a last empty send with hypercorn's close.
+            await self._send({"type": "http.response.body", "body": body, "more_body": drains})
+            if drains:
+                await self._drain(drain_bytes)
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()  # the exchange is over
+
+
+async def _deny_websocket(
+    error: ServiceError, path: str, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    """Refuse a WebSocket handshake with *error*'s status and problem document (the ASGI
+    ``websocket.http.response`` extension, which hypercorn implements)."""
+    await receive()  # websocket.connect
+    body = json.dumps(error.problem(instance=path), separators=(",", ":")).encode()
+    headers = [(b"content-type", PROBLEM_TYPE), (b"content-length", str(len(body)).encode())]
+    start: Any = {"type": "websocket.http.response.start", "status": error.status,
+                  "headers": headers}  # fmt: skip
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})

@@ -11,6 +11,7 @@ gone" into ``ws.Disconnected``; everything else is the session's (``ws.Session``
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -20,18 +21,15 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from ..config import Config
+from ..errors import ServiceError
+from ..memory import message_limit
 from ..pipeline.pipeline import Ingress
-from .messages import MAX_CONTROL_BYTES
+from .origins import header_map
 from .ws import Disconnected, Session, WsContext
 
 CLOSE_NOT_FOUND: Final = 4404
-LIBRARY_QUEUE: Final = 4  # frames trio-websocket reads ahead of the session
-
-
-def message_limit(config: Config) -> int:
-    """The libraries' frame limit: a chunk as base64 inside JSON, plus its envelope."""
-    return config.max_body_bytes * 4 // 3 + MAX_CONTROL_BYTES
+PROBLEM_TYPE: Final = b"application/problem+json"
+LIBRARY_QUEUE: Final = 1  # frames trio-websocket reads ahead of the session (memory: one)
 
 
 class TrioWebsocketTransport:
@@ -88,6 +86,19 @@ class QuartTransport:
         await self.websocket.close(code, reason)
 
 
+async def _reject(request: WebSocketRequest, error: ServiceError, path: str) -> None:
+    """Refuse the handshake with *error*'s status and problem document, then close the socket
+    (trio-websocket 0.12 leaves a rejected connection's reader waiting for the client)."""
+    body = json.dumps(error.problem(instance=path), separators=(",", ":")).encode()
+    try:
+        await request.reject(
+            error.status, extra_headers=[(b"content-type", PROBLEM_TYPE)], body=body
+        )
+    finally:
+        with trio.move_on_after(1, shield=True):
+            await request._connection._close_stream()
+
+
 async def serve_ws(
     ctx: WsContext,
     ingress: Ingress,
@@ -103,6 +114,15 @@ async def serve_ws(
     config = ctx.config
 
     async def handler(request: WebSocketRequest) -> None:
+        if ctx.origins is not None:
+            path = urlsplit(request.path).path
+            headers = header_map(request.headers)
+            # wsproto keeps Host out of the other headers (trio-websocket has no accessor)
+            headers["host"] = request._event.host
+            error = ctx.origins.refusal("WEBSOCKET", path, headers, listener=True)
+            if error is not None:
+                await _reject(request, error, path)
+                return
         connection = await request.accept()
         if urlsplit(request.path).path != "/ws":
             # Not request.reject(): in trio-websocket 0.12 a rejected connection's task

@@ -52,6 +52,7 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
+from ..budget import Inflight, UserBudgets
 from ..config import Config
 from ..errors import (
     BadMessage,
@@ -81,6 +82,7 @@ from .messages import (
     parse_start,
     transcript_message,
 )
+from .origins import Origins
 from .session_events import session_summary
 
 logger = logging.getLogger("trio_audio.ws")
@@ -126,6 +128,10 @@ class WsContext:
     shutdown: trio.Event
     transcriber: Finalizer | None = None
     access: Access = attrs.field(factory=Access)  # tokens and rate limit, shared with HTTP
+    origins: Origins | None = None  # who may open a socket with auth off (None: anyone)
+    user_bytes: UserBudgets = attrs.field(  # unanswered chunk bytes per user, all sockets
+        default=attrs.Factory(lambda ctx: UserBudgets(ctx.config.ws_user_inflight_bytes),
+                              takes_self=True))  # fmt: skip
     active: int = 0
     per_user: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)  # open ones, told to stop on shutdown
@@ -168,6 +174,7 @@ class Session:
             ctx.config.ws_max_inflight
         )
         self.unanswered: deque[float] = deque()  # receive times of chunks not yet answered
+        self.inflight = Inflight(ctx.config.ws_max_inflight_bytes, ctx.user_bytes)  # their bytes
         self._answered = trio.Event()  # set each time the acker answers a chunk
         self._drained = trio.Event()  # set when the acker has answered the last chunk
         self._reading = trio.CancelScope()  # the reader's; shutdown or an error cancels it
@@ -208,6 +215,7 @@ class Session:
         if self._released:
             return
         self._released = True
+        self.inflight.close()
         self.ctx.sessions.discard(self)
         self.ctx.active -= 1
         if self.admitted is not None:
@@ -444,6 +452,12 @@ class Session:
             self.ctx.access.take(start.user_id)
         except RateLimited as exc:
             raise SessionError(exc) from None
+        wait_s = self.config.ws_overload_timeout_s
+        if not await self.inflight.take(start.user_id, len(data), wait_s):
+            msg = (f"no room in {wait_s:g} s for more unanswered bytes of this socket or user "
+                   f"(ws_max_inflight_bytes, ws_user_inflight_bytes); resume from seq {seq} "
+                   "later")  # fmt: skip
+            raise SessionError(Overloaded(msg))
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
         with trio.move_on_after(self.config.ws_overload_timeout_s):
@@ -468,6 +482,7 @@ class Session:
                     break
                 finally:
                     self.unanswered.popleft()
+                    self.inflight.give(len(job.parts[0].body))
                     self._answered.set()
                 result = results[0]
                 ack: dict[str, Any] = {"type": "ack", "seq": seq,

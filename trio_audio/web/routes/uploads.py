@@ -9,11 +9,7 @@ part that cannot be stored is named in the problem (``part: {index, filename}``)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import attrs
-import trio
 from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
@@ -25,7 +21,6 @@ from ...errors import (
     Forbidden,
     MissingField,
     PayloadTooLarge,
-    RequestTimeout,
     ServiceError,
 )
 from ...models import Job, Part, check_id, parse_seq, parse_timestamp
@@ -45,26 +40,25 @@ async def upload() -> Response:
     media_type = media[0]
     user = g.get("user_id")
     multipart = media_type == "multipart/form-data"
-    if not multipart and (user is not None or request.args.get("user_id")):
-        access.take(user or request.args["user_id"])  # before reading the body
+    # A raw body's user was counted by the front door before the body was read.
     filenames: list[str | None] = []
-    with body_deadline(config, request.content_length):
-        if media_type == "multipart/form-data":
-            try:
-                form = await request.form
-            except RequestEntityTooLarge as exc:
-                raise form_too_large(config, exc) from None
-            files = (await request.files).getlist("file")
-            fields = MultiDict(list(request.args.items(multi=True)))
-            fields.update(form)
-            uploads = [upload_of(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
-                       for f in files]  # fmt: skip
-            filenames = [f.filename for f in files]
-        else:
-            fields = request.args
-            body = await request.get_data(cache=False, as_text=False)
-            assert isinstance(body, bytes)
-            uploads = [Upload(body, content_type, *media)]
+    # The front door has read the body already, within its rate and size rules.
+    if media_type == "multipart/form-data":
+        try:
+            form = await request.form
+        except RequestEntityTooLarge as exc:
+            raise form_too_large(config, exc) from None
+        files = (await request.files).getlist("file")
+        fields = MultiDict(list(request.args.items(multi=True)))
+        fields.update(form)
+        uploads = [upload_of(f.read(config.max_part_bytes + 1), f.content_type or OCTETS)
+                   for f in files]  # fmt: skip
+        filenames = [f.filename for f in files]
+    else:
+        fields = request.args
+        body = await request.get_data(cache=False, as_text=False)
+        assert isinstance(body, bytes)
+        uploads = [Upload(body, content_type, *media)]
     if media_type == "multipart/form-data":
         if not uploads:
             raise MissingField("multipart upload has no 'file' part")
@@ -98,22 +92,6 @@ async def upload() -> Response:
 
 def register(app: QuartTrio) -> None:
     app.add_url_rule("/upload", view_func=upload, methods=["POST"])
-
-
-@contextlib.contextmanager
-def body_deadline(config: Config, length: int | None) -> Iterator[None]:
-    """Cut off a body sent slower than ``min_upload_bytes_per_s`` (after a grace)."""
-    if config.min_upload_bytes_per_s <= 0:
-        yield
-        return
-    size = length if length is not None else config.max_body_bytes
-    allowed = config.upload_grace_s + size / config.min_upload_bytes_per_s
-    with trio.move_on_after(allowed) as scope:
-        yield
-    if scope.cancelled_caught:
-        msg = (f"the body took over {allowed:.1f} s; the minimum upload rate is "
-               f"{config.min_upload_bytes_per_s:g} bytes/s")  # fmt: skip
-        raise RequestTimeout(msg)
 
 
 def form_too_large(config: Config, exc: RequestEntityTooLarge) -> PayloadTooLarge:
