@@ -629,7 +629,11 @@ def host_port(server: Server, transport: str) -> tuple[str, int]:
 async def never_reading(server: Server, transport: str, session: str) -> trio.SocketStream:
     """A raw socket that opens a session, sends audio until the server stops taking it (its
     answers back up) or cuts it off, and never reads a byte after the handshake."""
-    host, port = host_port(server, transport)
+    return await never_reading_at(*host_port(server, transport), session)
+
+
+async def never_reading_at(host: str, port: int, session: str) -> trio.SocketStream:
+    """``never_reading`` on the WebSocket endpoint at *host*:*port*."""
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect((host, port))

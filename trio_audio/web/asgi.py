@@ -124,7 +124,8 @@ class FrontDoor:
                 self.metrics.refuse("admission")
             client = scope.get("client")
             await gate.pace(tuple(client) if client else None, self.shutdown)
-            await exchange.refuse(error, scope["path"], close=False)
+            # The drain may have begun while the refusal was held: then it closes too.
+            await exchange.refuse(error, scope["path"], close=self.shutdown.is_set())
             return
         try:
             await self.app(scope, exchange.receive, exchange.send)

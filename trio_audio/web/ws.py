@@ -182,6 +182,7 @@ class Session:
         self.next_seq = 0
         self.start: Start | None = None
         self.admitted: str | None = None  # the user this session is counted against
+        self._not_taken = Overloaded("not taken: the server is shutting down")
 
     # -- the whole connection -----------------------------------------------------------
 
@@ -444,9 +445,16 @@ class Session:
             raise SessionError(exc) from None
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
-        with trio.move_on_after(self.config.ws_overload_timeout_s):
-            await self.ingress.submit(job)
-            return
+        try:
+            with trio.move_on_after(self.config.ws_overload_timeout_s):
+                await self.ingress.submit(job)
+                return
+        except trio.Cancelled:
+            # Shutdown cancelled the submit: the chunk was never taken and is never answered
+            # (its client sends it again when it resumes). The acker stops there instead of
+            # waiting for its answer until the close timeout.
+            job.reply.fail(self._not_taken)
+            raise
         job.reply.fail(Overloaded("not taken: the pipeline had no room"))  # the acker's turn
         self.ctx.metrics.refuse("ws_wait_timeout")
         msg = (
@@ -462,7 +470,8 @@ class Session:
                 try:
                     results: list[Stored] = await job.reply.wait()
                 except ServiceError as exc:
-                    self._end_with(exc)  # the chunks after it stay unanswered
+                    if exc is not self._not_taken:
+                        self._end_with(exc)  # the chunks after it stay unanswered
                     break
                 finally:
                     self.unanswered.popleft()
