@@ -55,7 +55,7 @@ from .web.access import Access
 from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
-from .web.auth import RateLimiter, Tokens
+from .web.auth import RateLimiter, TokensFile
 from .web.http_server import serve_hypercorn
 from .web.transports import message_limit, serve_ws
 from .web.ws import WsContext
@@ -189,12 +189,12 @@ def admission_gauge(admission: Admission) -> dict[str, float]:
     }
 
 
-def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
+def security(config: Config) -> tuple[TokensFile | None, ssl.SSLContext | None]:
     """The tokens (None: auth off) and TLS context (None: plain) the config asks for."""
     tokens = None
     if config.tokens_file:
         try:
-            tokens = Tokens.load(Path(config.tokens_file))
+            tokens = TokensFile(Path(config.tokens_file))
         except OSError as exc:
             msg = f"cannot read the tokens file {config.tokens_file}: {exc.strerror}"
             raise ValueError(msg) from None

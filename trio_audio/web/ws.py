@@ -20,12 +20,13 @@ A ``start`` without ``format`` only watches: it gets the session's results and s
 
 Resource handling: each connection runs five tasks in its own nursery: the reader (parses,
 submits to the pipeline), the acker (answers chunks in order), the relay (the session's live
-results from the hub), the flow reporter, and the writer (the only task that sends). Every
-queue between them is bounded: the reader stops reading the socket when ``ws_max_inflight``
-chunks are unanswered (TCP backpressure); a chunk that finds the pipeline full for
-``ws_overload_timeout_s`` ends the connection with ``overloaded``; a client whose hub queue
-overflows, or that takes nothing the writer sends for ``ws_send_timeout_s``, is cut off with
-``slow_reader``, which frees its slot.
+results from the hub), the flow reporter (which also ends a session whose token was revoked,
+with 4401, within ``ws_flow_interval_s`` of the tokens file's change), and the writer (the only
+task that sends). Every queue between them is bounded: the reader stops reading the socket when
+``ws_max_inflight`` chunks are unanswered (TCP backpressure); a chunk that finds the pipeline
+full for ``ws_overload_timeout_s`` ends the connection with ``overloaded``; a client whose hub
+queue overflows, or that takes nothing the writer sends for ``ws_send_timeout_s``, is cut off
+with ``slow_reader``, which frees its slot.
 
 Error handling: a bad message, format or chunk ends the connection with an ``error`` and the
 matching close code, after the chunks taken before it are answered; other sessions never
@@ -62,6 +63,7 @@ from ..errors import (
     RateLimited,
     ServiceError,
     SlowReader,
+    Unauthorized,
 )
 from ..hub import Hub, Subscription
 from ..metrics import Metrics
@@ -183,6 +185,8 @@ class Session:
         self.start: Start | None = None
         self.admitted: str | None = None  # the user this session is counted against
         self._not_taken = Overloaded("not taken: the server is shutting down")
+        self._token: str | None = None  # the token it authenticated with (auth on)
+        self._token_generation = 0
 
     # -- the whole connection -----------------------------------------------------------
 
@@ -293,9 +297,20 @@ class Session:
     def _authenticate(self, control: dict[str, Any]) -> str | None:
         """With auth on: the user of the token in the start message, ?token= or the header."""
         token = control.get("token") or self.transport.query.get("token")
-        return self.ctx.access.user_for_request(
-            self.transport.headers, token if isinstance(token, str) else None
-        )
+        self._token = token if isinstance(token, str) else None
+        self._token_generation = self.ctx.access.generation
+        return self.ctx.access.user_for_request(self.transport.headers, self._token)
+
+    def _check_token(self) -> None:
+        """After the tokens file changed: end the session (4401) if its token was revoked."""
+        access = self.ctx.access
+        if not access.auth or self._token_generation == access.generation:
+            return
+        self._token_generation = access.generation
+        try:
+            access.user_for_request(self.transport.headers, self._token)
+        except ServiceError:
+            self._end_with(Unauthorized("the token of this session was revoked"))
 
     def _admit(self, user_id: str) -> None:
         """Count the session in, or refuse it past the overall and per-user caps."""
@@ -510,6 +525,8 @@ class Session:
         async with out:
             while True:
                 await trio.sleep(self.config.ws_flow_interval_s)
+                self.ctx.access.current()  # and a revoked token ends the session, here
+                self._check_token()
                 behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
                 if self.unanswered or behind:
                     oldest = self.unanswered[0] if self.unanswered else time.monotonic()
