@@ -6,7 +6,10 @@ record, so sorting by name is log order, and at most one snapshot ``%016d.snap``
 ``compact``) named after the seq the log goes on from. Other names there (``*.torn`` files,
 for one) are ignored; ``*.tmp`` files are an unfinished compaction's (or manifest's) and are
 removed at replay. ``MANIFEST`` says how far the log was durable (``record.Manifest``); it is
-replaced whole, by rename (``write_manifest``).
+replaced whole, by rename (``write_manifest``). ``<data_dir>/LOG_CREATED`` is written once,
+when a writer first opens the log (``mark_log``): from then on a data dir whose log is gone
+(no segment, snapshot or manifest: the directory emptied, renamed or not mounted) is refused
+(``require_log_if_created``) instead of served as a new, empty one.
 
 Every call that changes a file goes through a ``FileOps`` object (the real ``os`` calls by
 default): the seam that the power-loss and disk-fault tests put their doubles under.
@@ -20,6 +23,7 @@ import errno
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
 from typing import Final
 
@@ -32,6 +36,7 @@ TORN_SUFFIX: Final = ".torn"
 SNAPSHOT_SUFFIX: Final = ".snap"
 TMP_SUFFIX: Final = ".tmp"
 MANIFEST_FILE: Final = "MANIFEST"
+LOG_CREATED_FILE: Final = "LOG_CREATED"
 SEGMENT_NAME: Final = re.compile(r"^(\d{16})\.seg$")
 SNAPSHOT_NAME: Final = re.compile(r"^(\d{16})\.snap$")
 
@@ -129,6 +134,41 @@ def lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def mark_log(data_dir: Path, files: FileOps = REAL_FILES) -> None:
+    """Write ``LOG_CREATED`` (when the log was first opened) beside the log, durably, if it
+    is not there yet."""
+    path = data_dir / LOG_CREATED_FILE
+    if path.exists():
+        return
+    fd = files.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_all(files, fd, [f"{stamp} a log was created in {LOG_DIR}/\n".encode()], 0)
+        files.fdatasync(fd)
+    finally:
+        files.close(fd)
+    files.fsync_dir(data_dir)
+
+
+def require_log_if_created(data_dir: Path) -> None:
+    """Raise ``StoreError`` when ``LOG_CREATED`` says a log was created in *data_dir* and
+    no trace of it is left: serving would start empty and lose every acknowledged chunk."""
+    marker = data_dir / LOG_CREATED_FILE
+    try:
+        created = marker.read_text(errors="replace").split(" ", 1)[0]
+    except FileNotFoundError:
+        return
+    directory = log_dir(data_dir)
+    if list_segments(data_dir) or list_snapshots(data_dir) or (directory / MANIFEST_FILE).exists():
+        return
+    msg = (
+        f"the log in {directory} is gone (no segments, snapshot or {MANIFEST_FILE}), but "
+        f"{marker} says one was created there ({created}): it was emptied, renamed or is not "
+        f"mounted. Put it back; to start over with an empty log on purpose, delete {marker}"
+    )
+    raise StoreError(msg)
 
 
 def make_dirs(path: Path) -> bool:
