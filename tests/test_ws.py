@@ -760,3 +760,39 @@ def test_any_frames_get_a_typed_error_or_normal_processing_on_both_transports(
             assert error["type"] == "error" and errors == [error], received
             assert error["code"] != "internal" and error["message"]
             assert isinstance(error["retryable"], bool)
+
+
+async def test_seqs_stay_within_0_to_2_53_minus_1(server: Server) -> None:
+    """The last seq a session can hold is 2^53-1 (exact in JSON): the server never gives one
+    past it, a multipart upload that would run past it is refused whole, and a stream that
+    reaches it is told the session is full; resuming at it still replays."""
+    last = 2**53 - 1
+    audio = {"headers": {"Content-Type": "audio/wav"}}
+    async with server.client() as client:
+        stored = await client.post("/upload", params=upload_params(session_id="full", seq=last),
+                                   content=wav(440, 0.1), **audio)  # fmt: skip
+        assert stored.status_code == 201 and stored.json()["seq"] == last
+        more = await client.post("/upload", params=upload_params(session_id="full"),
+                                 content=wav(450, 0.1), **audio)  # fmt: skip
+        assert more.status_code == 400 and more.json()["code"] == "invalid_field", more.text
+        assert "is full" in more.json()["detail"]
+        files = [("file", (f"{n}.wav", wav(460 + n, 0.1), "audio/wav")) for n in range(2)]
+        both = await client.post("/upload", params=upload_params(session_id="f2", seq=last),
+                                 files=files)  # fmt: skip
+        assert both.status_code == 400 and both.json()["code"] == "invalid_field", both.text
+        assert (await client.get("/sessions/alice", params={"session_id": "f2"})).json()[
+            "sessions"
+        ] == []
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="full", resume_from_seq=last)
+        assert started["next_seq"] == last
+        replayed = await receive_type(ws, "ack", skip=("metadata",))
+        assert replayed["seq"] == last and replayed["replayed"]
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="full")
+        assert started["stored_next_seq"] == last + 1  # one past the end: nothing fits
+        await ws.send_message(frame(1))
+        received, code = await until_closed(ws)
+    errors = [m for m in received if m["type"] == "error"]
+    assert code == 4400 and errors and errors[0]["code"] == "invalid_field", received
+    assert "is full" in errors[0]["message"]
