@@ -9,7 +9,9 @@ removed at replay. ``MANIFEST`` says how far the log was durable (``record.Manif
 replaced whole, by rename (``write_manifest``). ``<data_dir>/LOG_CREATED`` is written once,
 when a writer first opens the log (``mark_log``): from then on a data dir whose log is gone
 (no segment, snapshot or manifest: the directory emptied, renamed or not mounted) is refused
-(``require_log_if_created``) instead of served as a new, empty one.
+(``require_log_if_created``) instead of served as a new, empty one. ``<data_dir>/RESERVE`` is
+disk space held back (``make_reserve``) and given up (``release_reserve``) so that a delete
+can still be written when the disk is full.
 
 Every call that changes a file goes through a ``FileOps`` object (the real ``os`` calls by
 default): the seam that the power-loss and disk-fault tests put their doubles under.
@@ -37,6 +39,7 @@ SNAPSHOT_SUFFIX: Final = ".snap"
 TMP_SUFFIX: Final = ".tmp"
 MANIFEST_FILE: Final = "MANIFEST"
 LOG_CREATED_FILE: Final = "LOG_CREATED"
+RESERVE_FILE: Final = "RESERVE"
 SEGMENT_NAME: Final = re.compile(r"^(\d{16})\.seg$")
 SNAPSHOT_NAME: Final = re.compile(r"^(\d{16})\.snap$")
 
@@ -75,6 +78,9 @@ class FileOps:
 
     def fsync_dir(self, path: Path) -> None:
         fsync_dir(path)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fallocate(fd, offset, length)
 
 
 REAL_FILES: Final = FileOps()
@@ -150,6 +156,44 @@ def mark_log(data_dir: Path, files: FileOps = REAL_FILES) -> None:
     finally:
         files.close(fd)
     files.fsync_dir(data_dir)
+
+
+def make_reserve(data_dir: Path, size: int, files: FileOps = REAL_FILES) -> bool:
+    """Hold *size* bytes of disk in ``RESERVE`` (allocated, not just a sparse length); True
+    once it is there. ``OSError`` when there is no room for it."""
+    path = data_dir / RESERVE_FILE
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_blocks * 512 >= size:
+            return True
+    if size <= 0:
+        return False
+    fd = files.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            files.fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            for at in range(0, size, COPY_CHUNK_BYTES):  # no fallocate here: write it
+                write_all(files, fd, [bytes(min(COPY_CHUNK_BYTES, size - at))], at)
+        files.fdatasync(fd)
+    except BaseException:
+        files.close(fd)
+        with contextlib.suppress(OSError):
+            files.unlink(path)
+        raise
+    files.close(fd)
+    files.fsync_dir(data_dir)
+    return True
+
+
+def release_reserve(data_dir: Path, files: FileOps = REAL_FILES) -> bool:
+    """Give the reserve's space back to the file system; True if there was one."""
+    try:
+        files.unlink(data_dir / RESERVE_FILE)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def require_log_if_created(data_dir: Path) -> None:
