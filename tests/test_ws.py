@@ -796,3 +796,25 @@ async def test_seqs_stay_within_0_to_2_53_minus_1(server: Server) -> None:
     errors = [m for m in received if m["type"] == "error"]
     assert code == 4400 and errors and errors[0]["code"] == "invalid_field", received
     assert "is full" in errors[0]["message"]
+
+
+async def test_started_names_the_missing_seqs_below_stored_next_seq(server: Server) -> None:
+    async with server.client() as client:
+        for session, seqs in (("holes", [0, 1, 3, 7]), ("far", [0, 1000])):
+            for seq in seqs:
+                response = await client.post(
+                    "/upload", params=upload_params(session_id=session, seq=seq),
+                    content=wav(300 + seq, 0.05), headers={"Content-Type": "audio/wav"},
+                )  # fmt: skip
+                assert response.status_code == 201, response.text
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="holes")
+        assert started["stored_next_seq"] == 8
+        assert started["missing_seqs"] == [2, 4, 5, 6] and started["missing_count"] == 4
+    async with connect(ws_url(server, "http-port")) as ws:
+        started = await start(ws, session="far")
+        assert started["missing_count"] == 999  # named: the highest 100 of them
+        assert started["missing_seqs"] == list(range(900, 1000))
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="new")
+        assert started["missing_seqs"] == [] and started["missing_count"] == 0

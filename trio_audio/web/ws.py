@@ -5,7 +5,7 @@ JSON text frames carry control, binary frames carry audio (one chunk each)::
     client                                   server
     start {user_id, session_id, format?, ->
            resume_from_seq?}             <-  started {session_id, next_seq, stored_next_seq,
-                                                      limits}
+                                                      missing_seqs, missing_count, limits}
                                          <-  (resume: ack + metadata [+ transcript] replayed)
     <binary chunk> | audio {data, seq?}  ->
                                          <-  ack {seq, chunk_id}        once durably stored
@@ -81,7 +81,7 @@ from .messages import (
     parse_control,
     parse_start,
 )
-from .session_events import session_summary
+from .session_events import missing_seqs, session_summary
 
 logger = logging.getLogger("trio_audio.ws")
 
@@ -337,6 +337,7 @@ class Session:
             )
             raise SessionError(InvalidField(msg))
         self.next_seq = resume if resume is not None else stored_next_seq
+        missing, missing_count = missing_seqs(store, start.user_id, start.session_id)
         await self._send(
             out,
             {
@@ -345,6 +346,8 @@ class Session:
                 "session_id": start.session_id,
                 "next_seq": self.next_seq,
                 "stored_next_seq": stored_next_seq,
+                "missing_seqs": missing,
+                "missing_count": missing_count,
                 "metadata_every": start.metadata_every,
                 "limits": {
                     "max_message_bytes": self.config.max_body_bytes,
