@@ -8,8 +8,8 @@ cut can do on top:
   model): each 512-byte sector written since the last fsync is kept, dropped or garbled
   (random bytes or zeros), each truncation kept or dropped, and a file whose directory
   entry was never fsync'd may vanish. Nothing before a completed fsync is touched.
-* ``FaultyFiles`` injects ENOSPC (after a short write), EIO from fsync, or a crash at the
-  n-th call.
+* ``FaultyFiles`` injects ENOSPC (after a short write; a file removed meanwhile gives its
+  bytes back), EIO from fsync, or a crash at the n-th call.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ class FaultyFiles(FileOps):
     """Real files, with faults switched on by the test."""
 
     def __init__(self) -> None:
-        self.full = False  # writes fail with ENOSPC (the first one after a short write)
+        self.full = False  # writes fail with ENOSPC (the first one after a short write) ...
+        self.room = 0  # ... but for this many bytes, which a file removed meanwhile freed
         self.fail_fsync = False  # fdatasync fails with EIO
         self.crash_at: int | None = None  # raise Crash at this call (0-based)
         self.calls = 0
@@ -140,7 +141,10 @@ class FaultyFiles(FileOps):
 
     def pwritev(self, fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
         self._step()
-        if self.full:
+        size = sum(len(b) for b in buffers)
+        if self.full and size <= self.room:
+            self.room -= size
+        elif self.full:
             first = bytes(buffers[0])
             if len(first) > 1 and self.short_writes == 0:
                 self.short_writes += 1
@@ -160,7 +164,15 @@ class FaultyFiles(FileOps):
 
     def unlink(self, path: Path) -> None:
         self._step()
+        size = path.stat().st_size if self.full and path.exists() else 0
         super().unlink(path)
+        self.room += size
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        self._step()
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().fallocate(fd, offset, length)
 
     def rename(self, src: Path, dst: Path) -> None:
         self._step()

@@ -7,6 +7,7 @@ add what a power cut or a failing disk does. End-to-end tests run the real serve
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import shutil
@@ -353,7 +354,7 @@ async def test_disk_full_gives_507_keeps_reads_and_resumes(
     start_server: StartServer, data_dir: Path
 ) -> None:
     files = FaultyFiles()
-    server = await start_server(files=files)
+    server = await start_server(files=files, store_reserve_bytes=0)
     async with server.client() as client:
         first = await upload(client, "s", 300)
         files.full = True  # a short write, then ENOSPC
@@ -364,7 +365,7 @@ async def test_disk_full_gives_507_keeps_reads_and_resumes(
             assert problem["code"] == "insufficient_storage" and problem["retryable"] is True
             assert response.headers["content-type"].startswith("application/problem+json")
         deleted = await client.delete(f"/chunks/{first['chunk_id']}")
-        assert deleted.status_code == 507  # a tombstone needs room too
+        assert deleted.status_code == 507  # a tombstone needs room too: here, no reserve
         assert (await client.get(f"/chunks/{first['chunk_id']}")).json() == first
         audio = await client.get(f"/chunks/{first['chunk_id']}/audio")
         assert audio.content == wav(300, 0.25)
@@ -747,3 +748,88 @@ def test_any_damage_is_refused_by_replay_and_check_or_loses_nothing(
     assert checked.records == len(records)
     got = [(r.seq, r.meta, read_blob(data_dir, r.blob) if r.blob else None) for r in records]
     assert got == written[: len(records)]
+
+
+async def test_a_delete_refused_for_room_is_written_from_the_reserve(
+    start_server: StartServer, data_dir: Path
+) -> None:
+    files = FaultyFiles()
+    server = await start_server(files=files, store_reserve_bytes=64 * 1024)
+    async with server.client() as client:
+        first = await upload(client, "s", 300)
+        kept = await upload(client, "s", 310)
+        files.full = True
+        refused = await client.post("/upload", params=upload_params(), content=wav(400))
+        assert refused.status_code == 507 and refused.headers["retry-after"] == "10"
+        deleted = await client.delete(f"/chunks/{first['chunk_id']}")
+        assert deleted.status_code == 200, deleted.text
+        assert not (data_dir / "RESERVE").exists()
+        assert (await client.get(f"/chunks/{first['chunk_id']}")).status_code == 404
+        still = (await client.get(f"/chunks/{kept['chunk_id']}")).json()
+        assert still["checksum"] == kept["checksum"]
+        files.full = False
+        assert (
+            await client.post("/upload", params=upload_params(), content=wav(410))
+        ).status_code == 201
+    await server.stop()
+    again = await start_server(data_dir=data_dir)
+    assert not again.running.store.has(first["chunk_id"])
+    assert (data_dir / "RESERVE").exists()
+
+
+def fill(path: Path) -> None:
+    """Take every page the file system has left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+async def test_a_delete_frees_space_on_a_full_disk(
+    start_server: StartServer, tiny_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a real full file system: uploads get 507 with Retry-After, the episode is logged
+    once (no traceback per refused batch), a DELETE is still written (from the reserve), and
+    the compaction it starts gives the space back, so uploads are taken again."""
+    caplog.set_level(logging.INFO, logger="trio_audio.store")
+    (tiny_fs / "filler").write_bytes(bytes(300_000))
+    data_dir = tiny_fs / "data"
+    server = await start_server(data_dir=data_dir, store_reserve_bytes=64 * 1024)
+    assert (data_dir / "RESERVE").stat().st_size == 64 * 1024
+    body = pcm_s16le(440, seconds=1.0)  # 32 KB
+    params = upload_params(encoding="pcm_s16le", sample_rate="16000", channels="1")
+    async with server.client() as client:
+        for _ in range(60):
+            response = await client.post("/upload", params=params, content=body)
+            if response.status_code == 507:
+                break
+            assert response.status_code == 201, response.text
+        else:
+            pytest.fail("the 1 MiB file system never filled up")
+        for _ in range(3):
+            assert response.status_code == 507
+            assert response.headers["retry-after"] == "10"
+            assert response.json()["retryable"] is True
+            response = await client.post("/upload", params=params, content=body)
+        await trio.to_thread.run_sync(fill, tiny_fs / "rest")  # not a page left
+        gone = await client.delete("/sessions/alice", params={"session_id": "s1"})
+        assert gone.status_code == 200, gone.text
+        assert not (data_dir / "RESERVE").exists()  # given up: the compaction's room
+        sessions = await client.get("/sessions/alice")
+        assert sessions.json()["sessions"] == []
+        for _ in range(100):  # the compaction the delete started frees the deleted audio
+            response = await client.post("/upload", params=params, content=body)
+            if response.status_code == 201:
+                break
+            await trio.sleep(0.05)
+        assert response.status_code == 201, response.text
+    store_logs = [r for r in caplog.records if r.name == "trio_audio.store"]
+    full = [r for r in store_logs if "the disk is full" in r.getMessage()]
+    assert len(full) == 1, [r.getMessage() for r in store_logs]
+    assert not any(r.exc_info for r in store_logs), [r.getMessage() for r in store_logs]
+    assert any("room again" in r.getMessage() for r in store_logs)
+    assert (data_dir / "RESERVE").exists()  # taken again once there was room

@@ -80,7 +80,7 @@ class RawConnection:
             length = int(headers.get("content-length", "0"))
             self.buffer = bytearray(rest)
             while len(self.buffer) < length:
-                assert await self._fill(), "closed inside a response body"
+                assert await self._fill(), f"closed inside a response body {head!r}"
             body, self.buffer = bytes(self.buffer[:length]), self.buffer[length:]
             return RawResponse(status, headers, body)
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from trio_audio.errors import CorruptLog, StoreError
@@ -26,6 +29,7 @@ from trio_audio.store.record import (
 from trio_audio.store.replay import read_blob
 from trio_audio.store.writer import LogWriter
 
+from .audio_samples import wav
 from .logs import (
     assert_matches,
     chunks,
@@ -37,6 +41,7 @@ from .logs import (
     seg_path,
     write_records,
 )
+from .processes import Process
 
 # -- torn tails -------------------------------------------------------------------------------
 
@@ -429,3 +434,41 @@ def test_writer_rewrites_the_manifest_at_most_every_interval(tmp_path: Path) -> 
     writer.checkpoint()  # always
     assert manifest_of(tmp_path).durable == 4
     writer.close()
+
+
+@pytest.mark.parametrize("how", ["renamed", "emptied"])
+def test_serve_and_check_refuse_a_log_that_is_gone(
+    tmp_path: Path, spawn: type[Process], how: str
+) -> None:
+    """A data dir that had a log, whose log/ was renamed or emptied: serving it would start
+    empty and serve none of the chunks it acknowledged. Both ``serve`` and ``check`` refuse
+    it (exit 3) and say what to do; a new data dir still starts."""
+    data_dir = tmp_path / "data"
+    server = spawn("--asr-engine", "none", directory=data_dir)
+    url = server.wait_ready()
+    for seq in range(3):
+        response = httpx.post(
+            f"{url}/upload", params={"user_id": "u", "session_id": "s", "seq": seq},
+            content=wav(440, 0.1), headers={"Content-Type": "audio/wav"},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+    code, _ = server.stop()
+    assert code == 0
+    log = data_dir / "log"
+    if how == "renamed":
+        log.rename(data_dir / "log.old")
+    else:
+        shutil.rmtree(log)
+        log.mkdir()
+    serve = ["serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir)]
+    for command in (serve, ["check", str(data_dir)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "trio_audio", *command], capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 3, (command, done.stderr)
+        if command is serve:  # it says why, and the way out
+            assert "is gone" in done.stderr and "LOG_CREATED" in done.stderr, done.stderr
+    fresh = spawn("--asr-engine", "none", directory=tmp_path / "fresh")
+    fresh.wait_ready()
+    assert fresh.stop()[0] == 0

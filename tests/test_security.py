@@ -138,6 +138,46 @@ async def test_websocket_auth_by_header_query_or_start(
         assert closed == code, received
 
 
+async def test_token_changes_take_effect_without_a_restart(
+    start_server: StartServer, tokens: tuple[Path, str, str]
+) -> None:
+    """A revoked token stops working over HTTP and its open sockets (both transports) close
+    with 4401; a token added meanwhile works; nobody restarted anything."""
+    path, alice, bob = tokens
+    server: Server = await start_server(tokens_file=str(path))
+    start = {"type": "start", "session_id": "live", "format": FORMAT, "token": alice}
+    urls = [server.running.ws_url, server.url.replace("http://", "ws://") + "/ws"]
+    async with server.client() as client, trio.open_nursery() as nursery:
+        assert (await client.get("/sessions/alice", headers=bearer(alice))).status_code == 200
+        closes: list[int | None] = []
+
+        async def open_session(url: str, task_status: trio.TaskStatus[None]) -> None:
+            async with open_websocket_url(url) as ws:
+                await ws.send_message(json.dumps(start))
+                await receive_type(ws, "started")
+                task_status.started()
+                received, closed = await until_closed(ws)
+            assert received[-1]["code"] == "unauthorized", received
+            closes.append(closed)
+
+        for url in urls:
+            await nursery.start(open_session, url)
+        await trio.sleep(1.1)  # the file's mtime must move on a coarse clock, too
+        revoke = [sys.executable, "-m", "trio_audio", "token", "revoke", "alice",
+                  "--tokens-file", str(path)]  # fmt: skip
+        carol = add_token(path, "carol")
+        await trio.run_process(revoke, capture_stdout=True)
+        for _ in range(50):  # within the file's check period (a second)
+            status = (await client.get("/sessions/alice", headers=bearer(alice))).status_code
+            if status == 401:
+                break
+            await trio.sleep(0.1)
+        assert status == 401
+        assert (await client.get("/sessions/carol", headers=bearer(carol))).status_code == 200
+        assert (await client.get("/sessions/bob", headers=bearer(bob))).status_code == 200
+    assert closes == [4401, 4401]
+
+
 def test_an_open_address_needs_auth_or_an_explicit_flag(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"refusing to serve 0\.0\.0\.0 with auth off"):
         security(Config(host="0.0.0.0"))

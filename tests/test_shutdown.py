@@ -10,16 +10,20 @@ processes too: they print nothing and leave when their parent is done with them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import trio
 from quart import request
 from quart_trio import QuartTrio
+from trio_websocket import ConnectionClosed
 
 from trio_audio.asr.engine import EngineOptions
 from trio_audio.asr.protocol import HEADER, decode_body, encode_frame
@@ -27,6 +31,7 @@ from trio_audio.web.asgi import FrontDoor
 
 from .processes import Process
 from .test_keepalive import BODY, HEALTH, UPLOAD, WAIT_S, RawConnection, head, serve_behind_door
+from .test_ws import FORMAT, connect, frame, never_reading_at
 
 PROMPT_S = 2.0  # the whole drain, signal to exit, when nothing is stuck
 
@@ -131,6 +136,143 @@ async def test_a_second_signal_stops_a_stuck_drain_at_once(spawn: type[Process])
     assert "SIGTERM received again: stopping now" in log
     assert trio.current_time() - signalled < PROMPT_S, log
     await conn.aclose()
+
+
+async def test_a_body_that_never_ends_holds_exit_only_until_the_drain_deadline(
+    spawn: type[Process],
+) -> None:
+    server = await started(spawn, "--drain-timeout-s", "2")
+    conn = await RawConnection.open(server.url)
+    await conn.send(head("POST", UPLOAD, len(BODY), Content_Type="audio/wav"))
+    await conn.send(BODY[:100])  # and never the rest
+    signalled = trio.current_time()
+    server.proc.send_signal(signal.SIGTERM)
+    code, log = await exited(server, within=2 + PROMPT_S)
+    assert code == 0, log
+    assert "the drain passed its 2 s deadline" in log
+    assert trio.current_time() - signalled < 2 + PROMPT_S
+    await conn.aclose()
+
+
+def address(server: Process) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+async def test_a_websocket_client_on_the_http_port_that_stops_reading_cannot_outlast_the_drain(
+    spawn: type[Process],
+) -> None:
+    """Hypercorn writes to a socket inside a shield: such a client used to hold exit forever
+    (past the drain deadline); now the deadline closes its socket."""
+    server = await started(spawn, "--drain-timeout-s", "2")
+    stuck = await never_reading_at(*address(server), "stuck")
+    signalled = trio.current_time()
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        code, log = await exited(server, within=2 + PROMPT_S)
+    except trio.TooSlowError:
+        server.proc.kill()
+        raise AssertionError("a client that stopped reading held the process") from None
+    assert code == 0, log
+    assert trio.current_time() - signalled < 2 + PROMPT_S
+    await stuck.aclose()
+
+
+async def test_a_second_signal_exits_at_once_past_a_client_that_stopped_reading(
+    spawn: type[Process],
+) -> None:
+    server = await started(spawn, "--drain-timeout-s", "30")
+    stuck = await never_reading_at(*address(server), "stuck")
+    server.proc.send_signal(signal.SIGTERM)
+    with trio.move_on_after(1.0):
+        await trio.to_thread.run_sync(server.proc.wait, abandon_on_cancel=True)
+    assert server.proc.poll() is None, "the drain did not wait for the session it had"
+    signalled = trio.current_time()
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        _, log = await exited(server, within=PROMPT_S)
+    except trio.TooSlowError:
+        server.proc.kill()
+        raise AssertionError("the second signal did not stop the process") from None
+    assert "SIGTERM received again: stopping now" in log
+    assert trio.current_time() - signalled < PROMPT_S, log
+    await stuck.aclose()
+
+
+async def test_under_mixed_load_every_client_is_answered_and_the_process_exits_fast(
+    spawn: type[Process],
+) -> None:
+    """16 HTTP clients uploading on keep-alive connections and 4 WebSocket streams (two on
+    each transport) when SIGTERM comes: every request gets its answer (a 503 always with
+    ``Connection: close``, then the close) or finds its connection closed cleanly, every
+    stream is closed with 1001 (or 1000), and the process is gone within two seconds."""
+    server = await started(spawn)
+    assert server.proc.stderr is not None
+    while not (found := re.search(r"serving WebSocket on (\S+)", server.proc.stderr.readline())):
+        pass
+    ws_urls = [found.group(1), server.url.replace("http://", "ws://") + "/ws"] * 2
+    statuses: Counter[str] = Counter()  # of every answer
+    endings: Counter[str] = Counter()  # how each uploader's connection ended
+    close_codes: list[int | None] = []
+    going = trio.Event()
+    warmed = [trio.Event() for _ in range(16 + 4)]
+
+    async def uploader(i: int) -> None:
+        conn = await RawConnection.open(server.url)
+        for seq in itertools.count():
+            target = f"/upload?user_id=h{i}&session_id=s&seq={seq}"
+            try:
+                await conn.send(head("POST", target, len(BODY), Content_Type="audio/wav") + BODY)
+                answer = await conn.response()  # within WAIT_S: no request hangs
+            except trio.BrokenResourceError:
+                answer = None  # closed under a request not yet taken: clean, nothing stored
+            if seq == 1:
+                warmed[i].set()
+            if answer is None:
+                endings["closed"] += 1
+                break
+            statuses[str(answer.status)] += 1
+            assert answer.status in (201, 503), answer
+            if answer.status == 503 or (going.is_set() and "connection" in answer.headers):
+                assert answer.headers["connection"] == "close", answer
+                assert await conn.closed()
+                endings[f"{answer.status} + close"] += 1
+                break
+        await conn.aclose()
+
+    async def streamer(i: int, url: str) -> None:
+        async with connect(url) as ws:
+            await ws.send_message(json.dumps({"type": "start", "user_id": f"w{i}",
+                                              "session_id": "s", "format": FORMAT}))  # fmt: skip
+            try:
+                for n in itertools.count():
+                    await ws.send_message(frame(n))
+                    with trio.fail_after(WAIT_S):
+                        while json.loads(await ws.get_message())["type"] != "ack":
+                            pass
+                    if n == 2:
+                        warmed[16 + i].set()
+            except ConnectionClosed as closed:
+                close_codes.append(closed.reason.code)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(uploader, i)
+            for i, url in enumerate(ws_urls):
+                nursery.start_soon(streamer, i, url)
+            for event in warmed:
+                await event.wait()
+            going.set()
+            signalled = trio.current_time()
+            server.proc.send_signal(signal.SIGTERM)
+            code, log = await exited(server, within=PROMPT_S)
+            took = trio.current_time() - signalled
+    assert code == 0, log
+    assert took < PROMPT_S and "the drain passed" not in log, log
+    assert statuses["201"] >= 32 and set(statuses) <= {"201", "503"}, statuses
+    assert endings.total() == 16, endings
+    assert sorted(close_codes) in ([1001] * 4, [1000] + [1001] * 3), close_codes
 
 
 async def test_requests_arriving_while_draining_get_503_and_connection_close(

@@ -629,7 +629,11 @@ def host_port(server: Server, transport: str) -> tuple[str, int]:
 async def never_reading(server: Server, transport: str, session: str) -> trio.SocketStream:
     """A raw socket that opens a session, sends audio until the server stops taking it (its
     answers back up) or cuts it off, and never reads a byte after the handshake."""
-    host, port = host_port(server, transport)
+    return await never_reading_at(*host_port(server, transport), session)
+
+
+async def never_reading_at(host: str, port: int, session: str) -> trio.SocketStream:
+    """``never_reading`` on the WebSocket endpoint at *host*:*port*."""
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect((host, port))
@@ -783,3 +787,61 @@ async def test_deleting_chunks_and_the_session_tells_its_watchers(
             (0, ids[0]),
             (2, ids[2]),
         ]
+
+
+async def test_seqs_stay_within_0_to_2_53_minus_1(server: Server) -> None:
+    """The last seq a session can hold is 2^53-1 (exact in JSON): the server never gives one
+    past it, a multipart upload that would run past it is refused whole, and a stream that
+    reaches it is told the session is full; resuming at it still replays."""
+    last = 2**53 - 1
+    audio = {"headers": {"Content-Type": "audio/wav"}}
+    async with server.client() as client:
+        stored = await client.post("/upload", params=upload_params(session_id="full", seq=last),
+                                   content=wav(440, 0.1), **audio)  # fmt: skip
+        assert stored.status_code == 201 and stored.json()["seq"] == last
+        more = await client.post("/upload", params=upload_params(session_id="full"),
+                                 content=wav(450, 0.1), **audio)  # fmt: skip
+        assert more.status_code == 400 and more.json()["code"] == "invalid_field", more.text
+        assert "is full" in more.json()["detail"]
+        files = [("file", (f"{n}.wav", wav(460 + n, 0.1), "audio/wav")) for n in range(2)]
+        both = await client.post("/upload", params=upload_params(session_id="f2", seq=last),
+                                 files=files)  # fmt: skip
+        assert both.status_code == 400 and both.json()["code"] == "invalid_field", both.text
+        assert (await client.get("/sessions/alice", params={"session_id": "f2"})).json()[
+            "sessions"
+        ] == []
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="full", resume_from_seq=last)
+        assert started["next_seq"] == last
+        replayed = await receive_type(ws, "ack", skip=("metadata",))
+        assert replayed["seq"] == last and replayed["replayed"]
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="full")
+        assert started["stored_next_seq"] == last + 1  # one past the end: nothing fits
+        await ws.send_message(frame(1))
+        received, code = await until_closed(ws)
+    errors = [m for m in received if m["type"] == "error"]
+    assert code == 4400 and errors and errors[0]["code"] == "invalid_field", received
+    assert "is full" in errors[0]["message"]
+
+
+async def test_started_names_the_missing_seqs_below_stored_next_seq(server: Server) -> None:
+    async with server.client() as client:
+        for session, seqs in (("holes", [0, 1, 3, 7]), ("far", [0, 1000])):
+            for seq in seqs:
+                response = await client.post(
+                    "/upload", params=upload_params(session_id=session, seq=seq),
+                    content=wav(300 + seq, 0.05), headers={"Content-Type": "audio/wav"},
+                )  # fmt: skip
+                assert response.status_code == 201, response.text
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="holes")
+        assert started["stored_next_seq"] == 8
+        assert started["missing_seqs"] == [2, 4, 5, 6] and started["missing_count"] == 4
+    async with connect(ws_url(server, "http-port")) as ws:
+        started = await start(ws, session="far")
+        assert started["missing_count"] == 999  # named: the highest 100 of them
+        assert started["missing_seqs"] == list(range(900, 1000))
+    async with connect(ws_url(server, "listener")) as ws:
+        started = await start(ws, session="new")
+        assert started["missing_seqs"] == [] and started["missing_count"] == 0

@@ -80,6 +80,11 @@ class Config:
         validator=_positive,
         metadata={"help": "... and this share of the log's bytes"},
     )
+    store_reserve_bytes: int = attrs.field(
+        default=4 * 1024 * 1024,
+        validator=attrs.validators.ge(0),
+        metadata={"help": "disk kept back for deletes when the disk is full (0: none)"},
+    )
     store: str = attrs.field(
         default="",
         metadata={"help": "empty: the local log; nats://h1:4222,nats://h2:4222,...: JetStream"},

@@ -26,7 +26,7 @@ Errors a client causes or is told about (rendered as RFC 9457 problem+json on HT
     │   ├── RateLimited              rate_limited            429   4429
     │   └── Overloaded               overloaded              503   4429
     │       └── SlowReader           slow_reader             503   4429
-    ├── InsufficientStorage (OSError) insufficient_storage   507   4507  (retryable)
+    ├── InsufficientStorage (OSError) insufficient_storage   507   4507  (retryable, Retry-After)
     └── InternalError                internal                500   1011
 
 Errors of the store that stop the process rather than fail one request::
@@ -237,11 +237,17 @@ class StoreUnavailable(Overloaded):
 
 
 class InsufficientStorage(ServiceError, OSError):
+    """The disk is full: retry after ``retry_after`` seconds (``Retry-After``)."""
+
     code = "insufficient_storage"
     status = 507
     close_code = 4507
     title = "The store cannot take more data"
     retryable = True
+
+    def __init__(self, detail: str, retry_after: int = 10) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class InternalError(ServiceError):

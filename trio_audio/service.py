@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import ssl
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -39,7 +41,6 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from .asr.transcriber import Transcriber
@@ -56,8 +57,9 @@ from .web.access import Access
 from .web.admission import Admission
 from .web.app import Readiness, create_app
 from .web.asgi import FrontDoor
-from .web.auth import RateLimiter, Tokens
+from .web.auth import RateLimiter, TokensFile
 from .web.bodies import BodyRules
+from .web.http_server import serve_hypercorn
 from .web.origins import Origins
 from .web.transports import serve_ws
 from .web.waiting import serve_while_starting
@@ -66,6 +68,8 @@ from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
 APP_QUEUE: Final = 2  # hypercorn's default of 10 would hold 10 WebSocket frames per /ws socket
+
+HARD_STOP_S: Final = 1.0  # after a second signal, the most the process may take to leave
 
 
 @attrs.frozen
@@ -86,7 +90,8 @@ class Running:
 async def watch_signals(
     shutdown: trio.Event, service_scope: trio.CancelScope, drain_timeout_s: float
 ) -> None:
-    """Turn SIGINT/SIGTERM/SIGHUP into *shutdown*; a second signal cancels the drain at once.
+    """Turn SIGINT/SIGTERM/SIGHUP into *shutdown*; a second signal cancels the drain at once,
+    and ends the process ``HARD_STOP_S`` later if something would not be cancelled.
 
     SIGHUP is left alone when the process started with it ignored (``nohup``).
     """
@@ -109,7 +114,26 @@ async def watch_signals(
         async for signum in signals:
             logger.warning("%s received again: stopping now", signal.Signals(signum).name)
             service_scope.cancel()
+            break
+        else:
             return
+    # Cancelling unwinds everything that can be cancelled. What cannot (a thread mid-call, a
+    # write the kernel will not take, a task that never yields) gets HARD_STOP_S, then the
+    # process leaves as a kill would: what was acknowledged is on disk already.
+    backstop = threading.Timer(HARD_STOP_S, _hard_exit, (128 + signum,))
+    backstop.daemon = True
+    backstop.start()
+    try:
+        await trio.sleep_forever()  # the root nursery cancels this once the service is done
+    finally:
+        backstop.cancel()
+
+
+def _hard_exit(code: int) -> None:
+    logger.error("still not stopped %g s after the second signal: exiting now", HARD_STOP_S)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
 
 
 async def serve_http(
@@ -150,8 +174,12 @@ async def serve_http(
         door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s, admission=admission,
                          metrics=metrics, bodies=BodyRules.from_config(config),
                          origins=origins, access=access, ingress=ingress)  # fmt: skip
-        await hypercorn_serve(
-            door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
+        await serve_hypercorn(
+            door,
+            hyper,
+            shutdown_trigger=shutdown.wait,
+            send_stall_s=config.read_timeout_s,
+            task_status=task_status,
         )
 
 
@@ -172,12 +200,12 @@ def admission_gauge(admission: Admission) -> dict[str, float]:
     }
 
 
-def security(config: Config) -> tuple[Tokens | None, ssl.SSLContext | None]:
+def security(config: Config) -> tuple[TokensFile | None, ssl.SSLContext | None]:
     """The tokens (None: auth off) and TLS context (None: plain) the config asks for."""
     tokens = None
     if config.tokens_file:
         try:
-            tokens = Tokens.load(Path(config.tokens_file))
+            tokens = TokensFile(Path(config.tokens_file))
         except OSError as exc:
             msg = f"cannot read the tokens file {config.tokens_file}: {exc.strerror}"
             raise ValueError(msg) from None

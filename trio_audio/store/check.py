@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import CorruptLog, StoreError
 from .compact import Fold
 from .files import (
+    LOG_CREATED_FILE,
     MANIFEST_FILE,
     all_zero,
     fsync_dir,
@@ -330,6 +331,7 @@ def _repair(data_dir: Path) -> RepairReport:
         moved_to = str(data_dir / f"log.broken-{n}")
         old.rename(moved_to)
     log_dir(work).rename(old)
+    (work / LOG_CREATED_FILE).unlink(missing_ok=True)  # the data dir has its own
     work.rmdir()
     fsync_dir(data_dir)
     return RepairReport(len(seqs), tuple(damage), tuple(missing), moved_to)

@@ -6,7 +6,12 @@ record, so sorting by name is log order, and at most one snapshot ``%016d.snap``
 ``compact``) named after the seq the log goes on from. Other names there (``*.torn`` files,
 for one) are ignored; ``*.tmp`` files are an unfinished compaction's (or manifest's) and are
 removed at replay. ``MANIFEST`` says how far the log was durable (``record.Manifest``); it is
-replaced whole, by rename (``write_manifest``).
+replaced whole, by rename (``write_manifest``). ``<data_dir>/LOG_CREATED`` is written once,
+when a writer first opens the log (``mark_log``): from then on a data dir whose log is gone
+(no segment, snapshot or manifest: the directory emptied, renamed or not mounted) is refused
+(``require_log_if_created``) instead of served as a new, empty one. ``<data_dir>/RESERVE`` is
+disk space held back (``make_reserve``) and given up (``release_reserve``) so that a delete
+can still be written when the disk is full.
 
 Every call that changes a file goes through a ``FileOps`` object (the real ``os`` calls by
 default): the seam that the power-loss and disk-fault tests put their doubles under.
@@ -20,6 +25,7 @@ import errno
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
 from typing import Final
 
@@ -32,6 +38,8 @@ TORN_SUFFIX: Final = ".torn"
 SNAPSHOT_SUFFIX: Final = ".snap"
 TMP_SUFFIX: Final = ".tmp"
 MANIFEST_FILE: Final = "MANIFEST"
+LOG_CREATED_FILE: Final = "LOG_CREATED"
+RESERVE_FILE: Final = "RESERVE"
 SEGMENT_NAME: Final = re.compile(r"^(\d{16})\.seg$")
 SNAPSHOT_NAME: Final = re.compile(r"^(\d{16})\.snap$")
 
@@ -70,6 +78,9 @@ class FileOps:
 
     def fsync_dir(self, path: Path) -> None:
         fsync_dir(path)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fallocate(fd, offset, length)
 
 
 REAL_FILES: Final = FileOps()
@@ -129,6 +140,79 @@ def lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def mark_log(data_dir: Path, files: FileOps = REAL_FILES) -> None:
+    """Write ``LOG_CREATED`` (when the log was first opened) beside the log, durably, if it
+    is not there yet."""
+    path = data_dir / LOG_CREATED_FILE
+    if path.exists():
+        return
+    fd = files.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_all(files, fd, [f"{stamp} a log was created in {LOG_DIR}/\n".encode()], 0)
+        files.fdatasync(fd)
+    finally:
+        files.close(fd)
+    files.fsync_dir(data_dir)
+
+
+def make_reserve(data_dir: Path, size: int, files: FileOps = REAL_FILES) -> bool:
+    """Hold *size* bytes of disk in ``RESERVE`` (allocated, not just a sparse length); True
+    once it is there. ``OSError`` when there is no room for it."""
+    path = data_dir / RESERVE_FILE
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_blocks * 512 >= size:
+            return True
+    if size <= 0:
+        return False
+    fd = files.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            files.fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            for at in range(0, size, COPY_CHUNK_BYTES):  # no fallocate here: write it
+                write_all(files, fd, [bytes(min(COPY_CHUNK_BYTES, size - at))], at)
+        files.fdatasync(fd)
+    except BaseException:
+        files.close(fd)
+        with contextlib.suppress(OSError):
+            files.unlink(path)
+        raise
+    files.close(fd)
+    files.fsync_dir(data_dir)
+    return True
+
+
+def release_reserve(data_dir: Path, files: FileOps = REAL_FILES) -> bool:
+    """Give the reserve's space back to the file system; True if there was one."""
+    try:
+        files.unlink(data_dir / RESERVE_FILE)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def require_log_if_created(data_dir: Path) -> None:
+    """Raise ``StoreError`` when ``LOG_CREATED`` says a log was created in *data_dir* and
+    no trace of it is left: serving would start empty and lose every acknowledged chunk."""
+    marker = data_dir / LOG_CREATED_FILE
+    try:
+        created = marker.read_text(errors="replace").split(" ", 1)[0]
+    except FileNotFoundError:
+        return
+    directory = log_dir(data_dir)
+    if list_segments(data_dir) or list_snapshots(data_dir) or (directory / MANIFEST_FILE).exists():
+        return
+    msg = (
+        f"the log in {directory} is gone (no segments, snapshot or {MANIFEST_FILE}), but "
+        f"{marker} says one was created there ({created}): it was emptied, renamed or is not "
+        f"mounted. Put it back; to start over with an empty log on purpose, delete {marker}"
+    )
+    raise StoreError(msg)
 
 
 def make_dirs(path: Path) -> bool:

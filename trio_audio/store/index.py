@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgpack
 
-from ..errors import NotFound, SeqConflict
-from ..models import new_chunk_id
+from ..errors import InvalidField, NotFound, SeqConflict
+from ..models import MAX_SEQ, new_chunk_id
 
 if TYPE_CHECKING:
     from ..models import Job, Part
@@ -228,6 +228,12 @@ class Index:
             seq = part.seq
             if seq is None:
                 seq = max(next_seq, max(claims, default=-1) + 1)
+            if seq >= MAX_SEQ:  # a client's seq + its multipart index, or the next one given
+                msg = (
+                    f"seq {seq} is past 2^53-1, the last a session can hold (exact in JSON): "
+                    f"session {job.session_id!r} is full; go on in a new session"
+                )
+                raise InvalidField(msg)
             chunk_id = session.by_seq.get(seq) if session is not None else None
             if chunk_id is not None:
                 existing = self.chunks[chunk_id].meta()

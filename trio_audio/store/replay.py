@@ -83,6 +83,7 @@ from .files import (
     list_snapshots,
     log_dir,
     read_manifest,
+    require_log_if_created,
     save_torn,
     segment_name,
     truncate,
@@ -167,6 +168,7 @@ def replay(
     nothing: the same verdict, the same records, and the torn tail is only reported
     (``check`` uses it so that its verdict is replay's).
     """
+    require_log_if_created(data_dir)
     directory = log_dir(data_dir)
     manifest = load_manifest(directory)
     expected = FIRST_SEQ

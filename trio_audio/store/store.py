@@ -38,7 +38,6 @@ import trio
 
 from ..config import Config
 from ..errors import (
-    InsufficientStorage,
     InternalError,
     NotFound,
     ServiceError,
@@ -60,6 +59,7 @@ from .files import REAL_FILES, FileOps, lock_data_dir
 from .index import Entry, Index, IndexReads, Planned, Stored
 from .record import BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
+from .room import DiskRoom
 from .types import StoreStats
 from .writer import LogWriter
 
@@ -106,6 +106,7 @@ class Store(CommitChannels, IndexReads):
         self._log_bytes = 0  # bytes of the log's files, roughly (grows with each write)
         self._compactions = 0
         self._fsync_failed = False
+        self._room = DiskRoom(self._data_dir, config.store_reserve_bytes, files, self._disk)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class Store(CommitChannels, IndexReads):
             # What replay read back is made durable and proven by a checkpoint, so that from
             # now on damage to it is reported as corruption, never taken for a torn write.
             await trio.to_thread.run_sync(_prove, log, limiter=self._disk)
+            await self._room.hold()
             async with contextlib.AsyncExitStack() as stack:
                 if self._events is not None:
                     await stack.enter_async_context(self._events)
@@ -211,12 +213,13 @@ class Store(CommitChannels, IndexReads):
                     write.reply.fail(InternalError("the log could not be made durable"))
                 raise
             except OSError as exc:
-                error = write_error(exc)
-                logger.exception("log write failed, %d writes refused", len(plans))
-                for write, _ in plans:
-                    metrics.failed(error.code)
-                    write.reply.fail(error)
-                return [], []
+                plans, refs, grown = await self._room.refuse(plans, exc, self._write, metrics)
+                if not plans:
+                    return [], []
+                self._compact_wanted.set()  # deletes written: what gives their space back
+            else:
+                if await self._room.written(plans):
+                    self._compact_wanted.set()
             self._log_bytes += grown
         events: list[Committed] = []
         answers: list[tuple[Reply, Any]] = []
@@ -496,10 +499,3 @@ def _close_log(log: LogWriter, sync: bool = True) -> None:
             log.checkpoint()  # flush, fsync, and prove it: a clean close leaves nothing unproven
     finally:
         log.close()
-
-
-def write_error(exc: OSError) -> ServiceError:
-    """How a failed log write is reported: 507 when the disk is full, else 500."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InsufficientStorage(f"the store cannot write: {exc.strerror}")
-    return InternalError(f"the store failed to write: {exc}")

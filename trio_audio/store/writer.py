@@ -36,6 +36,7 @@ from .files import (
     list_segments,
     log_dir,
     make_dirs,
+    mark_log,
     segment_name,
     write_all,
     write_manifest,
@@ -119,6 +120,7 @@ class LogWriter:
         self._manifest_interval = manifest_interval_s
         self._manifest_at: float | None = None  # when the manifest was last written
         make_dirs(self._dir)
+        mark_log(data_dir, files)
         names = list_segments(data_dir)
         if names:
             self._open_existing(names[-1], next_seq)

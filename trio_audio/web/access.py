@@ -11,7 +11,7 @@ from typing import Protocol
 
 import attrs
 
-from .auth import RateLimiter, Tokens, bearer
+from .auth import RateLimiter, TokensFile, bearer
 
 
 class Headers(Protocol):
@@ -26,7 +26,7 @@ def _no_limit() -> RateLimiter:
 
 @attrs.frozen
 class Access:
-    tokens: Tokens | None = None  # None: auth off
+    tokens: TokensFile | None = None  # None: auth off
     rate: RateLimiter = attrs.field(factory=_no_limit)
 
     @property
@@ -43,6 +43,17 @@ class Access:
         if self.tokens is None:
             return None
         return self.tokens.user_for(token or bearer(headers.get("authorization")))
+
+    def current(self) -> None:
+        """Look at the tokens file now if it is time to (an idle server re-reads it too)."""
+        if self.tokens is not None:
+            self.tokens.current()
+
+    @property
+    def generation(self) -> int:
+        """Changes of the tokens taken in so far: a holder of a checked token (an open
+        WebSocket) checks it again when this moves."""
+        return self.tokens.generation if self.tokens is not None else 0
 
     def take(self, user_id: str, n: int = 1) -> None:
         """Spend *n* uploads of *user_id*'s allowance, or raise ``RateLimited``."""

@@ -167,7 +167,8 @@ class FrontDoor:
             self._refused("admission")
             client = scope.get("client")
             await gate.pace(tuple(client) if client else None, self.shutdown)
-            await exchange.refuse(error, scope["path"], close=False)
+            # The drain may have begun while the refusal was held: then it closes too.
+            await exchange.refuse(error, scope["path"], close=self.shutdown.is_set())
             return
         try:
             await self.app(scope, receive, exchange.send)

@@ -6,6 +6,10 @@ token add USER`` makes a token, appends its digest and prints the token once. Wh
 changes the file holds ``locked(path)`` (an exclusive ``flock`` on ``PATH.lock``), so an
 ``add`` and a ``revoke`` run at once never lose each other's change.
 
+The service re-reads the file when it changes (``TokensFile``: its inode, size and mtime are
+looked at once per ``TOKENS_CHECK_S`` at most, and the file is read only when they differ),
+so a token added or revoked takes effect within about a second, without a restart.
+
 A presented token is hashed, and the digest is compared with ``hmac.compare_digest`` against
 every stored one without stopping early, so the time taken tells nothing about any token.
 """
@@ -16,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import logging
 import math
 import os
 import secrets
@@ -31,6 +36,9 @@ from ..models import check_id
 
 TOKEN_BYTES: Final = 32
 DIGEST_PREFIX: Final = "sha256:"
+TOKENS_CHECK_S: Final = 1.0  # the most often the service looks at the tokens file
+
+logger = logging.getLogger("trio_audio.auth")
 
 
 def digest(token: str) -> str:
@@ -77,6 +85,66 @@ class Tokens:
             msg = "the bearer token is not valid"
             raise Unauthorized(msg)
         return found
+
+
+class TokensFile:
+    """The tokens file as a running service uses it: re-read when it has changed.
+
+    ``generation`` counts the changes taken in, so a holder of a checked token (an open
+    WebSocket) checks it again only after one. A change that cannot be read (a malformed line,
+    the file gone) is logged once and the tokens before it stay in force.
+
+    Resource handling: at most one ``stat`` per ``check_every_s``, on the caller's thread (the
+    file is small: a line per token); a read only when the stat differs.
+    """
+
+    def __init__(self, path: Path, *, check_every_s: float = TOKENS_CHECK_S) -> None:
+        self.path = path
+        self.check_every_s = check_every_s
+        self._signature = _signature(path)
+        self.tokens = Tokens.load(path)  # ValueError / OSError: the caller refuses to start
+        self.generation = 0
+        self._checked = time.monotonic()
+
+    def current(self) -> Tokens:
+        """The tokens in force, having looked at the file if it is time to."""
+        now = time.monotonic()
+        if now - self._checked >= self.check_every_s:
+            self._checked = now
+            self._reload()
+        return self.tokens
+
+    def user_for(self, token: str | None) -> str:
+        return self.current().user_for(token)
+
+    def _reload(self) -> None:
+        try:
+            signature = _signature(self.path)
+        except OSError as exc:
+            signature = (0, 0, 0)
+            problem = f"cannot read it ({exc.strerror})"
+        else:
+            problem = ""
+        if signature == self._signature:
+            return
+        self._signature = signature
+        if not problem:
+            try:
+                tokens = Tokens.load(self.path)
+            except (OSError, ValueError) as exc:
+                problem = str(exc)
+            else:
+                self.tokens, self.generation = tokens, self.generation + 1
+                logger.info("tokens file %s re-read: %d tokens", self.path, len(tokens.entries))
+                return
+        logger.error("tokens file %s changed but %s: the tokens before stay in force",
+                     self.path, problem)  # fmt: skip
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    """What tells a changed file: its inode (a rename replaced it), size and mtime."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def bearer(header: str | None) -> str | None:

@@ -29,6 +29,38 @@ from ..store import StoreBackend
 from .messages import wire
 
 HEARTBEAT_S: Final = 15.0
+MISSING_SEQS_MAX: Final = 100  # the most missing seqs ``started`` lists (the highest ones)
+MISSING_WINDOW: Final = 256  # seqs looked at first, from the end; then four times as many
+
+
+def missing_seqs(store: StoreBackend, user_id: str, session_id: str) -> tuple[list[int], int]:
+    """The seqs below the session's ``stored_next_seq`` that hold no chunk: the highest
+    ``MISSING_SEQS_MAX`` of them in order, and how many there are in all.
+
+    A crash can leave such a hole: the pipeline stores a stream's chunks out of order, so
+    seq N+1 may be durable (never acknowledged: acks go in order) when N was lost with the
+    process. Named here, a client that lost its state sends them again (``audio`` with their
+    ``seq``) besides going on from ``stored_next_seq``.
+
+    Cost: nothing when no seq is missing (the count is ``next_seq - chunk_count``); else
+    windows of the newest seqs, growing fourfold, until the ones to name are found (a hole
+    from a crash lies among the newest; only a session whose sole gaps are far back reads
+    further).
+    """
+    summary = store.summary(user_id, session_id)
+    if summary is None:
+        return [], 0
+    end = summary.next_seq
+    total = end - summary.chunk_count
+    window = MISSING_WINDOW
+    while total > 0:
+        low = max(0, end - window)
+        stored = {seq for seq, _ in store.chunks_after(user_id, session_id, low - 1)}
+        missing = [seq for seq in range(low, end) if seq not in stored]
+        if len(missing) >= min(total, MISSING_SEQS_MAX) or low == 0:
+            return missing[-MISSING_SEQS_MAX:], total
+        window *= 4
+    return [], 0
 
 
 def session_summary(store: StoreBackend, user_id: str, session_id: str) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ JSON text frames carry control, binary frames carry audio (one chunk each)::
     client                                   server
     start {user_id, session_id, format?, ->
            resume_from_seq?}             <-  started {session_id, next_seq, stored_next_seq,
-                                                      limits}
+                                                      missing_seqs, missing_count, limits}
                                          <-  (resume: ack + metadata [+ transcript] replayed)
     <binary chunk> | audio {data, seq?}  ->
                                          <-  ack {seq, chunk_id}        once durably stored
@@ -21,12 +21,13 @@ A ``start`` without ``format`` only watches: it gets the session's results and s
 
 Resource handling: each connection runs five tasks in its own nursery: the reader (parses,
 submits to the pipeline), the acker (answers chunks in order), the relay (the session's live
-results from the hub), the flow reporter, and the writer (the only task that sends). Every
-queue between them is bounded: the reader stops reading the socket when ``ws_max_inflight``
-chunks are unanswered (TCP backpressure); a chunk that finds the pipeline full for
-``ws_overload_timeout_s`` ends the connection with ``overloaded``; a client whose hub queue
-overflows, or that takes nothing the writer sends for ``ws_send_timeout_s``, is cut off with
-``slow_reader``, which frees its slot.
+results from the hub), the flow reporter (which also ends a session whose token was revoked,
+with 4401, within ``ws_flow_interval_s`` of the tokens file's change), and the writer (the only
+task that sends). Every queue between them is bounded: the reader stops reading the socket when
+``ws_max_inflight`` chunks are unanswered (TCP backpressure); a chunk that finds the pipeline
+full for ``ws_overload_timeout_s`` ends the connection with ``overloaded``; a client whose hub
+queue overflows, or that takes nothing the writer sends for ``ws_send_timeout_s``, is cut off
+with ``slow_reader``, which frees its slot.
 
 Error handling: a bad message, format or chunk ends the connection with an ``error`` and the
 matching close code, after the chunks taken before it are answered; other sessions never
@@ -64,6 +65,7 @@ from ..errors import (
     RateLimited,
     ServiceError,
     SlowReader,
+    Unauthorized,
 )
 from ..hub import Hub, Subscription
 from ..metrics import Metrics
@@ -83,7 +85,7 @@ from .messages import (
     transcript_message,
 )
 from .origins import Origins
-from .session_events import session_summary
+from .session_events import missing_seqs, session_summary
 
 logger = logging.getLogger("trio_audio.ws")
 
@@ -192,6 +194,9 @@ class Session:
         self.next_seq = 0
         self.start: Start | None = None
         self.admitted: str | None = None  # the user this session is counted against
+        self._not_taken = Overloaded("not taken: the server is shutting down")
+        self._token: str | None = None  # the token it authenticated with (auth on)
+        self._token_generation = 0
 
     # -- the whole connection -----------------------------------------------------------
 
@@ -303,9 +308,20 @@ class Session:
     def _authenticate(self, control: dict[str, Any]) -> str | None:
         """With auth on: the user of the token in the start message, ?token= or the header."""
         token = control.get("token") or self.transport.query.get("token")
-        return self.ctx.access.user_for_request(
-            self.transport.headers, token if isinstance(token, str) else None
-        )
+        self._token = token if isinstance(token, str) else None
+        self._token_generation = self.ctx.access.generation
+        return self.ctx.access.user_for_request(self.transport.headers, self._token)
+
+    def _check_token(self) -> None:
+        """After the tokens file changed: end the session (4401) if its token was revoked."""
+        access = self.ctx.access
+        if not access.auth or self._token_generation == access.generation:
+            return
+        self._token_generation = access.generation
+        try:
+            access.user_for_request(self.transport.headers, self._token)
+        except ServiceError:
+            self._end_with(Unauthorized("the token of this session was revoked"))
 
     def _admit(self, user_id: str) -> None:
         """Count the session in, or refuse it past the overall and per-user caps."""
@@ -332,6 +348,7 @@ class Session:
             )
             raise SessionError(InvalidField(msg))
         self.next_seq = resume if resume is not None else stored_next_seq
+        missing, missing_count = missing_seqs(store, start.user_id, start.session_id)
         await self._send(
             out,
             {
@@ -340,6 +357,8 @@ class Session:
                 "session_id": start.session_id,
                 "next_seq": self.next_seq,
                 "stored_next_seq": stored_next_seq,
+                "missing_seqs": missing,
+                "missing_count": missing_count,
                 "metadata_every": start.metadata_every,
                 "limits": {
                     "max_message_bytes": self.config.max_body_bytes,
@@ -460,9 +479,16 @@ class Session:
             raise SessionError(Overloaded(msg))
         self.unanswered.append(time.monotonic())
         await self.ack_send.send((seq, job))  # waits while too many are unanswered
-        with trio.move_on_after(self.config.ws_overload_timeout_s):
-            await self.ingress.submit(job)
-            return
+        try:
+            with trio.move_on_after(self.config.ws_overload_timeout_s):
+                await self.ingress.submit(job)
+                return
+        except trio.Cancelled:
+            # Shutdown cancelled the submit: the chunk was never taken and is never answered
+            # (its client sends it again when it resumes). The acker stops there instead of
+            # waiting for its answer until the close timeout.
+            job.reply.fail(self._not_taken)
+            raise
         job.reply.fail(Overloaded("not taken: the pipeline had no room"))  # the acker's turn
         self.ctx.metrics.refuse("ws_wait_timeout")
         msg = (
@@ -478,7 +504,8 @@ class Session:
                 try:
                     results: list[Stored] = await job.reply.wait()
                 except ServiceError as exc:
-                    self._end_with(exc)  # the chunks after it stay unanswered
+                    if exc is not self._not_taken:
+                        self._end_with(exc)  # the chunks after it stay unanswered
                     break
                 finally:
                     self.unanswered.popleft()
@@ -523,6 +550,8 @@ class Session:
         async with out:
             while True:
                 await trio.sleep(self.config.ws_flow_interval_s)
+                self.ctx.access.current()  # and a revoked token ends the session, here
+                self._check_token()
                 behind = 0.0
                 if transcriber is not None and self.start is not None:
                     key = (self.start.user_id, self.start.session_id)

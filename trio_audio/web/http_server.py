@@ -1,0 +1,192 @@
+"""Hypercorn's trio worker, with every connection's socket in reach of the drain.
+
+``hypercorn.trio.serve`` (0.18) writes to a connection's socket inside a shielded cancel
+scope (``TCPServer.protocol_send``): a client that stops reading (a ``/ws`` socket on the
+HTTP port whose reader stalls, a download nobody takes) blocks that write until the kernel
+gives up, and no cancellation reaches it: not hypercorn's graceful deadline, not the drain
+deadline, not a second signal. Such a connection kept the process alive after SIGTERM.
+
+This is the same server loop (hypercorn's own lifespan, ``TCPServer`` and protocol code),
+with three differences:
+
+* every connection's stream is known while it is open, and once the server's nursery is
+  cancelled (the drain deadline, hypercorn's ``graceful_timeout``, or a second signal) their
+  sockets are closed, which wakes a blocked write with ``ClosedResourceError`` even inside
+  the shield;
+* a write that makes no progress for ``send_stall_s`` (no ``SEND_PIECE`` bytes taken by the
+  kernel) closes its connection: a reader that stopped costs a socket for that long, not
+  until the drain;
+* an idle connection's close (its keep-alive timer, or the drain's start) checks that it is
+  still idle: hypercorn's goes ahead once its timer has fired even when a request arrived in
+  the same instant, and cut that request's answer after its head (a 503 of the drain, seen
+  under mixed load).
+
+QUIC (HTTP/3) is not served: the service never binds it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Final
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIFramework, ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+SEND_PIECE: Final = 64 * 1024  # a write's progress is checked per this many bytes
+
+
+class Connections:
+    """The open connections' streams; ``abort`` closes their sockets at once, and ``none``
+    is set once the last of them has ended (after ``draining`` was set)."""
+
+    def __init__(self) -> None:
+        self.streams: set[Any] = set()
+        self.draining = False
+        self.none = trio.Event()
+
+    def drain(self) -> None:
+        self.draining = True
+        if not self.streams:
+            self.none.set()
+
+    def discard(self, stream: Any) -> None:
+        self.streams.discard(stream)
+        if self.draining and not self.streams:
+            self.none.set()
+
+    def abort(self) -> None:
+        for stream in list(self.streams):
+            _socket_of(stream).close()  # a trio socket wakes its blocked waiters on close
+        self.streams.clear()
+
+
+def _socket_of(stream: Any) -> Any:
+    inner = getattr(stream, "inner", stream)
+    transport = getattr(inner, "transport_stream", inner)  # TLS: the socket under it
+    return transport.socket
+
+
+class BoundedSendStream:
+    """A connection's stream whose writes give up when the peer takes nothing for a while.
+
+    Everything else is the wrapped stream's (hypercorn asks for ``socket``, and over TLS for
+    ``do_handshake``, ``selected_alpn_protocol`` and ``transport_stream``).
+    """
+
+    def __init__(self, inner: Any, stall_s: float) -> None:
+        self.inner = inner
+        self.stall_s = stall_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_PIECE):
+            # Inside hypercorn's shield: this scope is our own, so its deadline still works.
+            with trio.move_on_after(self.stall_s) as stalled:
+                await self.inner.send_all(view[start : start + SEND_PIECE])
+            if stalled.cancelled_caught:
+                _socket_of(self.inner).close()
+                msg = f"the peer took nothing for {self.stall_s:g} s"
+                raise trio.BrokenResourceError(msg)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data: bytes | bytearray = await self.inner.receive_some(max_bytes)
+        return data
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Server(TCPServer):
+    """Hypercorn's connection handler, its idle close made to yield to a request."""
+
+    async def _idle_timeout(self) -> None:
+        with trio.move_on_after(self.config.keep_alive_timeout):
+            await self.context.terminated.wait()
+        # A request that came in meanwhile has cancelled this task (the protocol stops the
+        # idle timer when it parses one): that cancellation is delivered here, not inside
+        # the shielded close.
+        await trio.lowlevel.checkpoint()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+
+async def serve_hypercorn(
+    app: ASGIFramework,
+    config: HyperConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    send_stall_s: float = math.inf,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *app* as ``hypercorn.trio.serve`` does, until *shutdown_trigger* returns; then
+    stop accepting, let connections finish for ``config.graceful_timeout`` and close the
+    sockets of those still open. Reports the bound URLs."""
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    connections = Connections()
+
+    async def handle(stream: Any) -> None:
+        stream = BoundedSendStream(stream, send_stall_s)
+        connections.streams.add(stream)
+        try:
+            server = Server(wrapped, config, context, ConnectionState(lifespan_state.copy()),
+                               stream)  # fmt: skip
+            await server.run()
+        finally:
+            connections.discard(stream)
+
+    async def abort_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            connections.abort()
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        sockets = config.create_sockets()
+        ssl_context = config.create_ssl_context()
+        listeners: list[trio.abc.Listener[Any]] = []
+        binds = []
+        for sock, scheme in [(s, "https") for s in sockets.secure_sockets] + [
+            (s, "http") for s in sockets.insecure_sockets
+        ]:
+            sock.listen(config.backlog)
+            listener: trio.abc.Listener[Any] = trio.SocketListener(
+                trio.socket.from_stdlib_socket(sock)
+            )
+            if scheme == "https":
+                assert ssl_context is not None
+                listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+            listeners.append(listener)
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+        async with trio.open_nursery() as server_nursery:
+            server_nursery.start_soon(abort_when_cancelled)
+            task_status.started(binds)
+            async with trio.open_nursery() as accepting:
+                serving = partial(trio.serve_listeners, handler_nursery=server_nursery)
+                accepting.start_soon(serving, handle, listeners)
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()  # closes the listeners
+            await context.terminated.set()  # hypercorn closes idle connections, recycles none
+            server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            connections.drain()
+            await connections.none.wait()
+            server_nursery.cancel_scope.cancel()
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
