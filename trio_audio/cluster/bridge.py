@@ -11,7 +11,11 @@ Errors (what a caller may catch)::
      ├── Unavailable        no server answered in time (down, partitioned, no meta leader)
      ├── WrongLastSequence  a compare-and-append lost: the subject has a message already
      ├── MessageNotFound    no message at that stream sequence (deleted or purged)
+     ├── StorageFull        the stream is at its limits, or a server has no storage left
+     ├── NotAuthorized      the servers refused this client's credentials or permissions
      └── ApiFailure         JetStream refused the request for another reason
+
+Which JetStream error code means which is decided here, in ``_translate``, and nowhere else.
 
 Besides the log's operations it offers what cluster transcription needs: a work-queue stream
 fed by a stream source, durable pull consumers with explicit acks (``Puller``), a key-value
@@ -33,6 +37,7 @@ import contextlib
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +55,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StreamConfig,
@@ -63,6 +69,11 @@ M = TypeVar("M")
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-and-append
 WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
+# A write the stream cannot take: 10077 the stream's store refused it (``discard: new`` at
+# max_bytes/max_msgs/max_age, or a store write failed), 10023 the server is out of its
+# storage (its disk, or its ``max_file_store``), 10047/10028 no storage (file/memory) left
+# for a new stream or replica, 10002 the account's JetStream limits are reached.
+STORAGE_FULL: Final = frozenset({10077, 10023, 10047, 10028, 10002})
 FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
 INBOX_QUEUE: Final = 4096  # core NATS messages held for the trio side; then the newest drop
@@ -97,6 +108,15 @@ class WrongLastSequence(NatsError):
 
 class MessageNotFound(NatsError, LookupError):
     """No message at that sequence."""
+
+
+class StorageFull(NatsError):
+    """The stream or the servers cannot store more (see ``STORAGE_FULL``)."""
+
+
+class NotAuthorized(NatsError):
+    """The servers refused this client: a wrong user, password, token or credentials file, or
+    no permission for a subject."""
 
 
 class ApiFailure(NatsError):
@@ -137,9 +157,13 @@ def _translate(exc: BaseException) -> NatsError:
         if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
             last = str(exc.description or "").rsplit(":", 1)[-1].strip()
             return WrongLastSequence(str(exc.description), int(last) if last.isdigit() else 0)
+        if code in STORAGE_FULL:
+            return StorageFull(f"{exc.description} (JetStream error {code})")
         if isinstance(exc, nats.js.errors.ServiceUnavailableError):
             return Unavailable(str(exc))
         return ApiFailure(str(exc.description or exc), code)
+    if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in str(exc).lower():
+        return NotAuthorized(f"{type(exc).__name__}: {exc}")
     if isinstance(
         exc,
         nats.errors.TimeoutError
@@ -316,8 +340,9 @@ class Inbox(_Arrivals[CoreMessage]):
 class Nats:
     """A connected client; its methods are trio coroutines (see the module docstring)."""
 
-    def __init__(self, loop: Any, client: Client, timeout: float) -> None:
+    def __init__(self, loop: Any, client: Client, timeout: float, link: Link) -> None:
         self._loop = loop
+        self.link = link
         self._nc = client
         self._js = client.jetstream(timeout=timeout)
         self._buckets: dict[str, Any] = {}  # bucket name -> nats-py KeyValue handle
@@ -345,9 +370,19 @@ class Nats:
                 await trio.sleep(0.25)
 
     async def ensure_stream(
-        self, name: str, subjects: list[str], replicas: int, duplicate_window_s: float
+        self,
+        name: str,
+        subjects: list[str],
+        replicas: int,
+        duplicate_window_s: float,
+        *,
+        max_bytes: int = 0,
+        max_age_s: float = 0.0,
     ) -> StreamState:
-        """Create the stream (or update its settings) and return its state."""
+        """Create the stream (or update its settings) and return its state. At *max_bytes*
+        or *max_age_s* (0: none) it refuses new messages (``discard: new``, ``StorageFull``):
+        acknowledged messages are never dropped to make room. (Age still removes messages
+        older than *max_age_s*: that is the retention the operator asked for.)"""
         config = StreamConfig(
             name=name,
             subjects=subjects,
@@ -355,6 +390,9 @@ class Nats:
             allow_direct=True,
             allow_atomic=True,  # multipart uploads: all their chunks are stored, or none
             duplicate_window=duplicate_window_s,
+            discard=DiscardPolicy.NEW,
+            max_bytes=max_bytes if max_bytes > 0 else -1,
+            max_age=max_age_s if max_age_s > 0 else 0,
         )
         try:
             info = await _call(self._loop, self._js.add_stream, config)
@@ -414,9 +452,10 @@ class Nats:
         seqs: list[int] = await _call(self._loop, send)
         return seqs
 
-    async def get(self, stream: str, seq: int) -> Message:
-        """The message at *seq* (a direct get: any replica answers)."""
-        raw = await _call(self._loop, self._js._jsm.get_msg, stream, seq=seq, direct=True)
+    async def get(self, stream: str, seq: int, *, direct: bool = True) -> Message:
+        """The message at *seq*: a direct get (any replica answers, one that lags may say
+        ``MessageNotFound``), or with *direct* False through the API (the stream's leader)."""
+        raw = await _call(self._loop, self._js._jsm.get_msg, stream, seq=seq, direct=direct)
         data = raw.data or b""
         headers = dict(raw.headers or {})
         return Message(raw.subject or "", int(raw.seq or seq), headers, len(data), data)
@@ -446,20 +485,43 @@ class Nats:
         self, name: str, source: str, src: str, dest: str, replicas: int
     ) -> None:
         """A work-queue stream fed by the server from *source*'s messages on *src*, their
-        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``). One
-        that exists already is left as it is (``work_transform`` tells how it is made)."""
-        config = StreamConfig(
-            name=name,
-            subjects=[],
-            sources=[StreamSource(name=source, subject_transforms=[SubjectTransform(src, dest)])],
-            retention=RetentionPolicy.WORK_QUEUE,
-            num_replicas=replicas,
-        )
+        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``).
+
+        A new one starts at *source*'s next message: the servers copy no history (what is
+        pending in it is found in the log by whoever takes a partition). One that exists
+        with another *src* (the full chunk records of earlier versions) is moved onto *src*
+        from the next message on; a *dest* of its own is left as it is (``work_transform``
+        tells it, and the caller decides)."""
+        origin = await self.stream_state(source)
+        start = origin.last_seq + 1
+
+        def config(transform: SubjectTransform) -> StreamConfig:
+            return StreamConfig(
+                name=name,
+                subjects=[],
+                sources=[StreamSource(name=source, opt_start_seq=start,
+                                      subject_transforms=[transform])],
+                retention=RetentionPolicy.WORK_QUEUE,
+                num_replicas=replicas,
+            )  # fmt: skip
+
         try:
-            await _call(self._loop, self._js.add_stream, config)
+            await _call(self._loop, self._js.add_stream, config(SubjectTransform(src, dest)))
+            return
         except ApiFailure as exc:
             if exc.err_code != 10058:  # the stream exists with another config
                 raise
+        info = await _call(self._loop, self._js.stream_info, name)
+        transforms = [t for s in info.config.sources or [] for t in s.subject_transforms or []]
+        if transforms and transforms[0].src != src:
+            logger.info("work stream %s: source moved from %s to %s", name, transforms[0].src, src)
+            transform = SubjectTransform(src, transforms[0].dest)
+            await _call(self._loop, self._js.update_stream, config(transform))
+
+    async def consumer_pending(self, stream: str, durable: str) -> tuple[int, int]:
+        """(messages not yet delivered, delivered and not acknowledged) of a consumer."""
+        info = await _call(self._loop, self._js.consumer_info, stream, durable)
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     async def work_transform(self, name: str) -> str | None:
         """The destination of the first subject transform of *name*'s first source."""
@@ -600,26 +662,107 @@ def _start_config(start_seq: int) -> ConsumerConfig | None:
     return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
 
 
+def redact(url: str) -> str:
+    """*url* with its password or token replaced by ``***`` (safe to log)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, host = rest.split("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+@attrs.frozen
+class Security:
+    """How this client proves itself to the servers and checks them: a CA file to verify
+    their certificates (TLS), a client certificate and key (mutual TLS), and a NATS
+    credentials file (a user JWT and its NKey seed). Empty: not used."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    creds: str = ""
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context (None: no TLS options given; ``tls://`` URLs then use the
+        system's CAs)."""
+        if not (self.ca or self.cert):
+            return None
+        context = ssl.create_default_context(cafile=self.ca or None)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key or None)
+        return context
+
+
+@attrs.define
+class Link:
+    """What the connection has been through, for ``/readyz``, the logs and ``/metrics``."""
+
+    problem: str | None = "connecting"  # why it is not connected now (None: it is)
+    reconnects: int = 0
+    disconnects: int = 0
+    errors: int = 0
+
+
+def _describe(exc: BaseException) -> str:
+    """A connection error as the operator should read it."""
+    text = str(exc).strip() or type(exc).__name__
+    if "authorization" in text.lower() or isinstance(
+        exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError
+    ):
+        return f"the NATS servers refused this client's credentials ({text})"
+    if isinstance(exc, ssl.SSLError | nats.errors.SecureConnFailedError):
+        return f"TLS with the NATS servers failed ({text})"
+    if isinstance(exc, ConnectionRefusedError | OSError | asyncio.TimeoutError):
+        return f"no NATS server is reachable ({type(exc).__name__}: {text})"
+    return f"NATS: {text}"
+
+
 @asynccontextmanager
 async def open_nats(
-    servers: list[str], *, name: str, request_s: float = 2.0
+    servers: list[str],
+    *,
+    name: str,
+    request_s: float = 2.0,
+    security: Security | None = None,
+    link: Link | None = None,
 ) -> AsyncIterator[Nats]:
-    """A trio-asyncio loop and a client connected to *servers* (trying until one answers).
+    """A trio-asyncio loop and a client connected to *servers* (trying until one answers),
+    with *security*'s TLS and credentials; *link* follows how the connection is.
 
     Reconnects for ever afterwards; requests made while disconnected fail with
-    ``Unavailable`` after their timeout."""
+    ``Unavailable`` after their timeout. A refused login or unreachable servers are logged
+    once per change of reason (at ERROR and WARNING), never with the URLs' secrets."""
+    security = security or Security()
+    link = link if link is not None else Link()
+    shown = ", ".join(redact(url) for url in servers)
     async with trio_asyncio.open_loop() as loop:
 
         async def connect() -> Client:
             async def note_disconnect() -> None:
+                link.disconnects += 1
+                link.problem = "disconnected from NATS; reconnecting"
                 logger.warning("disconnected from NATS")
 
             async def note_reconnect() -> None:
+                link.reconnects += 1
+                link.problem = None
                 logger.info("reconnected to NATS")
 
             async def note_error(exc: Exception) -> None:
-                logger.debug("nats: %s", exc)
+                link.errors += 1
+                reason = _describe(exc)
+                if reason != link.problem:
+                    level = logging.ERROR if "refused this client" in reason else logging.WARNING
+                    logger.log(level, "%s; still trying %s", reason, shown)
+                link.problem = reason
 
+            options: dict[str, Any] = {}
+            tls = security.tls()
+            if tls is not None:
+                options["tls"] = tls
+            if security.creds:
+                options["user_credentials"] = security.creds
             client: Client = await nats.connect(
                 servers=servers,
                 name=name,
@@ -632,10 +775,12 @@ async def open_nats(
                 disconnected_cb=note_disconnect,
                 reconnected_cb=note_reconnect,
                 error_cb=note_error,
+                **options,
             )
+            link.problem = None
             return client
 
-        logger.info("connecting to NATS at %s (waiting until one answers)", ", ".join(servers))
+        logger.info("connecting to NATS at %s (waiting until one answers)", shown)
         while True:
             try:
                 client = await _call(loop, connect)
@@ -644,7 +789,7 @@ async def open_nats(
                 logger.info("no NATS server answers yet (%s); retrying", exc)
                 await trio.sleep(0.5)
         try:
-            yield Nats(loop, client, request_s)
+            yield Nats(loop, client, request_s, link)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:

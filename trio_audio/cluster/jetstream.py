@@ -13,6 +13,7 @@
 Subjects (``<user>`` and ``<session>`` with ``.`` written as ``~``)::
 
     AUDIO.<user>.<session>.chunk.<seq>          one chunk: its audio in the body
+    AUDIO.<user>.<session>.work.<seq>           its reference for transcription (no body)
     AUDIO.<user>.<session>.update.<chunk_id>    new top-level fields of a chunk
     AUDIO.<user>.<session>.tombstone            chunks deleted (by id, or the whole session)
 
@@ -38,8 +39,15 @@ Writes and their guarantees:
   publish whose PubAck it did not get (a timeout while the message did land) a no-op: the
   stream drops a duplicate id seen within its duplicate window (``store_dedupe_s``, 2 min
   by default), and answers with the first copy's sequence.
-- A multipart upload's chunks are published as one atomic batch (``Nats.publish_batch``):
-  all stored or none, even when this node dies halfway through sending them.
+- An upload's chunks are published as one atomic batch (``Nats.publish_batch``), each
+  followed by its ``work.<seq>`` reference (the chunk's metadata, no audio: what the
+  transcription work stream copies, ``cluster/work.py``): all stored or none, even when
+  this node dies halfway through sending them. (A batch carries no ``Nats-Msg-Id``: a re-sent
+  batch that did land loses its compare-and-appends, and is answered as above.)
+- Limits refuse, never drop: the stream is ``discard: new``; at ``--store-max-bytes`` (or
+  when a server has no storage left) a write gets 507 ``insufficient_storage`` and
+  ``/readyz`` says the stream is full. ``--store-max-age`` is retention: records older than
+  it leave the stream.
 - A transcript (an update of the ``transcript`` field) is written once per chunk: it is
   published with the same compare-and-append on the chunk's update subject, and one that
   comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Each
@@ -50,11 +58,15 @@ Writes and their guarantees:
   tombstone's sequence), so the audio is gone from every replica.
 
 Read-your-writes: on the node that acknowledged a write, always (but for that lag). On
-another node once its follower has applied it: milliseconds later on a healthy cluster, not
-guaranteed at once.
+another node once its follower has applied it: milliseconds later on a healthy cluster; a
+client that sends the ``Trio-Audio-Position`` a write's answer carried makes the node wait
+(up to twice ``store_timeout_s``) until its follower has applied that much (``position``,
+``wait_followed``). Audio reads: a direct get (any replica) that finds no message is asked
+again of the stream's leader, and again while the cluster does not answer (up to twice
+``store_timeout_s``): a replica that lags is no deletion. Only a tombstone makes a chunk gone.
 
-Health: once running, the node asks JetStream every second whether it answers (connected,
-and a meta leader to answer the API); ``on_health`` hears why not, for ``/readyz``.
+Health: once running, the node asks JetStream every second whether it answers and how the
+stream is (``observe.py``); ``on_health`` hears why not, for ``/readyz``.
 
 Error handling: when no server answers a write within ``store_timeout_s`` (or the client is
 disconnected) the write fails with 503 ``unavailable`` and Retry-After: never a hang, never an
@@ -78,6 +90,7 @@ import trio
 
 from ..config import Config
 from ..errors import (
+    InsufficientStorage,
     InternalError,
     NotFound,
     Overloaded,
@@ -102,15 +115,20 @@ from ..store.record import BlobRef
 from ..store.store import StoreStats
 from .bridge import (
     Follower,
+    Link,
     Message,
     MessageNotFound,
     Nats,
     NatsError,
+    Security,
+    StorageFull,
     Unavailable,
     WrongLastSequence,
     open_nats,
+    redact,
     retrying,
 )
+from .observe import Watch
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -123,7 +141,7 @@ FOLLOW_BATCH: Final = 512
 STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
 STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
-HEALTH_PERIOD_S: Final = 1.0  # how often a running node asks JetStream whether it answers
+READ_PAUSE_S: Final = 0.1  # between tries of an audio read the cluster cannot answer yet
 
 
 class StoreUnavailable(Overloaded):
@@ -137,7 +155,7 @@ def servers(store: str) -> list[str]:
     urls = [u.strip() for u in store.split(",") if u.strip()]
     for url in urls:
         if not url.startswith(("nats://", "tls://")):
-            msg = f"store must be a list of nats:// URLs, got {url!r}"
+            msg = f"store must be a list of nats:// URLs, got {redact(url)!r}"
             raise ValueError(msg)
     return urls
 
@@ -186,8 +204,10 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
         self._index = Index(config.transcript_status())
-        self._on_health = on_health  # told why JetStream cannot serve (None: it can again)
-        self._health: str | None = "connecting to the NATS cluster"  # None: it serves
+        self._link = Link()
+        self._watch = Watch(self._stream, config.store_timeout_s, lambda: self._applied, on_health)
+        self._watch.register(self._metrics)
+        self._starting: str | None = "connecting to the NATS cluster"  # None: started
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
         self._events: trio.MemorySendChannel[Committed] | None = None
         self._nats: Nats | None = None
@@ -211,11 +231,14 @@ class JetStreamStore(CommitChannels, IndexReads):
         then follow it and commit until the writes end."""
         config = self._config
         try:
+            security = Security(config.store_tls_ca, config.store_tls_cert,
+                                config.store_tls_key, config.store_creds)  # fmt: skip
             async with open_nats(
-                self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s
-            ) as nats:
+                self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s,
+                security=security, link=self._link,
+            ) as nats:  # fmt: skip
                 self._nats = nats
-                self._health = "waiting for the JetStream meta leader"
+                self._starting = "waiting for the JetStream meta leader"
                 logger.info("connected to NATS; waiting for the JetStream meta leader")
                 state = None
                 refused_since = None
@@ -227,6 +250,8 @@ class JetStreamStore(CommitChannels, IndexReads):
                             [f"{self._stream}.>"],
                             config.store_replicas,
                             config.store_dedupe_s,
+                            max_bytes=config.store_max_bytes,
+                            max_age_s=config.store_max_age_s,
                         )
                     except Unavailable as exc:
                         logger.info("the stream is not available yet (%s); retrying", exc)
@@ -246,7 +271,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                             "servers needs a lower --store-replicas)"
                         )
                         raise StoreError(msg) from None
-                self._health = f"replaying the stream {self._stream} ({state.messages} records)"
+                self._starting = f"replaying the stream {self._stream} ({state.messages} records)"
                 follower = await retrying(lambda: nats.follow(self._stream, f"{self._stream}.>", 1))
                 await self._replay(follower, state.messages)
                 async with contextlib.AsyncExitStack() as stack:
@@ -255,8 +280,8 @@ class JetStreamStore(CommitChannels, IndexReads):
                     await stack.enter_async_context(self._receive)
                     nursery = await stack.enter_async_context(trio.open_nursery())
                     nursery.start_soon(self._follow, follower)
-                    self._health = None  # replayed: it serves (the watch says when not)
-                    nursery.start_soon(self._watch_health, nats)
+                    self._starting = None  # replayed: it serves (the watch says when not)
+                    nursery.start_soon(self._watch.run, nats)
                     task_status.started(self)
                     await self._commit_all()
                     nursery.cancel_scope.cancel()
@@ -276,24 +301,18 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     @property
     def health(self) -> str | None:
-        """Why this node cannot serve now (None: it can): while starting, the step it is at;
-        once running, whether JetStream answers, checked every second."""
-        return self._health
+        """Why this node cannot serve now (None: it can): while starting, the step it is at
+        (and why the connection fails, if it does); once running, the watch's problem."""
+        if self._starting is not None:
+            problem = self._link.problem if self._nats is None else None
+            return f"{self._starting}: {problem}" if problem else self._starting
+        return self._watch.problem
 
-    async def _watch_health(self, nats: Nats) -> None:
-        """Ask JetStream every ``HEALTH_PERIOD_S`` whether it answers (connected, with a meta
-        leader); tell ``on_health`` when that changes."""
-        while True:
-            problem = await nats.health(self._config.store_timeout_s)
-            if problem != self._health:
-                if problem is None:
-                    logger.info("JetStream answers again")
-                else:
-                    logger.warning("JetStream cannot serve: %s", problem)
-                self._health = problem
-                if self._on_health is not None:
-                    self._on_health(problem)
-            await trio.sleep(HEALTH_PERIOD_S)
+    @property
+    def position(self) -> int:
+        """The last stream sequence this node has applied and announced: a read elsewhere
+        that waits for it (``wait_followed``) sees every write this node answered."""
+        return self._announced
 
     async def wait_followed(self, seq: int) -> bool:
         """Wait until this node has applied stream sequence *seq*; False after twice
@@ -378,6 +397,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         mine = message.headers.get(NODE) == self._node
         if kind == "chunk":
             return self._apply_chunk(record, message)
+        if kind == "work":  # a chunk's reference for the work stream: nothing to index
+            return []
         if kind == "update":
             meta = self._index.apply_update(record)
             if meta is None:
@@ -532,7 +553,11 @@ class JetStreamStore(CommitChannels, IndexReads):
                 }
                 if write.source is not None:
                     headers[SOURCE] = write.source
-                messages.append(Publish(f"{session}.chunk.{planned.meta['seq']}", body, headers))
+                seq = planned.meta["seq"]
+                messages.append(Publish(f"{session}.chunk.{seq}", body, headers))
+                reference = {"chunk_id": planned.meta["chunk_id"], "seq": seq}
+                work = {META: json.dumps(reference, separators=(",", ":")), NODE: self._node}
+                messages.append(Publish(f"{session}.work.{seq}", b"", work))
             return Pending(write, plan, messages)
         if isinstance(write, Update):
             entry = index.chunks.get(write.chunk_id)
@@ -577,10 +602,10 @@ class JetStreamStore(CommitChannels, IndexReads):
             prefix = f"{stream}.{token(user_id)}.{token(session_id)}"
             headers = self._headers(record, f"{write_id}-{i}")
             messages.append(Publish(f"{prefix}.tombstone", b"", headers))
-            removed += [
-                (int(index.chunks[chunk_id].blob.segment), f"{prefix}.update.{chunk_id}")
-                for chunk_id in ids
-            ]
+            for chunk_id in ids:
+                entry = index.chunks[chunk_id]
+                subjects = [f"{prefix}.update.{chunk_id}", f"{prefix}.work.{entry.seq}"]
+                removed.append((int(entry.blob.segment), subjects))
         return Pending(write, {"chunk_ids": chunk_ids, "removed": removed}, messages)
 
     def _headers(self, record: dict[str, Any], msg_id: str) -> dict[str, str]:
@@ -591,15 +616,15 @@ class JetStreamStore(CommitChannels, IndexReads):
         }
 
     async def _publish_all(self, item: Pending) -> None:
-        """Publish a write's messages in order; stop at the first that fails. The chunks of a
-        multipart upload go as one atomic batch: all stored or none, even when this node
-        dies halfway through sending them."""
+        """Publish a write's messages in order; stop at the first that fails. The chunks of
+        an upload (and their work references) go as one atomic batch: all stored or none,
+        even when this node dies halfway through sending them."""
         if isinstance(item.write, Job):
             assert isinstance(item.plan, list)
             for planned in item.plan:
                 if planned.meta is not None and planned.part.speech_pcm is not None:
                     self._pcm[planned.meta["chunk_id"]] = planned.part.speech_pcm
-        if isinstance(item.write, Job) and len(item.messages) > 1:
+        if isinstance(item.write, Job) and item.messages:
             await self._publish_batch(item.messages)
         else:
             for message in item.messages:
@@ -643,7 +668,10 @@ class JetStreamStore(CommitChannels, IndexReads):
         error: NatsError | None = None
         for attempt in range(2):
             try:
-                return await publish(nats, wait_s), None
+                started = trio.current_time()
+                seqs = await publish(nats, wait_s)
+                self._metrics.observe_stage("publish", trio.current_time() - started)
+                return seqs, None
             except Unavailable as exc:
                 error = exc
                 if not nats.connected:
@@ -661,9 +689,15 @@ class JetStreamStore(CommitChannels, IndexReads):
         return self._nats
 
     def _fail(self, write: Write, error: NatsError) -> None:
-        if isinstance(error, Unavailable):
+        if isinstance(error, StorageFull):
+            logger.warning("a write was refused, the stream is full: %s", error)
+            self._watch.refused_full(str(error))
+            service: ServiceError = InsufficientStorage(
+                f"the store cluster cannot take more: {error}"
+            )
+        elif isinstance(error, Unavailable):
             logger.warning("a write failed, the cluster does not answer: %s", error)
-            service: ServiceError = StoreUnavailable(
+            service = StoreUnavailable(
                 "the store cluster does not answer; retry later", self._config.retry_after_s
             )
         elif isinstance(error, WrongLastSequence):
@@ -678,6 +712,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Answer a write whose messages all have their PubAck: from what the follower made
         of them, or (when it lags) from the plan."""
         write = item.write
+        if item.messages:
+            self._watch.stored()
         followed = all(m.seq is not None and m.seq <= self._applied for m in item.messages)
         results = [self._results.pop(m.seq, None) for m in item.messages if m.seq is not None]
         if isinstance(write, Job):
@@ -723,13 +759,14 @@ class JetStreamStore(CommitChannels, IndexReads):
                 user_id, session_id = write.session
                 prefix = f"{self._stream}.{token(user_id)}.{token(session_id)}"
                 before = item.messages[0].seq
-                await nats.purge(self._stream, f"{prefix}.chunk.>", before)
-                await nats.purge(self._stream, f"{prefix}.update.>", before)
+                for kind in ("chunk", "update", "work"):
+                    await nats.purge(self._stream, f"{prefix}.{kind}.>", before)
                 return
-            for entry_seq, subject in item.plan.get("removed", []):
+            for entry_seq, subjects in item.plan.get("removed", []):
                 with contextlib.suppress(MessageNotFound):
                     await nats.delete(self._stream, entry_seq)
-                await nats.purge(self._stream, subject)
+                for subject in subjects:
+                    await nats.purge(self._stream, subject)
         except NatsError as exc:
             logger.warning("deleted chunks stay in the stream until the next delete: %s", exc)
 
@@ -759,17 +796,40 @@ class JetStreamStore(CommitChannels, IndexReads):
         )
 
     async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
-        """The exact bytes uploaded for *chunk_id*, fetched from the stream by sequence."""
+        """The exact bytes uploaded for *chunk_id*, fetched from the stream by sequence.
+
+        A replica that has not caught up answers a direct get with "no message": that is
+        asked again of the stream's leader. Only a chunk the leader no longer has, once this
+        node has applied the stream that far and no longer indexes the chunk, is gone (a
+        tombstone); one still indexed aged out (``--store-max-age``) or was removed by
+        hand. While the cluster does not answer, the read is tried again for up to twice
+        ``store_timeout_s``, then 503."""
         entry = self._index.entry(chunk_id)
-        try:
-            message = await self._nats_or_fail().get(self._stream, int(entry.blob.segment))
-        except MessageNotFound:
+        content_type = str(entry.meta().get("content_type", "application/octet-stream"))
+        seq = int(entry.blob.segment)
+        deadline = trio.current_time() + self._config.store_timeout_s * 2
+        while True:
+            nats = self._nats_or_fail()
+            try:
+                try:
+                    message = await nats.get(self._stream, seq)
+                except MessageNotFound:
+                    message = await nats.get(self._stream, seq, direct=False)
+                return message.data, content_type
+            except MessageNotFound:
+                break
+            except Unavailable:
+                if trio.current_time() > deadline:
+                    msg = "the store cluster does not answer; retry later"
+                    raise StoreUnavailable(msg, self._config.retry_after_s) from None
+                await trio.sleep(READ_PAUSE_S)
+            except NatsError as exc:
+                msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
+                raise InternalError(msg) from None
+        with contextlib.suppress(NatsError):  # a tombstone before it: this node applies it
+            await self._wait_applied((await nats.stream_state(self._stream)).last_seq)
+        if chunk_id not in self._index.chunks:
             msg = f"chunk {chunk_id!r} was deleted"
-            raise NotFound(msg) from None
-        except Unavailable:
-            msg = "the store cluster does not answer; retry later"
-            raise StoreUnavailable(msg, self._config.retry_after_s) from None
-        except NatsError as exc:
-            msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
-            raise InternalError(msg) from None
-        return message.data, str(entry.meta().get("content_type", "application/octet-stream"))
+        else:
+            msg = f"chunk {chunk_id!r} is no longer in the stream (aged out or removed)"
+        raise NotFound(msg)

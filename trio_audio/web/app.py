@@ -60,6 +60,7 @@ logger = logging.getLogger("trio_audio.web")
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 PROBLEM_TYPE: Final = "application/problem+json"
+POSITION: Final = "Trio-Audio-Position"  # a cluster node's log position (see read_after_write)
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
     405: MethodNotAllowed,
@@ -241,6 +242,16 @@ def create_app(
         if path not in open_paths and not path.startswith("/static/"):
             g.user_id = access.user_for_request(request.headers)
 
+    @app.before_request
+    async def read_after_write() -> None:
+        """A request carrying the ``Trio-Audio-Position`` another node's answer gave waits
+        until this node's follower has applied the log that far (a cluster store; up to
+        twice ``store_timeout_s``, then it is answered from what this node has)."""
+        wanted = request.headers.get(POSITION, "")
+        wait_followed = getattr(store, "wait_followed", None)
+        if wanted.isdigit() and wait_followed is not None:
+            await wait_followed(int(wanted))
+
     def owned(owner: str, what: str) -> None:
         """Another user's data is reported missing: its existence must not leak."""
         user = g.get("user_id")
@@ -329,6 +340,9 @@ def create_app(
         status = 201 if any(r.created for r in results) else 200
         locations = [f"/chunks/{r.chunk['chunk_id']}" for r in results]
         headers = {"Location": locations[0]}
+        position = getattr(store, "position", None)  # a cluster store's log position
+        if position is not None:
+            headers[POSITION] = str(position)
         if media_type == "multipart/form-data":
             # Location names the first chunk; Link names every chunk, in part order.
             headers["Link"] = ", ".join(f'<{url}>; rel="item"' for url in locations)
