@@ -104,6 +104,9 @@ class ServiceNode:
                     raise AssertionError(f"{self.args[3]} exited:\n{text[-4000:]}")
                 await trio.sleep(0.05)
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def starts(self) -> int:
         return self.log_path.read_text(errors="replace").count("connected to NATS")
 

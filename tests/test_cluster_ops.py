@@ -4,19 +4,22 @@ replica does not turn into "deleted", secrets kept out of logs, TLS and credenti
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+import trustme
 
 from trio_audio.cluster.bridge import open_nats
 from trio_audio.cluster.dev import LocalCluster, Options
 from trio_audio.cluster.work import Names
 
-from .cluster import cluster_store
+from .cluster import ServiceNode, cluster_store
 from .conftest import StartServer
-from .test_cluster import audio, eventually, post, two_nodes
+from .nats_creds import operator_setup
+from .test_cluster import NodeMaker, audio, eventually, post, two_nodes
 
 Stored = list[tuple[str, bytes]]
 
@@ -121,3 +124,89 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
             read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": position})
             assert read.status_code == 200, read.text
         await eventually(lambda: cb.get(f"/chunks/{chunk_id}"), 5)
+
+
+def tls_options(directory: Path, **login: str) -> tuple[Options, dict[str, str]]:
+    """Server options for TLS with client certificates (mutual TLS) and *login*; and the
+    files a client needs (``ca``, ``cert``, ``key``)."""
+    ca = trustme.CA()
+    server, client = ca.issue_cert("127.0.0.1", "localhost"), ca.issue_cert("trio-audio")
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {name: str(directory / f"{name}.pem") for name in
+             ("ca", "server", "server_key", "cert", "key")}  # fmt: skip
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["server"])
+    server.private_key_pem.write_to_path(files["server_key"])
+    client.cert_chain_pems[0].write_to_path(files["cert"])
+    client.private_key_pem.write_to_path(files["key"])
+    options = Options(tls_cert=files["server"], tls_key=files["server_key"], tls_ca=files["ca"],
+                      verify=True, **login)  # fmt: skip
+    return options, files
+
+
+async def readyz_while_waiting(node: ServiceNode, want: str) -> str:
+    """The ``store_problem`` of a node still waiting for its store, once it has *want*."""
+    with trio.fail_after(30):
+        for _ in iter(int, 1):
+            found = re.findall(r"answering probes on (http://\S+) while", node.log())
+            if found:
+                async with httpx.AsyncClient(base_url=found[0], timeout=10) as client:
+                    response = await client.get("/readyz")
+                    assert response.status_code == 503
+                    problem = str(response.json()["store_problem"])
+                    if want in problem:
+                        return problem
+            await trio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+async def test_tls_client_certificates_and_a_password_and_none_of_it_logged(
+    tmp_path: Path, service_nodes: NodeMaker
+) -> None:
+    secret = "s3cret-Pw-9"
+    options, files = tls_options(tmp_path / "pki", user="svc", password=secret)
+    with LocalCluster(tmp_path / "nats", nodes=1, options=options) as cluster:
+        port = cluster.nodes[0].port
+        tls = ["--store-tls-ca", files["ca"], "--store-tls-cert", files["cert"],
+               "--store-tls-key", files["key"]]  # fmt: skip
+        store = {**cluster_store(cluster), "store": f"tls://svc:{secret}@127.0.0.1:{port}"}
+        node = service_nodes(store, *tls)
+        await node.wait_ready(60)
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            assert (await post(client, audio(1))).status_code == 201
+        # A wrong password: said at once, in the log and in /readyz, and SIGTERM is prompt.
+        wrong = {**store, "store": f"tls://svc:Wr0ng-{secret}@127.0.0.1:{port}"}
+        refused = service_nodes(wrong, *tls)
+        problem = await readyz_while_waiting(refused, "refused this client's credentials")
+        assert problem.startswith("connecting to the NATS cluster")
+        assert "ERROR" in refused.log() and "Authorization Violation" in refused.log()
+        # No client certificate: the server's TLS refuses it, and that is what is said.
+        no_cert = service_nodes(store, "--store-tls-ca", files["ca"])
+        await readyz_while_waiting(no_cert, "NATS")
+        started = trio.current_time()
+        await trio.to_thread.run_sync(refused.stop)
+        assert trio.current_time() - started < 5
+        assert refused.proc is not None and refused.proc.returncode == 0
+        await trio.to_thread.run_sync(no_cert.stop)
+        for made in (node, refused, no_cert):
+            assert secret not in made.log()
+
+
+async def test_a_nats_credentials_file_logs_in(tmp_path: Path, service_nodes: NodeMaker) -> None:
+    settings, creds = operator_setup(tmp_path / "auth")
+    with LocalCluster(tmp_path / "nats", nodes=1, options=Options(extra=settings)) as cluster:
+        store = cluster_store(cluster)
+        node = service_nodes(store, "--store-creds", str(creds))
+        await node.wait_ready(60)
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            assert (await post(client, audio(1))).status_code == 201
+        # Without it the servers refuse the node, and it says so.
+        refused = service_nodes(store)
+        await readyz_while_waiting(refused, "refused this client's credentials")
+
+
+def test_the_dev_cluster_keeps_its_ports_across_runs(tmp_path: Path) -> None:
+    first = LocalCluster(tmp_path / "dev", nodes=3)
+    again = LocalCluster(tmp_path / "dev", nodes=3)
+    assert again.store == first.store  # nodes given the printed --store reconnect
+    assert LocalCluster(tmp_path / "other", nodes=3).store != first.store

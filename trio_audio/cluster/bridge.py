@@ -76,6 +76,7 @@ WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still 
 STORAGE_FULL: Final = frozenset({10077, 10023, 10047, 10028, 10002})
 FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
+LOG_AGAIN_S: Final = 60.0  # a connection error already logged is logged again after this
 INBOX_QUEUE: Final = 4096  # core NATS messages held for the trio side; then the newest drop
 
 
@@ -702,6 +703,19 @@ class Link:
     reconnects: int = 0
     disconnects: int = 0
     errors: int = 0
+    logged: dict[str, float] = attrs.Factory(dict)  # reason: when it was last logged
+
+    def note(self, reason: str) -> None:
+        """An error of the connection: the problem now (a refused login is not hidden by
+        the broken pipe that follows it), logged once a minute per reason."""
+        now = time.monotonic()
+        self.errors += 1
+        refused = "refused this client" in reason
+        if refused or not (self.problem and "refused this client" in self.problem):
+            self.problem = reason
+        if now - self.logged.get(reason, -LOG_AGAIN_S) >= LOG_AGAIN_S:
+            self.logged[reason] = now
+            logger.log(logging.ERROR if refused else logging.WARNING, "%s", reason)
 
 
 def _describe(exc: BaseException) -> str:
@@ -713,6 +727,9 @@ def _describe(exc: BaseException) -> str:
         return f"the NATS servers refused this client's credentials ({text})"
     if isinstance(exc, ssl.SSLError | nats.errors.SecureConnFailedError):
         return f"TLS with the NATS servers failed ({text})"
+    if isinstance(exc, BrokenPipeError | ConnectionResetError):
+        return ("a NATS server closed the connection as it opened (does it want a client "
+                f"certificate, TLS or a login?) ({type(exc).__name__})")  # fmt: skip
     if isinstance(exc, ConnectionRefusedError | OSError | asyncio.TimeoutError):
         return f"no NATS server is reachable ({type(exc).__name__}: {text})"
     return f"NATS: {text}"
@@ -750,12 +767,7 @@ async def open_nats(
                 logger.info("reconnected to NATS")
 
             async def note_error(exc: Exception) -> None:
-                link.errors += 1
-                reason = _describe(exc)
-                if reason != link.problem:
-                    level = logging.ERROR if "refused this client" in reason else logging.WARNING
-                    logger.log(level, "%s; still trying %s", reason, shown)
-                link.problem = reason
+                link.note(f"{_describe(exc)}; still trying {shown}")
 
             options: dict[str, Any] = {}
             tls = security.tls()

@@ -69,8 +69,9 @@ def free_ports(count: int) -> list[int]:
 @attrs.frozen
 class Options:
     """Extra server settings: *max_file_store* caps each server's JetStream storage (bytes,
-    0: its disk); *tls_cert*/*tls_key*/*tls_ca* make clients connect with TLS (and, with
-    *verify*, present a certificate the CA signed); *user*/*password* require a login."""
+        0: its disk); *tls_cert*/*tls_key*/*tls_ca* make clients connect with TLS (and, with
+        *verify*, present a certificate the CA signed); *user*/*password* require a login; *extra*
+    is added to the settings as it is."""
 
     max_file_store: int = 0
     tls_cert: str = ""
@@ -79,9 +80,10 @@ class Options:
     verify: bool = False
     user: str = ""
     password: str = ""
+    extra: str = ""  # more settings, as they are (e.g. an operator and its resolver)
 
     def client_blocks(self) -> str:
-        text = ""
+        text = self.extra
         if self.tls_cert:
             text += (
                 f'tls {{\n  cert_file: "{self.tls_cert}"\n  key_file: "{self.tls_key}"\n'
