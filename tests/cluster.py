@@ -129,7 +129,7 @@ class WorkerNode(ServiceNode):
     """``trio-audio asr-worker --store nats://...`` as a child process (no listeners)."""
 
     def command(self, directory: Path) -> list[str]:
-        return ["asr-worker"]
+        return ["asr-worker", "--port", "0"]
 
     def ready(self, log: str) -> bool:
         return "taking transcription work" in log  # it has replayed the stream

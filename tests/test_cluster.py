@@ -576,6 +576,10 @@ async def test_killing_the_worker_of_a_session_hands_it_over(
     }
 
 
+def node_metrics(node: ServiceNode) -> str:
+    return httpx.get(f"{node.url}/metrics", timeout=10).text
+
+
 async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
     nats_cluster: LocalCluster, service_nodes: NodeMaker, tmp_path: Path
 ) -> None:
@@ -609,6 +613,16 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
         assert listing["transcript"] == ended.json()["transcript"]
         counts = await count_subjects(nats_cluster.urls, store["store_stream"])
         assert counts == {"chunk": len(pieces_), "update": len(pieces_), "work": len(pieces_)}
+        # The worker answers the probes on its --port: ready, and how the cluster is.
+        probes = re.findall(r"probes \(.*\) on (http://\S+)", worker.log())[-1]
+        async with httpx.AsyncClient(base_url=probes, timeout=10) as worker_http:
+            assert (await worker_http.get("/healthz")).status_code == 200
+            assert (await worker_http.get("/readyz")).json()["status"] == "ready"
+            metrics = (await worker_http.get("/metrics")).text
+        for family in ("trio_audio_cluster_follower_lag_records", "trio_audio_cluster_stream",
+                       "trio_audio_cluster_connection_events", 'stage="publish"'):  # fmt: skip
+            assert family in metrics, family
+        await wait_for(lambda: "trio_audio_cluster_work_pending{" in node_metrics(node), 10)
         # Stopped with SIGTERM, it exits cleanly and gives its partitions back at once.
         assert await nats.kv_get(names.leases, "p.0") is not None
         await trio.to_thread.run_sync(worker.stop)

@@ -22,6 +22,12 @@ metadata of every record is a JSON header (``Trio-Audio``), so the follower repl
 follows with ``headers_only`` and never pulls audio; ``read_audio`` fetches one message's
 body by its stream sequence with a direct get (any replica answers).
 
+The committer hands each write to one of ``COMMIT_LANES`` lanes by its session; each lane
+plans, publishes and answers its writes batch by batch, and the lanes run side by side, so
+a node keeps many publishes in flight (other sessions' batches go on while one waits for its
+PubAck) instead of waiting batch by batch. One session's writes are in one lane, in order:
+each plan sees the session's earlier writes, and a lost compare-and-append is rare.
+
 Writes and their guarantees:
 
 - A write is answered only after its PubAck, which JetStream sends once a quorum (2 of 3)
@@ -68,10 +74,11 @@ again of the stream's leader, and again while the cluster does not answer (up to
 Health: once running, the node asks JetStream every second whether it answers and how the
 stream is (``observe.py``); ``on_health`` hears why not, for ``/readyz``.
 
-Error handling: when no server answers a write within ``store_timeout_s`` (or the client is
-disconnected) the write fails with 503 ``unavailable`` and Retry-After: never a hang, never an
-answer for a write that is not stored. Reads of the index keep working; audio reads need the
-cluster. The client reconnects by itself and the follower resumes where it stopped.
+Error handling: when no server answers a write within ``store_timeout_s`` of the committer
+taking it (or the client is disconnected) the write fails with 503 ``unavailable`` and
+Retry-After: never a hang, never an answer for a write that is not stored. Reads of the
+index keep working; audio reads need the cluster. The client reconnects by itself and the
+follower resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ import logging
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -141,6 +149,8 @@ FOLLOW_BATCH: Final = 512
 STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
 STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
+COMMIT_LANES: Final = 16  # sessions' writes committed side by side (a session's in one)
+MIN_WAIT_S: Final = 0.05  # a publish with less time than this left is not sent
 READ_PAUSE_S: Final = 0.1  # between tries of an audio read the cluster cannot answer yet
 
 
@@ -478,21 +488,63 @@ class JetStreamStore(CommitChannels, IndexReads):
     # -- the committer ---------------------------------------------------------------------
 
     async def _commit_all(self) -> None:
-        while (batch := await self._next_batch()) is not None:
-            await self._commit(batch)
+        """Hand each write to the lane of its session (``COMMIT_LANES``); each lane commits
+        its writes batch by batch, and the lanes' publishes are in flight together. A
+        session's writes stay in order in one lane: its plans see its earlier writes."""
+        lanes = [trio.open_memory_channel[tuple[float, Write]](self._config.stage_queue)
+                 for _ in range(COMMIT_LANES)]  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            for _, receive in lanes:
+                nursery.start_soon(self._lane, receive)
+            async with contextlib.AsyncExitStack() as stack:
+                for send, _ in lanes:
+                    await stack.enter_async_context(send)
+                while (batch := await self._next_batch()) is not None:
+                    now = trio.current_time()
+                    for write in batch:
+                        await lanes[self._lane_of(write)][0].send((now, write))
 
-    async def _commit(self, batch: list[Write]) -> None:
+    def _lane_of(self, write: Write) -> int:
+        """The lane of *write*'s session (a chunk's session for an update; a delete's
+        first session)."""
+        if isinstance(write, Job):
+            key = (write.user_id, write.session_id)
+        elif isinstance(write, Update) and write.chunk_id in self._index.chunks:
+            entry = self._index.chunks[write.chunk_id]
+            key = (entry.user_id, entry.session_id)
+        elif isinstance(write, Delete) and write.session is not None:
+            key = write.session
+        elif isinstance(write, Delete) and write.chunk_ids[0] in self._index.chunks:
+            entry = self._index.chunks[write.chunk_ids[0]]
+            key = (entry.user_id, entry.session_id)
+        else:
+            return 0
+        return zlib.crc32(f"{key[0]}\x00{key[1]}".encode()) % COMMIT_LANES
+
+    async def _lane(self, receive: trio.MemoryReceiveChannel[tuple[float, Write]]) -> None:
+        """Commit what arrives on *receive*, everything queued at once, batch by batch."""
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while len(batch) < self._config.commit_batch_max:
+                        batch.append(receive.receive_nowait())
+                deadline = min(t for t, _ in batch) + self._config.store_timeout_s
+                await self._commit([w for _, w in batch], deadline)
+
+    async def _commit(self, batch: list[Write], deadline: float) -> None:
+        """Commit *batch*; a publish not acknowledged by *deadline* fails with 503."""
         started = trio.current_time()
         writes = [w for w in batch if not w.reply.done]
         for _ in range(PLAN_ATTEMPTS):
             if not writes:
                 break
-            writes = await self._commit_once(writes)
+            writes = await self._commit_once(writes, deadline)
         for write in writes:
             write.reply.fail(StoreUnavailable("other nodes keep taking these seqs; retry"))
         self._metrics.observe_stage("store", trio.current_time() - started)
 
-    async def _commit_once(self, writes: list[Write]) -> list[Write]:
+    async def _commit_once(self, writes: list[Write], deadline: float) -> list[Write]:
         """Plan, publish and answer *writes*; those that lost a compare-and-append."""
         reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         pending: list[Pending] = []
@@ -504,7 +556,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 write.reply.fail(exc)
         async with trio.open_nursery() as nursery:
             for item in pending:
-                nursery.start_soon(self._publish_all, item)
+                nursery.start_soon(self._publish_all, item, deadline)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._wait_applied(max(seqs, default=0)):
             # Stored (the quorum acknowledged it) but not yet followed here: answered from
@@ -615,7 +667,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             NODE: self._node,
         }
 
-    async def _publish_all(self, item: Pending) -> None:
+    async def _publish_all(self, item: Pending, deadline: float) -> None:
         """Publish a write's messages in order; stop at the first that fails. The chunks of
         an upload (and their work references) go as one atomic batch: all stored or none,
         even when this node dies halfway through sending them."""
@@ -625,10 +677,10 @@ class JetStreamStore(CommitChannels, IndexReads):
                 if planned.meta is not None and planned.part.speech_pcm is not None:
                     self._pcm[planned.meta["chunk_id"]] = planned.part.speech_pcm
         if isinstance(item.write, Job) and item.messages:
-            await self._publish_batch(item.messages)
+            await self._publish_batch(item.messages, deadline)
         else:
             for message in item.messages:
-                await self._publish(message)
+                await self._publish(message, deadline)
                 if message.error is not None:
                     break
         failed = any(m.error is not None or m.seq is None for m in item.messages)
@@ -637,14 +689,16 @@ class JetStreamStore(CommitChannels, IndexReads):
                 if planned.meta is not None:
                     self._pcm.pop(planned.meta["chunk_id"], None)
 
-    async def _publish_batch(self, messages: list[Publish]) -> None:
+    async def _publish_batch(self, messages: list[Publish], deadline: float) -> None:
         """*messages* as one atomic batch (see ``_acked``)."""
         batch = [(m.subject, m.body, dict(m.headers)) for m in messages]
-        seqs, error = await self._acked(lambda nats, wait_s: nats.publish_batch(batch, wait_s))
+        seqs, error = await self._acked(
+            lambda nats, wait_s: nats.publish_batch(batch, wait_s), deadline
+        )
         for n, message in enumerate(messages):
             message.seq, message.error = (seqs[n] if seqs else None), error
 
-    async def _publish(self, message: Publish) -> None:
+    async def _publish(self, message: Publish, deadline: float) -> None:
         """One publish (see ``_acked``; a re-send has the same ``Nats-Msg-Id``, so the stream
         drops it if the first copy landed)."""
 
@@ -654,19 +708,23 @@ class JetStreamStore(CommitChannels, IndexReads):
             )
             return [seq]
 
-        seqs, message.error = await self._acked(one)
+        seqs, message.error = await self._acked(one, deadline)
         message.seq = seqs[0] if seqs else None
 
     async def _acked(
-        self, publish: Callable[[Nats, float], Awaitable[list[int]]]
+        self, publish: Callable[[Nats, float], Awaitable[list[int]]], deadline: float
     ) -> tuple[list[int] | None, NatsError | None]:
-        """*publish*, sent again once when its PubAck does not come; its sequences, or the
+        """*publish*, sent again once when its PubAck does not come, both by *deadline*
+        (``store_timeout_s`` after the committer took the write); its sequences, or the
         error. (A batch that did land the first time then loses its compare-and-appends,
         which ``_commit`` handles as for any write another node took first.)"""
         nats = self._nats_or_fail()
-        wait_s = self._config.store_timeout_s / 2
-        error: NatsError | None = None
+        error: NatsError | None = Unavailable("no answer within store_timeout_s")
         for attempt in range(2):
+            left = deadline - trio.current_time()
+            wait_s = min(self._config.store_timeout_s / 2, left) if attempt == 0 else left
+            if wait_s < MIN_WAIT_S:
+                break
             try:
                 started = trio.current_time()
                 seqs = await publish(nats, wait_s)

@@ -95,6 +95,7 @@ from ..hub import Hub, Message
 from ..metrics import Metrics
 from ..store import StoreBackend
 from ..store.events import ChunkStored
+from ..web.waiting import response, serve_answers
 from .bridge import (
     Nats,
     NatsError,
@@ -652,8 +653,10 @@ async def run_worker(
     config: Config, *, task_status: trio.TaskStatus[Cluster] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """``trio-audio asr-worker``: follow the cluster's log and transcribe the partitions this
-    process holds; no HTTP or WebSocket listener. SIGINT/SIGTERM stop it (its leases are
-    given back, so other workers take over at once)."""
+    process holds. Its one listener, on ``--host``/``--port``, answers the probes:
+    ``/healthz``, ``/readyz`` (503 with the reason while the cluster cannot serve it) and
+    ``/metrics``. SIGINT/SIGTERM stop it (its leases are given back, so other workers take
+    over at once)."""
     if not config.store:
         msg = "asr-worker needs a cluster store: --store nats://h1:4222,..."
         raise ValueError(msg)
@@ -665,6 +668,11 @@ async def run_worker(
     store = JetStreamStore(config, metrics=metrics)  # no events: its work comes as work
     hub = Hub(config.ws_queue)
     async with trio.open_nursery() as root:
+        port = await root.start(
+            serve_answers, config.host, config.port, partial(_probe, store, metrics)
+        )
+        logger.info("asr-worker probes (/healthz, /readyz, /metrics) on http://%s:%d",
+                    config.host, port)  # fmt: skip
         await root.start(store.run)
         try:
             cluster = Cluster(config, store, hub, metrics)
@@ -682,3 +690,18 @@ async def run_worker(
                 work.cancel_scope.cancel()
         finally:
             store.close()
+            root.cancel_scope.cancel()  # the probes
+
+
+def _probe(store: JetStreamStore, metrics: Metrics, path: str) -> bytes:
+    """The asr-worker's answer to a probe of *path*."""
+    if path == "/healthz":
+        return response(200, {"status": "ok"}, "application/json", 1)
+    if path == "/readyz":
+        problem = store.health
+        body: dict[str, object] = {"status": "ready" if problem is None else "not_ready",
+                                   "store_problem": problem}  # fmt: skip
+        return response(200 if problem is None else 503, body, "application/json", 1)
+    if path == "/metrics":
+        return response(200, metrics.render(), "text/plain; version=0.0.4", 1)
+    return response(404, {"status": "not_found"}, "application/json", 1)
