@@ -5,6 +5,7 @@ replica does not turn into "deleted", secrets kept out of logs, TLS and credenti
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ async def test_a_full_stream_refuses_with_507_and_keeps_every_acknowledged_chunk
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert "cannot take more" in ready.json()["store_problem"]
+        # A node started without the flag keeps the limit the stream has.
+        other = await start_server(**store, data_dir=server.config.data_dir.parent / "b")
+        async with other.client() as other_client:
+            assert (await post(other_client, audio(999), session_id="full")).status_code == 507
         metrics = (await client.get("/metrics")).text
         assert 'trio_audio_failed_total{code="insufficient_storage"}' in metrics
         assert f'trio_audio_cluster_stream{{stream="{store["store_stream"]}",what="bytes"}}' in (
@@ -210,3 +215,35 @@ def test_the_dev_cluster_keeps_its_ports_across_runs(tmp_path: Path) -> None:
     again = LocalCluster(tmp_path / "dev", nodes=3)
     assert again.store == first.store  # nodes given the printed --store reconnect
     assert LocalCluster(tmp_path / "other", nodes=3).store != first.store
+
+
+async def test_frozen_servers_make_uploads_wait_no_longer_than_the_store_timeout(
+    own_cluster: LocalCluster, service_nodes: NodeMaker
+) -> None:
+    store = cluster_store(own_cluster)
+    node = service_nodes(store, "--store-timeout-s", "2")
+    await node.wait_ready()
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+        assert (await post(client, audio(0), session_id="f0")).status_code == 201
+        servers = [n.process for n in own_cluster.nodes if n.process is not None]
+        for process in servers:  # alive, connected, answering nothing (SIGSTOP)
+            process.send_signal(signal.SIGSTOP)
+        try:
+            took: list[float] = []
+
+            async def upload(n: int) -> None:
+                started = trio.current_time()
+                response = await post(client, audio(n), session_id=f"f{n}")
+                took.append(trio.current_time() - started)
+                assert response.status_code == 503, response.text
+
+            async with trio.open_nursery() as nursery:  # some wait behind others' batches
+                for n in range(1, 9):
+                    nursery.start_soon(upload, n)
+                    await trio.sleep(0.2)
+            assert max(took) < 2 + 0.75, took  # the documented wait, plus the pipeline's
+        finally:
+            for process in servers:
+                process.send_signal(signal.SIGCONT)
+        recovered = await eventually(lambda: post(client, audio(20), session_id="f20"), 60, 503)
+        assert recovered.status_code == 201

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service")
     _add_config_flags(serve)
     worker = commands.add_parser(
-        "asr-worker", help="transcribe for a JetStream cluster (--store nats://...), no listeners"
+        "asr-worker",
+        help="transcribe for a JetStream cluster (--store nats://...); probes on --port",
     )
     _add_config_flags(worker)
     token = commands.add_parser("token", help="manage bearer tokens")

@@ -99,12 +99,18 @@ class Config:
     store_max_bytes: int = attrs.field(
         default=0,
         validator=attrs.validators.ge(0),
-        metadata={"help": "cluster: the stream's size limit; at it, writes get 507 (0: none)"},
+        metadata={
+            "help": "cluster: the stream's size limit; at it, writes get 507 (0: the "
+            "stream's own, none on a new one)"
+        },
     )
     store_max_age_s: float = attrs.field(
         default=0.0,
         validator=attrs.validators.ge(0),
-        metadata={"help": "cluster: records older than this leave the stream (0: kept)"},
+        metadata={
+            "help": "cluster: records older than this leave the stream (0: the "
+            "stream's own; none on a new one)"
+        },
     )
     store_tls_ca: str = attrs.field(
         default="", metadata={"help": "cluster: CA file to verify the NATS servers (TLS)"}

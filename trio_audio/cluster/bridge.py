@@ -381,9 +381,10 @@ class Nats:
         max_age_s: float = 0.0,
     ) -> StreamState:
         """Create the stream (or update its settings) and return its state. At *max_bytes*
-        or *max_age_s* (0: none) it refuses new messages (``discard: new``, ``StorageFull``):
-        acknowledged messages are never dropped to make room. (Age still removes messages
-        older than *max_age_s*: that is the retention the operator asked for.)"""
+        it refuses new messages (``discard: new``, ``StorageFull``): acknowledged messages
+        are never dropped to make room. *max_age_s* is retention: messages older than it
+        leave the stream. 0: the limit the stream has stays (none on a new stream), so a
+        node started without the flags does not lift the limits another node set."""
         config = StreamConfig(
             name=name,
             subjects=subjects,
@@ -400,6 +401,11 @@ class Nats:
         except ApiFailure as exc:
             if exc.err_code != 10058:  # stream name already in use with another config
                 raise
+            existing = (await _call(self._loop, self._js.stream_info, name)).config
+            if max_bytes <= 0:  # not given here: the limit another node set stays
+                config.max_bytes = existing.max_bytes
+            if max_age_s <= 0:
+                config.max_age = existing.max_age
             info = await _call(self._loop, self._js.update_stream, config)
         return await self.stream_state(info.config.name)
 
