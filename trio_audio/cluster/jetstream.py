@@ -399,6 +399,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._bytes += message.size
         parts = message.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
+        if kind == "work":  # a chunk's reference for the work stream: nothing to index
+            return []
         try:
             record = json.loads(message.headers[META])
         except (KeyError, ValueError):
@@ -407,8 +409,6 @@ class JetStreamStore(CommitChannels, IndexReads):
         mine = message.headers.get(NODE) == self._node
         if kind == "chunk":
             return self._apply_chunk(record, message)
-        if kind == "work":  # a chunk's reference for the work stream: nothing to index
-            return []
         if kind == "update":
             meta = self._index.apply_update(record)
             if meta is None:
