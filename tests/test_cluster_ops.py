@@ -13,7 +13,7 @@ import httpx
 import trio
 import trustme
 
-from trio_audio.cluster.bridge import open_nats
+from trio_audio.cluster.connect import open_nats
 from trio_audio.cluster.dev import LocalCluster, Options
 from trio_audio.cluster.work import Names
 

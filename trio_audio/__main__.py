@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     target = partial(service.serve, config)
     if args.command == "asr-worker":
-        from .cluster.work import run_worker
+        from .cluster.worker import run_worker
 
         target = partial(run_worker, config)
     try:

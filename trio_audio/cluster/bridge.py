@@ -1,9 +1,10 @@
 """The one place where asyncio runs: the ``nats-py`` client inside our ``trio.run``.
 
-``nats-py`` is asyncio-only. ``open_nats`` opens a ``trio-asyncio`` loop in the calling
-trio task, connects there, and hands back a ``Nats`` whose methods are plain trio coroutines
-(each one an ``aio_as_trio`` hop into the loop). Nothing outside this module imports asyncio
-or ``nats``; callers see the few operations the JetStream store needs and the errors below.
+``nats-py`` is asyncio-only. ``connect.open_nats`` opens a ``trio-asyncio`` loop in the
+calling trio task, connects there, and hands back a ``Nats`` whose methods are plain trio
+coroutines (each one an ``aio_as_trio`` hop into the loop). Nothing outside this module and
+``connect.py`` imports asyncio or ``nats``; callers see the few operations the JetStream store
+needs and the errors below.
 
 Errors (what a caller may catch)::
 
@@ -22,6 +23,9 @@ fed by a stream source, durable pull consumers with explicit acks (``Puller``), 
 bucket for leases (create-if-absent and compare-and-set updates), core NATS publish,
 subscribe (``Inbox``) and request, and a health probe for ``/readyz``.
 
+Connecting (TLS, credentials, what the connection went through) is ``connect.py``'s, the one
+other module that sees nats-py.
+
 Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the client
 buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
 connection and then the loop. A follower's messages are queued inside the loop (at most
@@ -37,11 +41,9 @@ import contextlib
 import json
 import logging
 import secrets
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import attrs
 import nats
@@ -63,6 +65,9 @@ from nats.js.api import (
     SubjectTransform,
 )
 
+if TYPE_CHECKING:
+    from .connect import Link
+
 logger = logging.getLogger("trio_audio.cluster.bridge")
 T = TypeVar("T")
 M = TypeVar("M")
@@ -76,7 +81,6 @@ WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still 
 STORAGE_FULL: Final = frozenset({10077, 10023, 10047, 10028, 10002})
 FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
-LOG_AGAIN_S: Final = 60.0  # a connection error already logged is logged again after this
 INBOX_QUEUE: Final = 4096  # core NATS messages held for the trio side; then the newest drop
 
 
@@ -667,150 +671,3 @@ def _start_config(start_seq: int) -> ConsumerConfig | None:
     if start_seq <= 1:
         return None
     return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
-
-
-def redact(url: str) -> str:
-    """*url* with its password or token replaced by ``***`` (safe to log)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, host = rest.split("@", 1)
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
-
-
-@attrs.frozen
-class Security:
-    """How this client proves itself to the servers and checks them: a CA file to verify
-    their certificates (TLS), a client certificate and key (mutual TLS), and a NATS
-    credentials file (a user JWT and its NKey seed). Empty: not used."""
-
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    creds: str = ""
-
-    def tls(self) -> ssl.SSLContext | None:
-        """The TLS context (None: no TLS options given; ``tls://`` URLs then use the
-        system's CAs)."""
-        if not (self.ca or self.cert):
-            return None
-        context = ssl.create_default_context(cafile=self.ca or None)
-        if self.cert:
-            context.load_cert_chain(self.cert, self.key or None)
-        return context
-
-
-@attrs.define
-class Link:
-    """What the connection has been through, for ``/readyz``, the logs and ``/metrics``."""
-
-    problem: str | None = "connecting"  # why it is not connected now (None: it is)
-    reconnects: int = 0
-    disconnects: int = 0
-    errors: int = 0
-    logged: dict[str, float] = attrs.Factory(dict)  # reason: when it was last logged
-
-    def note(self, reason: str) -> None:
-        """An error of the connection: the problem now (a refused login is not hidden by
-        the broken pipe that follows it), logged once a minute per reason."""
-        now = time.monotonic()
-        self.errors += 1
-        refused = "refused this client" in reason
-        if refused or not (self.problem and "refused this client" in self.problem):
-            self.problem = reason
-        if now - self.logged.get(reason, -LOG_AGAIN_S) >= LOG_AGAIN_S:
-            self.logged[reason] = now
-            logger.log(logging.ERROR if refused else logging.WARNING, "%s", reason)
-
-
-def _describe(exc: BaseException) -> str:
-    """A connection error as the operator should read it."""
-    text = str(exc).strip() or type(exc).__name__
-    if "authorization" in text.lower() or isinstance(
-        exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError
-    ):
-        return f"the NATS servers refused this client's credentials ({text})"
-    if isinstance(exc, ssl.SSLError | nats.errors.SecureConnFailedError):
-        return f"TLS with the NATS servers failed ({text})"
-    if isinstance(exc, BrokenPipeError | ConnectionResetError):
-        return ("a NATS server closed the connection as it opened (does it want a client "
-                f"certificate, TLS or a login?) ({type(exc).__name__})")  # fmt: skip
-    if isinstance(exc, ConnectionRefusedError | OSError | asyncio.TimeoutError):
-        return f"no NATS server is reachable ({type(exc).__name__}: {text})"
-    return f"NATS: {text}"
-
-
-@asynccontextmanager
-async def open_nats(
-    servers: list[str],
-    *,
-    name: str,
-    request_s: float = 2.0,
-    security: Security | None = None,
-    link: Link | None = None,
-) -> AsyncIterator[Nats]:
-    """A trio-asyncio loop and a client connected to *servers* (trying until one answers),
-    with *security*'s TLS and credentials; *link* follows how the connection is.
-
-    Reconnects for ever afterwards; requests made while disconnected fail with
-    ``Unavailable`` after their timeout. A refused login or unreachable servers are logged
-    once per change of reason (at ERROR and WARNING), never with the URLs' secrets."""
-    security = security or Security()
-    link = link if link is not None else Link()
-    shown = ", ".join(redact(url) for url in servers)
-    async with trio_asyncio.open_loop() as loop:
-
-        async def connect() -> Client:
-            async def note_disconnect() -> None:
-                link.disconnects += 1
-                link.problem = "disconnected from NATS; reconnecting"
-                logger.warning("disconnected from NATS")
-
-            async def note_reconnect() -> None:
-                link.reconnects += 1
-                link.problem = None
-                logger.info("reconnected to NATS")
-
-            async def note_error(exc: Exception) -> None:
-                link.note(f"{_describe(exc)}; still trying {shown}")
-
-            options: dict[str, Any] = {}
-            tls = security.tls()
-            if tls is not None:
-                options["tls"] = tls
-            if security.creds:
-                options["user_credentials"] = security.creds
-            client: Client = await nats.connect(
-                servers=servers,
-                name=name,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=2,
-                ping_interval=2,
-                max_outstanding_pings=2,
-                disconnected_cb=note_disconnect,
-                reconnected_cb=note_reconnect,
-                error_cb=note_error,
-                **options,
-            )
-            link.problem = None
-            return client
-
-        logger.info("connecting to NATS at %s (waiting until one answers)", shown)
-        while True:
-            try:
-                client = await _call(loop, connect)
-                break
-            except NatsError as exc:
-                logger.info("no NATS server answers yet (%s); retrying", exc)
-                await trio.sleep(0.5)
-        try:
-            yield Nats(loop, client, request_s, link)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await _call(loop, client.close)
-                except NatsError as exc:
-                    logger.debug("closing the NATS connection: %s", exc)

@@ -123,19 +123,16 @@ from ..store.record import BlobRef
 from ..store.store import StoreStats
 from .bridge import (
     Follower,
-    Link,
     Message,
     MessageNotFound,
     Nats,
     NatsError,
-    Security,
     StorageFull,
     Unavailable,
     WrongLastSequence,
-    open_nats,
-    redact,
     retrying,
 )
+from .connect import Link, Security, open_nats, redact
 from .observe import Watch
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")

@@ -23,7 +23,8 @@ from typing import Final
 import trio
 
 from ..metrics import Metrics
-from .bridge import Link, Nats, NatsError, StreamState
+from .bridge import Nats, NatsError, StreamState
+from .connect import Link
 
 logger = logging.getLogger("trio_audio.cluster.observe")
 

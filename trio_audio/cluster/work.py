@@ -81,8 +81,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
-from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -95,7 +93,6 @@ from ..hub import Hub, Message
 from ..metrics import Metrics
 from ..store import StoreBackend
 from ..store.events import ChunkStored
-from ..web.waiting import response, serve_answers
 from .bridge import (
     Nats,
     NatsError,
@@ -647,61 +644,3 @@ def cluster_for(config: Config, store: StoreBackend, hub: Hub, metrics: Metrics)
     if isinstance(store, JetStreamStore):
         return Cluster(config, store, hub, metrics)
     return None
-
-
-async def run_worker(
-    config: Config, *, task_status: trio.TaskStatus[Cluster] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """``trio-audio asr-worker``: follow the cluster's log and transcribe the partitions this
-    process holds. Its one listener, on ``--host``/``--port``, answers the probes:
-    ``/healthz``, ``/readyz`` (503 with the reason while the cluster cannot serve it) and
-    ``/metrics``. SIGINT/SIGTERM stop it (its leases are given back, so other workers take
-    over at once)."""
-    if not config.store:
-        msg = "asr-worker needs a cluster store: --store nats://h1:4222,..."
-        raise ValueError(msg)
-    if config.asr_engine == "none":
-        msg = "asr-worker needs a speech engine (--asr-engine whisper or pocketsphinx)"
-        raise ValueError(msg)
-    metrics = Metrics()
-    limiter = trio.CapacityLimiter(config.cpu_threads)
-    store = JetStreamStore(config, metrics=metrics)  # no events: its work comes as work
-    hub = Hub(config.ws_queue)
-    async with trio.open_nursery() as root:
-        port = await root.start(
-            serve_answers, config.host, config.port, partial(_probe, store, metrics)
-        )
-        logger.info("asr-worker probes (/healthz, /readyz, /metrics) on http://%s:%d",
-                    config.host, port)  # fmt: skip
-        await root.start(store.run)
-        try:
-            cluster = Cluster(config, store, hub, metrics)
-            transcriber = Transcriber(config, store, cluster.hub, metrics, limiter)
-            async with trio.open_nursery() as work:
-                await work.start(transcriber.run)
-                await work.start(partial(cluster.run, transcriber, relay=False))
-                logger.info("asr-worker %s taking transcription work", store.node)
-                task_status.started(cluster)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        logger.info("%s received: stopping", signal.Signals(signum).name)
-                        break
-                transcriber.stop()
-                work.cancel_scope.cancel()
-        finally:
-            store.close()
-            root.cancel_scope.cancel()  # the probes
-
-
-def _probe(store: JetStreamStore, metrics: Metrics, path: str) -> bytes:
-    """The asr-worker's answer to a probe of *path*."""
-    if path == "/healthz":
-        return response(200, {"status": "ok"}, "application/json", 1)
-    if path == "/readyz":
-        problem = store.health
-        body: dict[str, object] = {"status": "ready" if problem is None else "not_ready",
-                                   "store_problem": problem}  # fmt: skip
-        return response(200 if problem is None else 503, body, "application/json", 1)
-    if path == "/metrics":
-        return response(200, metrics.render(), "text/plain; version=0.0.4", 1)
-    return response(404, {"status": "not_found"}, "application/json", 1)
