@@ -247,3 +247,28 @@ async def test_frozen_servers_make_uploads_wait_no_longer_than_the_store_timeout
                 process.send_signal(signal.SIGCONT)
         recovered = await eventually(lambda: post(client, audio(20), session_id="f20"), 60, 503)
         assert recovered.status_code == 201
+
+
+async def test_only_a_tombstone_makes_a_chunk_deleted(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    store = cluster_store(nats_cluster)
+    server = await start_server(**store)
+    async with server.client() as client, open_nats(nats_cluster.urls, name="test") as nats:
+        kept = (await post(client, audio(1), session_id="t")).json()["chunk_id"]
+        lost = (await post(client, audio(2), session_id="t")).json()["chunk_id"]
+        gone = (await post(client, audio(3), session_id="t")).json()["chunk_id"]
+        # A message that leaves the stream without a tombstone (age, an operator): the
+        # chunk is not said to be deleted.
+        state = await nats.stream_state(store["store_stream"])
+        for seq in range(state.first_seq, state.last_seq + 1):
+            message = await nats.get(store["store_stream"], seq)
+            if message.subject.endswith(".chunk.1"):
+                await nats.delete(store["store_stream"], seq)
+        missing = await client.get(f"/chunks/{lost}/audio")
+        assert missing.status_code == 404
+        assert "no longer in the stream" in missing.json()["detail"]
+        assert (await client.delete(f"/chunks/{gone}")).status_code in (200, 204)
+        deleted = await client.get(f"/chunks/{gone}/audio")
+        assert deleted.status_code == 404
+        assert (await client.get(f"/chunks/{kept}/audio")).content == audio(1)
