@@ -128,7 +128,12 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
             # With the position, the other node answers it at once: never a 404.
             read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": position})
             assert read.status_code == 200, read.text
-        await eventually(lambda: cb.get(f"/chunks/{chunk_id}"), 5)
+        # A delete's answer carries it too: the other node no longer serves the chunk.
+        deleted = await ca.delete(f"/chunks/{chunk_id}")
+        assert deleted.status_code in (200, 204)
+        position = deleted.headers["Trio-Audio-Position"]
+        read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": position})
+        assert read.status_code == 404
 
 
 def tls_options(directory: Path, **login: str) -> tuple[Options, dict[str, str]]:

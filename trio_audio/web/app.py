@@ -242,6 +242,16 @@ def create_app(
         if path not in open_paths and not path.startswith("/static/"):
             g.user_id = access.user_for_request(request.headers)
 
+    @app.after_request
+    async def write_position(response: Response) -> Response:
+        """A write answered by a cluster node carries the node's log position then, for a
+        read on another node to send back (``read_after_write``)."""
+        position = getattr(store, "position", None)  # a cluster store's; None: local log
+        written = request.method in ("POST", "DELETE") and response.status_code < 300
+        if position is not None and written:
+            response.headers[POSITION] = str(position)
+        return response
+
     @app.before_request
     async def read_after_write() -> None:
         """A request carrying the ``Trio-Audio-Position`` another node's answer gave waits
@@ -340,9 +350,6 @@ def create_app(
         status = 201 if any(r.created for r in results) else 200
         locations = [f"/chunks/{r.chunk['chunk_id']}" for r in results]
         headers = {"Location": locations[0]}
-        position = getattr(store, "position", None)  # a cluster store's log position
-        if position is not None:
-            headers[POSITION] = str(position)
         if media_type == "multipart/form-data":
             # Location names the first chunk; Link names every chunk, in part order.
             headers["Link"] = ", ".join(f'<{url}>; rel="item"' for url in locations)
