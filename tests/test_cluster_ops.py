@@ -20,7 +20,7 @@ from trio_audio.cluster.work import Names
 from .cluster import ServiceNode, cluster_store
 from .conftest import StartServer
 from .nats_creds import operator_setup
-from .test_cluster import NodeMaker, audio, eventually, post, two_nodes
+from .test_cluster import NodeMaker, audio, eventually, grammar_args, post, two_nodes
 
 Stored = list[tuple[str, bytes]]
 
@@ -210,9 +210,29 @@ async def test_a_nats_credentials_file_logs_in(tmp_path: Path, service_nodes: No
         await node.wait_ready(60)
         async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
             assert (await post(client, audio(1))).status_code == 201
-        # Without it the servers refuse the node, and it says so.
+        # Without it the servers refuse the node, and it says so; an asr-worker too, on its
+        # probe port, and SIGTERM stops it at once, cleanly.
         refused = service_nodes(store)
         await readyz_while_waiting(refused, "refused this client's credentials")
+        worker = service_nodes(store, *grammar_args(tmp_path), worker=True)
+        with trio.fail_after(30):
+            for _ in iter(int, 1):
+                probes = re.findall(r"probes \(.*\) on (http://\S+)", worker.log())
+                if probes:
+                    break
+                await trio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=probes[0], timeout=10) as client:
+            with trio.fail_after(30):
+                for _ in iter(int, 1):
+                    ready = await client.get("/readyz")
+                    assert ready.status_code == 503
+                    if "refused this client" in str(ready.json()["store_problem"]):
+                        break
+                    await trio.sleep(0.1)
+        started = trio.current_time()
+        await trio.to_thread.run_sync(worker.stop)
+        assert trio.current_time() - started < 5
+        assert worker.proc is not None and worker.proc.returncode == 0
 
 
 def test_the_dev_cluster_keeps_its_ports_across_runs(tmp_path: Path) -> None:

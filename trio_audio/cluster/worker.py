@@ -44,14 +44,21 @@ async def run_worker(
     limiter = trio.CapacityLimiter(config.cpu_threads)
     store = JetStreamStore(config, metrics=metrics)  # no events: its work comes as work
     hub = Hub(config.ws_queue)
+    stop = trio.Event()
+    starting = trio.CancelScope()  # a stop before the store is up ends it at once
     async with trio.open_nursery() as root:
+        root.start_soon(_signals, stop, starting)
         port = await root.start(
             serve_answers, config.host, config.port, partial(_probe, store, metrics)
         )
         logger.info("asr-worker probes (/healthz, /readyz, /metrics) on http://%s:%d",
                     config.host, port)  # fmt: skip
-        await root.start(store.run)
         try:
+            with starting:
+                await root.start(store.run)
+            if starting.cancelled_caught:
+                logger.info("stopping before the store started")
+                return
             cluster = Cluster(config, store, hub, metrics)
             transcriber = Transcriber(config, store, cluster.hub, metrics, limiter)
             async with trio.open_nursery() as work:
@@ -59,15 +66,23 @@ async def run_worker(
                 await work.start(partial(cluster.run, transcriber, relay=False))
                 logger.info("asr-worker %s taking transcription work", store.node)
                 task_status.started(cluster)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        logger.info("%s received: stopping", signal.Signals(signum).name)
-                        break
+                await stop.wait()
                 transcriber.stop()
                 work.cancel_scope.cancel()
         finally:
             store.close()
-            root.cancel_scope.cancel()  # the probes
+            root.cancel_scope.cancel()  # the probes and the signal watch
+
+
+async def _signals(stop: trio.Event, starting: trio.CancelScope) -> None:
+    """The first SIGINT/SIGTERM sets *stop* (and cancels *starting*: nothing to give back
+    before the store is up)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("%s received: stopping", signal.Signals(signum).name)
+            stop.set()
+            starting.cancel()
+            return
 
 
 def _probe(store: JetStreamStore, metrics: Metrics, path: str) -> bytes:
