@@ -134,6 +134,10 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
         position = deleted.headers["Trio-Audio-Position"]
         read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": position})
         assert read.status_code == 404
+        # Without the header a cluster node's 404 says it may be worth a retry.
+        unknown = await cb.get("/chunks/not-followed-yet")
+        assert unknown.status_code == 404 and unknown.json()["retryable"] is True
+        assert "Trio-Audio-Position" in unknown.json()["detail"]
 
 
 def tls_options(directory: Path, **login: str) -> tuple[Options, dict[str, str]]:

@@ -216,6 +216,13 @@ def create_app(
 
     @app.errorhandler(ServiceError)
     async def on_service_error(error: ServiceError) -> Response:
+        followed = request.method == "GET" and POSITION not in request.headers
+        if isinstance(error, NotFound) and followed and hasattr(store, "wait_followed"):
+            # A cluster node may not have followed the log as far as the node that took a
+            # write: a read right after it elsewhere is worth a retry.
+            detail = (f"{error.detail} (on this node, yet: retry, or send the "
+                      f"{POSITION} header the write's answer carried)")  # fmt: skip
+            return problem_response(error, detail, retryable=True)
         return problem_response(error)
 
     @app.errorhandler(HTTPException)
