@@ -10,8 +10,9 @@ measures, on this machine:
   run; and the CPU each acknowledged upload cost the service nodes and, apart, the
   ``nats-server`` processes (their user+system CPU time over the run, from ``/proc``);
 - WebSocket frames/s acknowledged, one node, local log and cluster;
-- how long a new node takes to replay a stream of ``--replay`` chunk records (published
-  straight into the stream, 3.2 KB of audio each) until it serves HTTP.
+- how long a new node takes to replay a stream of ``--replay`` chunks (published straight
+  into the stream, 3.2 KB of audio each, each with its work reference: two records per
+  chunk, as nodes write them) until it serves HTTP.
 
 Every process runs on this machine's cores: the numbers say what one box does with all of
 it, not what N boxes would; CPU per upload is what says how N boxes would scale.
@@ -185,8 +186,13 @@ async def publish_records(store: str, stream: str, count: int, template: dict[st
                     session = f"s{n // 1000}"
                     meta = {**template, "chunk_id": f"bench{n:012d}", "session_id": session,
                             "seq": n % 1000, "user_id": f"u{n % 50}"}  # fmt: skip
-                    subject = f"{stream}.{token(meta['user_id'])}.{session}.chunk.{n % 1000}"
-                    await nats.publish(subject, body, {META: json.dumps(meta)}, 30)
+                    prefix = f"{stream}.{token(meta['user_id'])}.{session}"
+                    await nats.publish(f"{prefix}.chunk.{n % 1000}", body,
+                                       {META: json.dumps(meta)}, 30)  # fmt: skip
+                    # ... and its work reference, as a node publishes it with the chunk
+                    reference = {"chunk_id": meta["chunk_id"], "seq": meta["seq"]}
+                    await nats.publish(f"{prefix}.work.{n % 1000}", b"",
+                                       {META: json.dumps(reference)}, 30)  # fmt: skip
 
         async with trio.open_nursery() as nursery:
             async with receives:
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     "processing_ms": {},
                 }  # fmt: skip
                 took = trio.run(publish_records, cluster.store, "REPLAY", args.replay, template)
-                results["publish, 64 concurrent, records/s"] = round(args.replay / took, 1)
+                rate = round(args.replay / took, 1)
+                results["publish, 64 concurrent, chunks/s (2 records each)"] = rate
                 node = Node(work / "replay", "--store", cluster.store, "--store-stream", "REPLAY")
                 node.wait_ready()
                 match = REPLAYED.search(node.log.read_text())

@@ -260,6 +260,11 @@ class Follower(_Arrivals[Message]):
         assert self._room is not None
         self._room.set()
 
+    async def close(self) -> None:
+        """Stop the consumer (its messages still queued are dropped)."""
+        with contextlib.suppress(NatsError):
+            await _call(self._loop, self._sub.unsubscribe)
+
     async def take(self, most: int, wait_s: float) -> list[Message]:
         """Up to *most* messages in stream order; waits up to *wait_s* for the first."""
         return await self._take_in_loop(most, wait_s)
@@ -646,20 +651,25 @@ class Nats:
         await _call(self._loop, subscribe)
         return inbox
 
-    async def follow(self, stream: str, subject: str, start_seq: int) -> Follower:
-        """An ordered headers-only consumer of *subject* from *start_seq* (see ``Follower``)."""
+    async def follow(self, stream: str, subjects: list[str], start_seq: int) -> Follower:
+        """An ordered headers-only consumer of *subjects* (filters) from *start_seq* (see
+        ``Follower``)."""
         follower = Follower(self._loop)
+        config = _start_config(start_seq)
+        if len(subjects) > 1:
+            config = config or ConsumerConfig()
+            config.filter_subjects = subjects
 
         async def subscribe() -> None:
             follower._arrived, follower._room = asyncio.Event(), asyncio.Event()
             follower._sub = await self._js.subscribe(
-                subject,
+                subjects[0],
                 stream=stream,
                 cb=follower._on_message,
                 ordered_consumer=True,
                 headers_only=True,
                 idle_heartbeat=HEARTBEAT_S,
-                config=_start_config(start_seq),
+                config=config,
                 pending_msgs_limit=1_000_000,
             )
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -29,11 +29,12 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 from nats.aio.client import Client
 
-from .bridge import Nats, NatsError, _call
+from .bridge import Nats, NatsError, _call, _translate
 
 logger = logging.getLogger("trio_audio.cluster.bridge")
 
 LOG_AGAIN_S: Final = 60.0  # a connection error already logged is logged again after this
+CLOSE_WAIT_S: Final = 3.0  # how long a stop waits for a connect attempt to give up
 
 
 def redact(url: str) -> str:
@@ -108,6 +109,33 @@ def _describe(exc: BaseException) -> str:
     return f"NATS: {text}"
 
 
+CANCEL_POLL_S: Final = 0.05  # how often a connect being cancelled is cancelled again
+
+
+async def _connecting(loop: Any, connect: Callable[[], Awaitable[Client]]) -> Client:
+    """``await connect()`` in *loop*, as a task this side owns. nats-py's connect loop
+    swallows a cancellation that lands while it closes a failed attempt and tries again for
+    ever, so a stop while connecting (refused credentials, nothing reachable) cancels it
+    again and again until it ends (at most ``CLOSE_WAIT_S``), instead of waiting on it."""
+    task = loop.create_task(connect())
+    done = trio.Event()  # set from the loop's callback: the loop runs on this trio thread
+    task.add_done_callback(lambda _: done.set())
+    try:
+        await done.wait()
+    finally:
+        if not task.done():
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT_S):
+                while not task.done():
+                    task.cancel()
+                    with trio.move_on_after(CANCEL_POLL_S):
+                        await done.wait()
+    try:
+        client: Client = task.result()
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise _translate(exc) from exc
+    return client
+
+
 @asynccontextmanager
 async def open_nats(
     servers: list[str],
@@ -168,7 +196,7 @@ async def open_nats(
         logger.info("connecting to NATS at %s (waiting until one answers)", shown)
         while True:
             try:
-                client = await _call(loop, connect)
+                client = await _connecting(loop, connect)
                 break
             except NatsError as exc:
                 logger.info("no NATS server answers yet (%s); retrying", exc)

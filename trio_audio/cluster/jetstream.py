@@ -279,8 +279,16 @@ class JetStreamStore(CommitChannels, IndexReads):
                         )
                         raise StoreError(msg) from None
                 self._starting = f"replaying the stream {self._stream} ({state.messages} records)"
-                follower = await retrying(lambda: nats.follow(self._stream, f"{self._stream}.>", 1))
-                await self._replay(follower, state.messages)
+                # Replay skips the work references (half the records: nothing to index);
+                # following then takes everything from the first record replay left.
+                kinds = [f"{self._stream}.*.*.{kind}" for kind in ("chunk.*", "update.*")]
+                indexed = [*kinds, f"{self._stream}.*.*.tombstone"]
+                replaying = await retrying(lambda: nats.follow(self._stream, indexed, 1))
+                await self._replay(replaying, state.messages)
+                await replaying.close()
+                follower = await retrying(
+                    lambda: nats.follow(self._stream, [f"{self._stream}.>"], self._applied + 1)
+                )
                 async with contextlib.AsyncExitStack() as stack:
                     if self._events is not None:
                         await stack.enter_async_context(self._events)
@@ -352,8 +360,9 @@ class JetStreamStore(CommitChannels, IndexReads):
             count += len(batch)
             for message in batch:
                 self._apply(message)
-            if batch and batch[-1].pending == 0:
-                break
+            if not batch or batch[-1].pending == 0:
+                break  # at the end (nothing for a second: none of it is to be indexed, or
+                # the cluster is slow, and following goes on from where this stopped)
         self._replayed = count
         self._announced = self._applied
         # Nothing is queued for the transcriber at start-up: on a cluster pending chunks come
