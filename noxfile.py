@@ -20,7 +20,13 @@ def tests(session: nox.Session) -> None:
     """The whole suite: unit tests and end-to-end tests against real servers (the cluster's
     own tests run in ``tests_cluster``)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["--ignore=tests/test_cluster.py"]))
+    session.run(
+        "pytest",
+        *(
+            session.posargs
+            or ["--ignore=tests/test_cluster.py", "--ignore=tests/test_cluster_ops.py"]
+        ),
+    )
 
 
 @nox.session
@@ -29,7 +35,7 @@ def tests_cluster(session: nox.Session) -> None:
     tests (several nodes, kill -9 of servers and nodes, the whole cluster down, restarts),
     then the HTTP and WebSocket end-to-end suites with every service on the cluster."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_cluster.py", *session.posargs)
+    session.run("pytest", "tests/test_cluster.py", "tests/test_cluster_ops.py", *session.posargs)
     session.run(
         "pytest", "tests/test_http.py", "tests/test_ws.py", *session.posargs,
         env={"TRIO_AUDIO_TEST_CLUSTER": "1"},

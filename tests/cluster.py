@@ -104,6 +104,9 @@ class ServiceNode:
                     raise AssertionError(f"{self.args[3]} exited:\n{text[-4000:]}")
                 await trio.sleep(0.05)
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def starts(self) -> int:
         return self.log_path.read_text(errors="replace").count("connected to NATS")
 
@@ -126,7 +129,7 @@ class WorkerNode(ServiceNode):
     """``trio-audio asr-worker --store nats://...`` as a child process (no listeners)."""
 
     def command(self, directory: Path) -> list[str]:
-        return ["asr-worker"]
+        return ["asr-worker", "--port", "0"]
 
     def ready(self, log: str) -> bool:
         return "taking transcription work" in log  # it has replayed the stream

@@ -20,7 +20,8 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from trio_audio.client import Options, Streamer
-from trio_audio.cluster.bridge import MessageNotFound, Nats, open_nats
+from trio_audio.cluster.bridge import MessageNotFound, Nats
+from trio_audio.cluster.connect import open_nats
 from trio_audio.cluster.dev import LocalCluster
 from trio_audio.cluster.jetstream import token
 from trio_audio.cluster.work import Names, partition
@@ -169,7 +170,8 @@ async def test_a_multipart_upload_is_stored_whole_or_not_at_all_across_nodes(
             chunks = listing.json()["sessions"][0]["chunks"]
             assert [c["seq"] for c in chunks] == [0, 1, 3]
         state = await nats.stream_state(stream)
-        assert state.messages == 3  # nothing of either batch but what was committed
+        # Nothing of either batch but what was committed: each chunk and its work reference.
+        assert state.messages == 6
 
 
 async def test_a_watcher_on_one_node_sees_uploads_to_another(
@@ -463,7 +465,7 @@ async def test_sessions_go_to_the_partition_the_servers_compute(
         src, dest = names.transform(8)
         await nats.ensure_work_stream(names.work, stream, src, dest, 3)
         for user_id, session_id in sessions:
-            subject = f"{stream}.{token(user_id)}.{token(session_id)}.chunk.0"
+            subject = f"{stream}.{token(user_id)}.{token(session_id)}.work.0"
             await nats.publish(subject, b"", {}, 5)
         puller = await nats.pull(names.work, "check", f"{names.work}.>", 30, 1000)
         with trio.fail_after(20):
@@ -507,7 +509,7 @@ async def test_two_nodes_transcribing_write_each_transcript_once(
                                          "text": SENTENCE}  # fmt: skip
     # One chunk record and one transcript per chunk in the log, though two nodes can decode.
     counts = await count_subjects(nats_cluster.urls, store["store_stream"])
-    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_), "work": len(pieces_)}
     # ... because one node held the session's partition: the other's engine stored nothing.
     done = [s.running.transcriber.counts["done"] for s in (a, b) if s.running.transcriber]
     assert sorted(done) == [0, len(pieces_)]
@@ -571,7 +573,15 @@ async def test_killing_the_worker_of_a_session_hands_it_over(
     assert OTHER_SENTENCE in listing["transcript"]["text"]
     # None transcribed twice into the log.
     counts = await count_subjects(nats_cluster.urls, store["store_stream"])
-    assert counts == {"chunk": len(first + second), "update": len(first + second)}
+    assert counts == {
+        "chunk": len(first + second),
+        "update": len(first + second),
+        "work": len(first + second),
+    }
+
+
+def node_metrics(node: ServiceNode) -> str:
+    return httpx.get(f"{node.url}/metrics", timeout=10).text
 
 
 async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
@@ -606,7 +616,17 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
         listing = await session_listing(client, "talk", 10)
         assert listing["transcript"] == ended.json()["transcript"]
         counts = await count_subjects(nats_cluster.urls, store["store_stream"])
-        assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+        assert counts == {"chunk": len(pieces_), "update": len(pieces_), "work": len(pieces_)}
+        # The worker answers the probes on its --port: ready, and how the cluster is.
+        probes = re.findall(r"probes \(.*\) on (http://\S+)", worker.log())[-1]
+        async with httpx.AsyncClient(base_url=probes, timeout=10) as worker_http:
+            assert (await worker_http.get("/healthz")).status_code == 200
+            assert (await worker_http.get("/readyz")).json()["status"] == "ready"
+            metrics = (await worker_http.get("/metrics")).text
+        for family in ("trio_audio_cluster_follower_lag_records", "trio_audio_cluster_stream",
+                       "trio_audio_cluster_connection_events", 'stage="publish"'):  # fmt: skip
+            assert family in metrics, family
+        await wait_for(lambda: "trio_audio_cluster_work_pending{" in node_metrics(node), 10)
         # Stopped with SIGTERM, it exits cleanly and gives its partitions back at once.
         assert await nats.kv_get(names.leases, "p.0") is not None
         await trio.to_thread.run_sync(worker.stop)
@@ -650,7 +670,7 @@ async def test_chunks_caught_by_a_cluster_outage_are_transcribed_once_it_is_back
     # a new utterance where the stored ones end, which can be mid-word.)
     assert [c["transcript"]["status"] for c in listing["chunks"]] == ["done"] * len(pieces_)
     counts = await count_subjects(own_cluster.urls, store["store_stream"])
-    assert counts == {"chunk": len(pieces_), "update": len(pieces_)}
+    assert counts == {"chunk": len(pieces_), "update": len(pieces_), "work": len(pieces_)}
 
 
 async def test_readyz_says_503_while_the_cluster_has_no_meta_leader(
@@ -706,7 +726,8 @@ async def test_a_node_started_before_the_cluster_waits_for_it(
         async with httpx.AsyncClient(base_url=waiting[0], timeout=30) as client:
             response = await client.get("/readyz")
             assert response.status_code == 503
-            assert response.json()["store_problem"] == "connecting to the NATS cluster"
+            problem = response.json()["store_problem"]  # and why: nothing listens
+            assert problem.startswith("connecting to the NATS cluster: no NATS server is reach")
             assert (await client.get("/healthz")).status_code == 200
             refused = await post(client, audio(0))
             assert refused.status_code == 503 and refused.json()["code"] == "unavailable"

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service")
     _add_config_flags(serve)
     worker = commands.add_parser(
-        "asr-worker", help="transcribe for a JetStream cluster (--store nats://...), no listeners"
+        "asr-worker",
+        help="transcribe for a JetStream cluster (--store nats://...); probes on --port",
     )
     _add_config_flags(worker)
     token = commands.add_parser("token", help="manage bearer tokens")
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     target = partial(service.serve, config)
     if args.command == "asr-worker":
-        from .cluster.work import run_worker
+        from .cluster.worker import run_worker
 
         target = partial(run_worker, config)
     try:

@@ -105,6 +105,34 @@ class Config:
         validator=_positive,
         metadata={"help": "the stream's duplicate window for re-sent publishes"},
     )
+    store_max_bytes: int = attrs.field(
+        default=0,
+        validator=attrs.validators.ge(0),
+        metadata={
+            "help": "cluster: the stream's size limit; at it, writes get 507 (0: the "
+            "stream's own, none on a new one)"
+        },
+    )
+    store_max_age_s: float = attrs.field(
+        default=0.0,
+        validator=attrs.validators.ge(0),
+        metadata={
+            "help": "cluster: records older than this leave the stream (0: the "
+            "stream's own; none on a new one)"
+        },
+    )
+    store_tls_ca: str = attrs.field(
+        default="", metadata={"help": "cluster: CA file to verify the NATS servers (TLS)"}
+    )
+    store_tls_cert: str = attrs.field(
+        default="", metadata={"help": "cluster: client certificate for NATS (mutual TLS)"}
+    )
+    store_tls_key: str = attrs.field(
+        default="", metadata={"help": "cluster: the client certificate's key file"}
+    )
+    store_creds: str = attrs.field(
+        default="", metadata={"help": "cluster: NATS credentials file (user JWT and NKey seed)"}
+    )
     # Transcription on a cluster store (see cluster/work.py).
     asr_transcribe: str = attrs.field(
         default="auto",
@@ -384,6 +412,15 @@ class Config:
                 "may run elsewhere; on the local log the node's own engine decides"
             )
             raise ValueError(msg)
+
+        if bool(self.store_tls_cert) != bool(self.store_tls_key):
+            msg = "store_tls_cert and store_tls_key go together (a client certificate and its key)"
+            raise ValueError(msg)
+        for name in ("store_tls_ca", "store_tls_cert", "store_tls_key", "store_creds"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                msg = f"{name}: no such file {path!r}"
+                raise ValueError(msg)
 
     def transcript_status(self) -> str:
         """What a new chunk's ``transcript.status`` starts as (see ``asr_transcribe``)."""

@@ -136,6 +136,17 @@ def _hard_exit(code: int) -> None:
     os._exit(code)
 
 
+async def stop_while_starting(
+    shutdown: trio.Event, readiness: Readiness, service_scope: trio.CancelScope
+) -> None:
+    """A stop asked for before the store is up (a cluster that does not answer, refused
+    credentials) ends the service at once: nothing was accepted, so nothing is to drain."""
+    await shutdown.wait()
+    if not readiness.store:
+        logger.info("stopping before the store started")
+        service_scope.cancel()
+
+
 async def serve_http(
     config: Config,
     app: QuartTrio,
@@ -287,6 +298,7 @@ async def serve(
     async with trio.open_nursery() as root:
         async with trio.open_nursery() as service:
             root.start_soon(watch_signals, shutdown, service.cancel_scope, config.drain_timeout_s)
+            service.start_soon(stop_while_starting, shutdown, readiness, service.cancel_scope)
             config = await start_store(config, store, service)
             readiness.store = True
             transcriber = Transcriber(config, store, cluster.live if cluster else watchers,
@@ -343,7 +355,7 @@ async def serve(
                         cluster.stop()  # its leases are given back: others take over at once
             finally:
                 store.close()  # the committer ends once the pipeline's sender is closed too
-        if service.cancel_scope.cancelled_caught:
+        if service.cancel_scope.cancelled_caught and readiness.store:
             logger.warning("the drain passed its %g s deadline", config.drain_timeout_s)
         logger.info("stopped; %d chunks stored", store.stats().chunks)
         root.cancel_scope.cancel()

@@ -5,20 +5,25 @@ bench_cluster``) starts three ``nats-server`` processes (R=3, ``sync_interval: a
 measures, on this machine:
 
 - acknowledged HTTP uploads/s and their p50/p99 latency with 1, 2 and 3 service nodes on the
-  cluster (a load generator process per node, 32 connections in all), next to one node on
-  the local log (``fsync=always``) in the same run;
+  cluster (a load generator process per node, 32 connections in all, each its own session:
+  sessions sticky to nodes), next to one node on the local log (``fsync=always``) in the same
+  run; and the CPU each acknowledged upload cost the service nodes and, apart, the
+  ``nats-server`` processes (their user+system CPU time over the run, from ``/proc``);
 - WebSocket frames/s acknowledged, one node, local log and cluster;
-- how long a new node takes to replay a stream of ``--replay`` chunk records (published
-  straight into the stream, 3.2 KB of audio each) until it serves HTTP.
+- how long a new node takes to replay a stream of ``--replay`` chunks (published straight
+  into the stream, 3.2 KB of audio each, each with its work reference: two records per
+  chunk, as nodes write them) until it serves HTTP.
 
 Every process runs on this machine's cores: the numbers say what one box does with all of
-it, not what N boxes would.
+it, not what N boxes would; CPU per upload is what says how N boxes would scale.
+``--nodes 1,2 --replay 0 --no-ws`` is the short run (about a minute with ``--seconds 10``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -68,6 +73,9 @@ class Node:
             time.sleep(0.05)
         raise TimeoutError("service did not start")
 
+    def cpu_s(self) -> float:
+        return cpu_s(self.proc.pid)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -75,6 +83,30 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds process *pid* has used (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    specs: list[Spec], workdir: Path, nodes: list[Node], servers: list[int]
+) -> dict[str, Any]:
+    """``load`` with the CPU per acknowledged upload of *nodes* and of the *servers* (pids)."""
+    before = [n.cpu_s() for n in nodes], [cpu_s(p) for p in servers]
+    result = load(specs, workdir)
+    node_s = sum(n.cpu_s() for n in nodes) - sum(before[0])
+    server_s = sum(cpu_s(p) for p in servers) - sum(before[1])
+    acked = max(1, result["acked"])
+    result["cpu_ms_per_upload_nodes"] = round(1000 * node_s / acked, 2)
+    if servers:
+        result["cpu_ms_per_upload_nats"] = round(1000 * server_s / acked, 2)
+    return result
 
 
 def load(specs: list[Spec], workdir: Path) -> dict[str, Any]:
@@ -138,7 +170,7 @@ def ws_spec(node: Node, seconds: float, run_id: str) -> Spec:
 
 async def publish_records(store: str, stream: str, count: int, template: dict[str, Any]) -> float:
     """Publish *count* chunk records straight into *stream*; the seconds it took."""
-    from ..cluster.bridge import open_nats
+    from ..cluster.connect import open_nats
     from ..cluster.jetstream import META, token
 
     body = b"\x00\x01" * 1600  # 3.2 KB of "audio"
@@ -154,8 +186,13 @@ async def publish_records(store: str, stream: str, count: int, template: dict[st
                     session = f"s{n // 1000}"
                     meta = {**template, "chunk_id": f"bench{n:012d}", "session_id": session,
                             "seq": n % 1000, "user_id": f"u{n % 50}"}  # fmt: skip
-                    subject = f"{stream}.{token(meta['user_id'])}.{session}.chunk.{n % 1000}"
-                    await nats.publish(subject, body, {META: json.dumps(meta)}, 30)
+                    prefix = f"{stream}.{token(meta['user_id'])}.{session}"
+                    await nats.publish(f"{prefix}.chunk.{n % 1000}", body,
+                                       {META: json.dumps(meta)}, 30)  # fmt: skip
+                    # ... and its work reference, as a node publishes it with the chunk
+                    reference = {"chunk_id": meta["chunk_id"], "seq": meta["seq"]}
+                    await nats.publish(f"{prefix}.work.{n % 1000}", b"",
+                                       {META: json.dumps(reference)}, 30)  # fmt: skip
 
         async with trio.open_nursery() as nursery:
             async with receives:
@@ -171,25 +208,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trio_audio.bench.cluster")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--replay", type=int, default=100_000)
+    parser.add_argument("--nodes", default="1,2,3", help="cluster node counts to run")
+    parser.add_argument("--no-ws", action="store_true", help="skip the WebSocket runs")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
         work = Path(tmp)
         local = Node(work / "local")
         local.wait_ready()
-        results["local, 1 node: http"] = load(http_specs([local], args.seconds, "l"), work)
-        results["local, 1 node: ws frames"] = load([ws_spec(local, args.seconds, "lw")], work)
+        results["local, 1 node: http"] = measured(
+            http_specs([local], args.seconds, "l"), work, [local], []
+        )
+        if not args.no_ws:
+            results["local, 1 node: ws frames"] = load([ws_spec(local, args.seconds, "lw")], work)
         local.stop()
         with LocalCluster(work / "nats", nodes=3) as cluster:
-            for n in (1, 2, 3):
+            servers = [n.process.pid for n in cluster.nodes if n.process is not None]
+            for n in [int(x) for x in args.nodes.split(",")]:
                 flags = ["--store", cluster.store, "--store-stream", f"B{n}"]
                 nodes = [Node(work / f"c{n}-{i}", *flags) for i in range(n)]
                 for node in nodes:
                     node.wait_ready()
-                results[f"cluster R=3, {n} node(s): http"] = load(
-                    http_specs(nodes, args.seconds, f"c{n}"), work
+                results[f"cluster R=3, {n} node(s): http"] = measured(
+                    http_specs(nodes, args.seconds, f"c{n}"), work, nodes, servers
                 )
-                if n == 1:
+                if n == 1 and not args.no_ws:
                     results["cluster R=3, 1 node: ws frames"] = load(
                         [ws_spec(nodes[0], args.seconds, "cw")], work
                     )
@@ -209,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     "processing_ms": {},
                 }  # fmt: skip
                 took = trio.run(publish_records, cluster.store, "REPLAY", args.replay, template)
-                results["publish, 64 concurrent, records/s"] = round(args.replay / took, 1)
+                rate = round(args.replay / took, 1)
+                results["publish, 64 concurrent, chunks/s (2 records each)"] = rate
                 node = Node(work / "replay", "--store", cluster.store, "--store-stream", "REPLAY")
                 node.wait_ready()
                 match = REPLAYED.search(node.log.read_text())

@@ -1,9 +1,10 @@
 """The one place where asyncio runs: the ``nats-py`` client inside our ``trio.run``.
 
-``nats-py`` is asyncio-only. ``open_nats`` opens a ``trio-asyncio`` loop in the calling
-trio task, connects there, and hands back a ``Nats`` whose methods are plain trio coroutines
-(each one an ``aio_as_trio`` hop into the loop). Nothing outside this module imports asyncio
-or ``nats``; callers see the few operations the JetStream store needs and the errors below.
+``nats-py`` is asyncio-only. ``connect.open_nats`` opens a ``trio-asyncio`` loop in the
+calling trio task, connects there, and hands back a ``Nats`` whose methods are plain trio
+coroutines (each one an ``aio_as_trio`` hop into the loop). Nothing outside this module and
+``connect.py`` imports asyncio or ``nats``; callers see the few operations the JetStream store
+needs and the errors below.
 
 Errors (what a caller may catch)::
 
@@ -11,12 +12,19 @@ Errors (what a caller may catch)::
      ├── Unavailable        no server answered in time (down, partitioned, no meta leader)
      ├── WrongLastSequence  a compare-and-append lost: the subject has a message already
      ├── MessageNotFound    no message at that stream sequence (deleted or purged)
+     ├── StorageFull        the stream is at its limits, or a server has no storage left
+     ├── NotAuthorized      the servers refused this client's credentials or permissions
      └── ApiFailure         JetStream refused the request for another reason
+
+Which JetStream error code means which is decided here, in ``_translate``, and nowhere else.
 
 Besides the log's operations it offers what cluster transcription needs: a work-queue stream
 fed by a stream source, durable pull consumers with explicit acks (``Puller``), a key-value
 bucket for leases (create-if-absent and compare-and-set updates), core NATS publish,
 subscribe (``Inbox``) and request, and a health probe for ``/readyz``.
+
+Connecting (TLS, credentials, what the connection went through) is ``connect.py``'s, the one
+other module that sees nats-py.
 
 Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the client
 buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
@@ -34,9 +42,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import attrs
 import nats
@@ -50,6 +57,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StreamConfig,
@@ -57,12 +65,20 @@ from nats.js.api import (
     SubjectTransform,
 )
 
+if TYPE_CHECKING:
+    from .connect import Link
+
 logger = logging.getLogger("trio_audio.cluster.bridge")
 T = TypeVar("T")
 M = TypeVar("M")
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's err_code for a lost compare-and-append
 WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164  # the same, lost to a write still in flight
+# A write the stream cannot take: 10077 the stream's store refused it (``discard: new`` at
+# max_bytes/max_msgs/max_age, or a store write failed), 10023 the server is out of its
+# storage (its disk, or its ``max_file_store``), 10047/10028 no storage (file/memory) left
+# for a new stream or replica, 10002 the account's JetStream limits are reached.
+STORAGE_FULL: Final = frozenset({10077, 10023, 10047, 10028, 10002})
 FOLLOW_QUEUE: Final = 8192  # followed messages held for the trio side; then delivery waits
 HEARTBEAT_S: Final = 1.0  # the follower's idle heartbeat: two missed and it re-subscribes
 INBOX_QUEUE: Final = 4096  # core NATS messages held for the trio side; then the newest drop
@@ -97,6 +113,15 @@ class WrongLastSequence(NatsError):
 
 class MessageNotFound(NatsError, LookupError):
     """No message at that sequence."""
+
+
+class StorageFull(NatsError):
+    """The stream or the servers cannot store more (see ``STORAGE_FULL``)."""
+
+
+class NotAuthorized(NatsError):
+    """The servers refused this client: a wrong user, password, token or credentials file, or
+    no permission for a subject."""
 
 
 class ApiFailure(NatsError):
@@ -137,9 +162,13 @@ def _translate(exc: BaseException) -> NatsError:
         if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
             last = str(exc.description or "").rsplit(":", 1)[-1].strip()
             return WrongLastSequence(str(exc.description), int(last) if last.isdigit() else 0)
+        if code in STORAGE_FULL:
+            return StorageFull(f"{exc.description} (JetStream error {code})")
         if isinstance(exc, nats.js.errors.ServiceUnavailableError):
             return Unavailable(str(exc))
         return ApiFailure(str(exc.description or exc), code)
+    if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in str(exc).lower():
+        return NotAuthorized(f"{type(exc).__name__}: {exc}")
     if isinstance(
         exc,
         nats.errors.TimeoutError
@@ -231,6 +260,11 @@ class Follower(_Arrivals[Message]):
         assert self._room is not None
         self._room.set()
 
+    async def close(self) -> None:
+        """Stop the consumer (its messages still queued are dropped)."""
+        with contextlib.suppress(NatsError):
+            await _call(self._loop, self._sub.unsubscribe)
+
     async def take(self, most: int, wait_s: float) -> list[Message]:
         """Up to *most* messages in stream order; waits up to *wait_s* for the first."""
         return await self._take_in_loop(most, wait_s)
@@ -316,8 +350,9 @@ class Inbox(_Arrivals[CoreMessage]):
 class Nats:
     """A connected client; its methods are trio coroutines (see the module docstring)."""
 
-    def __init__(self, loop: Any, client: Client, timeout: float) -> None:
+    def __init__(self, loop: Any, client: Client, timeout: float, link: Link) -> None:
         self._loop = loop
+        self.link = link
         self._nc = client
         self._js = client.jetstream(timeout=timeout)
         self._buckets: dict[str, Any] = {}  # bucket name -> nats-py KeyValue handle
@@ -345,9 +380,20 @@ class Nats:
                 await trio.sleep(0.25)
 
     async def ensure_stream(
-        self, name: str, subjects: list[str], replicas: int, duplicate_window_s: float
+        self,
+        name: str,
+        subjects: list[str],
+        replicas: int,
+        duplicate_window_s: float,
+        *,
+        max_bytes: int = 0,
+        max_age_s: float = 0.0,
     ) -> StreamState:
-        """Create the stream (or update its settings) and return its state."""
+        """Create the stream (or update its settings) and return its state. At *max_bytes*
+        it refuses new messages (``discard: new``, ``StorageFull``): acknowledged messages
+        are never dropped to make room. *max_age_s* is retention: messages older than it
+        leave the stream. 0: the limit the stream has stays (none on a new stream), so a
+        node started without the flags does not lift the limits another node set."""
         config = StreamConfig(
             name=name,
             subjects=subjects,
@@ -355,12 +401,20 @@ class Nats:
             allow_direct=True,
             allow_atomic=True,  # multipart uploads: all their chunks are stored, or none
             duplicate_window=duplicate_window_s,
+            discard=DiscardPolicy.NEW,
+            max_bytes=max_bytes if max_bytes > 0 else -1,
+            max_age=max_age_s if max_age_s > 0 else 0,
         )
         try:
             info = await _call(self._loop, self._js.add_stream, config)
         except ApiFailure as exc:
             if exc.err_code != 10058:  # stream name already in use with another config
                 raise
+            existing = (await _call(self._loop, self._js.stream_info, name)).config
+            if max_bytes <= 0:  # not given here: the limit another node set stays
+                config.max_bytes = existing.max_bytes
+            if max_age_s <= 0:
+                config.max_age = existing.max_age
             info = await _call(self._loop, self._js.update_stream, config)
         return await self.stream_state(info.config.name)
 
@@ -414,9 +468,10 @@ class Nats:
         seqs: list[int] = await _call(self._loop, send)
         return seqs
 
-    async def get(self, stream: str, seq: int) -> Message:
-        """The message at *seq* (a direct get: any replica answers)."""
-        raw = await _call(self._loop, self._js._jsm.get_msg, stream, seq=seq, direct=True)
+    async def get(self, stream: str, seq: int, *, direct: bool = True) -> Message:
+        """The message at *seq*: a direct get (any replica answers, one that lags may say
+        ``MessageNotFound``), or with *direct* False through the API (the stream's leader)."""
+        raw = await _call(self._loop, self._js._jsm.get_msg, stream, seq=seq, direct=direct)
         data = raw.data or b""
         headers = dict(raw.headers or {})
         return Message(raw.subject or "", int(raw.seq or seq), headers, len(data), data)
@@ -446,20 +501,43 @@ class Nats:
         self, name: str, source: str, src: str, dest: str, replicas: int
     ) -> None:
         """A work-queue stream fed by the server from *source*'s messages on *src*, their
-        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``). One
-        that exists already is left as it is (``work_transform`` tells how it is made)."""
-        config = StreamConfig(
-            name=name,
-            subjects=[],
-            sources=[StreamSource(name=source, subject_transforms=[SubjectTransform(src, dest)])],
-            retention=RetentionPolicy.WORK_QUEUE,
-            num_replicas=replicas,
-        )
+        subjects rewritten to *dest* (a subject transform, e.g. with ``partition()``).
+
+        A new one starts at *source*'s next message: the servers copy no history (what is
+        pending in it is found in the log by whoever takes a partition). One that exists
+        with another *src* (the full chunk records of earlier versions) is moved onto *src*
+        from the next message on; a *dest* of its own is left as it is (``work_transform``
+        tells it, and the caller decides)."""
+        origin = await self.stream_state(source)
+        start = origin.last_seq + 1
+
+        def config(transform: SubjectTransform) -> StreamConfig:
+            return StreamConfig(
+                name=name,
+                subjects=[],
+                sources=[StreamSource(name=source, opt_start_seq=start,
+                                      subject_transforms=[transform])],
+                retention=RetentionPolicy.WORK_QUEUE,
+                num_replicas=replicas,
+            )  # fmt: skip
+
         try:
-            await _call(self._loop, self._js.add_stream, config)
+            await _call(self._loop, self._js.add_stream, config(SubjectTransform(src, dest)))
+            return
         except ApiFailure as exc:
             if exc.err_code != 10058:  # the stream exists with another config
                 raise
+        info = await _call(self._loop, self._js.stream_info, name)
+        transforms = [t for s in info.config.sources or [] for t in s.subject_transforms or []]
+        if transforms and transforms[0].src != src:
+            logger.info("work stream %s: source moved from %s to %s", name, transforms[0].src, src)
+            transform = SubjectTransform(src, transforms[0].dest)
+            await _call(self._loop, self._js.update_stream, config(transform))
+
+    async def consumer_pending(self, stream: str, durable: str) -> tuple[int, int]:
+        """(messages not yet delivered, delivered and not acknowledged) of a consumer."""
+        info = await _call(self._loop, self._js.consumer_info, stream, durable)
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     async def work_transform(self, name: str) -> str | None:
         """The destination of the first subject transform of *name*'s first source."""
@@ -573,20 +651,25 @@ class Nats:
         await _call(self._loop, subscribe)
         return inbox
 
-    async def follow(self, stream: str, subject: str, start_seq: int) -> Follower:
-        """An ordered headers-only consumer of *subject* from *start_seq* (see ``Follower``)."""
+    async def follow(self, stream: str, subjects: list[str], start_seq: int) -> Follower:
+        """An ordered headers-only consumer of *subjects* (filters) from *start_seq* (see
+        ``Follower``)."""
         follower = Follower(self._loop)
+        config = _start_config(start_seq)
+        if len(subjects) > 1:
+            config = config or ConsumerConfig()
+            config.filter_subjects = subjects
 
         async def subscribe() -> None:
             follower._arrived, follower._room = asyncio.Event(), asyncio.Event()
             follower._sub = await self._js.subscribe(
-                subject,
+                subjects[0],
                 stream=stream,
                 cb=follower._on_message,
                 ordered_consumer=True,
                 headers_only=True,
                 idle_heartbeat=HEARTBEAT_S,
-                config=_start_config(start_seq),
+                config=config,
                 pending_msgs_limit=1_000_000,
             )
 
@@ -598,56 +681,3 @@ def _start_config(start_seq: int) -> ConsumerConfig | None:
     if start_seq <= 1:
         return None
     return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
-
-
-@asynccontextmanager
-async def open_nats(
-    servers: list[str], *, name: str, request_s: float = 2.0
-) -> AsyncIterator[Nats]:
-    """A trio-asyncio loop and a client connected to *servers* (trying until one answers).
-
-    Reconnects for ever afterwards; requests made while disconnected fail with
-    ``Unavailable`` after their timeout."""
-    async with trio_asyncio.open_loop() as loop:
-
-        async def connect() -> Client:
-            async def note_disconnect() -> None:
-                logger.warning("disconnected from NATS")
-
-            async def note_reconnect() -> None:
-                logger.info("reconnected to NATS")
-
-            async def note_error(exc: Exception) -> None:
-                logger.debug("nats: %s", exc)
-
-            client: Client = await nats.connect(
-                servers=servers,
-                name=name,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=2,
-                ping_interval=2,
-                max_outstanding_pings=2,
-                disconnected_cb=note_disconnect,
-                reconnected_cb=note_reconnect,
-                error_cb=note_error,
-            )
-            return client
-
-        logger.info("connecting to NATS at %s (waiting until one answers)", ", ".join(servers))
-        while True:
-            try:
-                client = await _call(loop, connect)
-                break
-            except NatsError as exc:
-                logger.info("no NATS server answers yet (%s); retrying", exc)
-                await trio.sleep(0.5)
-        try:
-            yield Nats(loop, client, request_s)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await _call(loop, client.close)
-                except NatsError as exc:
-                    logger.debug("closing the NATS connection: %s", exc)

@@ -2,8 +2,11 @@
 
 ``python -m trio_audio.cluster.dev DIR [--nodes 3]`` starts the servers (each with its
 own config, store dir and ports under *DIR*), prints the ``--store`` URL list to give
-``trio-audio serve``, and stops them on Ctrl-C. The tests start the same cluster from
-Python (``LocalCluster``) and kill and restart single servers.
+``trio-audio serve``, and stops them on Ctrl-C. The ports are kept in ``DIR/ports.json``:
+run again on the same *DIR*, the servers come back on the same ports with their data, so
+nodes started with the printed ``--store`` reconnect. The tests start the same cluster from
+Python (``LocalCluster``) and kill and restart single servers; ``Options`` adds what the
+tests of limits and security need (a storage cap, TLS, a user and password).
 
 Every server runs JetStream with ``sync_interval: always``: a message is fsynced before the
 server acknowledges it. Without it JetStream acknowledges before fsync (every 2 min by
@@ -17,6 +20,7 @@ Binding: loopback only (``127.0.0.1``). The ``nats-server`` binary comes from th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -62,6 +66,34 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@attrs.frozen
+class Options:
+    """Extra server settings: *max_file_store* caps each server's JetStream storage (bytes,
+        0: its disk); *tls_cert*/*tls_key*/*tls_ca* make clients connect with TLS (and, with
+        *verify*, present a certificate the CA signed); *user*/*password* require a login; *extra*
+    is added to the settings as it is."""
+
+    max_file_store: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    verify: bool = False
+    user: str = ""
+    password: str = ""
+    extra: str = ""  # more settings, as they are (e.g. an operator and its resolver)
+
+    def client_blocks(self) -> str:
+        text = self.extra
+        if self.tls_cert:
+            text += (
+                f'tls {{\n  cert_file: "{self.tls_cert}"\n  key_file: "{self.tls_key}"\n'
+                f'  ca_file: "{self.tls_ca}"\n  verify: {str(self.verify).lower()}\n}}\n'
+            )
+        if self.user:
+            text += f'authorization {{\n  user: "{self.user}"\n  password: "{self.password}"\n}}\n'
+        return text  # fmt: skip
+
+
 @attrs.define
 class Node:
     """One ``nats-server`` of the cluster: its name, ports, directory and process."""
@@ -76,16 +108,18 @@ class Node:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def config(self, routes: list[int]) -> str:
+    def config(self, routes: list[int], options: Options | None = None) -> str:
+        options = options or Options()
         route_list = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
         store_dir = self.directory / "jetstream"
+        cap = f"  max_file_store: {options.max_file_store}\n" if options.max_file_store else ""
         return (
             f"server_name: {self.name}\n"
             f"listen: 127.0.0.1:{self.port}\n"
-            f"max_payload: {MAX_PAYLOAD}\n"
-            "jetstream {\n"
+            f"max_payload: {MAX_PAYLOAD}\n" + options.client_blocks() + "jetstream {\n"
             f'  store_dir: "{store_dir}"\n'
             "  sync_interval: always\n"
+            f"{cap}"
             "}\n"
             "cluster {\n"
             "  name: trio-audio\n"
@@ -102,9 +136,10 @@ class LocalCluster:
     SIGKILL to one, ``restart(i)`` starts it again on the same ports and data; ``stop()``
     ends them all. A one-node "cluster" has no ``cluster`` block (a dev set-up, R=1)."""
 
-    def __init__(self, directory: Path, nodes: int = 3) -> None:
+    def __init__(self, directory: Path, nodes: int = 3, options: Options | None = None) -> None:
         self.directory = directory
-        ports = free_ports(2 * nodes)
+        self.options = options or Options()
+        ports = _kept_ports(directory, 2 * nodes)
         self.nodes = [
             Node(f"n{i + 1}", ports[2 * i], ports[2 * i + 1], directory / f"n{i + 1}")
             for i in range(nodes)
@@ -112,7 +147,8 @@ class LocalCluster:
 
     @property
     def urls(self) -> list[str]:
-        return [node.url for node in self.nodes]
+        scheme = "tls" if self.options.tls_cert else "nats"
+        return [node.url.replace("nats://", f"{scheme}://") for node in self.nodes]
 
     @property
     def store(self) -> str:
@@ -129,7 +165,7 @@ class LocalCluster:
         node = self.nodes[i]
         node.directory.mkdir(parents=True, exist_ok=True)
         routes = [n.cluster_port for n in self.nodes if n is not node]
-        text = node.config(routes)
+        text = node.config(routes, self.options)
         if len(self.nodes) == 1:
             text = text[: text.index("cluster {")]
         conf = node.directory / "nats.conf"
@@ -169,6 +205,21 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kept_ports(directory: Path, count: int) -> list[int]:
+    """The ports *directory* used before (``ports.json``), or *count* free ones, kept there."""
+    kept = directory / "ports.json"
+    try:
+        ports = [int(p) for p in json.loads(kept.read_text())]
+        if len(ports) == count:
+            return ports
+    except (OSError, ValueError, TypeError):
+        pass
+    ports = free_ports(count)
+    directory.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(ports))
+    return ports
 
 
 def wait_listening(port: int, timeout: float) -> None:

@@ -13,6 +13,7 @@
 Subjects (``<user>`` and ``<session>`` with ``.`` written as ``~``)::
 
     AUDIO.<user>.<session>.chunk.<seq>          one chunk: its audio in the body
+    AUDIO.<user>.<session>.work.<seq>           its reference for transcription (no body)
     AUDIO.<user>.<session>.update.<chunk_id>    new top-level fields of a chunk
     AUDIO.<user>.<session>.tombstone            chunks deleted (by id, or the whole session)
 
@@ -20,6 +21,12 @@ A session's records are ordered by the stream; ``AUDIO.<user>.>`` filters a user
 metadata of every record is a JSON header (``Trio-Audio``), so the follower replays and
 follows with ``headers_only`` and never pulls audio; ``read_audio`` fetches one message's
 body by its stream sequence with a direct get (any replica answers).
+
+The committer hands each write to one of ``COMMIT_LANES`` lanes by its session; each lane
+plans, publishes and answers its writes batch by batch, and the lanes run side by side, so
+a node keeps many publishes in flight (other sessions' batches go on while one waits for its
+PubAck) instead of waiting batch by batch. One session's writes are in one lane, in order:
+each plan sees the session's earlier writes, and a lost compare-and-append is rare.
 
 Writes and their guarantees:
 
@@ -38,8 +45,15 @@ Writes and their guarantees:
   publish whose PubAck it did not get (a timeout while the message did land) a no-op: the
   stream drops a duplicate id seen within its duplicate window (``store_dedupe_s``, 2 min
   by default), and answers with the first copy's sequence.
-- A multipart upload's chunks are published as one atomic batch (``Nats.publish_batch``):
-  all stored or none, even when this node dies halfway through sending them.
+- An upload's chunks are published as one atomic batch (``Nats.publish_batch``), each
+  followed by its ``work.<seq>`` reference (the chunk's metadata, no audio: what the
+  transcription work stream copies, ``cluster/work.py``): all stored or none, even when
+  this node dies halfway through sending them. (A batch carries no ``Nats-Msg-Id``: a re-sent
+  batch that did land loses its compare-and-appends, and is answered as above.)
+- Limits refuse, never drop: the stream is ``discard: new``; at ``--store-max-bytes`` (or
+  when a server has no storage left) a write gets 507 ``insufficient_storage`` and
+  ``/readyz`` says the stream is full. ``--store-max-age`` is retention: records older than
+  it leave the stream.
 - A transcript (an update of the ``transcript`` field) is written once per chunk: it is
   published with the same compare-and-append on the chunk's update subject, and one that
   comes when the chunk is no longer ``pending`` is answered with the chunk as stored. Each
@@ -50,16 +64,21 @@ Writes and their guarantees:
   tombstone's sequence), so the audio is gone from every replica.
 
 Read-your-writes: on the node that acknowledged a write, always (but for that lag). On
-another node once its follower has applied it: milliseconds later on a healthy cluster, not
-guaranteed at once.
+another node once its follower has applied it: milliseconds later on a healthy cluster; a
+client that sends the ``Trio-Audio-Position`` a write's answer carried makes the node wait
+(up to twice ``store_timeout_s``) until its follower has applied that much (``position``,
+``wait_followed``). Audio reads: a direct get (any replica) that finds no message is asked
+again of the stream's leader, and again while the cluster does not answer (up to twice
+``store_timeout_s``): a replica that lags is no deletion. Only a tombstone makes a chunk gone.
 
-Health: once running, the node asks JetStream every second whether it answers (connected,
-and a meta leader to answer the API); ``on_health`` hears why not, for ``/readyz``.
+Health: once running, the node asks JetStream every second whether it answers and how the
+stream is (``observe.py``); ``on_health`` hears why not, for ``/readyz``.
 
-Error handling: when no server answers a write within ``store_timeout_s`` (or the client is
-disconnected) the write fails with 503 ``unavailable`` and Retry-After: never a hang, never an
-answer for a write that is not stored. Reads of the index keep working; audio reads need the
-cluster. The client reconnects by itself and the follower resumes where it stopped.
+Error handling: when no server answers a write within ``store_timeout_s`` of the committer
+taking it (or the client is disconnected) the write fails with 503 ``unavailable`` and
+Retry-After: never a hang, never an answer for a write that is not stored. Reads of the
+index keep working; audio reads need the cluster. The client reconnects by itself and the
+follower resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -70,6 +89,7 @@ import logging
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -78,6 +98,7 @@ import trio
 
 from ..config import Config
 from ..errors import (
+    InsufficientStorage,
     InternalError,
     NotFound,
     PayloadTooLarge,
@@ -106,11 +127,13 @@ from .bridge import (
     MessageNotFound,
     Nats,
     NatsError,
+    StorageFull,
     Unavailable,
     WrongLastSequence,
-    open_nats,
     retrying,
 )
+from .connect import Link, Security, open_nats, redact
+from .observe import Watch
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -123,7 +146,9 @@ FOLLOW_BATCH: Final = 512
 STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
 STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
-HEALTH_PERIOD_S: Final = 1.0  # how often a running node asks JetStream whether it answers
+COMMIT_LANES: Final = 16  # sessions' writes committed side by side (a session's in one)
+MIN_WAIT_S: Final = 0.05  # a publish with less time than this left is not sent
+READ_PAUSE_S: Final = 0.1  # between tries of an audio read the cluster cannot answer yet
 
 
 def servers(store: str) -> list[str]:
@@ -131,7 +156,7 @@ def servers(store: str) -> list[str]:
     urls = [u.strip() for u in store.split(",") if u.strip()]
     for url in urls:
         if not url.startswith(("nats://", "tls://")):
-            msg = f"store must be a list of nats:// URLs, got {url!r}"
+            msg = f"store must be a list of nats:// URLs, got {redact(url)!r}"
             raise ValueError(msg)
     return urls
 
@@ -180,8 +205,10 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
         self._index = Index(config.transcript_status())
-        self._on_health = on_health  # told why JetStream cannot serve (None: it can again)
-        self._health: str | None = "connecting to the NATS cluster"  # None: it serves
+        self._link = Link()
+        self._watch = Watch(self._stream, config.store_timeout_s, lambda: self._applied, on_health)
+        self._watch.register(self._metrics)
+        self._starting: str | None = "connecting to the NATS cluster"  # None: started
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
         self._events: trio.MemorySendChannel[Committed] | None = None
         self._nats: Nats | None = None
@@ -205,11 +232,14 @@ class JetStreamStore(CommitChannels, IndexReads):
         then follow it and commit until the writes end."""
         config = self._config
         try:
+            security = Security(config.store_tls_ca, config.store_tls_cert,
+                                config.store_tls_key, config.store_creds)  # fmt: skip
             async with open_nats(
-                self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s
-            ) as nats:
+                self._servers, name=f"trio-audio-{self._node}", request_s=config.store_timeout_s,
+                security=security, link=self._link,
+            ) as nats:  # fmt: skip
                 self._nats = nats
-                self._health = "waiting for the JetStream meta leader"
+                self._starting = "waiting for the JetStream meta leader"
                 logger.info("connected to NATS; waiting for the JetStream meta leader")
                 state = None
                 refused_since = None
@@ -221,6 +251,8 @@ class JetStreamStore(CommitChannels, IndexReads):
                             [f"{self._stream}.>"],
                             config.store_replicas,
                             config.store_dedupe_s,
+                            max_bytes=config.store_max_bytes,
+                            max_age_s=config.store_max_age_s,
                         )
                     except Unavailable as exc:
                         logger.info("the stream is not available yet (%s); retrying", exc)
@@ -240,17 +272,25 @@ class JetStreamStore(CommitChannels, IndexReads):
                             "servers needs a lower --store-replicas)"
                         )
                         raise StoreError(msg) from None
-                self._health = f"replaying the stream {self._stream} ({state.messages} records)"
-                follower = await retrying(lambda: nats.follow(self._stream, f"{self._stream}.>", 1))
-                await self._replay(follower, state.messages)
+                self._starting = f"replaying the stream {self._stream} ({state.messages} records)"
+                # Replay skips the work references (half the records: nothing to index);
+                # following then takes everything from the first record replay left.
+                kinds = [f"{self._stream}.*.*.{kind}" for kind in ("chunk.*", "update.*")]
+                indexed = [*kinds, f"{self._stream}.*.*.tombstone"]
+                replaying = await retrying(lambda: nats.follow(self._stream, indexed, 1))
+                await self._replay(replaying, state.messages)
+                await replaying.close()
+                follower = await retrying(
+                    lambda: nats.follow(self._stream, [f"{self._stream}.>"], self._applied + 1)
+                )
                 async with contextlib.AsyncExitStack() as stack:
                     if self._events is not None:
                         await stack.enter_async_context(self._events)
                     await stack.enter_async_context(self._receive)
                     nursery = await stack.enter_async_context(trio.open_nursery())
                     nursery.start_soon(self._follow, follower)
-                    self._health = None  # replayed: it serves (the watch says when not)
-                    nursery.start_soon(self._watch_health, nats)
+                    self._starting = None  # replayed: it serves (the watch says when not)
+                    nursery.start_soon(self._watch.run, nats)
                     task_status.started(self)
                     await self._commit_all()
                     nursery.cancel_scope.cancel()
@@ -270,24 +310,18 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     @property
     def health(self) -> str | None:
-        """Why this node cannot serve now (None: it can): while starting, the step it is at;
-        once running, whether JetStream answers, checked every second."""
-        return self._health
+        """Why this node cannot serve now (None: it can): while starting, the step it is at
+        (and why the connection fails, if it does); once running, the watch's problem."""
+        if self._starting is not None:
+            problem = self._link.problem if self._nats is None else None
+            return f"{self._starting}: {problem}" if problem else self._starting
+        return self._watch.problem
 
-    async def _watch_health(self, nats: Nats) -> None:
-        """Ask JetStream every ``HEALTH_PERIOD_S`` whether it answers (connected, with a meta
-        leader); tell ``on_health`` when that changes."""
-        while True:
-            problem = await nats.health(self._config.store_timeout_s)
-            if problem != self._health:
-                if problem is None:
-                    logger.info("JetStream answers again")
-                else:
-                    logger.warning("JetStream cannot serve: %s", problem)
-                self._health = problem
-                if self._on_health is not None:
-                    self._on_health(problem)
-            await trio.sleep(HEALTH_PERIOD_S)
+    @property
+    def position(self) -> int:
+        """The last stream sequence this node has applied and announced: a read elsewhere
+        that waits for it (``wait_followed``) sees every write this node answered."""
+        return self._announced
 
     async def wait_followed(self, seq: int) -> bool:
         """Wait until this node has applied stream sequence *seq*; False after twice
@@ -320,8 +354,9 @@ class JetStreamStore(CommitChannels, IndexReads):
             count += len(batch)
             for message in batch:
                 self._apply(message)
-            if batch and batch[-1].pending == 0:
-                break
+            if not batch or batch[-1].pending == 0:
+                break  # at the end (nothing for a second: none of it is to be indexed, or
+                # the cluster is slow, and following goes on from where this stopped)
         self._replayed = count
         self._announced = self._applied
         # Nothing is queued for the transcriber at start-up: on a cluster pending chunks come
@@ -364,6 +399,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._bytes += message.size
         parts = message.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
+        if kind == "work":  # a chunk's reference for the work stream: nothing to index
+            return []
         try:
             record = json.loads(message.headers[META])
         except (KeyError, ValueError):
@@ -451,21 +488,63 @@ class JetStreamStore(CommitChannels, IndexReads):
     # -- the committer ---------------------------------------------------------------------
 
     async def _commit_all(self) -> None:
-        while (batch := await self._next_batch()) is not None:
-            await self._commit(batch)
+        """Hand each write to the lane of its session (``COMMIT_LANES``); each lane commits
+        its writes batch by batch, and the lanes' publishes are in flight together. A
+        session's writes stay in order in one lane: its plans see its earlier writes."""
+        lanes = [trio.open_memory_channel[tuple[float, Write]](self._config.stage_queue)
+                 for _ in range(COMMIT_LANES)]  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            for _, receive in lanes:
+                nursery.start_soon(self._lane, receive)
+            async with contextlib.AsyncExitStack() as stack:
+                for send, _ in lanes:
+                    await stack.enter_async_context(send)
+                while (batch := await self._next_batch()) is not None:
+                    now = trio.current_time()
+                    for write in batch:
+                        await lanes[self._lane_of(write)][0].send((now, write))
 
-    async def _commit(self, batch: list[Write]) -> None:
+    def _lane_of(self, write: Write) -> int:
+        """The lane of *write*'s session (a chunk's session for an update; a delete's
+        first session)."""
+        if isinstance(write, Job):
+            key = (write.user_id, write.session_id)
+        elif isinstance(write, Update) and write.chunk_id in self._index.chunks:
+            entry = self._index.chunks[write.chunk_id]
+            key = (entry.user_id, entry.session_id)
+        elif isinstance(write, Delete) and write.session is not None:
+            key = write.session
+        elif isinstance(write, Delete) and write.chunk_ids[0] in self._index.chunks:
+            entry = self._index.chunks[write.chunk_ids[0]]
+            key = (entry.user_id, entry.session_id)
+        else:
+            return 0
+        return zlib.crc32(f"{key[0]}\x00{key[1]}".encode()) % COMMIT_LANES
+
+    async def _lane(self, receive: trio.MemoryReceiveChannel[tuple[float, Write]]) -> None:
+        """Commit what arrives on *receive*, everything queued at once, batch by batch."""
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while len(batch) < self._config.commit_batch_max:
+                        batch.append(receive.receive_nowait())
+                deadline = min(t for t, _ in batch) + self._config.store_timeout_s
+                await self._commit([w for _, w in batch], deadline)
+
+    async def _commit(self, batch: list[Write], deadline: float) -> None:
+        """Commit *batch*; a publish not acknowledged by *deadline* fails with 503."""
         started = trio.current_time()
         writes = [w for w in batch if not w.reply.done]
         for _ in range(PLAN_ATTEMPTS):
             if not writes:
                 break
-            writes = await self._commit_once(writes)
+            writes = await self._commit_once(writes, deadline)
         for write in writes:
             write.reply.fail(StoreUnavailable("other nodes keep taking these seqs; retry"))
         self._metrics.observe_stage("store", trio.current_time() - started)
 
-    async def _commit_once(self, writes: list[Write]) -> list[Write]:
+    async def _commit_once(self, writes: list[Write], deadline: float) -> list[Write]:
         """Plan, publish and answer *writes*; those that lost a compare-and-append."""
         reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         pending: list[Pending] = []
@@ -477,7 +556,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 write.reply.fail(exc)
         async with trio.open_nursery() as nursery:
             for item in pending:
-                nursery.start_soon(self._publish_all, item)
+                nursery.start_soon(self._publish_all, item, deadline)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._wait_applied(max(seqs, default=0)):
             # Stored (the quorum acknowledged it) but not yet followed here: answered from
@@ -526,7 +605,11 @@ class JetStreamStore(CommitChannels, IndexReads):
                 }
                 if write.source is not None:
                     headers[SOURCE] = write.source
-                messages.append(Publish(f"{session}.chunk.{planned.meta['seq']}", body, headers))
+                seq = planned.meta["seq"]
+                messages.append(Publish(f"{session}.chunk.{seq}", body, headers))
+                reference = {"chunk_id": planned.meta["chunk_id"], "seq": seq}
+                work = {META: json.dumps(reference, separators=(",", ":")), NODE: self._node}
+                messages.append(Publish(f"{session}.work.{seq}", b"", work))
             return Pending(write, plan, messages)
         if isinstance(write, Update):
             entry = index.chunks.get(write.chunk_id)
@@ -571,10 +654,10 @@ class JetStreamStore(CommitChannels, IndexReads):
             prefix = f"{stream}.{token(user_id)}.{token(session_id)}"
             headers = self._headers(record, f"{write_id}-{i}")
             messages.append(Publish(f"{prefix}.tombstone", b"", headers))
-            removed += [
-                (int(index.chunks[chunk_id].blob.segment), f"{prefix}.update.{chunk_id}")
-                for chunk_id in ids
-            ]
+            for chunk_id in ids:
+                entry = index.chunks[chunk_id]
+                subjects = [f"{prefix}.update.{chunk_id}", f"{prefix}.work.{entry.seq}"]
+                removed.append((int(entry.blob.segment), subjects))
         return Pending(write, {"chunk_ids": chunk_ids, "removed": removed}, messages)
 
     def _headers(self, record: dict[str, Any], msg_id: str) -> dict[str, str]:
@@ -584,20 +667,20 @@ class JetStreamStore(CommitChannels, IndexReads):
             NODE: self._node,
         }
 
-    async def _publish_all(self, item: Pending) -> None:
-        """Publish a write's messages in order; stop at the first that fails. The chunks of a
-        multipart upload go as one atomic batch: all stored or none, even when this node
-        dies halfway through sending them."""
+    async def _publish_all(self, item: Pending, deadline: float) -> None:
+        """Publish a write's messages in order; stop at the first that fails. The chunks of
+        an upload (and their work references) go as one atomic batch: all stored or none,
+        even when this node dies halfway through sending them."""
         if isinstance(item.write, Job):
             assert isinstance(item.plan, list)
             for planned in item.plan:
                 if planned.meta is not None and planned.part.speech_pcm is not None:
                     self._pcm[planned.meta["chunk_id"]] = planned.part.speech_pcm
-        if isinstance(item.write, Job) and len(item.messages) > 1:
-            await self._publish_batch(item.messages)
+        if isinstance(item.write, Job) and item.messages:
+            await self._publish_batch(item.messages, deadline)
         else:
             for message in item.messages:
-                await self._publish(message)
+                await self._publish(message, deadline)
                 if message.error is not None:
                     break
         failed = any(m.error is not None or m.seq is None for m in item.messages)
@@ -606,14 +689,16 @@ class JetStreamStore(CommitChannels, IndexReads):
                 if planned.meta is not None:
                     self._pcm.pop(planned.meta["chunk_id"], None)
 
-    async def _publish_batch(self, messages: list[Publish]) -> None:
+    async def _publish_batch(self, messages: list[Publish], deadline: float) -> None:
         """*messages* as one atomic batch (see ``_acked``)."""
         batch = [(m.subject, m.body, dict(m.headers)) for m in messages]
-        seqs, error = await self._acked(lambda nats, wait_s: nats.publish_batch(batch, wait_s))
+        seqs, error = await self._acked(
+            lambda nats, wait_s: nats.publish_batch(batch, wait_s), deadline
+        )
         for n, message in enumerate(messages):
             message.seq, message.error = (seqs[n] if seqs else None), error
 
-    async def _publish(self, message: Publish) -> None:
+    async def _publish(self, message: Publish, deadline: float) -> None:
         """One publish (see ``_acked``; a re-send has the same ``Nats-Msg-Id``, so the stream
         drops it if the first copy landed)."""
 
@@ -623,21 +708,28 @@ class JetStreamStore(CommitChannels, IndexReads):
             )
             return [seq]
 
-        seqs, message.error = await self._acked(one)
+        seqs, message.error = await self._acked(one, deadline)
         message.seq = seqs[0] if seqs else None
 
     async def _acked(
-        self, publish: Callable[[Nats, float], Awaitable[list[int]]]
+        self, publish: Callable[[Nats, float], Awaitable[list[int]]], deadline: float
     ) -> tuple[list[int] | None, NatsError | None]:
-        """*publish*, sent again once when its PubAck does not come; its sequences, or the
+        """*publish*, sent again once when its PubAck does not come, both by *deadline*
+        (``store_timeout_s`` after the committer took the write); its sequences, or the
         error. (A batch that did land the first time then loses its compare-and-appends,
         which ``_commit`` handles as for any write another node took first.)"""
         nats = self._nats_or_fail()
-        wait_s = self._config.store_timeout_s / 2
-        error: NatsError | None = None
+        error: NatsError | None = Unavailable("no answer within store_timeout_s")
         for attempt in range(2):
+            left = deadline - trio.current_time()
+            wait_s = min(self._config.store_timeout_s / 2, left) if attempt == 0 else left
+            if wait_s < MIN_WAIT_S:
+                break
             try:
-                return await publish(nats, wait_s), None
+                started = trio.current_time()
+                seqs = await publish(nats, wait_s)
+                self._metrics.observe_stage("publish", trio.current_time() - started)
+                return seqs, None
             except Unavailable as exc:
                 error = exc
                 if not nats.connected:
@@ -655,9 +747,15 @@ class JetStreamStore(CommitChannels, IndexReads):
         return self._nats
 
     def _fail(self, write: Write, error: NatsError) -> None:
-        if isinstance(error, Unavailable):
+        if isinstance(error, StorageFull):
+            logger.warning("a write was refused, the stream is full: %s", error)
+            self._watch.refused_full(str(error))
+            service: ServiceError = InsufficientStorage(
+                f"the store cluster cannot take more: {error}"
+            )
+        elif isinstance(error, Unavailable):
             logger.warning("a write failed, the cluster does not answer: %s", error)
-            service: ServiceError = StoreUnavailable(
+            service = StoreUnavailable(
                 "the store cluster does not answer; retry later", self._config.retry_after_s
             )
         elif isinstance(error, WrongLastSequence):
@@ -672,6 +770,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Answer a write whose messages all have their PubAck: from what the follower made
         of them, or (when it lags) from the plan."""
         write = item.write
+        if item.messages:
+            self._watch.stored()
         followed = all(m.seq is not None and m.seq <= self._applied for m in item.messages)
         results = [self._results.pop(m.seq, None) for m in item.messages if m.seq is not None]
         if isinstance(write, Job):
@@ -717,13 +817,14 @@ class JetStreamStore(CommitChannels, IndexReads):
                 user_id, session_id = write.session
                 prefix = f"{self._stream}.{token(user_id)}.{token(session_id)}"
                 before = item.messages[0].seq
-                await nats.purge(self._stream, f"{prefix}.chunk.>", before)
-                await nats.purge(self._stream, f"{prefix}.update.>", before)
+                for kind in ("chunk", "update", "work"):
+                    await nats.purge(self._stream, f"{prefix}.{kind}.>", before)
                 return
-            for entry_seq, subject in item.plan.get("removed", []):
+            for entry_seq, subjects in item.plan.get("removed", []):
                 with contextlib.suppress(MessageNotFound):
                     await nats.delete(self._stream, entry_seq)
-                await nats.purge(self._stream, subject)
+                for subject in subjects:
+                    await nats.purge(self._stream, subject)
         except NatsError as exc:
             logger.warning("deleted chunks stay in the stream until the next delete: %s", exc)
 
@@ -753,17 +854,40 @@ class JetStreamStore(CommitChannels, IndexReads):
         )
 
     async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
-        """The exact bytes uploaded for *chunk_id*, fetched from the stream by sequence."""
+        """The exact bytes uploaded for *chunk_id*, fetched from the stream by sequence.
+
+        A replica that has not caught up answers a direct get with "no message": that is
+        asked again of the stream's leader. Only a chunk the leader no longer has, once this
+        node has applied the stream that far and no longer indexes the chunk, is gone (a
+        tombstone); one still indexed aged out (``--store-max-age``) or was removed by
+        hand. While the cluster does not answer, the read is tried again for up to twice
+        ``store_timeout_s``, then 503."""
         entry = self._index.entry(chunk_id)
-        try:
-            message = await self._nats_or_fail().get(self._stream, int(entry.blob.segment))
-        except MessageNotFound:
+        content_type = str(entry.meta().get("content_type", "application/octet-stream"))
+        seq = int(entry.blob.segment)
+        deadline = trio.current_time() + self._config.store_timeout_s * 2
+        while True:
+            nats = self._nats_or_fail()
+            try:
+                try:
+                    message = await nats.get(self._stream, seq)
+                except MessageNotFound:
+                    message = await nats.get(self._stream, seq, direct=False)
+                return message.data, content_type
+            except MessageNotFound:
+                break
+            except Unavailable:
+                if trio.current_time() > deadline:
+                    msg = "the store cluster does not answer; retry later"
+                    raise StoreUnavailable(msg, self._config.retry_after_s) from None
+                await trio.sleep(READ_PAUSE_S)
+            except NatsError as exc:
+                msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
+                raise InternalError(msg) from None
+        with contextlib.suppress(NatsError):  # a tombstone before it: this node applies it
+            await self._wait_applied((await nats.stream_state(self._stream)).last_seq)
+        if chunk_id not in self._index.chunks:
             msg = f"chunk {chunk_id!r} was deleted"
-            raise NotFound(msg) from None
-        except Unavailable:
-            msg = "the store cluster does not answer; retry later"
-            raise StoreUnavailable(msg, self._config.retry_after_s) from None
-        except NatsError as exc:
-            msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
-            raise InternalError(msg) from None
-        return message.data, str(entry.meta().get("content_type", "application/octet-stream"))
+        else:
+            msg = f"chunk {chunk_id!r} is no longer in the stream (aged out or removed)"
+        raise NotFound(msg)

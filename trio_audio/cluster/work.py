@@ -3,7 +3,7 @@
 ::
 
     AUDIO (the log)                      AUDIO_asr (a work queue the servers fill themselves:
-    AUDIO.<user>.<session>.chunk.<seq> ──> a stream source with a subject transform)
+    AUDIO.<user>.<session>.work.<seq> ──> a stream source with a subject transform)
                                          AUDIO_asr.<p>.<user>.<session>.<seq>
                                          p = partition(P, user, session), FNV-1a by the server
                                               │ one durable pull consumer per partition
@@ -15,10 +15,14 @@
     AUDIO_asr_live.<user>.<session>   core NATS: partials and VAD events, every node
     AUDIO_asr_finalize.<p>            core NATS request: "finalize this session" to its holder
 
-Why this design. The servers copy each chunk record into the work stream themselves (a
-stream *source* with a subject transform), so a chunk that is in the log is in the work queue
-too: no second publish a crashing node could skip. ``partition()`` in the transform spreads
-sessions over ``asr_partitions`` subjects; a session's chunks all land in one, in log order.
+Why this design. Each chunk is published with a reference (``work.<seq>``: its metadata,
+no audio) in the same atomic batch, and the servers copy each reference into the work stream
+themselves (a stream *source* with a subject transform), so a chunk that is in the log is in
+the work queue too: no second publish a crashing node could skip, and no copy of the audio
+while no worker runs. A new work stream starts at the log's next record: the servers copy no
+history; chunks already pending are found in the index by whoever takes their partition.
+``partition()`` in the transform spreads sessions over ``asr_partitions`` subjects; a
+session's chunks all land in one, in log order.
 nats-py (2.16) has no pinned-client priority groups, so a partition's single consumer is
 guarded by a lease instead: a KeyValue entry created only while absent (a compare-and-append),
 renewed by its holder every third of ``asr_lease_s``, and gone ``asr_lease_s`` after its last
@@ -78,8 +82,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
-from functools import partial
 from typing import Any, Final, Protocol
 
 import attrs
@@ -88,7 +90,7 @@ import trio
 from ..asr.transcriber import Transcriber
 from ..config import Config
 from ..errors import NotFound, StoreError
-from ..live import Live, LivePort, Unwatched, live_from_dict, live_to_dict
+from ..live import Live, LivePort, live_from_dict, live_to_dict
 from ..metrics import Metrics
 from ..store.events import ChunkStored
 from ..store.index import SessionSummary
@@ -101,7 +103,7 @@ from .bridge import (
     WrongLastSequence,
     retrying,
 )
-from .jetstream import META, JetStreamStore, token
+from .jetstream import META, token
 
 logger = logging.getLogger("trio_audio.cluster.work")
 
@@ -113,6 +115,7 @@ HOLD_S: Final = 300.0  # a chunk held this long without a transcript is offered 
 LIVE_QUEUE: Final = 1024  # interim results waiting to be published; then the newest drop
 FINALIZE_WAIT_S: Final = 60.0  # how long a finalize waits for the session's holder
 SET_UP_S: Final = 30.0  # how long creating the work stream and lease bucket is retried
+PENDING_PERIOD_S: Final = 5.0  # how often the work pending per partition is asked for
 
 
 def partition(user_id: str, session_id: str, partitions: int) -> int:
@@ -149,7 +152,7 @@ class Names:
     def transform(self, partitions: int) -> tuple[str, str]:
         """The work stream's subject transform: chunk records to partitioned work."""
         return (
-            f"{self.stream}.*.*.chunk.*",
+            f"{self.stream}.*.*.work.*",
             f"{self.work}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}"
             ".{{wildcard(2)}}.{{wildcard(3)}}",
         )
@@ -253,6 +256,7 @@ class Cluster:
         self.held: dict[int, dict[str, Held]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.workers = 1  # live workers seen in the bucket (this one included)
+        self.pending: dict[int, tuple[int, int]] = {}  # partition: (queued, unacknowledged)
         self._scope = trio.CancelScope()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -272,6 +276,7 @@ class Cluster:
         self.metrics.gauge(
             "trio_audio_cluster_partitions", lambda: {'state="held"': float(len(self.leases))}
         )
+        self.metrics.gauge("trio_audio_cluster_work_pending", self._pending_gauge)
         try:
             await self._run(nats, taking, relay, task_status)
         finally:
@@ -285,6 +290,7 @@ class Cluster:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.live.run, nats)
+                nursery.start_soon(self._observe_pending, nats)
                 if relay:
                     inbox = await retrying(lambda: nats.subscribe_core(f"{self.names.live}.>"))
                     nursery.start_soon(self._relay, inbox)
@@ -298,6 +304,24 @@ class Cluster:
                     for p in range(self.config.asr_partitions):
                         nursery.start_soon(self._partition, nats, p)
                 task_status.started(self)
+
+    async def _observe_pending(self, nats: Nats) -> None:
+        """Every ``PENDING_PERIOD_S``: each partition's work not yet delivered and delivered
+        but not acknowledged (the cluster's numbers: the same on every node)."""
+        while True:
+            for p in range(self.config.asr_partitions):
+                try:
+                    self.pending[p] = await nats.consumer_pending(self.names.work, f"p{p}")
+                except NatsError:
+                    self.pending.pop(p, None)  # not taken yet (no consumer), or no answer
+            await trio.sleep(PENDING_PERIOD_S)
+
+    def _pending_gauge(self) -> dict[str, float]:
+        out = {}
+        for p, (queued, unacked) in sorted(self.pending.items()):
+            out[f'partition="{p}",state="queued"'] = float(queued)
+            out[f'partition="{p}",state="unacknowledged"'] = float(unacked)
+        return out
 
     async def _give_back(self, nats: Nats) -> None:
         """Delete every lease still naming this worker (a renewal or an acquisition cut
@@ -632,38 +656,3 @@ class Cluster:
             return False
         self.counts["acked"] += 1
         return True
-
-
-async def run_worker(
-    config: Config, *, task_status: trio.TaskStatus[Cluster] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """``trio-audio asr-worker``: follow the cluster's log and transcribe the partitions this
-    process holds; no HTTP or WebSocket listener. SIGINT/SIGTERM stop it (its leases are
-    given back, so other workers take over at once)."""
-    if not config.store:
-        msg = "asr-worker needs a cluster store: --store nats://h1:4222,..."
-        raise ValueError(msg)
-    if config.asr_engine == "none":
-        msg = "asr-worker needs a speech engine (--asr-engine whisper or pocketsphinx)"
-        raise ValueError(msg)
-    metrics = Metrics()
-    limiter = trio.CapacityLimiter(config.cpu_threads)
-    store = JetStreamStore(config, metrics=metrics)  # no events: its work comes as work
-    async with trio.open_nursery() as root:
-        await root.start(store.run)
-        try:
-            cluster = Cluster(config, store, Unwatched(), metrics)
-            transcriber = Transcriber(config, store, cluster.live, metrics, limiter)
-            async with trio.open_nursery() as work:
-                await work.start(transcriber.run)
-                await work.start(partial(cluster.run, transcriber, relay=False))
-                logger.info("asr-worker %s taking transcription work", store.node)
-                task_status.started(cluster)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        logger.info("%s received: stopping", signal.Signals(signum).name)
-                        break
-                transcriber.stop()
-                work.cancel_scope.cancel()
-        finally:
-            store.close()

@@ -41,6 +41,15 @@ class StoreBackend(Protocol):
     @property
     def health(self) -> str | None: ...
 
+    @property
+    def position(self) -> int | None:
+        """How far this process has followed a shared log (None: the log is this process's
+        own, so every read sees every write it answered)."""
+
+    async def wait_followed(self, position: int) -> bool:
+        """Wait until this process has followed a shared log to *position* (another node's
+        ``position`` after a write); False when it gave up waiting."""
+
     def events(self) -> trio.MemoryReceiveChannel[Committed]: ...
 
     def open_writes(self) -> trio.MemorySendChannel[Write]: ...

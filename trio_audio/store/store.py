@@ -334,6 +334,14 @@ class Store(CommitChannels, IndexReads):
             return "an fsync of the log failed: nothing more is written"
         return None
 
+    @property
+    def position(self) -> None:
+        """None: this log is this process's own; no read waits for another's writes."""
+        return None
+
+    async def wait_followed(self, position: int) -> bool:
+        return True
+
     def stats(self) -> StoreStats:
         report = self._report
         return StoreStats(

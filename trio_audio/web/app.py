@@ -39,6 +39,7 @@ from .routes.session_export import register_session_export
 from .ws import WsContext
 
 logger = logging.getLogger("trio_audio.web")
+POSITION: Final = "Trio-Audio-Position"  # a cluster node's log position (see read_after_write)
 
 HTTP_ERRORS: Final[dict[int, type[ServiceError]]] = {
     404: NotFound,
@@ -120,6 +121,8 @@ def create_app(
     app.register_error_handler(HTTPException, on_http_error)
     app.register_error_handler(Exception, on_error)
     app.before_request(authenticate)
+    app.before_request(read_after_write)
+    app.after_request(write_position)
     for routes in (probes, uploads, chunks, sessions, socket):
         routes.register(app)
     register_session_export(
@@ -130,7 +133,34 @@ def create_app(
 
 
 async def on_service_error(error: ServiceError) -> Response:
+    store = context().store
+    followed = request.method == "GET" and POSITION not in request.headers
+    if isinstance(error, NotFound) and followed and store.position is not None:
+        # A cluster node may not have followed the log as far as the node that took a
+        # write: a read right after it elsewhere is worth a retry.
+        detail = (f"{error.detail} (on this node, yet: retry, or send the "
+                  f"{POSITION} header the write's answer carried)")  # fmt: skip
+        return problem_response(error, detail, retryable=True)
     return problem_response(error)
+
+
+async def write_position(response: Response) -> Response:
+    """A write answered by a cluster node carries the node's log position then, for a read on
+    another node to send back (``read_after_write``)."""
+    position = context().store.position  # a cluster store's; None: the local log
+    written = request.method in ("POST", "DELETE") and response.status_code < 300
+    if position is not None and written:
+        response.headers[POSITION] = str(position)
+    return response
+
+
+async def read_after_write() -> None:
+    """A request carrying the ``Trio-Audio-Position`` another node's answer gave waits until
+    this node's follower has applied the log that far (a cluster store; up to twice
+    ``store_timeout_s``, then it is answered from what this node has)."""
+    wanted = request.headers.get(POSITION, "")
+    if wanted.isascii() and wanted.isdigit() and len(wanted) <= 18:
+        await context().store.wait_followed(int(wanted))
 
 
 async def on_http_error(error: HTTPException) -> Response:

@@ -8,6 +8,9 @@ meta leader, replaying), and any other request 503 ``unavailable`` with ``Retry-
 load balancer sees a node starting rather than a refused connection. Once the store is
 ready the caller cancels it, and the real server binds the same port.
 
+``serve_answers`` is the listener under it, also the asr-worker's probe port
+(``cluster/work.py``): any function from a request path to the whole response.
+
 Resource handling: each connection gets one request (headers read within
 ``READ_TIMEOUT_S``, at most ``MAX_HEAD_BYTES``), one answer with ``Connection: close``, and is
 closed. Plain HTTP only (the service skips this when it serves TLS).
@@ -29,9 +32,10 @@ READ_TIMEOUT_S: Final = 5.0
 MAX_HEAD_BYTES: Final = 16 * 1024
 
 
-def _response(status: int, body: dict[str, object], content_type: str, retry_s: int) -> bytes:
-    text = json.dumps(body, separators=(",", ":")).encode()
-    reason = {200: "OK", 503: "Service Unavailable"}[status]
+def response(status: int, body: dict[str, object] | str, content_type: str, retry_s: int) -> bytes:
+    """A whole HTTP/1.1 response (``Connection: close``); *body* a JSON value or text."""
+    text = (body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))).encode()
+    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
     head = [
         f"HTTP/1.1 {status} {reason}",
         f"Content-Type: {content_type}",
@@ -46,12 +50,12 @@ def _response(status: int, body: dict[str, object], content_type: str, retry_s: 
 def answer(path: str, problem: str, retry_s: int) -> bytes:
     """The whole response to a request for *path* while the store starts (*problem*)."""
     if path == "/healthz":
-        return _response(200, {"status": "ok"}, "application/json", retry_s)
+        return response(200, {"status": "ok"}, "application/json", retry_s)
     if path == "/readyz":  # the fields the running node's /readyz has, none of them up yet
         body = {"status": "not_ready", **attrs.asdict(Readiness(store_problem=problem))}
-        return _response(503, body, "application/json", retry_s)
+        return response(503, body, "application/json", retry_s)
     refusal = StoreUnavailable(f"the node is starting: {problem}", retry_after=retry_s)
-    return _response(503, refusal.problem(instance=path), "application/problem+json", retry_s)
+    return response(503, refusal.problem(instance=path), "application/problem+json", retry_s)
 
 
 async def serve_while_starting(
@@ -63,6 +67,19 @@ async def serve_while_starting(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer HTTP on *host*:*port* as the module docstring says until cancelled; reports
+    the port bound (*port* 0 picks one)."""
+    await serve_answers(host, port, lambda path: answer(path, problem(), retry_s),
+                        task_status=task_status)  # fmt: skip
+
+
+async def serve_answers(
+    host: str,
+    port: int,
+    answer: Callable[[str], bytes],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer each request on *host*:*port* with ``answer(path)`` until cancelled; reports
     the port bound (*port* 0 picks one)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
 
@@ -78,7 +95,7 @@ async def serve_while_starting(
             parts = head.split(b"\r\n", 1)[0].split()
             path = parts[1].decode("latin-1").split("?", 1)[0] if len(parts) >= 2 else ""
             try:
-                await stream.send_all(answer(path, problem(), retry_s))
+                await stream.send_all(answer(path))
             except trio.BrokenResourceError:
                 return
 
