@@ -33,7 +33,6 @@ import signal
 import ssl
 from functools import partial
 from pathlib import Path
-from typing import Final
 from urllib.parse import urlsplit
 
 import attrs
@@ -63,7 +62,6 @@ from .web.transports import serve_ws
 from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
-APP_QUEUE: Final = 2  # hypercorn's default of 10 would hold 10 WebSocket frames per /ws socket
 
 
 @attrs.frozen
@@ -137,7 +135,6 @@ async def serve_http(
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.websocket_max_message_size = message_limit(config)
-    hyper.max_app_queue_size = APP_QUEUE  # messages read ahead of the app: WebSocket frames too
     hyper.read_timeout = max(1, round(config.read_timeout_s))
     # An idle keep-alive connection is a socket read too. Hypercorn's default (5 s) is httpx's
     # own idle expiry: a client would often send into a connection just being closed.
