@@ -42,6 +42,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from .asr.transcriber import Transcriber
+from .budget import budget_gauge
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
@@ -142,8 +143,11 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
+        bodies = BodyRules.from_config(config)
+        if metrics is not None:
+            metrics.gauge("trio_audio_body_bytes", lambda: budget_gauge(bodies.budget))
         door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s, admission=admission,
-                         metrics=metrics, bodies=BodyRules.from_config(config),
+                         metrics=metrics, bodies=bodies,
                          origins=origins, access=access, ingress=ingress)  # fmt: skip
         await hypercorn_serve(
             door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status, mode="asgi"
