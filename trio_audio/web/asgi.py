@@ -36,8 +36,18 @@ What it does, per HTTP request:
   app still answers so a load balancer sees the drain. Hypercorn closes idle keep-alive
   connections itself (its idle timer, which the uncut recycle keeps running).
 
+- With auth off, the rules of ``origins.py`` first: a ``Host`` not ours is a 421, a foreign
+  ``Origin`` on a WebSocket handshake or a request that changes something a 403, a simple
+  (``text/plain``, form-urlencoded) upload a 415.
+- An upload (``POST /upload``) is refused before its body is read when it can be (401, 429,
+  a full ingest queue, no admission slot in time); else its body is read here, by the rules
+  of ``bodies.py`` (minimum rate, size, bytes in flight), and only then does it take its
+  admission slot and reach the app, which receives the body again from memory.
+
 Resource handling: a refusal's unread body costs at most ``drain_max_bytes`` of reading and
-``drain_timeout_s`` of waiting (no task is runnable while it waits).
+``drain_timeout_s`` of waiting (no task is runnable while it waits), but a 503 for an
+upload, whose rest is read up to ``max_body_bytes`` (``BodyRules.linger_s``) so its client
+gets the answer; every upload body's bytes are counted in ``max_body_bytes_inflight``.
 """
 
 from __future__ import annotations
@@ -203,9 +213,7 @@ class FrontDoor:
             except ClientGone:
                 return
             except (RequestTimeout, PayloadTooLarge, Overloaded) as error:
-                self._refused(
-                    {408: "slow_body", 413: "body_too_large"}.get(error.status, "body_budget")
-                )
+                self._refused(REFUSALS.get(error.status, "body_budget"))
                 body.release()
                 await self._refuse_upload(exchange, error, scope["path"], rules)
                 return
