@@ -107,6 +107,18 @@ class ByteBudget:
         self._freed = trio.Event()
 
 
+def budget_gauge(budget: ByteBudget) -> dict[str, float]:
+    """A budget as ``/metrics`` shows it: bytes held and the capacity, tasks waiting for
+    room, and refusals so far."""
+    stats = budget.statistics()
+    return {
+        'state="used"': stats.used,
+        'state="capacity"': stats.capacity,
+        'state="waiting"': stats.waiting,
+        'state="refused_total"': stats.refused,
+    }
+
+
 class UserBudgets:
     """A ``ByteBudget`` of ``capacity`` for each key (user) that holds bytes now; a key's
     budget is forgotten once it holds nothing, so idle users cost nothing."""

@@ -367,10 +367,15 @@ class Config:
     min_upload_bytes_per_s: float = attrs.field(
         default=16 * 1024,
         validator=attrs.validators.ge(0),
-        metadata={"help": "slower request bodies are cut off with 408 (after the grace)"},
+        metadata={
+            "help": "slower request bodies are cut off with 408 (after the grace), "
+            "whatever length they declare"
+        },
     )
     upload_grace_s: float = attrs.field(
-        default=5.0, validator=_positive, metadata={"help": "time any body may take"}
+        default=5.0,
+        validator=_positive,
+        metadata={"help": "time before a body must keep up min_upload_bytes_per_s (on average)"},
     )
     allowed_hosts: str = attrs.field(
         default="",

@@ -25,7 +25,10 @@ from .config import Config
 from .web.messages import MAX_CONTROL_BYTES
 
 BODY_COPIES: Final = 3
-WS_FRAMES: Final = 4  # max(LIBRARY_QUEUE, hypercorn's APP_QUEUE) read ahead + 2
+# Frames read ahead of a session, plus the one being assembled and its joining copy: hypercorn
+# queues up to its max_app_queue_size (10) on the HTTP port's /ws (a smaller queue wedges a
+# connection whose client sends on after its session ended); the listener reads one ahead.
+WS_FRAMES: Final = 10 + 2
 
 
 def message_limit(config: Config) -> int:

@@ -45,6 +45,7 @@ from quart_trio import QuartTrio
 
 from .asr.transcriber import Transcriber
 from .backend import open_backend
+from .budget import budget_gauge
 from .config import Config
 from .fanout import fan_out
 from .hub import Hub
@@ -67,7 +68,6 @@ from .web.watchers import Watchers
 from .web.ws import WsContext
 
 logger = logging.getLogger("trio_audio")
-APP_QUEUE: Final = 2  # hypercorn's default of 10 would hold 10 WebSocket frames per /ws socket
 
 HARD_STOP_S: Final = 1.0  # after a second signal, the most the process may take to leave
 
@@ -174,7 +174,6 @@ async def serve_http(
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.websocket_max_message_size = message_limit(config)
-    hyper.max_app_queue_size = APP_QUEUE  # messages read ahead of the app: WebSocket frames too
     hyper.read_timeout = max(1, round(config.read_timeout_s))
     # An idle keep-alive connection is a socket read too. Hypercorn's default (5 s) is httpx's
     # own idle expiry: a client would often send into a connection just being closed.
@@ -182,8 +181,11 @@ async def serve_http(
     if config.certfile:
         hyper.certfile, hyper.keyfile = config.certfile, config.keyfile or None
     async with ingress:
+        bodies = BodyRules.from_config(config)
+        if metrics is not None:
+            metrics.gauge("trio_audio_body_bytes", lambda: budget_gauge(bodies.budget))
         door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s, admission=admission,
-                         metrics=metrics, bodies=BodyRules.from_config(config),
+                         metrics=metrics, bodies=bodies,
                          origins=origins, access=access, ingress=ingress)  # fmt: skip
         await serve_hypercorn(
             door,

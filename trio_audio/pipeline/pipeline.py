@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import trio
 
+from ..budget import budget_gauge
 from ..config import Config
 from ..errors import Overloaded
 from ..metrics import Metrics
@@ -88,6 +89,7 @@ async def run_pipeline(
     then drain in order, the last one hands its jobs to the committer, and this returns.
     """
     work = Stages(config, limiter)
+    metrics.gauge("trio_audio_decoded_bytes", lambda: budget_gauge(work.decoded))
     workers, timeout = config.stage_workers, config.stage_timeout_s
     # Each worker takes the jobs waiting together as one group (stages.py), at most a stage
     # queue's worth: what a stage holds stays bounded by the queue sizes it was given.

@@ -219,8 +219,9 @@ class Stages:
         """Checksum and decode every part (whether a part is a retry is the committer's call).
 
         Decoded audio is held within ``max_decoded_bytes_inflight``: each job first takes room
-        for what its bodies say they decode to (waiting for it a bounded time, then 503), and
-        each decode takes more as it reads past that, or fails with 503. The room is given
+        for what its bodies say they decode to (the group's first waits for it a bounded
+        time, the others take it at once, else 503), and each decode takes more as it reads
+        past that, or fails with 503. The room is given
         back when the samples are let go (``Hold.hand_over``)."""
         parts = [part for job in jobs for part in job.parts]
         await self._cpu(sum(len(p.body) for p in parts) // 2, lambda: _checksum_all(parts))
@@ -228,7 +229,9 @@ class Stages:
         outcomes: Outcomes = []
         for job in jobs:
             size = sum(self._first_guess(part) for part in job.parts) * DECODED_BYTES_PER_SAMPLE
-            if await self.decoded.take(size, self.room_wait_s):
+            # Only a group that holds nothing yet waits for room: what it waits for could
+            # otherwise be its own, held until the group is done.
+            if await self.decoded.take(size, 0 if holds else self.room_wait_s):
                 hold = Hold(self.decoded, size)
                 holds.update((id(part), hold) for part in job.parts)
                 outcomes.append(None)

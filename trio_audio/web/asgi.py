@@ -36,8 +36,18 @@ What it does, per HTTP request:
   app still answers so a load balancer sees the drain. Hypercorn closes idle keep-alive
   connections itself (its idle timer, which the uncut recycle keeps running).
 
+- With auth off, the rules of ``origins.py`` first: a ``Host`` not ours is a 421, a foreign
+  ``Origin`` on a WebSocket handshake or a request that changes something a 403, a simple
+  (``text/plain``, form-urlencoded) upload a 415.
+- An upload (``POST /upload``) is refused before its body is read when it can be (401, 429,
+  a full ingest queue, no admission slot in time); else its body is read here, by the rules
+  of ``bodies.py`` (minimum rate, size, bytes in flight), and only then does it take its
+  admission slot and reach the app, which receives the body again from memory.
+
 Resource handling: a refusal's unread body costs at most ``drain_max_bytes`` of reading and
-``drain_timeout_s`` of waiting (no task is runnable while it waits).
+``drain_timeout_s`` of waiting (no task is runnable while it waits), but a 503 for an
+upload, whose rest is read up to ``max_body_bytes`` (``BodyRules.linger_s``) so its client
+gets the answer; every upload body's bytes are counted in ``max_body_bytes_inflight``.
 """
 
 from __future__ import annotations
@@ -185,7 +195,7 @@ class FrontDoor:
         try:
             self._before_body(scope)
         except (Unauthorized, RetryLater) as error:
-            await exchange.refuse(error, scope["path"], close=False)
+            await self._refuse_upload(exchange, error, scope["path"], rules)
             return
         gate = self.admission
         if gate is not None:
@@ -195,7 +205,7 @@ class FrontDoor:
                 self._refused("admission")
                 client = scope.get("client")
                 await gate.pace(tuple(client) if client else None, self.shutdown)
-                await exchange.refuse(error, scope["path"], close=False)
+                await self._refuse_upload(exchange, error, scope["path"], rules)
                 return
         body = Body(rules)
         try:
@@ -204,18 +214,26 @@ class FrontDoor:
             except ClientGone:
                 return
             except (RequestTimeout, PayloadTooLarge, Overloaded) as error:
-                self._refused(
-                    {408: "slow_body", 413: "body_too_large"}.get(error.status, "body_budget")
-                )
+                self._refused(REFUSALS.get(error.status, "body_budget"))
                 body.release()
-                # A refusal for room reads (and drops) the rest of the body, so its client, still
-                # sending, gets the answer instead of a reset; otherwise as any early answer.
-                linger = rules.max_bytes if isinstance(error, Overloaded) else None
-                await exchange.refuse(error, scope["path"], close=False, drain_bytes=linger)
+                await self._refuse_upload(exchange, error, scope["path"], rules)
                 return
             await self._admitted(scope, exchange, partial(body.replay, exchange.receive))
         finally:
             body.release()
+
+    @staticmethod
+    async def _refuse_upload(
+        exchange: Exchange, error: ServiceError, path: str, rules: BodyRules
+    ) -> None:
+        """A 503 (no room) reads and drops the rest of the body, however big, so its client,
+        still sending, gets the answer instead of a reset; other refusals as any early answer
+        (the rest drained within ``drain_max_bytes``, or the connection closed)."""
+        if isinstance(error, Overloaded):
+            await exchange.refuse(error, path, close=False, drain_bytes=rules.max_bytes,
+                                  drain_s=rules.linger_s)  # fmt: skip
+        else:
+            await exchange.refuse(error, path, close=False)
 
     def _before_body(self, scope: HTTPScope) -> None:
         """What an upload can be refused for before its body is read: no valid token (401),
@@ -329,7 +347,7 @@ class Exchange:
             return True  # chunked: read up to the bound, then close
         return expected - self.received <= self.door.drain_max_bytes
 
-    async def _drain(self, limit: int | None = None) -> None:
+    async def _drain(self, limit: int | None = None, timeout_s: float | None = None) -> None:
         """Wait while the rest of the body is received, bounded in time and bytes (*limit*,
         or the door's ``drain_max_bytes``).
 
@@ -339,7 +357,7 @@ class Exchange:
             return
         self.drain_limit = self.received + (limit or self.door.drain_max_bytes)
         self.settled = trio.Event()
-        with trio.move_on_after(self.door.drain_timeout_s):
+        with trio.move_on_after(timeout_s or self.door.drain_timeout_s):
             await self.settled.wait()
 
     async def _discard(self) -> None:
@@ -347,12 +365,19 @@ class Exchange:
             pass
 
     async def refuse(
-        self, error: ServiceError, path: str, *, close: bool, drain_bytes: int | None = None
+        self,
+        error: ServiceError,
+        path: str,
+        *,
+        close: bool,
+        drain_bytes: int | None = None,
+        drain_s: float | None = None,
     ) -> None:
         """*error* without the app, e.g. 503 + ``Retry-After``: the service is shutting down
         (*close*: ``Connection: close``) or has no room (the connection stays, its body
         drained within the bounds, or is closed when too much body is left). *drain_bytes*:
-        read (and drop) at most that much more body before the end, whatever is left (0: none).
+        read (and drop) at most that much more body before the end, whatever is left (0: none),
+        for at most *drain_s* (default: the door's ``drain_timeout_s``).
 
         The unread body is read (within the drain bounds) before the connection closes, so the
         close does not reset it under a client still sending, which can cost the client the
@@ -370,13 +395,15 @@ class Exchange:
         start: Any = {"type": "http.response.start", "status": error.status, "headers": headers}
         self.closing = close
         try:
-            await self._answer(start, body, drain_bytes)
+            await self._answer(start, body, drain_bytes, drain_s)
         except* (trio.BusyResourceError, trio.BrokenResourceError):
             # The client hung up on reading the status line: hypercorn then closes its side
             # outside its send lock, under the answer's last send. Nobody is left to tell.
             pass
 
-    async def _answer(self, start: Any, body: bytes, drain_bytes: int | None) -> None:
+    async def _answer(
+        self, start: Any, body: bytes, drain_bytes: int | None, drain_s: float | None
+    ) -> None:
         drains = self._can_drain() if drain_bytes is None else drain_bytes > 0
         async with trio.open_nursery() as nursery:
             # Hypercorn hands over the body and then ``http.disconnect``: someone must take
@@ -387,7 +414,7 @@ class Exchange:
             # answer must not race a last empty send with hypercorn's close.
             await self._send({"type": "http.response.body", "body": body, "more_body": drains})
             if drains:
-                await self._drain(drain_bytes)
+                await self._drain(drain_bytes, drain_s)
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()  # the exchange is over
 

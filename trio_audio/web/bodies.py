@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -32,6 +32,8 @@ from hypercorn.typing import ASGIReceiveEvent
 from ..budget import ByteBudget
 from ..config import Config
 from ..errors import Overloaded, PayloadTooLarge, RequestTimeout
+
+LINGER_BYTES_PER_S: Final = 4 * 1024 * 1024  # the slowest a refused body is read to its end
 
 
 @attrs.frozen
@@ -44,6 +46,12 @@ class BodyRules:
     wait_s: float
     retry_after_s: int
     budget: ByteBudget
+
+    @property
+    def linger_s(self) -> float:
+        """How long a refusal for room reads the rest of a body (up to ``max_bytes``) before
+        it closes: the grace, then ``LINGER_BYTES_PER_S``."""
+        return self.grace_s + self.max_bytes / LINGER_BYTES_PER_S
 
     @classmethod
     def from_config(cls, config: Config) -> BodyRules:
