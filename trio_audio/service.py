@@ -163,13 +163,7 @@ async def serve_http(
     async with ingress:
         door = FrontDoor(app, shutdown, retry_after_s=config.retry_after_s,
                          admission=admission, metrics=metrics)  # fmt: skip
-        await serve_hypercorn(
-            door,
-            hyper,
-            shutdown_trigger=shutdown.wait,
-            send_stall_s=config.read_timeout_s,
-            task_status=task_status,
-        )
+        await serve_hypercorn(door, hyper, shutdown_trigger=shutdown.wait, task_status=task_status)
 
 
 def admission_gauge(admission: Admission) -> dict[str, float]:
