@@ -233,6 +233,8 @@ async def test_under_mixed_load_every_client_is_answered_and_the_process_exits_f
                 break
             statuses[str(answer.status)] += 1
             assert answer.status in (201, 503), answer
+            if answer.status == 503 and not going.is_set():
+                continue  # refused for load before the signal: the connection stays usable
             if answer.status == 503 or (going.is_set() and "connection" in answer.headers):
                 assert answer.headers["connection"] == "close", answer
                 assert await conn.closed()
@@ -270,7 +272,7 @@ async def test_under_mixed_load_every_client_is_answered_and_the_process_exits_f
             took = trio.current_time() - signalled
     assert code == 0, log
     assert took < PROMPT_S and "the drain passed" not in log, log
-    assert statuses["201"] >= 32 and set(statuses) <= {"201", "503"}, statuses
+    assert statuses["201"] >= 16 and set(statuses) <= {"201", "503"}, statuses
     assert endings.total() == 16, endings
     assert sorted(close_codes) in ([1001] * 4, [1000] + [1001] * 3), close_codes
 
