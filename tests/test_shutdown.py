@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 from quart import request
 from quart_trio import QuartTrio
@@ -233,6 +234,8 @@ async def test_under_mixed_load_every_client_is_answered_and_the_process_exits_f
                 break
             statuses[str(answer.status)] += 1
             assert answer.status in (201, 503), answer
+            if answer.status == 503 and not going.is_set():
+                continue  # refused for load before the signal: the connection stays usable
             if answer.status == 503 or (going.is_set() and "connection" in answer.headers):
                 assert answer.headers["connection"] == "close", answer
                 assert await conn.closed()
@@ -270,7 +273,7 @@ async def test_under_mixed_load_every_client_is_answered_and_the_process_exits_f
             took = trio.current_time() - signalled
     assert code == 0, log
     assert took < PROMPT_S and "the drain passed" not in log, log
-    assert statuses["201"] >= 32 and set(statuses) <= {"201", "503"}, statuses
+    assert statuses["201"] >= 16 and set(statuses) <= {"201", "503"}, statuses
     assert endings.total() == 16, endings
     assert sorted(close_codes) in ([1001] * 4, [1000] + [1001] * 3), close_codes
 
@@ -368,3 +371,42 @@ def test_ctrl_c_leaves_asr_workers_quiet_until_their_parent_closes_them(tmp_path
     assert worker.stderr is not None
     err = worker.stderr.read().decode(errors="replace")
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+BLOCKED_DRAIN = """
+import os, signal, time, trio
+from trio_audio.service import watch_signals
+
+async def main():
+    shutdown = trio.Event()
+    async with trio.open_nursery() as root:
+        async with trio.open_nursery() as service:
+            root.start_soon(watch_signals, shutdown, service.cancel_scope, 30.0)
+            await trio.sleep(0.2)
+            print("blocking", flush=True)
+            await trio.to_thread.run_sync(time.sleep, 60)  # cannot be cancelled
+        root.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+def test_a_second_signal_ends_the_process_even_when_something_cannot_be_cancelled() -> None:
+    """A thread mid-call is waited for by any cancellation: the second signal gives it
+    ``HARD_STOP_S`` (1 s), then the process leaves as a kill would, with 128 + the signal."""
+    child = subprocess.Popen([sys.executable, "-c", BLOCKED_DRAIN], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "blocking"
+        child.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)  # draining: waiting for the thread
+        child.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=PROMPT_S + 1)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert code == 128 + signal.SIGTERM
+    assert child.stderr is not None
+    assert "still not stopped 1 s after the second signal" in child.stderr.read()

@@ -191,7 +191,6 @@ async def serve_http(
             door,
             hyper,
             shutdown_trigger=shutdown.wait,
-            send_stall_s=config.read_timeout_s,
             task_status=task_status,
         )
 

@@ -104,7 +104,8 @@ class DiskRoom:
             logger.exception("log write failed, %d writes refused", len(plans))
         else:
             error = self.refused(exc, len(plans))
-            if deletes and await self.release():
+            if deletes:  # alone (and with the reserve's room, if it is still held) they may fit
+                await self.release()
                 try:
                     refs, grown = await write([p for _, p in deletes if not isinstance(p, list)])
                 except OSError:

@@ -7,15 +7,12 @@ gives up, and no cancellation reaches it: not hypercorn's graceful deadline, not
 deadline, not a second signal. Such a connection kept the process alive after SIGTERM.
 
 This is the same server loop (hypercorn's own lifespan, ``TCPServer`` and protocol code),
-with three differences:
+with two differences:
 
 * every connection's stream is known while it is open, and once the server's nursery is
   cancelled (the drain deadline, hypercorn's ``graceful_timeout``, or a second signal) their
   sockets are closed, which wakes a blocked write with ``ClosedResourceError`` even inside
   the shield;
-* a write that makes no progress for ``send_stall_s`` (no ``SEND_PIECE`` bytes taken by the
-  kernel) closes its connection: a reader that stopped costs a socket for that long, not
-  until the drain;
 * an idle connection's close (its keep-alive timer, or the drain's start) checks that it is
   still idle: hypercorn's goes ahead once its timer has fired even when a request arrived in
   the same instant, and cut that request's answer after its head (a 503 of the drain, seen
@@ -26,10 +23,9 @@ QUIC (HTTP/3) is not served: the service never binds it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -38,8 +34,6 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
-
-SEND_PIECE: Final = 64 * 1024  # a write's progress is checked per this many bytes
 
 
 class Connections:
@@ -68,45 +62,8 @@ class Connections:
 
 
 def _socket_of(stream: Any) -> Any:
-    inner = getattr(stream, "inner", stream)
-    transport = getattr(inner, "transport_stream", inner)  # TLS: the socket under it
+    transport = getattr(stream, "transport_stream", stream)  # TLS: the socket under it
     return transport.socket
-
-
-class BoundedSendStream:
-    """A connection's stream whose writes give up when the peer takes nothing for a while.
-
-    Everything else is the wrapped stream's (hypercorn asks for ``socket``, and over TLS for
-    ``do_handshake``, ``selected_alpn_protocol`` and ``transport_stream``).
-    """
-
-    def __init__(self, inner: Any, stall_s: float) -> None:
-        self.inner = inner
-        self.stall_s = stall_s
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        for start in range(0, len(view), SEND_PIECE):
-            # Inside hypercorn's shield: this scope is our own, so its deadline still works.
-            with trio.move_on_after(self.stall_s) as stalled:
-                await self.inner.send_all(view[start : start + SEND_PIECE])
-            if stalled.cancelled_caught:
-                _socket_of(self.inner).close()
-                msg = f"the peer took nothing for {self.stall_s:g} s"
-                raise trio.BrokenResourceError(msg)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data: bytes | bytearray = await self.inner.receive_some(max_bytes)
-        return data
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class Server(TCPServer):
@@ -128,7 +85,6 @@ async def serve_hypercorn(
     config: HyperConfig,
     *,
     shutdown_trigger: Callable[[], Awaitable[Any]],
-    send_stall_s: float = math.inf,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *app* as ``hypercorn.trio.serve`` does, until *shutdown_trigger* returns; then
@@ -141,7 +97,6 @@ async def serve_hypercorn(
     connections = Connections()
 
     async def handle(stream: Any) -> None:
-        stream = BoundedSendStream(stream, send_stall_s)
         connections.streams.add(stream)
         try:
             server = Server(wrapped, config, context, ConnectionState(lifespan_state.copy()),
