@@ -52,7 +52,7 @@ async def test_a_multipart_group_cut_short_by_a_crash_is_not_replayed(
     store: Store = await nursery.start(Store(Config(data_dir=tmp_path)).run)
     assert sorted(store.chunk_ids()) == ["alone", "g0", "g1"]
     assert [seq for seq, _ in store.chunks_after("u", "s", None)] == [0, 1, 2]
-    assert "group" not in store.get("g0")
+    assert "group" not in await store.get("g0")
     assert await store.read_audio("g1") == (b"c", "audio/wav")
 
 
@@ -72,17 +72,17 @@ async def test_updates_are_durable_grouped_and_replayed(
         async with trio.open_nursery() as updates:  # concurrent updates
             for chunk_id, transcript in texts.items():
                 updates.start_soon(store.update, chunk_id, {"transcript": transcript})
-        assert store.get("c1")["transcript"]["text"] == "word 1"
+        assert (await store.get("c1"))["transcript"]["text"] == "word 1"
         # The session's transcript (cached for paging) follows its chunks' updates.
         assert summary(store).transcript == {"status": "done", "text": "word 0 word 1 word 2"}
-        assert store.get("c1")["checksum"] == "c1"  # other fields untouched
+        assert (await store.get("c1"))["checksum"] == "c1"  # other fields untouched
         with pytest.raises(NotFound):
             await store.update("nope", {"transcript": {}})
         first.cancel_scope.cancel()  # the store closes its log and unlocks the data dir
 
     # What a restart sees: the same records replayed by a second store on the same log.
     again: Store = await nursery.start(Store(config).run)
-    assert {c: again.get(c)["transcript"] for c in texts} == texts
+    assert {c: (await again.get(c))["transcript"] for c in texts} == texts
     assert again.stats().replayed_records == 6
 
 
@@ -131,5 +131,5 @@ async def test_a_writer_cancelled_while_the_disk_stalls_never_strands_the_ones_b
             assert answers == {"c1": "gave up"}
             disk.flowing.set()
     assert answers["c2"]["note"] == 2
-    assert store.get("c1")["note"] == 1  # queued before its caller gave up: written anyway
-    assert store.get("c2")["note"] == 2
+    assert (await store.get("c1"))["note"] == 1  # queued before its caller gave up: written anyway
+    assert (await store.get("c2"))["note"] == 2

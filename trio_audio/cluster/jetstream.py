@@ -97,8 +97,8 @@ from ..store.events import (
     Write,
     deleted_events,
 )
-from ..store.index import Index, IndexReads, Planned, Stored
-from ..store.record import BlobRef
+from ..store.index import Index, Location, Place, Planned, Stored
+from ..store.reads import IndexReads, MetaCache, apply_patch
 from ..store.store import StoreStats
 from .bridge import (
     Follower,
@@ -123,6 +123,7 @@ FOLLOW_BATCH: Final = 512
 STREAM_CREATE_S: Final = 20.0  # how long a refused stream creation is retried at start
 STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also the subjects' first token
 HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
+READS_AT_ONCE: Final = 16  # gets of chunk metadata by stream sequence in flight at once
 HEALTH_PERIOD_S: Final = 1.0  # how often a running node asks JetStream whether it answers
 
 
@@ -185,7 +186,10 @@ class JetStreamStore(CommitChannels, IndexReads):
             raise ValueError(msg)
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
-        self._index = Index(config.transcript_status())
+        self._index = Index(config.transcript_status(), cluster=True)
+        self._cache = MetaCache(int(config.meta_cache_mb * 1024 * 1024))
+        self._reader = self._read_stream
+        self._metrics.observe_cache(self._cache)
         self._on_health = on_health  # told why JetStream cannot serve (None: it can again)
         self._health: str | None = "connecting to the NATS cluster"  # None: it serves
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
@@ -307,10 +311,9 @@ class JetStreamStore(CommitChannels, IndexReads):
     def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None:
         """``(user_id, session_id, seq)`` of the chunk while it is stored and ``pending``
         transcription (None: done, failed or deleted); unpacks nothing."""
-        if chunk_id not in self._index.pending:
+        if self._index.status(chunk_id) != "pending":
             return None
-        entry = self._index.chunks[chunk_id]
-        return entry.user_id, entry.session_id, entry.seq
+        return self._index.key(chunk_id)
 
     def pending_now(self) -> list[tuple[str, str, str]]:
         """``(user_id, session_id, chunk_id)`` of every chunk ``pending`` transcription now,
@@ -325,7 +328,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             batch = await follower.take(FOLLOW_BATCH * 8, 1.0)
             count += len(batch)
             for message in batch:
-                self._apply(message)
+                await self._apply(message)
             if batch and batch[-1].pending == 0:
                 break
         self._replayed = count
@@ -337,7 +340,7 @@ class JetStreamStore(CommitChannels, IndexReads):
         logger.info(
             "replayed %d records (%d chunks) from stream %s in %.2f s",
             count,
-            len(self._index.chunks),
+            len(self._index),
             self._stream,
             time.perf_counter() - started,
         )
@@ -350,7 +353,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 continue
             events: list[Committed] = []
             for message in batch:
-                events += self._apply(message)
+                events += await self._apply(message)
             # Events before answers (as the local store): by the time a writer hears
             # "stored", the fan-out has its event.
             if self._events is not None:
@@ -362,7 +365,7 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     # -- applying the stream ---------------------------------------------------------------
 
-    def _apply(self, message: Message) -> list[Committed]:
+    async def _apply(self, message: Message) -> list[Committed]:
         """Apply one followed record to the index; the events it makes."""
         if message.seq <= self._applied:
             return []
@@ -379,33 +382,99 @@ class JetStreamStore(CommitChannels, IndexReads):
         if kind == "chunk":
             return self._apply_chunk(record, message)
         if kind == "update":
-            meta = self._index.apply_update(record)
-            if meta is None:
-                if mine:
-                    self._results[message.seq] = None
-                return []
-            chunk = self._index.chunk_json(meta)
-            if mine:
-                self._results[message.seq] = chunk
-            return [ChunkUpdated(chunk)]
+            return await self._apply_update(record, message, mine)
         if kind == "tombstone":
             if "session" in record:
                 user_id, session_id = record["session"]
                 ids = [
                     chunk_id
                     for _, chunk_id in self._index.chunks_after(user_id, session_id, None)
-                    if int(self._index.chunks[chunk_id].blob.segment) < message.seq
+                    if (self._index.stream_seq(chunk_id) or 0) < message.seq
                 ]
             else:
                 ids = record["chunk_ids"]
             removed = self._index.apply_tombstone({"chunk_ids": ids})
             for chunk_id, _ in removed:
                 self._pcm.pop(chunk_id, None)
+                self._cache.drop(chunk_id)
             if mine:
                 self._results[message.seq] = removed
             return deleted_events(removed)
         logger.warning("unknown record kind on %s", message.subject)
         return []
+
+    async def _apply_update(
+        self, record: dict[str, Any], message: Message, mine: bool
+    ) -> list[Committed]:
+        """Note an update's place in the index; once live, its event with the chunk JSON
+        (the cached metadata with the update applied, or read back whole)."""
+        chunk_id = record.get("chunk_id", "")
+        if not self._index.apply_update(record, Place("", message.seq, 0)):
+            if mine:
+                self._results[message.seq] = None
+            return []
+        cached = self._cache.get(chunk_id) if self._live else None
+        if cached is not None:
+            apply_patch(cached, record)
+            self._cache.put(chunk_id, cached)
+            meta = cached
+        else:
+            self._cache.drop(chunk_id)
+            if not self._live:
+                return []
+            try:
+                (meta,) = await self.metas([chunk_id])
+            except ServiceError as exc:
+                logger.warning("chunk %s updated, but not read back: %s", chunk_id, exc)
+                return []
+        chunk = self._index.chunk_json(meta)
+        if mine:
+            self._results[message.seq] = chunk
+        return [ChunkUpdated(chunk)]
+
+    async def _read_stream(self, locations: list[Location]) -> list[dict[str, Any] | None]:
+        """The metadata at each of *locations* (None: its message is gone): the headers of
+        its chunk message, with its update messages applied; gets by stream sequence, a
+        few at once."""
+        nats = self._nats_or_fail()
+        limiter = trio.CapacityLimiter(READS_AT_ONCE)
+
+        async def one(seq: int) -> dict[str, Any] | None:
+            async with limiter:
+                try:
+                    message = await nats.get(self._stream, seq)
+                except MessageNotFound:
+                    return None
+                except Unavailable:
+                    msg = "the store cluster does not answer; retry later"
+                    raise StoreUnavailable(msg, self._config.retry_after_s) from None
+                except NatsError as exc:
+                    msg = f"the store cluster failed to read record {seq}: {exc}"
+                    raise InternalError(msg) from None
+            value: dict[str, Any] = json.loads(message.headers[META])
+            return value
+
+        seqs = sorted({p.offset for loc in locations for p in (loc.record, *loc.updates)})
+        got: dict[int, dict[str, Any] | None] = {}
+
+        async def fetch(seq: int) -> None:
+            got[seq] = await one(seq)
+
+        async with trio.open_nursery() as nursery:
+            for seq in seqs:
+                nursery.start_soon(fetch, seq)
+        out: list[dict[str, Any] | None] = []
+        for location in locations:
+            base = got[location.record.offset]
+            meta = dict(base) if base is not None else None
+            for update in location.updates:
+                patch = got[update.offset]
+                if meta is None or patch is None:
+                    meta = None
+                    break
+                apply_patch(meta, patch)
+            out.append(meta)
+        return out
 
     def _apply_chunk(self, meta: dict[str, Any], message: Message) -> list[Committed]:
         group = meta.get("group")
@@ -419,11 +488,13 @@ class JetStreamStore(CommitChannels, IndexReads):
         events: list[Committed] = []
         for member, msg in members:
             session = self._index.users.get(member["user_id"], {}).get(member["session_id"])
-            if session is not None and member["seq"] in session.by_seq:
+            if session is not None and session.chunks.row_of(member["seq"]) is not None:
                 # Only a lost compare-and-append could do this; keep the first copy.
                 logger.warning("stream record %d repeats a stored seq; ignored", msg.seq)
                 continue
-            self._index.insert_meta(member, BlobRef(str(msg.seq), 0, msg.size))
+            self._index.insert_meta(member, Place("", msg.seq, 0), msg.size)
+            if self._live:
+                self._cache.put(member["chunk_id"], member)
             chunk = self._index.chunk_json(member)
             if msg.headers.get(NODE) == self._node:
                 self._results[msg.seq] = chunk
@@ -475,9 +546,15 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Plan, publish and answer *writes*; those that lost a compare-and-append."""
         reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         pending: list[Pending] = []
+        known: dict[str, dict[str, Any]] = {}
+        for chunk_id in dict.fromkeys(
+            c for w in writes if isinstance(w, Job) for c in self._index.collisions(w)
+        ):
+            with contextlib.suppress(NotFound):
+                (known[chunk_id],) = await self.metas([chunk_id])
         for write in writes:
             try:
-                pending.append(self._plan(write, reserved))
+                pending.append(self._plan(write, reserved, known))
             except ServiceError as exc:
                 self._metrics.failed(exc.code)
                 write.reply.fail(exc)
@@ -499,7 +576,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             if errors:
                 self._fail(item.write, errors[0])
             else:
-                self._answer(item)
+                await self._answer(item)
         async with trio.open_nursery() as nursery:
             for item in pending:
                 if isinstance(item.write, Delete) and all(m.seq for m in item.messages):
@@ -507,13 +584,16 @@ class JetStreamStore(CommitChannels, IndexReads):
         return again
 
     def _plan(
-        self, write: Write, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
+        self,
+        write: Write,
+        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]],
+        known: dict[str, dict[str, Any]],
     ) -> Pending:
         """The messages *write* publishes (all or nothing), or the error that refuses it."""
         index, stream = self._index, self._stream
         write_id = secrets.token_hex(8)
         if isinstance(write, Job):
-            plan = index.plan_chunks(write, reserved)
+            plan = index.plan_chunks(write, reserved, known)
             session = f"{stream}.{token(write.user_id)}.{token(write.session_id)}"
             messages = []
             room = (self._nats.max_payload if self._nats else 1 << 20) - HEADER_ROOM
@@ -535,21 +615,19 @@ class JetStreamStore(CommitChannels, IndexReads):
                 messages.append(Publish(f"{session}.chunk.{planned.meta['seq']}", body, headers))
             return Pending(write, plan, messages)
         if isinstance(write, Update):
-            entry = index.chunks.get(write.chunk_id)
-            if entry is None:
+            key = index.key(write.chunk_id)
+            if key is None:
                 msg = f"no chunk {write.chunk_id!r}"
                 raise NotFound(msg)
             record = {"chunk_id": write.chunk_id, "set": write.fields}
-            subject = (
-                f"{stream}.{token(entry.user_id)}.{token(entry.session_id)}.update.{write.chunk_id}"
-            )
+            subject = f"{stream}.{token(key[0])}.{token(key[1])}.update.{write.chunk_id}"
             headers = self._headers(record, write_id)
             if "transcript" in write.fields:
                 # One worker at a time holds a session (cluster/work.py), but one that
                 # lost its hold may still finish a decode: the first transcript of a chunk is
                 # the one the log keeps (a compare-and-append on the chunk's update subject),
                 # and a later one is answered with the chunk as stored.
-                if entry.meta().get("transcript", {}).get("status") != "pending":
+                if index.status(write.chunk_id) != "pending":
                     return Pending(write, record, [])
                 headers.update(EXPECT_EMPTY)
             return Pending(write, record, [Publish(subject, b"", headers)])
@@ -568,8 +646,9 @@ class JetStreamStore(CommitChannels, IndexReads):
             raise NotFound(msg)
         by_session: dict[tuple[str, str], list[str]] = {}
         for chunk_id in chunk_ids:
-            entry = index.chunks[chunk_id]
-            by_session.setdefault((entry.user_id, entry.session_id), []).append(chunk_id)
+            key = index.key(chunk_id)
+            assert key is not None
+            by_session.setdefault((key[0], key[1]), []).append(chunk_id)
         messages = []
         removed = []
         for i, ((user_id, session_id), ids) in enumerate(by_session.items()):
@@ -578,8 +657,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             headers = self._headers(record, f"{write_id}-{i}")
             messages.append(Publish(f"{prefix}.tombstone", b"", headers))
             removed += [
-                (int(index.chunks[chunk_id].blob.segment), f"{prefix}.update.{chunk_id}")
-                for chunk_id in ids
+                (index.stream_seq(chunk_id) or 0, f"{prefix}.update.{chunk_id}") for chunk_id in ids
             ]
         return Pending(write, {"chunk_ids": chunk_ids, "removed": removed}, messages)
 
@@ -674,10 +752,11 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._metrics.failed(service.code)
         write.reply.fail(service)
 
-    def _answer(self, item: Pending) -> None:
+    async def _answer(self, item: Pending) -> None:
         """Answer a write whose messages all have their PubAck: from what the follower made
         of them, or (when it lags) from the plan."""
         write = item.write
+        index = self._index
         followed = all(m.seq is not None and m.seq <= self._applied for m in item.messages)
         results = [self._results.pop(m.seq, None) for m in item.messages if m.seq is not None]
         if isinstance(write, Job):
@@ -686,22 +765,22 @@ class JetStreamStore(CommitChannels, IndexReads):
             for planned in item.plan:
                 if planned.meta is None:
                     assert planned.existing is not None
-                    existing = self._index.chunks.get(planned.existing["chunk_id"])
-                    meta = existing.meta() if existing is not None else planned.existing
-                    stored.append(Stored(self._index.chunk_json(meta), created=False))
+                    stored.append(Stored(index.chunk_json(planned.existing), created=False))
                 else:
-                    chunk_id = planned.meta["chunk_id"]
-                    entry = self._index.chunks.get(chunk_id)
-                    meta = entry.meta() if entry is not None else planned.meta
-                    stored.append(Stored(self._index.chunk_json(meta), created=True))
+                    stored.append(Stored(index.chunk_json(planned.meta), created=True))
             write.reply.set(stored)
         elif isinstance(write, Update):
-            if not item.messages and write.chunk_id in self._index.chunks:
-                write.reply.set(self._index.get(write.chunk_id))  # transcribed already
-                return
             chunk = results[0] if results else None
-            if not followed and write.chunk_id in self._index.chunks:
-                chunk = {**self._index.get(write.chunk_id), **write.fields}
+            if (not item.messages or not followed) and index.has(write.chunk_id):
+                try:
+                    now = await self.get(write.chunk_id)
+                except NotFound:
+                    now = None
+                if now is not None and not item.messages:
+                    write.reply.set(now)  # transcribed already
+                    return
+                if now is not None:
+                    chunk = {**now, **write.fields}
             if chunk is None:
                 write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
             else:
@@ -748,7 +827,7 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     def stats(self) -> StoreStats:
         return StoreStats(
-            chunks=len(self._index.chunks),
+            chunks=len(self._index),
             audio_bytes=self._index.audio_bytes,
             log_bytes=self._bytes,
             dead_bytes=0,
@@ -760,9 +839,12 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
         """The exact bytes uploaded for *chunk_id*, fetched from the stream by sequence."""
-        entry = self._index.entry(chunk_id)
+        seq = self._index.stream_seq(chunk_id)
+        if seq is None:
+            msg = f"no chunk {chunk_id!r}"
+            raise NotFound(msg)
         try:
-            message = await self._nats_or_fail().get(self._stream, int(entry.blob.segment))
+            message = await self._nats_or_fail().get(self._stream, seq)
         except MessageNotFound:
             msg = f"chunk {chunk_id!r} was deleted"
             raise NotFound(msg) from None
@@ -772,4 +854,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         except NatsError as exc:
             msg = f"the store cluster failed to read chunk {chunk_id!r}: {exc}"
             raise InternalError(msg) from None
-        return message.data, str(entry.meta().get("content_type", "application/octet-stream"))
+        try:
+            meta = json.loads(message.headers[META])
+        except (KeyError, ValueError):
+            meta = {}
+        return message.data, str(meta.get("content_type", "application/octet-stream"))

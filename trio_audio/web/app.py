@@ -339,7 +339,7 @@ def create_app(
     async def get_chunk(chunk_id: str) -> Response:
         check_id("chunk_id", chunk_id)
         chunk_owner(chunk_id)
-        return json_response(store.get(chunk_id))
+        return json_response(await store.get(chunk_id))
 
     @app.get("/chunks/<chunk_id>/audio")
     async def get_audio(chunk_id: str) -> Response:
@@ -348,7 +348,7 @@ def create_app(
         data, _ = await store.read_audio(chunk_id)
         # The type of what the bytes are (found by their magic), never the uploader's
         # header: a "text/html" upload must not come back as a page a browser runs.
-        container = store.get(chunk_id)["audio"]["container"]
+        container = (await store.get(chunk_id))["audio"]["container"]
         headers = {"X-Content-Type-Options": "nosniff"}
         return Response(data, content_type=CONTAINER_TYPES.get(container, OCTETS), headers=headers)
 
@@ -364,7 +364,7 @@ def create_app(
         only = check_id("session_id", request.args.get("session_id"), required=False)
         limit = parse_limit(request.args.get("limit"))
         cursor = decode_cursor(request.args.get("cursor"))
-        return json_response(list_sessions(store, user_id, only, limit, cursor))
+        return json_response(await list_sessions(store, user_id, only, limit, cursor))
 
     @app.delete("/chunks/<chunk_id>")
     async def delete_chunk(chunk_id: str) -> Response:
@@ -485,7 +485,7 @@ def decode_cursor(value: str | None) -> tuple[str, int] | None:
     raise InvalidField(msg)
 
 
-def list_sessions(
+async def list_sessions(
     store: StoreBackend,
     user_id: str,
     only: str | None,
@@ -493,7 +493,7 @@ def list_sessions(
     cursor: tuple[str, int] | None,
 ) -> dict[str, Any]:
     """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
-    page, more = store.page(user_id, only, limit, cursor)
+    page, more = await store.page(user_id, only, limit, cursor)
     out = [
         {
             "session_id": summary.session_id,
