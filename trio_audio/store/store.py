@@ -26,7 +26,6 @@ data it lost.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import time
@@ -38,7 +37,6 @@ import trio
 
 from ..config import Config
 from ..errors import (
-    InsufficientStorage,
     InternalError,
     NotFound,
     ServiceError,
@@ -58,19 +56,33 @@ from .events import (
 )
 from .files import REAL_FILES, FileOps, lock_data_dir
 from .index import Index, Place, Planned, Stored
+from .logio import (
+    Frame,
+    FsyncFailed,
+    Record,
+    write_error,
+)
+from .logio import (
+    append as _append,
+)
+from .logio import (
+    close_log as _close_log,
+)
+from .logio import (
+    prove as _prove,
+)
+from .logio import (
+    seal as _seal,
+)
+from .logio import (
+    sync_and_prove as _sync_and_prove,
+)
 from .reads import IndexReads, Loader, MetaCache, local_reader
 from .record import FRAME_HEADER_SIZE, BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
 from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
-
-Record = tuple[RecordType, dict[str, Any], bytes | None]  # one record for the log writer
-Frame = tuple[BlobRef | None, tuple[str, int, int]]  # where the writer put a record
-
-
-class FsyncFailed(StoreError):
-    """An fsync of the log failed: nothing more may be written (see ``Store``)."""
 
 
 @attrs.frozen
@@ -472,68 +484,3 @@ def _replay(data_dir: Path, transcript_status: str) -> Replayed:
         )
     loader.index.ids.merge()
     return Replayed(loader.index, report, loader.index.pending_transcripts())
-
-
-def _fsync_failure(exc: OSError) -> FsyncFailed:
-    """A failed fsync may have dropped dirty pages, and a retried one can report success
-    for data that is gone: never write again; the process stops, and replay on restart
-    tells what is durable."""
-    logger.critical("fsync of the log failed (%s); stopping the service", exc)
-    return FsyncFailed(f"fsync of the log failed: {exc}")
-
-
-def _prove(log: LogWriter) -> None:
-    try:
-        log.checkpoint()
-    except StoreError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            msg = f"the log could not be made durable: {exc}"
-            raise StoreError(msg) from exc
-        logger.warning("no room to write a checkpoint (%s); it goes with the next write", exc)
-
-
-def _append(log: LogWriter, records: list[Record], sync: bool) -> tuple[list[Frame], int]:
-    before = log.bytes_written
-    refs = []
-    for type_, meta, audio in records:
-        ref = log.append(type_, meta, audio)[1]
-        refs.append((ref, log.last_frame))
-    log.flush()
-    if sync:
-        try:
-            log.sync()
-        except OSError as exc:
-            raise _fsync_failure(exc) from exc
-    return refs, log.bytes_written - before
-
-
-def _sync_and_prove(log: LogWriter) -> None:
-    try:
-        log.sync()
-    except OSError as exc:
-        raise _fsync_failure(exc) from exc
-    _prove(log)  # when idle, say so in the log too (a busy log's next batch carries it)
-
-
-def _seal(log: LogWriter) -> int:
-    try:
-        return log.seal()
-    except OSError as exc:
-        raise _fsync_failure(exc) from exc
-
-
-def _close_log(log: LogWriter, sync: bool = True) -> None:
-    try:
-        if sync:
-            log.checkpoint()  # flush, fsync, and prove it: a clean close leaves nothing unproven
-    finally:
-        log.close()
-
-
-def write_error(exc: OSError) -> ServiceError:
-    """How a failed log write is reported: 507 when the disk is full, else 500."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InsufficientStorage(f"the store cannot write: {exc.strerror}")
-    return InternalError(f"the store failed to write: {exc}")
