@@ -98,7 +98,7 @@ from ..store.events import (
     deleted_events,
 )
 from ..store.index import Index, Location, Place, Planned, Stored
-from ..store.reads import IndexReads, MetaCache, apply_patch
+from ..store.reads import IndexReads, MetaCache, Read, apply_patch
 from ..store.store import StoreStats
 from .bridge import (
     Follower,
@@ -432,7 +432,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             self._results[message.seq] = chunk
         return [ChunkUpdated(chunk)]
 
-    async def _read_stream(self, locations: list[Location]) -> list[dict[str, Any] | None]:
+    async def _read_stream(self, locations: list[Location]) -> list[Read]:
         """The metadata at each of *locations* (None: its message is gone): the headers of
         its chunk message, with its update messages applied; gets by stream sequence, a
         few at once."""
@@ -463,7 +463,7 @@ class JetStreamStore(CommitChannels, IndexReads):
         async with trio.open_nursery() as nursery:
             for seq in seqs:
                 nursery.start_soon(fetch, seq)
-        out: list[dict[str, Any] | None] = []
+        out: list[Read] = []
         for location in locations:
             base = got[location.record.offset]
             meta = dict(base) if base is not None else None
@@ -473,7 +473,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                     meta = None
                     break
                 apply_patch(meta, patch)
-            out.append(meta)
+            out.append((meta, None))
         return out
 
     def _apply_chunk(self, meta: dict[str, Any], message: Message) -> list[Committed]:

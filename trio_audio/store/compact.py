@@ -150,7 +150,7 @@ def _live_chunks(data_dir: Path, index: Index) -> Iterator[tuple[dict[str, Any],
         locations = [index.location(c) for c in order[at : at + READ_BATCH]]
         metas = read_local(data_dir, locations)
         seqs = _record_seqs(data_dir, [location.record for location in locations])
-        for location, meta, record_seq in zip(locations, metas, seqs, strict=True):
+        for location, (meta, _), record_seq in zip(locations, metas, seqs, strict=True):
             if meta is None:
                 msg = "a sealed file went missing during compaction"
                 raise CorruptLog(str(log_dir(data_dir) / location.record.segment), 0, msg)

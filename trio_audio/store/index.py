@@ -57,6 +57,16 @@ VACUUM_MIN: Final = 65536  # free rows before the table is packed again
 
 
 @attrs.frozen
+class PageSlice:
+    """A session's part of a page: its chunks' ids, rows and offsets on its timeline."""
+
+    session_id: str
+    chunk_ids: list[str]
+    rows: list[int]
+    offsets: list[float]
+
+
+@attrs.frozen
 class SessionSummary:
     """A reader's copy of one session's totals."""
 
@@ -88,6 +98,7 @@ class Index:
         self.users: dict[str, dict[str, Session]] = {}
         self.sessions: list[Session | None] = []
         self.segments: list[str] = []
+        self._last_segment = ("\0", 0)  # the file of the last record indexed, and its number
         self._segment_numbers: dict[str, int] = {}
         self.more_updates: dict[int, list[tuple[int, int, int]]] = {}  # row -> older UPDATEs
         self.audio_bytes = 0
@@ -95,6 +106,7 @@ class Index:
         # New chunks start "pending" when a speech engine will transcribe them.
         self.transcript_status = transcript_status
         self.cluster = cluster  # locations are stream sequences, read whole
+        self.version = 0  # changes whenever a chunk's metadata or place may have changed
         self._header = 0 if cluster else frame_header_size()
 
     def __len__(self) -> int:
@@ -103,10 +115,13 @@ class Index:
     # -- applying records ------------------------------------------------------------------
 
     def segment_number(self, name: str) -> int:
+        if name == self._last_segment[0]:
+            return self._last_segment[1]
         number = self._segment_numbers.get(name)
         if number is None:
             number = self._segment_numbers[name] = len(self.segments)
             self.segments.append(name)
+        self._last_segment = (name, number)
         return number
 
     def _session(self, user_id: str, session_id: str) -> Session:
@@ -121,32 +136,38 @@ class Index:
         return session
 
     def insert_meta(self, meta: dict[str, Any], record: Place, audio_length: int) -> int:
-        """Index a chunk from its metadata and where its CHUNK record lies; its row."""
+        """Index a chunk from its metadata and where its CHUNK record lies; its row.
+
+        Chunk ids are unique (the committer and a cluster's follower never index one twice);
+        a seq stored again (only a damaged log has that) replaces the chunk stored there."""
         chunk_id: str = meta["chunk_id"]
-        old = self.ids.find(self.table, chunk_id)
-        if old is not None:
-            self._drop(chunk_id, old)
         session = self._session(meta["user_id"], meta["session_id"])
         seq = int(meta["seq"])
-        taken = session.chunks.row_of(seq)
-        if taken is not None:  # a seq stored again (only a damaged log does this)
-            self._drop(self.ids.chunk_id(self.table, taken), taken)
-            session = self._session(meta["user_id"], meta["session_id"])
+        chunks = session.chunks
+        if chunks.n and seq <= chunks.seqs[chunks.n - 1]:
+            taken = chunks.row_of(seq)
+            if taken is not None:
+                self._drop(self.ids.chunk_id(self.table, taken), taken)
+                session = self._session(meta["user_id"], meta["session_id"])
+                chunks = session.chunks
         if self.count == len(self.table):
             self.table = grown(self.table, self.count + 1)
         row = self.count
         self.count += 1
         split = split_id(chunk_id)
         hi, lo = split if split is not None else (0, 0)
-        transcript = meta.get("transcript") or {}
+        transcript = meta.get("transcript")
         status = transcript.get("status") if isinstance(transcript, dict) else None
         self.table[row] = (
             lo, hi, seq, record.offset, 0, session.number, self.segment_number(record.segment),
             record.length, audio_length, 0, 0, status_code(status),
         )  # fmt: skip
         self.ids.add(chunk_id, row, split)
-        session.chunks.add(seq, row, float(meta["audio"]["duration_ms"]))
-        self._note_text(session, seq, transcript)
+        chunks.add(seq, row, float(meta["audio"]["duration_ms"]))
+        if status == "done" or session.texts:
+            self._note_text(session, seq, transcript)
+        else:
+            session.transcript = None
         self.live += 1
         self.audio_bytes += audio_length
         return row
@@ -161,6 +182,7 @@ class Index:
 
     def apply_update(self, patch: dict[str, Any], record: Place) -> bool:
         """Note an UPDATE record of the chunk it names (False: that chunk is gone)."""
+        self.version += 1
         row = self.ids.find(self.table, patch["chunk_id"])
         if row is None:
             return False
@@ -186,6 +208,7 @@ class Index:
 
     def apply_tombstone(self, tombstone: dict[str, Any]) -> list[tuple[str, Entry]]:
         """Remove the chunks a TOMBSTONE names; ``(chunk_id, entry)`` of those that were there."""
+        self.version += 1
         removed = []
         for chunk_id in tombstone["chunk_ids"]:
             row = self.ids.find(self.table, chunk_id)
@@ -219,6 +242,7 @@ class Index:
 
     def vacuum(self) -> None:
         """Pack the live rows together (after many deletes) and renumber what points at them."""
+        self.version += 1
         table = self.table[: self.count]
         alive = table["sess"] != DEAD
         renumber = np.full(max(self.count, 1), -1, np.int64)
@@ -244,6 +268,7 @@ class Index:
     def moved(self, moves: dict[str, Place], replaced: set[str]) -> None:
         """A compaction copied chunks into a snapshot: point their rows at it (those whose
         record lies in a file it *replaced*; updates written since stay where they are)."""
+        self.version += 1
         gone = {self._segment_numbers[n] for n in replaced if n in self._segment_numbers}
         for chunk_id, place in moves.items():
             row = self.ids.find(self.table, chunk_id)
@@ -335,25 +360,37 @@ class Index:
 
     def location(self, chunk_id: str) -> Location:
         """Where a stored chunk's metadata and audio lie; ``NotFound`` if it is not stored."""
-        row = self.row(chunk_id)
-        item = self.table[row]
-        segments = self.segments
-        updates = [Place(segments[s], o, n) for s, o, n in self.more_updates.get(row, ())]
-        if int(item["ulen"]):
-            updates.append(Place(segments[int(item["useg"])], int(item["uoff"]), int(item["ulen"])))
-        if self.cluster:
-            updates = [Place(u.segment, u.offset, 0) for u in updates]
-        offset, mlen, alen = int(item["off"]), int(item["mlen"]), int(item["alen"])
-        audio = offset + self._header + mlen + _bin_header_size(alen) if not self.cluster else 0
-        record = Place(segments[int(item["seg"])], offset, mlen)
-        return Location(record, tuple(updates), audio, alen)
+        return self.locations([self.row(chunk_id)])[0]
 
-    def chunk_json(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def locations(self, rows: list[int]) -> list[Location]:
+        """Where the chunks in *rows* lie (one gather of the table)."""
+        segments, more, header, cluster = (
+            self.segments,
+            self.more_updates,
+            self._header,
+            self.cluster,
+        )
+        out = []
+        for row, item in zip(rows, self.table[rows].tolist(), strict=True):
+            _, _, _, off, uoff, _, seg, mlen, alen, useg, ulen, _ = item
+            updates: tuple[Place, ...] = ()
+            if ulen:
+                older = [
+                    Place(segments[s], o, 0 if cluster else n) for s, o, n in more.get(row, ())
+                ]
+                updates = (*older, Place(segments[useg], uoff, 0 if cluster else ulen))
+            audio = 0 if cluster else off + header + mlen + _bin_header_size(alen)
+            out.append(Location(Place(segments[seg], off, mlen), updates, audio, alen))
+        return out
+
+    def chunk_json(self, meta: dict[str, Any], offset: float | None = None) -> dict[str, Any]:
         """The chunk JSON a client sees: the record, less the store's own fields, plus
-        ``offset_ms``, where the chunk starts on its session's timeline as stored now."""
+        ``offset_ms``, where the chunk starts on its session's timeline as stored now
+        (*offset*, when the caller has it)."""
         chunk = {k: v for k, v in meta.items() if k != "group"}
-        session = self.users.get(meta["user_id"], {}).get(meta["session_id"])
-        offset = session.chunks.offset_ms(meta["seq"]) if session is not None else 0.0
+        if offset is None:
+            session = self.users.get(meta["user_id"], {}).get(meta["session_id"])
+            offset = session.chunks.offset_ms(meta["seq"]) if session is not None else 0.0
         chunk["offset_ms"] = round(offset, 3)
         return chunk
 
@@ -401,28 +438,33 @@ class Index:
 
     def page_ids(
         self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
-    ) -> tuple[list[tuple[str, list[str]]], tuple[str, int] | None]:
-        """The chunk ids of one page of a user's chunks, grouped by session (sessions by id,
-        chunks by seq), and where it ends when more follow (None on the last page)."""
+    ) -> tuple[list[PageSlice], tuple[str, int] | None]:
+        """One page of a user's chunks, grouped by session (sessions by id, chunks by seq):
+        per session its chunk ids, rows and offsets; and where the page ends when more
+        follow (None on the last page)."""
         sessions = self.users.get(user_id, {})
         names = sorted(n for n in sessions if only is None or n == only)
         if after is not None:
             names = [n for n in names if n >= after[0]]
-        out: list[tuple[str, list[str]]] = []
+        out: list[PageSlice] = []
         left = limit
         more = None
         last: tuple[str, int] | None = None
         for name in names:
             start = after[1] if after is not None and name == after[0] else None
-            seqs, rows = sessions[name].chunks.after(start)
+            chunks = sessions[name].chunks
+            seqs, rows = chunks.after(start)
             if not len(seqs):
                 continue
             if left == 0:
                 more = last
                 break
             take = min(left, len(seqs))
-            ids = [self.ids.chunk_id(self.table, r) for r in rows[:take].tolist()]
-            out.append((name, ids))
+            first = chunks.n - len(seqs)
+            taken = rows[:take].tolist()
+            ids = [self.ids.chunk_id(self.table, r) for r in taken]
+            offsets = chunks.starts[first : first + take].round(3).tolist()
+            out.append(PageSlice(name, ids, taken, offsets))
             left -= take
             last = (name, int(seqs[take - 1]))
             if take < len(seqs):

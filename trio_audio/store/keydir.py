@@ -49,7 +49,7 @@ F64 = npt.NDArray[np.float64]
 
 
 def status_code(status: object) -> int:
-    return STATUS_CODES.get(status, STATUS_CODES["other"]) if isinstance(status, str) else 4
+    return STATUS_CODES.get(status, 4) if isinstance(status, str) else 4
 
 
 def split_id(chunk_id: str) -> tuple[int, int] | None:

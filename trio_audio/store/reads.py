@@ -32,7 +32,10 @@ from .record import FRAME_HEADER_SIZE, Record, RecordType
 ENTRY_OVERHEAD: Final = 120  # what the cache spends per entry beyond its bytes (dict, key)
 READS_AT_ONCE: Final = 4  # threads reading metadata at once
 
-Reader = Callable[[list[Location]], Awaitable[list[dict[str, Any] | None]]]
+# What a backend's reader gives for each location: the metadata (None: its record is gone),
+# and its packed bytes as read when no update had to be applied (for the cache, as is).
+Read = tuple[dict[str, Any] | None, bytes | None]
+Reader = Callable[[list[Location]], Awaitable[list[Read]]]
 
 
 class MetaCache:
@@ -55,9 +58,11 @@ class MetaCache:
         meta: dict[str, Any] = msgpack.unpackb(packed)
         return meta
 
-    def put(self, chunk_id: str, meta: dict[str, Any]) -> None:
+    def put(self, chunk_id: str, meta: dict[str, Any], packed: bytes | None = None) -> None:
+        """Keep *meta* (*packed*: its msgpack bytes, when the caller has them)."""
         self.drop(chunk_id)
-        packed: bytes = msgpack.packb(meta)
+        if packed is None:
+            packed = msgpack.packb(meta)
         size = len(packed) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
@@ -81,13 +86,13 @@ def apply_patch(meta: dict[str, Any], patch: Any) -> None:
         meta.update(patch["set"])
 
 
-def read_local(data_dir: Path, locations: list[Location]) -> list[dict[str, Any] | None]:
+def read_local(data_dir: Path, locations: list[Location]) -> list[Read]:
     """The metadata at each of *locations* (None where its file is gone), each file opened
     once. Blocking: run it in a thread."""
     directory = log_dir(data_dir)
     fds: dict[str, int | None] = {}
 
-    def read(place: Place) -> dict[str, Any] | None:
+    def read(place: Place) -> tuple[dict[str, Any], bytes] | None:
         if place.segment not in fds:
             try:
                 fds[place.segment] = os.open(directory / place.segment, os.O_RDONLY | os.O_CLOEXEC)
@@ -103,19 +108,25 @@ def read_local(data_dir: Path, locations: list[Location]) -> list[dict[str, Any]
         if len(data) != length:
             raise OSError(errno.EIO, f"short read of {place.segment} at {place.offset}")
         value: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return value
+        return value, data
 
-    out: list[dict[str, Any] | None] = []
+    out: list[Read] = []
     try:
         for location in locations:
-            meta = read(location.record)
+            got = read(location.record)
+            if got is None:
+                out.append((None, None))
+                continue
+            meta, packed = got
             for update in location.updates:
-                patch = read(update) if meta is not None else None
-                if meta is None or patch is None:
-                    meta = None
+                patch = read(update)
+                if patch is None:
                     break
-                apply_patch(meta, patch)
-            out.append(meta)
+                apply_patch(meta, patch[0])
+            else:
+                out.append((meta, None if location.updates else packed))
+                continue
+            out.append((None, None))
     finally:
         for fd in fds.values():
             if fd is not None:
@@ -127,7 +138,7 @@ def local_reader(data_dir: Path) -> Reader:
     """A ``Reader`` of the local log: positioned reads in a thread, a few at once."""
     limiter = trio.CapacityLimiter(READS_AT_ONCE)
 
-    async def read(locations: list[Location]) -> list[dict[str, Any] | None]:
+    async def read(locations: list[Location]) -> list[Read]:
         return await trio.to_thread.run_sync(read_local, data_dir, locations, limiter=limiter)
 
     return read
@@ -147,40 +158,46 @@ class IndexReads:
 
     async def metas(self, chunk_ids: list[str]) -> list[dict[str, Any]]:
         """The current metadata of *chunk_ids* (raw records, in order); ``NotFound`` for
-        one that is not stored (or was deleted while it was read)."""
+        one that is not stored."""
+        rows = [self._index.row(chunk_id) for chunk_id in chunk_ids]
+        found = await self._metas(chunk_ids, rows)
+        return [meta for meta in found if meta is not None]
+
+    async def _metas(self, chunk_ids: list[str], rows: list[int]) -> list[dict[str, Any] | None]:
+        """The metadata of the chunks *chunk_ids* at *rows*: from the cache, else read from
+        the log in one batch (and cached, unless the index changed meanwhile). None for a
+        chunk deleted before it could be read."""
         index, cache = self._index, self._cache
-        found: dict[str, dict[str, Any]] = {}
-        wanted = []
-        for chunk_id in chunk_ids:
-            meta = cache.get(chunk_id)
-            if meta is not None:
-                found[chunk_id] = meta
-            elif chunk_id not in found:
-                wanted.append(chunk_id)
+        out: list[dict[str, Any] | None] = [cache.get(chunk_id) for chunk_id in chunk_ids]
+        missing = [i for i, meta in enumerate(out) if meta is None]
         for _ in range(3):  # a compaction may move a chunk while it is read: look again
-            if not wanted:
+            if not missing:
                 break
-            places = [(c, index.location(c)) for c in wanted]
-            metas = await self._reader([place for _, place in places])
-            wanted = []
-            for (chunk_id, place), meta in zip(places, metas, strict=True):
+            version = index.version
+            got = await self._reader(index.locations([rows[i] for i in missing]))
+            again = []
+            for i, (meta, packed) in zip(missing, got, strict=True):
                 if meta is None:
-                    if not index.has(chunk_id):
-                        msg = f"chunk {chunk_id!r} was deleted"
-                        raise NotFound(msg)
-                    wanted.append(chunk_id)
+                    row = index.ids.find(index.table, chunk_ids[i])
+                    if row is not None:
+                        rows[i] = row
+                        again.append(i)
                     continue
-                found[chunk_id] = meta
-                if index.has(chunk_id) and index.location(chunk_id) == place:
-                    cache.put(chunk_id, meta)  # not when it changed while it was read
-        if wanted:
-            msg = f"chunk {wanted[0]!r} could not be read from the log"
+                out[i] = meta
+                if index.version == version:  # not when it may have changed while read
+                    cache.put(chunk_ids[i], meta, packed)
+            missing = again
+        if missing:
+            msg = f"chunk {chunk_ids[missing[0]]!r} could not be read from the log"
             raise NotFound(msg)
-        return [found[chunk_id] for chunk_id in chunk_ids]
+        return out
 
     async def get(self, chunk_id: str) -> dict[str, Any]:
         """The chunk JSON of *chunk_id*; ``NotFound`` if it is not stored."""
-        (meta,) = await self.metas([chunk_id])
+        (meta,) = await self._metas([chunk_id], [self._index.row(chunk_id)])
+        if meta is None:
+            msg = f"chunk {chunk_id!r} was deleted"
+            raise NotFound(msg)
         return self._index.chunk_json(meta)
 
     def has(self, chunk_id: str) -> bool:
@@ -225,19 +242,16 @@ class IndexReads:
         index = self._index
         plan, more = index.page_ids(user_id, only, limit, after)
         out = []
-        for name, chunk_ids in plan:
-            try:
-                metas = await self.metas(chunk_ids)
-            except NotFound:
-                metas = []
-                for chunk_id in chunk_ids:
-                    try:
-                        metas += await self.metas([chunk_id])
-                    except NotFound:
-                        continue
-            summary = index.summary(user_id, name)
-            if summary is not None and metas:
-                out.append((summary, [index.chunk_json(meta) for meta in metas]))
+        for piece in plan:
+            metas = await self._metas(piece.chunk_ids, piece.rows)
+            chunks = [
+                index.chunk_json(meta, offset)
+                for meta, offset in zip(metas, piece.offsets, strict=True)
+                if meta is not None
+            ]
+            summary = index.summary(user_id, piece.session_id)
+            if summary is not None and chunks:
+                out.append((summary, chunks))
         return out, more
 
     def pending_transcripts(self) -> list[str]:
