@@ -2,6 +2,12 @@
 stored chunk, replay time, ``GET /chunks/{id}`` and session-page latency, for this code and
 for a base revision in the same run.
 
+Each tree is measured twice. In-process (``STORE_CHILD``): the real ``Store`` replays the
+log in a child process (wall and CPU time, RSS less that before replay), then its own reads
+are timed, ``get`` of random chunks and pages of 1,000, each cold then warm: this is what the
+index and its reads cost. Then through HTTP, as below: what a client sees, hypercorn and
+JSON included. On a shared machine the CPU seconds are the figure to compare.
+
 Two logs are written with the real ``LogWriter`` (no HTTP, so a million takes a minute):
 *chunks* small chunks (realistic metadata, ``audio_bytes`` of audio each) over 100 users and
 1,000-chunk sessions, and one session of *long* chunks. For each code tree (this one, and the
@@ -14,11 +20,13 @@ pages of 1,000 chunks (``GET /sessions/{user}?session_id=..&limit=1000``), cold 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,48 @@ from trio_audio.store.writer import LogWriter
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 REPLAYED = re.compile(r"replayed (\d+) records \((\d+) chunks\) from (\d+) segments in ([\d.]+) s")
 SAMPLES = 1000
+
+# Run in a child with the code tree under test on its path: replay with the real ``Store``,
+# then the store's own reads (``get``, ``page``: sync in older code, async now), timed.
+STORE_CHILD = textwrap.dedent(
+    """
+    import inspect, json, sys, time, trio
+    from pathlib import Path
+    from trio_audio.config import Config
+    from trio_audio.store.store import Store
+
+    def rss():
+        status = open("/proc/self/status").read().splitlines()
+        return int(next(l for l in status if l.startswith("VmRSS")).split()[1]) * 1024
+
+    async def call(value):
+        return await value if inspect.isawaitable(value) else value
+
+    async def main():
+        ids, pages = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+        empty = rss()
+        cpu, wall = time.process_time(), time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            store = await nursery.start(Store(Config(data_dir=Path(sys.argv[1]))).run)
+            out = {"replay_s": time.perf_counter() - wall, "rss": rss(), "empty": empty,
+                   "replay_cpu_s": time.process_time() - cpu}
+            for name, paths in (("get", ids), ("page", pages)):
+                for label in ("cold", "warm"):
+                    took = []
+                    for item in paths:
+                        started = time.perf_counter()
+                        if name == "get":
+                            await call(store.get(item))
+                        else:
+                            await call(store.page(item[0], item[1], 1000, None))
+                        took.append(time.perf_counter() - started)
+                    out[f"{name}_{label}"] = took
+            nursery.cancel_scope.cancel()
+        print(json.dumps(out))
+
+    trio.run(main)
+    """
+)
 
 
 @attrs.frozen
@@ -169,9 +219,46 @@ def measure(tree: Path, log: Log, empty_kb: int, args: list[str]) -> dict[str, f
     }
 
 
+def measure_store(tree: Path, log: Log) -> dict[str, float]:
+    """Replay and the store's reads in a child process running the code in *tree*."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, "-c", STORE_CHILD, str(log.path), json.dumps(log.ids),
+         json.dumps(log.pages)],
+        capture_output=True, text=True, check=True, env=env, cwd=tree,
+    )  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "replay_s": got["replay_s"],
+        "replay_cpu_s": got["replay_cpu_s"],
+        "per_chunk": (got["rss"] - got["empty"]) / log.chunks,
+        "get_p50": pct(got["get_cold"], 0.5),
+        "get_p99": pct(got["get_cold"], 0.99),
+        "get_warm_p99": pct(got["get_warm"], 0.99),
+        "page_cold_p50": pct(got["page_cold"], 0.5),
+        "page_cold_max": max(got["page_cold"]) * 1000,
+        "page_warm_p50": pct(got["page_warm"], 0.5),
+    }
+
+
+def report_store(name: str, result: dict[str, float]) -> None:
+    print(
+        f"  {name:<6} store: replay {result['replay_s']:6.2f} s ({result['replay_cpu_s']:.2f} s "
+        f"of CPU) | {result['per_chunk']:4.0f} B/chunk | get cold p50 "
+        f"{result['get_p50']:.3f} p99 {result['get_p99']:.3f} ms, warm p99 "
+        f"{result['get_warm_p99']:.3f} ms | page of 1000 cold p50 {result['page_cold_p50']:.1f} "
+        f"max {result['page_cold_max']:.1f} ms, warm p50 {result['page_warm_p50']:.1f} ms",
+        flush=True,
+    )
+
+
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def report(name: str, log: Log, result: dict[str, float]) -> None:
     print(
-        f"  {name:<6} replay {result['replay_s']:6.2f} s | RSS {result['rss_mb']:7.0f} MB, "
+        f"  {name:<6} HTTP: replay {result['replay_s']:6.2f} s | RSS {result['rss_mb']:7.0f} MB, "
         f"{result['per_chunk']:6.0f} B/chunk after replay, "
         f"{result['per_chunk_after_reads']:6.0f} after the reads | "
         f"GET /chunks/{{id}} cold p50 {result['get_p50']:.2f} p99 {result['get_p99']:.2f} ms, "
@@ -214,5 +301,6 @@ def run(root: Path, chunks: int, long: int, audio_bytes: int, base: str | None) 
         stop(proc)
         print(f"{name} code ({tree}): RSS with an empty store {empty_kb / 1024:.0f} MB")
         for label, log in logs:
-            print(f" {label}:")
+            print(f" {label} (load average {load_average()}):")
+            report_store(name, measure_store(tree, log))
             report(name, log, measure(tree, log, empty_kb, args))
