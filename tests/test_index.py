@@ -131,12 +131,12 @@ def test_pages_walk_every_chunk_once_across_sessions() -> None:
     after = None
     while True:
         page, after = index.page_ids("u", None, 2, after)
-        seen += [(name, metas(index)[c]["seq"]) for name, ids in page for c in ids]
+        seen += [(p.session_id, metas(index)[c]["seq"]) for p in page for c in p.chunk_ids]
         if after is None:
             break
     assert seen == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
     only, more = index.page_ids("u", "b", 10, None)
-    assert [name for name, _ in only] == ["b"] and more is None
+    assert [p.session_id for p in only] == ["b"] and more is None
 
 
 def test_a_session_is_done_only_when_every_chunk_is() -> None:

@@ -144,7 +144,7 @@ class Index:
         session = self._session(meta["user_id"], meta["session_id"])
         seq = int(meta["seq"])
         chunks = session.chunks
-        if chunks.n and seq <= chunks.seqs[chunks.n - 1]:
+        if seq <= chunks.last:
             taken = chunks.row_of(seq)
             if taken is not None:
                 self._drop(self.ids.chunk_id(self.table, taken), taken)

@@ -152,10 +152,12 @@ class Chunks:
     """A session's chunks in seq order: seqs, rows, durations and where each starts on the
     session's timeline (``starts[i]`` is the summed duration of the chunks before it)."""
 
-    __slots__ = ("durs", "n", "rows", "seqs", "starts")
+    __slots__ = ("durs", "end", "last", "n", "rows", "seqs", "starts")
 
     def __init__(self) -> None:
         self.n = 0
+        self.last = -(1 << 63)  # the highest seq (kept as an int: appending is the fast path)
+        self.end = 0.0  # where the last chunk ends: the session's duration
         self.seqs: I64 = np.zeros(4, np.int64)
         self.rows: I64 = np.zeros(4, np.int64)
         self.durs: F64 = np.zeros(4, np.float64)
@@ -164,7 +166,7 @@ class Chunks:
     def position(self, seq: int) -> int:
         """Where *seq* is (or would go): the number of chunks before it."""
         n = self.n
-        if n == 0 or seq > self.seqs[n - 1]:
+        if seq > self.last:
             return n
         return int(np.searchsorted(self.seqs[:n], seq))
 
@@ -178,6 +180,16 @@ class Chunks:
             size = max(8, 2 * n)
             self.seqs, self.rows = grown(self.seqs, size), grown(self.rows, size)
             self.durs, self.starts = grown(self.durs, size), grown(self.starts, size)
+        if seq > self.last:  # in order: the common case
+            self.seqs[n], self.rows[n], self.durs[n], self.starts[n] = (
+                seq,
+                row,
+                duration_ms,
+                self.end,
+            )
+            self.n, self.last = n + 1, seq
+            self.end += duration_ms
+            return
         i = self.position(seq)
         start = float(self.starts[i - 1] + self.durs[i - 1]) if i else 0.0
         if i < n:  # out of order: the chunks after it move along
@@ -186,6 +198,7 @@ class Chunks:
             self.starts[i + 1 : n + 1] += duration_ms
         self.seqs[i], self.rows[i], self.durs[i], self.starts[i] = seq, row, duration_ms, start
         self.n = n + 1
+        self.end += duration_ms
 
     def remove(self, seq: int) -> int | None:
         """Take *seq* out; its row (None: it was not there)."""
@@ -198,6 +211,8 @@ class Chunks:
             column[i : n - 1] = column[i + 1 : n]
         self.starts[i : n - 1] -= duration
         self.n = n - 1
+        self.end -= duration
+        self.last = int(self.seqs[n - 2]) if n > 1 else -(1 << 63)
         return row
 
     def offset_ms(self, seq: int) -> float:
@@ -206,8 +221,7 @@ class Chunks:
 
     @property
     def duration_ms(self) -> float:
-        n = self.n
-        return float(self.starts[n - 1] + self.durs[n - 1]) if n else 0.0
+        return self.end
 
     def after(self, seq: int | None) -> tuple[I64, I64]:
         """Seqs and rows of the chunks after *seq* (all when None): views, copy to keep."""
@@ -262,5 +276,4 @@ class Session:
 
     @property
     def next_seq(self) -> int:
-        n = self.chunks.n
-        return int(self.chunks.seqs[n - 1]) + 1 if n else 0
+        return self.chunks.last + 1 if self.chunks.n else 0

@@ -29,7 +29,7 @@ from .files import log_dir
 from .index import Index, Location, Place, SessionSummary
 from .record import FRAME_HEADER_SIZE, Record, RecordType
 
-ENTRY_OVERHEAD: Final = 120  # what the cache spends per entry beyond its bytes (dict, key)
+ENTRY_OVERHEAD: Final = 220  # what an entry costs beyond its bytes (its key, node, header)
 READS_AT_ONCE: Final = 4  # threads reading metadata at once
 
 # What a backend's reader gives for each location: the metadata (None: its record is gone),
@@ -161,6 +161,10 @@ class IndexReads:
         one that is not stored."""
         rows = [self._index.row(chunk_id) for chunk_id in chunk_ids]
         found = await self._metas(chunk_ids, rows)
+        for chunk_id, meta in zip(chunk_ids, found, strict=True):
+            if meta is None:
+                msg = f"chunk {chunk_id!r} was deleted"
+                raise NotFound(msg)
         return [meta for meta in found if meta is not None]
 
     async def _metas(self, chunk_ids: list[str], rows: list[int]) -> list[dict[str, Any] | None]:

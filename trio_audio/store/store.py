@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -83,6 +83,8 @@ from .replay import ReplayReport, read_blob, replay
 from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
+
+MOVE_SLICE: Final = 4096  # chunks re-pointed at a snapshot between two checkpoints
 
 
 @attrs.frozen
@@ -455,7 +457,12 @@ class Store(CommitChannels, IndexReads):
             )
             if snapshot is None:
                 return None
-            self._index.moved(snapshot.moved, set(snapshot.replaced))
+            # Re-point the moved chunks a slice at a time, so a big snapshot never stalls
+            # the event loop; reads meanwhile still find the old files (removed below).
+            replaced, moved = set(snapshot.replaced), list(snapshot.moved.items())
+            for at in range(0, len(moved), MOVE_SLICE):
+                self._index.moved(dict(moved[at : at + MOVE_SLICE]), replaced)
+                await trio.lowlevel.checkpoint()
             await trio.to_thread.run_sync(remove_replaced, self._data_dir, snapshot, self._files)
             self._index.dead_bytes = max(0, self._index.dead_bytes - dead)
             self._log_bytes = await trio.to_thread.run_sync(log_size, self._data_dir)
