@@ -3,7 +3,7 @@ sorted key array, and each session's chunks as seq-ordered arrays. Pure data, no
 
 A row (``ROW``, 65 bytes) holds what routing, listing, ownership and the transcript queue
 need and where the chunk's records lie; nothing of its metadata but its seq and transcript
-status. Memory per chunk, all told: the row, about 28 bytes of its session's arrays and 12
+status. Memory per chunk, all told: the row, 32 bytes of its session's arrays and 16
 of the id index, with the slack of arrays that grow by doubling (see docs/storage-memory.md).
 
 Chunk ids as the service makes them (``models.new_chunk_id``: 28 lowercase hex digits) are
