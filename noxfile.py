@@ -78,7 +78,9 @@ def bench(session: nox.Session) -> None:
 def bench_store(session: nox.Session) -> None:
     """Storage numbers for the README: replay speed and start-up time, acknowledged
     uploads/s per fsync mode, process memory as the store grows
-    (``trio_audio/bench/storage.py``)."""
+    (``trio_audio/bench/storage.py``). ``nox -s bench_store -- --index --chunks 1000000
+    --long 36000 --base REV``: the index at a million chunks, beside revision REV
+    (docs/storage-memory.md)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "trio_audio.bench.storage", *session.posargs)
 

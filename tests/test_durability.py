@@ -188,7 +188,7 @@ def build_log(data_dir: Path, first: int, count: int) -> None:
 async def state_of(data_dir: Path) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         store: Store = await nursery.start(Store(Config(data_dir=data_dir)).run)
-        state = {c: (store.get(c), (await store.read_audio(c))[0]) for c in store.chunk_ids()}
+        state = {c: (await store.get(c), (await store.read_audio(c))[0]) for c in store.chunk_ids()}
         nursery.cancel_scope.cancel()
     return state
 
@@ -421,10 +421,10 @@ async def test_fsync_failure_never_acknowledges_and_stops_the_service(
 
     again = await start_server()  # recovers from the log
     if write == "upload":
-        assert again.running.store.get(first["chunk_id"]) == first
+        assert await again.running.store.get(first["chunk_id"]) == first
     else:  # the unacknowledged delete may or may not have reached the disk: whole either way
         assert not again.running.store.has(first["chunk_id"]) or (
-            again.running.store.get(first["chunk_id"]) == first
+            await again.running.store.get(first["chunk_id"]) == first
         )
     assert (await upload_again(again)).status_code == 201  # and it takes uploads again
 

@@ -348,6 +348,7 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     assert 'trio_audio_stage_seconds_count{stage="validate"} 1' in text
     assert 'trio_audio_queue_depth{queue="ingress"} 0' in text
     assert "# TYPE trio_audio_stage_seconds histogram" in text
+    assert "trio_audio_meta_cache_misses_total" in text  # chunk metadata read from the log
 
 
 async def test_server_sent_events_tell_of_stored_and_deleted_chunks(server: Server) -> None:

@@ -1,4 +1,6 @@
-"""The in-memory index: seqs, idempotent retries, conflicts, timelines, paging. Pure."""
+"""The in-memory index (the keydir): seqs, idempotent retries, conflicts, timelines, paging,
+ids, deletes at scale, and the metadata cache. Pure: metadata lives in a dict here, standing
+for the log the store reads it from."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ from typing import Any
 import pytest
 
 from trio_audio.errors import SeqConflict
-from trio_audio.models import Job, Part
-from trio_audio.store.index import Index
-from trio_audio.store.record import BlobRef
+from trio_audio.models import Job, Part, new_chunk_id
+from trio_audio.store.index import Index, Place
+from trio_audio.store.reads import MetaCache
+
+LOG: dict[int, dict[str, dict[str, Any]]] = {}  # id(index) -> chunk_id -> metadata
 
 
 def part(checksum: str, seq: int | None = None, duration_ms: float = 100.0) -> Part:
@@ -20,17 +24,32 @@ def part(checksum: str, seq: int | None = None, duration_ms: float = 100.0) -> P
     return p
 
 
+def metas(index: Index) -> dict[str, dict[str, Any]]:
+    return LOG.setdefault(id(index), {})
+
+
 def commit(index: Index, job: Job) -> list[dict[str, Any]]:
-    """Plan *job* alone and apply it as the committer would; the chunk JSON of each part."""
+    """Plan *job* alone and apply it as the committer would (reading the metadata of the
+    chunks at the seqs it names first); the chunk JSON of each part."""
+    known = {c: metas(index)[c] for c in index.collisions(job)}
     out = []
-    for planned in index.plan_chunks(job, {}):
+    for planned in index.plan_chunks(job, {}, known):
         if planned.meta is None:
             assert planned.existing is not None
             out.append(index.chunk_json(planned.existing))
             continue
-        index.insert_meta(planned.meta, BlobRef("seg", 0, len(planned.part.body)))
+        index.insert_meta(planned.meta, Place("seg", 0, 0), len(planned.part.body))
+        metas(index)[planned.meta["chunk_id"]] = planned.meta
         out.append(index.chunk_json(planned.meta))
     return out
+
+
+def update(index: Index, chunk_id: str, fields: dict[str, Any]) -> bool:
+    patch = {"chunk_id": chunk_id, "set": fields}
+    if index.apply_update(patch, Place("seg", 0, 10)):
+        metas(index)[chunk_id].update(fields)
+        return True
+    return False
 
 
 def test_seqs_are_given_in_order_and_a_retry_is_answered_with_the_stored_chunk() -> None:
@@ -48,7 +67,8 @@ def test_the_same_seq_with_other_bytes_is_a_conflict_and_changes_nothing() -> No
     index = Index()
     commit(index, Job("u", "s", [part("a", seq=0)]))
     with pytest.raises(SeqConflict):
-        index.plan_chunks(Job("u", "s", [part("z", seq=1), part("other", seq=0)]), {})
+        job = Job("u", "s", [part("z", seq=1), part("other", seq=0)])
+        index.plan_chunks(job, {}, {c: metas(index)[c] for c in index.collisions(job)})
     assert [seq for seq, _ in index.chunks_after("u", "s", None)] == [0]
 
 
@@ -80,9 +100,10 @@ def test_offsets_follow_the_session_timeline_whatever_the_commit_order() -> None
     late = commit(index, Job("u", "s", [part("c", seq=2, duration_ms=300.0)]))[0]
     commit(index, Job("u", "s", [part("a", seq=0, duration_ms=100.0)]))
     commit(index, Job("u", "s", [part("b", seq=1, duration_ms=200.0)]))
-    assert index.get(late["chunk_id"])["offset_ms"] == 300.0
+    assert index.offset_ms(late["chunk_id"]) == 300.0
+    assert index.chunk_json(metas(index)[late["chunk_id"]])["offset_ms"] == 300.0
     index.apply_tombstone({"chunk_ids": [index.chunks_after("u", "s", None)[1][1]]})
-    assert index.get(late["chunk_id"])["offset_ms"] == 100.0
+    assert index.offset_ms(late["chunk_id"]) == 100.0
 
 
 def test_updates_tombstones_and_the_session_transcript() -> None:
@@ -91,10 +112,11 @@ def test_updates_tombstones_and_the_session_transcript() -> None:
     assert index.summary("u", "s").transcript["status"] == "pending"  # type: ignore[union-attr]
     for n, chunk in enumerate(chunks):
         done = {"status": "done", "text": f"word{n}", "words": []}
-        index.apply_update({"chunk_id": chunk["chunk_id"], "set": {"transcript": done}})
+        update(index, chunk["chunk_id"], {"transcript": done})
     summary = index.summary("u", "s")
     assert summary is not None and summary.transcript == {"status": "done", "text": "word0 word1"}
-    assert index.apply_update({"chunk_id": "gone", "set": {}}) is None
+    assert index.status(chunks[0]["chunk_id"]) == "done"
+    assert not update(index, "gone", {})
     removed = index.apply_tombstone({"chunk_ids": [c["chunk_id"] for c in chunks] + ["gone"]})
     assert len(removed) == 2
     assert index.summary("u", "s") is None and index.users == {}
@@ -108,13 +130,13 @@ def test_pages_walk_every_chunk_once_across_sessions() -> None:
     seen: list[tuple[str, int]] = []
     after = None
     while True:
-        page, after = index.page("u", None, 2, after)
-        seen += [(summary.session_id, c["seq"]) for summary, chunks in page for c in chunks]
+        page, after = index.page_ids("u", None, 2, after)
+        seen += [(p.session_id, metas(index)[c]["seq"]) for p in page for c in p.chunk_ids]
         if after is None:
             break
     assert seen == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
-    only, more = index.page("u", "b", 10, None)
-    assert [s.session_id for s, _ in only] == ["b"] and more is None
+    only, more = index.page_ids("u", "b", 10, None)
+    assert [p.session_id for p in only] == ["b"] and more is None
 
 
 def test_a_session_is_done_only_when_every_chunk_is() -> None:
@@ -122,8 +144,8 @@ def test_a_session_is_done_only_when_every_chunk_is() -> None:
     chunks = commit(index, Job("u", "s", [part("a"), part("b")]))
     done = {"status": "done", "text": "hello", "words": []}
     failed = {"status": "failed", "text": "", "words": [], "error": "the worker died"}
-    index.apply_update({"chunk_id": chunks[0]["chunk_id"], "set": {"transcript": done}})
-    index.apply_update({"chunk_id": chunks[1]["chunk_id"], "set": {"transcript": failed}})
+    update(index, chunks[0]["chunk_id"], {"transcript": done})
+    update(index, chunks[1]["chunk_id"], {"transcript": failed})
     summary = index.summary("u", "s")
     assert summary is not None and summary.transcript == {"status": "failed", "text": "hello"}
 
@@ -134,11 +156,64 @@ def test_the_pending_transcripts_follow_updates_and_deletes_in_session_order() -
     a0, a1 = commit(index, Job("u", "a", [part("y"), part("z")]))
     assert index.pending_chunks() == [("u", "a", a0["chunk_id"]), ("u", "a", a1["chunk_id"]),
                                       ("u", "b", b["chunk_id"])]  # fmt: skip
-    index.apply_update({"chunk_id": a0["chunk_id"], "set": {"transcript": {"status": "done"}}})
+    update(index, a0["chunk_id"], {"transcript": {"status": "done"}})
     index.apply_tombstone({"chunk_ids": [b["chunk_id"]]})
     assert index.pending_transcripts() == [a1["chunk_id"]]
-    index.apply_update({"chunk_id": a1["chunk_id"], "set": {"transcript": {"status": "pending"}}})
+    update(index, a1["chunk_id"], {"transcript": {"status": "pending"}})
     assert index.pending_transcripts() == [a1["chunk_id"]]
     plain = Index()  # no speech engine: new chunks start "disabled"
     commit(plain, Job("u", "s", [part("q")]))
     assert plain.pending_transcripts() == []
+
+
+def chunk_meta(chunk_id: str, session: str, seq: int) -> dict[str, Any]:
+    return {"chunk_id": chunk_id, "user_id": "u", "session_id": session, "seq": seq,
+            "audio": {"duration_ms": 10.0}, "transcript": {"status": "disabled"}}  # fmt: skip
+
+
+def test_ids_are_found_across_merges_deletes_and_a_vacuum() -> None:
+    index = Index()
+    ids = [new_chunk_id() for _ in range(10_000)] + ["plain-id", "other.1"]
+    for n, chunk_id in enumerate(ids):
+        index.insert_meta(chunk_meta(chunk_id, f"s{n % 7}", n), Place("seg", n * 100, 50), 10)
+    assert len(index.ids.recent) < len(ids)  # most were merged into the sorted arrays
+    assert all(index.has(c) for c in ids) and not index.has(new_chunk_id())
+    doomed = ids[::2]
+    index.apply_tombstone({"chunk_ids": doomed})
+    index.vacuum()  # pack the rows (the store does it once deletes pile up)
+    assert index.count == len(ids) - len(doomed) == len(index)
+    assert not any(index.has(c) for c in doomed)
+    for n, chunk_id in enumerate(ids):
+        if n % 2:
+            location = index.location(chunk_id)
+            assert location.record == Place("seg", n * 100, 50)
+            assert index.key(chunk_id) == ("u", f"s{n % 7}", n)
+    assert sorted(index.chunk_ids()) == sorted(ids[1::2])
+    assert [seq for seq, _ in index.chunks_after("u", "s1", None)][:3] == [1, 15, 29]
+
+
+def test_an_update_and_a_compaction_move_where_a_chunk_is_read_from() -> None:
+    index = Index()
+    chunk_id = new_chunk_id()
+    index.insert_meta(chunk_meta(chunk_id, "s", 0), Place("a", 32, 40), 100)
+    assert index.location(chunk_id).audio_offset == 32 + 17 + 40 + 2  # frame header, bin header
+    index.apply_update({"chunk_id": chunk_id, "set": {"x": 1}}, Place("a", 500, 20))
+    index.apply_update({"chunk_id": chunk_id, "set": {"x": 2}}, Place("b", 32, 20))
+    assert index.location(chunk_id).updates == (Place("a", 500, 20), Place("b", 32, 20))
+    # A snapshot replaced segment a: it holds the record with the first update folded in.
+    index.moved({chunk_id: Place("1.snap", 32, 45)}, {"a"})
+    location = index.location(chunk_id)
+    assert location.record == Place("1.snap", 32, 45)
+    assert location.updates == (Place("b", 32, 20),)
+
+
+def test_the_metadata_cache_is_bounded_in_bytes_and_counts_hits_and_misses() -> None:
+    cache = MetaCache(max_bytes=2_000)
+    for n in range(50):
+        cache.put(f"c{n}", {"n": n, "pad": "x" * 100})
+    assert cache.bytes <= 2_000 and 0 < len(cache) < 50
+    assert cache.get("c49") == {"n": 49, "pad": "x" * 100}
+    assert cache.get("c0") is None  # the oldest went first
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.drop("c49")
+    assert cache.get("c49") is None

@@ -52,7 +52,7 @@ async def test_a_multipart_group_cut_short_by_a_crash_is_not_replayed(
     store: Store = await nursery.start(Store(Config(data_dir=tmp_path)).run)
     assert sorted(store.chunk_ids()) == ["alone", "g0", "g1"]
     assert [seq for seq, _ in store.chunks_after("u", "s", None)] == [0, 1, 2]
-    assert "group" not in store.get("g0")
+    assert "group" not in await store.get("g0")
     assert await store.read_audio("g1") == (b"c", "audio/wav")
 
 
@@ -72,17 +72,17 @@ async def test_updates_are_durable_grouped_and_replayed(
         async with trio.open_nursery() as updates:  # concurrent updates
             for chunk_id, transcript in texts.items():
                 updates.start_soon(store.update, chunk_id, {"transcript": transcript})
-        assert store.get("c1")["transcript"]["text"] == "word 1"
+        assert (await store.get("c1"))["transcript"]["text"] == "word 1"
         # The session's transcript (cached for paging) follows its chunks' updates.
         assert summary(store).transcript == {"status": "done", "text": "word 0 word 1 word 2"}
-        assert store.get("c1")["checksum"] == "c1"  # other fields untouched
+        assert (await store.get("c1"))["checksum"] == "c1"  # other fields untouched
         with pytest.raises(NotFound):
             await store.update("nope", {"transcript": {}})
         first.cancel_scope.cancel()  # the store closes its log and unlocks the data dir
 
     # What a restart sees: the same records replayed by a second store on the same log.
     again: Store = await nursery.start(Store(config).run)
-    assert {c: again.get(c)["transcript"] for c in texts} == texts
+    assert {c: (await again.get(c))["transcript"] for c in texts} == texts
     assert again.stats().replayed_records == 6
 
 
@@ -131,5 +131,46 @@ async def test_a_writer_cancelled_while_the_disk_stalls_never_strands_the_ones_b
             assert answers == {"c1": "gave up"}
             disk.flowing.set()
     assert answers["c2"]["note"] == 2
-    assert store.get("c1")["note"] == 1  # queued before its caller gave up: written anyway
-    assert store.get("c2")["note"] == 2
+    assert (await store.get("c1"))["note"] == 1  # queued before its caller gave up: written anyway
+    assert (await store.get("c2"))["note"] == 2
+
+
+async def test_metadata_is_read_back_from_the_log_through_updates_compaction_and_restart(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # A cache too small for any record: every read of a chunk's metadata goes to the log.
+    config = Config(data_dir=tmp_path, meta_cache_mb=0.0001, segment_max_bytes=4096)
+    log = LogWriter(tmp_path, next_seq=1, segment_max_bytes=4096)
+    for n in range(40):
+        log.append(RecordType.CHUNK, meta(f"c{n}", n), bytes([n]) * 300)
+    log.flush()
+    log.close()
+    transcript = {"status": "done", "text": "hello", "words": [{"word": "hello"}]}
+
+    async def check(store: Store) -> None:
+        chunk = await store.get("c7")
+        assert (chunk["seq"], chunk["checksum"], chunk["offset_ms"]) == (7, "c7", 60.0)
+        assert chunk["transcript"] == transcript and chunk["note"] == 2
+        assert await store.read_audio("c9") == (bytes([9]) * 300, "audio/wav")
+        page, more = await store.page("u", "s", 15, ("s", 4))
+        assert [c["seq"] for _, chunks in page for c in chunks] == list(range(5, 20))
+        assert more == ("s", 19) and page[0][0].transcript == {"status": "done", "text": "hello"}
+        assert (await store.get("c30"))["offset_ms"] == 290.0  # c3 is gone
+
+    async with trio.open_nursery() as first:
+        store: Store = await first.start(Store(config).run)
+        await store.update("c7", {"transcript": transcript, "note": 1})
+        await store.update("c7", {"note": 2})  # two updates on top of the record
+        await store.delete_chunk("c3")
+        await check(store)
+        assert await store.compact() is not None  # the records move into a snapshot
+        await check(store)
+        await store.update("c8", {"note": 8})  # after the snapshot, in a new segment
+        assert (await store.get("c8"))["note"] == 8
+        assert store._cache.misses > 0 and store._cache.bytes == 0
+        first.cancel_scope.cancel()
+    again: Store = await nursery.start(Store(config).run)
+    await check(again)
+    assert (await again.get("c8"))["note"] == 8
+    with pytest.raises(NotFound):
+        await again.get("c3")

@@ -121,7 +121,7 @@ async def test_store_equals_a_dict_through_uploads_deletes_compactions_and_crash
             store = self.server.running.store
             assert set(store.chunk_ids()) == set(self.model)
             for chunk_id, (session, seq, body) in self.model.items():
-                chunk = store.get(chunk_id)
+                chunk = call(store.get, chunk_id)
                 assert (chunk["session_id"], chunk["seq"]) == (session, seq)
                 assert chunk["checksum"] == hashlib.sha256(body).hexdigest()
                 assert call(store.read_audio, chunk_id)[0] == body

@@ -214,7 +214,7 @@ async def test_chunks_pending_at_a_crash_are_transcribed_after_replay(
                 await ingress.submit(job)
                 await job.reply.wait()
         store.close()  # the store ends once the pipeline has drained into it
-    assert {store.get(c)["transcript"]["status"] for c in store.chunk_ids()} == {"pending"}
+    assert {store.transcript_status(c) for c in store.chunk_ids()} == {"pending"}
 
     server = await grammar_server(start_server, tmp_path)
     async with server.client() as client:

@@ -70,6 +70,11 @@ class Config:
     segment_max_bytes: int = attrs.field(
         default=256 * 1024 * 1024, validator=_positive, metadata={"help": "log segment size"}
     )
+    meta_cache_mb: float = attrs.field(
+        default=64.0,
+        validator=_positive,
+        metadata={"help": "MB of chunk metadata read back from the log kept in memory"},
+    )
     compact_min_bytes: int = attrs.field(
         default=64 * 1024 * 1024,
         validator=_positive,

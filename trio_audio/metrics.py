@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 STAGE_BUCKETS_S: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -53,6 +53,7 @@ class Metrics:
         self.failures: Counter[str] = Counter()
         self.stages: dict[str, Histogram] = {}
         self.gauges: dict[str, Callable[[], dict[str, float]]] = {}
+        self.cache: Any = None  # the store's metadata cache (hits, misses, bytes)
 
     def accepted(self, n: int = 1) -> None:
         self.accepted_total += n
@@ -76,6 +77,10 @@ class Metrics:
     def gauge(self, name: str, read: Callable[[], dict[str, float]]) -> None:
         """Register a gauge family whose labelled values are read at each scrape."""
         self.gauges[name] = read
+
+    def observe_cache(self, cache: Any) -> None:
+        """Report the store's metadata cache (``store.reads.MetaCache``)."""
+        self.cache = cache
 
     def render(self) -> str:
         out = [
@@ -103,6 +108,19 @@ class Metrics:
         ]
         for stage, hist in self.stages.items():
             out += hist.render("trio_audio_stage_seconds", f'stage="{stage}"')
+        if self.cache is not None:
+            cache = self.cache
+            out += [
+                "# HELP trio_audio_meta_cache_hits_total Chunk metadata reads the cache answered.",
+                "# TYPE trio_audio_meta_cache_hits_total counter",
+                f"trio_audio_meta_cache_hits_total {cache.hits}",
+                "# HELP trio_audio_meta_cache_misses_total Chunk metadata reads from the log.",
+                "# TYPE trio_audio_meta_cache_misses_total counter",
+                f"trio_audio_meta_cache_misses_total {cache.misses}",
+                "# HELP trio_audio_meta_cache_bytes Bytes the metadata cache holds.",
+                "# TYPE trio_audio_meta_cache_bytes gauge",
+                f"trio_audio_meta_cache_bytes {cache.bytes}",
+            ]
         for name, read in self.gauges.items():
             out.append(f"# TYPE {name} gauge")
             for label, value in read().items():

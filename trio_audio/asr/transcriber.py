@@ -44,6 +44,7 @@ fails leaves the chunk ``pending`` (it is queued at start-up).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 from typing import Any, Final, Protocol
@@ -79,9 +80,11 @@ Key = tuple[str, str]
 class ChunkSource(Protocol):
     """What the transcriber reads of the store, and its one write."""
 
-    def get(self, chunk_id: str) -> dict[str, Any]: ...
+    async def get(self, chunk_id: str) -> dict[str, Any]: ...
 
     def has(self, chunk_id: str) -> bool: ...
+
+    def transcript_status(self, chunk_id: str) -> str | None: ...
 
     def offset_ms(self, chunk_id: str) -> float | None: ...
 
@@ -269,9 +272,10 @@ class Transcriber:
         """A newly stored chunk: put in seq order, then VAD and transcription. Never waits."""
         self._arrive(self._item(event.chunk, event.speech_pcm))
 
-    def offer_stored(self, chunk_id: str) -> None:
-        """Queue a stored chunk (its audio read back from the log when its turn comes)."""
-        self._arrive(self._item(self.store.get(chunk_id), None))
+    async def offer_stored(self, chunk_id: str) -> None:
+        """Queue a stored chunk (its audio read back from the log when its turn comes);
+        ``NotFound`` when it is no longer stored."""
+        self._arrive(self._item(await self.store.get(chunk_id), None))
 
     def _item(self, chunk: dict[str, Any], pcm: bytes | None) -> Item:
         transcribe = self.enabled and self.running and chunk["transcript"]["status"] == "pending"
@@ -322,7 +326,7 @@ class Transcriber:
     def _first_seq(self, key: Key) -> int:
         """The seq a session's transcription goes on from: after its last finished chunk."""
         for seq, chunk_id in reversed(self.store.chunks_after(key[0], key[1], None)):
-            if self.store.get(chunk_id)["transcript"]["status"] != "pending":
+            if self.store.transcript_status(chunk_id) not in ("pending", None):
                 return seq + 1
         return 0
 
@@ -381,7 +385,8 @@ class Transcriber:
         pending = self.store.pending_transcripts()
         for n, chunk_id in enumerate(pending):
             if self.store.has(chunk_id):
-                self.offer_stored(chunk_id)
+                with contextlib.suppress(NotFound):
+                    await self.offer_stored(chunk_id)
             if n % REQUEUE_SLICE == REQUEUE_SLICE - 1:
                 await trio.lowlevel.checkpoint()  # a long list never stalls the event loop
         if pending:
@@ -616,7 +621,7 @@ class Transcriber:
     async def _read_pcm(self, chunk_id: str) -> bytes:
         """A stored chunk's audio as 16 kHz 16-bit mono, decoded again from the log."""
         data, content_type = await self.store.read_audio(chunk_id)
-        info = self.store.get(chunk_id)["audio"]
+        info = (await self.store.get(chunk_id))["audio"]
         raw = None
         if info["container"] == "raw":
             raw = RawFormat(info["encoding"], info["sample_rate"], info["channels"])

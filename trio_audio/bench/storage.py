@@ -9,7 +9,12 @@
 3. Acknowledged uploads/s per fsync mode: a real server, 32 concurrent HTTP clients posting
    100 ms of PCM for a few seconds, counting 201s (client and server share the machine).
 
+4. With ``--index``: the index at scale instead (``keydir.py``): RSS per stored chunk, replay
+   time, ``GET /chunks/{id}`` and session-page latency at ``--chunks`` small chunks and in one
+   session of ``--long`` chunks, for this code and (``--base REV``) an older revision.
+
 Usage: ``python -m trio_audio.bench.storage [--chunks 100000] [--audio-bytes 8000] [--seconds 5]``
+or ``python -m trio_audio.bench.storage --index --chunks 1000000 --long 36000 --base REV``
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import httpx
 import trio
 
+from trio_audio.bench import keydir
 from trio_audio.store.record import RecordType
 from trio_audio.store.writer import LogWriter
 
@@ -159,11 +165,21 @@ async def load(url: str, seconds: float, clients: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=100_000)
-    parser.add_argument("--audio-bytes", type=int, default=8000)
+    parser.add_argument("--audio-bytes", type=int, default=None, help="8000; 320 with --index")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--dir", type=Path, default=None, help="where to build (default tmp)")
+    parser.add_argument("--index", action="store_true", help="the index at scale (keydir.py)")
+    parser.add_argument("--long", type=int, default=36_000, help="chunks of the long session")
+    parser.add_argument("--base", default=None, help="a revision to measure beside this code")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="trio-audio-bench-", dir=args.dir))
+    if args.index:
+        try:
+            keydir.run(root, args.chunks, args.long, args.audio_bytes or 320, args.base)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
+    args.audio_bytes = args.audio_bytes or 8000
     try:
         print(f"# trio-audio storage bench ({os.cpu_count()} cpus)")
         data = root / "replay"

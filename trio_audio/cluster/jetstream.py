@@ -118,8 +118,8 @@ from ..store.events import (
     Write,
     deleted_events,
 )
-from ..store.index import Index, IndexReads, Planned, Stored
-from ..store.record import BlobRef
+from ..store.index import Index, Location, Place, Planned, Stored
+from ..store.reads import IndexReads, MetaCache, Read, apply_patch
 from ..store.types import StoreStats
 from .bridge import (
     Follower,
@@ -149,6 +149,7 @@ HEADER_ROOM: Final = 64 * 1024  # what a chunk's headers may take of a message
 COMMIT_LANES: Final = 16  # sessions' writes committed side by side (a session's in one)
 MIN_WAIT_S: Final = 0.05  # a publish with less time than this left is not sent
 READ_PAUSE_S: Final = 0.1  # between tries of an audio read the cluster cannot answer yet
+READS_AT_ONCE: Final = 16  # gets of chunk metadata by stream sequence in flight at once
 
 
 def servers(store: str) -> list[str]:
@@ -204,7 +205,10 @@ class JetStreamStore(CommitChannels, IndexReads):
             raise ValueError(msg)
         self._stream = config.store_stream
         self._node = secrets.token_hex(6)
-        self._index = Index(config.transcript_status())
+        self._index = Index(config.transcript_status(), cluster=True)
+        self._cache = MetaCache(int(config.meta_cache_mb * 1024 * 1024))
+        self._reader = self._read_stream
+        self._metrics.observe_cache(self._cache)
         self._link = Link()
         self._watch = Watch(self._stream, config.store_timeout_s, lambda: self._applied, on_health)
         self._watch.register(self._metrics)
@@ -335,10 +339,9 @@ class JetStreamStore(CommitChannels, IndexReads):
     def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None:
         """``(user_id, session_id, seq)`` of the chunk while it is stored and ``pending``
         transcription (None: done, failed or deleted); unpacks nothing."""
-        if chunk_id not in self._index.pending:
+        if self._index.status(chunk_id) != "pending":
             return None
-        entry = self._index.chunks[chunk_id]
-        return entry.user_id, entry.session_id, entry.seq
+        return self._index.key(chunk_id)
 
     def pending_now(self) -> list[tuple[str, str, str]]:
         """``(user_id, session_id, chunk_id)`` of every chunk ``pending`` transcription now,
@@ -353,7 +356,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             batch = await follower.take(FOLLOW_BATCH * 8, 1.0)
             count += len(batch)
             for message in batch:
-                self._apply(message)
+                await self._apply(message)
             if not batch or batch[-1].pending == 0:
                 break  # at the end (nothing for a second: none of it is to be indexed, or
                 # the cluster is slow, and following goes on from where this stopped)
@@ -366,7 +369,7 @@ class JetStreamStore(CommitChannels, IndexReads):
         logger.info(
             "replayed %d records (%d chunks) from stream %s in %.2f s",
             count,
-            len(self._index.chunks),
+            len(self._index),
             self._stream,
             time.perf_counter() - started,
         )
@@ -379,7 +382,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 continue
             events: list[Committed] = []
             for message in batch:
-                events += self._apply(message)
+                events += await self._apply(message)
             # Events before answers (as the local store): by the time a writer hears
             # "stored", the fan-out has its event.
             if self._events is not None:
@@ -391,7 +394,7 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     # -- applying the stream ---------------------------------------------------------------
 
-    def _apply(self, message: Message) -> list[Committed]:
+    async def _apply(self, message: Message) -> list[Committed]:
         """Apply one followed record to the index; the events it makes."""
         if message.seq <= self._applied:
             return []
@@ -410,33 +413,99 @@ class JetStreamStore(CommitChannels, IndexReads):
         if kind == "chunk":
             return self._apply_chunk(record, message)
         if kind == "update":
-            meta = self._index.apply_update(record)
-            if meta is None:
-                if mine:
-                    self._results[message.seq] = None
-                return []
-            chunk = self._index.chunk_json(meta)
-            if mine:
-                self._results[message.seq] = chunk
-            return [ChunkUpdated(chunk)]
+            return await self._apply_update(record, message, mine)
         if kind == "tombstone":
             if "session" in record:
                 user_id, session_id = record["session"]
                 ids = [
                     chunk_id
                     for _, chunk_id in self._index.chunks_after(user_id, session_id, None)
-                    if int(self._index.chunks[chunk_id].blob.segment) < message.seq
+                    if (self._index.stream_seq(chunk_id) or 0) < message.seq
                 ]
             else:
                 ids = record["chunk_ids"]
             removed = self._index.apply_tombstone({"chunk_ids": ids})
             for chunk_id, _ in removed:
                 self._pcm.pop(chunk_id, None)
+                self._cache.drop(chunk_id)
             if mine:
                 self._results[message.seq] = removed
             return deleted_events(removed)
         logger.warning("unknown record kind on %s", message.subject)
         return []
+
+    async def _apply_update(
+        self, record: dict[str, Any], message: Message, mine: bool
+    ) -> list[Committed]:
+        """Note an update's place in the index; once live, its event with the chunk JSON
+        (the cached metadata with the update applied, or read back whole)."""
+        chunk_id = record.get("chunk_id", "")
+        if not self._index.apply_update(record, Place("", message.seq, 0)):
+            if mine:
+                self._results[message.seq] = None
+            return []
+        cached = self._cache.get(chunk_id) if self._live else None
+        if cached is not None:
+            apply_patch(cached, record)
+            self._cache.put(chunk_id, cached)
+            meta = cached
+        else:
+            self._cache.drop(chunk_id)
+            if not self._live:
+                return []
+            try:
+                (meta,) = await self.metas([chunk_id])
+            except ServiceError as exc:
+                logger.warning("chunk %s updated, but not read back: %s", chunk_id, exc)
+                return []
+        chunk = self._index.chunk_json(meta)
+        if mine:
+            self._results[message.seq] = chunk
+        return [ChunkUpdated(chunk)]
+
+    async def _read_stream(self, locations: list[Location]) -> list[Read]:
+        """The metadata at each of *locations* (None: its message is gone): the headers of
+        its chunk message, with its update messages applied; gets by stream sequence, a
+        few at once."""
+        nats = self._nats_or_fail()
+        limiter = trio.CapacityLimiter(READS_AT_ONCE)
+
+        async def one(seq: int) -> dict[str, Any] | None:
+            async with limiter:
+                try:
+                    message = await nats.get(self._stream, seq)
+                except MessageNotFound:
+                    return None
+                except Unavailable:
+                    msg = "the store cluster does not answer; retry later"
+                    raise StoreUnavailable(msg, self._config.retry_after_s) from None
+                except NatsError as exc:
+                    msg = f"the store cluster failed to read record {seq}: {exc}"
+                    raise InternalError(msg) from None
+            value: dict[str, Any] = json.loads(message.headers[META])
+            return value
+
+        seqs = sorted({p.offset for loc in locations for p in (loc.record, *loc.updates)})
+        got: dict[int, dict[str, Any] | None] = {}
+
+        async def fetch(seq: int) -> None:
+            got[seq] = await one(seq)
+
+        async with trio.open_nursery() as nursery:
+            for seq in seqs:
+                nursery.start_soon(fetch, seq)
+        out: list[Read] = []
+        for location in locations:
+            base = got[location.record.offset]
+            meta = dict(base) if base is not None else None
+            for update in location.updates:
+                patch = got[update.offset]
+                if meta is None or patch is None:
+                    meta = None
+                    break
+                apply_patch(meta, patch)
+            out.append((meta, None))
+        return out
 
     def _apply_chunk(self, meta: dict[str, Any], message: Message) -> list[Committed]:
         group = meta.get("group")
@@ -450,11 +519,13 @@ class JetStreamStore(CommitChannels, IndexReads):
         events: list[Committed] = []
         for member, msg in members:
             session = self._index.users.get(member["user_id"], {}).get(member["session_id"])
-            if session is not None and member["seq"] in session.by_seq:
+            if session is not None and session.chunks.row_of(member["seq"]) is not None:
                 # Only a lost compare-and-append could do this; keep the first copy.
                 logger.warning("stream record %d repeats a stored seq; ignored", msg.seq)
                 continue
-            self._index.insert_meta(member, BlobRef(str(msg.seq), 0, msg.size))
+            self._index.insert_meta(member, Place("", msg.seq, 0), msg.size)
+            if self._live:
+                self._cache.put(member["chunk_id"], member)
             chunk = self._index.chunk_json(member)
             if msg.headers.get(NODE) == self._node:
                 self._results[msg.seq] = chunk
@@ -509,16 +580,14 @@ class JetStreamStore(CommitChannels, IndexReads):
         first session)."""
         if isinstance(write, Job):
             key = (write.user_id, write.session_id)
-        elif isinstance(write, Update) and write.chunk_id in self._index.chunks:
-            entry = self._index.chunks[write.chunk_id]
-            key = (entry.user_id, entry.session_id)
         elif isinstance(write, Delete) and write.session is not None:
             key = write.session
-        elif isinstance(write, Delete) and write.chunk_ids[0] in self._index.chunks:
-            entry = self._index.chunks[write.chunk_ids[0]]
-            key = (entry.user_id, entry.session_id)
         else:
-            return 0
+            chunk_id = write.chunk_id if isinstance(write, Update) else write.chunk_ids[0]
+            found = self._index.key(chunk_id)
+            if found is None:
+                return 0
+            key = found[:2]
         return zlib.crc32(f"{key[0]}\x00{key[1]}".encode()) % COMMIT_LANES
 
     async def _lane(self, receive: trio.MemoryReceiveChannel[tuple[float, Write]]) -> None:
@@ -548,9 +617,15 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Plan, publish and answer *writes*; those that lost a compare-and-append."""
         reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         pending: list[Pending] = []
+        known: dict[str, dict[str, Any]] = {}
+        for chunk_id in dict.fromkeys(
+            c for w in writes if isinstance(w, Job) for c in self._index.collisions(w)
+        ):
+            with contextlib.suppress(NotFound):
+                (known[chunk_id],) = await self.metas([chunk_id])
         for write in writes:
             try:
-                pending.append(self._plan(write, reserved))
+                pending.append(self._plan(write, reserved, known))
             except ServiceError as exc:
                 self._metrics.failed(exc.code)
                 write.reply.fail(exc)
@@ -572,7 +647,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             if errors:
                 self._fail(item.write, errors[0])
             else:
-                self._answer(item)
+                await self._answer(item)
         async with trio.open_nursery() as nursery:
             for item in pending:
                 if isinstance(item.write, Delete) and all(m.seq for m in item.messages):
@@ -580,13 +655,16 @@ class JetStreamStore(CommitChannels, IndexReads):
         return again
 
     def _plan(
-        self, write: Write, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
+        self,
+        write: Write,
+        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]],
+        known: dict[str, dict[str, Any]],
     ) -> Pending:
         """The messages *write* publishes (all or nothing), or the error that refuses it."""
         index, stream = self._index, self._stream
         write_id = secrets.token_hex(8)
         if isinstance(write, Job):
-            plan = index.plan_chunks(write, reserved)
+            plan = index.plan_chunks(write, reserved, known)
             session = f"{stream}.{token(write.user_id)}.{token(write.session_id)}"
             messages = []
             room = (self._nats.max_payload if self._nats else 1 << 20) - HEADER_ROOM
@@ -612,21 +690,19 @@ class JetStreamStore(CommitChannels, IndexReads):
                 messages.append(Publish(f"{session}.work.{seq}", b"", work))
             return Pending(write, plan, messages)
         if isinstance(write, Update):
-            entry = index.chunks.get(write.chunk_id)
-            if entry is None:
+            key = index.key(write.chunk_id)
+            if key is None:
                 msg = f"no chunk {write.chunk_id!r}"
                 raise NotFound(msg)
             record = {"chunk_id": write.chunk_id, "set": write.fields}
-            subject = (
-                f"{stream}.{token(entry.user_id)}.{token(entry.session_id)}.update.{write.chunk_id}"
-            )
+            subject = f"{stream}.{token(key[0])}.{token(key[1])}.update.{write.chunk_id}"
             headers = self._headers(record, write_id)
             if "transcript" in write.fields:
                 # One worker at a time holds a session (cluster/work.py), but one that
                 # lost its hold may still finish a decode: the first transcript of a chunk is
                 # the one the log keeps (a compare-and-append on the chunk's update subject),
                 # and a later one is answered with the chunk as stored.
-                if entry.meta().get("transcript", {}).get("status") != "pending":
+                if index.status(write.chunk_id) != "pending":
                     return Pending(write, record, [])
                 headers.update(EXPECT_EMPTY)
             return Pending(write, record, [Publish(subject, b"", headers)])
@@ -645,8 +721,9 @@ class JetStreamStore(CommitChannels, IndexReads):
             raise NotFound(msg)
         by_session: dict[tuple[str, str], list[str]] = {}
         for chunk_id in chunk_ids:
-            entry = index.chunks[chunk_id]
-            by_session.setdefault((entry.user_id, entry.session_id), []).append(chunk_id)
+            key = index.key(chunk_id)
+            assert key is not None
+            by_session.setdefault((key[0], key[1]), []).append(chunk_id)
         messages = []
         removed = []
         for i, ((user_id, session_id), ids) in enumerate(by_session.items()):
@@ -655,9 +732,10 @@ class JetStreamStore(CommitChannels, IndexReads):
             headers = self._headers(record, f"{write_id}-{i}")
             messages.append(Publish(f"{prefix}.tombstone", b"", headers))
             for chunk_id in ids:
-                entry = index.chunks[chunk_id]
-                subjects = [f"{prefix}.update.{chunk_id}", f"{prefix}.work.{entry.seq}"]
-                removed.append((int(entry.blob.segment), subjects))
+                key = index.key(chunk_id)
+                seq = key[2] if key is not None else -1
+                subjects = [f"{prefix}.update.{chunk_id}", f"{prefix}.work.{seq}"]
+                removed.append((index.stream_seq(chunk_id) or 0, subjects))
         return Pending(write, {"chunk_ids": chunk_ids, "removed": removed}, messages)
 
     def _headers(self, record: dict[str, Any], msg_id: str) -> dict[str, str]:
@@ -766,10 +844,11 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._metrics.failed(service.code)
         write.reply.fail(service)
 
-    def _answer(self, item: Pending) -> None:
+    async def _answer(self, item: Pending) -> None:
         """Answer a write whose messages all have their PubAck: from what the follower made
         of them, or (when it lags) from the plan."""
         write = item.write
+        index = self._index
         if item.messages:
             self._watch.stored()
         followed = all(m.seq is not None and m.seq <= self._applied for m in item.messages)
@@ -780,22 +859,22 @@ class JetStreamStore(CommitChannels, IndexReads):
             for planned in item.plan:
                 if planned.meta is None:
                     assert planned.existing is not None
-                    existing = self._index.chunks.get(planned.existing["chunk_id"])
-                    meta = existing.meta() if existing is not None else planned.existing
-                    stored.append(Stored(self._index.chunk_json(meta), created=False))
+                    stored.append(Stored(index.chunk_json(planned.existing), created=False))
                 else:
-                    chunk_id = planned.meta["chunk_id"]
-                    entry = self._index.chunks.get(chunk_id)
-                    meta = entry.meta() if entry is not None else planned.meta
-                    stored.append(Stored(self._index.chunk_json(meta), created=True))
+                    stored.append(Stored(index.chunk_json(planned.meta), created=True))
             write.reply.set(stored)
         elif isinstance(write, Update):
-            if not item.messages and write.chunk_id in self._index.chunks:
-                write.reply.set(self._index.get(write.chunk_id))  # transcribed already
-                return
             chunk = results[0] if results else None
-            if not followed and write.chunk_id in self._index.chunks:
-                chunk = {**self._index.get(write.chunk_id), **write.fields}
+            if (not item.messages or not followed) and index.has(write.chunk_id):
+                try:
+                    now = await self.get(write.chunk_id)
+                except NotFound:
+                    now = None
+                if now is not None and not item.messages:
+                    write.reply.set(now)  # transcribed already
+                    return
+                if now is not None:
+                    chunk = {**now, **write.fields}
             if chunk is None:
                 write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
             else:
@@ -843,7 +922,7 @@ class JetStreamStore(CommitChannels, IndexReads):
 
     def stats(self) -> StoreStats:
         return StoreStats(
-            chunks=len(self._index.chunks),
+            chunks=len(self._index),
             audio_bytes=self._index.audio_bytes,
             log_bytes=self._bytes,
             dead_bytes=0,
@@ -862,9 +941,10 @@ class JetStreamStore(CommitChannels, IndexReads):
         tombstone); one still indexed aged out (``--store-max-age``) or was removed by
         hand. While the cluster does not answer, the read is tried again for up to twice
         ``store_timeout_s``, then 503."""
-        entry = self._index.entry(chunk_id)
-        content_type = str(entry.meta().get("content_type", "application/octet-stream"))
-        seq = int(entry.blob.segment)
+        seq = self._index.stream_seq(chunk_id)
+        if seq is None:
+            msg = f"no chunk {chunk_id!r}"
+            raise NotFound(msg)
         deadline = trio.current_time() + self._config.store_timeout_s * 2
         while True:
             nats = self._nats_or_fail()
@@ -873,7 +953,11 @@ class JetStreamStore(CommitChannels, IndexReads):
                     message = await nats.get(self._stream, seq)
                 except MessageNotFound:
                     message = await nats.get(self._stream, seq, direct=False)
-                return message.data, content_type
+                try:
+                    meta = json.loads(message.headers[META])
+                except (KeyError, ValueError):
+                    meta = {}
+                return message.data, str(meta.get("content_type", "application/octet-stream"))
             except MessageNotFound:
                 break
             except Unavailable:
@@ -886,7 +970,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 raise InternalError(msg) from None
         with contextlib.suppress(NatsError):  # a tombstone before it: this node applies it
             await self._wait_applied((await nats.stream_state(self._stream)).last_seq)
-        if chunk_id not in self._index.chunks:
+        if not self._index.has(chunk_id):
             msg = f"chunk {chunk_id!r} was deleted"
         else:
             msg = f"chunk {chunk_id!r} is no longer in the stream (aged out or removed)"

@@ -541,7 +541,7 @@ class Cluster:
         held = self.held.setdefault(p, {})
         idle_since = trio.current_time()
         try:
-            self._sweep(p, held)
+            await self._sweep(p, held)
             while True:
                 try:
                     batch = await puller.take(FETCH_BATCH, FETCH_WAIT_S)
@@ -566,7 +566,7 @@ class Cluster:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await puller.close()
 
-    def _sweep(self, p: int, held: dict[str, Held]) -> None:
+    async def _sweep(self, p: int, held: dict[str, Held]) -> None:
         """On taking a partition: offer every chunk of it the index has ``pending`` (a dead
         worker's, whose work messages come again only after ``ACK_WAIT_S``)."""
         assert self.transcriber is not None
@@ -583,7 +583,7 @@ class Cluster:
                 ours[session] = partition(user_id, session_id, partitions) == p
             if ours[session]:
                 held[chunk_id] = Held(chunk_id, now)
-                self._offer(chunk_id)
+                await self._offer(chunk_id)
                 swept += 1
         if swept:
             logger.info("partition %d: %d chunks left pending are queued again", p, swept)
@@ -612,7 +612,7 @@ class Cluster:
             return True
         held[chunk_id] = Held(chunk_id, now, work, now)
         self.counts["taken"] += 1
-        self._offer(chunk_id)
+        await self._offer(chunk_id)
         return True
 
     async def _settle(self, puller: Puller, held: dict[str, Held]) -> None:
@@ -640,13 +640,13 @@ class Cluster:
         if again:  # a session's chunks all at once, in seq order: its utterances stay whole
             logger.warning("%d chunks still pending are queued again", len(again))
             for *_, chunk_id in sorted(again):
-                self._offer(chunk_id)
+                await self._offer(chunk_id)
 
-    def _offer(self, chunk_id: str) -> None:
+    async def _offer(self, chunk_id: str) -> None:
         """Hand a stored chunk to the transcriber (nothing when it was deleted meanwhile)."""
         assert self.transcriber is not None
         with contextlib.suppress(NotFound):
-            self.transcriber.offer_stored(chunk_id)
+            await self.transcriber.offer_stored(chunk_id)
 
     async def _ack(self, puller: Puller, work: Work) -> bool:
         try:

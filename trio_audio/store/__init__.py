@@ -12,9 +12,11 @@ backend, the contract is the same:
 - Writes: a pipeline ``Job``, an ``Update`` or a ``Delete`` (``events.py``) sent through
   ``open_writes()`` (the pipeline) or ``submit`` (everyone else) and answered on the write's
   ``reply`` once durable; ``update``/``delete_chunk``/``delete_session`` wrap ``submit``.
-- Reads: ``get``, ``has``, ``chunk_ids``, ``session_ids``, ``owner``, ``summary``,
-  ``chunks_after``, ``page``, ``read_audio``, ``pending_transcripts``, ``stats``; copies,
-  never the backend's objects.
+- Reads: ``has``, ``offset_ms``, ``transcript_status``, ``chunk_ids``, ``session_ids``,
+  ``owner``, ``summary``, ``chunks_after``, ``pending_transcripts``, ``stats`` answer from
+  the in-memory index; ``get``, ``metas``, ``page`` and ``read_audio`` read the log (chunk
+  metadata through a cache, see ``reads.py``), so they are async. Copies, never the
+  backend's objects.
 - ``health``: why the backend cannot serve now (None: it can), for ``/readyz``.
 - ``events()``: one channel of ``Committed`` events (chunk stored, updated, deleted) in commit
   order, for the service's fan-out to the live watchers and the transcriber. The store never
@@ -64,11 +66,15 @@ class StoreBackend(Protocol):
 
     async def delete_session(self, user_id: str, session_id: str) -> list[str]: ...
 
-    def get(self, chunk_id: str) -> dict[str, Any]: ...
+    async def get(self, chunk_id: str) -> dict[str, Any]: ...
+
+    async def metas(self, chunk_ids: list[str]) -> list[dict[str, Any]]: ...
 
     def has(self, chunk_id: str) -> bool: ...
 
     def offset_ms(self, chunk_id: str) -> float | None: ...
+
+    def transcript_status(self, chunk_id: str) -> str | None: ...
 
     def chunk_ids(self) -> list[str]: ...
 
@@ -82,7 +88,7 @@ class StoreBackend(Protocol):
         self, user_id: str, session_id: str, seq: int | None
     ) -> list[tuple[int, str]]: ...
 
-    def page(
+    async def page(
         self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
     ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]: ...
 

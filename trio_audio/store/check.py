@@ -9,7 +9,7 @@ segment without stopping at the first problem: after a damaged frame it searches
 next frame whose salted CRC holds (candidates found with numpy, proven by the CRC) and goes
 on from there, so one report lists every damaged region with its file and offsets. A damaged
 end of the newest segment that replay would cut as a torn tail is reported as such, not as
-corruption. It also folds the records (``compact.Fold``) to report chunks, sessions, users
+corruption. It also folds the records (``reads.Loader``) to report chunks, sessions, users
 and bytes. A path that is not a data dir holding a log is an error (``StoreError``).
 
 ``repair`` salvages every valid record: it takes the data dir's lock, writes the records
@@ -33,7 +33,6 @@ import crc32c
 import numpy as np
 
 from ..errors import CorruptLog, StoreError
-from .compact import Fold
 from .files import (
     LOG_CREATED_FILE,
     MANIFEST_FILE,
@@ -44,6 +43,8 @@ from .files import (
     lock_data_dir,
     log_dir,
 )
+from .index import Index
+from .reads import Loader
 from .record import (
     CHECKPOINT_MARK,
     FRAME_HEADER,
@@ -174,7 +175,7 @@ def _walk(
                     rtype = _TYPES[type_]
                     decoded = decode_payload(mm, view, pos + FRAME_HEADER_SIZE, end, rtype, name)
                     if not isinstance(decoded, str):
-                        yield Record(rtype, seq, decoded[0], decoded[1], name, pos)
+                        yield Record(rtype, seq, decoded[0], decoded[1], name, pos, end)
                         expected = seq + 1
                         pos = end
                         continue
@@ -243,9 +244,9 @@ def _resync(mm: mmap.mmap, view: memoryview, start: int, size: int, seed: int) -
 def check(data_dir: Path) -> CheckReport:
     """Verify every record of *data_dir*'s log, by replay's rules; changes nothing."""
     require_log(data_dir)
-    fold = Fold()
+    fold = Loader(Index())
     damage, files, total, checkpoints = salvage(data_dir, fold.add)
-    replayed = Fold()
+    replayed = Loader(Index())
     try:
         report = replay(data_dir, replayed.add, dry_run=True)
     except CorruptLog as exc:
@@ -258,16 +259,16 @@ def check(data_dir: Path) -> CheckReport:
             damage.insert(0, refused)
     else:
         fold, checkpoints = replayed, report.checkpoints  # what serve will load
-    sessions = {(live.user_id, live.session_id) for live in fold.live.values()}
+    users = fold.index.users
     return CheckReport(
         files=files,
         bytes=total,
         records=fold.records,
         checkpoints=checkpoints,
-        chunks=len(fold.live),
-        sessions=len(sessions),
-        users=len({user for user, _ in sessions}),
-        audio_bytes=sum(live.blob.length for live in fold.live.values()),
+        chunks=len(fold.index),
+        sessions=sum(len(sessions) for sessions in users.values()),
+        users=len(users),
+        audio_bytes=fold.index.audio_bytes,
         incomplete_groups=len(fold.groups),
         damage=tuple(damage),
     )

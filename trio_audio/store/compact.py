@@ -14,8 +14,10 @@ Steps, each durable before the next:
 
 1. ``LogWriter.seal``: the current segment is fsync'd and closed; the next record starts
    segment S, so every record before S is in sealed, immutable files.
-2. Fold the old snapshot and the segments before S (``Fold``: the replay rules): live
-   chunks with their updates, without deleted chunks and cut-short multipart groups.
+2. Fold the old snapshot and the segments before S (``reads.Loader``: the replay rules, into
+   an index of locations): live chunks with their updates, without deleted chunks and
+   cut-short multipart groups. Each live chunk's metadata (its updates applied) and audio
+   are read from the sealed files as the snapshot is written, a batch at a time.
 3. Write ``<S>.snap.tmp``, fsync it; rename it to ``<S>.snap``; fsync the directory. From
    here replay starts from the new snapshot.
 4. The store points its index at the audio in the snapshot (``Snapshot.moved``).
@@ -34,15 +36,17 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import msgpack
+import numpy as np
 
 from ..errors import CorruptLog
 from .files import (
     REAL_FILES,
+    SNAPSHOT_SUFFIX,
     TMP_SUFFIX,
     FileOps,
     list_segments,
@@ -51,11 +55,15 @@ from .files import (
     snapshot_name,
     write_all,
 )
+from .index import Index, Place
+from .keydir import DEAD
+from .reads import Loader, read_local
 from .record import (
     FIRST_SEQ,
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
     SNAPSHOT_MAGIC,
     BlobRef,
-    Record,
     RecordType,
     build_checkpoint,
     build_frame,
@@ -66,74 +74,7 @@ from .replay import read_blob, read_segment, read_snapshot
 logger = logging.getLogger("trio_audio.store")
 
 WRITE_BUFFER_BYTES: Final = 4 * 1024 * 1024
-
-
-@attrs.define(eq=False)
-class Live:
-    """One live chunk as the log says: packed metadata, where its audio is, and the seq of
-    the record it came from."""
-
-    packed: bytes
-    blob: BlobRef
-    user_id: str
-    session_id: str
-    seq: int
-    duration_ms: float
-    record_seq: int
-
-
-class Fold:
-    """The replay rules as plain state, fed one record at a time (``add``).
-
-    CHUNK indexes a chunk, a multipart group (``meta["group"] = [id, index, count]``) only
-    once all of it has been read; UPDATE replaces top-level fields (``{"chunk_id", "set"}``);
-    TOMBSTONE removes chunks (``{"chunk_ids": [...]}``). Metadata is kept packed, so memory
-    grows with metadata only.
-    """
-
-    def __init__(self) -> None:
-        self.live: dict[str, Live] = {}
-        self.groups: dict[str, list[Record]] = {}
-        self.records = 0
-
-    def add(self, record: Record) -> None:
-        self.records += 1
-        if record.type == RecordType.UPDATE:
-            live = self.live.get(record.meta["chunk_id"])
-            if live is not None:
-                meta = msgpack.unpackb(live.packed)
-                meta.update(record.meta["set"])
-                live.packed = msgpack.packb(meta)
-            return
-        if record.type == RecordType.TOMBSTONE:
-            for chunk_id in record.meta.get("chunk_ids", ()):
-                self.live.pop(chunk_id, None)
-            return
-        if record.type != RecordType.CHUNK or record.blob is None:
-            return
-        group = record.meta.get("group")
-        if group is None:
-            self._put(record)
-            return
-        members = self.groups.setdefault(group[0], [])
-        members.append(record)
-        if len(members) == group[2]:
-            for member in self.groups.pop(group[0]):
-                self._put(member)
-
-    def _put(self, record: Record) -> None:
-        meta = dict(record.meta)
-        meta.pop("group", None)  # complete: the snapshot holds it as single chunks
-        assert record.blob is not None
-        self.live[meta["chunk_id"]] = Live(
-            packed=msgpack.packb(meta),
-            blob=record.blob,
-            user_id=meta["user_id"],
-            session_id=meta["session_id"],
-            seq=meta["seq"],
-            duration_ms=float(meta["audio"]["duration_ms"]),
-            record_seq=record.seq,
-        )
+READ_BATCH: Final = 1024  # chunks whose metadata is read from the sealed files at a time
 
 
 @attrs.frozen
@@ -143,30 +84,82 @@ class Snapshot:
 
     name: str
     start: int
-    moved: dict[str, BlobRef]
+    moved: dict[str, Place]
     replaced: tuple[str, ...]
     records: int
     bytes: int
     folded_records: int
 
 
-def fold_sealed(data_dir: Path, start: int) -> tuple[Fold, tuple[str, ...]]:
-    """Fold the newest snapshot and every segment before seq *start*; their names."""
-    fold = Fold()
+def fold_sealed(data_dir: Path, start: int) -> tuple[Loader, tuple[str, ...]]:
+    """Fold the newest snapshot and every segment before seq *start* into an index of
+    their live chunks (replay's rules); the files read."""
+    loader = Loader(Index())
     snapshots = list_snapshots(data_dir)
     expected = FIRST_SEQ
     if snapshots:
-        scan = read_snapshot(data_dir, snapshots[-1], fold.add)
+        scan = read_snapshot(data_dir, snapshots[-1], loader.add)
         assert scan.end_seq is not None
         expected = scan.end_seq
     segments = [n for n in list_segments(data_dir) if int(n[:16]) < start]
     for name in segments:
-        expected = read_segment(data_dir, name, expected, fold.add)
+        expected = read_segment(data_dir, name, expected, loader.add)
     if expected != start:
         path = log_dir(data_dir) / (segments[-1] if segments else "")
         msg = f"the sealed log ends before seq {expected}, compaction expected {start}"
         raise CorruptLog(str(path), 0, msg)
-    return fold, tuple(snapshots + segments)
+    loader.index.ids.merge()
+    return loader, tuple(snapshots + segments)
+
+
+def _in_log_order(index: Index) -> list[str]:
+    """The live chunks of *index* in the order of their CHUNK records in the log."""
+    table = index.table[: index.count]
+    rows = np.flatnonzero(table["sess"] != DEAD)
+    names = index.segments
+    rank = np.zeros(max(len(names), 1), np.int64)
+    for n, name in enumerate(sorted(names, key=lambda x: (not x.endswith(SNAPSHOT_SUFFIX), x))):
+        rank[names.index(name)] = n
+    order = np.lexsort((table["off"][rows], rank[table["seg"][rows]]))
+    return [index.ids.chunk_id(index.table, int(r)) for r in rows[order]]
+
+
+def _record_seqs(data_dir: Path, places: list[Place]) -> list[int]:
+    """The seq of the record at each of *places* (sealed files, read from their headers)."""
+    directory = log_dir(data_dir)
+    fds: dict[str, int] = {}
+    try:
+        out = []
+        for place in places:
+            fd = fds.get(place.segment)
+            if fd is None:
+                fd = fds[place.segment] = os.open(directory / place.segment, os.O_RDONLY)
+            header = os.pread(fd, FRAME_HEADER_SIZE, place.offset)
+            out.append(int(FRAME_HEADER.unpack(header)[3]))
+        return out
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _live_chunks(data_dir: Path, index: Index) -> Iterator[tuple[dict[str, Any], int, bytes]]:
+    """Metadata (updates applied), record seq and audio of each live chunk of *index*, in
+    log order, read from the sealed files a batch at a time."""
+    order = _in_log_order(index)
+    for at in range(0, len(order), READ_BATCH):
+        locations = [index.location(c) for c in order[at : at + READ_BATCH]]
+        metas = read_local(data_dir, locations)
+        seqs = _record_seqs(data_dir, [location.record for location in locations])
+        for location, (meta, _), record_seq in zip(locations, metas, seqs, strict=True):
+            if meta is None:
+                msg = "a sealed file went missing during compaction"
+                raise CorruptLog(str(log_dir(data_dir) / location.record.segment), 0, msg)
+            meta.pop("group", None)  # complete: the snapshot holds it as single chunks
+            record = location.record
+            audio = read_blob(
+                data_dir, BlobRef(record.segment, location.audio_offset, location.audio_length)
+            )
+            yield meta, record_seq, audio
 
 
 def write_snapshot(data_dir: Path, start: int, files: FileOps = REAL_FILES) -> Snapshot | None:
@@ -175,23 +168,23 @@ def write_snapshot(data_dir: Path, start: int, files: FileOps = REAL_FILES) -> S
     directory = log_dir(data_dir)
     if not any(int(n[:16]) < start for n in list_segments(data_dir)):
         return None
-    fold, replaced = fold_sealed(data_dir, start)
+    loader, replaced = fold_sealed(data_dir, start)
+    index = loader.index
     name = snapshot_name(start)
     tmp = directory / (name + TMP_SUFFIX)
     salt = secrets.randbits(32)
-    moved: dict[str, BlobRef] = {}
+    moved: dict[str, Place] = {}
     fd = files.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         offset = write_all(files, fd, [pack_segment_header(salt, start, magic=SNAPSHOT_MAGIC)], 0)
         buffers: list[bytes] = []
         buffered = 0
-        for live in sorted(fold.live.values(), key=lambda item: item.record_seq):
-            audio = read_blob(data_dir, live.blob)
-            meta: dict[str, Any] = msgpack.unpackb(live.packed)
-            frame = build_frame(salt, RecordType.CHUNK, live.record_seq, meta, audio)
+        for meta, record_seq, audio in _live_chunks(data_dir, index):
+            frame = build_frame(salt, RecordType.CHUNK, record_seq, meta, audio)
             size = sum(len(b) for b in frame)
-            at = offset + buffered + size - len(audio)
-            moved[meta["chunk_id"]] = BlobRef(name, at, len(audio))
+            header = 2 if len(audio) < 1 << 8 else 3 if len(audio) < 1 << 16 else 5
+            length = size - FRAME_HEADER_SIZE - header - len(audio)
+            moved[meta["chunk_id"]] = Place(name, offset + buffered, length)
             buffers.extend(frame)
             buffered += size
             if buffered >= WRITE_BUFFER_BYTES:
@@ -207,10 +200,10 @@ def write_snapshot(data_dir: Path, start: int, files: FileOps = REAL_FILES) -> S
     files.close(fd)
     files.rename(tmp, directory / name)
     files.fsync_dir(directory)
-    if fold.groups:
+    if loader.groups:
         logger.warning(
             "compaction dropped %d records of multipart uploads cut short by a crash",
-            sum(len(m) for m in fold.groups.values()),
+            sum(len(m) for m in loader.groups.values()),
         )
     return Snapshot(
         name=name,
@@ -219,7 +212,7 @@ def write_snapshot(data_dir: Path, start: int, files: FileOps = REAL_FILES) -> S
         replaced=replaced,
         records=len(moved),
         bytes=offset,
-        folded_records=fold.records,
+        folded_records=loader.records,
     )
 
 

@@ -1,461 +1,284 @@
-"""The in-memory index of stored chunks: pure data, no I/O, no trio.
+"""The in-memory index of stored chunks, Bitcask's keydir: pure data, no I/O, no trio.
 
-Memory holds, per chunk, its metadata packed as msgpack and where its audio lies in the log
-(``BlobRef``); audio bytes stay on disk, so memory grows with metadata only. ``users`` maps
-``user_id -> session_id -> SessionIndex`` (the session's chunks in seq order).
+Memory holds, per chunk, where its records lie and what routing, listing, ownership and the
+transcript queue need (``keydir.ROW``: id, session, seq, owner through the session, the
+place of its CHUNK record and audio and of its latest UPDATE, transcript status), and per
+session its chunks in seq order (``keydir.Chunks``) plus the text of its transcribed chunks.
+A chunk's metadata (its chunk JSON, transcript words) stays in the log and is read from
+there when asked for (``Location``; ``reads.py`` reads and caches it).
 
 The committer is the only writer: it plans a batch (``plan_chunks``: seqs, idempotent
-retries, conflicts), writes it, then applies it here (``insert``, ``apply_update``,
-``apply_tombstone``). Replay applies the same records at start-up. Readers get copies
-(chunk JSON dicts, ``SessionSummary``), never the index's own objects.
+retries, conflicts), writes it, then applies it here (``insert_meta``, ``apply_update``,
+``apply_tombstone``). Replay (``Loader``) applies the same records at start-up. Readers get
+copies (lists, ``SessionSummary``), never the index's own objects.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-import attrs
-import msgpack
+import numpy as np
 
-from ..errors import InvalidField, NotFound, SeqConflict
-from ..models import MAX_SEQ, new_chunk_id
+from .keydir import (
+    DEAD,
+    ROW,
+    Entry,
+    Ids,
+    Location,
+    Place,
+    Session,
+    grown,
+    split_id,
+    status_code,
+)
+from .plan import Planned, Stored, build_meta, plan_chunks
+from .queries import Lookups, PageSlice, SessionSummary
+from .record import FRAME_HEADER_SIZE
 
 if TYPE_CHECKING:
-    from ..models import Job, Part
-    from .record import BlobRef
+    from ..models import Job
+
+__all__ = [
+    "Entry",
+    "Index",
+    "Location",
+    "PageSlice",
+    "Place",
+    "Planned",
+    "Session",
+    "SessionSummary",
+    "Stored",
+    "build_meta",
+]
+
+VACUUM_MIN: Final = 65536  # free rows before the table is packed again
 
 
-@attrs.define(eq=False)
-class Entry:
-    """What memory keeps of one chunk."""
+class Index(Lookups):
+    """Chunks by id and by ``user -> session -> seq``; the committer's and replay's target
+    (what it answers is in ``queries.Lookups``)."""
 
-    packed: bytes  # msgpack of the chunk's metadata
-    blob: BlobRef
-    user_id: str
-    session_id: str
-    seq: int
-    duration_ms: float
-
-    def meta(self) -> dict[str, Any]:
-        value: dict[str, Any] = msgpack.unpackb(self.packed)
-        return value
-
-
-@attrs.define(eq=False)
-class SessionIndex:
-    """The chunks of one session in seq order, with where each starts on its timeline.
-
-    ``starts[i]`` is the summed duration of the chunks before ``seqs[i]``, kept up to date as
-    chunks arrive (appending is O(1); a chunk that arrives out of order shifts the ones after
-    it). A chunk's ``offset_ms`` is read from here, so it always agrees with the session as
-    stored, whatever order the pipeline committed its chunks in.
-    """
-
-    by_seq: dict[int, str] = attrs.field(factory=dict)
-    seqs: list[int] = attrs.field(factory=list)
-    durations: list[float] = attrs.field(factory=list)
-    starts: list[float] = attrs.field(factory=list)
-    duration_ms: float = 0.0
-    transcript: dict[str, str] | None = None  # the session's, cached until a chunk changes
-
-    def add(self, seq: int, chunk_id: str, duration_ms: float) -> None:
-        self.transcript = None
-        if seq in self.by_seq:
-            self.remove(seq)
-        i = bisect.bisect_left(self.seqs, seq)
-        start = self.starts[i - 1] + self.durations[i - 1] if i else 0.0
-        self.seqs.insert(i, seq)
-        self.durations.insert(i, duration_ms)
-        self.starts.insert(i, start)
-        for j in range(i + 1, len(self.starts)):
-            self.starts[j] += duration_ms
-        self.by_seq[seq] = chunk_id
-        self.duration_ms += duration_ms
-
-    def remove(self, seq: int) -> None:
-        self.transcript = None
-        i = bisect.bisect_left(self.seqs, seq)
-        if i == len(self.seqs) or self.seqs[i] != seq:
-            return
-        duration = self.durations[i]
-        del self.seqs[i], self.durations[i], self.starts[i]
-        for j in range(i, len(self.starts)):
-            self.starts[j] -= duration
-        del self.by_seq[seq]
-        self.duration_ms -= duration
-
-    def offset_ms(self, seq: int) -> float:
-        """Where the chunk *seq* starts (or would start) on the session's timeline."""
-        i = bisect.bisect_left(self.seqs, seq)  # the chunks before it are seqs[:i]
-        return self.starts[i - 1] + self.durations[i - 1] if i else 0.0
-
-    @property
-    def next_seq(self) -> int:
-        return self.seqs[-1] + 1 if self.seqs else 0
-
-    def after(self, seq: int | None) -> Iterator[tuple[int, str]]:
-        """(seq, chunk_id) pairs in order, starting after *seq* (from the start if None)."""
-        start = 0 if seq is None else bisect.bisect_right(self.seqs, seq)
-        for s in self.seqs[start:]:
-            yield s, self.by_seq[s]
-
-
-@attrs.frozen
-class SessionSummary:
-    """A reader's copy of one session's totals."""
-
-    session_id: str
-    chunk_count: int
-    duration_ms: float
-    next_seq: int
-    transcript: dict[str, str]
-
-
-@attrs.frozen
-class Stored:
-    """The outcome of committing one part: its chunk JSON and whether it is new."""
-
-    chunk: dict[str, Any]
-    created: bool
-
-
-@attrs.define(eq=False)
-class Planned:
-    """One part of a job as the committer will handle it: a new record, or one stored."""
-
-    part: Part
-    meta: dict[str, Any] | None  # the record to write; None: answered by ``existing``
-    existing: dict[str, Any] | None = None
-
-
-def _transcript_pending(meta: dict[str, Any]) -> bool:
-    return bool(meta.get("transcript", {}).get("status") == "pending")
-
-
-class Index:
-    """Chunks by id and by ``user -> session -> seq``; the committer's and replay's target."""
-
-    def __init__(self, transcript_status: str = "disabled") -> None:
-        self.chunks: dict[str, Entry] = {}
-        self.users: dict[str, dict[str, SessionIndex]] = {}
+    def __init__(self, transcript_status: str = "disabled", *, cluster: bool = False) -> None:
+        self.table = np.zeros(1024, ROW)
+        self.count = 0  # rows used (live or DEAD)
+        self.live = 0
+        self.ids = Ids()
+        self.users: dict[str, dict[str, Session]] = {}
+        self.sessions: list[Session | None] = []
+        self.segments: list[str] = []
+        self._last_segment = ("\0", 0)  # the file of the last record indexed, and its number
+        self._segment_numbers: dict[str, int] = {}
+        self.more_updates: dict[int, list[tuple[int, int, int]]] = {}  # row -> older UPDATEs
         self.audio_bytes = 0
         self.dead_bytes = 0  # deleted or replaced bytes since the last compaction
         # New chunks start "pending" when a speech engine will transcribe them.
         self.transcript_status = transcript_status
-        self.pending: set[str] = set()  # chunks whose transcript is still pending
+        self.cluster = cluster  # locations are stream sequences, read whole
+        self.version = 0  # changes whenever a chunk's metadata or place may have changed
+        self._header = 0 if cluster else FRAME_HEADER_SIZE
+
+    def __len__(self) -> int:
+        return self.live
 
     # -- applying records ------------------------------------------------------------------
 
-    def insert(self, chunk_id: str, entry: Entry, meta: dict[str, Any] | None = None) -> Entry:
-        """Index *entry* (*meta*: its metadata unpacked, when the caller has it)."""
-        self.chunks[chunk_id] = entry
-        if _transcript_pending(entry.meta() if meta is None else meta):
-            self.pending.add(chunk_id)
-        sessions = self.users.setdefault(entry.user_id, {})
-        sessions.setdefault(entry.session_id, SessionIndex()).add(
-            entry.seq, chunk_id, entry.duration_ms
-        )
-        self.audio_bytes += entry.blob.length
-        return entry
+    def segment_number(self, name: str) -> int:
+        if name == self._last_segment[0]:
+            return self._last_segment[1]
+        number = self._segment_numbers.get(name)
+        if number is None:
+            number = self._segment_numbers[name] = len(self.segments)
+            self.segments.append(name)
+        self._last_segment = (name, number)
+        return number
 
-    def insert_meta(self, meta: dict[str, Any], blob: BlobRef) -> Entry:
-        entry = Entry(
-            packed=msgpack.packb(meta),
-            blob=blob,
-            user_id=meta["user_id"],
-            session_id=meta["session_id"],
-            seq=meta["seq"],
-            duration_ms=float(meta["audio"]["duration_ms"]),
-        )
-        return self.insert(meta["chunk_id"], entry, meta)
+    def _session(self, user_id: str, session_id: str) -> Session:
+        sessions = self.users.get(user_id)
+        if sessions is None:
+            sessions = self.users[user_id] = {}
+        session = sessions.get(session_id)
+        if session is None:
+            session = Session(user_id, session_id, len(self.sessions))
+            sessions[session_id] = session
+            self.sessions.append(session)
+        return session
 
-    def apply_update(self, patch: dict[str, Any]) -> dict[str, Any] | None:
-        """Replace the top-level fields in ``patch["set"]`` of the chunk it names."""
-        entry = self.chunks.get(patch["chunk_id"])
-        if entry is None:
-            return None  # deleted since
-        meta = entry.meta()
-        meta.update(patch["set"])
-        self.dead_bytes += len(entry.packed)
-        entry.packed = msgpack.packb(meta)
-        self.users[entry.user_id][entry.session_id].transcript = None
-        if _transcript_pending(meta):
-            self.pending.add(patch["chunk_id"])
+    def insert_meta(self, meta: dict[str, Any], record: Place, audio_length: int) -> int:
+        """Index a chunk from its metadata and where its CHUNK record lies; its row.
+
+        Chunk ids are unique (the committer and a cluster's follower never index one twice);
+        a seq stored again (only a damaged log has that) replaces the chunk stored there."""
+        chunk_id: str = meta["chunk_id"]
+        session = self._session(meta["user_id"], meta["session_id"])
+        seq = int(meta["seq"])
+        chunks = session.chunks
+        if seq <= chunks.last:
+            taken = chunks.row_of(seq)
+            if taken is not None:
+                self._drop(self.ids.chunk_id(self.table, taken), taken)
+                session = self._session(meta["user_id"], meta["session_id"])
+                chunks = session.chunks
+        if self.count == len(self.table):
+            self.table = grown(self.table, self.count + 1)
+        row = self.count
+        self.count += 1
+        split = split_id(chunk_id)
+        hi, lo = split if split is not None else (0, 0)
+        transcript = meta.get("transcript")
+        status = transcript.get("status") if isinstance(transcript, dict) else None
+        self.table[row] = (
+            lo, hi, seq, record.offset, 0, session.number, self.segment_number(record.segment),
+            record.length, audio_length, 0, 0, status_code(status),
+        )  # fmt: skip
+        self.ids.add(chunk_id, row, split)
+        chunks.add(seq, row, float(meta["audio"]["duration_ms"]))
+        if status == "done" or session.texts:
+            self._note_text(session, seq, transcript)
         else:
-            self.pending.discard(patch["chunk_id"])
-        return meta
+            session.transcript = None
+        self.live += 1
+        self.audio_bytes += audio_length
+        return row
+
+    def _note_text(self, session: Session, seq: int, transcript: Any) -> None:
+        session.transcript = None
+        text = transcript.get("text") if isinstance(transcript, dict) else None
+        if isinstance(transcript, dict) and transcript.get("status") == "done" and text:
+            session.texts[seq] = str(text)
+        else:
+            session.texts.pop(seq, None)
+
+    def apply_update(self, patch: dict[str, Any], record: Place) -> bool:
+        """Note an UPDATE record of the chunk it names (False: that chunk is gone)."""
+        self.version += 1
+        row = self.ids.find(self.table, patch["chunk_id"])
+        if row is None:
+            return False
+        item = self.table[row]
+        if int(item["ulen"]):
+            self.more_updates.setdefault(row, []).append(
+                (int(item["useg"]), int(item["uoff"]), int(item["ulen"]))
+            )
+        self.dead_bytes += record.length  # dead once a compaction folds it
+        item["useg"] = self.segment_number(record.segment)
+        item["uoff"] = record.offset
+        item["ulen"] = max(record.length, 1)  # a cluster reads it whole: 1 marks "there is one"
+        fields = patch.get("set") or {}
+        if "transcript" in fields:
+            transcript = fields["transcript"]
+            status = transcript.get("status") if isinstance(transcript, dict) else None
+            item["status"] = status_code(status)
+            session = self.sessions[int(item["sess"])]
+            assert session is not None
+            self._note_text(session, int(item["seq"]), transcript)
+        self.table[row] = item
+        return True
 
     def apply_tombstone(self, tombstone: dict[str, Any]) -> list[tuple[str, Entry]]:
         """Remove the chunks a TOMBSTONE names; ``(chunk_id, entry)`` of those that were there."""
+        self.version += 1
         removed = []
         for chunk_id in tombstone["chunk_ids"]:
-            entry = self.chunks.pop(chunk_id, None)
-            if entry is None:
-                continue
-            self.pending.discard(chunk_id)
-            removed.append((chunk_id, entry))
-            sessions = self.users.get(entry.user_id, {})
-            session = sessions.get(entry.session_id)
-            if session is not None and session.by_seq.get(entry.seq) == chunk_id:
-                session.remove(entry.seq)
-                if not session.seqs:
-                    del sessions[entry.session_id]
-                    if not sessions:
-                        del self.users[entry.user_id]
-            self.audio_bytes -= entry.blob.length
-            self.dead_bytes += entry.blob.length + len(entry.packed)
+            row = self.ids.find(self.table, chunk_id)
+            if row is not None:
+                removed.append((chunk_id, self._drop(chunk_id, row)))
+        if self.count - self.live >= max(VACUUM_MIN, self.live):
+            self.vacuum()
         return removed
+
+    def _drop(self, chunk_id: str, row: int) -> Entry:
+        item = self.table[row]
+        session = self.sessions[int(item["sess"])]
+        assert session is not None
+        seq = int(item["seq"])
+        session.chunks.remove(seq)
+        session.texts.pop(seq, None)
+        session.transcript = None
+        if session.chunks.n == 0:
+            sessions = self.users[session.user_id]
+            del sessions[session.session_id]
+            if not sessions:
+                del self.users[session.user_id]
+            self.sessions[session.number] = None
+        self.ids.remove(chunk_id, row)
+        self.table["sess"][row] = DEAD
+        self.more_updates.pop(row, None)
+        self.live -= 1
+        self.audio_bytes -= int(item["alen"])
+        self.dead_bytes += int(item["alen"]) + int(item["mlen"])
+        return Entry(session.user_id, session.session_id, seq)
+
+    def vacuum(self) -> None:
+        """Pack the live rows together (after many deletes) and renumber what points at them."""
+        self.version += 1
+        table = self.table[: self.count]
+        alive = table["sess"] != DEAD
+        renumber = np.full(max(self.count, 1), -1, np.int64)
+        renumber[: self.count][alive] = np.arange(int(alive.sum()))
+        self.table = grown(table[alive].copy(), max(1024, int(alive.sum())))
+        self.count = int(alive.sum())
+        self.ids.rebuild(self.table, self.count, renumber)
+        for session in self.sessions:
+            if session is not None:
+                n = session.chunks.n
+                session.chunks.rows[:n] = renumber[session.chunks.rows[:n]]
+        self.more_updates = {int(renumber[r]): v for r, v in self.more_updates.items()}
+        # Sessions are numbered again too, so the list keeps no gap for a session gone.
+        kept = [s for s in self.sessions if s is not None]
+        numbers = np.zeros(max(len(self.sessions), 1), np.uint32)
+        for new, session in enumerate(kept):
+            numbers[session.number] = new
+            session.number = new
+        self.sessions = list(kept)
+        sess = self.table["sess"]
+        sess[: self.count] = numbers[sess[: self.count]]
+
+    def moved(self, moves: dict[str, Place], replaced: set[str]) -> None:
+        """A compaction copied chunks into a snapshot: point their rows at it (those whose
+        record lies in a file it *replaced*; updates written since stay where they are)."""
+        self.version += 1
+        gone = {self._segment_numbers[n] for n in replaced if n in self._segment_numbers}
+        for chunk_id, place in moves.items():
+            row = self.ids.find(self.table, chunk_id)
+            if row is None or int(self.table["seg"][row]) not in gone:
+                continue
+            item = self.table[row]
+            item["seg"] = self.segment_number(place.segment)
+            item["off"] = place.offset
+            item["mlen"] = place.length
+            older = [u for u in self.more_updates.pop(row, []) if u[0] not in gone]
+            if int(item["ulen"]) and int(item["useg"]) in gone:
+                item["useg"] = item["uoff"] = item["ulen"] = 0
+                older = []  # every update before the newest one that was folded, was too
+            if older:
+                self.more_updates[row] = older
+            self.table[row] = item
 
     # -- planning a batch ------------------------------------------------------------------
 
-    def plan_chunks(
-        self, job: Job, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
-    ) -> list[Planned]:
-        """Give each part of *job* its seq and record, or find it already stored.
-
-        All or nothing: a ``SeqConflict`` refuses the whole job. *reserved* holds the seqs
-        earlier jobs of the same batch claimed, so two jobs in one batch never share a seq.
-        """
-        key = (job.user_id, job.session_id)
-        taken = reserved.setdefault(key, {})
+    def collisions(self, job: Job) -> list[str]:
+        """Ids of stored chunks at the seqs *job* names: the committer reads their metadata
+        (their checksums) before planning."""
         session = self.users.get(job.user_id, {}).get(job.session_id)
-        next_seq = max(session.next_seq if session else 0, max(taken, default=-1) + 1)
-        planned: list[Planned] = []
-        claims: dict[int, dict[str, Any]] = {}
-        for part in job.parts:
-            seq = part.seq
-            if seq is None:
-                seq = max(next_seq, max(claims, default=-1) + 1)
-            if seq >= MAX_SEQ:  # a client's seq + its multipart index, or the next one given
-                msg = (
-                    f"seq {seq} is past 2^53-1, the last a session can hold (exact in JSON): "
-                    f"session {job.session_id!r} is full; go on in a new session"
-                )
-                raise InvalidField(msg)
-            chunk_id = session.by_seq.get(seq) if session is not None else None
-            if chunk_id is not None:
-                existing = self.chunks[chunk_id].meta()
-                if existing["checksum"] != part.checksum:
-                    msg = (
-                        f"seq {seq} of session {job.session_id!r} is already stored "
-                        f"as chunk {existing['chunk_id']} with other bytes"
-                    )
-                    raise SeqConflict(msg)
-                planned.append(Planned(part, None, existing))
-                continue
-            twin = taken.get(seq) or claims.get(seq)
-            if twin is not None:  # the same seq earlier in this batch: same bytes, same chunk
-                if twin["checksum"] != part.checksum:
-                    msg = f"seq {seq} of session {job.session_id!r} is sent with other bytes"
-                    raise SeqConflict(msg)
-                planned.append(Planned(part, None, twin))
-                continue
-            meta = claims[seq] = build_meta(job, part, seq, self.transcript_status)
-            planned.append(Planned(part, meta))
-        new = [p.meta for p in planned if p.meta is not None]
-        if len(new) > 1:
-            # Replay indexes a group only when all of it made it to disk: all or none.
-            group = new_chunk_id()
-            for i, meta in enumerate(new):
-                meta["group"] = [group, i, len(new)]
-        taken.update(claims)
-        return planned
+        if session is None:
+            return []
+        rows = [session.chunks.row_of(p.seq) for p in job.parts if p.seq is not None]
+        return [self.ids.chunk_id(self.table, r) for r in rows if r is not None]
+
+    def plan_chunks(
+        self,
+        job: Job,
+        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]],
+        known: dict[str, dict[str, Any]] | None = None,
+    ) -> list[Planned]:
+        """Give each part of *job* its seq and record, or find it already stored (see
+        ``plan.plan_chunks``)."""
+        return plan_chunks(self, job, reserved, known)
 
     def present(self, chunk_ids: list[str]) -> list[str]:
-        return [chunk_id for chunk_id in chunk_ids if chunk_id in self.chunks]
+        return [c for c in chunk_ids if self.ids.find(self.table, c) is not None]
 
     def session_chunk_ids(self, user_id: str, session_id: str) -> list[str]:
-        session = self.users.get(user_id, {}).get(session_id)
-        return [chunk_id for _, chunk_id in session.after(None)] if session is not None else []
+        return [chunk_id for _, chunk_id in self.chunks_after(user_id, session_id, None)]
 
     # -- reads -------------------------------------------------------------------------------
-
-    def entry(self, chunk_id: str) -> Entry:
-        entry = self.chunks.get(chunk_id)
-        if entry is None:
-            msg = f"no chunk {chunk_id!r}"
-            raise NotFound(msg)
-        return entry
-
-    def chunk_json(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """The chunk JSON a client sees: the record, less the store's own fields, plus
-        ``offset_ms``, where the chunk starts on its session's timeline as stored now."""
-        chunk = {k: v for k, v in meta.items() if k != "group"}
-        session = self.users.get(meta["user_id"], {}).get(meta["session_id"])
-        offset = session.offset_ms(meta["seq"]) if session is not None else 0.0
-        chunk["offset_ms"] = round(offset, 3)
-        return chunk
-
-    def get(self, chunk_id: str) -> dict[str, Any]:
-        return self.chunk_json(self.entry(chunk_id).meta())
-
-    def session_transcript(self, index: SessionIndex) -> dict[str, str]:
-        """The session's transcript so far: the text of its done chunks in seq order.
-
-        ``status`` is ``pending`` while any chunk is, else ``failed`` if any chunk failed,
-        ``disabled`` when no chunk was transcribed, and ``done`` only when every chunk is.
-        Computed from every chunk once, then kept until one of them changes, so paging
-        through a long session does not read the whole session for each page."""
-        if index.transcript is None:
-            statuses = set()
-            texts = []
-            for _, chunk_id in index.after(None):
-                transcript = self.chunks[chunk_id].meta()["transcript"]
-                statuses.add(transcript["status"])
-                if transcript["status"] == "done" and transcript["text"]:
-                    texts.append(transcript["text"])
-            if "pending" in statuses:
-                status = "pending"
-            elif "failed" in statuses:
-                status = "failed"
-            elif statuses == {"disabled"}:
-                status = "disabled"
-            else:
-                status = "done"
-            index.transcript = {"status": status, "text": " ".join(texts)}
-        return index.transcript
-
-    def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
-        index = self.users.get(user_id, {}).get(session_id)
-        if index is None:
-            return None
-        return SessionSummary(
-            session_id=session_id,
-            chunk_count=len(index.seqs),
-            duration_ms=round(index.duration_ms, 3),
-            next_seq=index.next_seq,
-            transcript=dict(self.session_transcript(index)),
-        )
-
-    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
-        """(seq, chunk_id) of the session's chunks after *seq* (all when None), in order."""
-        index = self.users.get(user_id, {}).get(session_id)
-        return list(index.after(seq)) if index is not None else []
-
-    def page(
-        self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
-    ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]:
-        """One page of a user's chunks, grouped by session (sessions by id, chunks by seq).
-
-        *after* is where the previous page ended; the second value is where this one ends
-        when more follow (None on the last page)."""
-        sessions = self.users.get(user_id, {})
-        names = sorted(n for n in sessions if only is None or n == only)
-        if after is not None:
-            names = [n for n in names if n >= after[0]]
-
-        def positions() -> Iterator[tuple[str, int, str]]:
-            for name in names:
-                start = after[1] if after is not None and name == after[0] else None
-                for seq, chunk_id in sessions[name].after(start):
-                    yield name, seq, chunk_id
-
-        page: dict[str, list[dict[str, Any]]] = {}
-        last: tuple[str, int] | None = None
-        more = None
-        for taken, (name, seq, chunk_id) in enumerate(positions()):
-            if taken == limit:
-                more = last
-                break
-            page.setdefault(name, []).append(self.get(chunk_id))
-            last = (name, seq)
-        out = []
-        for name, chunks in page.items():
-            summary = self.summary(user_id, name)
-            assert summary is not None
-            out.append((summary, chunks))
-        return out, more
-
-    def pending_transcripts(self) -> list[str]:
-        """Every chunk still ``pending`` transcription, in user, session and seq order."""
-        return [chunk_id for _, _, chunk_id in self.pending_chunks()]
-
-    def pending_chunks(self) -> list[tuple[str, str, str]]:
-        """``(user_id, session_id, chunk_id)`` of every chunk still ``pending``
-        transcription, in user, session and seq order (costs what is pending, not the
-        index)."""
-        chunks = self.chunks
-        found = sorted(
-            (chunks[c].user_id, chunks[c].session_id, chunks[c].seq, c) for c in self.pending
-        )
-        return [(user_id, session_id, chunk_id) for user_id, session_id, _, chunk_id in found]
-
-
-class IndexReads:
-    """The read API every backend answers from its in-memory index: mixed into ``Store``
-    and ``JetStreamStore``, which set ``_index`` and ``_pending`` (the chunks their replay
-    found still pending transcription). Copies out, never the index's own objects."""
-
-    _index: Index
-    _pending: list[str]
-
-    def get(self, chunk_id: str) -> dict[str, Any]:
-        """The chunk JSON of *chunk_id*; ``NotFound`` if it is not stored."""
-        return self._index.get(chunk_id)
-
-    def has(self, chunk_id: str) -> bool:
-        return chunk_id in self._index.chunks
-
-    def offset_ms(self, chunk_id: str) -> float | None:
-        """Where a stored chunk starts on its session's timeline now (None: not stored);
-        what its chunk JSON says, without unpacking it."""
-        entry = self._index.chunks.get(chunk_id)
-        if entry is None:
-            return None
-        session = self._index.users[entry.user_id][entry.session_id]
-        return round(session.offset_ms(entry.seq), 3)
-
-    def chunk_ids(self) -> list[str]:
-        """Every stored chunk's id (in no particular order)."""
-        return list(self._index.chunks)
-
-    def session_ids(self, user_id: str) -> list[str]:
-        """The ids of a user's sessions that hold chunks, sorted."""
-        return sorted(self._index.users.get(user_id, {}))
-
-    def owner(self, chunk_id: str) -> str | None:
-        """The user a stored chunk belongs to (None: not stored)."""
-        entry = self._index.chunks.get(chunk_id)
-        return entry.user_id if entry is not None else None
-
-    def summary(self, user_id: str, session_id: str) -> SessionSummary | None:
-        """A session's totals and transcript (None: no chunk stored)."""
-        return self._index.summary(user_id, session_id)
-
-    def chunks_after(self, user_id: str, session_id: str, seq: int | None) -> list[tuple[int, str]]:
-        """``(seq, chunk_id)`` of a session's chunks after *seq* (all when None), in order."""
-        return self._index.chunks_after(user_id, session_id, seq)
-
-    def page(
-        self, user_id: str, only: str | None, limit: int, after: tuple[str, int] | None
-    ) -> tuple[list[tuple[SessionSummary, list[dict[str, Any]]]], tuple[str, int] | None]:
-        """One page of a user's chunks by session; see ``Index.page``."""
-        return self._index.page(user_id, only, limit, after)
-
-    def pending_transcripts(self) -> list[str]:
-        """Chunks that replay found still ``pending`` transcription, in session/seq order."""
-        return list(self._pending)
-
-
-def build_meta(
-    job: Job, part: Part, seq: int, transcript_status: str = "disabled"
-) -> dict[str, Any]:
-    """The durable record of one chunk: its chunk JSON plus what the store needs."""
-    assert part.audio_info is not None and part.analysis is not None
-    return {
-        "chunk_id": new_chunk_id(),
-        "user_id": job.user_id,
-        "session_id": job.session_id,
-        "seq": seq,
-        "received_at": job.received_at,
-        "timestamp": part.timestamp,
-        "size_bytes": len(part.body),
-        "checksum": part.checksum,
-        "content_type": part.content_type,
-        "audio": part.audio_info,
-        **part.analysis,
-        "transcript": {"status": transcript_status, "text": "", "words": []},
-        "processing_ms": {k: round(v * 1000, 3) for k, v in part.timings.items()},
-    }

@@ -119,6 +119,7 @@ class Record:
     blob: BlobRef | None
     segment: str
     offset: int
+    end: int = 0  # where its frame ends (its payload is ``offset + FRAME_HEADER_SIZE..end``)
 
 
 def pack_segment_header(salt: int, base_seq: int, flags: int = 0, magic: bytes = MAGIC) -> bytes:

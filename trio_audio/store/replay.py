@@ -477,7 +477,7 @@ def _scan_file(
             if isinstance(decoded, str):
                 raise CorruptLog(path, pos, decoded)
             meta, blob = decoded
-            on_record(Record(rtype, seq, meta, blob, name, pos))
+            on_record(Record(rtype, seq, meta, blob, name, pos, end))
             scan.records += 1
             scan.next_seq = seq + 1
             pos = end

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -37,9 +37,8 @@ from .files import FileOps, make_reserve, release_reserve
 
 if TYPE_CHECKING:
     from .index import Planned
-    from .record import BlobRef, RecordType
+    from .logio import Frame, Record
 
-    Record = tuple[RecordType, dict[str, Any], bytes | None]  # as the store writes them
     Plans = list[tuple[Write, list[Planned] | Record]]
 
 logger = logging.getLogger("trio_audio.store")
@@ -91,14 +90,14 @@ class DiskRoom:
         self,
         plans: Plans,
         exc: OSError,
-        write: Callable[[list[Record]], Awaitable[tuple[list[BlobRef | None], int]]],
+        write: Callable[[list[Record]], Awaitable[tuple[list[Frame], int]]],
         metrics: Metrics,
-    ) -> tuple[Plans, list[BlobRef | None], int]:
+    ) -> tuple[Plans, list[Frame], int]:
         """A batch's *write* failed with *exc*: refuse its writes (507 when the disk is full,
         500 otherwise), but for deletes, which are written alone from the reserve. What was
-        written after all: those plans, their refs and the log's growth."""
+        written after all: those plans, where their records went and the log's growth."""
         deletes: Plans = [(w, p) for w, p in plans if not isinstance(w, (Job, Update))]
-        kept: tuple[Plans, list[BlobRef | None], int] = ([], [], 0)
+        kept: tuple[Plans, list[Frame], int] = ([], [], 0)
         if not is_full(exc):
             error: ServiceError = InternalError(f"the store failed to write: {exc}")
             logger.exception("log write failed, %d writes refused", len(plans))
@@ -107,11 +106,11 @@ class DiskRoom:
             if deletes:  # alone (and with the reserve's room, if it is still held) they may fit
                 await self.release()
                 try:
-                    refs, grown = await write([p for _, p in deletes if not isinstance(p, list)])
+                    frames, grown = await write([p for _, p in deletes if not isinstance(p, list)])
                 except OSError:
                     pass  # not even room for them: refused with the rest
                 else:
-                    kept = (deletes, refs, grown)
+                    kept = (deletes, frames, grown)
         for w, _ in plans:
             if kept[0] and not isinstance(w, (Job, Update)):
                 continue

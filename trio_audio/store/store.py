@@ -26,12 +26,11 @@ data it lost.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -45,7 +44,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..models import Job, Reply
-from .compact import Fold, Snapshot, log_size, remove_replaced, write_snapshot
+from .compact import Snapshot, log_size, remove_replaced, write_snapshot
 from .events import (
     ChunkStored,
     ChunkUpdated,
@@ -56,8 +55,29 @@ from .events import (
     deleted_events,
 )
 from .files import REAL_FILES, FileOps, lock_data_dir
-from .index import Entry, Index, IndexReads, Planned, Stored
-from .record import BlobRef, RecordType
+from .index import Index, Place, Planned, Stored
+from .logio import (
+    Frame,
+    FsyncFailed,
+    Record,
+)
+from .logio import (
+    append as _append,
+)
+from .logio import (
+    close_log as _close_log,
+)
+from .logio import (
+    prove as _prove,
+)
+from .logio import (
+    seal as _seal,
+)
+from .logio import (
+    sync_and_prove as _sync_and_prove,
+)
+from .reads import IndexReads, Loader, MetaCache, local_reader
+from .record import FRAME_HEADER_SIZE, BlobRef, RecordType
 from .replay import ReplayReport, read_blob, replay
 from .room import DiskRoom
 from .types import StoreStats
@@ -65,11 +85,7 @@ from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
 
-Record = tuple[RecordType, dict[str, Any], bytes | None]  # one record for the log writer
-
-
-class FsyncFailed(StoreError):
-    """An fsync of the log failed: nothing more may be written (see ``Store``)."""
+MOVE_SLICE: Final = 4096  # chunks re-pointed at a snapshot between two checkpoints
 
 
 @attrs.frozen
@@ -92,6 +108,9 @@ class Store(CommitChannels, IndexReads):
         self._data_dir = Path(config.data_dir)
         self._files = files  # the file layer under the log (tests put fault doubles here)
         self._index = Index(self._config.transcript_status())
+        self._cache = MetaCache(int(config.meta_cache_mb * 1024 * 1024))
+        self._reader = local_reader(self._data_dir)
+        self._metrics.observe_cache(self._cache)
         self._report: ReplayReport | None = None
         self._pending: list[str] = []
         self._log: LogWriter | None = None
@@ -127,7 +146,7 @@ class Store(CommitChannels, IndexReads):
             logger.info(
                 "replayed %d records (%d chunks) from %d segments in %.2f s",
                 report.records,
-                len(self._index.chunks),
+                len(self._index),
                 report.segments,
                 time.perf_counter() - started,
             )
@@ -190,11 +209,12 @@ class Store(CommitChannels, IndexReads):
         metrics = self._metrics
         plans: list[tuple[Write, list[Planned] | Record]] = []
         reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        known = await self._known(batch)
         for write in batch:
             if write.reply.done:  # its sender gave up (a stage timeout): nothing to do
                 continue
             try:
-                plans.append((write, self._plan(write, reserved)))
+                plans.append((write, self._plan(write, reserved, known)))
             except ServiceError as exc:
                 metrics.failed(exc.code)
                 write.reply.fail(exc)
@@ -204,16 +224,16 @@ class Store(CommitChannels, IndexReads):
                 records += [(RecordType.CHUNK, p.meta, p.part.body) for p in plan if p.meta]
             else:
                 records.append(plan)
-        refs: list[BlobRef | None] = []
+        frames: list[Frame] = []
         if records:
             try:
-                refs, grown = await self._write(records)
+                frames, grown = await self._write(records)
             except StoreError:
                 for write, _ in plans:
                     write.reply.fail(InternalError("the log could not be made durable"))
                 raise
             except OSError as exc:
-                plans, refs, grown = await self._room.refuse(plans, exc, self._write, metrics)
+                plans, frames, grown = await self._room.refuse(plans, exc, self._write, metrics)
                 if not plans:
                     return [], []
                 self._compact_wanted.set()  # deletes written: what gives their space back
@@ -223,41 +243,66 @@ class Store(CommitChannels, IndexReads):
             self._log_bytes += grown
         events: list[Committed] = []
         answers: list[tuple[Reply, Any]] = []
-        ref_iter = iter(refs)
+        frame_iter = iter(frames)
+        index, cache = self._index, self._cache
         for write, plan in plans:
             if isinstance(write, Job):
                 assert isinstance(plan, list)
-                results, stored = self._apply_job(write, plan, ref_iter)
+                results, stored = self._apply_job(write, plan, frame_iter)
                 answers.append((write.reply, results))
                 events += stored
             elif isinstance(write, Update):
-                next(ref_iter)
+                _, (segment, offset, size) = next(frame_iter)
                 assert not isinstance(plan, list)
-                meta = self._index.apply_update(plan[1])
-                if meta is None:  # deleted earlier in this batch
+                place = Place(segment, offset, size - FRAME_HEADER_SIZE)
+                meta = known.get(write.chunk_id)
+                if meta is None or not index.apply_update(plan[1], place):
                     write.reply.fail(NotFound(f"chunk {write.chunk_id!r} was deleted"))
                     continue
-                chunk = self._index.chunk_json(meta)
+                meta.update(write.fields)
+                cache.put(write.chunk_id, meta)
+                chunk = index.chunk_json(meta)
                 answers.append((write.reply, chunk))
                 events.append(ChunkUpdated(chunk))
             else:
-                next(ref_iter)
+                next(frame_iter)
                 assert not isinstance(plan, list)
-                removed = self._index.apply_tombstone(plan[1])
+                removed = index.apply_tombstone(plan[1])
+                for chunk_id, _ in removed:
+                    cache.drop(chunk_id)
+                    known.pop(chunk_id, None)
                 answers.append((write.reply, [chunk_id for chunk_id, _ in removed]))
                 events += deleted_events(removed)
         metrics.observe_stage("store", trio.current_time() - started)
         return events, answers
 
+    async def _known(self, batch: list[Write]) -> dict[str, dict[str, Any]]:
+        """The metadata planning needs, read from the log before it: the stored chunks at
+        the seqs jobs name (their checksums) and the chunks updates change."""
+        wanted: list[str] = []
+        for write in batch:
+            if isinstance(write, Job):
+                wanted += self._index.collisions(write)
+            elif isinstance(write, Update) and self._index.has(write.chunk_id):
+                wanted.append(write.chunk_id)
+        known: dict[str, dict[str, Any]] = {}
+        for chunk_id in dict.fromkeys(wanted):
+            with contextlib.suppress(NotFound):
+                (known[chunk_id],) = await self.metas([chunk_id])
+        return known
+
     def _plan(
-        self, write: Write, reserved: dict[tuple[str, str], dict[int, dict[str, Any]]]
+        self,
+        write: Write,
+        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]],
+        known: dict[str, dict[str, Any]],
     ) -> list[Planned] | Record:
         """What *write* adds to the log (all or nothing), or the error that refuses it."""
         index = self._index
         if isinstance(write, Job):
-            return index.plan_chunks(write, reserved)
+            return index.plan_chunks(write, reserved, known)
         if isinstance(write, Update):
-            if write.chunk_id not in index.chunks:
+            if write.chunk_id not in known:
                 msg = f"no chunk {write.chunk_id!r}"
                 raise NotFound(msg)
             return RecordType.UPDATE, {"chunk_id": write.chunk_id, "set": write.fields}, None
@@ -275,7 +320,7 @@ class Store(CommitChannels, IndexReads):
         return RecordType.TOMBSTONE, {"chunk_ids": chunk_ids}, None
 
     def _apply_job(
-        self, job: Job, plan: list[Planned], refs: Any
+        self, job: Job, plan: list[Planned], frames: Any
     ) -> tuple[list[Stored], list[Committed]]:
         events: list[Committed] = []
         results = []
@@ -284,16 +329,19 @@ class Store(CommitChannels, IndexReads):
                 assert planned.existing is not None
                 results.append(Stored(self._index.chunk_json(planned.existing), created=False))
                 continue
-            ref = next(refs)
+            ref, (segment, offset, _) = next(frames)
             assert ref is not None
-            self._index.insert_meta(planned.meta, ref)
+            header = 2 if ref.length < 1 << 8 else 3 if ref.length < 1 << 16 else 5
+            length = ref.offset - header - offset - FRAME_HEADER_SIZE
+            self._index.insert_meta(planned.meta, Place(segment, offset, length), ref.length)
+            self._cache.put(planned.meta["chunk_id"], planned.meta)
             chunk = self._index.chunk_json(planned.meta)
             results.append(Stored(chunk, created=True))
             self._metrics.stored(len(planned.part.body))
             events.append(ChunkStored(chunk, job.source, planned.part.speech_pcm))
         return results, events
 
-    async def _write(self, records: list[Record]) -> tuple[list[BlobRef | None], int]:
+    async def _write(self, records: list[Record]) -> tuple[list[Frame], int]:
         """Append, flush and (in ``always`` mode) fsync, in a thread; the refs and growth."""
         if self._fsync_failed:
             msg = "an fsync of the log failed earlier; nothing more is written"
@@ -345,7 +393,7 @@ class Store(CommitChannels, IndexReads):
     def stats(self) -> StoreStats:
         report = self._report
         return StoreStats(
-            chunks=len(self._index.chunks),
+            chunks=len(self._index),
             audio_bytes=self._index.audio_bytes,
             log_bytes=self._log_bytes,
             dead_bytes=self._index.dead_bytes,
@@ -356,18 +404,18 @@ class Store(CommitChannels, IndexReads):
 
     async def read_audio(self, chunk_id: str) -> tuple[bytes, str]:
         """The exact bytes uploaded for *chunk_id* and their content type."""
-        entry = self._index.entry(chunk_id)
-        try:
-            data = await trio.to_thread.run_sync(read_blob, self._data_dir, entry.blob)
-        except FileNotFoundError:
-            # A compaction moved the audio and removed the file meanwhile: look again.
-            moved = self._index.chunks.get(chunk_id)
-            if moved is None or moved.blob == entry.blob:
-                msg = f"chunk {chunk_id!r} was deleted"
-                raise NotFound(msg) from None
-            entry = moved
-            data = await trio.to_thread.run_sync(read_blob, self._data_dir, entry.blob)
-        return data, str(entry.meta().get("content_type", "application/octet-stream"))
+        (meta,) = await self.metas([chunk_id])
+        content_type = str(meta.get("content_type", "application/octet-stream"))
+        for _ in range(3):  # a compaction may move the audio and remove its file meanwhile
+            location = self._index.location(chunk_id)
+            ref = BlobRef(location.record.segment, location.audio_offset, location.audio_length)
+            try:
+                data = await trio.to_thread.run_sync(read_blob, self._data_dir, ref)
+            except FileNotFoundError:
+                continue
+            return data, content_type
+        msg = f"chunk {chunk_id!r} was deleted"
+        raise NotFound(msg)
 
     # -- compaction ------------------------------------------------------------------------
 
@@ -414,11 +462,12 @@ class Store(CommitChannels, IndexReads):
             )
             if snapshot is None:
                 return None
-            replaced = set(snapshot.replaced)
-            for chunk_id, ref in snapshot.moved.items():
-                entry = self._index.chunks.get(chunk_id)
-                if entry is not None and entry.blob.segment in replaced:
-                    entry.blob = ref
+            # Re-point the moved chunks a slice at a time, so a big snapshot never stalls
+            # the event loop; reads meanwhile still find the old files (removed below).
+            replaced, moved = set(snapshot.replaced), list(snapshot.moved.items())
+            for at in range(0, len(moved), MOVE_SLICE):
+                self._index.moved(dict(moved[at : at + MOVE_SLICE]), replaced)
+                await trio.lowlevel.checkpoint()
             await trio.to_thread.run_sync(remove_replaced, self._data_dir, snapshot, self._files)
             self._index.dead_bytes = max(0, self._index.dead_bytes - dead)
             self._log_bytes = await trio.to_thread.run_sync(log_size, self._data_dir)
@@ -437,73 +486,13 @@ class Store(CommitChannels, IndexReads):
 
 
 def _replay(data_dir: Path, transcript_status: str) -> Replayed:
-    fold = Fold()  # the replay rules (updates, tombstones, whole multipart groups)
-    report = replay(data_dir, fold.add)
-    for group_id, members in fold.groups.items():
+    loader = Loader(Index(transcript_status))  # the replay rules, into the index
+    report = replay(data_dir, loader.add)
+    for group_id, members in loader.groups.items():
         logger.warning(
             "dropped %d of an unacknowledged multipart upload %s cut by a crash",
             len(members),
             group_id,
         )
-    index = Index(transcript_status)
-    for chunk_id, live in fold.live.items():
-        entry = Entry(
-            live.packed, live.blob, live.user_id, live.session_id, live.seq, live.duration_ms
-        )
-        index.insert(chunk_id, entry)
-    return Replayed(index, report, index.pending_transcripts())
-
-
-def _fsync_failure(exc: OSError) -> FsyncFailed:
-    """A failed fsync may have dropped dirty pages, and a retried one can report success
-    for data that is gone: never write again; the process stops, and replay on restart
-    tells what is durable."""
-    logger.critical("fsync of the log failed (%s); stopping the service", exc)
-    return FsyncFailed(f"fsync of the log failed: {exc}")
-
-
-def _prove(log: LogWriter) -> None:
-    try:
-        log.checkpoint()
-    except StoreError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            msg = f"the log could not be made durable: {exc}"
-            raise StoreError(msg) from exc
-        logger.warning("no room to write a checkpoint (%s); it goes with the next write", exc)
-
-
-def _append(log: LogWriter, records: list[Record], sync: bool) -> tuple[list[BlobRef | None], int]:
-    before = log.bytes_written
-    refs = [log.append(type_, meta, audio)[1] for type_, meta, audio in records]
-    log.flush()
-    if sync:
-        try:
-            log.sync()
-        except OSError as exc:
-            raise _fsync_failure(exc) from exc
-    return refs, log.bytes_written - before
-
-
-def _sync_and_prove(log: LogWriter) -> None:
-    try:
-        log.sync()
-    except OSError as exc:
-        raise _fsync_failure(exc) from exc
-    _prove(log)  # when idle, say so in the log too (a busy log's next batch carries it)
-
-
-def _seal(log: LogWriter) -> int:
-    try:
-        return log.seal()
-    except OSError as exc:
-        raise _fsync_failure(exc) from exc
-
-
-def _close_log(log: LogWriter, sync: bool = True) -> None:
-    try:
-        if sync:
-            log.checkpoint()  # flush, fsync, and prove it: a clean close leaves nothing unproven
-    finally:
-        log.close()
+    loader.index.ids.merge()
+    return Replayed(loader.index, report, loader.index.pending_transcripts())

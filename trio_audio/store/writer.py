@@ -109,6 +109,7 @@ class LogWriter:
         self._end = 0  # bytes of the current segment written (the last good end)
         self._pending: list[_Pending] = []
         self._next_seq = next_seq  # given out, buffered frames included
+        self.last_frame: tuple[str, int, int] = ("", 0, 0)  # segment, offset, size
         self._written_seq = next_seq  # after the last record written to a file
         self._durable = 0  # the last seq a completed fsync covered
         self._proven = proven_seq  # the last seq a checkpoint written says was fsync'd
@@ -202,6 +203,7 @@ class LogWriter:
         tail.buffers.extend(frame)
         tail.nbytes += size
         self._next_seq = seq + 1
+        self.last_frame = (tail.segment, offset, size)
         if type != RecordType.CHUNK:
             return seq, None
         assert audio is not None

@@ -59,7 +59,7 @@ def decode_cursor(value: str | None) -> tuple[str, int] | None:
     raise InvalidField(msg)
 
 
-def list_sessions(
+async def list_sessions(
     store: StoreBackend,
     user_id: str,
     only: str | None,
@@ -67,7 +67,7 @@ def list_sessions(
     cursor: tuple[str, int] | None,
 ) -> dict[str, Any]:
     """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
-    page, more = store.page(user_id, only, limit, cursor)
+    page, more = await store.page(user_id, only, limit, cursor)
     out = [
         {
             "session_id": summary.session_id,
@@ -82,7 +82,7 @@ def list_sessions(
     return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}
 
 
-def list_session_totals(
+async def list_session_totals(
     store: StoreBackend,
     user_id: str,
     only: str | None,

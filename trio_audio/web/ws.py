@@ -60,6 +60,7 @@ from ..errors import (
     IdleTimeout,
     InternalError,
     InvalidField,
+    NotFound,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
@@ -370,7 +371,10 @@ class Session:
         if resume is None or session is None:
             return
         for seq, chunk_id in store.chunks_after(start.user_id, start.session_id, resume - 1):
-            chunk = store.get(chunk_id)
+            try:
+                chunk = await store.get(chunk_id)
+            except NotFound:
+                continue  # deleted meanwhile
             self.replayed.add(chunk_id)
             await self._send(
                 out, {"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True}

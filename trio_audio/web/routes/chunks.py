@@ -24,7 +24,7 @@ async def get_audio(chunk_id: str) -> Response:
     data, _ = await store.read_audio(chunk_id)
     # The type of what the bytes are (found by their magic), never the uploader's
     # header: a "text/html" upload must not come back as a page a browser runs.
-    container = store.get(chunk_id)["audio"]["container"]
+    container = (await store.get(chunk_id))["audio"]["container"]
     headers = {"X-Content-Type-Options": "nosniff"}
     return Response(data, content_type=CONTAINER_TYPES.get(container, OCTETS), headers=headers)
 

@@ -85,7 +85,7 @@ async def session_chunks(
         if n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
             await trio.lowlevel.checkpoint()  # a long session does not hold the event loop
         try:
-            found.append(_slim(store.get(chunk_id), words))
+            found.append(_slim(await store.get(chunk_id), words))
         except NotFound:
             continue  # deleted meanwhile
     if not found:

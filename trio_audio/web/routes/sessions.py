@@ -28,7 +28,7 @@ async def get_sessions(user_id: str) -> Response:
     cursor = decode_cursor(request.args.get("cursor"))
     with_chunks = parse_flag("chunks", request.args.get("chunks"), default=True)
     listing = list_sessions if with_chunks else list_session_totals
-    return json_response(listing(context().store, user_id, only, limit, cursor))
+    return json_response(await listing(context().store, user_id, only, limit, cursor))
 
 
 async def end_session(user_id: str, session_id: str) -> Response:
