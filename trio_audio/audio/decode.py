@@ -35,7 +35,7 @@ from .decoded import (
     Limit,
     check_channels,
     check_rate,
-    pcm_to_float,
+    pcm_decoded,
 )
 from .decoded import Allowance as Allowance
 from .decoded import Decoded as Decoded
@@ -179,8 +179,5 @@ def _decode_raw(data: bytes, raw: RawFormat, limit: Limit, allowance: Allowance 
     if frames == 0:
         msg = "raw PCM body holds no complete frame"
         raise InvalidAudio(msg)
-    limit.check(frames, raw.sample_rate, raw.channels)
-    if allowance is not None:
-        allowance.need(frames * raw.channels)
-    samples = pcm_to_float(data, 0, frames, raw.channels, raw.encoding)
-    return Decoded(samples, "raw", raw.encoding, raw.sample_rate, raw.channels, frames)
+    rate, channels = raw.sample_rate, raw.channels
+    return pcm_decoded(data, 0, frames, "raw", raw.encoding, rate, channels, limit, allowance)

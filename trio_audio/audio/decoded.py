@@ -159,3 +159,23 @@ def pcm_to_float(data: bytes, offset: int, frames: int, channels: int, encoding:
             msg = f"{encoding} audio holds NaN or infinite samples"
             raise InvalidAudio(msg)
     return out.reshape(frames, channels)
+
+
+def pcm_decoded(
+    data: bytes,
+    offset: int,
+    frames: int,
+    container: str,
+    encoding: str,
+    sample_rate: int,
+    channels: int,
+    limit: Limit,
+    allowance: Allowance | None,
+) -> Decoded:
+    """*frames* of interleaved PCM at *offset*, checked against *limit* and taken from
+    *allowance* before any sample is converted."""
+    limit.check(frames, sample_rate, channels)
+    if allowance is not None:
+        allowance.need(frames * channels)
+    samples = pcm_to_float(data, offset, frames, channels, encoding)
+    return Decoded(samples, container, encoding, sample_rate, channels, frames)

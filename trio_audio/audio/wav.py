@@ -16,7 +16,7 @@ from .decoded import (
     Limit,
     check_channels,
     check_rate,
-    pcm_to_float,
+    pcm_decoded,
 )
 
 # WAV format tags (mmreg.h).
@@ -145,8 +145,5 @@ def _wav_samples(
     if frames == 0:
         msg = "WAV data chunk holds 0 frames"
         raise InvalidAudio(msg)
-    limit.check(frames, fmt.sample_rate, fmt.channels)
-    if allowance is not None:
-        allowance.need(frames * fmt.channels)
-    samples = pcm_to_float(data, offset, frames, fmt.channels, fmt.encoding)
-    return Decoded(samples, "wav", fmt.encoding, fmt.sample_rate, fmt.channels, frames)
+    rate, channels = fmt.sample_rate, fmt.channels
+    return pcm_decoded(data, offset, frames, "wav", fmt.encoding, rate, channels, limit, allowance)
