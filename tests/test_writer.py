@@ -196,7 +196,7 @@ def test_unrecoverable_write_failure_makes_writer_unusable(tmp_path: Path) -> No
     writer = LogWriter(tmp_path, next_seq=1)
     writer.append(RecordType.CHUNK, {"i": 0}, b"a")
     writer.flush()
-    fd = writer._fd
+    fd = writer._segments.fd
     assert fd is not None
     os.close(fd)  # the fd vanishes underneath: the write and its rollback both fail
     writer.append(RecordType.CHUNK, {"i": 1}, b"b")
@@ -206,7 +206,7 @@ def test_unrecoverable_write_failure_makes_writer_unusable(tmp_path: Path) -> No
     assert info.value.__cause__.errno == errno.EBADF
     with pytest.raises(StoreError, match="unusable"):
         writer.append(RecordType.CHUNK, {"i": 2}, b"c")
-    writer._fd = None  # already closed above
+    writer._segments.fd = None  # already closed above
     writer.close()
     _, records = replay_all(tmp_path)
     assert [r.seq for r in records] == [1]

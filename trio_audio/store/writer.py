@@ -11,7 +11,7 @@ created it); ``checkpoint`` syncs and proves it. After a completed fsync the wri
 rewrites the manifest (``files.write_manifest``: newest segment, its fsync'd end, the durable
 seq) at most every *manifest_interval_s*, at the first sync after it created a segment, and
 at every ``checkpoint`` (so at start-up and a clean close): replay refuses a log that falls
-short of it. It keeps to the orders ``replay`` relies on:
+short of it. Its segment files (``segments.py``) keep to the orders ``replay`` relies on:
 a segment is complete and ``fdatasync``'d before the next one is created, a new segment's
 header is ``fdatasync``'d (and the directory fsync'd) before any record goes into it, and a
 failed write's truncation is ``fdatasync``'d before anything else is written. Every call
@@ -21,15 +21,12 @@ that changes a file goes through ``files.FileOps``.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
-
-from ..errors import CorruptLog, StoreError
+from ..errors import StoreError
 from .files import (
     REAL_FILES,
     FileOps,
@@ -38,7 +35,6 @@ from .files import (
     make_dirs,
     mark_log,
     segment_name,
-    write_all,
     write_manifest,
 )
 from .record import (
@@ -51,29 +47,13 @@ from .record import (
     build_frame,
     pack_manifest,
     pack_segment_header,
-    parse_segment_header,
 )
+from .segments import Pending, SegmentFiles
 
 logger = logging.getLogger("trio_audio.store")
 
 DEFAULT_SEGMENT_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_MANIFEST_INTERVAL_S: Final = 1.0  # as Config.fsync_interval_s
-
-
-@attrs.define
-class _Pending:
-    """Frames buffered for one segment; ``header`` is set when flush must create it."""
-
-    segment: str
-    salt: int
-    start: int
-    header: bytes | None
-    buffers: list[bytes] = attrs.field(factory=list)
-    nbytes: int = 0
-
-    @property
-    def end(self) -> int:
-        return self.start + self.nbytes
 
 
 class LogWriter:
@@ -103,11 +83,8 @@ class LogWriter:
         self._files = files
         self._dir = log_dir(data_dir)
         self._segment_max = segment_max_bytes
-        self._fd: int | None = None
-        self._segment: str | None = None
-        self._salt = 0
-        self._end = 0  # bytes of the current segment written (the last good end)
-        self._pending: list[_Pending] = []
+        self._segments = SegmentFiles(files, self._dir)
+        self._pending: list[Pending] = []
         self._next_seq = next_seq  # given out, buffered frames included
         self.last_frame: tuple[str, int, int] = ("", 0, 0)  # segment, offset, size
         self._written_seq = next_seq  # after the last record written to a file
@@ -115,35 +92,14 @@ class LogWriter:
         self._proven = proven_seq  # the last seq a checkpoint written says was fsync'd
         self._proven_before = proven_seq  # ... before the pending batch
         self._bytes_written = 0
-        self._broken: str | None = None
         self._closed = False
-        self._synced: tuple[str, int] | None = None  # segment and end a completed fsync covered
         self._manifest_interval = manifest_interval_s
         self._manifest_at: float | None = None  # when the manifest was last written
         make_dirs(self._dir)
         mark_log(data_dir, files)
         names = list_segments(data_dir)
         if names:
-            self._open_existing(names[-1], next_seq)
-
-    def _open_existing(self, name: str, next_seq: int) -> None:
-        path = self._dir / name
-        fd = self._files.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            parsed = parse_segment_header(os.pread(fd, SEGMENT_HEADER_SIZE, 0))
-            size = os.fstat(fd).st_size
-        except BaseException:
-            self._files.close(fd)
-            raise
-        if isinstance(parsed, str):
-            self._files.close(fd)
-            raise CorruptLog(str(path), 0, f"{parsed} (replay the log first)")
-        salt, base_seq = parsed
-        if next_seq < base_seq:
-            self._files.close(fd)
-            msg = f"next_seq {next_seq} is before the segment's base seq {base_seq}"
-            raise CorruptLog(str(path), 0, msg)
-        self._fd, self._segment, self._salt, self._end = fd, name, salt, size
+            self._segments.open_existing(names[-1], next_seq)
 
     @property
     def next_seq(self) -> int:
@@ -153,7 +109,7 @@ class LogWriter:
     @property
     def current_segment(self) -> str | None:
         """The segment file written to (None before the first flush into an empty log)."""
-        return self._segment
+        return self._segments.name
 
     @property
     def bytes_written(self) -> int:
@@ -185,19 +141,20 @@ class LogWriter:
                 self._append_checkpoint()
         seq = self._next_seq
         tail = self._pending[-1] if self._pending else None
-        salt = tail.salt if tail else self._salt
+        segments = self._segments
+        salt = tail.salt if tail else segments.salt
         frame = build_frame(salt, type, seq, meta, audio)
         size = sum(len(b) for b in frame)
-        segment, end = (tail.segment, tail.end) if tail else (self._segment, self._end)
+        segment, end = (tail.segment, tail.end) if tail else (segments.name, segments.end)
         if segment is None or (end > SEGMENT_HEADER_SIZE and end + size > self._segment_max):
             salt = secrets.randbits(32)
             header = pack_segment_header(salt, seq)
-            tail = _Pending(segment_name(seq), salt, SEGMENT_HEADER_SIZE, header)
+            tail = Pending(segment_name(seq), salt, SEGMENT_HEADER_SIZE, header)
             self._pending.append(tail)
             frame = build_frame(salt, type, seq, meta, audio)
         elif tail is None:
-            assert self._segment is not None
-            tail = _Pending(self._segment, self._salt, self._end, None)
+            assert segments.name is not None
+            tail = Pending(segments.name, segments.salt, segments.end, None)
             self._pending.append(tail)
         offset = tail.end
         tail.buffers.extend(frame)
@@ -210,12 +167,13 @@ class LogWriter:
         return seq, BlobRef(tail.segment, offset + size - len(audio), len(audio))
 
     def _checkpoint_due(self) -> bool:
-        return self._segment is not None and self._durable > self._proven
+        return self._segments.name is not None and self._durable > self._proven
 
     def _append_checkpoint(self) -> None:
-        assert self._segment is not None
-        frame = build_checkpoint(self._salt, self._durable)
-        tail = _Pending(self._segment, self._salt, self._end, None, [frame], len(frame))
+        segments = self._segments
+        assert segments.name is not None
+        frame = build_checkpoint(segments.salt, self._durable)
+        tail = Pending(segments.name, segments.salt, segments.end, None, [frame], len(frame))
         self._pending.append(tail)
         self._proven = self._durable
 
@@ -225,108 +183,40 @@ class LogWriter:
         self._check_usable()
         if not self._pending:
             return
-        files = self._files
-        saved_fd, saved_segment, saved_salt, saved_end = (
-            self._fd,
-            self._segment,
-            self._salt,
-            self._end,
-        )
-        created: list[tuple[Path, int]] = []
-        written = 0
         try:
-            for pending in self._pending:
-                if pending.header is not None:
-                    if self._fd is not None:
-                        # The older segment is complete and durable (its name was fsync'd
-                        # when it was created) before the next one exists: a crash only
-                        # damages the newest one.
-                        files.fdatasync(self._fd)
-                    path = self._dir / pending.segment
-                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                    fd = files.open(path, flags, 0o644)
-                    created.append((path, fd))
-                    self._fd, self._segment, self._salt = fd, pending.segment, pending.salt
-                    self._end = 0
-                    # The header is durable before any record is written after it: a bad
-                    # header on a segment longer than it is then corruption, not a crash.
-                    written += write_all(files, fd, [pending.header], 0)
-                    files.fdatasync(fd)
-                    files.fsync_dir(self._dir)
-                    self._end = SEGMENT_HEADER_SIZE
-                    self._manifest_at = None  # name the new segment at the next sync
-                assert self._fd is not None
-                written += write_all(files, self._fd, pending.buffers, pending.start)
-                self._end = pending.end
-        except BaseException as exc:
+            written = self._segments.write(self._pending)
+        except BaseException:
             self._pending.clear()
             self._next_seq = self._written_seq
             self._proven = self._proven_before
-            self._fd, self._segment, self._salt, self._end = (
-                saved_fd,
-                saved_segment,
-                saved_salt,
-                saved_end,
-            )
-            self._roll_back(created, saved_fd, saved_end, exc)
             raise
-        for _, fd in created[:-1]:
-            files.close(fd)
-        if created and saved_fd is not None:
-            files.close(saved_fd)
         self._pending.clear()
         self._written_seq = self._next_seq
         self._bytes_written += written
-
-    def _roll_back(
-        self,
-        created: list[tuple[Path, int]],
-        fd: int | None,
-        end: int,
-        cause: BaseException,
-    ) -> None:
-        files = self._files
-        try:
-            for path, new_fd in created:
-                files.close(new_fd)
-                files.unlink(path)
-            if created:
-                files.fsync_dir(self._dir)
-            if fd is not None:
-                # Durable at once: a power cut must not bring back the half-written batch
-                # under the records that will be written over it.
-                files.ftruncate(fd, end)
-                files.fdatasync(fd)
-        except OSError as exc:
-            self._broken = f"a failed write could not be rolled back: {exc}"
-            msg = f"log write failed ({cause!r}) and {self._broken}"
-            raise StoreError(msg) from exc
-        logger.debug("rolled the log back to %s offset %d after %r", self._segment, end, cause)
 
     def sync(self) -> None:
         """Make every written record durable; rewrite the manifest if it is due (at most every
         *manifest_interval_s*, and at the first sync after a new segment was created)."""
         self._sync()
         now = time.monotonic()
-        if self._manifest_at is None or now - self._manifest_at >= self._manifest_interval:
+        at = self._manifest_at
+        if at is None or self._segments.new_segment or now - at >= self._manifest_interval:
             self._write_manifest()
 
     def _sync(self) -> None:
         self._check_usable()
         written = self._written_seq - 1
-        if self._fd is not None:
-            self._files.fdatasync(self._fd)
-            assert self._segment is not None
-            self._synced = (self._segment, self._end)
+        self._segments.sync()
         self._durable = written
 
     def _write_manifest(self) -> None:
         """Record in the manifest how far the log is durable. A manifest that could not be
         written is only a warning: the one before it still holds (it claims less)."""
-        if self._synced is None:
+        synced = self._segments.synced
+        if synced is None:
             manifest = Manifest(0, 0, self._durable)
         else:
-            name, offset = self._synced
+            name, offset = synced
             manifest = Manifest(int(name[:16]), offset, self._durable)
         try:
             write_manifest(self._dir, pack_manifest(manifest), self._files)
@@ -334,6 +224,7 @@ class LogWriter:
             logger.warning("could not rewrite the log's manifest (%s); the last one holds", exc)
             return
         self._manifest_at = time.monotonic()
+        self._segments.new_segment = False
 
     def checkpoint(self) -> None:
         """Flush, fsync, and record in the log that every record written is durable (a
@@ -354,13 +245,7 @@ class LogWriter:
         segment. Returns that record's seq: every record before it is in sealed segments.
         Compaction's cut point."""
         self.flush()
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            self._files.fdatasync(fd)
-            self._files.close(fd)
-            assert self._segment is not None
-            self._synced = (self._segment, self._end)
-        self._segment, self._end = None, 0
+        self._segments.seal()
         self._durable = self._proven = self._written_seq - 1
         return self._next_seq
 
@@ -373,14 +258,12 @@ class LogWriter:
             logger.warning("log closed with %d unflushed records dropped", self.pending_records)
             self._pending.clear()
             self._next_seq = self._written_seq
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            self._files.close(fd)
+        self._segments.close()
 
     def _check_usable(self) -> None:
         if self._closed:
             msg = "the log writer is closed"
             raise StoreError(msg)
-        if self._broken is not None:
-            msg = f"the log writer is unusable: {self._broken}"
+        if self._segments.broken is not None:
+            msg = f"the log writer is unusable: {self._segments.broken}"
             raise StoreError(msg)
