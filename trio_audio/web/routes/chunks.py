@@ -14,7 +14,7 @@ from ..responses import json_response
 async def get_chunk(chunk_id: str) -> Response:
     check_id("chunk_id", chunk_id)
     chunk_owner(chunk_id)
-    return json_response(context().store.get(chunk_id))
+    return json_response(await context().store.get(chunk_id))
 
 
 async def get_audio(chunk_id: str) -> Response:
