@@ -125,14 +125,13 @@ from .bridge import (
     Follower,
     Message,
     MessageNotFound,
-    Nats,
     NatsError,
     StorageFull,
     Unavailable,
     WrongLastSequence,
     retrying,
 )
-from .connect import Link, Security, open_nats, redact
+from .connect import Link, Nats, Security, open_nats, redact
 from .observe import Watch
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")

@@ -95,7 +95,6 @@ from ..metrics import Metrics
 from ..store.events import ChunkStored
 from ..store.index import SessionSummary
 from .bridge import (
-    Nats,
     NatsError,
     Puller,
     Unavailable,
@@ -103,6 +102,7 @@ from .bridge import (
     WrongLastSequence,
     retrying,
 )
+from .connect import Nats
 from .jetstream import META, token
 
 logger = logging.getLogger("trio_audio.cluster.work")
