@@ -103,7 +103,7 @@ from .bridge import (
     retrying,
 )
 from .connect import Nats
-from .jetstream import META, token
+from .stream import META, token
 
 logger = logging.getLogger("trio_audio.cluster.work")
 
