@@ -65,18 +65,16 @@ from typing import Any, Final
 
 import trio
 
-from ..config import Config
 from ..errors import InsufficientStorage, InternalError, NotFound, ServiceError, StoreUnavailable
-from ..metrics import Metrics
 from ..models import Job
 from ..store.events import Delete, Update, Write
-from ..store.index import Index, Stored
+from ..store.index import Stored
 from ..store.reads import IndexReads
 from .bridge import MessageNotFound, NatsError, StorageFull, Unavailable, WrongLastSequence
 from .follow import LogFollower
 from .observe import Watch
 from .publish import Pending, Planner, Publisher
-from .stream import Stream, token
+from .stream import Shared, token
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -88,24 +86,15 @@ class Committer:
     """Commits the writes of the store's channel (see the module docstring)."""
 
     def __init__(
-        self,
-        config: Config,
-        metrics: Metrics,
-        stream: Stream,
-        index: Index,
-        reads: IndexReads,
-        follower: LogFollower,
-        watch: Watch,
+        self, shared: Shared, reads: IndexReads, follower: LogFollower, watch: Watch
     ) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._stream = stream
-        self._index = index
+        self._config, self._metrics = shared.config, shared.metrics
+        self._stream, self._index = shared.stream, shared.index
         self._reads = reads  # the store's reads: colliding chunks, an update's chunk now
         self._follower = follower
         self._watch = watch
-        self._planner = Planner(stream, index)
-        self._publisher = Publisher(config, metrics, stream, follower.pcm)
+        self._planner = Planner(shared.stream, shared.index)
+        self._publisher = Publisher(shared.config, shared.metrics, shared.stream, follower.pcm)
 
     async def commit_all(self, next_batch: Callable[[], Awaitable[list[Write] | None]]) -> None:
         """Hand each write to the lane of its session (``COMMIT_LANES``); each lane commits

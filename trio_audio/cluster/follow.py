@@ -29,14 +29,12 @@ from typing import Any, Final
 
 import trio
 
-from ..config import Config
 from ..errors import ServiceError
-from ..metrics import Metrics
 from ..store.events import ChunkStored, ChunkUpdated, Committed, deleted_events
-from ..store.index import Index, Place
+from ..store.index import Place
 from ..store.reads import IndexReads, MetaCache, apply_patch
 from .bridge import Follower, Message
-from .stream import META, NODE, SOURCE, Stream
+from .stream import META, NODE, SOURCE, Shared
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -46,19 +44,9 @@ FOLLOW_BATCH: Final = 512
 class LogFollower:
     """Applies the stream to the index and sends its events (see the module docstring)."""
 
-    def __init__(
-        self,
-        config: Config,
-        metrics: Metrics,
-        stream: Stream,
-        index: Index,
-        cache: MetaCache,
-        reads: IndexReads,
-    ) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._stream = stream
-        self._index = index
+    def __init__(self, shared: Shared, cache: MetaCache, reads: IndexReads) -> None:
+        self._config, self._metrics = shared.config, shared.metrics
+        self._stream, self._index = shared.stream, shared.index
         self._cache = cache
         self._reads = reads  # the store's reads: an update's chunk read back whole
         self.applied = 0  # the last stream sequence the follower applied

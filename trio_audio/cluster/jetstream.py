@@ -61,7 +61,7 @@ from .connect import Link, Nats, Security, open_nats, redact
 from .follow import LogFollower
 from .observe import Watch
 from .reads import StreamReads
-from .stream import Stream
+from .stream import Shared, Stream
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -99,8 +99,9 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._index = index = Index(config.transcript_status(), cluster=True)
         self._cache = MetaCache(int(config.meta_cache_mb * 1024 * 1024))
         metrics = self._metrics
-        self._follower = follower = LogFollower(config, metrics, stream, index, self._cache, self)
-        self._reads = StreamReads(config, stream, index, follower)
+        shared = Shared(config, metrics, stream, index)
+        self._follower = follower = LogFollower(shared, self._cache, self)
+        self._reads = StreamReads(shared, follower)
         self._reader = self._reads.metadata
         metrics.observe_cache(self._cache)
         self._link = Link()
@@ -108,7 +109,7 @@ class JetStreamStore(CommitChannels, IndexReads):
             stream.name, config.store_timeout_s, lambda: follower.applied, on_health
         )
         self._watch.register(metrics)
-        self._committer = Committer(config, metrics, stream, index, self, follower, self._watch)
+        self._committer = Committer(shared, self, follower, self._watch)
         self._starting: str | None = "connecting to the NATS cluster"  # None: started
         self._send, self._receive = trio.open_memory_channel[Write](config.stage_queue)
         self._events: trio.MemorySendChannel[Committed] | None = None

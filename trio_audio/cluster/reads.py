@@ -22,13 +22,12 @@ from typing import Any, Final
 
 import trio
 
-from ..config import Config
 from ..errors import InternalError, NotFound, StoreUnavailable
-from ..store.index import Index, Location
+from ..store.index import Location
 from ..store.reads import Read, apply_patch
 from .bridge import MessageNotFound, NatsError, Unavailable
 from .follow import LogFollower
-from .stream import META, Stream
+from .stream import META, Shared
 
 READ_PAUSE_S: Final = 0.1  # between tries of an audio read the cluster cannot answer yet
 READS_AT_ONCE: Final = 16  # gets of chunk metadata by stream sequence in flight at once
@@ -37,10 +36,8 @@ READS_AT_ONCE: Final = 16  # gets of chunk metadata by stream sequence in flight
 class StreamReads:
     """Chunk metadata and audio read from the stream (see the module docstring)."""
 
-    def __init__(self, config: Config, stream: Stream, index: Index, follower: LogFollower) -> None:
-        self._config = config
-        self._stream = stream
-        self._index = index
+    def __init__(self, shared: Shared, follower: LogFollower) -> None:
+        self._config, self._stream, self._index = shared.config, shared.stream, shared.index
         self._follower = follower
 
     async def metadata(self, locations: list[Location]) -> list[Read]:

@@ -1,5 +1,6 @@
 """The log's stream as every part of the JetStream store names it: the headers a record
-carries, a subject token, and this node's connection while the store runs.
+carries, a subject token, this node's connection while the store runs (``Stream``), and
+what the parts share (``Shared``).
 
 Subjects (``<user>`` and ``<session>`` with ``.`` written as ``~``, see ``token``)::
 
@@ -18,7 +19,10 @@ from typing import Final
 
 import attrs
 
+from ..config import Config
 from ..errors import StoreUnavailable
+from ..metrics import Metrics
+from ..store.index import Index
 from .connect import Nats
 
 META: Final = "Trio-Audio"  # the header holding a record's metadata (JSON)
@@ -48,3 +52,14 @@ class Stream:
             msg = "the store is closed"
             raise StoreUnavailable(msg)
         return self.nats
+
+
+@attrs.frozen
+class Shared:
+    """What the parts of the JetStream store (the follower, the committer, the reads) work
+    with: the settings, the metrics, the stream and this node's index."""
+
+    config: Config
+    metrics: Metrics
+    stream: Stream
+    index: Index
