@@ -20,11 +20,11 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from trio_audio.client import Options, Streamer
-from trio_audio.cluster.bridge import MessageNotFound, Nats
-from trio_audio.cluster.connect import open_nats
+from trio_audio.cluster.bridge import MessageNotFound
+from trio_audio.cluster.connect import Nats, open_nats
 from trio_audio.cluster.dev import LocalCluster
-from trio_audio.cluster.jetstream import token
-from trio_audio.cluster.work import Names, partition
+from trio_audio.cluster.partitions import Names, partition
+from trio_audio.cluster.stream import token
 
 from .audio_samples import pcm_s16le, wav
 from .cluster import ServiceNode, cluster_store, node_id

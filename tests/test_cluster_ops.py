@@ -15,7 +15,7 @@ import trustme
 
 from trio_audio.cluster.connect import open_nats
 from trio_audio.cluster.dev import LocalCluster, Options
-from trio_audio.cluster.work import Names
+from trio_audio.cluster.partitions import Names
 
 from .cluster import ServiceNode, cluster_store
 from .conftest import StartServer

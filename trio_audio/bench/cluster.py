@@ -171,7 +171,7 @@ def ws_spec(node: Node, seconds: float, run_id: str) -> Spec:
 async def publish_records(store: str, stream: str, count: int, template: dict[str, Any]) -> float:
     """Publish *count* chunk records straight into *stream*; the seconds it took."""
     from ..cluster.connect import open_nats
-    from ..cluster.jetstream import META, token
+    from ..cluster.stream import META, token
 
     body = b"\x00\x01" * 1600  # 3.2 KB of "audio"
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """Connecting to the NATS servers: TLS, credentials, and what the connection went through.
 
 ``open_nats`` opens a ``trio-asyncio`` loop in the calling trio task, connects there with
-``Security``'s TLS context and credentials file, and hands back a ``bridge.Nats``. ``Link``
+``Security``'s TLS context and credentials file, and hands back a ``Nats``: the connection's
+health and core NATS, over the JetStream calls of ``calls.py``. ``Link``
 keeps the connection's story for ``/readyz``, the logs and ``/metrics``: why it is not
 connected now (a refused login, TLS, nothing reachable), reconnects, disconnects.
 
@@ -29,7 +30,8 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 from nats.aio.client import Client
 
-from .bridge import Nats, NatsError, _call, _translate
+from .bridge import Inbox, NatsError, Unavailable, _call, _translate
+from .calls import WorkCalls
 
 logger = logging.getLogger("trio_audio.cluster.bridge")
 
@@ -90,6 +92,71 @@ class Link:
         if now - self.logged.get(reason, -LOG_AGAIN_S) >= LOG_AGAIN_S:
             self.logged[reason] = now
             logger.log(logging.ERROR if refused else logging.WARNING, "%s", reason)
+
+
+class Nats(WorkCalls):
+    """A connected client; its methods are trio coroutines: the JetStream calls
+    (``calls.py``), the connection's health and core NATS publish, subscribe (``Inbox``) and
+    request."""
+
+    def __init__(self, loop: Any, client: Client, timeout: float, link: Link) -> None:
+        self._loop = loop
+        self.link = link
+        self._nc = client
+        self._js = client.jetstream(timeout=timeout)
+        self._buckets: dict[str, Any] = {}  # bucket name -> nats-py KeyValue handle
+        self.timeout = timeout
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload)
+
+    async def wait_meta_leader(self, deadline_s: float | None = None) -> None:
+        """Return once JetStream answers an API call (the cluster has a meta leader)."""
+        started = time.monotonic()
+        while True:
+            try:
+                await _call(self._loop, self._js.account_info)
+                return
+            except Unavailable:
+                if deadline_s is not None and time.monotonic() - started > deadline_s:
+                    raise
+                logger.info("waiting for the JetStream meta leader")
+                await trio.sleep(0.25)
+
+    async def health(self, wait_s: float) -> str | None:
+        """Why JetStream cannot serve now (None: it can): no connection, or no answer from
+        its API within *wait_s* (no meta leader yet, or no quorum for one)."""
+        if not self.connected:
+            return "not connected to any NATS server"
+        js = self._nc.jetstream(timeout=wait_s)
+        try:
+            await _call(self._loop, js.account_info)
+        except NatsError as exc:
+            return f"JetStream does not answer (no meta leader?): {exc}"
+        return None
+
+    async def publish_core(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """A core NATS publish (fire and forget: no stream, no acknowledgement)."""
+        await _call(self._loop, self._nc.publish, subject, data, headers=headers)
+
+    async def request(self, subject: str, data: bytes, wait_s: float) -> bytes:
+        """A core NATS request; the reply's body (``Unavailable``: no answer in time)."""
+        msg = await _call(self._loop, self._nc.request, subject, data, timeout=wait_s)
+        return bytes(msg.data)
+
+    async def subscribe_core(self, subject: str) -> Inbox:
+        """A core NATS subscription of *subject* (see ``Inbox``)."""
+        inbox = Inbox(self._loop)
+
+        async def subscribe() -> None:
+            inbox._arrived = asyncio.Event()
+            inbox._sub = await self._nc.subscribe(subject, cb=inbox._on_message)
+
+        await _call(self._loop, subscribe)
+        return inbox
 
 
 def _describe(exc: BaseException) -> str:

@@ -23,8 +23,8 @@ from typing import Final
 import trio
 
 from ..metrics import Metrics
-from .bridge import Nats, NatsError, StreamState
-from .connect import Link
+from .bridge import NatsError, StreamState
+from .connect import Link, Nats
 
 logger = logging.getLogger("trio_audio.cluster.observe")
 

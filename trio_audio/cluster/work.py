@@ -56,6 +56,11 @@ own follower's ``ChunkUpdated``, once they are stored. ``finalize`` (WebSocket
 ``finalize``/``end``, HTTP session end) on a node that does not hold the session is a core
 NATS request to its holder, then a wait until this node's follower has the transcripts.
 
+``Cluster`` runs these parts, each a module of its own: ``partitions.py`` (a session's
+partition, the names, what the work needs of the log), ``leases.py`` (holding partitions),
+``take.py`` (a held partition's work fetched, offered and acknowledged), ``relay.py``
+(interim results between nodes) and ``finalize.py`` (finalize on the holder).
+
 Resource handling: ``Cluster.run`` owns every task here (relay, publisher, partitions,
 finalize server) in one nursery; a partition's consumer subscription is closed when its lease
 ends. On exit every lease naming this worker is deleted (shielded, bounded). Chunks offered
@@ -77,137 +82,29 @@ core subjects that do not parse are ignored.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import json
 import logging
-import math
-from typing import Any, Final, Protocol
+from typing import Final
 
-import attrs
 import trio
 
 from ..asr.transcriber import Transcriber
 from ..config import Config
-from ..errors import NotFound, StoreError
-from ..live import Live, LivePort, live_from_dict, live_to_dict
+from ..errors import StoreError
+from ..live import LivePort
 from ..metrics import Metrics
 from ..store.events import ChunkStored
-from ..store.index import SessionSummary
-from .bridge import (
-    Nats,
-    NatsError,
-    Puller,
-    Unavailable,
-    Work,
-    WrongLastSequence,
-    retrying,
-)
-from .jetstream import META, token
+from .bridge import NatsError, retrying
+from .connect import Nats
+from .finalize import Finalizer
+from .leases import Leases
+from .partitions import FollowedLog, Names
+from .relay import LiveRelay
+from .take import Taker
 
 logger = logging.getLogger("trio_audio.cluster.work")
 
-ACK_WAIT_S: Final = 30.0  # a delivered work message unacknowledged this long goes again
-MAX_ACK_PENDING: Final = 10_000  # work messages of a partition held at once
-FETCH_BATCH: Final = 64
-FETCH_WAIT_S: Final = 0.5  # one fetch's wait; also the period acks are settled at
-HOLD_S: Final = 300.0  # a chunk held this long without a transcript is offered again
-LIVE_QUEUE: Final = 1024  # interim results waiting to be published; then the newest drop
-FINALIZE_WAIT_S: Final = 60.0  # how long a finalize waits for the session's holder
 SET_UP_S: Final = 30.0  # how long creating the work stream and lease bucket is retried
 PENDING_PERIOD_S: Final = 5.0  # how often the work pending per partition is asked for
-
-
-def partition(user_id: str, session_id: str, partitions: int) -> int:
-    """The work partition of a session: what the server's ``{{partition(P,1,2)}}`` computes
-    (FNV-1a 32 of the user and session subject tokens, concatenated, mod P)."""
-    h = 0x811C9DC5
-    for byte in (token(user_id) + token(session_id)).encode():
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h % partitions
-
-
-@attrs.frozen
-class Names:
-    """The streams, bucket and subjects of one log's transcription work."""
-
-    stream: str
-
-    @property
-    def work(self) -> str:
-        return f"{self.stream}_asr"
-
-    @property
-    def leases(self) -> str:
-        return f"{self.stream}_asr_leases"
-
-    @property
-    def live(self) -> str:
-        return f"{self.stream}_asr_live"
-
-    @property
-    def finalize(self) -> str:
-        return f"{self.stream}_asr_finalize"
-
-    def transform(self, partitions: int) -> tuple[str, str]:
-        """The work stream's subject transform: chunk records to partitioned work."""
-        return (
-            f"{self.stream}.*.*.work.*",
-            f"{self.work}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}"
-            ".{{wildcard(2)}}.{{wildcard(3)}}",
-        )
-
-
-class LiveRelay:
-    """The live port the transcriber publishes into: this node's watchers, and (through
-    ``run``) the core NATS subject every node relays to its own."""
-
-    def __init__(self, local: LivePort, node: str, names: Names) -> None:
-        self._local = local
-        self._node = node
-        self._names = names
-        self._send, self._receive = trio.open_memory_channel[tuple[str, bytes]](LIVE_QUEUE)
-        self.dropped = 0
-
-    def publish(self, item: Live) -> None:
-        self._local.publish(item)
-        body = {"node": self._node, "item": live_to_dict(item)}
-        subject = f"{self._names.live}.{token(item.user_id)}.{token(item.session_id)}"
-        try:
-            self._send.send_nowait((subject, json.dumps(body, separators=(",", ":")).encode()))
-        except trio.WouldBlock:
-            self.dropped += 1  # interim results are best effort; the log has the finals
-
-    async def run(self, nats: Nats) -> None:
-        """Publish what the transcriber sent, in order."""
-        async with self._receive:
-            async for subject, data in self._receive:
-                try:
-                    await nats.publish_core(subject, data)
-                except NatsError as exc:
-                    self.dropped += 1
-                    logger.debug("an interim result was not published: %s", exc)
-
-
-class FollowedLog(Protocol):
-    """What cluster work needs of the JetStream backend (``JetStreamStore``): its node id
-    and connection, its follower's progress, and the chunks its index has ``pending``."""
-
-    @property
-    def node(self) -> str: ...
-
-    @property
-    def nats(self) -> Nats: ...
-
-    async def wait_followed(self, seq: int) -> bool: ...
-
-    async def applied_more(self) -> None: ...
-
-    def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None: ...
-
-    def pending_now(self) -> list[tuple[str, str, str]]: ...
-
-    def summary(self, user_id: str, session_id: str) -> SessionSummary | None: ...
 
 
 class NoTaker:
@@ -215,24 +112,6 @@ class NoTaker:
 
     def offer(self, event: ChunkStored) -> None:
         pass
-
-
-@attrs.define(eq=False)
-class Held:
-    """A chunk this worker offered to its transcriber and has not acknowledged yet."""
-
-    chunk_id: str
-    offered: float
-    work: Work | None = None
-    extended: float = 0.0
-
-
-@attrs.define(eq=False)
-class Lease:
-    partition: int
-    revision: int
-    renewed: float  # trio time of the last renewal that landed
-    lost: bool = False  # someone else has it now, or it may have expired
 
 
 class Cluster:
@@ -250,12 +129,8 @@ class Cluster:
         self.live = LiveRelay(live, self.node, self.names)
         self.taker = NoTaker()
         self.transcriber: Transcriber | None = None
-        self.leases: dict[int, Lease] = {}
-        # Chunks offered to this process's transcriber and not acknowledged, by partition;
-        # kept across holds, so a partition held again is not offered them twice.
-        self.held: dict[int, dict[str, Held]] = {}
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.workers = 1  # live workers seen in the bucket (this one included)
+        self.leases = Leases(config, self.names, self.node)
+        self.finalizer = Finalizer(config, self.names, store, self.leases)
         self.pending: dict[int, tuple[int, int]] = {}  # partition: (queued, unacknowledged)
         self._scope = trio.CancelScope()
 
@@ -274,7 +149,8 @@ class Cluster:
         nats = self.store.nats
         taking = transcriber is not None and transcriber.enabled
         self.metrics.gauge(
-            "trio_audio_cluster_partitions", lambda: {'state="held"': float(len(self.leases))}
+            "trio_audio_cluster_partitions",
+            lambda: {'state="held"': float(len(self.leases.holding))},
         )
         self.metrics.gauge("trio_audio_cluster_work_pending", self._pending_gauge)
         try:
@@ -282,7 +158,7 @@ class Cluster:
         finally:
             if taking:
                 with trio.CancelScope(shield=True), trio.move_on_after(3):
-                    await self._give_back(nats)
+                    await self.leases.give_back(nats)
 
     async def _run(
         self, nats: Nats, taking: bool, relay: bool, task_status: trio.TaskStatus[Cluster]
@@ -293,16 +169,22 @@ class Cluster:
                 nursery.start_soon(self._observe_pending, nats)
                 if relay:
                     inbox = await retrying(lambda: nats.subscribe_core(f"{self.names.live}.>"))
-                    nursery.start_soon(self._relay, inbox)
+                    nursery.start_soon(self.live.relay, inbox)
                 if taking:
+                    assert self.transcriber is not None
+                    taker = Taker(
+                        self.config, self.names, self.store, self.transcriber, self.leases
+                    )
                     await self._set_up(nats)
                     finalize = await retrying(
                         lambda: nats.subscribe_core(f"{self.names.finalize}.*")
                     )
-                    nursery.start_soon(self._serve_finalize, nats, finalize, nursery)
-                    nursery.start_soon(self._register, nats)
+                    nursery.start_soon(
+                        self.finalizer.serve, nats, finalize, nursery, self.transcriber
+                    )
+                    nursery.start_soon(self.leases.register, nats)
                     for p in range(self.config.asr_partitions):
-                        nursery.start_soon(self._partition, nats, p)
+                        nursery.start_soon(self.leases.hold, nats, p, taker.take)
                 task_status.started(self)
 
     async def _observe_pending(self, nats: Nats) -> None:
@@ -322,22 +204,6 @@ class Cluster:
             out[f'partition="{p}",state="queued"'] = float(queued)
             out[f'partition="{p}",state="unacknowledged"'] = float(unacked)
         return out
-
-    async def _give_back(self, nats: Nats) -> None:
-        """Delete every lease still naming this worker (a renewal or an acquisition cut
-        short by the stop may have left one), so others take the partitions at once."""
-        for p in range(self.config.asr_partitions):
-            await self._release(nats, p)
-
-    async def _release(self, nats: Nats, p: int) -> None:
-        """Delete the lease of *p* if it names this worker (at whatever revision it is)."""
-        try:
-            held = await nats.kv_get(self.names.leases, f"p.{p}")
-            if held is not None and held[0].decode() == self.node:
-                await nats.kv_delete(self.names.leases, f"p.{p}", held[1])
-                logger.info("gave back transcription partition %d", p)
-        except NatsError as exc:
-            logger.info("partition %d expires by itself: %s", p, exc)
 
     def stop(self) -> None:
         """Stop taking work (the leases held are given back) and relaying."""
@@ -366,293 +232,10 @@ class Cluster:
                    f"asks {dest!r}: every node needs the same --asr-partitions")  # fmt: skip
             raise StoreError(msg)
 
-    # -- interim results and finalize ---------------------------------------------------
-
-    async def _relay(self, inbox: Any) -> None:
-        """Other nodes' interim results to this node's watchers."""
-        while True:
-            for message in await inbox.take(1.0):
-                try:
-                    body = json.loads(message.data)
-                    node, item = body["node"], live_from_dict(dict(body["item"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # not ours: core subjects are open to any client
-                if node != self.node:  # this node's watchers had it already
-                    self.local_live.publish(item)
-
-    async def _serve_finalize(self, nats: Nats, inbox: Any, nursery: trio.Nursery) -> None:
-        """Answer "finalize this session" for the partitions this worker holds."""
-        while True:
-            for message in await inbox.take(1.0):
-                try:
-                    p = int(message.subject.rsplit(".", 1)[-1])
-                    body = json.loads(message.data)
-                    key = (str(body["user_id"]), str(body["session_id"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if p in self.leases and message.reply:
-                    nursery.start_soon(self._finalize_for, nats, key, message.reply)
-
-    async def _finalize_for(self, nats: Nats, key: tuple[str, str], reply: str) -> None:
-        assert self.transcriber is not None
-        await self.transcriber.finalize(*key)
-        with contextlib.suppress(NatsError):
-            await nats.publish_core(reply, b"done")
-
     async def finalize(self, user_id: str, session_id: str) -> None:
         """End the session's open utterance now, on whichever worker holds it; returns once
-        this node's follower has its transcripts (or after ``FINALIZE_WAIT_S``)."""
-        p = partition(user_id, session_id, self.config.asr_partitions)
-        if p in self.leases and self.transcriber is not None:
-            await self.transcriber.finalize(user_id, session_id)
-            return
-        body = json.dumps({"user_id": user_id, "session_id": session_id}).encode()
-        with trio.move_on_after(FINALIZE_WAIT_S):
-            try:
-                await self.store.nats.request(f"{self.names.finalize}.{p}", body, FINALIZE_WAIT_S)
-            except NatsError:
-                return  # no worker holds it now: its chunks are done when one does
-            while self._session_pending(user_id, session_id):
-                await self.store.applied_more()
-
-    def _session_pending(self, user_id: str, session_id: str) -> bool:
-        """Whether a chunk of the session still waits for its transcript (the index keeps
-        the session's status, so this unpacks nothing)."""
-        summary = self.store.summary(user_id, session_id)
-        return summary is not None and summary.transcript["status"] == "pending"
+        this node's follower has its transcripts (see ``finalize.py``)."""
+        await self.finalizer.finalize(user_id, session_id, self.transcriber)
 
     def lag_s(self, key: tuple[str, str] | None = None) -> float:
         return self.transcriber.lag_s(key) if self.transcriber is not None else 0.0
-
-    # -- leases -----------------------------------------------------------------------------
-
-    async def _register(self, nats: Nats) -> None:
-        """Keep this worker's ``w.<node>`` entry alive; count the live workers."""
-        key = f"w.{self.node}"
-        period = self.config.asr_lease_s / 3
-        revision: int | None = None
-        while True:
-            try:
-                try:
-                    revision = await nats.kv_put(self.names.leases, key, b"", revision)
-                except WrongLastSequence:
-                    revision = await nats.kv_put(self.names.leases, key, b"", None)
-                self.workers = max(1, len(await nats.kv_keys(self.names.leases, "w")))
-            except NatsError as exc:
-                revision = None
-                logger.debug("worker registration: %s", exc)
-            await trio.sleep(period)
-
-    def _fair_share(self) -> int:
-        return math.ceil(self.config.asr_partitions / max(1, self.workers))
-
-    async def _partition(self, nats: Nats, p: int) -> None:
-        """Hold partition *p* whenever this worker may, and take its work while held."""
-        poll = self.config.asr_lease_s / 4
-        # Stagger: partition p is tried after the workers registered and in turn, so that
-        # workers starting together split the partitions instead of one taking them all.
-        await trio.sleep(poll + poll * p / self.config.asr_partitions)
-        while True:
-            lease = await self._acquire(nats, p)
-            if lease is None:
-                await trio.sleep(poll)
-                continue
-            self.leases[p] = lease
-            logger.info("node %s took transcription partition %d", self.node, p)
-            try:
-                with trio.CancelScope() as scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._renew, nats, lease, scope)
-                        nursery.start_soon(self._take, nats, lease, scope)
-            finally:
-                self.leases.pop(p, None)
-                if not lease.lost:  # given back (fair share, or this process stops)
-                    with trio.CancelScope(shield=True), trio.move_on_after(2):
-                        await self._release(nats, p)
-            if lease.lost:
-                logger.warning("lost transcription partition %d", p)
-            await trio.sleep(poll)
-
-    async def _acquire(self, nats: Nats, p: int) -> Lease | None:
-        """The lease of *p* when it is free (or already this worker's) and within the fair
-        share; None otherwise."""
-        if len(self.leases) >= self._fair_share():
-            return None
-        key = f"p.{p}"
-        try:
-            held = await nats.kv_get(self.names.leases, key)
-            if held is not None and held[0].decode() != self.node:
-                return None
-            last = held[1] if held is not None else None
-            sent = trio.current_time()  # the lease counts from here (see _renew)
-            revision = await nats.kv_put(self.names.leases, key, self.node.encode(), last)
-        except (WrongLastSequence, Unavailable):
-            return None
-        except NatsError as exc:
-            logger.debug("lease of partition %d: %s", p, exc)
-            return None
-        return Lease(p, revision, sent)
-
-    async def _renew(self, nats: Nats, lease: Lease, scope: trio.CancelScope) -> None:
-        """Renew the lease every third of its TTL; end the hold (cancel *scope*) once it is
-        lost, or not renewed within two thirds of its TTL.
-
-        A renewal counts from when it was *sent*: the server stamps it later, so the entry
-        lives at least TTL past that time, and a holder that gives up at two thirds of it
-        stops before anyone else can take the partition (clocks running at the same rate)."""
-        ttl = self.config.asr_lease_s
-        key = f"p.{lease.partition}"
-        await trio.sleep_until(lease.renewed + ttl / 3)
-        while True:
-            sent = trio.current_time()
-            renewed = False
-            with trio.move_on_at(lease.renewed + ttl * 2 / 3):
-                try:
-                    lease.revision = await nats.kv_put(
-                        self.names.leases, key, self.node.encode(), lease.revision
-                    )
-                    lease.renewed, renewed = sent, True
-                except WrongLastSequence:
-                    pass  # someone else holds it now
-                except NatsError as exc:
-                    logger.info("lease of partition %d not renewed: %s", lease.partition, exc)
-                    await trio.sleep(ttl / 12)
-                    continue  # again, until two thirds of the TTL are gone
-            if renewed:
-                await trio.sleep_until(sent + ttl / 3)
-                continue
-            lease.lost = True
-            scope.cancel()
-            return
-
-    # -- taking work --------------------------------------------------------------------
-
-    async def _take(self, nats: Nats, lease: Lease, scope: trio.CancelScope) -> None:
-        """Fetch the partition's work and acknowledge it once done, while the lease holds."""
-        p = lease.partition
-        try:
-            puller: Puller = await nats.pull(self.names.work, f"p{p}",
-                                             f"{self.names.work}.{p}.>", ACK_WAIT_S,
-                                             MAX_ACK_PENDING)  # fmt: skip
-        except NatsError as exc:  # the cluster is away, say: give it back, try again later
-            logger.warning("partition %d: no consumer (%s); giving it back", p, exc)
-            scope.cancel()
-            return
-        held = self.held.setdefault(p, {})
-        idle_since = trio.current_time()
-        try:
-            await self._sweep(p, held)
-            while True:
-                try:
-                    batch = await puller.take(FETCH_BATCH, FETCH_WAIT_S)
-                except Unavailable:
-                    batch = []
-                    await trio.sleep(FETCH_WAIT_S)
-                except NatsError as exc:  # the consumer is gone, say: start the hold again
-                    logger.warning("partition %d: %s; giving it back", p, exc)
-                    scope.cancel()
-                    return
-                for work in batch:
-                    if not await self._arrive(puller, work, held):
-                        break  # this node lags the log: the rest (later in it) come again
-                await self._settle(puller, held)
-                now = trio.current_time()
-                if held or batch:
-                    idle_since = now
-                elif len(self.leases) > self._fair_share() and now - idle_since > FETCH_WAIT_S * 4:
-                    self.leases.pop(p, None)  # idle and over this worker's share: give it
-                    scope.cancel()  # back (popped now, so the others count one fewer)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await puller.close()
-
-    async def _sweep(self, p: int, held: dict[str, Held]) -> None:
-        """On taking a partition: offer every chunk of it the index has ``pending`` (a dead
-        worker's, whose work messages come again only after ``ACK_WAIT_S``)."""
-        assert self.transcriber is not None
-        partitions = self.config.asr_partitions
-        now = trio.current_time()
-        swept = 0
-        live = set(self.transcriber.sessions)  # before this sweep adds any
-        ours: dict[tuple[str, str], bool] = {}  # per session: one hash, not one per chunk
-        for user_id, session_id, chunk_id in self.store.pending_now():
-            if chunk_id in held and (user_id, session_id) in live:
-                continue  # offered during an earlier hold; still in this transcriber
-            session = (user_id, session_id)
-            if session not in ours:
-                ours[session] = partition(user_id, session_id, partitions) == p
-            if ours[session]:
-                held[chunk_id] = Held(chunk_id, now)
-                await self._offer(chunk_id)
-                swept += 1
-        if swept:
-            logger.info("partition %d: %d chunks left pending are queued again", p, swept)
-
-    async def _arrive(self, puller: Puller, work: Work, held: dict[str, Held]) -> bool:
-        """A work message: offer its chunk, or acknowledge it when there is nothing to do.
-        False when this node's follower has not reached the chunk within its wait (the
-        message comes again after ``ACK_WAIT_S``)."""
-        assert self.transcriber is not None
-        try:
-            chunk_id = str(json.loads(work.headers[META])["chunk_id"])
-            origin = int(work.headers["Nats-Stream-Source"].split()[1])
-        except (KeyError, ValueError, IndexError):
-            logger.warning("work message %d on %s is not a chunk; dropped", work.seq, work.subject)
-            await self._ack(puller, work)
-            return True
-        if not await self.store.wait_followed(origin):
-            return False
-        if self.store.pending_key(chunk_id) is None:
-            await self._ack(puller, work)  # done (by someone), failed, or deleted
-            return True
-        now = trio.current_time()
-        if chunk_id in held:
-            held[chunk_id].work = work  # again (it waited ACK_WAIT_S) or after a sweep
-            held[chunk_id].extended = now
-            return True
-        held[chunk_id] = Held(chunk_id, now, work, now)
-        self.counts["taken"] += 1
-        await self._offer(chunk_id)
-        return True
-
-    async def _settle(self, puller: Puller, held: dict[str, Held]) -> None:
-        """Acknowledge held chunks the log has done; keep the others' work messages."""
-        assert self.transcriber is not None
-        now = trio.current_time()
-        again: list[tuple[str, str, int, str]] = []
-        for chunk_id, item in list(held.items()):
-            key = self.store.pending_key(chunk_id)
-            if key is None:
-                if item.work is None or await self._ack(puller, item.work):
-                    del held[chunk_id]
-            elif key[:2] not in self.transcriber.sessions or now - item.offered > HOLD_S:
-                # Its session was forgotten while it was still pending (its update was
-                # refused, say; the transcriber forgets a session only once nothing of it
-                # is in flight), or it is overdue: the transcriber gets it again.
-                again.append((*key, chunk_id))
-                item.offered = now
-            elif item.work is not None and now - item.extended > ACK_WAIT_S / 3:
-                try:
-                    await puller.in_progress(item.work)
-                    item.extended = now
-                except NatsError as exc:
-                    logger.debug("in-progress for %s: %s", chunk_id, exc)
-        if again:  # a session's chunks all at once, in seq order: its utterances stay whole
-            logger.warning("%d chunks still pending are queued again", len(again))
-            for *_, chunk_id in sorted(again):
-                await self._offer(chunk_id)
-
-    async def _offer(self, chunk_id: str) -> None:
-        """Hand a stored chunk to the transcriber (nothing when it was deleted meanwhile)."""
-        assert self.transcriber is not None
-        with contextlib.suppress(NotFound):
-            await self.transcriber.offer_stored(chunk_id)
-
-    async def _ack(self, puller: Puller, work: Work) -> bool:
-        try:
-            await puller.ack(work)
-        except NatsError as exc:
-            logger.debug("ack of work %d: %s", work.seq, exc)
-            return False
-        self.counts["acked"] += 1
-        return True

@@ -1,0 +1,81 @@
+"""Finalize on a cluster: a session's open utterance ended on whichever worker holds it.
+
+``finalize`` (WebSocket ``finalize``/``end``, HTTP session end) on a node whose worker
+holds the session's partition finalizes it there; elsewhere it is a core NATS request on
+``<stream>_asr_finalize.<p>`` to the holder (``serve`` answers those for the partitions this
+worker holds), then a wait until this node's follower has the session's transcripts (at most
+``FINALIZE_WAIT_S``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, Final
+
+import trio
+
+from ..asr.transcriber import Transcriber
+from ..config import Config
+from .bridge import NatsError
+from .connect import Nats
+from .leases import Leases
+from .partitions import FollowedLog, Names, partition
+
+FINALIZE_WAIT_S: Final = 60.0  # how long a finalize waits for the session's holder
+
+
+class Finalizer:
+    """Finalize requests, sent and answered (see the module docstring)."""
+
+    def __init__(self, config: Config, names: Names, store: FollowedLog, leases: Leases) -> None:
+        self._config = config
+        self._names = names
+        self._store = store
+        self._leases = leases
+
+    async def serve(
+        self, nats: Nats, inbox: Any, nursery: trio.Nursery, transcriber: Transcriber
+    ) -> None:
+        """Answer "finalize this session" for the partitions this worker holds."""
+        while True:
+            for message in await inbox.take(1.0):
+                try:
+                    p = int(message.subject.rsplit(".", 1)[-1])
+                    body = json.loads(message.data)
+                    key = (str(body["user_id"]), str(body["session_id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if p in self._leases.holding and message.reply:
+                    nursery.start_soon(self._finalize_for, nats, key, message.reply, transcriber)
+
+    async def _finalize_for(
+        self, nats: Nats, key: tuple[str, str], reply: str, transcriber: Transcriber
+    ) -> None:
+        await transcriber.finalize(*key)
+        with contextlib.suppress(NatsError):
+            await nats.publish_core(reply, b"done")
+
+    async def finalize(
+        self, user_id: str, session_id: str, transcriber: Transcriber | None
+    ) -> None:
+        """End the session's open utterance now, on whichever worker holds it; returns once
+        this node's follower has its transcripts (or after ``FINALIZE_WAIT_S``)."""
+        p = partition(user_id, session_id, self._config.asr_partitions)
+        if p in self._leases.holding and transcriber is not None:
+            await transcriber.finalize(user_id, session_id)
+            return
+        body = json.dumps({"user_id": user_id, "session_id": session_id}).encode()
+        with trio.move_on_after(FINALIZE_WAIT_S):
+            try:
+                await self._store.nats.request(f"{self._names.finalize}.{p}", body, FINALIZE_WAIT_S)
+            except NatsError:
+                return  # no worker holds it now: its chunks are done when one does
+            while self._session_pending(user_id, session_id):
+                await self._store.applied_more()
+
+    def _session_pending(self, user_id: str, session_id: str) -> bool:
+        """Whether a chunk of the session still waits for its transcript (the index keeps
+        the session's status, so this unpacks nothing)."""
+        summary = self._store.summary(user_id, session_id)
+        return summary is not None and summary.transcript["status"] == "pending"
