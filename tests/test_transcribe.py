@@ -247,6 +247,39 @@ async def test_websocket_clients_get_partials_before_the_final(
     assert seqs == sorted(seqs) and seqs[0] >= 0 and seqs[-1] < len(chunks)
 
 
+async def stream_then_end(url: str, session: str, audio: np.ndarray) -> list[dict[str, Any]]:
+    """Stream *audio* in 100 ms frames as fast as acknowledged, send ``end`` (no
+    ``finalize``): every message the server sends, to ``session_end``."""
+    fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
+    received: list[dict[str, Any]] = []
+    async with open_websocket_url(url) as ws:
+        start = {"type": "start", "user_id": "alice", "session_id": session, "format": fmt}
+        await ws.send_message(json.dumps(start))
+        for piece in pieces(audio, 0.1):
+            await ws.send_message((piece * 32767).astype("<i2").tobytes())
+        await ws.send_message(json.dumps({"type": "end"}))
+        while not received or received[-1]["type"] != "session_end":
+            received.append(json.loads(await ws.get_message()))
+    return received
+
+
+async def test_on_end_every_final_reaches_the_client_with_words_before_session_end(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # The last utterance is still open when `end` comes: only the end's finalize decodes it.
+    server = await grammar_server(start_server, tmp_path, asr_idle_timeout_s=300)
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE, tail_s=0.0)])
+    with trio.fail_after(TIMEOUT_S):
+        received = await stream_then_end(server.running.ws_url, "ended", audio)
+    finals = [m for m in received if m["type"] == "transcript" and m["is_final"]]
+    assert [m["text"] for m in finals] == [SENTENCE, OTHER_SENTENCE]
+    for final in finals:
+        assert [w["word"] for w in final["words"]] == final["text"].split()
+    summary = received[-1]["summary"]
+    assert summary["transcript"]["text"] == f"{SENTENCE} {OTHER_SENTENCE}"
+    assert summary["transcript"]["words"] == [w for m in finals for w in m["words"]]
+
+
 async def read_events(
     client: httpx.AsyncClient, path: str, into: list[dict[str, Any]], ready: trio.Event
 ) -> None:
@@ -286,7 +319,10 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
             # the nursery ends when the reader has seen session_end
     assert ended.status_code == 200, ended.text
     summary = ended.json()
-    assert summary["transcript"] == {"status": "done", "text": SENTENCE}
+    assert {k: summary["transcript"][k] for k in ("status", "text")} == {
+        "status": "done",
+        "text": SENTENCE,
+    }
     assert summary["chunk_count"] == len(chunks)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     kinds = [e["type"] for e in events]
@@ -294,6 +330,7 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
     assert stored == [c["chunk_id"] for c in chunks]  # every chunk, in order, once
     finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
     assert [f["text"] for f in finals] == [SENTENCE]
+    assert summary["transcript"]["words"] == finals[0]["words"]
     assert "vad" in kinds and kinds.index("vad") < kinds.index("session_end")
     assert events[-1]["summary"] == summary
 

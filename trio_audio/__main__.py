@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument(
         "--json",
         action="store_true",
-        help="print every message as JSON (default: off: a line per result)",
+        help="print every message as JSON (default: off: the transcript, a line per final)",
     )
     stream.add_argument(
         "--retries", type=int, default=10, help="reconnects before giving up (default: %(default)s)"

@@ -28,20 +28,36 @@ from ..hub import Hub, Message, Subscription
 from ..store import StoreBackend
 
 HEARTBEAT_S: Final = 15.0
+SUMMARY_MAX_WORDS: Final = 20_000  # words a session_end summary carries (its text has all)
 
 
 def session_summary(store: StoreBackend, user_id: str, session_id: str) -> dict[str, Any] | None:
     """What ``session_end`` says of a session (WebSocket and ``POST .../end`` alike): its
-    ids, chunk count, duration and transcript so far; None if it has no chunks."""
+    ids, chunk count, duration and transcript so far (``status``, ``text`` and ``words``,
+    each word on the session timeline: the first ``SUMMARY_MAX_WORDS``, and
+    ``words_truncated`` past them); None if it has no chunks."""
     summary = store.summary(user_id, session_id)
     if summary is None:
         return None
+    transcript: dict[str, Any] = dict(summary.transcript)
+    transcript["words"] = words = list[dict[str, Any]]()
+    for _, chunk_id in store.chunks_after(user_id, session_id, None):
+        if not store.has(chunk_id):
+            continue  # deleted meanwhile
+        done = store.get(chunk_id).get("transcript", {})
+        if done.get("status") != "done":
+            continue
+        words += done.get("words", [])
+        if len(words) > SUMMARY_MAX_WORDS:
+            del words[SUMMARY_MAX_WORDS:]
+            transcript["words_truncated"] = True
+            break
     return {
         "user_id": user_id,
         "session_id": session_id,
         "chunk_count": summary.chunk_count,
         "duration_ms": summary.duration_ms,
-        "transcript": summary.transcript,
+        "transcript": transcript,
     }
 
 

@@ -63,7 +63,7 @@ from ..errors import (
     ServiceError,
     SlowReader,
 )
-from ..hub import Hub, Subscription
+from ..hub import Hub, Message, Subscription
 from ..metrics import Metrics
 from ..models import Job, Part
 from ..pipeline.pipeline import Ingress
@@ -168,6 +168,9 @@ class Session:
         self.unanswered: deque[float] = deque()  # receive times of chunks not yet answered
         self._answered = trio.Event()  # set each time the acker answers a chunk
         self._drained = trio.Event()  # set when the acker has answered the last chunk
+        self._flowing = trio.CancelScope()  # the flow task's
+        self._relay_waiting = trio.CancelScope()  # the relay's wait for its next message
+        self._relay_finishing = False
         self._reading = trio.CancelScope()  # the reader's; shutdown or an error cancels it
         self._handshaking = trio.CancelScope()  # the wait for 'start'; shutdown cancels it
         self.error: ServiceError | None = None  # the first thing that went wrong: the end
@@ -264,9 +267,16 @@ class Session:
                     clean = ended and self.error is None
                     with trio.move_on_after(math.inf if clean else CLOSE_TIMEOUT_S):
                         await self._drained.wait()  # bounded on shutdown: resume covers it
-                    tasks.cancel_scope.cancel()  # the relay and flow run until told
+                    if clean and self.error is None:
+                        # The relay still runs: each final the finalize brings out is sent
+                        # as its `transcript`, before `session_end`.
+                        await self._finalize(start)
+                        self._finish_relay()  # it sends what is queued, then ends
+                        self._flowing.cancel()
+                        tasks.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                    else:
+                        tasks.cancel_scope.cancel()  # the relay and flow run until told
                 if ended and self.error is None:
-                    await self._finalize(start)
                     await self._send(out, self._session_end(start))
             # Every send end is closed now: the writer ends once it has sent what is queued.
             nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
@@ -481,15 +491,35 @@ class Session:
         self._drained.set()
 
     async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
-        """The session's live results from others (HTTP uploads, other sockets, transcripts)."""
+        """The session's live results from others (HTTP uploads, other sockets, transcripts),
+        until the subscription ends or ``_finish_relay``: then what is queued still goes."""
         async with out:
-            async for message in sub.receive:
+            while (message := await self._relayed(sub)) is not None:
                 if message.get("type") == "metadata" and message.get("chunk_id") in self.replayed:
                     continue
                 await self._send(out, message)
             if sub.overflowed:
                 msg = f"more than {self.config.ws_queue} results waited for this client to read"
                 self._end_with(SlowReader(msg))
+
+    async def _relayed(self, sub: Subscription) -> Message | None:
+        """The subscription's next message; None at its end, or once the relay is finishing
+        and nothing is queued. (A cancelled ``receive`` takes nothing from the channel.)"""
+        while True:
+            if self._relay_finishing:
+                try:
+                    return sub.receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    return None
+            with trio.CancelScope() as self._relay_waiting:
+                try:
+                    return await sub.receive.receive()
+                except trio.EndOfChannel:
+                    return None
+
+    def _finish_relay(self) -> None:
+        self._relay_finishing = True
+        self._relay_waiting.cancel()
 
     async def _flow(self, out: trio.MemorySendChannel[str]) -> None:
         """``flow {queue_depth, inflight, lag_ms, transcript_lag_ms}`` while anything lags.
@@ -499,17 +529,19 @@ class Session:
         """
         transcriber = self.ctx.transcriber
         async with out:
-            while True:
-                await trio.sleep(self.config.ws_flow_interval_s)
-                behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
-                if self.unanswered or behind:
-                    oldest = self.unanswered[0] if self.unanswered else time.monotonic()
-                    stats = self.ingress.statistics()  # the shared pipeline's front queue
-                    await self._send(out, {"type": "flow",
-                                           "queue_depth": stats.current_buffer_used,
-                                           "inflight": len(self.unanswered),
-                                           "lag_ms": round((time.monotonic() - oldest) * 1000, 1),
-                                           "transcript_lag_ms": round(behind, 1)})  # fmt: skip
+            with self._flowing:
+                while True:
+                    await trio.sleep(self.config.ws_flow_interval_s)
+                    behind = transcriber.lag_s() * 1000 if transcriber is not None else 0.0
+                    if self.unanswered or behind:
+                        oldest = self.unanswered[0] if self.unanswered else time.monotonic()
+                        stats = self.ingress.statistics()  # the shared pipeline's front queue
+                        lag_ms = round((time.monotonic() - oldest) * 1000, 1)
+                        await self._send(out, {"type": "flow",
+                                               "queue_depth": stats.current_buffer_used,
+                                               "inflight": len(self.unanswered),
+                                               "lag_ms": lag_ms,
+                                               "transcript_lag_ms": round(behind, 1)})  # fmt: skip
 
     async def _writer(self, out_recv: trio.MemoryReceiveChannel[str]) -> None:
         """The only task that sends: each message in order, until every sender is done.
