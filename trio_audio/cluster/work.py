@@ -381,6 +381,12 @@ class Cluster:
     def lag_s(self) -> float:
         return self.transcriber.lag_s() if self.transcriber is not None else 0.0
 
+    def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None:
+        """The session's expected words, for this node's transcriber (a session another
+        node's worker decodes does not get them)."""
+        if self.transcriber is not None:
+            self.transcriber.set_vocabulary(user_id, session_id, terms)
+
     # -- leases -----------------------------------------------------------------------------
 
     async def _register(self, nats: Nats) -> None:

@@ -25,6 +25,7 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..asr.context import parse_vocabulary
 from ..audio.decode import parse_media_type, raw_format_from
 from ..config import Config
 from ..errors import (
@@ -315,7 +316,10 @@ def create_app(
                 access.take(owner, len(uploads))  # one upload per file part
         fields = authorize_fields(fields, user)
         job = build_job(fields, uploads)
+        terms = upload_vocabulary(fields)
         ingress.submit_nowait(job)
+        if terms is not None and ws.transcriber is not None:  # before its chunks are stored
+            ws.transcriber.set_vocabulary(job.user_id, job.session_id, terms)
         try:
             results: list[Stored] = await job.reply.wait()
         except (InvalidAudio, UnsupportedMediaType, PayloadTooLarge) as exc:
@@ -426,6 +430,15 @@ def authorize_fields(fields: MultiDict[str, str], user: str | None) -> MultiDict
     out = MultiDict(list(fields.items(multi=True)))
     out["user_id"] = user
     return out
+
+
+def upload_vocabulary(fields: MultiDict[str, str]) -> tuple[str, ...] | None:
+    """The ``vocabulary`` field of an upload (query or form): comma-separated terms, or the
+    field repeated, a term each; None when it is not given. 400 when it is too big."""
+    given = fields.getlist("vocabulary")
+    if not given:
+        return None
+    return parse_vocabulary(given[0] if len(given) == 1 else given)
 
 
 def build_job(fields: MultiDict[str, str], uploads: list[tuple[bytes, str]]) -> Job:

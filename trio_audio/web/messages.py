@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import attrs
 
+from ..asr.context import parse_vocabulary
 from ..audio.decode import RawFormat, raw_format_from
 from ..errors import (
     BadMessage,
@@ -42,6 +43,7 @@ class Start:
     raw: RawFormat | None
     resume_from_seq: int | None
     metadata_every: int = 1  # send the metadata of chunks whose seq it divides (0: none)
+    vocabulary: tuple[str, ...] | None = None  # words to expect (None: none given)
 
     @property
     def watch_only(self) -> bool:
@@ -136,6 +138,7 @@ def parse_start(
         raw=raw,
         resume_from_seq=parse_seq(message.get("resume_from_seq")),
         metadata_every=_metadata_every(message.get("metadata_every", 1)),
+        vocabulary=None if "vocabulary" not in message else parse_vocabulary(message["vocabulary"]),
     )
 
 

@@ -112,6 +112,8 @@ class Finalizer(Protocol):
 
     def lag_s(self) -> float: ...
 
+    def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None: ...
+
 
 @attrs.define
 class WsContext:
@@ -229,6 +231,8 @@ class Session:
             await self._close(CLOSE_GOING_AWAY, "server shutting down")
             return
         self.start = start
+        if start.vocabulary is not None and self.ctx.transcriber is not None:
+            self.ctx.transcriber.set_vocabulary(start.user_id, start.session_id, start.vocabulary)
         ended, gone = False, False
         with self.ctx.hub.subscribe(start.user_id, start.session_id, source=self.id) as sub:
             try:
