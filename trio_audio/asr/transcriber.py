@@ -488,7 +488,7 @@ class Transcriber:
                     text = prompt(session.vocabulary, session.previous.words) if session else ""
                     try:
                         answer = await self._decode(worker, processes, pack, text, window_s)
-                        if final:
+                        if final and len(pack.utterances) == 1:  # as a live final is
                             self.deadline.took(trio.current_time() - began, window_s)
                     finally:
                         del self._decoding[index]

@@ -192,9 +192,13 @@ class Pack:
     other (the silence between them left out), and where each lies in it."""
 
     utterances: tuple[Utterance, ...]
-    pcm: bytes
     at_ms: tuple[float, ...]  # where each utterance starts in ``pcm``
     since: float = 0.0  # when it was ready to decode (the caller's clock)
+
+    @property
+    def pcm(self) -> bytes:
+        """The audio to decode (joined when asked: the utterances hold it meanwhile)."""
+        return b"".join(u.pcm for u in self.utterances)
 
     @property
     def final(self) -> bool:
@@ -206,7 +210,7 @@ class Pack:
 
     @property
     def seconds(self) -> float:
-        return len(self.pcm) / 2 / RATE
+        return sum(len(u.pcm) for u in self.utterances) / 2 / RATE
 
     def own_words(self, words: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         """The words of a decode of ``pcm`` (times from its start), each moved to the session
@@ -226,7 +230,7 @@ class Pack:
 
 
 def single(utterance: Utterance) -> Pack:
-    return Pack((utterance,), utterance.pcm, (0.0,))
+    return Pack((utterance,), (0.0,))
 
 
 def packs(utterances: list[Utterance], max_ms: float) -> list[Pack]:
@@ -251,4 +255,4 @@ def _pack(group: list[Utterance]) -> Pack:
     for utterance in group:
         at.append(position)
         position += len(utterance.pcm) / 2 / PER_MS
-    return Pack(tuple(group), b"".join(u.pcm for u in group), tuple(at))
+    return Pack(tuple(group), tuple(at))
