@@ -17,7 +17,7 @@ from trio_audio.web.auth import add_token
 
 from .audio_samples import encode, sine
 from .conftest import Server, StartServer
-from .speech import OTHER_SENTENCE, RATE, SENTENCE, grammar_file, speak
+from .speech import NAME, NAME_SENTENCE, OTHER_SENTENCE, RATE, SENTENCE, grammar_file, speak
 
 
 def stream_command(path: Path, url: str, *extra: str) -> list[str]:
@@ -126,3 +126,17 @@ async def test_streams_with_a_token_to_a_server_with_auth(
                                       capture_stdout=True)  # fmt: skip
     assert refused.returncode == 1 and b"unauthorized" in refused.stderr
     assert messages(done.stdout)[-1]["summary"]["chunk_count"] == 3
+
+
+async def test_names_words_to_expect_with_vocabulary(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(asr_engine="whisper", asr_workers=1, asr_idle_timeout_s=300)
+    path = tmp_path / "name.flac"
+    sf.write(path, speak(NAME_SENTENCE), RATE, format="FLAC")
+    command = [sys.executable, "-m", "trio_audio", "stream", str(path), "--url",
+               server.running.ws_url, "--session-id", "name", "--vocabulary", NAME]  # fmt: skip
+    with trio.fail_after(90):
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
+    (line,) = done.stdout.decode().splitlines()
+    assert NAME in line  # tiny.en alone writes "Cuba needs"

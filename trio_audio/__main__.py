@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels", type=int, default=1, help="stdin PCM channels (default: %(default)s)"
     )
     stream.add_argument(
+        "--vocabulary",
+        default=None,
+        help="words and phrases to expect, comma-separated, e.g. 'Kubernetes,Siobhan' "
+        "(default: none)",
+    )
+    stream.add_argument(
         "--token",
         default=os.environ.get("TRIO_AUDIO_TOKEN"),
         help="bearer token, when the server has auth on (default: env TRIO_AUDIO_TOKEN, "
@@ -186,7 +192,10 @@ def _stream(args: argparse.Namespace) -> int:
     options = Options(url=args.url, user_id=args.user_id, session_id=session_id,
                       chunk_ms=args.chunk_ms, realtime=args.realtime, json=args.json,
                       retries=args.retries, sample_rate=args.rate, token=args.token,
-                      channels=args.channels)  # fmt: skip
+                      channels=args.channels,
+                      vocabulary=None if args.vocabulary is None else [
+                          t.strip() for t in args.vocabulary.split(",") if t.strip()
+                      ])  # fmt: skip
     return stream(options, args.file)
 
 

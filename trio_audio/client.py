@@ -51,6 +51,7 @@ class Options:
     sample_rate: int = 16000  # for stdin PCM
     channels: int = 1
     token: str | None = None  # a bearer token, when the server has auth on
+    vocabulary: list[str] | None = None  # words and phrases the session expects
 
 
 def file_chunks(path: str, chunk_ms: float) -> tuple[int, int, Iterator[bytes]]:
@@ -123,6 +124,8 @@ class Streamer:
             }  # fmt: skip
             if self.options.token:
                 start["token"] = self.options.token
+            if self.options.vocabulary is not None:
+                start["vocabulary"] = self.options.vocabulary
             if self.next_seq is not None:  # resuming: from the first chunk with no ack
                 start["resume_from_seq"] = min(self.unacked, default=self.next_seq)
             await ws.send_message(json.dumps(start))
