@@ -215,3 +215,13 @@ def test_a_name_it_misspells_comes_out_right_when_the_prompt_names_it(
     again = engine.transcribe(audio, prompt=NAME_SENTENCE)  # (its style too: lower case)
     assert NAME.lower() in normal(" ".join(w.word for w in again))
     assert engine.transcribe(audio, prompt="") == engine.transcribe(audio)
+
+
+def test_a_prompt_that_repeats_itself_does_not_make_the_decode_repeat(
+    engine: whisper.WhisperEngine,
+) -> None:
+    # A long session of one-word utterances ("Front", "Left"...) once looped: each decode
+    # said "Front." a hundred times, and that went into the next prompt.
+    audio = speak("front")
+    words = engine.transcribe(audio, prompt="Front. " * 40)
+    assert [w.word.strip(".").lower() for w in words] == ["front"]

@@ -248,13 +248,25 @@ class WhisperEngine:
         prefix = self.prefix(context)
         decoded = self._decode_window(features, frames, window, beam_size, prefix)
         if decoded is None and retry and window < WINDOW_FRAMES:  # the short window misled it
-            decoded = self._decode_window(features, frames, WINDOW_FRAMES, beam_size, prefix)
+            window = WINDOW_FRAMES
+            decoded = self._decode_window(features, frames, window, beam_size, prefix)
+        if context and (decoded is None or self._repeats(decoded[1])):
+            # The prompt can lead the decoder into saying its words over and over ("Front.
+            # Front. ..."), and a prompt of such words into more: decode again without it,
+            # as Whisper resets its prompt when it falls back.
+            fresh = self._decode_window(features, frames, window, beam_size, self.sot_sequence)
+            decoded = fresh if fresh is not None else decoded
         if decoded is None:
             return []
         encoded, text_tokens = decoded
         if not text_tokens:
             return []
         return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
+
+    def _repeats(self, tokens: list[int]) -> bool:
+        """Whether a decode says the same words over and over."""
+        text = self._decode(tokens)
+        return compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or looping(tokens)
 
     def _decode_window(
         self, features: Floats, frames: int, window: int, beam_size: int, prefix: list[int]
