@@ -37,7 +37,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "speech"
 NAME = "Kubernetes"
 NAME_SENTENCE = "please send the report to kubernetes before lunch"
 FIXTURE_TEXTS = (SENTENCE, OTHER_SENTENCE, "the weather is nice today",
-                 "the weather is nice today and the sun is shining", NAME_SENTENCE)  # fmt: skip
+                 "the weather is nice today and the sun is shining", NAME_SENTENCE,
+                 "front")  # fmt: skip
 
 
 def fixture_path(text: str) -> Path:
