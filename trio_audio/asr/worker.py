@@ -14,6 +14,7 @@ reaches the parent's pipe.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -35,6 +36,8 @@ class Decoder:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.stream = engine.open_stream()
+        # An engine written before prompts existed has ``start(self)``: it gets none.
+        self.takes_context = len(inspect.signature(self.stream.start).parameters) >= 2
 
     def decode(
         self,
@@ -55,7 +58,10 @@ class Decoder:
             samples = np.frombuffer(pcm, dtype="<i2") / 32768.0
             resampled = vad.resample(samples, RATE, self.engine.sample_rate)
             pcm = vad.to_pcm16(resampled).astype("<i2").tobytes()
-        self.stream.start(prompt, window_s)
+        if self.takes_context:
+            self.stream.start(prompt, window_s)
+        else:
+            self.stream.start()
         self.stream.feed(pcm)
         hypothesis = self.stream.partial() if partial else self.stream.finish()
         words = [w.shifted(offset_ms) for w in hypothesis.words]
