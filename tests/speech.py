@@ -33,8 +33,12 @@ OTHER_SENTENCE = "please dim the hallway light"
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "speech"
+# A name tiny.en writes as other words ("Cuba needs") unless it is told to expect it.
+NAME = "Kubernetes"
+NAME_SENTENCE = "please send the report to kubernetes before lunch"
 FIXTURE_TEXTS = (SENTENCE, OTHER_SENTENCE, "the weather is nice today",
-                 "the weather is nice today and the sun is shining")  # fmt: skip
+                 "the weather is nice today and the sun is shining", NAME_SENTENCE,
+                 "front")  # fmt: skip
 
 
 def fixture_path(text: str) -> Path:

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import trio
 
-from trio_audio.asr.engine import EngineError, EngineOptions, check_options, load_engine
+from trio_audio.asr.engine import (
+    EngineError,
+    EngineOptions,
+    Hypothesis,
+    Word,
+    check_options,
+    load_engine,
+)
 from trio_audio.asr.process import WorkerProcess
 from trio_audio.asr.utterances import Assembler, Utterance
 from trio_audio.asr.worker import NICE, Decoder
@@ -121,3 +128,39 @@ async def test_a_worker_process_runs_below_the_service_in_cpu_priority() -> None
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, ours + NICE)
         await worker.aclose()
+
+
+class _OldStream:
+    """An engine stream written before prompts: ``start`` takes nothing."""
+
+    def __init__(self) -> None:
+        self.fed = 0
+
+    def start(self) -> None:
+        self.fed = 0
+
+    def feed(self, pcm: bytes) -> None:
+        self.fed += len(pcm)
+
+    def partial(self) -> Hypothesis:
+        return self.finish()
+
+    def finish(self) -> Hypothesis:
+        return Hypothesis(f"{self.fed} bytes", [Word("bytes", 0.0, 10.0, 1.0)])
+
+    def close(self) -> None:
+        pass
+
+
+class _OldEngine:
+    name = "old"
+    sample_rate = 16000
+
+    def open_stream(self) -> _OldStream:
+        return _OldStream()
+
+
+def test_an_engine_without_prompts_still_decodes_with_them() -> None:
+    decoder = Decoder(_OldEngine())  # type: ignore[arg-type]
+    hypothesis = decoder.decode(b"\0\0" * 1600, 500.0, prompt="words said before", window_s=10)
+    assert hypothesis.text == "3200 bytes" and hypothesis.words[0].start_ms == 500.0

@@ -17,6 +17,7 @@ from trio_audio.web.auth import add_token
 
 from .audio_samples import encode, sine
 from .conftest import Server, StartServer
+from .speech import NAME, NAME_SENTENCE, OTHER_SENTENCE, RATE, SENTENCE, grammar_file, speak
 
 
 def stream_command(path: Path, url: str, *extra: str) -> list[str]:
@@ -58,6 +59,23 @@ async def test_streams_a_file_and_prints_results(server: Server, tmp_path: Path)
     seqs, audio = await stored_pcm(server)
     assert seqs == list(range(10))
     assert audio == pcm_of(path)  # the file's samples, whole and in order
+
+
+async def test_prints_the_transcript_a_line_per_final_and_no_sentence_is_missing(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)),
+                                asr_idle_timeout_s=300)  # fmt: skip
+    path = tmp_path / "talk.flac"
+    # The file ends inside the last sentence's utterance: only `end` can finalize it.
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE, tail_s=0.0)])
+    sf.write(path, audio, RATE, format="FLAC")
+    command = [sys.executable, "-m", "trio_audio", "stream", str(path), "--url",
+               server.running.ws_url, "--session-id", "talk"]  # fmt: skip
+    with trio.fail_after(60):
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
+    assert done.stdout.decode().splitlines() == [SENTENCE, OTHER_SENTENCE]  # not a terminal:
+    assert "done: " in done.stderr.decode()  # no partials, and the rest goes to stderr
 
 
 async def test_resumes_by_itself_across_a_server_restart(
@@ -108,3 +126,17 @@ async def test_streams_with_a_token_to_a_server_with_auth(
                                       capture_stdout=True)  # fmt: skip
     assert refused.returncode == 1 and b"unauthorized" in refused.stderr
     assert messages(done.stdout)[-1]["summary"]["chunk_count"] == 3
+
+
+async def test_names_words_to_expect_with_vocabulary(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(asr_engine="whisper", asr_workers=1, asr_idle_timeout_s=300)
+    path = tmp_path / "name.flac"
+    sf.write(path, speak(NAME_SENTENCE), RATE, format="FLAC")
+    command = [sys.executable, "-m", "trio_audio", "stream", str(path), "--url",
+               server.running.ws_url, "--session-id", "name", "--vocabulary", NAME]  # fmt: skip
+    with trio.fail_after(90):
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
+    (line,) = done.stdout.decode().splitlines()
+    assert NAME in line  # tiny.en alone writes "Cuba needs"

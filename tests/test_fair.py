@@ -1,8 +1,9 @@
-"""The fair queue: finals round robin across sessions, partials only when no final waits."""
+"""The fair queue: finals round robin across sessions, partials when no final waits or their turn
+comes."""
 
 from __future__ import annotations
 
-from trio_audio.asr.fair import FairQueue
+from trio_audio.asr.fair import FINALS_PER_PARTIAL, FairQueue
 
 
 def drain(queue: FairQueue[str, str]) -> list[str]:
@@ -57,3 +58,16 @@ def test_partials_can_be_held_back_while_finals_still_go() -> None:
     queue.put_final("b", "b-final")
     assert queue.take(partials=False) == ("b", "b-final", True)
     assert queue.take() == ("a", "a-partial", False)
+
+
+def test_a_waiting_partial_gets_a_turn_while_finals_keep_coming() -> None:
+    # Busy workers: other sessions always have a final waiting. The live talker's partial
+    # still goes, after FINALS_PER_PARTIAL finals, instead of never.
+    queue: FairQueue[str, str] = FairQueue()
+    for n in range(6):
+        queue.put_final(f"s{n}", f"final{n}")
+    queue.put_partial("live", "live-partial")
+    order = drain(queue)
+    assert order.index("live-partial") == FINALS_PER_PARTIAL
+    assert order[:FINALS_PER_PARTIAL] == ["final0", "final1"]  # finals first
+    assert sorted(order) == sorted([*(f"final{n}" for n in range(6)), "live-partial"])

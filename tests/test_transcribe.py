@@ -24,7 +24,17 @@ from trio_audio.store.store import Store
 from trio_audio.web.auth import add_token
 
 from .conftest import Server, StartServer
-from .speech import OTHER_SENTENCE, RATE, SENTENCE, grammar_file, pieces, speak, to_wav
+from .speech import (
+    NAME,
+    NAME_SENTENCE,
+    OTHER_SENTENCE,
+    RATE,
+    SENTENCE,
+    grammar_file,
+    pieces,
+    speak,
+    to_wav,
+)
 
 TIMEOUT_S = 20
 
@@ -260,6 +270,39 @@ async def test_websocket_clients_get_partials_before_the_final(
         assert m["start_ms"] <= m["words"][0]["start_ms"] and m["end_ms"] >= m["start_ms"]
 
 
+async def stream_then_end(url: str, session: str, audio: np.ndarray) -> list[dict[str, Any]]:
+    """Stream *audio* in 100 ms frames as fast as acknowledged, send ``end`` (no
+    ``finalize``): every message the server sends, to ``session_end``."""
+    fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
+    received: list[dict[str, Any]] = []
+    async with open_websocket_url(url) as ws:
+        start = {"type": "start", "user_id": "alice", "session_id": session, "format": fmt}
+        await ws.send_message(json.dumps(start))
+        for piece in pieces(audio, 0.1):
+            await ws.send_message((piece * 32767).astype("<i2").tobytes())
+        await ws.send_message(json.dumps({"type": "end"}))
+        while not received or received[-1]["type"] != "session_end":
+            received.append(json.loads(await ws.get_message()))
+    return received
+
+
+async def test_on_end_every_final_reaches_the_client_with_words_before_session_end(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # The last utterance is still open when `end` comes: only the end's finalize decodes it.
+    server = await grammar_server(start_server, tmp_path, asr_idle_timeout_s=300)
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE, tail_s=0.0)])
+    with trio.fail_after(TIMEOUT_S):
+        received = await stream_then_end(server.running.ws_url, "ended", audio)
+    finals = [m for m in received if m["type"] == "transcript" and m["is_final"]]
+    assert final_text(finals) == f"{SENTENCE} {OTHER_SENTENCE}"  # the last one too
+    for final in finals:
+        assert [w["word"] for w in final["words"]] == final["text"].split()
+    summary = received[-1]["summary"]
+    assert summary["transcript"]["text"] == f"{SENTENCE} {OTHER_SENTENCE}"
+    assert summary["transcript"]["words"] == [w for m in finals for w in m["words"]]
+
+
 async def read_events(
     client: httpx.AsyncClient, path: str, into: list[dict[str, Any]], ready: trio.Event
 ) -> None:
@@ -299,7 +342,10 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
             # the nursery ends when the reader has seen session_end
     assert ended.status_code == 200, ended.text
     summary = ended.json()
-    assert summary["transcript"] == {"status": "done", "text": SENTENCE}
+    assert {k: summary["transcript"][k] for k in ("status", "text")} == {
+        "status": "done",
+        "text": SENTENCE,
+    }
     assert summary["chunk_count"] == len(chunks)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     kinds = [e["type"] for e in events]
@@ -308,6 +354,7 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
     finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
     assert final_text(finals) == SENTENCE
     assert [f["chunk_id"] for f in finals] == [c["chunk_id"] for c in chunks]
+    assert summary["transcript"]["words"] == [w for f in finals for w in f["words"]]
     assert "vad" in kinds and kinds.index("vad") < kinds.index("session_end")
     assert events[-1]["summary"] == summary
 
@@ -375,3 +422,136 @@ async def test_a_watcher_gets_each_final_once_it_is_stored_and_a_resume_gets_the
                 if message["type"] == "transcript":
                     resumed.append(message)
     assert resumed == live  # one shape, one rendering, live or replayed
+
+
+async def whisper_server(start_server: StartServer, **config: Any) -> Server:
+    """A server with the default engine (Whisper tiny.en), its workers up."""
+    config.setdefault("asr_idle_timeout_s", 300)
+    config.setdefault("asr_final_deadline_s", 600)  # no final is late: never a short window
+    server: Server = await start_server(asr_engine="whisper", **config)
+    transcriber = server.running.transcriber
+    assert transcriber is not None
+    with trio.fail_after(60):
+        await transcriber.workers_started.wait()
+    return server
+
+
+def final_words(received: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    return [(w["word"], w["start_ms"], w["end_ms"]) for m in received
+            if m["type"] == "transcript" and m["is_final"] for w in m["words"]]  # fmt: skip
+
+
+async def test_a_sessions_words_do_not_depend_on_what_other_sessions_do(
+    start_server: StartServer,
+) -> None:
+    server = await whisper_server(start_server, asr_workers=2)
+    url = server.running.ws_url
+    # Three utterances: the second and third are decoded with the words before them.
+    audio = np.concatenate([speak(SENTENCE), speak(NAME_SENTENCE), speak(OTHER_SENTENCE)])
+    with trio.fail_after(120):
+        alone = await stream_then_end(url, "alone", audio)
+        busy: list[dict[str, Any]] = []
+
+        async def others(n: int) -> None:
+            async with server.client() as client:
+                for piece in pieces(np.concatenate([speak(OTHER_SENTENCE), speak(SENTENCE)]), 2):
+                    await upload(client, f"other{n}", piece)
+
+        async def measured() -> None:
+            busy.extend(await stream_then_end(url, "busy", audio))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(others, n)
+            nursery.start_soon(measured)
+    assert final_words(alone) and final_words(busy) == final_words(alone)
+    assert busy[-1]["summary"]["transcript"]["words"] == alone[-1]["summary"]["transcript"]["words"]
+    said = normal_words(alone[-1]["summary"]["transcript"]["text"])
+    assert said[:5] == SENTENCE.split() and said[-5:] == OTHER_SENTENCE.split()
+
+
+def normal_words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c in " '").split()
+
+
+async def test_a_long_upload_fills_the_window_with_several_utterances(
+    start_server: StartServer,
+) -> None:
+    server = await whisper_server(start_server, asr_workers=1)
+    texts = [SENTENCE, OTHER_SENTENCE] * 2
+    async with server.client() as client:
+        await upload(client, "file", np.concatenate([speak(t) for t in texts]))  # one chunk
+        session = await transcribed(client, "file")
+        metrics = (await client.get("/metrics")).text
+    assert normal_words(session["transcript"]["text"]) == " ".join(texts).split()
+    check_chunk_words(session["chunks"])
+    # Four utterances, one encoder pass.
+    assert 'trio_audio_transcribe_final_decodes{window="full"} 1' in metrics
+
+
+async def test_a_session_names_words_to_expect_and_an_empty_list_changes_nothing(
+    start_server: StartServer,
+) -> None:
+    server = await whisper_server(start_server, asr_workers=2)
+    url = server.running.ws_url
+    audio = speak(NAME_SENTENCE)
+    fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
+
+    async def stream(session: str, **start: Any) -> list[dict[str, Any]]:
+        received: list[dict[str, Any]] = []
+        async with open_websocket_url(url) as ws:
+            first = {"type": "start", "user_id": "alice", "session_id": session, "format": fmt}
+            await ws.send_message(json.dumps({**first, **start}))
+            for piece in pieces(audio, 0.1):
+                await ws.send_message((piece * 32767).astype("<i2").tobytes())
+            await ws.send_message(json.dumps({"type": "end"}))
+            while not received or received[-1]["type"] not in ("session_end", "error"):
+                received.append(json.loads(await ws.get_message()))
+        return received
+
+    with trio.fail_after(120):
+        plain = await stream("plain")
+        empty = await stream("empty", vocabulary=[])
+        told = await stream("told", vocabulary=["Kubernetes", "Siobhan"])
+        async with open_websocket_url(url) as ws:
+            terms = [f"term{i}" for i in range(51)]
+            big = {"type": "start", "user_id": "alice", "session_id": "big", "vocabulary": terms}
+            await ws.send_message(json.dumps(big))
+            too_many = json.loads(await ws.get_message())
+        async with server.client() as client:
+            response = await client.post(
+                "/upload", params={"user_id": "alice", "session_id": "up", "vocabulary": NAME},
+                content=to_wav(audio), headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            assert response.status_code == 201
+            uploaded = (await transcribed(client, "up"))["transcript"]["text"]
+            refused = await client.post(
+                "/upload", params={"user_id": "alice", "session_id": "up2",
+                                   "vocabulary": "x" * 65},
+                content=to_wav(audio), headers={"Content-Type": "audio/wav"},
+            )  # fmt: skip
+            listing = (await client.get("/sessions/alice?session_id=up2")).json()
+    assert NAME not in plain[-1]["summary"]["transcript"]["text"]
+    assert final_words(empty) == final_words(plain)
+    assert NAME in told[-1]["summary"]["transcript"]["text"]
+    assert normal_words(told[-1]["summary"]["transcript"]["text"]) == NAME_SENTENCE.split()
+    assert NAME in uploaded
+    assert too_many["type"] == "error" and too_many["code"] == "invalid_field"
+    assert refused.status_code == 400 and refused.json()["code"] == "invalid_field"
+    assert listing["sessions"] == []  # the refused upload stored nothing
+
+
+async def test_a_live_final_late_for_its_deadline_is_decoded_in_the_short_window_and_says_so(
+    start_server: StartServer,
+) -> None:
+    server = await whisper_server(start_server, asr_workers=1, asr_final_deadline_s=0.001)
+    with trio.fail_after(60):
+        received = await stream_then_end(server.running.ws_url, "late", speak(SENTENCE))
+        async with server.client() as client:
+            session = await transcribed(client, "late")
+            metrics = (await client.get("/metrics")).text
+    finals = [m for m in received if m["type"] == "transcript" and m["is_final"]]
+    assert finals and all(m["short_window"] for m in finals)
+    assert normal_words(finals[0]["text"]) == SENTENCE.split()
+    assert any(c["transcript"].get("short_window") for c in session["chunks"])
+    assert 'trio_audio_transcribe_final_decodes{window="short"} 1' in metrics

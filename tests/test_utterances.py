@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trio_audio.asr.utterances import OVERLAP_MS, PREROLL_MS, Assembler, Utterance
+from trio_audio.asr.utterances import (
+    OVERLAP_MS,
+    PREROLL_MS,
+    Assembler,
+    Utterance,
+    packs,
+    single,
+)
 
 RATE = 16000
 
@@ -89,3 +96,28 @@ def test_memory_holds_only_the_open_utterance_or_the_pre_roll() -> None:
     for n in range(60):
         spoken(a, n * 1000.0, 1000, [])
     assert a.held_bytes <= PREROLL_MS * 16 * 2
+
+
+def test_utterances_finished_together_are_packed_and_words_go_back_by_time() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    # One long chunk (an upload) with three sentences: three utterances at once.
+    found = spoken(a, 1000, 12_000, [(500, 2500), (4000, 6000), (9000, 11_000)])
+    assert len(found) == 3
+    (pack,) = packs(found, 29_500)
+    assert pack.utterances == tuple(found)
+    assert pack.pcm == b"".join(u.pcm for u in found)
+    first_ms = found[0].end_ms - found[0].start_ms
+    assert pack.at_ms == (0.0, first_ms, first_ms + found[1].end_ms - found[1].start_ms)
+    words = [{"word": "a", "start_ms": 100.0, "end_ms": 300.0, "confidence": 1.0},
+             {"word": "b", "start_ms": first_ms + 50, "end_ms": first_ms + 400, "confidence": 1.0},
+             {"word": "c", "start_ms": pack.at_ms[2] + 10, "end_ms": pack.at_ms[2] + 99999,
+              "confidence": 1.0}]  # fmt: skip
+    own = pack.own_words(words)
+    assert [[w["word"] for w in ws] for ws in own] == [["a"], ["b"], ["c"]]
+    assert own[0][0]["start_ms"] == found[0].start_ms + 100  # on the session timeline
+    assert own[1][0]["start_ms"] == found[1].start_ms + 50
+    assert own[2][0]["end_ms"] == found[2].end_ms  # a word ends inside its own utterance
+    # More than fits one window: consecutive packs, in order, none over the limit.
+    split = packs(found, first_ms + 1)
+    assert [p.utterances for p in split] == [(u,) for u in found]
+    assert single(found[0]).utterances == (found[0],)

@@ -22,7 +22,7 @@ from trio_audio.audio import vad
 from trio_audio.config import Config
 
 from .conftest import StartServer
-from .speech import OTHER_SENTENCE, RATE, SENTENCE, pieces, speak, to_wav
+from .speech import NAME, NAME_SENTENCE, OTHER_SENTENCE, RATE, SENTENCE, pieces, speak, to_wav
 
 TIMEOUT_S = 60
 
@@ -107,7 +107,7 @@ def test_an_utterance_longer_than_the_short_window_is_heard_whole(
 ) -> None:
     texts = [SENTENCE, OTHER_SENTENCE] * 4
     audio = np.concatenate([speak(t, lead_s=0.2, tail_s=0.4) for t in texts])
-    assert audio.size / RATE > EngineOptions().window_s  # past the short window
+    assert audio.size / RATE > Config().asr_short_window_s  # past the short window
     words = engine.transcribe(audio)
     assert normal(" ".join(w.word for w in words)) == " ".join(texts).split()
 
@@ -187,3 +187,41 @@ def test_tokens_decode_as_utf8_bytes() -> None:
     assert vocabulary.decode([0, 1]) == " café"
     assert vocabulary.decode([0, 2]) == " caf\ufffd"  # a character cut in two
     assert vocabulary.token_to_id("<|endoftext|>") == 3
+
+
+def test_text_becomes_the_tokens_whisper_says_it_with() -> None:
+    root = whisper.model_dir(EngineOptions())
+    vocabulary = whisper.Vocabulary.load(root)
+    assert vocabulary.encode(" hello world") == [
+        vocabulary.token_to_id("Ġhello"), vocabulary.token_to_id("Ġworld")
+    ]  # fmt: skip
+    for text in (" Kubernetes, 32,000 dollars!", " It's Siobhan's café"):
+        assert vocabulary.decode(vocabulary.encode(text)) == text
+    # Without the merges (a model directory with no tokenizer.json): longest tokens first.
+    plain = whisper.Vocabulary(vocabulary.tokens)
+    assert plain.decode(plain.encode(" Kubernetes")) == " Kubernetes"
+
+
+def test_a_name_it_misspells_comes_out_right_when_the_prompt_names_it(
+    engine: whisper.WhisperEngine,
+) -> None:
+    audio = speak(NAME_SENTENCE)
+    unaided = " ".join(w.word for w in engine.transcribe(audio))
+    assert NAME not in unaided  # tiny.en hears another word ("Cuba needs")
+    told = engine.transcribe(audio, prompt=f"{NAME}.")
+    assert NAME in [w.word.strip(".,") for w in told]
+    assert normal(" ".join(w.word for w in told)) == normal(NAME_SENTENCE)
+    # The previous text of a window is a prompt too: the name said before is heard again.
+    again = engine.transcribe(audio, prompt=NAME_SENTENCE)  # (its style too: lower case)
+    assert NAME.lower() in normal(" ".join(w.word for w in again))
+    assert engine.transcribe(audio, prompt="") == engine.transcribe(audio)
+
+
+def test_a_prompt_that_repeats_itself_does_not_make_the_decode_repeat(
+    engine: whisper.WhisperEngine,
+) -> None:
+    # A long session of one-word utterances ("Front", "Left"...) once looped: each decode
+    # said "Front." a hundred times, and that went into the next prompt.
+    audio = speak("front")
+    words = engine.transcribe(audio, prompt="Front. " * 40)
+    assert [w.word.strip(".").lower() for w in words] == ["front"]

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument(
         "--json",
         action="store_true",
-        help="print every message as JSON (default: off: a line per result)",
+        help="print every message as JSON (default: off: the transcript, a line per final)",
     )
     stream.add_argument(
         "--retries", type=int, default=10, help="reconnects before giving up (default: %(default)s)"
@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument(
         "--channels", type=int, default=1, help="stdin PCM channels (default: %(default)s)"
+    )
+    stream.add_argument(
+        "--vocabulary",
+        default=None,
+        help="words and phrases to expect, comma-separated, e.g. 'Kubernetes,Siobhan' "
+        "(default: none)",
     )
     stream.add_argument(
         "--token",
@@ -194,7 +200,10 @@ def _stream(args: argparse.Namespace) -> int:
     options = Options(url=args.url, user_id=args.user_id, session_id=session_id,
                       chunk_ms=args.chunk_ms, realtime=args.realtime, json=args.json,
                       retries=args.retries, sample_rate=args.rate, token=args.token,
-                      channels=args.channels)  # fmt: skip
+                      channels=args.channels,
+                      vocabulary=None if args.vocabulary is None else [
+                          t.strip() for t in args.vocabulary.split(",") if t.strip()
+                      ])  # fmt: skip
     return stream(options, args.file)
 
 

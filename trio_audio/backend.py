@@ -51,6 +51,8 @@ class SharedWork(Protocol):
 
     def lag_s(self, key: tuple[str, str] | None = None) -> float: ...
 
+    def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None: ...
+
 
 @attrs.frozen
 class Backend:

@@ -1,7 +1,10 @@
 """``trio-audio stream``: stream a file (or stdin PCM) to the service over the WebSocket.
 
 The audio goes as 16-bit little-endian PCM frames of ``--chunk-ms`` each, declared in the
-``start`` message. Results are printed as they arrive (``--json``: one JSON object a line).
+``start`` message. The transcript is printed as it arrives: a line per final utterance (on a
+terminal, the words heard so far rewrite one line in place until the final replaces them);
+``--json`` prints every message instead, one JSON object a line. The session ends with
+``end``, after which the server sends every remaining final before ``session_end``.
 When the connection drops, or the server sheds load or restarts, the client reconnects with
 ``resume_from_seq`` set to the first chunk it has no ack for and sends again from there: the
 server replays what it had already stored and acknowledges the resent chunks as duplicates,
@@ -30,6 +33,7 @@ from trio_websocket import (
 
 RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429, 4507}
 BACKOFF_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
+LINE_GAP_MS: Final = 1000.0  # a pause this long between final words starts a new line
 
 
 class StreamError(Exception):
@@ -48,6 +52,7 @@ class Options:
     sample_rate: int = 16000  # for stdin PCM
     channels: int = 1
     token: str | None = None  # a bearer token, when the server has auth on
+    vocabulary: list[str] | None = None  # words and phrases the session expects
 
 
 def file_chunks(path: str, chunk_ms: float) -> tuple[int, int, Iterator[bytes]]:
@@ -72,8 +77,12 @@ class Streamer:
     """Sends chunks, tracks which are acknowledged, reconnects and resumes on failure."""
 
     def __init__(self, options: Options, rate: int, channels: int, chunks: Iterator[bytes],
-                 out: TextIO) -> None:  # fmt: skip
+                 out: TextIO, err: TextIO | None = None) -> None:  # fmt: skip
         self.options = options
+        self.err = err if err is not None else sys.stderr
+        self.partial_shown = False  # a partial is on the terminal's last line
+        self.final_words: list[str] = []  # the words of the line finals are building
+        self.final_end_ms = 0.0  # where its last word ended
         self.rate = rate
         self.channels = channels
         self.chunks = chunks
@@ -118,6 +127,8 @@ class Streamer:
             }  # fmt: skip
             if self.options.token:
                 start["token"] = self.options.token
+            if self.options.vocabulary is not None:
+                start["vocabulary"] = self.options.vocabulary
             if self.next_seq is not None:  # resuming: from the first chunk with no ack
                 start["resume_from_seq"] = min(self.unacked, default=self.next_seq)
             await ws.send_message(json.dumps(start))
@@ -180,25 +191,61 @@ class Streamer:
             self._say(message)
 
     def _say(self, message: dict[str, Any]) -> None:
+        """Print a message: with ``--json`` every one, as a JSON line; else the transcript
+        (a line per final; on a terminal the partial rewrites one line in place), and
+        errors and reconnects on stderr."""
         if self.options.json:
             print(json.dumps(message), file=self.out, flush=True)
             return
         kind = message.get("type")
-        if kind == "metadata":
-            f = message["features"]
-            line = (f"seq {message['seq']:>5}  {message['audio']['duration_ms']:7.1f} ms  "
-                    f"rms {f['rms_dbfs']:6.1f} dBFS  dominant {f['dominant_hz']:7.1f} Hz  "
-                    f"silence {f['silence_ratio']:.2f}")  # fmt: skip
-        elif kind == "transcript":
-            if message.get("is_final") and not message.get("text"):
-                return  # a chunk with no words (each chunk's final comes once it is stored)
-            mark = "final" if message.get("is_final") else "partial"
-            line = f"seq {message['seq']:>5}  [{mark}] {message.get('text', '')}"
+        if kind == "transcript":
+            if message.get("is_final"):
+                if message.get("words"):
+                    self._final(message["words"])
+            elif self.out.isatty():
+                self._line(self._joined(message.get("text", "")), final=False)
+        elif kind == "session_end":
+            self._end_line()
         elif kind in ("error", "reconnecting"):
-            line = f"{kind}: {json.dumps({k: v for k, v in message.items() if k != 'type'})}"
-        else:
-            return  # acks, flow, vad: shown with --json
-        print(line, file=self.out, flush=True)
+            self._clear_partial()
+            detail = json.dumps({k: v for k, v in message.items() if k != "type"})
+            print(f"{kind}: {detail}", file=self.err, flush=True)
+
+    def _final(self, words: list[dict[str, Any]]) -> None:
+        """A chunk's final words. An utterance's words come as the finals of its chunks, one
+        after another: they make one line, printed once a pause of ``LINE_GAP_MS`` between
+        two words (or the session's end) closes it; on a terminal it grows in place."""
+        if self.final_words and words[0]["start_ms"] - self.final_end_ms > LINE_GAP_MS:
+            self._end_line()
+        self.final_words += [str(w["word"]) for w in words]
+        self.final_end_ms = float(words[-1]["end_ms"])
+        if self.out.isatty():
+            self._line(" ".join(self.final_words), final=False)
+
+    def _joined(self, partial: str) -> str:
+        """The open line's final words, then *partial*."""
+        return " ".join([*self.final_words, partial]).strip()
+
+    def _end_line(self) -> None:
+        if self.final_words:
+            self._line(" ".join(self.final_words), final=True)
+            self.final_words = []
+
+    def _line(self, text: str, *, final: bool) -> None:
+        """A final on its own line, or the partial in place of the last one shown."""
+        if final:
+            self._clear_partial()
+            print(text, file=self.out, flush=True)
+            return
+        self.out.write(f"\r\x1b[K{text}")
+        self.out.flush()
+        self.partial_shown = True
+
+    def _clear_partial(self) -> None:
+        if self.partial_shown:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self.partial_shown = False
 
 
 def describe_failure(exc: BaseException, url: str) -> str:
@@ -258,5 +305,8 @@ def stream(options: Options, path: str) -> int:
         return 1
     streamer._say({"type": "session_end", "summary": summary})
     if not options.json:
-        print(f"done: {json.dumps(summary)}", flush=True)
+        streamer._clear_partial()
+        seconds = summary.get("duration_ms", 0) / 1000
+        print(f"done: {summary.get('chunk_count', 0)} chunks, {seconds:.1f} s stored in session "
+              f"{summary.get('session_id')}", file=sys.stderr, flush=True)  # fmt: skip
     return 0

@@ -295,9 +295,19 @@ class Config:
         default="", metadata={"help": "keyphrase list file (one 'phrase /threshold/' a line)"}
     )
     asr_window_s: float = attrs.field(
-        default=15.0,
+        default=30.0,
         validator=[attrs.validators.ge(1), attrs.validators.le(30)],
         metadata={"help": "whisper: shortest encoder window, s (30: always Whisper's full 30 s)"},
+    )
+    asr_short_window_s: float = attrs.field(
+        default=10.0,
+        validator=[attrs.validators.ge(1), attrs.validators.le(30)],
+        metadata={"help": "whisper: the window a live final late for its deadline is decoded in"},
+    )
+    asr_final_deadline_s: float = attrs.field(
+        default=1.5,
+        validator=_positive,
+        metadata={"help": "a live final not out this long after its utterance: short window"},
     )
     asr_workers: int = attrs.field(
         default=0,

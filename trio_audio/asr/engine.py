@@ -72,15 +72,17 @@ class EngineOptions:
     model_dir: str = ""  # empty: the model the engine ships
     grammar: str = ""  # a JSGF file: only its sentences are recognised
     keyphrases: str = ""  # a keyphrase list file (one phrase per line, ``/threshold/``)
-    window_s: float = 15.0  # whisper: the shortest encoder window (30: always the full one)
+    window_s: float = 30.0  # whisper: the shortest encoder window (30: always the full one)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
 class EngineStream(Protocol):
-    def start(self) -> None:
-        """Begin an utterance."""
+    def start(self, prompt: str = "", window_s: float = 0.0) -> None:
+        """Begin an utterance. *prompt*: the text said before it and words to expect (an
+        engine that cannot use it ignores it); *window_s*: the shortest audio window to
+        decode it in, for an engine that has one (0: its own choice)."""
 
     def feed(self, pcm: bytes) -> None:
         """16-bit little-endian mono PCM at the engine's sample rate."""
@@ -152,7 +154,7 @@ class NoEngine:
 
 
 class _NoStream:
-    def start(self) -> None:
+    def start(self, prompt: str = "", window_s: float = 0.0) -> None:
         pass
 
     def feed(self, pcm: bytes) -> None:

@@ -4,12 +4,14 @@ A frame is ``u32 big-endian length | msgpack map``, the same in both directions.
 request is ``init`` (engine options), answered with ``{ok, engine, sample_rate}`` once the
 engine is loaded. Then one answer per request, in order::
 
-    {op: "decode", pcm, offset_ms, partial?}
+    {op: "decode", pcm, offset_ms, partial?, prompt?, window_s?}
         -> {ok: true, text, words: [{word, start_ms, end_ms, confidence}]}  |  {ok: false, error}
 
 ``pcm`` is one utterance, 16 kHz 16-bit mono; word times come back on the session's timeline
 (``offset_ms`` is where the utterance starts). ``partial``: the utterance is still going on,
-so a streaming engine may answer with its hypothesis so far. Plain code, no trio.
+so a streaming engine may answer with its hypothesis so far. ``prompt``: text said before the
+utterance and words to expect (Whisper's previous text); ``window_s``: the shortest encoder
+window (0 or absent: the engine's own). Plain code, no trio.
 """
 
 from __future__ import annotations

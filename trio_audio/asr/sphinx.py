@@ -80,7 +80,7 @@ class SphinxStream:
         self.initial_cmn: str = self.decoder.get_cmn(False)
         self.open = False  # an utterance started and not finished (a partial's)
 
-    def start(self) -> None:
+    def start(self, prompt: str = "", window_s: float = 0.0) -> None:
         if self.open:
             self.decoder.end_utt()
         self.decoder.set_cmn(self.initial_cmn)

@@ -60,11 +60,12 @@ from ..errors import NotFound, ServiceError
 from ..live import LivePort, Partial, SpeechChange
 from ..metrics import Metrics
 from ..store.events import ChunkStored
+from .context import Deadline, PreviousWords, prompt
 from .engine import EngineError, EngineOptions, check_options
 from .fair import FairQueue
 from .process import WorkerDied, WorkerProcess
 from .reorder import Reorder
-from .utterances import Assembler, Utterance
+from .utterances import Assembler, Pack, Utterance, packs, single
 
 logger = logging.getLogger("trio_audio.asr")
 
@@ -73,6 +74,7 @@ REQUEST_PER_AUDIO_S: Final = 2.0
 JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
 REORDER_WAIT_S: Final = 1.0  # how long a chunk waits for a missing earlier seq
 REQUEUE_SLICE: Final = 256  # pending chunks queued at start-up between checkpoints
+PACK_MS: Final = 29_500.0  # audio of utterances decoded together in one 30 s window
 
 Key = tuple[str, str]
 
@@ -131,6 +133,7 @@ class Span:
     since: float
     words: list[dict[str, Any]] = attrs.field(factory=list)
     failed: str | None = None  # why, when an utterance over it could not be decoded
+    short_window: bool = False  # an utterance over it was decoded in the short window
 
 
 @attrs.define(eq=False)
@@ -148,6 +151,8 @@ class SessionState:
     heard: list[str] = attrs.field(factory=list)  # the last partial hypothesis' words
     stable: int = 0  # words of the open utterance published as agreed
     completing: trio.Lock = attrs.field(factory=trio.Lock)
+    previous: PreviousWords = attrs.field(factory=PreviousWords)  # for the next prompt
+    vocabulary: tuple[str, ...] = ()  # words the session expects
 
     @property
     def busy(self) -> bool:
@@ -188,11 +193,16 @@ class Transcriber:
         self.counts: collections.Counter[str] = collections.Counter()
         self.pcm_bytes = 0  # PCM held: chunks not yet assembled and utterances not decoded
         self.running = False
-        self.queue: FairQueue[Key, Utterance] = FairQueue()
+        self.queue: FairQueue[Key, Pack] = FairQueue()
+        self.deadline = Deadline(
+            config.asr_final_deadline_s, config.asr_window_s, config.asr_short_window_s
+        )
         self._feed: collections.deque[tuple[SessionState, Item]] = collections.deque()
         self._decoding: dict[int, float] = {}  # worker -> when its current decode began
         self._partials_decoding = 0
         self.partial_slots = max(1, self.workers - 1)  # workers that may decode partials
+        # Partials are decoded greedily in a window as short as their audio allows.
+        self._partial_window_s = min(config.asr_short_window_s, config.asr_window_s)
         self._reordering: set[Key] = set()  # sessions with chunks waiting for an earlier seq
         self._changed = trio.Event()  # set whenever work is added or done
         self._stopped = trio.Event()
@@ -249,6 +259,10 @@ class Transcriber:
         self.metrics.gauge(
             "trio_audio_transcripts",
             lambda: {f'status="{k}"': float(v) for k, v in sorted(self.counts.items())},
+        )
+        self.metrics.gauge(  # finals decoded in the full window, or shortened for a deadline
+            "trio_audio_transcribe_final_decodes",
+            lambda: {f'window="{k}"': float(self.deadline.counts[k]) for k in ("full", "short")},
         )
 
     def _backlog_gauge(self) -> dict[str, float]:
@@ -419,17 +433,28 @@ class Transcriber:
             return
         segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
         samples = np.frombuffer(pcm, dtype="<i2")
-        for utterance in session.assembler.add(item.offset_ms, samples, segments):
-            self._queue_final(session, utterance)
+        self._queue_finals(session, session.assembler.add(item.offset_ms, samples, segments))
         self._maybe_partial(session)
         await self._complete(session)
 
-    def _queue_final(self, session: SessionState, utterance: Utterance) -> None:
-        session.finals.append(utterance)
-        self.pcm_bytes += len(utterance.pcm)
-        self.queue.put_final(session.key, utterance)
+    def _queue_finals(self, session: SessionState, utterances: list[Utterance]) -> None:
+        """Utterances finished together (by one chunk) go to be decoded in packs."""
+        if not utterances:
+            return
+        for utterance in utterances:
+            session.finals.append(utterance)
+            self.pcm_bytes += len(utterance.pcm)
+        now = trio.current_time()
+        for pack in packs(utterances, PACK_MS):
+            self.queue.put_final(session.key, attrs.evolve(pack, since=now))
         session.heard, session.stable = [], 0
         self._wake()
+
+    def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None:
+        """Words and phrases the session expects (checked by ``context.parse_vocabulary``):
+        the start of every prompt of its decodes from now on."""
+        if self.enabled:
+            self._session((user_id, session_id)).vocabulary = terms
 
     def _maybe_partial(self, session: SessionState) -> None:
         interval = self.config.asr_partial_interval_s
@@ -439,7 +464,7 @@ class Transcriber:
         partial = session.assembler.partial()
         if partial is not None:
             session.partial_at = now
-            self.queue.put_partial(session.key, partial)
+            self.queue.put_partial(session.key, single(partial))
             self._wake()
 
     # -- workers: utterances -> words --------------------------------------------------------
@@ -463,11 +488,16 @@ class Transcriber:
                     if taken is None:
                         await self._wait_change()
                         continue
-                    key, utterance, final = taken
-                    self._decoding[index] = trio.current_time()
+                    key, pack, final = taken
+                    began = self._decoding[index] = trio.current_time()
                     self._partials_decoding += not final
+                    session = self.sessions.get(key)
+                    window_s = self._window_s(pack) if final else self._partial_window_s
+                    text = prompt(session.vocabulary, session.previous.words) if session else ""
                     try:
-                        answer = await self._decode(worker, processes, utterance)
+                        answer = await self._decode(worker, processes, pack, text, window_s)
+                        if final and len(pack.utterances) == 1:  # as a live final is
+                            self.deadline.took(trio.current_time() - began, window_s)
                     finally:
                         del self._decoding[index]
                         self._partials_decoding -= not final
@@ -477,22 +507,35 @@ class Transcriber:
                     if session is None:
                         continue
                     if final:
-                        await self._apply_final(session, utterance, answer)
+                        await self._apply_final(session, pack, answer, short=window_s > 0)
                     else:
-                        self._apply_partial(session, utterance, answer)
+                        self._apply_partial(session, pack, answer)
             finally:
                 await worker.aclose()
 
+    def _window_s(self, pack: Pack) -> float:
+        """The shortest window for a final pack: the engine's, or the short one when it is
+        late (``context.Deadline``)."""
+        waited = trio.current_time() - pack.since
+        return self.deadline.window_s(waited, alone=len(pack.utterances) == 1)
+
     async def _decode(
-        self, worker: WorkerProcess, processes: trio.Nursery, utterance: Utterance
+        self,
+        worker: WorkerProcess,
+        processes: trio.Nursery,
+        pack: Pack,
+        prompt_text: str,
+        window_s: float,
     ) -> dict[str, Any]:
-        """The worker's answer for *utterance* (``{ok: false, error}`` when it failed)."""
-        seconds = (utterance.end_ms - utterance.start_ms) / 1000
+        """The worker's answer for *pack* (``{ok: false, error}`` when it failed); word
+        times from the start of its audio."""
+        seconds = pack.seconds
         try:
             if not worker.running:
                 await worker.start(processes)
-            message = {"op": "decode", "pcm": utterance.pcm, "offset_ms": utterance.start_ms,
-                       "partial": not utterance.final}  # fmt: skip
+            message = {"op": "decode", "pcm": pack.pcm, "offset_ms": 0.0,
+                       "partial": not pack.final, "prompt": prompt_text,
+                       "window_s": window_s}  # fmt: skip
             return await worker.request(
                 message, REQUEST_BASE_TIMEOUT_S + REQUEST_PER_AUDIO_S * seconds
             )
@@ -504,31 +547,48 @@ class Transcriber:
             return {"ok": False, "error": f"the transcription worker failed: {exc}"}
 
     async def _apply_final(
-        self, session: SessionState, utterance: Utterance, answer: dict[str, Any]
+        self, session: SessionState, pack: Pack, answer: dict[str, Any], *, short: bool
+    ) -> None:
+        owned = pack.own_words(answer["words"]) if answer.get("ok") else None
+        for i, utterance in enumerate(pack.utterances):
+            words = owned[i] if owned is not None else None
+            self._apply_utterance(session, utterance, answer, words, short=short)
+        await self._complete(session)
+
+    def _apply_utterance(
+        self,
+        session: SessionState,
+        utterance: Utterance,
+        answer: dict[str, Any],
+        words: list[dict[str, Any]] | None,
+        *,
+        short: bool,
     ) -> None:
         if session.finals and session.finals[0] is utterance:
             session.finals.popleft()
             self.pcm_bytes -= len(utterance.pcm)
-        if not answer.get("ok"):
+        if words is None:
             reason = f"the speech engine failed: {answer.get('error')}"
             for span in session.awaiting:
                 if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:
                     span.failed = reason
         else:
+            session.previous.add(words)
+            if short:
+                for span in session.awaiting:
+                    if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:
+                        span.short_window = True
             # Watchers get these words once they are stored (the store's ChunkUpdated).
-            for word in _own_words(utterance, answer["words"]):
+            for word in words:
                 _place(session.awaiting, word)
-        await self._complete(session)
 
-    def _apply_partial(
-        self, session: SessionState, utterance: Utterance, answer: dict[str, Any]
-    ) -> None:
+    def _apply_partial(self, session: SessionState, pack: Pack, answer: dict[str, Any]) -> None:
         """LocalAgreement-2: publish the words two consecutive hypotheses agree on."""
         if not answer.get("ok") or not session.assembler.open:
             return
         if session.finals:  # the utterance it heard has ended meanwhile
             return
-        words = _own_words(utterance, answer["words"])
+        words = pack.own_words(answer["words"])[0]
         heard = [w["word"] for w in words]
         agreed = 0
         for old, new in zip(session.heard, heard, strict=False):
@@ -540,7 +600,7 @@ class Transcriber:
             session.stable = agreed
             user_id, session_id = session.key
             self.live.publish(Partial(user_id, session_id, session.last_seq, words[:agreed],
-                                      utterance.start_ms, utterance.end_ms))  # fmt: skip
+                                      pack.start_ms, pack.utterances[-1].end_ms))  # fmt: skip
 
     async def _complete(self, session: SessionState) -> None:
         """Store the transcript of every chunk all of whose utterances are decoded.
@@ -613,8 +673,7 @@ class Transcriber:
 
     def _end_utterance(self, session: SessionState) -> None:
         """No more audio is coming now: the open utterance goes to be decoded."""
-        for utterance in session.assembler.finish():
-            self._queue_final(session, utterance)
+        self._queue_finals(session, session.assembler.finish())
 
     # -- results -----------------------------------------------------------------------------
 
@@ -641,6 +700,8 @@ class Transcriber:
         }
         if span.words:  # where the chunk started on its session's timeline when its words
             transcript["offset_ms"] = round(span.start_ms, 3)  # were timed (for exports)
+        if span.short_window:
+            transcript["short_window"] = True
         if await self._update(span.chunk_id, transcript):
             self.counts["done"] += 1
             self.metrics.observe_stage("transcribe", trio.current_time() - span.since)
@@ -664,11 +725,6 @@ class Transcriber:
 
     def _publish_vad(self, key: Key, event: str, at_ms: float) -> None:
         self.live.publish(SpeechChange(key[0], key[1], event, at_ms))
-
-
-def _own_words(utterance: Utterance, words: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The words of a decode that belong to *utterance* (a cut one shares its overlap)."""
-    return [w for w in words if utterance.keep_from_ms <= w["start_ms"] < utterance.keep_until_ms]
 
 
 def _place(awaiting: collections.deque[Span], word: dict[str, Any]) -> None:

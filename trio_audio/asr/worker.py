@@ -3,7 +3,7 @@
 The frames are defined in ``protocol.py``. ``init`` loads the engine and opens its one
 stream before it answers, so a bad model or grammar is reported at once; then each
 ``decode`` request is one utterance, decoded from scratch (no state carries from one
-utterance or session to the next, so the same audio always gives the same words).
+utterance or session to the next: the same audio and prompt always give the same words).
 
 The process holds no session state: any worker can decode any session's utterance, which is
 what lets the transcriber share the workers fairly. It exits when its stdin closes. The
@@ -14,6 +14,7 @@ reaches the parent's pipe.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -35,18 +36,32 @@ class Decoder:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.stream = engine.open_stream()
+        # An engine written before prompts existed has ``start(self)``: it gets none.
+        self.takes_context = len(inspect.signature(self.stream.start).parameters) >= 2
 
-    def decode(self, pcm: bytes, offset_ms: float, *, partial: bool = False) -> Hypothesis:
+    def decode(
+        self,
+        pcm: bytes,
+        offset_ms: float,
+        *,
+        partial: bool = False,
+        prompt: str = "",
+        window_s: float = 0.0,
+    ) -> Hypothesis:
         """The words of one utterance (16 kHz 16-bit mono PCM that starts at *offset_ms* on
         the session's timeline), with times on that timeline.
 
         With *partial* the audio is an utterance still going on: the stream's hypothesis so
-        far (its words may change; the next ``start`` ends that utterance)."""
+        far (its words may change; the next ``start`` ends that utterance). *prompt* and
+        *window_s* go to the stream's ``start``."""
         if self.engine.sample_rate != RATE:
             samples = np.frombuffer(pcm, dtype="<i2") / 32768.0
             resampled = vad.resample(samples, RATE, self.engine.sample_rate)
             pcm = vad.to_pcm16(resampled).astype("<i2").tobytes()
-        self.stream.start()
+        if self.takes_context:
+            self.stream.start(prompt, window_s)
+        else:
+            self.stream.start()
         self.stream.feed(pcm)
         hypothesis = self.stream.partial() if partial else self.stream.finish()
         words = [w.shifted(offset_ms) for w in hypothesis.words]
@@ -72,9 +87,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             write_frame(out, {"ok": False, "error": f"unknown op {request.get('op')!r}"})
             continue
         try:
-            partial = bool(request.get("partial", False))
             hypothesis = decoder.decode(
-                request["pcm"], float(request["offset_ms"]), partial=partial
+                request["pcm"],
+                float(request["offset_ms"]),
+                partial=bool(request.get("partial", False)),
+                prompt=str(request.get("prompt", "")),
+                window_s=float(request.get("window_s", 0.0)),
             )
         except Exception as exc:  # the stream's state is suspect: a fresh one, keep serving
             decoder.close()

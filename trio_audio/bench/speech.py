@@ -12,11 +12,13 @@ held-out set shares nothing with the test fixtures:
   ``alsa-utils`` ("Front Left"), the LibriVox, card-game and robot-command utterances of
   ``pocketsphinx-testdata``, and 40 prompts of Asterisk's US English voice.
 
-``--dev`` runs a development set instead: 45-60 other Asterisk prompts, from between the
-held-out ones. Settings (``--window-s``, say) are chosen there, then measured once on the
-held-out set. ``--more`` runs a second held-out set of real speech: every usable Asterisk
-prompt that neither of the others holds (186 prompts, 1,273 words), for figures the first
-set's 418 words are too few to tell apart.
+``--paths`` measures the service's roads instead (``speech_paths.py``: uploads, live 100 ms
+frames, a long file, and faster-whisper on the same clips). ``--dev`` runs a development set
+instead: 45-60 other Asterisk prompts, from between the held-out ones. Settings
+(``--window-s``, say) are chosen there, then measured once on the held-out set. ``--more`` runs
+a second held-out set of real speech: every usable Asterisk prompt that neither of the others
+holds (186 prompts, 1,273 words), for figures the first set's 418 words are too few to tell
+apart.
 
 Each engine runs in a fresh process, as the service does (the pipeline's VAD per 250 ms
 chunk, the transcriber's utterances, one decode each by a worker's ``Decoder`` on one thread),
@@ -285,7 +287,18 @@ def main() -> None:
         default=EngineOptions().window_s,
         help="whisper's shortest encoder window (30: always the full one)",
     )
+    parser.add_argument(
+        "--paths",
+        action="store_true",
+        help="the service's roads (upload, live 100 ms frames) and faster-whisper, real speech",
+    )
     args = parser.parse_args()
+    if args.paths:
+        from .speech_paths import report
+
+        chosen = dev_set() if args.dev else more_set() if args.more else list(real_items())
+        report(chosen, details=args.details)
+        return
     engines = args.engines.split(",")
     items = dev_set() if args.dev else more_set() if args.more else held_out_set()
     order = ["espeak", "espeak+noise", "real", "dev", "more"]

@@ -239,3 +239,9 @@ class Cluster:
 
     def lag_s(self, key: tuple[str, str] | None = None) -> float:
         return self.transcriber.lag_s(key) if self.transcriber is not None else 0.0
+
+    def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None:
+        """The session's expected words, for this node's transcriber (a session another
+        node's worker decodes does not get them)."""
+        if self.transcriber is not None:
+            self.transcriber.set_vocabulary(user_id, session_id, terms)

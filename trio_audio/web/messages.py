@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import attrs
 
+from ..asr.context import parse_vocabulary
 from ..audio.decode import RawFormat, raw_format_from
 from ..errors import (
     BadMessage,
@@ -53,6 +54,7 @@ class Start:
     raw: RawFormat | None
     resume_from_seq: int | None
     metadata_every: int = 1  # send the metadata of chunks whose seq it divides (0: none)
+    vocabulary: tuple[str, ...] | None = None  # words to expect (None: none given)
 
     @property
     def watch_only(self) -> bool:
@@ -89,6 +91,8 @@ def transcript_message(chunk: dict[str, Any]) -> dict[str, Any] | None:
     }
     if status == "failed":
         message["error"] = transcript.get("error", "")
+    if transcript.get("short_window"):
+        message["short_window"] = True  # decoded in the short window to keep its deadline
     return message
 
 
@@ -207,6 +211,7 @@ def parse_start(
         raw=raw,
         resume_from_seq=parse_seq(message.get("resume_from_seq")),
         metadata_every=_metadata_every(message.get("metadata_every", 1)),
+        vocabulary=None if "vocabulary" not in message else parse_vocabulary(message["vocabulary"]),
     )
 
 

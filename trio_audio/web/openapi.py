@@ -42,6 +42,7 @@ TRANSCRIPT: Final = {
         "status": {"enum": ["disabled", "pending", "done", "failed"]},
         "text": {"type": "string"},
         "words": {"type": "array", "items": {"type": "object"}},
+        "short_window": {"type": "boolean"},  # decoded in the short window (a late final)
     },
 }
 
@@ -128,10 +129,12 @@ SESSION_END: Final = {
         "duration_ms": NUMBER,
         "transcript": {
             "type": "object",
-            "required": ["status", "text"],
+            "required": ["status", "text", "words"],
             "properties": {
                 "status": {"enum": ["disabled", "pending", "done", "failed"]},
                 "text": {"type": "string"},
+                "words": {"type": "array", "items": {"type": "object"}},
+                "words_truncated": {"type": "boolean"},
             },
         },
     },
@@ -251,6 +254,8 @@ UPLOAD_FIELDS: Final = [
     _param("encoding", "query", {"type": "string"}),
     _param("sample_rate", "query", {"type": "integer"}),
     _param("channels", "query", {"type": "integer"}),
+    # Words the session expects: comma-separated, or the field repeated (a term each).
+    _param("vocabulary", "query", {"type": "string", "maxLength": 4096}),
 ]
 
 # A raw body stores one chunk; multipart stores {"chunks": [...]} in part order.

@@ -24,11 +24,13 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from ..errors import NotFound
 from ..hub import Hub, Subscription, Wire
 from ..store import StoreBackend
 from .messages import wire
 
 HEARTBEAT_S: Final = 15.0
+SUMMARY_MAX_WORDS: Final = 20_000  # words a session_end summary carries (its text has all)
 MISSING_SEQS_MAX: Final = 100  # the most missing seqs ``started`` lists (the highest ones)
 MISSING_WINDOW: Final = 256  # seqs looked at first, from the end; then four times as many
 
@@ -63,18 +65,36 @@ def missing_seqs(store: StoreBackend, user_id: str, session_id: str) -> tuple[li
     return [], 0
 
 
-def session_summary(store: StoreBackend, user_id: str, session_id: str) -> dict[str, Any] | None:
+async def session_summary(
+    store: StoreBackend, user_id: str, session_id: str
+) -> dict[str, Any] | None:
     """What ``session_end`` says of a session (WebSocket and ``POST .../end`` alike): its
-    ids, chunk count, duration and transcript so far; None if it has no chunks."""
+    ids, chunk count, duration and transcript so far (``status``, ``text`` and ``words``,
+    each word on the session timeline: the first ``SUMMARY_MAX_WORDS``, and
+    ``words_truncated`` past them); None if it has no chunks."""
     summary = store.summary(user_id, session_id)
     if summary is None:
         return None
+    transcript: dict[str, Any] = dict(summary.transcript)
+    transcript["words"] = words = list[dict[str, Any]]()
+    for _, chunk_id in store.chunks_after(user_id, session_id, None):
+        if store.transcript_status(chunk_id) != "done":
+            continue  # no words (or deleted meanwhile): nothing to read from the log
+        try:
+            done = (await store.get(chunk_id)).get("transcript", {})
+        except NotFound:
+            continue
+        words += done.get("words", [])
+        if len(words) > SUMMARY_MAX_WORDS:
+            del words[SUMMARY_MAX_WORDS:]
+            transcript["words_truncated"] = True
+            break
     return {
         "user_id": user_id,
         "session_id": session_id,
         "chunk_count": summary.chunk_count,
         "duration_ms": summary.duration_ms,
-        "transcript": summary.transcript,
+        "transcript": transcript,
     }
 
 
@@ -132,7 +152,7 @@ async def end_session(
         return None
     if transcriber is not None:
         await transcriber.finalize(user_id, session_id)
-    body = session_summary(store, user_id, session_id)
+    body = await session_summary(store, user_id, session_id)
     if body is None:  # deleted meanwhile
         return None
     hub.publish(user_id, session_id, wire({"type": "session_end", "summary": body}))

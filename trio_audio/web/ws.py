@@ -68,7 +68,7 @@ from ..errors import (
     SlowReader,
     Unauthorized,
 )
-from ..hub import Hub, Subscription
+from ..hub import Hub, Subscription, Wire
 from ..metrics import Metrics
 from ..models import Job, Part
 from ..pipeline.pipeline import Ingress
@@ -118,6 +118,8 @@ class Finalizer(Protocol):
     async def finalize(self, user_id: str, session_id: str) -> None: ...
 
     def lag_s(self, key: tuple[str, str] | None = None) -> float: ...
+
+    def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None: ...
 
 
 @attrs.define
@@ -180,6 +182,11 @@ class Session:
         self.inflight = Inflight(ctx.config.ws_max_inflight_bytes, ctx.user_bytes)  # their bytes
         self._answered = trio.Event()  # set each time the acker answers a chunk
         self._drained = trio.Event()  # set when the acker has answered the last chunk
+        self._flowing = trio.CancelScope()  # the flow task's
+        self._relay_waiting = trio.CancelScope()  # the relay's wait for its next message
+        self._relay_finishing = False
+        self.final_due: set[str] = set()  # this stream's chunks whose final is still to come
+        self._final_relayed = trio.Event()  # set (and replaced) each time a final is relayed
         self._reading = trio.CancelScope()  # the reader's; shutdown or an error cancels it
         self._handshaking = trio.CancelScope()  # the wait for 'start'; shutdown cancels it
         self.error: ServiceError | None = None  # the first thing that went wrong: the end
@@ -243,6 +250,8 @@ class Session:
             await self._close(CLOSE_GOING_AWAY, "server shutting down")
             return
         self.start = start
+        if start.vocabulary is not None and self.ctx.transcriber is not None:
+            self.ctx.transcriber.set_vocabulary(start.user_id, start.session_id, start.vocabulary)
         ended, gone = False, False
         with self.ctx.hub.subscribe(start.user_id, start.session_id, source=self.id) as sub:
             try:
@@ -281,10 +290,22 @@ class Session:
                     clean = ended and self.error is None
                     with trio.move_on_after(math.inf if clean else CLOSE_TIMEOUT_S):
                         await self._drained.wait()  # bounded on shutdown: resume covers it
-                    tasks.cancel_scope.cancel()  # the relay and flow run until told
+                    if clean and self.error is None:
+                        # The relay still runs: each final the finalize brings out is sent
+                        # as its `transcript`, before `session_end`.
+                        await self._finalize(start)
+                        # The finals are stored; they reach this socket through the fan-out,
+                        # which may still be handing them on.
+                        with trio.move_on_after(CLOSE_TIMEOUT_S):
+                            while self.final_due:
+                                await self._final_relayed.wait()
+                        self._finish_relay()  # it sends what is queued, then ends
+                        self._flowing.cancel()
+                        tasks.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                    else:
+                        tasks.cancel_scope.cancel()  # the relay and flow run until told
                 if ended and self.error is None:
-                    await self._finalize(start)
-                    await self._send(out, self._session_end(start))
+                    await self._send(out, await self._session_end(start))
             # Every send end is closed now: the writer ends once it has sent what is queued.
             nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
         return ended
@@ -520,6 +541,8 @@ class Session:
                                        "chunk_id": result.chunk["chunk_id"]}  # fmt: skip
                 if result.created:
                     self.stored += 1
+                    if (result.chunk.get("transcript") or {}).get("status") == "pending":
+                        self.final_due.add(result.chunk["chunk_id"])
                 else:
                     ack["duplicate"] = True
                     self.duplicates += 1
@@ -530,9 +553,14 @@ class Session:
 
     async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
         """The session's results from others (HTTP uploads, other sockets, transcripts,
-        deletions), as rendered once for every watcher; none that the resume replayed."""
+        deletions), as rendered once for every watcher; none that the resume replayed. Until
+        the subscription ends or ``_finish_relay``: then what is queued still goes."""
         async with out:
-            async for message in sub.receive:
+            while (message := await self._relayed(sub)) is not None:
+                if message.type == "transcript" and message.chunk_id is not None:
+                    self.final_due.discard(message.chunk_id)  # a final: chunks have one
+                    self._final_relayed.set()
+                    self._final_relayed = trio.Event()
                 if message.chunk_id is not None and (
                     (message.type == "metadata" and message.chunk_id in self.replayed)
                     or (message.type == "transcript" and message.chunk_id in self.replayed_final)
@@ -543,6 +571,25 @@ class Session:
                 msg = f"more than {self.config.ws_queue} results waited for this client to read"
                 self._end_with(SlowReader(msg))
 
+    async def _relayed(self, sub: Subscription) -> Wire | None:
+        """The subscription's next message; None at its end, or once the relay is finishing
+        and nothing is queued. (A cancelled ``receive`` takes nothing from the channel.)"""
+        while True:
+            if self._relay_finishing:
+                try:
+                    return sub.receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    return None
+            with trio.CancelScope() as self._relay_waiting:
+                try:
+                    return await sub.receive.receive()
+                except trio.EndOfChannel:
+                    return None
+
+    def _finish_relay(self) -> None:
+        self._relay_finishing = True
+        self._relay_waiting.cancel()
+
     async def _flow(self, out: trio.MemorySendChannel[str]) -> None:
         """``flow {queue_depth, inflight, lag_ms, transcript_lag_ms}`` while anything lags.
 
@@ -552,22 +599,24 @@ class Session:
         """
         transcriber = self.ctx.transcriber
         async with out:
-            while True:
-                await trio.sleep(self.config.ws_flow_interval_s)
-                self.ctx.access.current()  # and a revoked token ends the session, here
-                self._check_token()
-                behind = 0.0
-                if transcriber is not None and self.start is not None:
-                    key = (self.start.user_id, self.start.session_id)
-                    behind = transcriber.lag_s(key) * 1000
-                if self.unanswered or behind:
-                    oldest = self.unanswered[0] if self.unanswered else time.monotonic()
-                    stats = self.ingress.statistics()  # the shared pipeline's front queue
-                    await self._send(out, {"type": "flow",
-                                           "queue_depth": stats.current_buffer_used,
-                                           "inflight": len(self.unanswered),
-                                           "lag_ms": round((time.monotonic() - oldest) * 1000, 1),
-                                           "transcript_lag_ms": round(behind, 1)})  # fmt: skip
+            with self._flowing:
+                while True:
+                    await trio.sleep(self.config.ws_flow_interval_s)
+                    self.ctx.access.current()  # and a revoked token ends the session, here
+                    self._check_token()
+                    behind = 0.0
+                    if transcriber is not None and self.start is not None:
+                        key = (self.start.user_id, self.start.session_id)
+                        behind = transcriber.lag_s(key) * 1000
+                    if self.unanswered or behind:
+                        oldest = self.unanswered[0] if self.unanswered else time.monotonic()
+                        stats = self.ingress.statistics()  # the shared pipeline's front queue
+                        lag_ms = round((time.monotonic() - oldest) * 1000, 1)
+                        await self._send(out, {"type": "flow",
+                                               "queue_depth": stats.current_buffer_used,
+                                               "inflight": len(self.unanswered),
+                                               "lag_ms": lag_ms,
+                                               "transcript_lag_ms": round(behind, 1)})  # fmt: skip
 
     async def _writer(self, out_recv: trio.MemoryReceiveChannel[str]) -> None:
         """The only task that sends: each message in order, until every sender is done.
@@ -635,9 +684,9 @@ class Session:
         if self.ctx.transcriber is not None:
             await self.ctx.transcriber.finalize(start.user_id, start.session_id)
 
-    def _session_end(self, start: Start) -> dict[str, Any]:
+    async def _session_end(self, start: Start) -> dict[str, Any]:
         """The session's summary (as ``POST .../end`` gives it) and this stream's counts."""
-        session = session_summary(self.ctx.store, start.user_id, start.session_id) or {
+        session = await session_summary(self.ctx.store, start.user_id, start.session_id) or {
             "user_id": start.user_id, "session_id": start.session_id,
             "chunk_count": 0, "duration_ms": 0.0, "transcript": None,
         }  # fmt: skip

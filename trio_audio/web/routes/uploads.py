@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ...asr.context import parse_vocabulary
 from ...audio.decode import parse_media_type, raw_format_from
 from ...config import Config
 from ...errors import (
@@ -73,7 +74,10 @@ async def upload() -> Response:
             access.take(owner, len(uploads))  # one upload per file part
     fields = authorize_fields(fields, user)
     job = build_job(fields, uploads)
+    terms = upload_vocabulary(fields)
     ingress.submit_nowait(job)
+    if terms is not None and ctx.ws.transcriber is not None:  # before its chunks are stored
+        ctx.ws.transcriber.set_vocabulary(job.user_id, job.session_id, terms)
     try:
         results: list[Stored] = await job.reply.wait()
     except ServiceError as exc:
@@ -179,3 +183,12 @@ def build_job(fields: MultiDict[str, str], uploads: list[Upload]) -> Job:
             )
         )
     return Job(user_id=user_id, session_id=session_id, parts=parts)
+
+
+def upload_vocabulary(fields: MultiDict[str, str]) -> tuple[str, ...] | None:
+    """The ``vocabulary`` field of an upload (query or form): comma-separated terms, or the
+    field repeated, a term each; None when it is not given. 400 when it is too big."""
+    given = fields.getlist("vocabulary")
+    if not given:
+        return None
+    return parse_vocabulary(given[0] if len(given) == 1 else given)

@@ -1,0 +1,51 @@
+"""What a decode hears besides its audio: vocabulary, previous words, the window. Pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_audio.asr.context import (
+    CONTEXT_WORDS,
+    VOCABULARY_MAX_TERMS,
+    Deadline,
+    PreviousWords,
+    parse_vocabulary,
+    prompt,
+)
+from trio_audio.errors import InvalidField
+
+
+def test_vocabulary_is_a_list_or_comma_separated_terms_and_bounded() -> None:
+    assert parse_vocabulary(None) == ()
+    assert parse_vocabulary([]) == ()
+    assert parse_vocabulary(" Kubernetes , Siobhan Ní Dhuibhir,,") == (
+        "Kubernetes", "Siobhan Ní Dhuibhir"
+    )  # fmt: skip
+    assert parse_vocabulary(["trio-audio", " "]) == ("trio-audio",)
+    too_many = [f"t{i}" for i in range(VOCABULARY_MAX_TERMS + 1)]
+    for bad in (too_many, ["x" * 65], ["line\nbreak"], [3], {"a": 1}, ["y" * 60] * 9):
+        with pytest.raises(InvalidField):
+            parse_vocabulary(bad)
+
+
+def test_the_prompt_names_the_vocabulary_then_the_last_words_said() -> None:
+    previous = PreviousWords()
+    assert prompt((), previous.words) == ""
+    previous.add([{"word": f"w{i}"} for i in range(CONTEXT_WORDS + 5)])
+    assert previous.words[0] == "w5" and len(previous.words) == CONTEXT_WORDS  # the last ones
+    assert prompt(("Kubernetes", "Siobhan"), ["Hello", "there."]) == (
+        "Kubernetes, Siobhan. Hello there."
+    )
+    assert prompt(("Kubernetes",), []) == "Kubernetes."
+
+
+def test_only_a_live_final_late_for_its_deadline_gets_the_short_window() -> None:
+    deadline = Deadline(deadline_s=1.5, full_window_s=30, short_window_s=10)
+    assert deadline.window_s(0.1, alone=True) == 0.0  # 0.1 + 1.0 s estimate: in time
+    assert deadline.window_s(0.6, alone=True) == 10  # would be late
+    assert deadline.window_s(60.0, alone=False) == 0.0  # a pack (an upload) is not live
+    for _ in range(20):
+        deadline.took(0.3, 0.0)  # full-window decodes got fast
+    assert deadline.window_s(0.6, alone=True) == 0.0
+    assert deadline.counts == {"full": 3, "short": 1}
+    assert Deadline(1.5, 10, 10).window_s(60.0, alone=True) == 0.0  # nothing shorter to use
