@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_audio.audio import decode as decode_module
 from trio_audio.audio.decode import RawFormat
 from trio_audio.config import Config
 from trio_audio.errors import InvalidAudio, Overloaded
@@ -284,3 +285,24 @@ async def test_a_bad_chunk_in_a_group_costs_the_others_no_second_decode(
     outcomes = await stages.validate(jobs)
     assert [isinstance(o, InvalidAudio) for o in outcomes].count(True) == 1
     assert len(decoded) == len(jobs)  # each body decoded once, the bad one included
+
+
+async def test_validate_reads_each_chunk_s_magic_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    sniffed: list[bytes] = []
+    real_sniff = decode_module.sniff_container
+
+    def counting(data: bytes) -> str | None:
+        sniffed.append(data)
+        return real_sniff(data)
+
+    monkeypatch.setattr(decode_module, "sniff_container", counting)
+    monkeypatch.setattr(stages_module, "sniff_container", counting)
+    stages = Stages(Config(asr_engine="none"), trio.CapacityLimiter(2))
+    jobs = [job for job in chunk_jobs() if job.parts[0].raw is None]
+    outcomes = await stages.validate(jobs)
+    assert len(sniffed) == len(jobs)  # once each (the size estimate and decode share it)
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        part = job.parts[0]
+        assert part.container == ("wav" if outcome is None else None)
+        if outcome is None:
+            assert part.decoded is not None and part.decoded.container == "wav"

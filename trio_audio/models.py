@@ -140,6 +140,7 @@ class Part:
     timestamp: str | None = None
     # Filled by the stages.
     checksum: str = ""
+    container: str | None = None  # what its magic says (validate sniffs it once); None: PCM
     decoded: Decoded | None = None
     mono: np.ndarray | None = None
     spectrum: PowerSpectrum | None = None

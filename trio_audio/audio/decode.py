@@ -16,6 +16,7 @@ took in its memory budget) is asked for more as the blocks come and a refusal en
 
 from __future__ import annotations
 
+import enum
 import io
 from typing import Final
 
@@ -84,11 +85,21 @@ def _is_mpeg_frame_header(head: bytes) -> bool:
     return version != 0b01 and layer in (0b01, 0b10) and bitrate != 0xF and rate != 0b11
 
 
+class _Unsniffed(enum.Enum):
+    """``decode``'s default *container*: not sniffed yet."""
+
+    TOKEN = 0
+
+
+UNSNIFFED: Final = _Unsniffed.TOKEN
+
+
 def decode(
     data: bytes,
     *,
     content_type: str | None = None,
     raw: RawFormat | None = None,
+    container: str | _Unsniffed | None = UNSNIFFED,
     max_frames: int | None = None,
     max_duration_s: float | None = None,
     max_samples: int | None = None,
@@ -97,7 +108,9 @@ def decode(
     """Decode an upload to float32 samples.
 
     *raw* declares headerless PCM: the bytes are decoded as that PCM and never sniffed (PCM
-    can begin with any container's magic). Without it the container is sniffed from the bytes.
+    can begin with any container's magic). Without it the container is what *container*
+    says, when the caller has sniffed it already (``sniff_container``: the bytes' magic is
+    read once per chunk), else sniffed here.
     A decoded length over *max_frames*, *max_duration_s* or *max_samples* (frames x channels)
     is a 413 before any sample is decoded, or, where the header did not say, as soon as the
     reading passes it. *allowance*: the samples the caller has room for (see ``Allowance``).
@@ -110,7 +123,8 @@ def decode(
     limit = Limit(max_frames, max_duration_s, max_samples)
     if raw is not None:
         return _decode_raw(data, raw, limit, allowance)
-    container = sniff_container(data)
+    if isinstance(container, _Unsniffed):
+        container = sniff_container(data)
     if container == "wav":
         return decode_wav(data, limit, allowance)
     if container is not None:
@@ -131,13 +145,17 @@ def decode(
     raise UnsupportedMediaType(msg)
 
 
-def decoded_samples_bound(data: bytes, raw: RawFormat | None = None) -> int | None:
+def decoded_samples_bound(
+    data: bytes, raw: RawFormat | None = None, container: str | _Unsniffed | None = UNSNIFFED
+) -> int | None:
     """How many samples *data* decodes to, before decoding it: at most its size for PCM (one
     sample a byte at least), what the header says for FLAC, Ogg and MP3 (a hint only: it can
-    lie, which the decode's limits catch), None when it says nothing or is not audio."""
+    lie, which the decode's limits catch), None when it says nothing or is not audio.
+    *container*: as ``decode`` takes it (sniffed already, or not yet)."""
     if raw is not None:
         return len(data) // PCM_LAYOUTS[raw.encoding][1]
-    container = sniff_container(data)
+    if isinstance(container, _Unsniffed):
+        container = sniff_container(data)
     if container == "wav":
         return len(data)
     if container is None:

@@ -57,6 +57,16 @@ class Ingress:
             raise self.refuse("shutting_down", "the service is shutting down") from None
         self._metrics.accepted(len(job.parts))
 
+    def offer(self, job: Job) -> bool:
+        """Queue *job* if the ingress has room now (True); else leave it to ``submit``."""
+        job.enqueued = trio.current_time()
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            return False
+        self._metrics.accepted(len(job.parts))
+        return True
+
     async def submit(self, job: Job) -> None:
         """Queue *job*, waiting for room (backpressure to the producer)."""
         job.enqueued = trio.current_time()

@@ -100,25 +100,37 @@ async def run_worker(
             if not group:
                 continue
             started = trio.current_time()
+            outcomes: Outcomes | None = None
             try:
-                with trio.fail_after(stage.timeout_s):
+                # A bare cancel scope, not fail_after: the same deadline without a generator
+                # context manager around every group.
+                with trio.CancelScope(deadline=started + stage.timeout_s):
                     outcomes = await stage.work(group)
-            except trio.TooSlowError:
+            except Exception as exc:  # the group's own work broke: each of its jobs is told
+                logger.exception("%s failed on a group of %d jobs", stage.name, len(group))
+                outcomes = [exc] * len(group)
+            if outcomes is None:  # the deadline passed
                 msg = f"the {stage.name} stage took longer than {stage.timeout_s:g} s"
                 for job in group:
                     metrics.failed("timeout")
                     job.reply.fail(Overloaded(msg))
                 continue
-            except Exception as exc:  # the group's own work broke: each of its jobs is told
-                logger.exception("%s failed on a group of %d jobs", stage.name, len(group))
-                outcomes = [exc] * len(group)
             elapsed = trio.current_time() - started
             for job, outcome in zip(group, outcomes, strict=True):
                 if outcome is None:
                     metrics.observe_stage(stage.name, elapsed)
-                    await send.send(job)
+                    await _pass_on(send, job)
                 else:
                     _fail(stage, job, outcome, metrics)
+
+
+async def _pass_on(send: trio.MemorySendChannel[Job], job: Job) -> None:
+    """Hand *job* to the next stage: at once while its queue has room (the group's work was
+    its checkpoint), else wait for room (backpressure)."""
+    try:
+        send.send_nowait(job)
+    except trio.WouldBlock:
+        await send.send(job)
 
 
 def _fail(stage: Stage, job: Job, error: BaseException, metrics: Metrics) -> None:
@@ -250,10 +262,10 @@ class Stages:
     def _first_guess(self, part: Part) -> int:
         """The samples to take room for before decoding *part* (the decode takes more as it
         needs); none when its header says it is over the limit: refused before it decodes."""
-        bound = decoded_samples_bound(part.body, part.raw)
+        bound = decoded_samples_bound(part.body, part.raw, part.container)
         if bound is None:
             bound = len(part.body) * COMPRESSED_SAMPLES_PER_BYTE
-        elif bound > self.max_samples and part.raw is None and sniff_container(part.body) != "wav":
+        elif bound > self.max_samples and part.raw is None and part.container != "wav":
             return 0
         return min(bound, self.max_samples)
 
@@ -269,6 +281,7 @@ class Stages:
                     part.body,
                     content_type=part.content_type,
                     raw=part.raw,
+                    container=part.container,  # sniffed in ``_checksum_all``
                     max_duration_s=self.max_duration_s,
                     max_samples=left,
                     allowance=allowance,
@@ -308,14 +321,17 @@ def _work_samples(part: Part) -> int:
     """How many samples a stage handles for *part* (unknown: a number too big to inline)."""
     if part.decoded is not None:
         return part.decoded.frames * part.decoded.channels
-    if part.raw is not None or sniff_container(part.body) in (None, "wav"):  # PCM: by size
+    if part.raw is not None or part.container in (None, "wav"):  # PCM: by size
         return len(part.body) // 2
     return UNKNOWN_SAMPLES  # compressed: a small file can decode to minutes of audio
 
 
 def _checksum_all(parts: list[Part]) -> None:
+    """Checksum each part, and read its container from its magic (the one sniff it gets)."""
     for part in parts:
         part.checksum = hashlib.sha256(part.body).hexdigest()
+        if part.raw is None:
+            part.container = sniff_container(part.body)
 
 
 def _transform_all(parts: list[Part]) -> None:

@@ -113,7 +113,12 @@ class CommitChannels:
         wait = config.commit_wait_ms / 1000
         with trio.move_on_after(wait), contextlib.suppress(trio.EndOfChannel, trio.WouldBlock):
             while len(batch) < config.commit_batch_max:
-                batch.append(await receive.receive() if wait > 0 else receive.receive_nowait())
+                try:  # what is waiting already is taken without a trip through the scheduler
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    if wait <= 0:
+                        raise
+                    batch.append(await receive.receive())
         return batch
 
     def events(self) -> trio.MemoryReceiveChannel[Committed]:

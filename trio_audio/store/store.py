@@ -154,7 +154,10 @@ class Store(CommitChannels, IndexReads):
             # event (a client that sends "finalize" after its ack finds the chunk known).
             if self._events is not None:
                 for event in events:
-                    await self._events.send(event)
+                    try:  # at once while there is room: no scheduler trip per chunk
+                        self._events.send_nowait(event)
+                    except trio.WouldBlock:
+                        await self._events.send(event)
             for reply, value in answers:
                 reply.set(value)
             if self._compactor.due(self._index):

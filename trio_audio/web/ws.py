@@ -48,7 +48,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 import trio
@@ -93,6 +93,18 @@ logger = logging.getLogger("trio_audio.ws")
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_TIMEOUT_S: Final = 2.0  # for the closing handshake and the last error message
+
+T = TypeVar("T")
+
+
+async def _put(channel: trio.MemorySendChannel[T], value: T) -> None:
+    """Send *value* at once while *channel* has room, else wait for room: a frame's answers
+    and hand-offs skip a trip through the scheduler each (the task checkpoints elsewhere
+    once per frame: its receive, or the reply it waits for)."""
+    try:
+        channel.send_nowait(value)
+    except trio.WouldBlock:
+        await channel.send(value)
 
 
 class Disconnected(Exception):
@@ -503,7 +515,9 @@ class Session:
                    "later")  # fmt: skip
             raise SessionError(Overloaded(msg))
         self.unanswered.append(time.monotonic())
-        await self.ack_send.send((seq, job))  # waits while too many are unanswered
+        await _put(self.ack_send, (seq, job))  # waits while too many are unanswered
+        if self.ingress.offer(job):  # room now: no timeout to set up (the receive checkpoints)
+            return
         try:
             with trio.move_on_after(self.config.ws_overload_timeout_s):
                 await self.ingress.submit(job)
@@ -548,7 +562,7 @@ class Session:
                     self.duplicates += 1
                 await self._send(out, ack)
                 if result.chunk["chunk_id"] not in self.replayed and self._wants_metadata(seq):
-                    await out.send(metadata_message(self._as_answered(result.chunk)))
+                    await _put(out, metadata_message(self._as_answered(result.chunk)))
         self._drained.set()
 
     async def _relay(self, sub: Subscription, out: trio.MemorySendChannel[str]) -> None:
@@ -660,7 +674,7 @@ class Session:
 
     @staticmethod
     async def _send(out: trio.MemorySendChannel[str], message: dict[str, Any]) -> None:
-        await out.send(dumps(message))
+        await _put(out, dumps(message))
 
     def _wants_metadata(self, seq: int) -> bool:
         every = self.start.metadata_every if self.start is not None else 1
