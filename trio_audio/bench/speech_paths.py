@@ -34,6 +34,7 @@ import numpy as np
 
 from ..asr.context import PreviousWords, prompt
 from ..asr.engine import EngineOptions, load_engine
+from ..asr.feeder import PACK_MS
 from ..asr.utterances import Assembler, Utterance, packs
 from ..asr.worker import Decoder
 from ..audio import vad
@@ -43,7 +44,6 @@ from .textnorm import word_errors
 RATE = 16000
 LIVE_FRAME_S = 0.1
 GAP_S = 1.0  # between clips in the long file
-PACK_MS = 29_500.0
 
 
 class Session:

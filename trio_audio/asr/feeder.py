@@ -1,0 +1,131 @@
+"""The feeder: delivered chunks -> each session's utterances, queued to be decoded.
+
+In the order the intake delivered them, each chunk's PCM (read back from the log when it
+was not kept) and speech segments go to its session's ``Assembler`` (``utterances.py``).
+Utterances finished together go to the fair queue in packs of up to ``PACK_MS`` of audio;
+every ``asr_partial_interval_s`` the open utterance goes too, to be decoded for live words.
+``finalize`` ends a session's open utterance now and returns once its words are stored; a
+session silent for ``asr_idle_timeout_s`` is finalized and forgotten (``janitor``). The
+feeder waits while the PCM held is over ``asr_backlog_bytes``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+import numpy as np
+import trio
+
+from ..errors import ServiceError
+from .intake import Intake
+from .results import Results
+from .state import Board, Item, SessionState
+from .utterances import Utterance, packs, single
+
+JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
+PACK_MS: Final = 29_500.0  # audio of utterances decoded together in one 30 s window
+
+
+class Feeder:
+    """Cuts the sessions' audio into utterances and queues them; ends sessions' speech."""
+
+    def __init__(self, board: Board, intake: Intake, results: Results) -> None:
+        self.board = board
+        self.intake = intake
+        self.results = results
+
+    async def run(self) -> None:
+        """Assemble chunks into utterances in the order they were delivered."""
+        board = self.board
+        while True:
+            if not board.feed or board.pcm_bytes > board.config.asr_backlog_bytes:
+                await board.wait_change()  # no chunk, or decoded audio must go out first
+                continue
+            session, item = board.feed.popleft()
+            try:
+                await self._assemble(session, item)
+            finally:
+                session.feeding -= 1
+                board.drop_pcm(item)
+                board.wake()
+
+    async def _assemble(self, session: SessionState, item: Item) -> None:
+        try:
+            pcm = item.pcm if item.pcm is not None else await self.intake.read_pcm(item.chunk_id)
+        except (ServiceError, ValueError, OSError) as exc:
+            for span in session.awaiting:
+                if span.chunk_id == item.chunk_id:
+                    span.failed = f"its audio could not be read back: {exc}"
+            await self.results.complete(session)
+            return
+        segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
+        samples = np.frombuffer(pcm, dtype="<i2")
+        self._queue_finals(session, session.assembler.add(item.offset_ms, samples, segments))
+        self._maybe_partial(session)
+        await self.results.complete(session)
+
+    def _queue_finals(self, session: SessionState, utterances: list[Utterance]) -> None:
+        """Utterances finished together (by one chunk) go to be decoded in packs."""
+        if not utterances:
+            return
+        for utterance in utterances:
+            session.finals.append(utterance)
+            self.board.pcm_bytes += len(utterance.pcm)
+        now = trio.current_time()
+        for pack in packs(utterances, PACK_MS):
+            self.board.queue.put_final(session.key, attrs.evolve(pack, since=now))
+        session.heard, session.stable = [], 0
+        self.board.wake()
+
+    def _maybe_partial(self, session: SessionState) -> None:
+        interval = self.board.config.asr_partial_interval_s
+        now = trio.current_time()
+        if interval <= 0 or now - session.partial_at < interval:
+            return
+        partial = session.assembler.partial()
+        if partial is not None:
+            session.partial_at = now
+            self.board.queue.put_partial(session.key, single(partial))
+            self.board.wake()
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    async def finalize(self, session: SessionState) -> None:
+        """End the session's utterance now; returns once its chunks' words are stored (at
+        once when transcription is off or stopped)."""
+        board = self.board
+        self.intake.release_waiting(session)
+        board.end_speech(session)
+        if not board.enabled:
+            return
+        while board.running and session.feeding:
+            await board.wait_change()
+        self._end_utterance(session)
+        await self.results.complete(session)
+        while board.running and (session.finals or session.awaiting):
+            await board.wait_change()
+
+    async def janitor(self) -> None:
+        """Finalize and forget sessions idle for ``asr_idle_timeout_s``."""
+        board = self.board
+        timeout = board.config.asr_idle_timeout_s
+        while True:
+            await trio.sleep(timeout * JANITOR_PERIOD_FRACTION)
+            now = trio.current_time()
+            for key, session in list(board.sessions.items()):
+                if now - session.last_active < timeout:
+                    continue
+                board.end_speech(session)
+                if session.assembler.open:
+                    self._end_utterance(session)
+                    continue  # forgotten on a later round, once its words are stored
+                if session.busy:
+                    continue
+                if board.sessions.get(key) is session:
+                    del board.sessions[key]
+                    board.queue.forget(key)
+
+    def _end_utterance(self, session: SessionState) -> None:
+        """No more audio is coming now: the open utterance goes to be decoded."""
+        self._queue_finals(session, session.assembler.finish())

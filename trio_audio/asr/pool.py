@@ -1,0 +1,149 @@
+"""The worker pool: utterances -> words, in worker processes, fairly across sessions.
+
+Each finished utterance (or pack of them) is decoded once, by whichever worker is free: the
+``FairQueue`` (``fair.py``) takes finals round robin across sessions, one in flight per
+session, so a long file cannot hold other sessions' words. A partial is decoded only when no
+final waits and never on every worker at once (one stays free for the next final, when there
+are two or more), greedily in a window as short as its audio allows. A final is decoded in
+the engine's window, or the short one when it is late (``context.Deadline``). Each worker
+runs its process in a nursery of its own (``process.py``); a dead one is started again for
+the next utterance, and the decode it failed reads as ``{ok: false, error}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Final
+
+import trio
+
+from .context import Deadline, prompt
+from .engine import EngineError, EngineOptions
+from .process import WorkerDied, WorkerProcess
+from .results import Results
+from .state import Board
+from .utterances import Pack
+
+logger = logging.getLogger("trio_audio.asr")
+
+REQUEST_BASE_TIMEOUT_S: Final = 30.0  # plus REQUEST_PER_AUDIO_S per second of audio
+REQUEST_PER_AUDIO_S: Final = 2.0
+
+
+def default_workers() -> int:
+    """Worker processes when ``asr_workers`` is 0: one per core. They run at a lower CPU
+    priority (``worker.NICE``), so ingestion still has a core whenever it needs one."""
+    return len(os.sched_getaffinity(0))
+
+
+class Pool:
+    """The worker processes and what each is decoding."""
+
+    def __init__(self, board: Board, results: Results) -> None:
+        config = board.config
+        self.board = board
+        self.results = results
+        self.workers = config.asr_workers or default_workers()
+        self.options = EngineOptions(
+            engine=config.asr_engine,
+            model_dir=config.asr_model_dir,
+            grammar=config.asr_grammar,
+            keyphrases=config.asr_keyphrases,
+            window_s=config.asr_window_s,
+        )
+        self.deadline = Deadline(
+            config.asr_final_deadline_s, config.asr_window_s, config.asr_short_window_s
+        )
+        self._decoding: dict[int, float] = {}  # worker -> when its current decode began
+        self._partials_decoding = 0
+        self.partial_slots = max(1, self.workers - 1)  # workers that may decode partials
+        # Partials are decoded greedily in a window as short as their audio allows.
+        self._partial_window_s = min(config.asr_short_window_s, config.asr_window_s)
+        self._started = 0
+        self.workers_started = trio.Event()  # every worker has loaded its engine (or failed)
+
+    def backlog_gauge(self) -> dict[str, float]:
+        """Utterances being decoded by each worker, waiting, and chunks not yet assembled."""
+        out = {f'worker="{i}"': float(i in self._decoding) for i in range(self.workers)}
+        out['worker="queued"'] = float(self.board.queue.finals_waiting())
+        out['worker="deferred"'] = float(len(self.board.feed))
+        return out
+
+    async def worker(self, index: int) -> None:
+        """Decode utterances the fair queue hands out, one at a time, in one process."""
+        board = self.board
+        init = {"op": "init", "options": self.options.to_dict()}
+        worker = WorkerProcess(index, init)
+        async with trio.open_nursery() as processes:
+            try:
+                try:  # load the model now, not when the first words are waiting
+                    await worker.start(processes)
+                except (EngineError, WorkerDied) as exc:
+                    logger.warning("transcription worker %d did not start: %s", index, exc)
+                self._started += 1
+                if self._started == self.workers:
+                    self.workers_started.set()
+                while True:
+                    # Partials never hold every worker: one stays free for the next final.
+                    taken = board.queue.take(partials=self._partials_decoding < self.partial_slots)
+                    if taken is None:
+                        await board.wait_change()
+                        continue
+                    key, pack, final = taken
+                    began = self._decoding[index] = trio.current_time()
+                    self._partials_decoding += not final
+                    session = board.sessions.get(key)
+                    window_s = self._window_s(pack) if final else self._partial_window_s
+                    text = prompt(session.vocabulary, session.previous.words) if session else ""
+                    try:
+                        answer = await self._decode(worker, processes, pack, text, window_s)
+                        if final and len(pack.utterances) == 1:  # as a live final is
+                            self.deadline.took(trio.current_time() - began, window_s)
+                    finally:
+                        del self._decoding[index]
+                        self._partials_decoding -= not final
+                        board.queue.done(key)
+                        board.wake()
+                    session = board.sessions.get(key)
+                    if session is None:
+                        continue
+                    if final:
+                        await self.results.apply_final(session, pack, answer, short=window_s > 0)
+                    else:
+                        self.results.apply_partial(session, pack, answer)
+            finally:
+                await worker.aclose()
+
+    def _window_s(self, pack: Pack) -> float:
+        """The shortest window for a final pack: the engine's, or the short one when it is
+        late (``context.Deadline``)."""
+        waited = trio.current_time() - pack.since
+        return self.deadline.window_s(waited, alone=len(pack.utterances) == 1)
+
+    async def _decode(
+        self,
+        worker: WorkerProcess,
+        processes: trio.Nursery,
+        pack: Pack,
+        prompt_text: str,
+        window_s: float,
+    ) -> dict[str, Any]:
+        """The worker's answer for *pack* (``{ok: false, error}`` when it failed); word
+        times from the start of its audio."""
+        seconds = pack.seconds
+        try:
+            if not worker.running:
+                await worker.start(processes)
+            message = {"op": "decode", "pcm": pack.pcm, "offset_ms": 0.0,
+                       "partial": not pack.final, "prompt": prompt_text,
+                       "window_s": window_s}  # fmt: skip
+            return await worker.request(
+                message, REQUEST_BASE_TIMEOUT_S + REQUEST_PER_AUDIO_S * seconds
+            )
+        except EngineError as exc:
+            return {"ok": False, "error": str(exc)}
+        except WorkerDied as exc:
+            logger.warning("transcription worker %d: %s; restarting it", worker.index, exc)
+            self.board.counts["worker_restarts"] += 1
+            return {"ok": False, "error": f"the transcription worker failed: {exc}"}

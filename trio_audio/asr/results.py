@@ -1,0 +1,154 @@
+"""Results: a decode's words to each chunk's span, and the chunks' transcripts stored.
+
+A final's words go to the chunk each starts in (``place``); a chunk's transcript is stored
+once every utterance over it is decoded (``complete``), ``done`` with its words or
+``failed`` with the reason. A partial's words are published live once two consecutive
+hypotheses agree on them (LocalAgreement-2). A store update that fails leaves the chunk
+``pending`` (it is queued at start-up).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import trio
+
+from ..errors import NotFound, ServiceError
+from ..live import Partial
+from .state import Board, SessionState, Span
+from .utterances import Pack, Utterance
+
+logger = logging.getLogger("trio_audio.asr")
+
+
+class Results:
+    """Applies decodes to the sessions' chunks and stores their transcripts."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+
+    async def apply_final(
+        self, session: SessionState, pack: Pack, answer: dict[str, Any], *, short: bool
+    ) -> None:
+        owned = pack.own_words(answer["words"]) if answer.get("ok") else None
+        for i, utterance in enumerate(pack.utterances):
+            words = owned[i] if owned is not None else None
+            self._apply_utterance(session, utterance, answer, words, short=short)
+        await self.complete(session)
+
+    def _apply_utterance(
+        self,
+        session: SessionState,
+        utterance: Utterance,
+        answer: dict[str, Any],
+        words: list[dict[str, Any]] | None,
+        *,
+        short: bool,
+    ) -> None:
+        if session.finals and session.finals[0] is utterance:
+            session.finals.popleft()
+            self.board.pcm_bytes -= len(utterance.pcm)
+        if words is None:
+            reason = f"the speech engine failed: {answer.get('error')}"
+            for span in session.awaiting:
+                if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:
+                    span.failed = reason
+        else:
+            session.previous.add(words)
+            if short:
+                for span in session.awaiting:
+                    if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:
+                        span.short_window = True
+            # Watchers get these words once they are stored (the store's ChunkUpdated).
+            for word in words:
+                place(session.awaiting, word)
+
+    def apply_partial(self, session: SessionState, pack: Pack, answer: dict[str, Any]) -> None:
+        """LocalAgreement-2: publish the words two consecutive hypotheses agree on."""
+        if not answer.get("ok") or not session.assembler.open:
+            return
+        if session.finals:  # the utterance it heard has ended meanwhile
+            return
+        words = pack.own_words(answer["words"])[0]
+        heard = [w["word"] for w in words]
+        agreed = 0
+        for old, new in zip(session.heard, heard, strict=False):
+            if old != new:
+                break
+            agreed += 1
+        session.heard = heard
+        if agreed > session.stable:
+            session.stable = agreed
+            user_id, session_id = session.key
+            self.board.live.publish(Partial(user_id, session_id, session.last_seq,
+                                            words[:agreed], pack.start_ms,
+                                            pack.utterances[-1].end_ms))  # fmt: skip
+
+    async def complete(self, session: SessionState) -> None:
+        """Store the transcript of every chunk all of whose utterances are decoded.
+
+        A chunk leaves ``awaiting`` only once its update is stored, so ``finalize`` returns
+        after the words are durable; the session's lock keeps the feeder and a worker from
+        storing the same chunk twice."""
+        async with session.completing:
+            while session.awaiting:
+                span = session.awaiting[0]
+                limit = (
+                    session.finals[0].start_ms
+                    if session.finals
+                    else session.assembler.final_until_ms
+                )
+                if span.end_ms > limit + 0.5 and not span.failed:
+                    break
+                if span.failed:
+                    await self._fail(span, span.failed)
+                else:
+                    await self._done(span)
+                session.awaiting.popleft()
+        self.board.wake()
+
+    async def _done(self, span: Span) -> None:
+        transcript: dict[str, Any] = {
+            "status": "done",
+            "text": " ".join(w["word"] for w in span.words),
+            "words": span.words,
+        }
+        if span.words:  # where the chunk started on its session's timeline when its words
+            transcript["offset_ms"] = round(span.start_ms, 3)  # were timed (for exports)
+        if span.short_window:
+            transcript["short_window"] = True
+        if await self._update(span.chunk_id, transcript):
+            self.board.counts["done"] += 1
+            self.board.metrics.observe_stage("transcribe", trio.current_time() - span.since)
+
+    async def _fail(self, span: Span, reason: str) -> None:
+        logger.warning("transcription of chunk %s failed: %s", span.chunk_id, reason)
+        transcript = {"status": "failed", "text": "", "words": [], "error": reason}
+        if await self._update(span.chunk_id, transcript):
+            self.board.counts["failed"] += 1
+
+    async def _update(self, chunk_id: str, transcript: dict[str, Any]) -> bool:
+        try:
+            await self.board.store.update(chunk_id, {"transcript": transcript})
+        except NotFound:
+            return False  # deleted since
+        except (OSError, ServiceError) as exc:  # the store is closing, full or failed (if an
+            # fsync failed, the store itself stops the service): the chunk stays pending
+            logger.warning("transcript of chunk %s not stored (%s); stays pending", chunk_id, exc)
+            return False
+        return True
+
+
+def place(awaiting: collections.deque[Span], word: dict[str, Any]) -> None:
+    """Give *word* to the chunk it starts in (the first or last one when outside them all)."""
+    if not awaiting:
+        return
+    target = awaiting[0]
+    for span in awaiting:
+        if span.start_ms <= word["start_ms"]:
+            target = span
+        else:
+            break
+    target.words.append(word)
