@@ -74,15 +74,28 @@ def test_routes_replay_matches_a_full_replay(tmp_path: Path) -> None:
             assert route.meta == _projection(whole.meta)
         else:  # UPDATE, TOMBSTONE, a long payload, a meta of another shape: decoded whole
             assert route.meta == whole.meta
-    # The index built from either is the same.
+    # The index built from either is the same, and so is the one a routes replay builds
+    # straight from the routing fields (``Loader.add_route``), as the store's does.
     indexes = []
     for records in (full, routed):
         loader = Loader(Index("pending"))
         for record in records:
-            if record.meta.get("chunk_id") != "odd":
+            if record.meta.get("chunk_id") != "odd":  # no user: not a chunk the index takes
                 loader.add(record)
         indexes.append(loader.index)
-    one, two = indexes
+    direct = Loader(Index("pending"))
+
+    def add(record: Record) -> None:
+        if record.meta.get("chunk_id") != "odd":
+            direct.add(record)
+
+    replay(tmp_path, add, routes=True, on_route=direct.add_route)
+    assert direct.records == len(full) - 1
+    for one, two in ((indexes[0], indexes[1]), (indexes[0], direct.index)):
+        _assert_same(one, two)
+
+
+def _assert_same(one: Index, two: Index) -> None:
     assert sorted(one.chunk_ids()) == sorted(two.chunk_ids())
     for chunk_id in one.chunk_ids():
         assert one.offset_ms(chunk_id) == two.offset_ms(chunk_id)

@@ -20,7 +20,9 @@ audio) and checks every record: header fields, length bound and that the frame l
 the file, CRC, seq continuity (the first segment starts at seq 1, or where the snapshot says
 the log goes on, each next one at the previous last seq + 1, each record at the previous
 + 1), known type, and that the payload unpacks to a map (plus, for a CHUNK, one bin that
-ends exactly at the frame's end). Then:
+ends exactly at the frame's end). Replay for the index (``routes``) parses a CHUNK's map
+through to its end but decodes only the fields the index needs (``scan``), so a string
+elsewhere in it is not checked to be UTF-8 there; reading the chunk decodes it whole. Then:
 
 * **Older segments and the snapshot** were fsync'd in full: any bad frame or header there is
   corruption, and replay raises ``CorruptLog`` naming the file and frame offset.
@@ -96,7 +98,7 @@ from .record import (
     parse_manifest,
     parse_segment_header,
 )
-from .scan import Scan, find_checkpoint, scan_file
+from .scan import RouteSink, Scan, find_checkpoint, scan_file
 
 __all__ = ["ReplayReport", "Scan", "find_checkpoint", "read_blob", "replay"]
 
@@ -139,6 +141,7 @@ def replay(
     *,
     dry_run: bool = False,
     routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> ReplayReport:
     """Check every record of the log in order and hand each good one to *on_record*.
 
@@ -148,7 +151,8 @@ def replay(
     nothing: the same verdict, the same records, and the torn tail is only reported
     (``check`` uses it so that its verdict is replay's). With *routes* a CHUNK record's
     ``meta`` holds only the fields the index needs (``scan.ROUTE``): every record is checked
-    the same, only less of it is turned into Python objects.
+    the same, only less of it is turned into Python objects; with *on_route* too such a
+    record goes to *on_route* (``scan.RouteSink``) instead of *on_record*.
     """
     require_log_if_created(data_dir)
     directory = log_dir(data_dir)
@@ -160,7 +164,7 @@ def replay(
     snapshots = list_snapshots(data_dir)
     if snapshots:
         snapshot = snapshots[-1]
-        scan = read_snapshot(data_dir, snapshot, on_record, routes=routes)
+        scan = read_snapshot(data_dir, snapshot, on_record, routes=routes, on_route=on_route)
         assert scan.end_seq is not None
         expected = scan.end_seq
         durable = expected - 1
@@ -207,7 +211,9 @@ def replay(
             if name_seq != base_seq:
                 msg = f"file name says base seq {name_seq}, header says {base_seq}"
                 raise CorruptLog(str(path), 0, msg)
-            scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record, routes)
+            scan = _scan_segment(
+                fd, size, salt, base_seq, expected, path, on_record, routes, on_route
+            )
             checkpoints += scan.checkpoints
             if scan.bad_offset is not None:
                 assert scan.bad_reason is not None
@@ -307,7 +313,12 @@ def _below_manifest(reason: str, manifest: Manifest | None) -> str:
 
 
 def read_snapshot(
-    data_dir: Path, name: str, on_record: Callable[[Record], None], *, routes: bool = False
+    data_dir: Path,
+    name: str,
+    on_record: Callable[[Record], None],
+    *,
+    routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> Scan:
     """Check a whole snapshot and hand its records to *on_record*; any defect is
     ``CorruptLog`` (a snapshot was fsync'd before it was renamed into place)."""
@@ -324,7 +335,9 @@ def read_snapshot(
             raise CorruptLog(str(path), 0, msg)
         scan = Scan(next_seq=FIRST_SEQ, end_seq=start)
         if size > SEGMENT_HEADER_SIZE:
-            scan_file(fd, size, salt, name, str(path), scan, on_record, routes=routes)
+            scan_file(
+                fd, size, salt, name, str(path), scan, on_record, routes=routes, on_route=on_route
+            )
         if scan.bad_offset is not None:
             assert scan.bad_reason is not None
             raise CorruptLog(str(path), scan.bad_offset, scan.bad_reason)
@@ -342,6 +355,7 @@ def read_segment(
     on_record: Callable[[Record], None],
     *,
     routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> int:
     """Check a whole sealed segment that must start at seq *expected* and hand its records to
     *on_record*; any defect is ``CorruptLog``. Returns the seq after its last record."""
@@ -353,7 +367,7 @@ def read_segment(
         if isinstance(parsed, str):
             raise CorruptLog(str(path), 0, parsed)
         salt, base_seq = parsed
-        scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record, routes)
+        scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record, routes, on_route)
         if scan.bad_offset is not None:
             assert scan.bad_reason is not None
             raise CorruptLog(str(path), scan.bad_offset, scan.bad_reason)
@@ -371,6 +385,7 @@ def _scan_segment(
     path: Path,
     on_record: Callable[[Record], None],
     routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> Scan:
     """The frames of a segment whose header held, which must start at seq *expected*."""
     if base_seq != expected:
@@ -378,7 +393,9 @@ def _scan_segment(
         raise CorruptLog(str(path), 0, msg)
     scan = Scan(next_seq=base_seq)
     if size > SEGMENT_HEADER_SIZE:
-        scan_file(fd, size, salt, path.name, str(path), scan, on_record, routes=routes)
+        scan_file(
+            fd, size, salt, path.name, str(path), scan, on_record, routes=routes, on_route=on_route
+        )
     return scan
 
 

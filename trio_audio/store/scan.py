@@ -53,7 +53,7 @@ class _Transcript(msgspec.Struct):
     text: Any = None
 
 
-class _Route(msgspec.Struct):
+class Route(msgspec.Struct):
     """What the index takes from a CHUNK record's metadata (``Index.insert_meta``,
     ``Loader``); every other field is skipped."""
 
@@ -66,6 +66,9 @@ class _Route(msgspec.Struct):
     group: Any = None
 
 
+# Where a routes replay hands a CHUNK record that decoded fast: its routing fields, its file,
+# the offset of its frame, the length of its metadata and of its audio.
+RouteSink = Callable[[Route, str, int, int, int], None]
 ROUTE: Final = ("chunk_id", "user_id", "session_id", "seq", "audio", "transcript", "group")
 
 
@@ -74,7 +77,7 @@ class RouteDecoder:
     file scanned (it keeps a msgpack unpacker between records)."""
 
     def __init__(self) -> None:
-        self._decoder = msgspec.msgpack.Decoder(_Route)
+        self._decoder = msgspec.msgpack.Decoder(Route)
         self._unpacker = self._new_unpacker()
 
     @staticmethod
@@ -82,10 +85,11 @@ class RouteDecoder:
         return msgpack.Unpacker(max_buffer_size=META_PREFIX_BYTES)
 
     def decode(
-        self, mm: mmap.mmap, view: memoryview, start: int, end: int, name: str
-    ) -> tuple[dict[str, Any], BlobRef] | None:
-        """The routing fields and the audio of a CHUNK payload; None when it is not of the
-        shape this decodes (the caller decodes it whole)."""
+        self, mm: mmap.mmap, view: memoryview, start: int, end: int
+    ) -> tuple[Route, int, int, int] | None:
+        """The routing fields of a CHUNK payload from *start* to *end*, the length of its
+        metadata and where its audio lies (offset, length); None when it is not of the shape
+        this decodes (the caller decodes it whole)."""
         if end - start > META_PREFIX_BYTES:
             return None
         unpacker = self._unpacker
@@ -113,19 +117,24 @@ class RouteDecoder:
             route = self._decoder.decode(view[start:at])
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
-        meta: dict[str, Any] = {
-            "chunk_id": route.chunk_id,
-            "user_id": route.user_id,
-            "session_id": route.session_id,
-            "seq": route.seq,
-            "audio": {"duration_ms": route.audio.duration_ms},
-        }
-        transcript = route.transcript
-        if transcript is not None:
-            meta["transcript"] = {"status": transcript.status, "text": transcript.text}
-        if route.group is not None:
-            meta["group"] = route.group
-        return meta, BlobRef(name, offset, n)
+        return route, at - start, offset, n
+
+
+def route_meta(route: Route) -> dict[str, Any]:
+    """The routing fields as the metadata map they came from (what the index reads)."""
+    meta: dict[str, Any] = {
+        "chunk_id": route.chunk_id,
+        "user_id": route.user_id,
+        "session_id": route.session_id,
+        "seq": route.seq,
+        "audio": {"duration_ms": route.audio.duration_ms},
+    }
+    transcript = route.transcript
+    if transcript is not None:
+        meta["transcript"] = {"status": transcript.status, "text": transcript.text}
+    if route.group is not None:
+        meta["group"] = route.group
+    return meta
 
 
 @attrs.define
@@ -153,6 +162,7 @@ def scan_file(
     on_record: Callable[[Record], None],
     *,
     routes: bool = False,
+    on_route: RouteSink | None = None,
     start_at: int = SEGMENT_HEADER_SIZE,
 ) -> None:
     """Walk the frames of one segment or snapshot from *start_at*, calling *on_record* for
@@ -161,7 +171,8 @@ def scan_file(
     Stops at the first frame that is partial or fails its bound or CRC (recorded in *scan*:
     the caller decides torn or corrupt); raises ``CorruptLog`` for a frame whose CRC holds
     but whose content is wrong. With *routes*, a CHUNK record's ``meta`` holds only the
-    fields the index needs (see the module docstring).
+    fields the index needs (see the module docstring); with *on_route* too, such a record is
+    handed to it rather than to *on_record*, as no more than its fields and place.
     """
     seed = salt_crc(salt)
     mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
@@ -210,7 +221,16 @@ def scan_file(
             rtype = DATA_TYPES[type_]
             decoded: tuple[dict[str, Any], BlobRef | None] | str | None = None
             if fast is not None and rtype == RecordType.CHUNK:
-                decoded = fast.decode(mm, view, start, end, name)
+                got = fast.decode(mm, view, start, end)
+                if got is not None:
+                    route, meta_length, audio_at, audio_length = got
+                    if on_route is not None:
+                        on_route(route, name, pos, meta_length, audio_length)
+                        scan.records += 1
+                        scan.next_seq = seq + 1
+                        pos = scan.good_end = end
+                        continue
+                    decoded = route_meta(route), BlobRef(name, audio_at, audio_length)
             if decoded is None:
                 decoded = decode_payload(mm, view, start, end, rtype, name)
             if isinstance(decoded, str):
