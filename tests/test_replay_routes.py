@@ -140,3 +140,25 @@ def test_a_bad_chunk_payload_is_corrupt_with_routes_too(
             replay(tmp_path, lambda _: None, routes=routes, dry_run=True)
         verdicts.append((info.value.offset, str(info.value)))
     assert verdicts[0] == verdicts[1]
+
+
+def test_audio_that_looks_like_the_last_records_bin_is_not_taken_for_it(tmp_path: Path) -> None:
+    # Replay first tries the split the previous record's audio length gives; audio that ends
+    # in such a bin must not fool it (what precedes would not decode as exactly one map).
+    rng = random.Random(3)
+    fake = b"\xc4\x05abcde"  # a whole bin of 5 bytes, as the 7 bytes of the real audio
+    items: list[Item] = [
+        (RecordType.CHUNK, service_meta(n, "u", "s", n, rng), b"12345") for n in range(4)
+    ]
+    items.append((RecordType.CHUNK, service_meta(4, "u", "s", 4, rng), fake))
+    items.append((RecordType.CHUNK, service_meta(5, "u", "s", 5, rng), b"12345"))
+    write_records(tmp_path, items)
+    _, full = replay_all(tmp_path)
+    sizes: list[tuple[int, int]] = []
+
+    def on_route(route: Any, segment: str, offset: int, meta_length: int, audio: int) -> None:
+        sizes.append((route.seq, audio))
+
+    replay(tmp_path, lambda r: None, routes=True, on_route=on_route)
+    assert sizes == [(n, 7 if n == 4 else 5) for n in range(6)]
+    assert [r.blob.length for r in full if r.blob] == [5, 5, 5, 5, 7, 5]

@@ -106,13 +106,16 @@ class Index(Lookups):
     def insert_meta(self, meta: dict[str, Any], record: Place, audio_length: int) -> int:
         """Index a chunk from its metadata and where its CHUNK record lies; its row."""
         transcript = meta.get("transcript")
+        if not isinstance(transcript, dict):
+            transcript = {}
         return self.insert(
             meta["chunk_id"],
             meta["user_id"],
             meta["session_id"],
             int(meta["seq"]),
             float(meta["audio"]["duration_ms"]),
-            transcript if isinstance(transcript, dict) else None,
+            transcript.get("status"),
+            transcript.get("text"),
             self.segment_number(record.segment),
             record.offset,
             record.length,
@@ -126,15 +129,16 @@ class Index(Lookups):
         session_id: str,
         seq: int,
         duration_ms: float,
-        transcript: dict[str, Any] | None,
+        status: Any,
+        text: Any,
         segment: int,
         offset: int,
         meta_length: int,
         audio_length: int,
     ) -> int:
-        """Index a chunk from the fields the index keeps (*transcript*: its ``transcript``
-        map, if it has one) and where its CHUNK record lies (*segment* a number from
-        ``segment_number``); its row.
+        """Index a chunk from the fields the index keeps (*status*, *text*: those of its
+        ``transcript`` map, None without one) and where its CHUNK record lies (*segment* a
+        number from ``segment_number``); its row.
 
         Chunk ids are unique (the committer and a cluster's follower never index one twice);
         a seq stored again (only a damaged log has that) replaces the chunk stored there."""
@@ -152,7 +156,6 @@ class Index(Lookups):
         self.count += 1
         split = split_id(chunk_id)
         hi, lo = split if split is not None else (0, 0)
-        status = transcript.get("status") if transcript is not None else None
         self.table[row] = (
             lo, hi, seq, offset, 0, session.number, segment, meta_length, audio_length, 0, 0,
             status_code(status),
@@ -160,17 +163,16 @@ class Index(Lookups):
         self.ids.add(chunk_id, row, split)
         chunks.add(seq, row, duration_ms)
         if status == "done" or session.texts:
-            self._note_text(session, seq, transcript)
+            self._note_text(session, seq, status, text)
         else:
             session.transcript = None
         self.live += 1
         self.audio_bytes += audio_length
         return row
 
-    def _note_text(self, session: Session, seq: int, transcript: Any) -> None:
+    def _note_text(self, session: Session, seq: int, status: Any, text: Any) -> None:
         session.transcript = None
-        text = transcript.get("text") if isinstance(transcript, dict) else None
-        if isinstance(transcript, dict) and transcript.get("status") == "done" and text:
+        if status == "done" and text:
             session.texts[seq] = str(text)
         else:
             session.texts.pop(seq, None)
@@ -193,11 +195,13 @@ class Index(Lookups):
         fields = patch.get("set") or {}
         if "transcript" in fields:
             transcript = fields["transcript"]
-            status = transcript.get("status") if isinstance(transcript, dict) else None
+            if not isinstance(transcript, dict):
+                transcript = {}
+            status = transcript.get("status")
             item["status"] = status_code(status)
             session = self.sessions[int(item["sess"])]
             assert session is not None
-            self._note_text(session, int(item["seq"]), transcript)
+            self._note_text(session, int(item["seq"]), status, transcript.get("text"))
         self.table[row] = item
         return True
 

@@ -42,6 +42,7 @@ from .record import (
 )
 
 _BIN_WIDTHS: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin marker -> its length's bytes
+_BIN_MARKERS: Final = {width: marker for marker, width in _BIN_WIDTHS.items()}
 
 
 class _Audio(msgspec.Struct):
@@ -79,6 +80,7 @@ class RouteDecoder:
     def __init__(self) -> None:
         self._decoder = msgspec.msgpack.Decoder(Route)
         self._unpacker = self._new_unpacker()
+        self._audio_length = 0  # the last record's: most records of a stream have as much
 
     @staticmethod
     def _new_unpacker() -> msgpack.Unpacker:
@@ -92,6 +94,22 @@ class RouteDecoder:
         this decodes (the caller decodes it whole)."""
         if end - start > META_PREFIX_BYTES:
             return None
+        # Most records of a stream carry as much audio as the one before: if the bytes before
+        # the frame's end hold that bin's header and what precedes it decodes as exactly one
+        # map, that is the split (a msgpack object ends where its own bytes say, so no other
+        # split could parse too).
+        n = self._audio_length
+        width = 1 if n < 1 << 8 else 2 if n < 1 << 16 else 4
+        at = end - n - 1 - width
+        if (
+            at > start
+            and mm[at] == _BIN_MARKERS[width]
+            and int.from_bytes(mm[at + 1 : at + 1 + width], "big") == n
+        ):
+            try:
+                return self._decoder.decode(view[start:at]), at - start, at + 1 + width, n
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass  # not that split after all, or not of this shape: found as below
         unpacker = self._unpacker
         base = unpacker.tell()
         try:
@@ -106,17 +124,18 @@ class RouteDecoder:
         if used != end - start:  # more bytes after the audio: decoded whole (and refused)
             self._unpacker = self._new_unpacker()
             return None
-        width = _BIN_WIDTHS.get(mm[at]) if at < end else None
-        if width is None:
+        found = _BIN_WIDTHS.get(mm[at]) if at < end else None
+        if found is None:
             return None
-        n = int.from_bytes(mm[at + 1 : at + 1 + width], "big")
-        offset = at + 1 + width
+        n = int.from_bytes(mm[at + 1 : at + 1 + found], "big")
+        offset = at + 1 + found
         if offset + n != end:
             return None
         try:
             route = self._decoder.decode(view[start:at])
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
+        self._audio_length = n
         return route, at - start, offset, n
 
 
