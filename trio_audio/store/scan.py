@@ -6,10 +6,14 @@ parsed through to its end. What changes with *routes* (the store's replay, compa
 and ``check``, which only build the index) is what a CHUNK record's metadata is decoded
 into: not the whole map (its features, spectrum, transcript words: most of the CPU of a
 replay) but the fields the index needs (``ROUTE``), with msgspec, which still parses the
-whole map to skip the rest; the metadata's end is found by msgpack's ``skip`` (which builds
-no objects) and the audio bin checked as ever. A payload that does not fit that shape (a
-field missing or of another type, a payload longer than ``META_PREFIX_BYTES``) is decoded
-whole as before, so every verdict and every message stays replay's.
+whole map to skip the rest. The metadata's end is where the audio bin's header starts: first
+tried at the place the previous record's audio length gives (proven when msgspec decodes
+exactly one map before it: a msgpack object ends where its own bytes say), else found by
+msgpack's ``skip`` (which builds no objects), and the audio bin is checked as ever. A
+payload that does not fit that shape (a field missing or of another type, a payload longer
+than ``META_PREFIX_BYTES``) is decoded whole as before, so every verdict and every message
+stays replay's. Not checked on this path: that strings outside the routing fields are UTF-8
+(msgspec skips them undecoded); reading the chunk decodes them.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ ROUTE: Final = ("chunk_id", "user_id", "session_id", "seq", "audio", "transcript
 
 class RouteDecoder:
     """Decodes CHUNK payloads into their routing fields (see the module docstring); one per
-    file scanned (it keeps a msgpack unpacker between records)."""
+    file scanned (it keeps a msgpack unpacker and the last audio length between records)."""
 
     def __init__(self) -> None:
         self._decoder = msgspec.msgpack.Decoder(Route)
