@@ -248,7 +248,9 @@ def check(data_dir: Path) -> CheckReport:
     damage, files, total, checkpoints = salvage(data_dir, fold.add)
     replayed = Loader(Index())
     try:
-        report = replay(data_dir, replayed.add, dry_run=True)
+        report = replay(
+            data_dir, replayed.add, dry_run=True, routes=True, on_route=replayed.add_route
+        )
     except CorruptLog as exc:
         # Replay's verdict wins: the region it names is corrupt whatever salvage made of it.
         refused = Damage(exc.path, exc.offset, exc.offset, exc.reason)

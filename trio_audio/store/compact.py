@@ -98,12 +98,16 @@ def fold_sealed(data_dir: Path, start: int) -> tuple[Loader, tuple[str, ...]]:
     snapshots = list_snapshots(data_dir)
     expected = FIRST_SEQ
     if snapshots:
-        scan = read_snapshot(data_dir, snapshots[-1], loader.add)
+        scan = read_snapshot(
+            data_dir, snapshots[-1], loader.add, routes=True, on_route=loader.add_route
+        )
         assert scan.end_seq is not None
         expected = scan.end_seq
     segments = [n for n in list_segments(data_dir) if int(n[:16]) < start]
     for name in segments:
-        expected = read_segment(data_dir, name, expected, loader.add)
+        expected = read_segment(
+            data_dir, name, expected, loader.add, routes=True, on_route=loader.add_route
+        )
     if expected != start:
         path = log_dir(data_dir) / (segments[-1] if segments else "")
         msg = f"the sealed log ends before seq {expected}, compaction expected {start}"

@@ -104,19 +104,51 @@ class Index(Lookups):
         return session
 
     def insert_meta(self, meta: dict[str, Any], record: Place, audio_length: int) -> int:
-        """Index a chunk from its metadata and where its CHUNK record lies; its row.
+        """Index a chunk from its metadata and where its CHUNK record lies; its row."""
+        transcript = meta.get("transcript")
+        if not isinstance(transcript, dict):
+            transcript = {}
+        return self.insert(
+            meta["chunk_id"],
+            meta["user_id"],
+            meta["session_id"],
+            int(meta["seq"]),
+            float(meta["audio"]["duration_ms"]),
+            transcript.get("status"),
+            transcript.get("text"),
+            self.segment_number(record.segment),
+            record.offset,
+            record.length,
+            audio_length,
+        )
+
+    def insert(
+        self,
+        chunk_id: str,
+        user_id: str,
+        session_id: str,
+        seq: int,
+        duration_ms: float,
+        status: Any,
+        text: Any,
+        segment: int,
+        offset: int,
+        meta_length: int,
+        audio_length: int,
+    ) -> int:
+        """Index a chunk from the fields the index keeps (*status*, *text*: those of its
+        ``transcript`` map, None without one) and where its CHUNK record lies (*segment* a
+        number from ``segment_number``); its row.
 
         Chunk ids are unique (the committer and a cluster's follower never index one twice);
         a seq stored again (only a damaged log has that) replaces the chunk stored there."""
-        chunk_id: str = meta["chunk_id"]
-        session = self._session(meta["user_id"], meta["session_id"])
-        seq = int(meta["seq"])
+        session = self._session(user_id, session_id)
         chunks = session.chunks
         if seq <= chunks.last:
             taken = chunks.row_of(seq)
             if taken is not None:
                 self._drop(self.ids.chunk_id(self.table, taken), taken)
-                session = self._session(meta["user_id"], meta["session_id"])
+                session = self._session(user_id, session_id)
                 chunks = session.chunks
         if self.count == len(self.table):
             self.table = grown(self.table, self.count + 1)
@@ -124,26 +156,23 @@ class Index(Lookups):
         self.count += 1
         split = split_id(chunk_id)
         hi, lo = split if split is not None else (0, 0)
-        transcript = meta.get("transcript")
-        status = transcript.get("status") if isinstance(transcript, dict) else None
         self.table[row] = (
-            lo, hi, seq, record.offset, 0, session.number, self.segment_number(record.segment),
-            record.length, audio_length, 0, 0, status_code(status),
+            lo, hi, seq, offset, 0, session.number, segment, meta_length, audio_length, 0, 0,
+            status_code(status),
         )  # fmt: skip
         self.ids.add(chunk_id, row, split)
-        chunks.add(seq, row, float(meta["audio"]["duration_ms"]))
+        chunks.add(seq, row, duration_ms)
         if status == "done" or session.texts:
-            self._note_text(session, seq, transcript)
+            self._note_text(session, seq, status, text)
         else:
             session.transcript = None
         self.live += 1
         self.audio_bytes += audio_length
         return row
 
-    def _note_text(self, session: Session, seq: int, transcript: Any) -> None:
+    def _note_text(self, session: Session, seq: int, status: Any, text: Any) -> None:
         session.transcript = None
-        text = transcript.get("text") if isinstance(transcript, dict) else None
-        if isinstance(transcript, dict) and transcript.get("status") == "done" and text:
+        if status == "done" and text:
             session.texts[seq] = str(text)
         else:
             session.texts.pop(seq, None)
@@ -166,11 +195,13 @@ class Index(Lookups):
         fields = patch.get("set") or {}
         if "transcript" in fields:
             transcript = fields["transcript"]
-            status = transcript.get("status") if isinstance(transcript, dict) else None
+            if not isinstance(transcript, dict):
+                transcript = {}
+            status = transcript.get("status")
             item["status"] = status_code(status)
             session = self.sessions[int(item["sess"])]
             assert session is not None
-            self._note_text(session, int(item["seq"]), transcript)
+            self._note_text(session, int(item["seq"]), status, transcript.get("text"))
         self.table[row] = item
         return True
 

@@ -56,7 +56,8 @@ def split_id(chunk_id: str) -> tuple[int, int] | None:
     """``(hi, lo)`` of a canonical chunk id; None for any other."""
     if len(chunk_id) != 28 or not CANONICAL.fullmatch(chunk_id):
         return None
-    return int(chunk_id[:12], 16), int(chunk_id[12:], 16)
+    value = int(chunk_id, 16)
+    return value >> 64, value & 0xFFFFFFFFFFFFFFFF
 
 
 class Ids:

@@ -27,7 +27,8 @@ import trio
 from ..errors import NotFound
 from .files import log_dir
 from .index import Index, Location, Place, SessionSummary
-from .record import FRAME_HEADER_SIZE, Record, RecordType
+from .record import FRAME_HEADER_SIZE, BlobRef, Record, RecordType
+from .scan import Route, route_meta
 
 ENTRY_OVERHEAD: Final = 220  # what an entry costs beyond its bytes (its key, node, header)
 READS_AT_ONCE: Final = 4  # threads reading metadata at once
@@ -304,6 +305,35 @@ class Loader:
         length = blob.offset - header - record.offset - FRAME_HEADER_SIZE
         self.index.insert_meta(
             record.meta, Place(record.segment, record.offset, length), blob.length
+        )
+
+    def add_route(
+        self, route: Route, segment: str, offset: int, meta_length: int, audio_length: int
+    ) -> None:
+        """A CHUNK record as a routes replay decodes it (``scan.RouteSink``): the same rules
+        as ``add``, without its metadata map."""
+        if route.group is not None:  # a multipart group waits for its other parts
+            start = offset + FRAME_HEADER_SIZE + meta_length
+            audio_at = start + (2 if audio_length < 1 << 8 else 3 if audio_length < 1 << 16 else 5)
+            blob = BlobRef(segment, audio_at, audio_length)
+            end = audio_at + audio_length
+            self.add(Record(RecordType.CHUNK, 0, route_meta(route), blob, segment, offset, end))
+            return
+        self.records += 1
+        transcript = route.transcript
+        index = self.index
+        index.insert(
+            route.chunk_id,
+            route.user_id,
+            route.session_id,
+            route.seq,
+            route.audio.duration_ms,
+            None if transcript is None else transcript.status,
+            None if transcript is None else transcript.text,
+            index.segment_number(segment),
+            offset,
+            meta_length,
+            audio_length,
         )
 
     def pending(self) -> list[str]:

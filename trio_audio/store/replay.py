@@ -20,7 +20,9 @@ audio) and checks every record: header fields, length bound and that the frame l
 the file, CRC, seq continuity (the first segment starts at seq 1, or where the snapshot says
 the log goes on, each next one at the previous last seq + 1, each record at the previous
 + 1), known type, and that the payload unpacks to a map (plus, for a CHUNK, one bin that
-ends exactly at the frame's end). Then:
+ends exactly at the frame's end). Replay for the index (``routes``) parses a CHUNK's map
+through to its end but decodes only the fields the index needs (``scan``), so a string
+elsewhere in it is not checked to be UTF-8 there; reading the chunk decodes it whole. Then:
 
 * **Older segments and the snapshot** were fsync'd in full: any bad frame or header there is
   corruption, and replay raises ``CorruptLog`` naming the file and frame offset.
@@ -61,13 +63,11 @@ does at start-up): a flip there is handled as a torn tail, and its bytes are kep
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
-import crc32c
 
 from ..errors import CorruptLog, StoreError
 from .files import (
@@ -89,25 +89,18 @@ from .files import (
     truncate,
 )
 from .record import (
-    CHECKPOINT_MARK,
-    CHECKPOINT_PAYLOAD_SIZE,
-    DATA_TYPES,
     FIRST_SEQ,
-    FRAME_HEADER,
-    FRAME_HEADER_SIZE,
-    FRAME_PREFIX,
-    MAX_RECORD_BYTES,
     SEGMENT_HEADER_SIZE,
     SNAPSHOT_MAGIC,
     BlobRef,
     Manifest,
     Record,
-    RecordType,
-    decode_payload,
     parse_manifest,
     parse_segment_header,
-    salt_crc,
 )
+from .scan import RouteSink, Scan, find_checkpoint, scan_file
+
+__all__ = ["ReplayReport", "Scan", "find_checkpoint", "read_blob", "replay"]
 
 logger = logging.getLogger("trio_audio.store")
 
@@ -142,23 +135,13 @@ class ReplayReport:
     manifest: Manifest | None = None
 
 
-@attrs.define
-class Scan:
-    """How far one file's frames are good, and why the rest is not."""
-
-    next_seq: int
-    records: int = 0
-    good_end: int = SEGMENT_HEADER_SIZE
-    bad_offset: int | None = None
-    bad_reason: str | None = None
-    durable: int = 0  # the highest seq a checkpoint in this file says was fsync'd
-    checkpoints: int = 0
-    end_seq: int | None = None  # a snapshot: the seq its log goes on from
-    ended: bool = False  # a snapshot: its end marker was read
-
-
 def replay(
-    data_dir: Path, on_record: Callable[[Record], None], *, dry_run: bool = False
+    data_dir: Path,
+    on_record: Callable[[Record], None],
+    *,
+    dry_run: bool = False,
+    routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> ReplayReport:
     """Check every record of the log in order and hand each good one to *on_record*.
 
@@ -166,7 +149,10 @@ def replay(
     tail off the newest segment and raises ``CorruptLog`` for damage anywhere else (see the
     module docstring); removes what a compaction left behind. With *dry_run* it changes
     nothing: the same verdict, the same records, and the torn tail is only reported
-    (``check`` uses it so that its verdict is replay's).
+    (``check`` uses it so that its verdict is replay's). With *routes* a CHUNK record's
+    ``meta`` holds only the fields the index needs (``scan.ROUTE``): every record is checked
+    the same, only less of it is turned into Python objects; with *on_route* too such a
+    record goes to *on_route* (``scan.RouteSink``) instead of *on_record*.
     """
     require_log_if_created(data_dir)
     directory = log_dir(data_dir)
@@ -178,7 +164,7 @@ def replay(
     snapshots = list_snapshots(data_dir)
     if snapshots:
         snapshot = snapshots[-1]
-        scan = read_snapshot(data_dir, snapshot, on_record)
+        scan = read_snapshot(data_dir, snapshot, on_record, routes=routes, on_route=on_route)
         assert scan.end_seq is not None
         expected = scan.end_seq
         durable = expected - 1
@@ -225,7 +211,9 @@ def replay(
             if name_seq != base_seq:
                 msg = f"file name says base seq {name_seq}, header says {base_seq}"
                 raise CorruptLog(str(path), 0, msg)
-            scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record)
+            scan = _scan_segment(
+                fd, size, salt, base_seq, expected, path, on_record, routes, on_route
+            )
             checkpoints += scan.checkpoints
             if scan.bad_offset is not None:
                 assert scan.bad_reason is not None
@@ -324,7 +312,14 @@ def _below_manifest(reason: str, manifest: Manifest | None) -> str:
     return f"{reason} below where {said}" if reason else f"but {said}"
 
 
-def read_snapshot(data_dir: Path, name: str, on_record: Callable[[Record], None]) -> Scan:
+def read_snapshot(
+    data_dir: Path,
+    name: str,
+    on_record: Callable[[Record], None],
+    *,
+    routes: bool = False,
+    on_route: RouteSink | None = None,
+) -> Scan:
     """Check a whole snapshot and hand its records to *on_record*; any defect is
     ``CorruptLog`` (a snapshot was fsync'd before it was renamed into place)."""
     path = log_dir(data_dir) / name
@@ -340,7 +335,9 @@ def read_snapshot(data_dir: Path, name: str, on_record: Callable[[Record], None]
             raise CorruptLog(str(path), 0, msg)
         scan = Scan(next_seq=FIRST_SEQ, end_seq=start)
         if size > SEGMENT_HEADER_SIZE:
-            _scan_file(fd, size, salt, name, str(path), scan, on_record)
+            scan_file(
+                fd, size, salt, name, str(path), scan, on_record, routes=routes, on_route=on_route
+            )
         if scan.bad_offset is not None:
             assert scan.bad_reason is not None
             raise CorruptLog(str(path), scan.bad_offset, scan.bad_reason)
@@ -352,7 +349,13 @@ def read_snapshot(data_dir: Path, name: str, on_record: Callable[[Record], None]
 
 
 def read_segment(
-    data_dir: Path, name: str, expected: int, on_record: Callable[[Record], None]
+    data_dir: Path,
+    name: str,
+    expected: int,
+    on_record: Callable[[Record], None],
+    *,
+    routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> int:
     """Check a whole sealed segment that must start at seq *expected* and hand its records to
     *on_record*; any defect is ``CorruptLog``. Returns the seq after its last record."""
@@ -364,7 +367,7 @@ def read_segment(
         if isinstance(parsed, str):
             raise CorruptLog(str(path), 0, parsed)
         salt, base_seq = parsed
-        scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record)
+        scan = _scan_segment(fd, size, salt, base_seq, expected, path, on_record, routes, on_route)
         if scan.bad_offset is not None:
             assert scan.bad_reason is not None
             raise CorruptLog(str(path), scan.bad_offset, scan.bad_reason)
@@ -381,6 +384,8 @@ def _scan_segment(
     expected: int,
     path: Path,
     on_record: Callable[[Record], None],
+    routes: bool = False,
+    on_route: RouteSink | None = None,
 ) -> Scan:
     """The frames of a segment whose header held, which must start at seq *expected*."""
     if base_seq != expected:
@@ -388,7 +393,9 @@ def _scan_segment(
         raise CorruptLog(str(path), 0, msg)
     scan = Scan(next_seq=base_seq)
     if size > SEGMENT_HEADER_SIZE:
-        _scan_file(fd, size, salt, path.name, str(path), scan, on_record)
+        scan_file(
+            fd, size, salt, path.name, str(path), scan, on_record, routes=routes, on_route=on_route
+        )
     return scan
 
 
@@ -410,129 +417,6 @@ def _remove_leftovers(
         fsync_dir(directory)
         logger.info("removed %s left over from a crash", ", ".join(doomed))
     return doomed
-
-
-def _scan_file(
-    fd: int,
-    size: int,
-    salt: int,
-    name: str,
-    path: str,
-    scan: Scan,
-    on_record: Callable[[Record], None],
-    start_at: int = SEGMENT_HEADER_SIZE,
-) -> None:
-    """Walk the frames of one segment or snapshot from *start_at*, calling *on_record* for
-    each good record.
-
-    Stops at the first frame that is partial or fails its bound or CRC (recorded in *scan*:
-    the caller decides torn or corrupt); raises ``CorruptLog`` for a frame whose CRC holds
-    but whose content is wrong.
-    """
-    seed = salt_crc(salt)
-    mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    view = memoryview(mm)
-    snapshot = scan.end_seq is not None
-    try:
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-        pos = start_at
-        while pos < size:
-            if size - pos < FRAME_HEADER_SIZE:
-                scan.bad_offset, scan.bad_reason = pos, "partial frame header"
-                return
-            length, crc, type_, seq = FRAME_HEADER.unpack_from(mm, pos)
-            if length > MAX_RECORD_BYTES:
-                scan.bad_offset = pos
-                scan.bad_reason = f"frame length {length} exceeds {MAX_RECORD_BYTES}"
-                return
-            start = pos + FRAME_HEADER_SIZE
-            end = start + length
-            if end > size:
-                scan.bad_offset = pos
-                scan.bad_reason = f"frame of {length} bytes runs past end of file"
-                return
-            if crc32c.crc32c(view[pos + FRAME_PREFIX.size : end], value=seed) != crc:
-                scan.bad_offset, scan.bad_reason = pos, "crc mismatch"
-                return
-            if scan.ended:
-                raise CorruptLog(path, pos, "a record after the snapshot's end marker")
-            if type_ == RecordType.CHECKPOINT:
-                _check_checkpoint(mm, start, end, seq, scan, path, pos)
-                pos = scan.good_end = end
-                continue
-            if snapshot:
-                assert scan.end_seq is not None
-                if not scan.next_seq <= seq < scan.end_seq:
-                    msg = f"snapshot record seq {seq} not in {scan.next_seq}..{scan.end_seq - 1}"
-                    raise CorruptLog(path, pos, msg)
-                if type_ != RecordType.CHUNK:
-                    raise CorruptLog(path, pos, f"record type {type_} in a snapshot")
-            elif seq != scan.next_seq:
-                msg = f"record seq {seq}, expected {scan.next_seq}"
-                raise CorruptLog(path, pos, msg)
-            if type_ not in DATA_TYPES:
-                raise CorruptLog(path, pos, f"unknown record type {type_}")
-            rtype = DATA_TYPES[type_]
-            decoded = decode_payload(mm, view, start, end, rtype, name)
-            if isinstance(decoded, str):
-                raise CorruptLog(path, pos, decoded)
-            meta, blob = decoded
-            on_record(Record(rtype, seq, meta, blob, name, pos, end))
-            scan.records += 1
-            scan.next_seq = seq + 1
-            pos = end
-            scan.good_end = end
-    finally:
-        view.release()
-        mm.close()
-
-
-def _check_checkpoint(
-    mm: mmap.mmap, start: int, end: int, seq: int, scan: Scan, path: str, pos: int
-) -> None:
-    payload = mm[start:end]
-    if payload != CHECKPOINT_MARK + seq.to_bytes(8, "big"):
-        raise CorruptLog(path, pos, "checkpoint payload does not match its seq")
-    if scan.end_seq is not None:  # a snapshot's end marker
-        if seq != scan.end_seq - 1:
-            msg = f"snapshot end marker says {seq}, the log starts at {scan.end_seq}"
-            raise CorruptLog(path, pos, msg)
-        scan.ended = True
-    elif seq >= scan.next_seq:
-        msg = f"checkpoint says seq {seq} was fsync'd, but the last record is {scan.next_seq - 1}"
-        raise CorruptLog(path, pos, msg)
-    scan.durable = max(scan.durable, seq)
-    scan.checkpoints += 1
-
-
-def find_checkpoint(fd: int, size: int, salt: int, after: int, seq: int) -> tuple[int, int] | None:
-    """(offset, D) of a valid checkpoint frame past *after* saying seqs up to D >= *seq* were
-    fsync'd; None if there is none.
-
-    Candidates are found by their payload's marker and proven by the salted CRC, so audio
-    that merely looks like a checkpoint never counts.
-    """
-    seed = salt_crc(salt)
-    mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    try:
-        hit = mm.find(CHECKPOINT_MARK, after + FRAME_HEADER_SIZE)
-        while hit >= 0:
-            pos = hit - FRAME_HEADER_SIZE
-            end = hit + CHECKPOINT_PAYLOAD_SIZE
-            if end <= size:
-                length, crc, type_, durable = FRAME_HEADER.unpack_from(mm, pos)
-                if (
-                    length == CHECKPOINT_PAYLOAD_SIZE
-                    and type_ == RecordType.CHECKPOINT
-                    and durable >= seq
-                    and mm[hit + len(CHECKPOINT_MARK) : end] == durable.to_bytes(8, "big")
-                    and crc32c.crc32c(mm[pos + FRAME_PREFIX.size : end], value=seed) == crc
-                ):
-                    return pos, durable
-            hit = mm.find(CHECKPOINT_MARK, hit + 1)
-        return None
-    finally:
-        mm.close()
 
 
 def _warn_torn(

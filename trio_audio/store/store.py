@@ -255,7 +255,7 @@ class Store(CommitChannels, IndexReads):
 
 def _replay(data_dir: Path, transcript_status: str) -> Replayed:
     loader = Loader(Index(transcript_status))  # the replay rules, into the index
-    report = replay(data_dir, loader.add)
+    report = replay(data_dir, loader.add, routes=True, on_route=loader.add_route)
     for group_id, members in loader.groups.items():
         logger.warning(
             "dropped %d of an unacknowledged multipart upload %s cut by a crash",
