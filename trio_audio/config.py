@@ -490,3 +490,18 @@ def _parse(field: attrs.Attribute[Any], text: str, source: str) -> Any:
     except ValueError:
         msg = f"{source}={text!r} is not a valid {kind.__name__}"
         raise ValueError(msg) from None
+
+
+def redact(url: str) -> str:
+    """*url* with its password or token replaced by ``***`` (safe to log)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, host = rest.split("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+def redacted(store: str) -> str:
+    """A ``--store`` value (URLs, comma-separated) safe to log: passwords and tokens masked."""
+    return ",".join(redact(url.strip()) for url in store.split(",")) if store else store

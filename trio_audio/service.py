@@ -46,7 +46,7 @@ from quart_trio import QuartTrio
 from .asr.transcriber import Transcriber
 from .backend import open_backend
 from .budget import budget_gauge
-from .config import Config
+from .config import Config, redacted
 from .fanout import fan_out
 from .hub import Hub
 from .memory import message_limit
@@ -342,7 +342,7 @@ async def serve(
                     ws_port = await front.start(serve_ws, ws, ws_ingress, tls)
                     ws_url = f"{'wss' if tls else 'ws'}://{config.host}:{ws_port}/ws"
                     readiness.http = True
-                    where = config.store or str(config.data_dir.resolve())
+                    where = redacted(config.store) or str(config.data_dir.resolve())
                     logger.info("serving HTTP on %s, data in %s", ", ".join(binds), where)
                     logger.info("serving WebSocket on %s", ws_url)
                     running = Running(

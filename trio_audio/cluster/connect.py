@@ -30,6 +30,7 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 from nats.aio.client import Client
 
+from ..config import redact as redact
 from .bridge import Inbox, NatsError, Unavailable, _call, _translate
 from .calls import WorkCalls
 
@@ -37,16 +38,6 @@ logger = logging.getLogger("trio_audio.cluster.bridge")
 
 LOG_AGAIN_S: Final = 60.0  # a connection error already logged is logged again after this
 CLOSE_WAIT_S: Final = 3.0  # how long a stop waits for a connect attempt to give up
-
-
-def redact(url: str) -> str:
-    """*url* with its password or token replaced by ``***`` (safe to log)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, host = rest.split("@", 1)
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
 
 
 @attrs.frozen
