@@ -10,7 +10,7 @@ null) is the open utterance's agreed words so far, spanning the utterance.
 
 Pure functions, no I/O: each parser returns a value or raises one of the project's typed
 errors (``trio_audio.errors``), never anything else, whatever the input (property-tested in
-tests/test_hostile.py and fuzzed in tests/fuzz_targets.py). The session (``ws.py``) turns
+tests/test_hostile.py and fuzzed in tests/fuzz_targets.py). The session (``ws/``) turns
 those errors into an ``error`` message and a 4xxx close.
 """
 
