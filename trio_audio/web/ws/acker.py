@@ -8,7 +8,7 @@ import trio
 
 from ...errors import ServiceError
 from ...store.index import Stored
-from ..messages import metadata_message
+from ..messages import ack_message, metadata_message
 from .base import put
 from .state import SessionState
 
@@ -31,15 +31,13 @@ class Acker(SessionState):
                     self.inflight.give(len(job.parts[0].body))
                     self._answered.set()
                 result = results[0]
-                ack: dict[str, Any] = {"type": "ack", "seq": seq,
-                                       "chunk_id": result.chunk["chunk_id"]}  # fmt: skip
                 if result.created:
                     self.stored += 1
                     if (result.chunk.get("transcript") or {}).get("status") == "pending":
                         self.final_due.add(result.chunk["chunk_id"])
                 else:
-                    ack["duplicate"] = True
                     self.duplicates += 1
+                ack = ack_message(seq, result.chunk["chunk_id"], duplicate=not result.created)
                 await self._send(out, ack)
                 if result.chunk["chunk_id"] not in self.replayed and self._wants_metadata(seq):
                     await put(out, metadata_message(self._as_answered(result.chunk)))

@@ -16,7 +16,7 @@ from ...errors import (
     ServiceError,
 )
 from ...models import Job, Part
-from ..messages import Start, parse_audio, parse_control
+from ..messages import Start, keepalive_message, parse_audio, parse_control
 from .base import SessionError, put
 from .state import SessionState
 
@@ -56,7 +56,7 @@ class Reader(SessionState):
                 await self._wait_answered()
                 await self._finalize(start)
             elif kind == "keepalive":
-                await self._send(out, {"type": "keepalive"})
+                await self._send(out, keepalive_message())
             elif kind == "start":
                 msg = "this connection has started its session already: one 'start' each"
                 raise SessionError(BadMessage(msg))

@@ -10,6 +10,7 @@ import trio
 
 from ...errors import ServiceError, SlowReader, Unauthorized
 from ...hub import Subscription, Wire
+from ..messages import flow_message
 from .state import SessionState
 
 
@@ -77,11 +78,9 @@ class Relay(SessionState):
                         oldest = self.unanswered[0] if self.unanswered else time.monotonic()
                         stats = self.ingress.statistics()  # the shared pipeline's front queue
                         lag_ms = round((time.monotonic() - oldest) * 1000, 1)
-                        await self._send(out, {"type": "flow",
-                                               "queue_depth": stats.current_buffer_used,
-                                               "inflight": len(self.unanswered),
-                                               "lag_ms": lag_ms,
-                                               "transcript_lag_ms": round(behind, 1)})  # fmt: skip
+                        flow = flow_message(stats.current_buffer_used, len(self.unanswered),
+                                            lag_ms, round(behind, 1))  # fmt: skip
+                        await self._send(out, flow)
 
     def _check_token(self) -> None:
         """After the tokens file changed: end the session (4401) if its token was revoked."""

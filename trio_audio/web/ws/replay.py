@@ -5,7 +5,13 @@ from __future__ import annotations
 import trio
 
 from ...errors import InvalidField, NotFound
-from ..messages import Start, metadata_message, transcript_message
+from ..messages import (
+    Start,
+    ack_message,
+    metadata_message,
+    started_message,
+    transcript_message,
+)
 from ..session_events import missing_seqs
 from .base import SessionError
 from .state import SessionState
@@ -28,24 +34,15 @@ class Replay(SessionState):
             raise SessionError(InvalidField(msg))
         self.next_seq = resume if resume is not None else stored_next_seq
         missing, missing_count = missing_seqs(store, start.user_id, start.session_id)
-        await self._send(
-            out,
-            {
-                "type": "started",
-                "user_id": start.user_id,
-                "session_id": start.session_id,
-                "next_seq": self.next_seq,
-                "stored_next_seq": stored_next_seq,
-                "missing_seqs": missing,
-                "missing_count": missing_count,
-                "metadata_every": start.metadata_every,
-                "limits": {
-                    "max_message_bytes": self.config.max_body_bytes,
-                    "max_inflight": self.config.ws_max_inflight,
-                    "idle_timeout_s": self.config.ws_idle_timeout_s,
-                },
-            },
+        limits = {
+            "max_message_bytes": self.config.max_body_bytes,
+            "max_inflight": self.config.ws_max_inflight,
+            "idle_timeout_s": self.config.ws_idle_timeout_s,
+        }
+        started = started_message(
+            start, self.next_seq, stored_next_seq, missing, missing_count, limits
         )
+        await self._send(out, started)
         if resume is None or session is None:
             return
         for seq, chunk_id in store.chunks_after(start.user_id, start.session_id, resume - 1):
@@ -54,9 +51,7 @@ class Replay(SessionState):
             except NotFound:
                 continue  # deleted meanwhile
             self.replayed.add(chunk_id)
-            await self._send(
-                out, {"type": "ack", "seq": seq, "chunk_id": chunk_id, "replayed": True}
-            )
+            await self._send(out, ack_message(seq, chunk_id, replayed=True))
             if self._wants_metadata(seq):
                 await out.send(metadata_message(chunk))
             final = transcript_message(chunk)  # as a live watcher gets it

@@ -15,7 +15,7 @@ import trio
 
 from ...errors import InternalError
 from ...hub import Subscription
-from ..messages import Start
+from ..messages import Start, session_end_message
 from ..session_events import session_summary
 from .acker import Acker
 from .base import (
@@ -133,4 +133,4 @@ class Session(Handshake, Replay, Reader, Acker, Relay, Writer):
             "chunk_count": 0, "duration_ms": 0.0, "transcript": None,
         }  # fmt: skip
         stream = {"stored": self.stored, "duplicates": self.duplicates, "next_seq": self.next_seq}
-        return {"type": "session_end", "summary": {**session, **stream}}
+        return session_end_message({**session, **stream})
