@@ -62,10 +62,9 @@ from .web.auth import RateLimiter, TokensFile
 from .web.bodies import BodyRules
 from .web.http_server import serve_hypercorn
 from .web.origins import Origins
-from .web.transports import serve_ws
 from .web.waiting import serve_while_starting
 from .web.watchers import Watchers
-from .web.ws import WsContext
+from .web.ws import WsContext, serve_ws
 
 logger = logging.getLogger("trio_audio")
 

@@ -197,7 +197,7 @@ PROFILE_PARTS: tuple[tuple[str, str], ...] = (
     ("store: committer, index, msgpack, write and fsync", r"trio_audio/store/|msgpack"),
     ("pipeline stages (groups, hops, timeouts)", r"trio_audio/pipeline/"),
     ("metrics", r"trio_audio/metrics\.py"),
-    ("WebSocket session and messages", r"trio_audio/web/(ws|messages|transports)\.py"),
+    ("WebSocket session and messages", r"trio_audio/web/(ws/|messages\.py)"),
     ("trio-websocket and wsproto", r"trio_websocket|wsproto"),
     ("HTTP routes (ids, query, response JSON)", r"trio_audio/web/|trio_audio/models\.py"),
     ("Quart's request machinery", r"quart"),

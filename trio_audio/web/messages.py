@@ -1,6 +1,8 @@
 """The WebSocket protocol's messages: parsing what a client sends, building what it gets.
 
-Every message a watcher gets about a session is rendered here, once: a stored chunk's
+Every message the server sends is rendered here: the session's own (``started``, ``ack``,
+``flow``, ``keepalive``, ``session_end``, ``error``), and, once for every watcher of a
+session: a stored chunk's
 ``metadata``, a chunk's durable ``transcript`` (the same message live and on resume), a
 ``deleted``, and the live port's partial ``transcript`` and ``vad`` (``render``). A
 ``transcript`` always has ``seq, chunk_id, is_final, status, text, words, start_ms,
@@ -10,7 +12,7 @@ null) is the open utterance's agreed words so far, spanning the utterance.
 
 Pure functions, no I/O: each parser returns a value or raises one of the project's typed
 errors (``trio_audio.errors``), never anything else, whatever the input (property-tested in
-tests/test_hostile.py and fuzzed in tests/fuzz_targets.py). The session (``ws.py``) turns
+tests/test_hostile.py and fuzzed in tests/fuzz_targets.py). The session (``ws/``) turns
 those errors into an ``error`` message and a 4xxx close.
 """
 
@@ -130,6 +132,56 @@ def render(event: Committed) -> Wire | None:
 def wire(message: dict[str, Any]) -> Wire:
     """*message* rendered for watchers."""
     return Wire(message["type"], dumps(message), message.get("chunk_id"))
+
+
+def started_message(
+    start: Start,
+    next_seq: int,
+    stored_next_seq: int,
+    missing: list[int],
+    missing_count: int,
+    limits: dict[str, Any],
+) -> dict[str, Any]:
+    """The answer to ``start``: where to go on from, the gaps, the socket's limits."""
+    return {
+        "type": "started",
+        "user_id": start.user_id,
+        "session_id": start.session_id,
+        "next_seq": next_seq,
+        "stored_next_seq": stored_next_seq,
+        "missing_seqs": missing,
+        "missing_count": missing_count,
+        "metadata_every": start.metadata_every,
+        "limits": limits,
+    }
+
+
+def ack_message(
+    seq: int, chunk_id: str, *, duplicate: bool = False, replayed: bool = False
+) -> dict[str, Any]:
+    """A chunk's answer once durably stored (``duplicate``: it was stored already;
+    ``replayed``: a resume sends it again)."""
+    ack: dict[str, Any] = {"type": "ack", "seq": seq, "chunk_id": chunk_id}
+    if duplicate:
+        ack["duplicate"] = True
+    if replayed:
+        ack["replayed"] = True
+    return ack
+
+
+def flow_message(
+    queue_depth: int, inflight: int, lag_ms: float, transcript_lag_ms: float
+) -> dict[str, Any]:
+    return {"type": "flow", "queue_depth": queue_depth, "inflight": inflight,
+            "lag_ms": lag_ms, "transcript_lag_ms": transcript_lag_ms}  # fmt: skip
+
+
+def keepalive_message() -> dict[str, Any]:
+    return {"type": "keepalive"}
+
+
+def session_end_message(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "session_end", "summary": summary}
 
 
 def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:

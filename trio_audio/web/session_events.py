@@ -27,7 +27,7 @@ import trio
 from ..errors import NotFound
 from ..hub import Hub, Subscription, Wire
 from ..store import StoreBackend
-from .messages import wire
+from .messages import session_end_message, wire
 
 HEARTBEAT_S: Final = 15.0
 SUMMARY_MAX_WORDS: Final = 20_000  # words a session_end summary carries (its text has all)
@@ -155,5 +155,5 @@ async def end_session(
     body = await session_summary(store, user_id, session_id)
     if body is None:  # deleted meanwhile
         return None
-    hub.publish(user_id, session_id, wire({"type": "session_end", "summary": body}))
+    hub.publish(user_id, session_id, wire(session_end_message(body)))
     return body

@@ -1,4 +1,4 @@
-"""``/ws`` on the HTTP port: the WebSocket session protocol (``web/ws.py``), the same session
+"""``/ws`` on the HTTP port: the WebSocket session protocol (``web/ws/``), the same session
 code as the dedicated listener's."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from quart import websocket
 from quart_trio import QuartTrio
 
 from ..context import context
-from ..transports import QuartTransport
-from ..ws import Session
+from ..ws import QuartTransport, Session
 
 
 async def ws_session() -> None:

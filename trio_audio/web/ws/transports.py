@@ -5,8 +5,8 @@
 * ``QuartTransport`` wraps quart-trio's WebSocket, which serves ``/ws`` on the HTTP port
   (the route is in ``app.py``).
 
-Both only move frames: they implement ``ws.Transport`` and turn their library's "the peer has
-gone" into ``ws.Disconnected``; everything else is the session's (``ws.Session``).
+Both only move frames: they implement ``base.Transport`` and turn their library's "the peer
+has gone" into ``base.Disconnected``; everything else is the session's (``session.Session``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from ..errors import ServiceError
-from ..memory import message_limit
-from ..pipeline.pipeline import Ingress
-from .origins import header_map
-from .ws import Disconnected, Session, WsContext
+from ...errors import ServiceError
+from ...memory import message_limit
+from ...pipeline.pipeline import Ingress
+from ..origins import header_map
+from .base import Disconnected
+from .session import Session
+from .state import WsContext
 
 CLOSE_NOT_FOUND: Final = 4404
 PROBLEM_TYPE: Final = b"application/problem+json"
