@@ -67,3 +67,14 @@ def test_more_asr_partitions_than_the_work_stream_takes_is_a_bad_setting() -> No
     with pytest.raises(ValueError, match="asr_partitions"):
         Config(asr_partitions=MAX_ASR_PARTITIONS + 1)
     assert Config(asr_partitions=MAX_ASR_PARTITIONS).asr_partitions == MAX_ASR_PARTITIONS
+
+
+def test_store_urls_are_logged_without_their_secrets() -> None:
+    from trio_audio.config import redact, redacted
+
+    assert redact("nats://svc:s3cret@h1:4222") == "nats://svc:***@h1:4222"
+    assert redact("tls://t0ken@h1:4222/x") == "tls://***@h1:4222/x"
+    assert redact("nats://svc:p@ss@h1:4222") == "nats://svc:***@h1:4222"  # "@" in a password
+    assert redact("nats://h1:4222") == "nats://h1:4222"
+    both = redacted("nats://a:pw@h1:4222, nats://a:pw@h2:4222")
+    assert both == "nats://a:***@h1:4222,nats://a:***@h2:4222" and "pw" not in both

@@ -495,11 +495,12 @@ def _parse(field: attrs.Attribute[Any], text: str, source: str) -> Any:
 def redact(url: str) -> str:
     """*url* with its password or token replaced by ``***`` (safe to log)."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
         return url
-    userinfo, host = rest.split("@", 1)
+    userinfo, _, host = authority.rpartition("@")  # a password may hold an "@" itself
     user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+    return f"{scheme}://{user + ':' if user else ''}***@{host}{slash}{path}"
 
 
 def redacted(store: str) -> str:

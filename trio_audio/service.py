@@ -27,7 +27,6 @@ so a stuck drain cannot keep the process alive.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -61,7 +60,7 @@ from .web.asgi import FrontDoor
 from .web.auth import RateLimiter, TokensFile
 from .web.bodies import BodyRules
 from .web.http_server import serve_hypercorn
-from .web.origins import Origins
+from .web.origins import Origins, is_loopback_name
 from .web.waiting import serve_while_starting
 from .web.watchers import Watchers
 from .web.ws import WsContext, serve_ws
@@ -220,7 +219,7 @@ def security(config: Config) -> tuple[TokensFile | None, ssl.SSLContext | None]:
         except OSError as exc:
             msg = f"cannot read the tokens file {config.tokens_file}: {exc.strerror}"
             raise ValueError(msg) from None
-    elif not is_loopback(config.host) and not config.allow_unauthenticated_remote:
+    elif not is_loopback_name(config.host) and not config.allow_unauthenticated_remote:
         msg = (
             f"refusing to serve {config.host} with auth off: anyone who can reach it could "
             "read every user's audio. Set --tokens-file (trio-audio token add USER makes one), "
@@ -239,15 +238,6 @@ def security(config: Config) -> tuple[TokensFile | None, ssl.SSLContext | None]:
             msg = f"cannot load the TLS certificate or key: {exc}"
             raise ValueError(msg) from None
     return tokens, tls
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery) -> Config:

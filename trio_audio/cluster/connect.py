@@ -30,7 +30,7 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 from nats.aio.client import Client
 
-from ..config import redact as redact
+from ..config import redact
 from .bridge import Inbox, NatsError, Unavailable, _call, _translate
 from .calls import WorkCalls
 

@@ -48,7 +48,7 @@ from typing import Final
 
 import trio
 
-from ..config import Config
+from ..config import Config, redact
 from ..errors import NotFound, StoreError
 from ..metrics import Metrics
 from ..store.events import CommitChannels, Committed, Write
@@ -57,7 +57,7 @@ from ..store.reads import IndexReads, MetaCache
 from ..store.types import StoreStats
 from .bridge import NatsError, Unavailable, retrying
 from .commit import Committer
-from .connect import Link, Nats, Security, open_nats, redact
+from .connect import Link, Nats, Security, open_nats
 from .follow import LogFollower
 from .observe import Watch
 from .reads import StreamReads
