@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 
-FsyncMode = Literal["always", "interval", "never"]
 FSYNC_MODES: Final = ("always", "interval", "never")
 ENV_PREFIX: Final = "TRIO_AUDIO_"
 

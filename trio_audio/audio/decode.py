@@ -168,18 +168,6 @@ def decoded_samples_bound(
     return frames * channels if 0 < frames < UNKNOWN_FRAMES else None
 
 
-def decode_raw(
-    data: bytes,
-    raw: RawFormat,
-    *,
-    max_frames: int | None = None,
-    max_duration_s: float | None = None,
-    max_samples: int | None = None,
-) -> Decoded:
-    """Headerless PCM in the declared format (no sniffing)."""
-    return _decode_raw(data, raw, Limit(max_frames, max_duration_s, max_samples), None)
-
-
 def _decode_raw(data: bytes, raw: RawFormat, limit: Limit, allowance: Allowance | None) -> Decoded:
     if raw.encoding not in RAW_ENCODINGS:
         msg = f"unknown raw encoding {raw.encoding!r}"

@@ -3,12 +3,12 @@ seals, close. They return values and raise ``FsyncFailed``; the trio side applie
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import Any
 
 from ..errors import StoreError
 from .record import BlobRef, RecordType
+from .room import FULL_ERRNOS
 from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
@@ -35,7 +35,7 @@ def prove(log: LogWriter) -> None:
     except StoreError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.errno not in FULL_ERRNOS:
             msg = f"the log could not be made durable: {exc}"
             raise StoreError(msg) from exc
         logger.warning("no room to write a checkpoint (%s); it goes with the next write", exc)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from ..errors import InvalidField
 from ..store import StoreBackend
+from ..store.queries import SessionSummary
 
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
@@ -68,16 +69,7 @@ async def list_sessions(
 ) -> dict[str, Any]:
     """One page of a user's chunks, grouped by session (sessions by id, chunks by seq)."""
     page, more = await store.page(user_id, only, limit, cursor)
-    out = [
-        {
-            "session_id": summary.session_id,
-            "chunk_count": summary.chunk_count,
-            "duration_ms": summary.duration_ms,
-            "transcript": summary.transcript,
-            "chunks": chunks,
-        }
-        for summary, chunks in page
-    ]
+    out = [session_json(summary, chunks) for summary, chunks in page]
     next_cursor = encode_cursor(*more) if more is not None else None
     return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}
 
@@ -99,14 +91,17 @@ async def list_session_totals(
         summary = store.summary(user_id, name)
         if summary is None:  # deleted since the ids were read
             continue
-        out.append(
-            {
-                "session_id": summary.session_id,
-                "chunk_count": summary.chunk_count,
-                "duration_ms": summary.duration_ms,
-                "transcript": summary.transcript,
-                "chunks": [],
-            }
-        )
+        out.append(session_json(summary, []))
     next_cursor = encode_cursor(names[limit - 1], -1) if len(names) > limit else None
     return {"user_id": user_id, "sessions": out, "next_cursor": next_cursor}
+
+
+def session_json(summary: SessionSummary, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One session of a listing: its totals, transcript and *chunks* (in seq order)."""
+    return {
+        "session_id": summary.session_id,
+        "chunk_count": summary.chunk_count,
+        "duration_ms": summary.duration_ms,
+        "transcript": summary.transcript,
+        "chunks": chunks,
+    }
