@@ -9,8 +9,10 @@ The token, when given, only ever goes in the ``Authorization`` header.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
+import os
 import ssl
 import urllib.parse
 from collections.abc import Iterable
@@ -113,3 +115,17 @@ def send(
         raise ServerError(0, "unreachable", f"the answer from {url} broke off: {exc}") from None
     finally:
         response.close()
+
+
+def server_flags(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--token``, as every client command takes them."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("TRIO_AUDIO_URL", DEFAULT_URL),
+        help=f"the service's HTTP address (default {DEFAULT_URL}; env TRIO_AUDIO_URL)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TRIO_AUDIO_TOKEN"),
+        help="bearer token, when the server has auth on (env TRIO_AUDIO_TOKEN)",
+    )

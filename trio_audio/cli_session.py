@@ -15,32 +15,18 @@ arguments.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import urllib.parse
 from pathlib import Path
 from typing import IO, Any, Final
 
-from .cli_http import DEFAULT_URL, ServerError, open_request, send
+from .cli_http import ServerError, open_request, send, server_flags
 from .cli_tools import file_sha256, sample_path, stored_checksums
 
 FORMATS: Final = ("wav", "json", "txt", "srt", "vtt")
 BLOCK: Final = 64 * 1024
 DEMO_WAIT_S: Final = 120.0
-
-
-def _server_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("TRIO_AUDIO_URL", DEFAULT_URL),
-        help=f"the service's HTTP address (default {DEFAULT_URL}; env TRIO_AUDIO_URL)",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("TRIO_AUDIO_TOKEN"),
-        help="bearer token, when the server has auth on (env TRIO_AUDIO_TOKEN)",
-    )
 
 
 def add_session_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +45,7 @@ def add_session_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     export.add_argument(
         "-o", "--output", type=Path, default=None, help="the file to write (default: stdout)"
     )
-    _server_flags(export)
+    server_flags(export)
     export.set_defaults(tool=export_command)
 
     delete = commands.add_parser(
@@ -67,7 +53,7 @@ def add_session_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     delete.add_argument("ids", nargs="*", metavar="USER SESSION", help="the session to delete")
     delete.add_argument("--chunk", default=None, metavar="ID", help="delete this chunk instead")
-    _server_flags(delete)
+    server_flags(delete)
     delete.set_defaults(tool=delete_command)
 
     demo = commands.add_parser(
@@ -78,7 +64,7 @@ def add_session_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     demo.add_argument(
         "--wait", type=float, default=DEMO_WAIT_S, help="seconds to wait for the words"
     )
-    _server_flags(demo)
+    server_flags(demo)
     demo.set_defaults(tool=demo_command)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
-from .cli_http import DEFAULT_URL, ServerError, send
+from .cli_http import ServerError, send, server_flags
 from .web.auth import DIGEST_PREFIX, Tokens, locked
 
 BLOCK: Final = 64 * 1024
@@ -38,18 +38,6 @@ def add_commands(
     token_commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
     """Add ``upload``, ``sessions``, ``token list`` and ``token revoke`` to the parser."""
-
-    def server_flags(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--url",
-            default=os.environ.get("TRIO_AUDIO_URL", DEFAULT_URL),
-            help=f"the service's HTTP address (default {DEFAULT_URL}; env TRIO_AUDIO_URL)",
-        )
-        parser.add_argument(
-            "--token",
-            default=os.environ.get("TRIO_AUDIO_TOKEN"),
-            help="bearer token, when the server has auth on (env TRIO_AUDIO_TOKEN)",
-        )
 
     upload = commands.add_parser(
         "upload", help="upload audio files as consecutive chunks of one session"
