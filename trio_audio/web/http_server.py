@@ -16,12 +16,7 @@ with two differences:
 * an idle connection's close (its keep-alive timer, or the drain's start) checks that it is
   still idle: hypercorn's goes ahead once its timer has fired even when a request arrived in
   the same instant, and cut that request's answer after its head (a 503 of the drain, seen
-  under mixed load);
-* a close lingers while the client is still sending: after the server's FIN, what arrives is
-  read and dropped until the client has been quiet ``LINGER_QUIET_S`` (at most ``LINGER_S``
-  and ``LINGER_BYTES`` in all), then the socket is closed. Closed with unread data, the
-  kernel sends a reset, and a reset destroys what the client has not read yet: the refusal of
-  a WebSocket frame too large to take (its ``error`` message and close code) was lost so.
+  under mixed load).
 
 QUIC (HTTP/3) is not served: the service never binds it.
 """
@@ -30,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -39,10 +34,6 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
-
-LINGER_QUIET_S: Final = 0.1  # a client quiet this long after the server's FIN is done sending
-LINGER_S: Final = 2.0  # the most a close lingers
-LINGER_BYTES: Final = 64 * 1024 * 1024  # and the most it reads
 
 
 class Connections:
@@ -87,23 +78,6 @@ class Server(TCPServer):
         await trio.lowlevel.checkpoint()
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
-
-    async def _close(self) -> None:
-        try:
-            await self.stream.send_eof()
-            dropped = 0
-            with trio.move_on_after(LINGER_S):
-                while dropped < LINGER_BYTES:
-                    with trio.move_on_after(LINGER_QUIET_S) as quiet:
-                        data = await self.stream.receive_some()
-                    if quiet.cancelled_caught or not data:
-                        break
-                    dropped += len(data)
-        except (AttributeError, trio.BrokenResourceError, trio.BusyResourceError,
-                trio.ClosedResourceError):  # fmt: skip
-            pass  # gone already, or TLS (no half-close): closed at once
-        finally:
-            await self.stream.aclose()
 
 
 async def serve_hypercorn(
