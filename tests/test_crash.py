@@ -221,10 +221,15 @@ async def started_of(ws_url: str) -> dict[str, Any]:
 
 
 def check_no_hole_unreported(url: str, started: dict[str, Any], acked: set[int]) -> None:
+    stored: set[int] = set()
+    cursor = None
     with httpx.Client(base_url=url, timeout=30) as client:
-        page = client.get("/sessions/crash", params={"session_id": "ws", "limit": 1000}).json()
-    assert page["next_cursor"] is None
-    stored = {c["seq"] for s in page["sessions"] for c in s["chunks"]}
+        while True:  # every page of the session
+            params = {"session_id": "ws", "limit": 1000, "cursor": cursor}
+            page = client.get("/sessions/crash", params=params).json()
+            stored |= {c["seq"] for s in page["sessions"] for c in s["chunks"]}
+            if (cursor := page["next_cursor"]) is None:
+                break
     missing = set(started["missing_seqs"])
     assert started["missing_count"] == len(missing) < 100  # all of them named
     assert stored.isdisjoint(missing)
