@@ -23,7 +23,7 @@ from trio_audio.__main__ import main
 
 from .audio_samples import encode, sine
 from .conftest import StartServer
-from .speech import OTHER_SENTENCE, SENTENCE, speak, to_wav
+from .test_cli_tools import speech_files
 
 RATE = 16000
 
@@ -45,15 +45,6 @@ async def subprocess_run(args: list[str], **kwargs: object) -> subprocess.Comple
                               **kwargs)  # type: ignore[call-overload,no-any-return]  # fmt: skip
 
     return await trio.to_thread.run_sync(go)
-
-
-def speech_files(directory: Path) -> list[Path]:
-    files = []
-    for i, text in enumerate([SENTENCE, OTHER_SENTENCE, SENTENCE]):
-        path = directory / f"{i}.wav"
-        path.write_bytes(to_wav(speak(text)))
-        files.append(path)
-    return files
 
 
 def test_version() -> None:

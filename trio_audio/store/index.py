@@ -248,7 +248,7 @@ class Index(Lookups):
         renumber[: self.count][alive] = np.arange(int(alive.sum()))
         self.table = grown(table[alive].copy(), max(1024, int(alive.sum())))
         self.count = int(alive.sum())
-        self.ids.rebuild(self.table, self.count, renumber)
+        self.ids.rebuild(renumber)
         for session in self.sessions:
             if session is not None:
                 n = session.chunks.n

@@ -121,7 +121,7 @@ class Ids:
         self.rows = np.insert(self.rows, at, new_rows)
         self.recent = {}
 
-    def rebuild(self, table: np.ndarray, count: int, renumber: I64) -> None:
+    def rebuild(self, renumber: I64) -> None:
         """After rows moved (``renumber[old] = new``, -1 for dead rows): index them again."""
         self.merge()
         keep = renumber[self.rows] >= 0 if len(self.rows) else np.zeros(0, bool)

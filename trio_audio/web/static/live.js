@@ -13,7 +13,7 @@ const LINE_GAP_MS = 1000; // a pause this long between final words starts a new 
 const spectrogram = $("spectrogram");
 const specCtx = spectrogram.getContext("2d");
 
-export function clearSpectrogram() {
+function clearSpectrogram() {
   specCtx.fillStyle = "#0b0d12";
   specCtx.fillRect(0, 0, spectrogram.width, spectrogram.height);
 }

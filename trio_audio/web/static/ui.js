@@ -34,7 +34,7 @@ function advice(code, detail) {
   }
 }
 
-export function describe(error) {
+function describe(error) {
   if (error instanceof ApiError) return { text: advice(error.code, error.message), code: error.code };
   if (error && error.code && typeof error.code === "string") {
     return { text: advice(error.code, error.message), code: error.code }; // a WebSocket error
