@@ -137,14 +137,7 @@ async def test_bombs_are_refused_readably_within_the_memory_formula(tmp_path: Pa
                         if message["type"] == "error":
                             answers[("ws", message["code"])] += 1
                 except ConnectionClosed as closed:
-                    code = closed.reason.code
-                    if n == 1 and code == 1006:
-                        # On the HTTP port's /ws, hypercorn may close the socket while the
-                        # client is still sending its 16 MB frame: the kernel's reset then
-                        # eats the refusal the client had not read yet. The listener (n 0),
-                        # the path for untrusted streaming clients, always says it.
-                        code = 4413
-                    answers[("ws close", code)] += 1
+                    answers[("ws close", closed.reason.code)] += 1
 
         flac_bomb = silence_flac(60, 8, 384_000)  # ~200 KB: 184M samples, 737 MB of float32
         flac_big = silence_flac(10, 1, 384_000)  # under the limit: 3.84M samples

@@ -16,7 +16,15 @@ with two differences:
 * an idle connection's close (its keep-alive timer, or the drain's start) checks that it is
   still idle: hypercorn's goes ahead once its timer has fired even when a request arrived in
   the same instant, and cut that request's answer after its head (a 503 of the drain, seen
-  under mixed load).
+  under mixed load);
+* a close the application asks for (a refused WebSocket frame, a ``Connection: close``
+  answer) half-closes the socket and lets the connection's one reader drain what the client
+  is still sending, dropping it, until the client has been quiet ``LINGER_QUIET_S`` (at most
+  ``LINGER_S`` and ``LINGER_BYTES`` in all); only then is the socket closed. Closed with
+  unread data, the kernel answers with a reset, and a reset destroys what the client has not
+  read yet: the refusal of a WebSocket frame too large to take (its ``error`` message and
+  close code) was lost so about one time in three. Only the reader reads: a second reader
+  beside it would race it for the socket (``BusyResourceError``).
 
 QUIC (HTTP/3) is not served: the service never binds it.
 """
@@ -24,16 +32,23 @@ QUIC (HTTP/3) is not served: the service never binds it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
-from typing import Any
+from math import inf
+from typing import Any, Final
 
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
+
+LINGER_QUIET_S: Final = 0.1  # a client quiet this long after the server's FIN is done sending
+LINGER_S: Final = 2.0  # the most a close lingers
+LINGER_BYTES: Final = 64 * 1024 * 1024  # and the most it reads and drops
 
 
 class Connections:
@@ -67,7 +82,50 @@ def _socket_of(stream: Any) -> Any:
 
 
 class Server(TCPServer):
-    """Hypercorn's connection handler, its idle close made to yield to a request."""
+    """Hypercorn's connection handler, its idle close made to yield to a request and its
+    asked-for close made to linger while the client is still sending."""
+
+    linger_until: float | None = None  # set once the socket is half-closed
+    reading: trio.CancelScope | None = None  # the reader's wait for the next bytes
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, Closed):
+            await super().protocol_send(event)
+            return
+        try:
+            await self.stream.send_eof()
+        except (AttributeError, trio.BrokenResourceError, trio.BusyResourceError,
+                trio.ClosedResourceError):  # fmt: skip
+            await self.stream.aclose()  # gone already, or TLS (no half-close): closed at once
+        else:
+            if self.linger_until is None:
+                self.linger_until = trio.current_time() + LINGER_S
+                if self.reading is not None:  # a reader waiting forever waits no longer
+                    self.reading.deadline = trio.current_time() + LINGER_QUIET_S
+        await self.protocol.handle(Closed())
+
+    async def _read_data(self) -> None:
+        dropped = 0
+        while dropped <= LINGER_BYTES:
+            data = None
+            with trio.CancelScope() as self.reading:
+                now = trio.current_time()
+                if self.linger_until is None:  # hypercorn's read timeout (none by default)
+                    self.reading.deadline = now + (self.config.read_timeout or inf)
+                else:
+                    self.reading.deadline = min(self.linger_until, now + LINGER_QUIET_S)
+                with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    data = await self.stream.receive_some(MAX_RECV)
+            self.reading = None
+            if not data:  # closed, timed out, quiet long enough, or the client's EOF
+                if data == b"" and self.linger_until is None:
+                    await self.protocol.handle(RawData(b""))
+                break
+            if self.linger_until is not None:  # closing: what the client still sends is dropped
+                dropped += len(data)
+                continue
+            await self.protocol.handle(RawData(bytes(data)))
+        await self.protocol.handle(Closed())
 
     async def _idle_timeout(self) -> None:
         with trio.move_on_after(self.config.keep_alive_timeout):
