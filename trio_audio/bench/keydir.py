@@ -77,6 +77,7 @@ STORE_CHILD = textwrap.dedent(
             for name, paths in (("get", ids), ("page", pages)):
                 for label in ("cold", "warm"):
                     took = []
+                    cpu = time.process_time()
                     for item in paths:
                         started = time.perf_counter()
                         if name == "get":
@@ -88,6 +89,7 @@ STORE_CHILD = textwrap.dedent(
                             assert sum(len(chunks) for _, chunks in got) == 1000
                         took.append(time.perf_counter() - started)
                     out[f"{name}_{label}"] = took
+                    out[f"{name}_{label}_cpu"] = (time.process_time() - cpu) / len(paths)
             nursery.cancel_scope.cancel()
         print(json.dumps(out))
 
@@ -229,16 +231,30 @@ def page_path(user: str, session: str, after: int | None) -> str:
     return path if after is None else f"{path}&cursor={encode_cursor(session, after)}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process *pid* has used (user and system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(tree: Path, log: Log, empty_kb: int, args: list[str]) -> dict[str, float]:
     proc, url, replay_s = serve(tree, log.path, *args)
+    cpu: dict[str, float] = {}
+
+    def timed(label: str, paths: list[str], chunks: int = 0) -> list[float]:
+        started = cpu_seconds(proc.pid)
+        took = trio.run(timed_gets, url, paths, chunks)
+        cpu[label] = (cpu_seconds(proc.pid) - started) / len(paths)
+        return took
+
     try:
         after_replay = rss_kb(proc.pid)
         chunk_paths = [f"/chunks/{c}" for c in log.ids]
-        cold = trio.run(timed_gets, url, chunk_paths)
-        warm = trio.run(timed_gets, url, chunk_paths)
+        cold = timed("get_cold_cpu", chunk_paths)
+        warm = timed("get_warm_cpu", chunk_paths)
         page_paths = [page_path(*page) for page in log.pages]
-        pages_cold = trio.run(timed_gets, url, page_paths, PAGE)
-        pages_warm = trio.run(timed_gets, url, page_paths, PAGE)
+        pages_cold = timed("page_cold_cpu", page_paths, PAGE)
+        pages_warm = timed("page_warm_cpu", page_paths, PAGE)
         after_reads = rss_kb(proc.pid)
     finally:
         stop(proc)
@@ -255,6 +271,7 @@ def measure(tree: Path, log: Log, empty_kb: int, args: list[str]) -> dict[str, f
         "page_cold_max": max(pages_cold) * 1000,
         "page_warm_p50": pct(pages_warm, 0.5),
         "page_warm_max": max(pages_warm) * 1000,
+        **{label: seconds * 1000 for label, seconds in cpu.items()},
     }
 
 
@@ -279,15 +296,20 @@ def measure_store(tree: Path, log: Log) -> dict[str, float]:
         "page_cold_max": max(got["page_cold"]) * 1000,
         "page_warm_p50": pct(got["page_warm"], 0.5),
         "page_warm_max": max(got["page_warm"]) * 1000,
-    }
+        **{f"{op}_{label}_cpu": got[f"{op}_{label}_cpu"] * 1000
+           for op in ("get", "page") for label in ("cold", "warm")},
+    }  # fmt: skip
 
 
 def reads_line(result: dict[str, float]) -> str:
+    """Latencies, and the CPU milliseconds each read cost the process that answered it."""
     return (
-        f"get cold p50 {result['get_p50']:.2f} p99 {result['get_p99']:.2f} ms, warm p50 "
-        f"{result['get_warm_p50']:.2f} p99 {result['get_warm_p99']:.2f} ms | page of {PAGE} "
-        f"cold p50 {result['page_cold_p50']:.1f} max {result['page_cold_max']:.1f} ms, warm "
-        f"p50 {result['page_warm_p50']:.1f} max {result['page_warm_max']:.1f} ms"
+        f"get cold p50 {result['get_p50']:.2f} p99 {result['get_p99']:.2f} ms "
+        f"(CPU {result['get_cold_cpu']:.2f}), warm p50 {result['get_warm_p50']:.2f} p99 "
+        f"{result['get_warm_p99']:.2f} ms (CPU {result['get_warm_cpu']:.2f}) | page of {PAGE} "
+        f"cold p50 {result['page_cold_p50']:.1f} max {result['page_cold_max']:.1f} ms (CPU "
+        f"{result['page_cold_cpu']:.1f}), warm p50 {result['page_warm_p50']:.1f} max "
+        f"{result['page_warm_max']:.1f} ms (CPU {result['page_warm_cpu']:.1f})"
     )
 
 
@@ -336,6 +358,7 @@ def run(root: Path, chunks: int, long: int, audio_bytes: int, base: str | None) 
         (f"{chunks:,} chunks", write_log(root / "many", chunks, 1000, audio_bytes)),
         (f"one session of {long:,}", write_log(root / "long", long, long, audio_bytes)),
     ]
+    os.sync()  # the logs' writeback is done before anything is timed
     print(f"# logs written in {time.perf_counter() - started:.0f} s", flush=True)
     empty = {}
     for name, tree, args in trees:
