@@ -204,3 +204,31 @@ async def test_a_page_read_in_spans_is_what_was_written_across_files_gaps_and_up
         page, more = await store.page("u", "s", 1000, None)
         assert more is None and [chunks for _, chunks in page] == [expected]
         assert [await store.get(f"c{n}") for n in range(120)] == expected
+
+
+async def test_a_page_over_two_sessions_is_right_when_rows_are_renumbered_meanwhile(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    log = LogWriter(tmp_path, next_seq=1)
+    for session in ("a", "b"):
+        for n in range(10):
+            record = {**meta(f"{session}{n}", n), "session_id": session}
+            log.append(RecordType.CHUNK, record, b"x")
+    log.flush()
+    log.close()
+    store: Store = await nursery.start(Store(Config(data_dir=tmp_path)).run)
+    read = store._reader
+
+    async def deleting_while_reading(locations: list[Any]) -> list[Any]:
+        got = await read(locations)
+        # A delete lands while the page is read, and the index packs its rows together.
+        await store.delete_chunk("a0")
+        store._index.vacuum()
+        return got
+
+    store._reader = deleting_while_reading
+    page, _ = await store.page("u", None, 1000, None)
+    b = next(chunks for summary, chunks in page if summary.session_id == "b")
+    assert [(c["chunk_id"], c["seq"], c["checksum"]) for c in b] == [
+        (f"b{n}", n, f"b{n}") for n in range(10)
+    ]

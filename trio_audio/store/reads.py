@@ -260,20 +260,14 @@ class IndexReads:
         return [meta for meta in found if meta is not None]
 
     async def _metas(self, chunk_ids: list[str], rows: list[int]) -> list[dict[str, Any] | None]:
-        """The metadata of the chunks *chunk_ids* at *rows*: from the cache, else read from
-        the log in one batch (and cached, unless the index changed meanwhile). None for a
-        chunk deleted before it could be read."""
+        """The metadata of the chunks *chunk_ids* at *rows* (looked up with no await since:
+        a vacuum renumbers rows): from the cache, else read from the log in one batch (and
+        cached, unless the index changed meanwhile). None for a chunk deleted before it
+        could be read."""
         index, cache = self._index, self._cache
         hits = [cache.packed(chunk_id) for chunk_id in chunk_ids]
-        cached = [item for item in hits if item is not None]
-        if len(cached) > DECODE_INLINE:
-            decoded = iter(await trio.to_thread.run_sync(decode_all, cached))
-        else:
-            decoded = iter([decode(item) for item in cached])
-        out: list[dict[str, Any] | None] = [
-            None if item is None else next(decoded) for item in hits
-        ]
-        missing = [i for i, meta in enumerate(out) if meta is None]
+        out: list[dict[str, Any] | None] = [None] * len(chunk_ids)
+        missing = [i for i, item in enumerate(hits) if item is None]
         for _ in range(3):  # a compaction may move a chunk while it is read: look again
             if not missing:
                 break
@@ -294,6 +288,14 @@ class IndexReads:
         if missing:
             msg = f"chunk {chunk_ids[missing[0]]!r} could not be read from the log"
             raise NotFound(msg)
+        cached = [item for item in hits if item is not None]
+        if len(cached) > DECODE_INLINE:
+            decoded = iter(await trio.to_thread.run_sync(decode_all, cached))
+        else:
+            decoded = iter([decode(item) for item in cached])
+        for i, item in enumerate(hits):
+            if item is not None:
+                out[i] = next(decoded)
         return out
 
     async def get(self, chunk_id: str) -> dict[str, Any]:
@@ -345,14 +347,19 @@ class IndexReads:
         is left out."""
         index = self._index
         plan, more = index.page_ids(user_id, only, limit, after)
+        # One batch for the whole page (its rows are good only until the first await).
+        ids = [chunk_id for piece in plan for chunk_id in piece.chunk_ids]
+        metas = await self._metas(ids, [row for piece in plan for row in piece.rows])
         out = []
+        start = 0
         for piece in plan:
-            metas = await self._metas(piece.chunk_ids, piece.rows)
+            end = start + len(piece.chunk_ids)
             chunks = [
                 own_chunk_json(meta, offset)
-                for meta, offset in zip(metas, piece.offsets, strict=True)
+                for meta, offset in zip(metas[start:end], piece.offsets, strict=True)
                 if meta is not None
             ]
+            start = end
             summary = index.summary(user_id, piece.session_id)
             if summary is not None and chunks:
                 out.append((summary, chunks))
