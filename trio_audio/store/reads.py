@@ -114,9 +114,10 @@ def apply_patch(meta: dict[str, Any], patch: Any) -> None:
 
 def own_chunk_json(meta: dict[str, Any], offset: float) -> dict[str, Any]:
     """*meta*, a fresh dict the caller owns, made the chunk JSON a client sees in place
-    (``Lookups.chunk_json`` without the copy); *offset*: its ``offset_ms``, rounded."""
+    (``Lookups.chunk_json`` without the copy); *offset*: its ``offset_ms``, rounded to
+    the microsecond already."""
     meta.pop("group", None)
-    meta["offset_ms"] = round(offset, 3)
+    meta["offset_ms"] = offset
     return meta
 
 
@@ -304,7 +305,7 @@ class IndexReads:
         if meta is None:
             msg = f"chunk {chunk_id!r} was deleted"
             raise NotFound(msg)
-        return own_chunk_json(meta, self._index.offset_of(meta))
+        return own_chunk_json(meta, round(self._index.offset_of(meta), 3))
 
     def has(self, chunk_id: str) -> bool:
         return self._index.has(chunk_id)
