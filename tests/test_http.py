@@ -175,10 +175,18 @@ async def test_multipart_upload_all_or_nothing(client: httpx.AsyncClient) -> Non
 
 
 async def test_session_listing_and_paging(client: httpx.AsyncClient) -> None:
+    answered = {}
     for session in ("b", "a"):
         for _ in range(3):
-            assert (await upload(client, wav(440, 0.2), session_id=session)).status_code == 201
+            response = await upload(client, wav(440, 0.2), session_id=session)
+            assert response.status_code == 201
+            chunk = response.json()
+            answered[chunk["chunk_id"]] = chunk
     listing = (await client.get("/sessions/alice")).json()
+    # A page, a chunk read alone and the upload's answer are one document per chunk.
+    paged = {c["chunk_id"]: c for s in listing["sessions"] for c in s["chunks"]}
+    assert paged == answered
+    assert {c: (await client.get(f"/chunks/{c}")).json() for c in answered} == answered
     assert listing["user_id"] == "alice" and listing["next_cursor"] is None
     assert [s["session_id"] for s in listing["sessions"]] == ["a", "b"]
     first = listing["sessions"][0]

@@ -11,7 +11,8 @@ import pytest
 from trio_audio.errors import SeqConflict
 from trio_audio.models import Job, Part, new_chunk_id
 from trio_audio.store.index import Index, Place
-from trio_audio.store.reads import MetaCache
+from trio_audio.store.reads import SPAN_GAP, SPAN_MAX, MetaCache, spans
+from trio_audio.store.record import FRAME_HEADER_SIZE
 
 LOG: dict[int, dict[str, dict[str, Any]]] = {}  # id(index) -> chunk_id -> metadata
 
@@ -217,3 +218,20 @@ def test_the_metadata_cache_is_bounded_in_bytes_and_counts_hits_and_misses() -> 
     assert (cache.hits, cache.misses) == (1, 1)
     cache.drop("c49")
     assert cache.get("c49") is None
+
+
+def test_records_that_lie_close_together_are_read_in_one_span() -> None:
+    # A session's records one after the other (asked for out of order), one far off, one in
+    # another file: three reads, each covering exactly the records it serves.
+    near = [Place("a", n * 1_000, 900) for n in range(100)]
+    far = Place("a", 99_000 + 900 + FRAME_HEADER_SIZE + SPAN_GAP + 1, 900)
+    other = Place("b", 0, 900)
+    places = [*near[50:], far, other, *near[:50]]
+    got = spans(places)
+    assert [sorted(places[i] for i in members) for _, _, members in got] == [near, [far], [other]]
+    start, end, _ = got[0]
+    assert (start, end) == (FRAME_HEADER_SIZE, 99_000 + FRAME_HEADER_SIZE + 900)
+    # A span stops at SPAN_MAX bytes.
+    many = [Place("a", n * 10_000, 9_000) for n in range(3 * SPAN_MAX // 10_000)]
+    assert all(end - start <= SPAN_MAX for start, end, _ in spans(many))
+    assert sum(len(members) for _, _, members in spans(many)) == len(many)

@@ -10,12 +10,17 @@ JSON included. On a shared machine the CPU seconds are the figure to compare.
 
 Two logs are written with the real ``LogWriter`` (no HTTP, so a million takes a minute):
 *chunks* small chunks (realistic metadata, ``audio_bytes`` of audio each) over 100 users and
-1,000-chunk sessions, and one session of *long* chunks. For each code tree (this one, and the
-base revision unpacked with ``git archive``) a real ``trio-audio serve`` is started on each
-log; the bench reads its replay time from its log line, its RSS from ``/proc`` (less the RSS
-of the same server on an empty data dir), then times 1,000 ``GET /chunks/{id}`` of random
-chunks twice (the first pass finds the metadata cache cold, the second warm) and session
-pages of 1,000 chunks (``GET /sessions/{user}?session_id=..&limit=1000``), cold then warm.
+1,000-chunk sessions, and one session of *long* chunks. Each log samples 20 pages of 1,000
+chunks (20 sessions spread over the log; in the long session, 20 places in it, reached with a
+cursor) and 1,000 random chunks outside those pages, so that no read warms another's cache.
+For each code tree (this one, and the base revision unpacked with ``git archive``) a real
+``trio-audio serve`` is started on each log; the bench reads its replay time from its log
+line, its RSS from ``/proc`` (less the RSS of the same server on an empty data dir), then,
+with the lean keep-alive client of ``http1.py`` (httpx would add a millisecond of its own
+Python to each request), times ``GET /chunks/{id}`` of the sampled chunks twice (the first
+pass finds the metadata cache cold: the server has just started and read none of them; the
+second warm) and the sampled pages
+(``GET /sessions/{user}?session_id=..&limit=1000[&cursor=..]``), cold then warm.
 """
 
 from __future__ import annotations
@@ -32,15 +37,18 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
+from trio_audio.bench import http1
 from trio_audio.store.record import RecordType
 from trio_audio.store.writer import LogWriter
+from trio_audio.web.listing import encode_cursor
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 REPLAYED = re.compile(r"replayed (\d+) records \((\d+) chunks\) from (\d+) segments in ([\d.]+) s")
-SAMPLES = 1000
+SAMPLES = 1000  # chunks to GET
+PAGES = 20  # pages of PAGE chunks to read
+PAGE = 1000
 
 # Run in a child with the code tree under test on its path: replay with the real ``Store``,
 # then the store's own reads (``get``, ``page``: sync in older code, async now), timed.
@@ -69,14 +77,19 @@ STORE_CHILD = textwrap.dedent(
             for name, paths in (("get", ids), ("page", pages)):
                 for label in ("cold", "warm"):
                     took = []
+                    cpu = time.process_time()
                     for item in paths:
                         started = time.perf_counter()
                         if name == "get":
                             await call(store.get(item))
                         else:
-                            await call(store.page(item[0], item[1], 1000, None))
+                            user, session, after = item
+                            cursor = None if after is None else (session, after)
+                            got, _ = await call(store.page(user, session, 1000, cursor))
+                            assert sum(len(chunks) for _, chunks in got) == 1000
                         took.append(time.perf_counter() - started)
                     out[f"{name}_{label}"] = took
+                    out[f"{name}_{label}_cpu"] = (time.process_time() - cpu) / len(paths)
             nursery.cancel_scope.cancel()
         print(json.dumps(out))
 
@@ -91,8 +104,8 @@ class Log:
 
     path: Path
     chunks: int
-    ids: list[str]  # random chunk ids to GET
-    pages: list[tuple[str, str]]  # (user, session) to page through
+    ids: list[str]  # random chunk ids to GET, none of them in a sampled page
+    pages: list[tuple[str, str, int | None]]  # (user, session, the seq a page starts after)
 
 
 def meta(n: int, user: str, session: str, seq: int, rng: random.Random) -> dict[str, Any]:
@@ -116,14 +129,28 @@ def meta(n: int, user: str, session: str, seq: int, rng: random.Random) -> dict[
     }  # fmt: skip
 
 
+def page_starts(count: int, session_size: int) -> list[int]:
+    """Where the sampled pages start (chunk numbers): at the first chunk of sessions spread
+    over the log, or, with fewer than ``PAGES`` sessions, at places spread over them."""
+    sessions = -(-count // session_size)
+    if sessions >= PAGES:
+        return [k * (sessions // PAGES) * session_size for k in range(PAGES)]
+    stride = max(PAGE, count // PAGES)
+    return [n for n in range(0, count, stride) if n % session_size + PAGE <= session_size]
+
+
 def write_log(path: Path, count: int, session_size: int, audio_bytes: int) -> Log:
     """*count* chunks in sessions of *session_size* (one user per 10 sessions)."""
     rng = random.Random(count * 31 + session_size)
     audio = rng.randbytes(audio_bytes)
     writer = LogWriter(path, next_seq=1)
-    sample = set(rng.sample(range(count), min(SAMPLES, count)))
+    # At most half the chunks in pages, so that as many are left to sample from.
+    starts = set(page_starts(count, session_size)[: min(PAGES, max(1, count // (2 * PAGE)))])
+    in_pages = {n for start in starts for n in range(start, start + PAGE)}
+    outside = [n for n in range(count) if n not in in_pages]
+    sample = set(rng.sample(outside, min(SAMPLES, len(outside))))
     ids: list[str] = []
-    pages: list[tuple[str, str]] = []
+    pages: list[tuple[str, str, int | None]] = []
     for n in range(count):
         number, seq = divmod(n, session_size)
         user, session = f"user{number // 10}", f"session{number}"
@@ -131,8 +158,8 @@ def write_log(path: Path, count: int, session_size: int, audio_bytes: int) -> Lo
         writer.append(RecordType.CHUNK, record, audio)
         if n in sample:
             ids.append(record["chunk_id"])
-        if seq == 0 and len(pages) < 20:
-            pages.append((user, session))
+        if n in starts:
+            pages.append((user, session, None if seq == 0 else seq - 1))
         if writer.pending_records >= 512:
             writer.flush()
     writer.checkpoint()
@@ -177,31 +204,57 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def timed_gets(url: str, paths: list[str]) -> list[float]:
-    """The latency of each GET, one at a time (keep-alive), in seconds."""
+async def timed_gets(url: str, paths: list[str], chunks: int = 0) -> list[float]:
+    """The latency of each GET, one at a time on one keep-alive connection, in seconds
+    (*chunks*: how many chunks each answer must hold, 0 for a chunk's own JSON)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    requests = [http1.request_bytes("GET", path, f"{host}:{port}") for path in paths]
+    connection = http1.Connection(host, int(port))
     out = []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        await http.get("/healthz")
-        for path in paths:
+    try:
+        await connection.request(http1.request_bytes("GET", "/healthz", f"{host}:{port}"))
+        for path, request in zip(paths, requests, strict=True):
             started = time.perf_counter()
-            response = await http.get(path)
+            response = await connection.request(request)
             out.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                msg = f"GET {path}: {response.status_code} {response.text[:200]}"
+            got = response.body.count(b'"chunk_id":')
+            if response.status != 200 or got != max(chunks, 1):
+                msg = f"GET {path}: {response.status}, {got} chunks: {response.body[:200]!r}"
                 raise RuntimeError(msg)
+    finally:
+        await connection.aclose()
     return out
+
+
+def page_path(user: str, session: str, after: int | None) -> str:
+    path = f"/sessions/{user}?session_id={session}&limit={PAGE}"
+    return path if after is None else f"{path}&cursor={encode_cursor(session, after)}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process *pid* has used (user and system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(tree: Path, log: Log, empty_kb: int, args: list[str]) -> dict[str, float]:
     proc, url, replay_s = serve(tree, log.path, *args)
+    cpu: dict[str, float] = {}
+
+    def timed(label: str, paths: list[str], chunks: int = 0) -> list[float]:
+        started = cpu_seconds(proc.pid)
+        took = trio.run(timed_gets, url, paths, chunks)
+        cpu[label] = (cpu_seconds(proc.pid) - started) / len(paths)
+        return took
+
     try:
         after_replay = rss_kb(proc.pid)
         chunk_paths = [f"/chunks/{c}" for c in log.ids]
-        cold = trio.run(timed_gets, url, chunk_paths)
-        warm = trio.run(timed_gets, url, chunk_paths)
-        page_paths = [f"/sessions/{u}?session_id={s}&limit=1000" for u, s in log.pages]
-        pages_cold = trio.run(timed_gets, url, page_paths)
-        pages_warm = trio.run(timed_gets, url, page_paths)
+        cold = timed("get_cold_cpu", chunk_paths)
+        warm = timed("get_warm_cpu", chunk_paths)
+        page_paths = [page_path(*page) for page in log.pages]
+        pages_cold = timed("page_cold_cpu", page_paths, PAGE)
+        pages_warm = timed("page_warm_cpu", page_paths, PAGE)
         after_reads = rss_kb(proc.pid)
     finally:
         stop(proc)
@@ -212,10 +265,13 @@ def measure(tree: Path, log: Log, empty_kb: int, args: list[str]) -> dict[str, f
         "per_chunk_after_reads": (after_reads - empty_kb) * 1024 / log.chunks,
         "get_p50": pct(cold, 0.5),
         "get_p99": pct(cold, 0.99),
+        "get_warm_p50": pct(warm, 0.5),
         "get_warm_p99": pct(warm, 0.99),
         "page_cold_p50": pct(pages_cold, 0.5),
         "page_cold_max": max(pages_cold) * 1000,
         "page_warm_p50": pct(pages_warm, 0.5),
+        "page_warm_max": max(pages_warm) * 1000,
+        **{label: seconds * 1000 for label, seconds in cpu.items()},
     }
 
 
@@ -234,20 +290,33 @@ def measure_store(tree: Path, log: Log) -> dict[str, float]:
         "per_chunk": (got["rss"] - got["empty"]) / log.chunks,
         "get_p50": pct(got["get_cold"], 0.5),
         "get_p99": pct(got["get_cold"], 0.99),
+        "get_warm_p50": pct(got["get_warm"], 0.5),
         "get_warm_p99": pct(got["get_warm"], 0.99),
         "page_cold_p50": pct(got["page_cold"], 0.5),
         "page_cold_max": max(got["page_cold"]) * 1000,
         "page_warm_p50": pct(got["page_warm"], 0.5),
-    }
+        "page_warm_max": max(got["page_warm"]) * 1000,
+        **{f"{op}_{label}_cpu": got[f"{op}_{label}_cpu"] * 1000
+           for op in ("get", "page") for label in ("cold", "warm")},
+    }  # fmt: skip
+
+
+def reads_line(result: dict[str, float]) -> str:
+    """Latencies, and the CPU milliseconds each read cost the process that answered it."""
+    return (
+        f"get cold p50 {result['get_p50']:.2f} p99 {result['get_p99']:.2f} ms "
+        f"(CPU {result['get_cold_cpu']:.2f}), warm p50 {result['get_warm_p50']:.2f} p99 "
+        f"{result['get_warm_p99']:.2f} ms (CPU {result['get_warm_cpu']:.2f}) | page of {PAGE} "
+        f"cold p50 {result['page_cold_p50']:.1f} max {result['page_cold_max']:.1f} ms (CPU "
+        f"{result['page_cold_cpu']:.1f}), warm p50 {result['page_warm_p50']:.1f} max "
+        f"{result['page_warm_max']:.1f} ms (CPU {result['page_warm_cpu']:.1f})"
+    )
 
 
 def report_store(name: str, result: dict[str, float]) -> None:
     print(
-        f"  {name:<6} store: replay {result['replay_s']:6.2f} s ({result['replay_cpu_s']:.2f} s "
-        f"of CPU) | {result['per_chunk']:4.0f} B/chunk | get cold p50 "
-        f"{result['get_p50']:.3f} p99 {result['get_p99']:.3f} ms, warm p99 "
-        f"{result['get_warm_p99']:.3f} ms | page of 1000 cold p50 {result['page_cold_p50']:.1f} "
-        f"max {result['page_cold_max']:.1f} ms, warm p50 {result['page_warm_p50']:.1f} ms",
+        f"  {name:<5} store: replay {result['replay_s']:6.2f} s ({result['replay_cpu_s']:.2f} s "
+        f"of CPU), {result['per_chunk']:4.0f} B/chunk | {reads_line(result)}",
         flush=True,
     )
 
@@ -256,15 +325,11 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
-def report(name: str, log: Log, result: dict[str, float]) -> None:
+def report(name: str, result: dict[str, float]) -> None:
     print(
-        f"  {name:<6} HTTP: replay {result['replay_s']:6.2f} s | RSS {result['rss_mb']:7.0f} MB, "
-        f"{result['per_chunk']:6.0f} B/chunk after replay, "
-        f"{result['per_chunk_after_reads']:6.0f} after the reads | "
-        f"GET /chunks/{{id}} cold p50 {result['get_p50']:.2f} p99 {result['get_p99']:.2f} ms, "
-        f"warm p99 {result['get_warm_p99']:.2f} ms | "
-        f"page of 1000 cold p50 {result['page_cold_p50']:.1f} max "
-        f"{result['page_cold_max']:.1f} ms, warm p50 {result['page_warm_p50']:.1f} ms",
+        f"  {name:<5} HTTP:  replay {result['replay_s']:6.2f} s, RSS {result['rss_mb']:5.0f} MB, "
+        f"{result['per_chunk']:4.0f} B/chunk ({result['per_chunk_after_reads']:.0f} after the "
+        f"reads) | {reads_line(result)}",
         flush=True,
     )
 
@@ -293,14 +358,17 @@ def run(root: Path, chunks: int, long: int, audio_bytes: int, base: str | None) 
         (f"{chunks:,} chunks", write_log(root / "many", chunks, 1000, audio_bytes)),
         (f"one session of {long:,}", write_log(root / "long", long, long, audio_bytes)),
     ]
+    os.sync()  # the logs' writeback is done before anything is timed
     print(f"# logs written in {time.perf_counter() - started:.0f} s", flush=True)
+    empty = {}
     for name, tree, args in trees:
         (root / f"empty-{name}").mkdir()
         proc, _, _ = serve(tree, root / f"empty-{name}", *args)
-        empty_kb = rss_kb(proc.pid)
+        empty[name] = rss_kb(proc.pid)
         stop(proc)
-        print(f"{name} code ({tree}): RSS with an empty store {empty_kb / 1024:.0f} MB")
-        for label, log in logs:
-            print(f" {label} (load average {load_average()}):")
+        print(f"{name} code ({tree}): RSS with an empty store {empty[name] / 1024:.0f} MB")
+    for label, log in logs:
+        for name, tree, args in trees:
+            print(f" {label}, {name} code (load average {load_average()}):", flush=True)
             report_store(name, measure_store(tree, log))
-            report(name, log, measure(tree, log, empty_kb, args))
+            report(name, measure(tree, log, empty[name], args))

@@ -124,11 +124,13 @@ class Lookups:
         ``offset_ms``, where the chunk starts on its session's timeline as stored now
         (*offset*, when the caller has it)."""
         chunk = {k: v for k, v in meta.items() if k != "group"}
-        if offset is None:
-            session = self.users.get(meta["user_id"], {}).get(meta["session_id"])
-            offset = session.chunks.offset_ms(meta["seq"]) if session is not None else 0.0
-        chunk["offset_ms"] = round(offset, 3)
+        chunk["offset_ms"] = round(self.offset_of(meta) if offset is None else offset, 3)
         return chunk
+
+    def offset_of(self, meta: dict[str, Any]) -> float:
+        """Where the chunk of *meta* starts on its session's timeline as stored now."""
+        session = self.users.get(meta["user_id"], {}).get(meta["session_id"])
+        return session.chunks.offset_ms(meta["seq"]) if session is not None else 0.0
 
     def session_transcript(self, session: Session) -> dict[str, str]:
         """The session's transcript so far: the text of its done chunks in seq order.
@@ -198,7 +200,7 @@ class Lookups:
             take = min(left, len(seqs))
             first = chunks.n - len(seqs)
             taken = rows[:take].tolist()
-            ids = [self.ids.chunk_id(self.table, r) for r in taken]
+            ids = self.ids.chunk_ids(self.table, taken)
             offsets = chunks.starts[first : first + take].round(3).tolist()
             out.append(PageSlice(name, ids, taken, offsets))
             left -= take

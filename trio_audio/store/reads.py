@@ -2,10 +2,12 @@
 
 The index (``index.py``) keeps where a chunk's records lie, not what they say. ``get`` and
 ``page`` read the metadata of the chunks they answer with from the log: the CHUNK record's
-metadata, with its UPDATE records applied on top. Reads are positioned (``os.pread`` of
-just the metadata, in a worker thread under a limiter; on a cluster, a get of the stream
-message by its sequence) and go through ``MetaCache``, an LRU of packed metadata whose size
-is ``meta_cache_mb``; its hits and misses are counted in ``/metrics``.
+metadata, with its UPDATE records applied on top. Reads are positioned (in a worker thread
+under a limiter, ``os.pread`` of just the metadata, or of one span of the file for records
+that lie close together, as a session's do; on a cluster, a get of the stream message by its
+sequence) and go through ``MetaCache``, an LRU of packed metadata whose size is
+``meta_cache_mb``; its hits and misses are counted in ``/metrics``. Packed metadata is
+decoded with msgspec, a batch of it in a worker thread.
 
 Resource handling: a read opens the files it needs and closes them before it returns, so a
 compaction can remove a file at any time; a read that finds its file gone looks the chunk up
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgpack
+import msgspec
 import trio
 
 from ..errors import NotFound
@@ -32,6 +35,9 @@ from .scan import Route, route_meta
 
 ENTRY_OVERHEAD: Final = 220  # what an entry costs beyond its bytes (its key, node, header)
 READS_AT_ONCE: Final = 4  # threads reading metadata at once
+SPAN_GAP: Final = 8 * 1024  # records at most this far apart are read with one pread ...
+SPAN_MAX: Final = 1 << 20  # ... of at most this many bytes
+DECODE_INLINE: Final = 16  # cached chunks decoded on the event loop; more go to a thread
 
 # What a backend's reader gives for each location: the metadata (None: its record is gone),
 # and its packed bytes as read when no update had to be applied (for the cache, as is).
@@ -56,8 +62,17 @@ class MetaCache:
             return None
         self.hits += 1
         self._items.move_to_end(chunk_id)
-        meta: dict[str, Any] = msgpack.unpackb(packed)
-        return meta
+        return decode(packed)
+
+    def packed(self, chunk_id: str) -> bytes | None:
+        """The packed metadata of *chunk_id* (None: not cached), counted as ``get`` is."""
+        packed = self._items.get(chunk_id)
+        if packed is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(chunk_id)
+        return packed
 
     def put(self, chunk_id: str, meta: dict[str, Any], packed: bytes | None = None) -> None:
         """Keep *meta* (*packed*: its msgpack bytes, when the caller has them)."""
@@ -82,56 +97,133 @@ class MetaCache:
         return len(self._items)
 
 
+def decode(packed: bytes | memoryview) -> dict[str, Any]:
+    """Packed metadata as a fresh dict (msgspec: the same values as ``msgpack.unpackb``)."""
+    meta: dict[str, Any] = msgspec.msgpack.decode(packed)
+    return meta
+
+
+def decode_all(packed: list[bytes]) -> list[dict[str, Any]]:
+    return [decode(item) for item in packed]
+
+
 def apply_patch(meta: dict[str, Any], patch: Any) -> None:
     if isinstance(patch, dict) and isinstance(patch.get("set"), dict):
         meta.update(patch["set"])
 
 
-def read_local(data_dir: Path, locations: list[Location]) -> list[Read]:
-    """The metadata at each of *locations* (None where its file is gone), each file opened
-    once. Blocking: run it in a thread."""
-    directory = log_dir(data_dir)
-    fds: dict[str, int | None] = {}
+def own_chunk_json(meta: dict[str, Any], offset: float) -> dict[str, Any]:
+    """*meta*, a fresh dict the caller owns, made the chunk JSON a client sees in place
+    (``Lookups.chunk_json`` without the copy); *offset*: its ``offset_ms``, rounded to
+    the microsecond already."""
+    meta.pop("group", None)
+    meta["offset_ms"] = offset
+    return meta
 
-    def read(place: Place) -> tuple[dict[str, Any], bytes] | None:
-        if place.segment not in fds:
+
+def spans(places: list[Place]) -> list[tuple[int, int, list[int]]]:
+    """The reads that fetch *places*' payloads: ``(start, end, indexes)`` per read, each of
+    one file's records at most ``SPAN_GAP`` apart and ``SPAN_MAX`` bytes in all (a record
+    longer than that is a read of its own). Indexes are into *places*, by file and offset."""
+    order = sorted(range(len(places)), key=lambda i: (places[i].segment, places[i].offset))
+    out: list[tuple[int, int, list[int]]] = []
+    segment = None
+    start = end = 0
+    members: list[int] = []
+    for i in order:
+        place = places[i]
+        at = place.offset + FRAME_HEADER_SIZE
+        stop = at + place.length
+        near = place.segment == segment and at - end <= SPAN_GAP and stop - start <= SPAN_MAX
+        if members and near:
+            members.append(i)
+            end = max(end, stop)
+            continue
+        if members:
+            out.append((start, end, members))
+        segment, start, end, members = place.segment, at, stop, [i]
+    if members:
+        out.append((start, end, members))
+    return out
+
+
+class Files:
+    """The log's files a read opens, each once; closed by ``close``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = log_dir(data_dir)
+        self.fds: dict[str, int | None] = {}
+
+    def fd(self, segment: str) -> int | None:
+        """*segment* open for reading (None: it is gone)."""
+        if segment not in self.fds:
             try:
-                fds[place.segment] = os.open(directory / place.segment, os.O_RDONLY | os.O_CLOEXEC)
+                self.fds[segment] = os.open(self.directory / segment, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                fds[place.segment] = None
-        fd = fds[place.segment]
+                self.fds[segment] = None
+        return self.fds[segment]
+
+    def read(self, segment: str, offset: int, length: int) -> bytes | None:
+        fd = self.fd(segment)
         if fd is None:
             return None
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"short read of {segment} at {offset}")
+        return data
+
+    def payload(self, place: Place) -> bytes | None:
+        """The payload of the record at *place* (None: its file is gone)."""
         length = place.length
         if length == 0:  # an update: its payload's length is in its frame header
-            length = int.from_bytes(os.pread(fd, 4, place.offset), "little")
-        data = os.pread(fd, length, place.offset + FRAME_HEADER_SIZE)
-        if len(data) != length:
-            raise OSError(errno.EIO, f"short read of {place.segment} at {place.offset}")
-        value: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return value, data
+            head = self.read(place.segment, place.offset, 4)
+            if head is None:
+                return None
+            length = int.from_bytes(head, "little")
+        return self.read(place.segment, place.offset + FRAME_HEADER_SIZE, length)
 
-    out: list[Read] = []
-    try:
-        for location in locations:
-            got = read(location.record)
-            if got is None:
-                out.append((None, None))
-                continue
-            meta, packed = got
-            for update in location.updates:
-                patch = read(update)
-                if patch is None:
-                    break
-                apply_patch(meta, patch[0])
-            else:
-                out.append((meta, None if location.updates else packed))
-                continue
-            out.append((None, None))
-    finally:
-        for fd in fds.values():
+    def close(self) -> None:
+        for fd in self.fds.values():
             if fd is not None:
                 os.close(fd)
+        self.fds.clear()
+
+
+def read_local(data_dir: Path, locations: list[Location]) -> list[Read]:
+    """The metadata at each of *locations* (None where its file is gone): the CHUNK records'
+    metadata read in spans (``spans``), each file opened once, then their updates applied.
+    Blocking: run it in a thread."""
+    files = Files(data_dir)
+    places = [location.record for location in locations]
+    packed: list[bytes | None] = [None] * len(places)
+    try:
+        for start, end, members in spans(places):
+            data = files.read(places[members[0]].segment, start, end - start)
+            if data is None:
+                continue
+            if len(members) == 1:
+                packed[members[0]] = data
+                continue
+            view = memoryview(data)
+            for i in members:
+                at = places[i].offset + FRAME_HEADER_SIZE - start
+                packed[i] = bytes(view[at : at + places[i].length])
+        out: list[Read] = []
+        for location, item in zip(locations, packed, strict=True):
+            if item is None:
+                out.append((None, None))
+                continue
+            meta = decode(item)
+            for update in location.updates:
+                patch = files.payload(update)
+                if patch is None:
+                    out.append((None, None))
+                    break
+                apply_patch(meta, decode(patch))
+            else:
+                out.append((meta, None if location.updates else item))
+    finally:
+        files.close()
     return out
 
 
@@ -169,12 +261,14 @@ class IndexReads:
         return [meta for meta in found if meta is not None]
 
     async def _metas(self, chunk_ids: list[str], rows: list[int]) -> list[dict[str, Any] | None]:
-        """The metadata of the chunks *chunk_ids* at *rows*: from the cache, else read from
-        the log in one batch (and cached, unless the index changed meanwhile). None for a
-        chunk deleted before it could be read."""
+        """The metadata of the chunks *chunk_ids* at *rows* (looked up with no await since:
+        a vacuum renumbers rows): from the cache, else read from the log in one batch (and
+        cached, unless the index changed meanwhile). None for a chunk deleted before it
+        could be read."""
         index, cache = self._index, self._cache
-        out: list[dict[str, Any] | None] = [cache.get(chunk_id) for chunk_id in chunk_ids]
-        missing = [i for i, meta in enumerate(out) if meta is None]
+        hits = [cache.packed(chunk_id) for chunk_id in chunk_ids]
+        out: list[dict[str, Any] | None] = [None] * len(chunk_ids)
+        missing = [i for i, item in enumerate(hits) if item is None]
         for _ in range(3):  # a compaction may move a chunk while it is read: look again
             if not missing:
                 break
@@ -195,6 +289,14 @@ class IndexReads:
         if missing:
             msg = f"chunk {chunk_ids[missing[0]]!r} could not be read from the log"
             raise NotFound(msg)
+        cached = [item for item in hits if item is not None]
+        if len(cached) > DECODE_INLINE:
+            decoded = iter(await trio.to_thread.run_sync(decode_all, cached))
+        else:
+            decoded = iter([decode(item) for item in cached])
+        for i, item in enumerate(hits):
+            if item is not None:
+                out[i] = next(decoded)
         return out
 
     async def get(self, chunk_id: str) -> dict[str, Any]:
@@ -203,7 +305,7 @@ class IndexReads:
         if meta is None:
             msg = f"chunk {chunk_id!r} was deleted"
             raise NotFound(msg)
-        return self._index.chunk_json(meta)
+        return own_chunk_json(meta, round(self._index.offset_of(meta), 3))
 
     def has(self, chunk_id: str) -> bool:
         return self._index.has(chunk_id)
@@ -246,14 +348,19 @@ class IndexReads:
         is left out."""
         index = self._index
         plan, more = index.page_ids(user_id, only, limit, after)
+        # One batch for the whole page (its rows are good only until the first await).
+        ids = [chunk_id for piece in plan for chunk_id in piece.chunk_ids]
+        metas = await self._metas(ids, [row for piece in plan for row in piece.rows])
         out = []
+        start = 0
         for piece in plan:
-            metas = await self._metas(piece.chunk_ids, piece.rows)
+            end = start + len(piece.chunk_ids)
             chunks = [
-                index.chunk_json(meta, offset)
-                for meta, offset in zip(metas, piece.offsets, strict=True)
+                own_chunk_json(meta, offset)
+                for meta, offset in zip(metas[start:end], piece.offsets, strict=True)
                 if meta is not None
             ]
+            start = end
             summary = index.summary(user_id, piece.session_id)
             if summary is not None and chunks:
                 out.append((summary, chunks))

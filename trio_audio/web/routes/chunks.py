@@ -8,13 +8,13 @@ from quart_trio import QuartTrio
 from ...models import check_id
 from ..context import chunk_owner, context
 from ..media import CONTAINER_TYPES, OCTETS
-from ..responses import json_response
+from ..responses import chunks_response, json_response
 
 
 async def get_chunk(chunk_id: str) -> Response:
     check_id("chunk_id", chunk_id)
     chunk_owner(chunk_id)
-    return json_response(await context().store.get(chunk_id))
+    return chunks_response(await context().store.get(chunk_id))
 
 
 async def get_audio(chunk_id: str) -> Response:

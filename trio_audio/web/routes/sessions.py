@@ -14,7 +14,7 @@ from ...models import check_id
 from .. import session_events
 from ..context import context, owned
 from ..listing import decode_cursor, list_session_totals, list_sessions, parse_flag, parse_limit
-from ..responses import json_response
+from ..responses import chunks_page_response, json_response
 
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
@@ -27,8 +27,10 @@ async def get_sessions(user_id: str) -> Response:
     limit = parse_limit(request.args.get("limit"))
     cursor = decode_cursor(request.args.get("cursor"))
     with_chunks = parse_flag("chunks", request.args.get("chunks"), default=True)
-    listing = list_sessions if with_chunks else list_session_totals
-    return json_response(await listing(context().store, user_id, only, limit, cursor))
+    store = context().store
+    if with_chunks:
+        return await chunks_page_response(await list_sessions(store, user_id, only, limit, cursor))
+    return json_response(await list_session_totals(store, user_id, only, limit, cursor))
 
 
 async def end_session(user_id: str, session_id: str) -> Response:
