@@ -123,6 +123,29 @@ async def test_unknown_sessions_bad_formats_and_delete(client: httpx.AsyncClient
     assert again.status_code == 404 and again.json()["code"] == "not_found"
 
 
+async def test_a_session_longer_than_a_page_exports_whole_and_in_order(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1,003 chunks of 10 ms, chunk n holding the sample value n: the export reads the
+    # session a page of 1,000 at a time, and must join the pages in seq order.
+    total, frames = 1003, 160
+
+    async def upload(first: int) -> None:
+        for seq in range(first, total, 8):
+            raw = np.full(frames, seq, "<i2").tobytes()
+            await put(client, seq, raw, encoding="pcm_s16le", sample_rate=RATE, channels=1)
+
+    async with trio.open_nursery() as nursery:
+        for first in range(8):
+            nursery.start_soon(upload, first)
+    response = await client.get("/sessions/alice/s/audio")
+    assert response.status_code == 200 and not response.headers["x-missing-seqs"]
+    samples = pcm16(response.content).reshape(total, frames)
+    assert np.array_equal(samples, np.repeat(np.arange(total, dtype="<i2")[:, None], frames, 1))
+    chunks = (await client.get("/sessions/alice/s/transcript")).json()["chunks"]
+    assert [chunk["seq"] for chunk in chunks] == list(range(total))
+
+
 async def transcribed(client: httpx.AsyncClient) -> dict[str, Any]:
     with trio.fail_after(30):
         while True:

@@ -49,7 +49,7 @@ from .. import export_format as fmt
 logger = logging.getLogger("trio_audio.web.export")
 
 SKIP_BLOCK_FRAMES: Final = 1 << 16  # frames decoded at a time to reach a place in an MP3
-CHECKPOINT_EVERY: Final = 256  # chunk records read between checkpoints
+EXPORT_PAGE: Final = 1000  # chunk records read in one batch of log reads
 TRANSCRIPT_TYPES: Final = {
     "json": "application/json",
     "txt": "text/plain; charset=utf-8",
@@ -79,15 +79,16 @@ def _slim(chunk: dict[str, Any], words: bool) -> dict[str, Any]:
 async def session_chunks(
     store: StoreBackend, user_id: str, session_id: str, words: bool
 ) -> list[dict[str, Any]]:
-    """The session's chunks (slim records) in seq order; ``NotFound`` when it has none."""
-    found = []
-    for n, (_, chunk_id) in enumerate(store.chunks_after(user_id, session_id, None)):
-        if n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
-            await trio.lowlevel.checkpoint()  # a long session does not hold the event loop
-        try:
-            found.append(_slim(await store.get(chunk_id), words))
-        except NotFound:
-            continue  # deleted meanwhile
+    """The session's chunks (slim records) in seq order, read a page of ``EXPORT_PAGE`` at a
+    time (one batch of log reads each); ``NotFound`` when it has none. A chunk deleted
+    meanwhile is left out."""
+    found: list[dict[str, Any]] = []
+    after: tuple[str, int] | None = None
+    while True:
+        sessions, after = await store.page(user_id, session_id, EXPORT_PAGE, after)
+        found.extend(_slim(chunk, words) for _, chunks in sessions for chunk in chunks)
+        if after is None:
+            break
     if not found:
         raise NotFound(f"user {user_id!r} has no session {session_id!r}")
     return found
