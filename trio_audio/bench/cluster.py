@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from ..cluster.dev import LocalCluster
@@ -204,13 +205,79 @@ async def publish_records(store: str, stream: str, count: int, template: dict[st
     return time.perf_counter() - started
 
 
+def side_by_side(rounds: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+    """*rounds* of the HTTP load on one local-log node and on one cluster node, in turn
+    (each started once and warmed up; which goes first alternates): each round's CPU ms per
+    upload of both, and the ratio. Interleaving keeps a machine's changing load from
+    favouring either side. With *rate*, both get the same uploads/s (open loop), so their
+    CPU per upload is compared at the same throughput; without, each gets 32 connections
+    as fast as it answers them (the slower node then batches less, and pays more per
+    upload for it)."""
+
+    def specs(node: Node, run_id: str) -> list[Spec]:
+        base = http_specs([node], seconds, run_id)
+        if not rate:
+            return base
+        return [attrs.evolve(spec, mode="open", rate=rate, concurrency=64) for spec in base]
+
+    out: dict[str, Any] = {"rate": rate or "closed loop, 32 connections", "rounds": []}
+    with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
+        work = Path(tmp)
+        with LocalCluster(work / "nats", nodes=3) as cluster:
+            servers = [n.process.pid for n in cluster.nodes if n.process is not None]
+            local = Node(work / "local")
+            remote = Node(work / "c", "--store", cluster.store, "--store-stream", "B")
+            try:
+                for node in (local, remote):
+                    node.wait_ready()
+                    load(http_specs([node], 2, f"warm-{node.proc.pid}"), work)
+                for n in range(rounds):
+                    got: dict[str, dict[str, Any]] = {}
+                    order = [("local", local, []), ("cluster", remote, servers)]
+                    for name, node, pids in order if n % 2 == 0 else order[::-1]:
+                        got[name] = measured(specs(node, f"{name}{n}"), work, [node], pids)
+                    one, two = got["local"], got["cluster"]
+                    out["rounds"].append({
+                        "local_per_s": one["acked_per_s"],
+                        "cluster_per_s": two["acked_per_s"],
+                        "local_cpu_ms": one["cpu_ms_per_upload_nodes"],
+                        "cluster_cpu_ms": two["cpu_ms_per_upload_nodes"],
+                        "nats_cpu_ms": two["cpu_ms_per_upload_nats"],
+                        "ratio": round(two["cpu_ms_per_upload_nodes"]
+                                       / max(0.01, one["cpu_ms_per_upload_nodes"]), 2),
+                    })  # fmt: skip
+            finally:
+                local.stop()
+                remote.stop()
+    ratios = sorted(r["ratio"] for r in out["rounds"])
+    out["median_ratio"] = ratios[len(ratios) // 2] if ratios else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trio_audio.bench.cluster")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--replay", type=int, default=100_000)
     parser.add_argument("--nodes", default="1,2,3", help="cluster node counts to run")
     parser.add_argument("--no-ws", action="store_true", help="skip the WebSocket runs")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="instead: this many rounds of one local-log node then one cluster node, "
+        "interleaved (both started once), for the CPU per upload side by side",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="with --rounds: offer this many uploads/s to each (open loop) instead of 32 "
+        "connections as fast as they are answered (closed loop)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds:
+        print(json.dumps(side_by_side(args.rounds, args.seconds, args.rate), indent=2))
+        return 0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
         work = Path(tmp)
