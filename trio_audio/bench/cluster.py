@@ -17,6 +17,8 @@ measures, on this machine:
 Every process runs on this machine's cores: the numbers say what one box does with all of
 it, not what N boxes would; CPU per upload is what says how N boxes would scale.
 ``--nodes 1,2 --replay 0 --no-ws`` is the short run (about a minute with ``--seconds 10``).
+``--rounds N [--rate R]`` instead loads one local-log node and one cluster node in turn, N
+times, for their CPU per upload side by side (``side_by_side``).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 ``nats-py`` is asyncio-only. ``connect.open_nats`` opens a ``trio-asyncio`` loop in the
 calling trio task, connects there, and hands back a ``connect.Nats`` whose methods are plain
-trio coroutines, each one a hop into the loop through ``_call`` here (its JetStream calls are
-``calls.py``'s). Nothing outside this module, ``calls.py`` and ``connect.py`` imports asyncio
-or ``nats``; callers see the few operations the JetStream store needs and the errors below.
+trio coroutines, most of them a hop into the loop through ``_call`` here (its JetStream calls
+are ``calls.py``'s; publishes that wait for a PubAck go without a hop each, ``acks.py``).
+Nothing outside this module, ``calls.py``, ``acks.py`` and ``connect.py`` imports asyncio or
+``nats``; callers see the few operations the JetStream store needs and the errors below.
 
 Errors (what a caller may catch)::
 
@@ -29,7 +30,7 @@ Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the
 buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
 connection and then the loop. A follower's messages are queued inside the loop (at most
 ``FOLLOW_QUEUE``; then delivery waits, and flow control holds the server back) and taken in
-batches.
+batches from trio, woken by a ``trio.Event`` the loop's callback sets.
 """
 
 from __future__ import annotations
