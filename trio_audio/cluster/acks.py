@@ -70,6 +70,7 @@ class Acks:
         self._queued: collections.deque[tuple[_Waiter, str, Outgoing]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._starting = trio.Lock()  # the first callers start it once
 
     def unique(self) -> str:
         """An id no other call of this or any other connection gets (a batch's id)."""
@@ -79,7 +80,9 @@ class Acks:
         """Publish *messages* in order, the last one with the shared reply subject; the
         reply's body, once it came within *wait_s*."""
         if not self._prefix:
-            await _call(self._loop, self._start)
+            async with self._starting:
+                if not self._prefix:
+                    await _call(self._loop, self._start)
         token = str(next(self._numbers))
         waiter = self._waiting[token] = _Waiter()
         self._queued.append((waiter, self._prefix + token, messages))
