@@ -24,7 +24,11 @@ def tests(session: nox.Session) -> None:
         "pytest",
         *(
             session.posargs
-            or ["--ignore=tests/test_cluster.py", "--ignore=tests/test_cluster_ops.py"]
+            or [
+                "--ignore=tests/test_cluster.py",
+                "--ignore=tests/test_cluster_ops.py",
+                "--ignore=tests/test_cluster_lag.py",
+            ]
         ),
     )
 
@@ -32,10 +36,14 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def tests_cluster(session: nox.Session) -> None:
     """The service on a JetStream cluster of three real ``nats-server`` processes: its own
-    tests (several nodes, kill -9 of servers and nodes, the whole cluster down, restarts),
+    tests (several nodes, kill -9 of servers and nodes, the whole cluster down, restarts, a
+    replica that lags),
     then the HTTP and WebSocket end-to-end suites with every service on the cluster."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_cluster.py", "tests/test_cluster_ops.py", *session.posargs)
+    session.run(
+        "pytest", "tests/test_cluster.py", "tests/test_cluster_ops.py", "tests/test_cluster_lag.py",
+        *session.posargs,
+    )  # fmt: skip
     session.run(
         "pytest", "tests/test_http.py", "tests/test_ws.py", *session.posargs,
         env={"TRIO_AUDIO_TEST_CLUSTER": "1"},

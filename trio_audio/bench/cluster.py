@@ -17,6 +17,9 @@ measures, on this machine:
 Every process runs on this machine's cores: the numbers say what one box does with all of
 it, not what N boxes would; CPU per upload is what says how N boxes would scale.
 ``--nodes 1,2 --replay 0 --no-ws`` is the short run (about a minute with ``--seconds 10``).
+``--rounds N [--rate R]`` instead loads one local-log node and one cluster node in turn, N
+times, for their CPU per upload side by side (``side_by_side``); ``--client-batches N``
+what the NATS path alone costs a client (``client_batches``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from ..cluster.dev import LocalCluster
@@ -204,13 +208,133 @@ async def publish_records(store: str, stream: str, count: int, template: dict[st
     return time.perf_counter() - started
 
 
+async def client_batches(store: str, stream: str, count: int, tasks: int) -> dict[str, float]:
+    """What the NATS path costs a client alone: *count* uploads' atomic batches (a 3.2 KB
+    chunk with a 600-byte metadata header, and its work reference) published from *tasks*
+    tasks while a follower takes the stream back, as a node does; batches/s and this
+    process's CPU microseconds per batch."""
+    from ..cluster.connect import open_nats
+
+    async with open_nats(store.split(","), name="bench", request_s=30) as nats:
+        await nats.wait_meta_leader()
+        await nats.ensure_stream(stream, [f"{stream}.>"], 3, 120)
+        body, meta = b"\x01" * 3200, json.dumps({"x": "y" * 600})
+        numbers = iter(range(count))
+        follower = await nats.follow(stream, [f"{stream}.>"], 1)
+        taken = 0
+
+        async def publisher(task: int) -> None:
+            for n in numbers:
+                subject = f"{stream}.u.s{task}"
+                await nats.publish_batch([(f"{subject}.chunk.{n}", body, {"Trio-Audio": meta}),
+                                          (f"{subject}.work.{n}", b"", {"Trio-Audio": "{}"})],
+                                         30)  # fmt: skip
+
+        async def follow() -> None:
+            nonlocal taken
+            while taken < 2 * count:
+                taken += len(await follower.take(512, 1.0))
+
+        started, cpu = time.perf_counter(), time.process_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            for task in range(tasks):
+                nursery.start_soon(publisher, task)
+        return {
+            "batches_per_s": round(count / (time.perf_counter() - started)),
+            "cpu_us_per_batch": round(1e6 * (time.process_time() - cpu) / count, 1),
+        }
+
+
+def side_by_side(rounds: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+    """*rounds* of the HTTP load on one local-log node and on one cluster node, in turn
+    (each started once and warmed up; which goes first alternates): each round's CPU ms per
+    upload of both, and the ratio. Interleaving keeps a machine's changing load from
+    favouring either side. With *rate*, both get the same uploads/s (open loop), so their
+    CPU per upload is compared at the same throughput; without, each gets 32 connections
+    as fast as it answers them (the slower node then batches less, and pays more per
+    upload for it)."""
+
+    def specs(node: Node, run_id: str) -> list[Spec]:
+        base = http_specs([node], seconds, run_id)
+        if not rate:
+            return base
+        return [attrs.evolve(spec, mode="open", rate=rate, concurrency=64) for spec in base]
+
+    out: dict[str, Any] = {"rate": rate or "closed loop, 32 connections", "rounds": []}
+    with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
+        work = Path(tmp)
+        with LocalCluster(work / "nats", nodes=3) as cluster:
+            servers = [n.process.pid for n in cluster.nodes if n.process is not None]
+            local = Node(work / "local")
+            remote = Node(work / "c", "--store", cluster.store, "--store-stream", "B")
+            try:
+                for node in (local, remote):
+                    node.wait_ready()
+                    load(http_specs([node], 2, f"warm-{node.proc.pid}"), work)
+                for n in range(rounds):
+                    got: dict[str, dict[str, Any]] = {}
+                    order = [("local", local, []), ("cluster", remote, servers)]
+                    for name, node, pids in order if n % 2 == 0 else order[::-1]:
+                        got[name] = measured(specs(node, f"{name}{n}"), work, [node], pids)
+                    one, two = got["local"], got["cluster"]
+                    out["rounds"].append({
+                        "local_per_s": one["acked_per_s"],
+                        "cluster_per_s": two["acked_per_s"],
+                        "local_cpu_ms": one["cpu_ms_per_upload_nodes"],
+                        "cluster_cpu_ms": two["cpu_ms_per_upload_nodes"],
+                        "nats_cpu_ms": two["cpu_ms_per_upload_nats"],
+                        "ratio": round(two["cpu_ms_per_upload_nodes"]
+                                       / max(0.01, one["cpu_ms_per_upload_nodes"]), 2),
+                    })  # fmt: skip
+            finally:
+                local.stop()
+                remote.stop()
+    ratios = sorted(r["ratio"] for r in out["rounds"])
+    out["median_ratio"] = ratios[len(ratios) // 2] if ratios else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trio_audio.bench.cluster")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--replay", type=int, default=100_000)
     parser.add_argument("--nodes", default="1,2,3", help="cluster node counts to run")
     parser.add_argument("--no-ws", action="store_true", help="skip the WebSocket runs")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="instead: this many rounds of one local-log node then one cluster node, "
+        "interleaved (both started once), for the CPU per upload side by side",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="with --rounds: offer this many uploads/s to each (open loop) instead of 32 "
+        "connections as fast as they are answered (closed loop)",
+    )
+    parser.add_argument(
+        "--client-batches",
+        type=int,
+        default=0,
+        help="instead: publish this many uploads' batches from 16 tasks and follow them, "
+        "three times, for what the NATS path costs a client alone",
+    )
     args = parser.parse_args(argv)
+    if args.client_batches:
+        with (
+            tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp,
+            LocalCluster(Path(tmp) / "nats", nodes=3) as cluster,
+        ):
+            runs = [trio.run(client_batches, cluster.store, f"C{n}", args.client_batches, 16)
+                    for n in range(3)]  # fmt: skip
+        print(json.dumps(runs, indent=2))
+        return 0
+    if args.rounds:
+        print(json.dumps(side_by_side(args.rounds, args.seconds, args.rate), indent=2))
+        return 0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
         work = Path(tmp)

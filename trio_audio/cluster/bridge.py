@@ -2,9 +2,10 @@
 
 ``nats-py`` is asyncio-only. ``connect.open_nats`` opens a ``trio-asyncio`` loop in the
 calling trio task, connects there, and hands back a ``connect.Nats`` whose methods are plain
-trio coroutines, each one a hop into the loop through ``_call`` here (its JetStream calls are
-``calls.py``'s). Nothing outside this module, ``calls.py`` and ``connect.py`` imports asyncio
-or ``nats``; callers see the few operations the JetStream store needs and the errors below.
+trio coroutines, most of them a hop into the loop through ``_call`` here (its JetStream calls
+are ``calls.py``'s; publishes that wait for a PubAck go without a hop each, ``acks.py``).
+Nothing outside this module, ``calls.py``, ``acks.py`` and ``connect.py`` imports asyncio or
+``nats``; callers see the few operations the JetStream store needs and the errors below.
 
 Errors (what a caller may catch)::
 
@@ -29,7 +30,7 @@ Resource handling: ``open_nats`` keeps reconnecting for ever once connected (the
 buffers nothing we rely on: every write waits for its PubAck); on exit it closes the
 connection and then the loop. A follower's messages are queued inside the loop (at most
 ``FOLLOW_QUEUE``; then delivery waits, and flow control holds the server back) and taken in
-batches.
+batches from trio, woken by a ``trio.Event`` the loop's callback sets.
 """
 
 from __future__ import annotations
@@ -179,39 +180,36 @@ async def _call(loop: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 class _Arrivals(Generic[M]):
-    """Messages a subscription's callback queues in the asyncio loop, taken from trio."""
+    """Messages a subscription's callback queues in the asyncio loop, taken from trio.
+
+    trio-asyncio runs the loop's callbacks in trio's own thread, inside a trio task, so the
+    callback wakes the taker with a ``trio.Event`` and ``take`` is plain trio: no hop into
+    the loop (an asyncio task, a ``wait_for`` timer) for each batch taken."""
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
         self._queue: collections.deque[M] = collections.deque()
-        self._arrived: asyncio.Event | None = None
+        self._arrived = trio.Event()
         self._sub: Any = None
 
     def _put(self, message: M) -> None:
         self._queue.append(message)
-        assert self._arrived is not None
         self._arrived.set()
 
-    async def _take(self, most: int, wait_s: float) -> list[M]:
-        assert self._arrived is not None
+    async def _take_in_loop(self, most: int, wait_s: float) -> list[M]:
         if not self._queue:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), wait_s)
-            except TimeoutError:
-                return []
+            self._arrived = trio.Event()
+            with trio.CancelScope(deadline=trio.current_time() + wait_s):
+                await self._arrived.wait()
         out: list[M] = []
         while self._queue and len(out) < most:
             out.append(self._queue.popleft())
-        self._taken()
+        if out:
+            self._taken()
         return out
 
     def _taken(self) -> None:
-        """After a take, in the loop."""
-
-    async def _take_in_loop(self, most: int, wait_s: float) -> list[M]:
-        taken: list[M] = await trio_asyncio.aio_as_trio(self._take, loop=self._loop)(most, wait_s)
-        return taken
+        """After a take that took something."""
 
 
 class Follower(_Arrivals[Message]):
@@ -238,8 +236,8 @@ class Follower(_Arrivals[Message]):
         )
 
     def _taken(self) -> None:
-        assert self._room is not None
-        self._room.set()
+        if self._room is not None:  # (an asyncio event set from trio: it only wakes a
+            self._room.set()  # waiting callback, by the loop's call_soon)
 
     async def close(self) -> None:
         """Stop the consumer (its messages still queued are dropped)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from typing import Any
 
 import nats
@@ -33,6 +32,7 @@ from nats.js.api import (
     SubjectTransform,
 )
 
+from .acks import Acks
 from .bridge import (
     HEARTBEAT_S,
     ApiFailure,
@@ -43,6 +43,7 @@ from .bridge import (
     Unavailable,
     WrongLastSequence,
     _call,
+    _translate,
 )
 
 logger = logging.getLogger("trio_audio.cluster.bridge")
@@ -54,6 +55,7 @@ class _Client:
     _loop: Any
     _nc: Client
     _js: Any
+    _acks: Acks
 
     @property
     def connected(self) -> bool:
@@ -115,10 +117,8 @@ class LogCalls(_Client):
         if not self.connected:
             msg = "not connected to any NATS server"
             raise Unavailable(msg)
-        ack = await _call(
-            self._loop, self._js.publish, subject, body, timeout=wait_s, headers=headers
-        )
-        return int(ack.seq), bool(ack.duplicate)
+        answer = _pub_ack(await self._acks.request([(subject, body, headers)], wait_s))
+        return int(answer["seq"]), bool(answer.get("duplicate", False))
 
     async def publish_batch(
         self, messages: list[tuple[str, bytes, dict[str, str]]], wait_s: float
@@ -131,26 +131,18 @@ class LogCalls(_Client):
         if not self.connected:
             msg = "not connected to any NATS server"
             raise Unavailable(msg)
-        batch_id = secrets.token_hex(16)
-
-        async def send() -> list[int]:
-            for n, (subject, body, headers) in enumerate(messages, 1):
-                batch_headers = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
-                batch_headers["Nats-Batch-Id"] = batch_id
-                batch_headers["Nats-Batch-Sequence"] = str(n)
-                if n < len(messages):
-                    await self._nc.publish(subject, body, headers=batch_headers)
-                    continue
+        batch_id = self._acks.unique()
+        outgoing = []
+        for n, (subject, body, headers) in enumerate(messages, 1):
+            batch_headers = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
+            batch_headers["Nats-Batch-Id"] = batch_id
+            batch_headers["Nats-Batch-Sequence"] = str(n)
+            if n == len(messages):
                 batch_headers["Nats-Batch-Commit"] = "1"
-                reply = await self._nc.request(subject, body, timeout=wait_s, headers=batch_headers)
-            answer = json.loads(reply.data)
-            if "error" in answer:
-                nats.js.errors.APIError.from_error(answer["error"])  # raises
-            last, count = int(answer["seq"]), int(answer.get("count", len(messages)))
-            return list(range(last - count + 1, last + 1))
-
-        seqs: list[int] = await _call(self._loop, send)
-        return seqs
+            outgoing.append((subject, body, batch_headers))
+        answer = _pub_ack(await self._acks.request(outgoing, wait_s))
+        last, count = int(answer["seq"]), int(answer.get("count", len(messages)))
+        return list(range(last - count + 1, last + 1))
 
     async def get(self, stream: str, seq: int, *, direct: bool = True) -> Message:
         """The message at *seq*: a direct get (any replica answers, one that lags may say
@@ -177,7 +169,7 @@ class LogCalls(_Client):
             config.filter_subjects = subjects
 
         async def subscribe() -> None:
-            follower._arrived, follower._room = asyncio.Event(), asyncio.Event()
+            follower._room = asyncio.Event()
             follower._sub = await self._js.subscribe(
                 subjects[0],
                 stream=stream,
@@ -329,6 +321,21 @@ class WorkCalls(LogCalls):
         info = await _call(self._loop, self._js.stream_info, f"KV_{bucket}", subjects)
         cut = len(f"$KV.{bucket}.")
         return [subject[cut:] for subject in (info.state.subjects or {})]
+
+
+def _pub_ack(reply: bytes) -> dict[str, Any]:
+    """A PubAck's fields, or the bridge's error for the one JetStream answered with."""
+    try:
+        answer: dict[str, Any] = json.loads(reply)
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises
+        int(answer["seq"])  # a PubAck without a sequence is no PubAck
+    except nats.errors.Error as exc:
+        raise _translate(exc) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"JetStream answered a publish with {reply[:200]!r}"
+        raise ApiFailure(msg, None) from exc
+    return answer
 
 
 def _start_config(start_seq: int) -> ConsumerConfig | None:

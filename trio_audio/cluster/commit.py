@@ -237,13 +237,16 @@ class Committer:
         ]
         if isinstance(write, Job):
             assert isinstance(item.plan, list)
+            # The chunks as the follower made them (rendered once), or from the plan.
+            made = {r["chunk_id"]: r for r in results if isinstance(r, dict)}
             stored = []
             for planned in item.plan:
                 if planned.meta is None:
                     assert planned.existing is not None
                     stored.append(Stored(index.chunk_json(planned.existing), created=False))
                 else:
-                    stored.append(Stored(index.chunk_json(planned.meta), created=True))
+                    rendered = made.get(planned.meta["chunk_id"]) or index.chunk_json(planned.meta)
+                    stored.append(Stored(rendered, created=True))
             write.reply.set(stored)
         elif isinstance(write, Update):
             chunk = results[0] if results else None

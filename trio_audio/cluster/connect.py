@@ -31,6 +31,7 @@ import trio_asyncio  # type: ignore[import-untyped]
 from nats.aio.client import Client
 
 from ..config import redact
+from .acks import Acks
 from .bridge import Inbox, NatsError, Unavailable, _call, _translate
 from .calls import WorkCalls
 
@@ -96,6 +97,7 @@ class Nats(WorkCalls):
         self._nc = client
         self._js = client.jetstream(timeout=timeout)
         self._buckets: dict[str, Any] = {}  # bucket name -> nats-py KeyValue handle
+        self._acks = Acks(loop, client)
         self.timeout = timeout
 
     @property
@@ -143,7 +145,6 @@ class Nats(WorkCalls):
         inbox = Inbox(self._loop)
 
         async def subscribe() -> None:
-            inbox._arrived = asyncio.Event()
             inbox._sub = await self._nc.subscribe(subject, cb=inbox._on_message)
 
         await _call(self._loop, subscribe)
@@ -259,11 +260,13 @@ async def open_nats(
             except NatsError as exc:
                 logger.info("no NATS server answers yet (%s); retrying", exc)
                 await trio.sleep(0.5)
+        connection = Nats(loop, client, request_s, link)
         try:
-            yield Nats(loop, client, request_s, link)
+            yield connection
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:
+                    await _call(loop, connection._acks.close)
                     await _call(loop, client.close)
                 except NatsError as exc:
                     logger.debug("closing the NATS connection: %s", exc)

@@ -77,7 +77,6 @@ class Planner:
     ) -> Pending:
         """The messages *write* publishes (all or nothing), or the error that refuses it."""
         index, stream = self._index, self._stream.name
-        write_id = secrets.token_hex(8)
         if isinstance(write, Job):
             plan = index.plan_chunks(write, reserved, known)
             session = f"{stream}.{token(write.user_id)}.{token(write.session_id)}"
@@ -105,6 +104,7 @@ class Planner:
                 work = {META: json.dumps(reference, separators=(",", ":")), NODE: self._stream.node}
                 messages.append(Publish(f"{session}.work.{seq}", b"", work))
             return Pending(write, plan, messages)
+        write_id = secrets.token_hex(8)  # (an upload's chunks are deduplicated by their ids)
         if isinstance(write, Update):
             key = index.key(write.chunk_id)
             if key is None:

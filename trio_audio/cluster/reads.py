@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Any, Final
 
 import trio
@@ -28,6 +29,8 @@ from ..store.reads import Read, apply_patch
 from .bridge import MessageNotFound, NatsError, Unavailable
 from .follow import LogFollower
 from .stream import META, Shared
+
+logger = logging.getLogger("trio_audio.cluster.jetstream")
 
 READ_PAUSE_S: Final = 0.1  # between tries of an audio read the cluster cannot answer yet
 READS_AT_ONCE: Final = 16  # gets of chunk metadata by stream sequence in flight at once
@@ -105,6 +108,7 @@ class StreamReads:
                     message = await nats.get(self._stream.name, seq)
                 except MessageNotFound:
                     message = await nats.get(self._stream.name, seq, direct=False)
+                    logger.info("a replica lagged on record %d; the stream leader had it", seq)
                 try:
                     meta = json.loads(message.headers[META])
                 except (KeyError, ValueError):

@@ -1,0 +1,147 @@
+"""Publishes that wait for their PubAck, sent and answered without a hop per publish.
+
+nats-py's ``js.publish`` and ``request`` each make an asyncio future, a reply inbox token and
+a ``wait_for`` timer, and every caller from trio adds a hop into the loop (an asyncio task
+and its wake-ups, each a trip through trio-asyncio's queue). A node publishes for every
+write, so that per-publish overhead is much of what a cluster node spends beyond the local
+log. Here instead:
+
+- one subscription, made once, takes every PubAck on ``<inbox>.<n>`` (a shared reply
+  subject, ``n`` a counter) and wakes the trio task that waits for ``n`` directly (trio-asyncio
+  runs the loop's callbacks in trio's thread, inside a trio task);
+- one sender task in the loop takes what trio queued (a list of messages, the last one
+  carrying the reply subject) and publishes everything queued at once, so the client's
+  flusher writes them together;
+- the waiting, and its timeout, are trio's (``trio.move_on_after``).
+
+What a caller sees is the reply's body (the PubAck's JSON) or a ``bridge`` error: no answer
+in time is ``Unavailable``, as is a publish that fails (disconnected) or no stream for the
+subject (a "no responders" status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import secrets
+from typing import Any
+
+import trio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from .bridge import NatsError, Unavailable, _call, _translate
+
+logger = logging.getLogger("trio_audio.cluster.bridge")
+
+Outgoing = list[tuple[str, bytes, dict[str, str]]]  # subject, body, headers
+
+
+class _Waiter:
+    """One request's answer: the reply's body, or the error that came instead."""
+
+    __slots__ = ("answered", "data", "error", "gone")
+
+    def __init__(self) -> None:
+        self.answered = trio.Event()
+        self.data = b""
+        self.error: NatsError | None = None
+        self.gone = False  # its caller stopped waiting
+
+    def fail(self, error: NatsError) -> None:
+        self.error = error
+        self.answered.set()
+
+
+class Acks:
+    """Requests over one connection that share a reply subscription (see the module
+    docstring)."""
+
+    def __init__(self, loop: Any, client: Client) -> None:
+        self._loop = loop
+        self._nc = client
+        self._prefix = ""  # "<inbox>." once started
+        self._numbers = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(8)
+        self._waiting: dict[str, _Waiter] = {}
+        self._queued: collections.deque[tuple[_Waiter, str, Outgoing]] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._starting = trio.Lock()  # the first callers start it once
+
+    def unique(self) -> str:
+        """An id no other call of this or any other connection gets (a batch's id)."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    async def request(self, messages: Outgoing, wait_s: float) -> bytes:
+        """Publish *messages* in order, the last one with the shared reply subject; the
+        reply's body, once it came within *wait_s*."""
+        if not self._prefix:
+            async with self._starting:
+                if not self._prefix:
+                    await _call(self._loop, self._start)
+        token = str(next(self._numbers))
+        waiter = self._waiting[token] = _Waiter()
+        self._queued.append((waiter, self._prefix + token, messages))
+        assert self._wake is not None
+        self._wake.set()  # (an asyncio event set from trio: the loop's call_soon wakes it)
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + wait_s):
+                await waiter.answered.wait()
+        finally:
+            del self._waiting[token]
+            waiter.gone = True
+        if waiter.error is not None:
+            raise waiter.error
+        if not waiter.answered.is_set():
+            msg = f"TimeoutError: no PubAck within {wait_s:.2f} s"
+            raise Unavailable(msg)
+        return waiter.data
+
+    async def _start(self) -> None:
+        """(In the loop.) Subscribe to the replies and start the sender, once."""
+        if self._prefix:
+            return
+        prefix = self._nc.new_inbox() + "."
+        await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+        self._wake = asyncio.Event()
+        self._sender = asyncio.ensure_future(self._send())
+        self._prefix = prefix
+
+    async def _on_reply(self, msg: Msg) -> None:
+        waiter = self._waiting.get(msg.subject[len(self._prefix) :])
+        if waiter is None or waiter.answered.is_set():
+            return  # answered too late: its caller has given up
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            waiter.fail(Unavailable("NoRespondersError: no stream takes this subject"))
+            return
+        waiter.data = msg.data
+        waiter.answered.set()
+
+    async def _send(self) -> None:
+        """(In the loop.) Publish whatever is queued, everything at once, for ever."""
+        assert self._wake is not None
+        while True:
+            if not self._queued:
+                self._wake.clear()
+                await self._wake.wait()
+            while self._queued:
+                waiter, reply, messages = self._queued.popleft()
+                if waiter.gone:
+                    continue  # its caller gave up before it was sent: not sent late
+                try:
+                    for n, (subject, body, headers) in enumerate(messages, 1):
+                        last = n == len(messages)
+                        await self._nc.publish(
+                            subject, body, reply=reply if last else "", headers=headers
+                        )
+                except Exception as exc:  # the caller hears it; the sender goes on
+                    waiter.fail(_translate(exc))
+
+    async def close(self) -> None:
+        """Stop the sender (what is still queued is never sent; its callers time out)."""
+        if self._sender is not None:
+            self._sender.cancel()
