@@ -1,4 +1,4 @@
-"""Wiring of the pipeline: ingress -> validate -> transform -> metadata -> the store's committer.
+"""Wiring of the pipeline: ingress -> validate -> analyse -> the store's committer.
 
 Every channel is bounded (sizes from config). When the ingress is full, ``Ingress.submit_nowait``
 refuses at once with ``Overloaded`` (HTTP 503 + Retry-After); ``Ingress.submit`` waits for
@@ -106,13 +106,12 @@ async def run_pipeline(
     group = min(GROUP_MAX, config.stage_queue)
     stages = [
         Stage("validate", work.validate, workers, timeout, group),
-        Stage("transform", work.transform, workers, timeout, group),
-        Stage("metadata", work.metadata, workers, timeout, group),
+        Stage("analyse", work.analyse, workers, timeout, group),
     ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
     queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}
     async with trio.open_nursery() as nursery:
-        for stage, downstream in zip(stages, ("transform", "metadata", "store"), strict=True):
+        for stage, downstream in zip(stages, ("analyse", "store"), strict=True):
             # Each stage feeds the next; the last one feeds the committer's channel.
             send, next_receive = (
                 (commit, None)
