@@ -232,6 +232,15 @@ class Stages:
         await self._cpu(samples, run, thread=thread)
         return outcomes, results, share[0]
 
+    async def check_and_analyse(self, jobs: list[Job]) -> Outcomes:
+        """The pipeline's one stage before the committer: ``validate``, then ``analyse`` the
+        jobs that passed, as two steps of one worker (one channel and one wake-up per group;
+        as stages of their own they cost a group a hop and a worker's turn more)."""
+        outcomes = await self.validate(jobs)
+        live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+        analysed = iter(await self.analyse(live) if live else [])
+        return [next(analysed) if outcome is None else outcome for outcome in outcomes]
+
     async def validate(self, jobs: list[Job]) -> Outcomes:
         """Checksum and decode every part (whether a part is a retry is the committer's call);
         each job gets its ``Checked`` parts.
