@@ -236,9 +236,13 @@ class Stages:
         """The pipeline's one stage before the committer: ``validate``, then ``analyse`` the
         jobs that passed, as two steps of one worker (one channel and one wake-up per group;
         as stages of their own they cost a group a hop and a worker's turn more)."""
-        outcomes = await self.validate(jobs)
-        live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
-        analysed = iter(await self.analyse(live) if live else [])
+        try:
+            outcomes = await self.validate(jobs)
+            live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+            analysed = iter(await self.analyse(live) if live else [])
+        finally:  # a timeout too: a failed job's sender may keep it a while, not its samples
+            for job in jobs:
+                job.checked = ()
         return [next(analysed) if outcome is None else outcome for outcome in outcomes]
 
     async def validate(self, jobs: list[Job]) -> Outcomes:
