@@ -223,7 +223,9 @@ class Pipeline:
         default=64, validator=_positive, metadata={"help": "ingress queue size (then 503)"}
     )
     stage_queue: int = attrs.field(
-        default=8, validator=_positive, metadata={"help": "queue size between stages"}
+        default=8,
+        validator=_positive,
+        metadata={"help": "jobs the analyse stage takes as one group; the committer's write queue"},
     )
     stage_workers: int = attrs.field(
         default=2, validator=_positive, metadata={"help": "workers per pipeline stage"}
