@@ -12,6 +12,11 @@ call, one thread hop, one channel hop) than in arithmetic. Chunks that arrive to
 frames of busy WebSocket streams, uploads under load) share those costs: one vectorised step
 of features, one Silero call with the chunks as batch rows, one thread hop. A lone chunk is a
 group of one, so an idle service answers as fast as before.
+
+The pipeline has one stage (``Stages.check_and_analyse``): validation and analysis are its
+steps, each handing on its own result (``models.Checked``, then ``models.ChunkRecord``), not
+stages of their own, because a stage that only hands a group to the next worker costs a
+channel, a wake-up and a deadline scope per group (``bench/hops.py``: 20-25 us of CPU a job).
 """
 
 from __future__ import annotations
