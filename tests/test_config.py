@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
+from trio_audio import settings
 from trio_audio.__main__ import build_parser
 from trio_audio.config import MAX_ASR_PARTITIONS, Config
 
@@ -78,3 +80,22 @@ def test_store_urls_are_logged_without_their_secrets() -> None:
     assert redact("nats://h1:4222") == "nats://h1:4222"
     both = redacted("nats://a:pw@h1:4222, nats://a:pw@h2:4222")
     assert both == "nats://a:***@h1:4222,nats://a:***@h2:4222" and "pw" not in both
+
+
+def test_config_is_its_groups_and_each_group_s_fields_keep_their_env_and_flags() -> None:
+    groups = [settings.Network, settings.Storage, settings.Cluster, settings.Limits,
+              settings.Pipeline, settings.WebSocket, settings.Speech, settings.Security,
+              settings.Lifecycle]  # fmt: skip
+    names = [field.name for group in groups for field in attrs.fields(group)]
+    assert names == [field.name for field in attrs.fields(Config)]  # in the groups' order
+    assert len(set(names)) == len(names)
+    env = {"TRIO_AUDIO_PORT": "9001", "TRIO_AUDIO_FSYNC": "never", "TRIO_AUDIO_VAD_MODE": "3",
+           "TRIO_AUDIO_WS_QUEUE": "5", "TRIO_AUDIO_STAGE_QUEUE": "3"}  # fmt: skip
+    config = Config.from_sources(env, {"ws_queue": 7})
+    assert (config.port, config.fsync, config.vad_mode) == (9001, "never", 3)
+    assert (config.ws_queue, config.stage_queue) == (7, 3)  # the flag over the variable
+    assert isinstance(config, settings.Speech) and isinstance(config, settings.Network)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="vad_mode"):
+        Config.from_sources({"TRIO_AUDIO_VAD_MODE": "9"})  # a group's own validator

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from trio_audio.errors import SeqConflict
-from trio_audio.models import Job, Part, new_chunk_id
+from trio_audio.models import ChunkRecord, Job, Part, new_chunk_id, utc_now
 from trio_audio.store.index import Index, Place
 from trio_audio.store.reads import SPAN_GAP, SPAN_MAX, MetaCache, spans
 from trio_audio.store.record import FRAME_HEADER_SIZE
@@ -17,12 +18,21 @@ from trio_audio.store.record import FRAME_HEADER_SIZE
 LOG: dict[int, dict[str, dict[str, Any]]] = {}  # id(index) -> chunk_id -> metadata
 
 
-def part(checksum: str, seq: int | None = None, duration_ms: float = 100.0) -> Part:
+def part(
+    checksum: str, seq: int | None = None, duration_ms: float = 100.0
+) -> tuple[Part, ChunkRecord]:
+    """A part as received, and its record as the analysis would build it."""
     p = Part(body=checksum.encode(), content_type="audio/wav", seq=seq)
-    p.checksum = checksum
-    p.audio_info = {"duration_ms": duration_ms}
-    p.analysis = {}
-    return p
+    record = ChunkRecord(new_chunk_id(), "u", "s", utc_now(), None, len(p.body), checksum,
+                         p.content_type, {"duration_ms": duration_ms}, {}, {}, {})  # fmt: skip
+    return p, record
+
+
+def made(user_id: str, session_id: str, parts: list[tuple[Part, ChunkRecord]]) -> Job:
+    """A job as it reaches the committer: its parts with their records."""
+    job = Job(user_id, session_id, [p for p, _ in parts])
+    job.records = tuple(attrs.evolve(r, user_id=user_id, session_id=session_id) for _, r in parts)
+    return job
 
 
 def metas(index: Index) -> dict[str, dict[str, Any]]:
@@ -55,10 +65,10 @@ def update(index: Index, chunk_id: str, fields: dict[str, Any]) -> bool:
 
 def test_seqs_are_given_in_order_and_a_retry_is_answered_with_the_stored_chunk() -> None:
     index = Index()
-    first = commit(index, Job("u", "s", [part("a"), part("b")]))
+    first = commit(index, made("u", "s", [part("a"), part("b")]))
     assert [c["seq"] for c in first] == [0, 1]
     assert first[0]["chunk_id"] != first[1]["chunk_id"]
-    again = commit(index, Job("u", "s", [part("a", seq=0)]))
+    again = commit(index, made("u", "s", [part("a", seq=0)]))
     assert again[0]["chunk_id"] == first[0]["chunk_id"]
     assert index.summary("u", "s") is not None
     assert index.summary("u", "s").chunk_count == 2  # type: ignore[union-attr]
@@ -66,9 +76,9 @@ def test_seqs_are_given_in_order_and_a_retry_is_answered_with_the_stored_chunk()
 
 def test_the_same_seq_with_other_bytes_is_a_conflict_and_changes_nothing() -> None:
     index = Index()
-    commit(index, Job("u", "s", [part("a", seq=0)]))
+    commit(index, made("u", "s", [part("a", seq=0)]))
     with pytest.raises(SeqConflict):
-        job = Job("u", "s", [part("z", seq=1), part("other", seq=0)])
+        job = made("u", "s", [part("z", seq=1), part("other", seq=0)])
         index.plan_chunks(job, {}, {c: metas(index)[c] for c in index.collisions(job)})
     assert [seq for seq, _ in index.chunks_after("u", "s", None)] == [0]
 
@@ -76,17 +86,17 @@ def test_the_same_seq_with_other_bytes_is_a_conflict_and_changes_nothing() -> No
 def test_two_jobs_in_one_batch_never_share_a_seq() -> None:
     index = Index()
     reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    one = index.plan_chunks(Job("u", "s", [part("a")]), reserved)
-    two = index.plan_chunks(Job("u", "s", [part("b")]), reserved)
+    one = index.plan_chunks(made("u", "s", [part("a")]), reserved)
+    two = index.plan_chunks(made("u", "s", [part("b")]), reserved)
     assert one[0].meta is not None and two[0].meta is not None
     assert (one[0].meta["seq"], two[0].meta["seq"]) == (0, 1)
-    same = index.plan_chunks(Job("u", "s", [part("a", seq=0)]), reserved)
+    same = index.plan_chunks(made("u", "s", [part("a", seq=0)]), reserved)
     assert same[0].meta is None and same[0].existing is one[0].meta  # a retry in the batch
 
 
 def test_a_multipart_job_is_one_group() -> None:
     index = Index()
-    planned = index.plan_chunks(Job("u", "s", [part("a"), part("b"), part("c")]), {})
+    planned = index.plan_chunks(made("u", "s", [part("a"), part("b"), part("c")]), {})
     groups = {p.meta["group"][0] for p in planned if p.meta is not None}
     assert len(groups) == 1
     assert [p.meta["group"][1:] for p in planned if p.meta is not None] == [
@@ -98,9 +108,9 @@ def test_a_multipart_job_is_one_group() -> None:
 
 def test_offsets_follow_the_session_timeline_whatever_the_commit_order() -> None:
     index = Index()
-    late = commit(index, Job("u", "s", [part("c", seq=2, duration_ms=300.0)]))[0]
-    commit(index, Job("u", "s", [part("a", seq=0, duration_ms=100.0)]))
-    commit(index, Job("u", "s", [part("b", seq=1, duration_ms=200.0)]))
+    late = commit(index, made("u", "s", [part("c", seq=2, duration_ms=300.0)]))[0]
+    commit(index, made("u", "s", [part("a", seq=0, duration_ms=100.0)]))
+    commit(index, made("u", "s", [part("b", seq=1, duration_ms=200.0)]))
     assert index.offset_ms(late["chunk_id"]) == 300.0
     assert index.chunk_json(metas(index)[late["chunk_id"]])["offset_ms"] == 300.0
     index.apply_tombstone({"chunk_ids": [index.chunks_after("u", "s", None)[1][1]]})
@@ -109,7 +119,7 @@ def test_offsets_follow_the_session_timeline_whatever_the_commit_order() -> None
 
 def test_updates_tombstones_and_the_session_transcript() -> None:
     index = Index(transcript_status="pending")
-    chunks = commit(index, Job("u", "s", [part("a"), part("b")]))
+    chunks = commit(index, made("u", "s", [part("a"), part("b")]))
     assert index.summary("u", "s").transcript["status"] == "pending"  # type: ignore[union-attr]
     for n, chunk in enumerate(chunks):
         done = {"status": "done", "text": f"word{n}", "words": []}
@@ -127,7 +137,7 @@ def test_updates_tombstones_and_the_session_transcript() -> None:
 def test_pages_walk_every_chunk_once_across_sessions() -> None:
     index = Index()
     for session in ("b", "a"):
-        commit(index, Job("u", session, [part(f"{session}{n}") for n in range(3)]))
+        commit(index, made("u", session, [part(f"{session}{n}") for n in range(3)]))
     seen: list[tuple[str, int]] = []
     after = None
     while True:
@@ -142,7 +152,7 @@ def test_pages_walk_every_chunk_once_across_sessions() -> None:
 
 def test_a_session_is_done_only_when_every_chunk_is() -> None:
     index = Index(transcript_status="pending")
-    chunks = commit(index, Job("u", "s", [part("a"), part("b")]))
+    chunks = commit(index, made("u", "s", [part("a"), part("b")]))
     done = {"status": "done", "text": "hello", "words": []}
     failed = {"status": "failed", "text": "", "words": [], "error": "the worker died"}
     update(index, chunks[0]["chunk_id"], {"transcript": done})
@@ -153,8 +163,8 @@ def test_a_session_is_done_only_when_every_chunk_is() -> None:
 
 def test_the_pending_transcripts_follow_updates_and_deletes_in_session_order() -> None:
     index = Index("pending")
-    b = commit(index, Job("u", "b", [part("x")]))[0]
-    a0, a1 = commit(index, Job("u", "a", [part("y"), part("z")]))
+    b = commit(index, made("u", "b", [part("x")]))[0]
+    a0, a1 = commit(index, made("u", "a", [part("y"), part("z")]))
     assert index.pending_chunks() == [("u", "a", a0["chunk_id"]), ("u", "a", a1["chunk_id"]),
                                       ("u", "b", b["chunk_id"])]  # fmt: skip
     update(index, a0["chunk_id"], {"transcript": {"status": "done"}})
@@ -163,7 +173,7 @@ def test_the_pending_transcripts_follow_updates_and_deletes_in_session_order() -
     update(index, a1["chunk_id"], {"transcript": {"status": "pending"}})
     assert index.pending_transcripts() == [a1["chunk_id"]]
     plain = Index()  # no speech engine: new chunks start "disabled"
-    commit(plain, Job("u", "s", [part("q")]))
+    commit(plain, made("u", "s", [part("q")]))
     assert plain.pending_transcripts() == []
 
 

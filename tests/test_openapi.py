@@ -8,7 +8,8 @@ import httpx
 import jsonschema
 import pytest
 
-from trio_audio.web.openapi import SPEC
+from trio_audio.models import ChunkRecord, utc_now
+from trio_audio.web.openapi import CHUNK, SPEC
 
 from .audio_samples import wav
 from .conftest import Server
@@ -61,3 +62,13 @@ async def test_real_responses_match_their_schemas(client: httpx.AsyncClient) -> 
         )
     with pytest.raises(jsonschema.ValidationError):  # the schemas do reject wrong shapes
         validate({**created.json(), "seq": -1}, ref("Chunk"))
+
+
+def test_every_field_of_the_chunk_record_is_in_the_chunk_schema() -> None:
+    """A chunk-JSON field is a field of ``ChunkRecord`` and a property of the schema: adding one
+    without the other fails here."""
+    record = ChunkRecord("c", "u", "s", utc_now(), None, 3, "ab", "audio/wav", {}, {}, {}, {})
+    chunk = {k: v for k, v in record.meta(0, "pending").items() if k != "group"}
+    chunk["offset_ms"] = 0.0
+    assert set(chunk) == set(CHUNK["properties"])
+    assert set(CHUNK["required"]) <= set(chunk)

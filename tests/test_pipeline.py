@@ -232,7 +232,7 @@ def chunk_jobs() -> list[Job]:
 
 async def run_stages(stages: Stages, jobs: list[Job]) -> Outcomes:
     outcomes: Outcomes = [None] * len(jobs)
-    for step in (stages.validate, stages.transform, stages.metadata):
+    for step in (stages.validate, stages.analyse):
         live = [i for i, outcome in enumerate(outcomes) if outcome is None]
         for i, outcome in zip(live, await step([jobs[i] for i in live]), strict=True):
             outcomes[i] = outcome
@@ -249,23 +249,22 @@ async def test_a_group_through_the_real_stages_gets_what_each_job_gets_alone() -
     assert sum(o is None for o in together_outcomes) == len(together) - 1
     speech = 0
     for one, grouped in zip(alone, together, strict=True):
-        a, b = one.parts[0], grouped.parts[0]
-        assert a.checksum == b.checksum and a.audio_info == b.audio_info
-        if a.analysis is None:
-            assert b.analysis is None
+        assert not one.checked and not grouped.checked  # the samples were let go
+        if not one.records:
+            assert not grouped.records
             continue
-        assert b.analysis is not None
-        for key, value in a.analysis["features"].items():
+        (a,), (b,) = one.records, grouped.records
+        assert a.checksum == b.checksum and a.audio == b.audio
+        for key, value in a.features.items():
             if key == "speech_segments":
-                assert len(b.analysis["features"][key]) == len(value)
-                for got, want in zip(b.analysis["features"][key], value, strict=True):
+                assert len(b.features[key]) == len(value)
+                for got, want in zip(b.features[key], value, strict=True):
                     assert got == pytest.approx(want, abs=0.1)
             else:
-                assert b.analysis["features"][key] == pytest.approx(value, abs=1e-3), key
-        assert b.analysis["spectrum"]["band_db"] == pytest.approx(
-            a.analysis["spectrum"]["band_db"], abs=1e-3
-        )
-        speech += a.analysis["features"]["speech_ratio"] > 0.5
+                assert b.features[key] == pytest.approx(value, abs=1e-3), key
+        assert b.spectrum["band_db"] == pytest.approx(a.spectrum["band_db"], abs=1e-3)
+        assert set(b.processing_ms) == {"validate", "transform", "metadata", "vad"}
+        speech += a.features["speech_ratio"] > 0.5
     assert speech >= 4  # the speech chunks were really speech, so the comparison means something
 
 
@@ -302,7 +301,8 @@ async def test_validate_reads_each_chunk_s_magic_once(monkeypatch: pytest.Monkey
     outcomes = await stages.validate(jobs)
     assert len(sniffed) == len(jobs)  # once each (the size estimate and decode share it)
     for job, outcome in zip(jobs, outcomes, strict=True):
-        part = job.parts[0]
-        assert part.container == ("wav" if outcome is None else None)
         if outcome is None:
-            assert part.decoded is not None and part.decoded.container == "wav"
+            (checked,) = job.checked
+            assert checked.container == "wav" and checked.decoded.container == "wav"
+        else:
+            assert not job.checked

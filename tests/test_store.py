@@ -6,17 +6,27 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 import trio.testing
 
 from trio_audio.config import Config
 from trio_audio.errors import NotFound
+from trio_audio.metrics import Metrics
+from trio_audio.models import Job, Part
+from trio_audio.pipeline.stages import Stages
+from trio_audio.store.commit import apply_batch, plan_batch, records_of
 from trio_audio.store.files import FileOps
-from trio_audio.store.index import SessionSummary
+from trio_audio.store.index import Index, SessionSummary
+from trio_audio.store.logio import append
+from trio_audio.store.reads import MetaCache
 from trio_audio.store.record import RecordType
 from trio_audio.store.store import Store
 from trio_audio.store.writer import LogWriter
+
+from .audio_samples import wav
+from .logs import replay_all
 
 
 def summary(store: Store) -> SessionSummary:
@@ -232,3 +242,51 @@ async def test_a_page_over_two_sessions_is_right_when_rows_are_renumbered_meanwh
     assert [(c["chunk_id"], c["seq"], c["checksum"]) for c in b] == [
         (f"b{n}", n, f"b{n}") for n in range(10)
     ]
+
+
+async def test_a_chunk_record_is_packed_once_for_the_log_and_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stages build each chunk's record once; the committer adds its seq, transcript and
+    group to the record's own packed bytes: the log gets those bytes, the metadata cache the
+    very same object, and nothing packs the whole map again. Replay reads back the map the
+    answer was made from, in its order."""
+    stages = Stages(Config(asr_engine="none"), trio.CapacityLimiter(1))
+    parts = [Part(wav(440, 0.1), "audio/wav"), Part(wav(880, 0.2), "audio/wav", seq=7)]
+    jobs = [Job("u", "s", parts)]
+    assert await stages.validate(jobs) == [None]
+    assert await stages.analyse(jobs) == [None]
+    whole_maps: list[dict[str, Any]] = []
+    real_packb = msgpack.packb
+
+    def counting(obj: Any, **kwargs: Any) -> bytes:
+        if isinstance(obj, dict) and "spectrum" in obj:
+            whole_maps.append(obj)
+        packed: bytes = real_packb(obj, **kwargs)
+        return packed
+
+    monkeypatch.setattr(msgpack, "packb", counting)
+    index, cache, metrics = Index("pending"), MetaCache(1 << 20), Metrics()
+    plans = plan_batch(index, list(jobs), {}, metrics)
+    records = records_of(plans)
+    log = LogWriter(tmp_path, next_seq=1)
+    frames, _ = append(log, records, sync=True)
+    _, answers = apply_batch(index, cache, metrics, plans, frames, {})
+    log.close()
+    assert whole_maps == []  # neither the log nor the cache packed a record again
+    (_, planned), (_, stored) = plans[0], answers[0]
+    assert isinstance(planned, list)
+    for (_, packed, _), one in zip(records, planned, strict=True):
+        assert one.meta is not None
+        assert cache._items[one.meta["chunk_id"]] is packed
+    _, replayed = replay_all(tmp_path)
+    for record, one, result in zip(replayed, planned, stored, strict=True):
+        assert one.meta is not None
+        assert list(record.meta.items()) == list(one.meta.items())
+        assert result.chunk == {
+            **{k: v for k, v in one.meta.items() if k != "group"},
+            "offset_ms": result.chunk["offset_ms"],
+        }
+    assert [r.meta["seq"] for r in replayed] == [0, 7]
+    assert [r.meta["group"][1:] for r in replayed] == [[0, 2], [1, 2]]
+    assert replayed[0].meta["transcript"]["status"] == "pending"

@@ -1,7 +1,7 @@
 """Loudness, spectral and silence features of decoded audio, and a 16-band spectrum (numpy only).
 
 The work is split the way the pipeline runs it: :func:`downmix` and :func:`power_spectrum`
-(the "transform" stage), then :func:`analyze_spectrum` (the "metadata" stage);
+(the analyse stage's "transform" step), then :func:`analyze_spectrum` (its "metadata" step);
 :func:`analyze` does all three. :func:`power_spectra` and :func:`analyze_spectra` do the same
 for a group of chunks at once: chunks of the same shape and rate share one vectorised step
 (numpy's per-call overhead, not its arithmetic, is most of the cost of a 100 ms chunk), and

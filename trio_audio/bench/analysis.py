@@ -1,6 +1,6 @@
 """CPU per chunk of the analysis, one chunk at a time against a group in one step.
 
-The analysis the metadata stage runs on each chunk (features, band spectrum, voice activity)
+The analysis the analyse stage runs on each chunk (features, band spectrum, voice activity)
 is timed with the process's CPU clock, so other work on the machine moves it little:
 
 - ``one at a time``: ``power_spectrum``, ``analyze_spectrum`` and ``vad.analyze`` per chunk,

@@ -181,8 +181,8 @@ class Publisher:
         if isinstance(item.write, Job):
             assert isinstance(item.plan, list)
             for planned in item.plan:
-                if planned.meta is not None and planned.part.speech_pcm is not None:
-                    self._pcm[planned.meta["chunk_id"]] = planned.part.speech_pcm
+                if planned.meta is not None and planned.record.speech_pcm is not None:
+                    self._pcm[planned.meta["chunk_id"]] = planned.record.speech_pcm
         if isinstance(item.write, Job) and item.messages:
             await self._publish_batch(item.messages, deadline)
         else:

@@ -12,6 +12,11 @@ call, one thread hop, one channel hop) than in arithmetic. Chunks that arrive to
 frames of busy WebSocket streams, uploads under load) share those costs: one vectorised step
 of features, one Silero call with the chunks as batch rows, one thread hop. A lone chunk is a
 group of one, so an idle service answers as fast as before.
+
+The pipeline has one stage (``Stages.check_and_analyse``): validation and analysis are its
+steps, each handing on its own result (``models.Checked``, then ``models.ChunkRecord``), not
+stages of their own, because a stage that only hands a group to the next worker costs a
+channel, a wake-up and a deadline scope per group (``bench/hops.py``: 20-25 us of CPU a job).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
@@ -33,7 +38,7 @@ from ..budget import ByteBudget, Hold
 from ..config import DECODED_BYTES_PER_SAMPLE, Config
 from ..errors import InternalError, Overloaded, ServiceError
 from ..metrics import Metrics
-from ..models import Job, Part
+from ..models import Checked, ChunkRecord, Job, Part
 
 logger = logging.getLogger("trio_audio.pipeline")
 
@@ -44,6 +49,8 @@ GROUP_MAX: Final = 32  # jobs one worker takes at once (bounded by what is alrea
 # nearly so, so a group's work stays within the timeout each of its chunks would have had.
 GROUP_MAX_BYTES: Final = 1 << 20
 
+T = TypeVar("T")
+R = TypeVar("R")
 Outcomes = list[BaseException | None]  # per job of a group: None (done) or why it failed
 Work = Callable[[list[Job]], Awaitable[Outcomes]]
 
@@ -189,46 +196,63 @@ class Stages:
 
     async def _grouped(
         self,
-        jobs: list[Job],
-        name: str,
-        together: Callable[[list[Part]], None],
+        groups: list[list[T]],
+        together: Callable[[list[T]], list[R]],
+        samples: int,
         *,
         vectorised: bool = True,
         thread: bool = False,
-    ) -> Outcomes:
-        """The parts of every job as one piece of CPU work (timed; with *thread*: always in a
-        thread, for work that releases the GIL). *vectorised*: *together* on all of them at
-        once, and if that fails, on each job's parts alone, so a bad chunk fails its own job
-        only; otherwise (work that goes part by part anyway) each job's parts alone from the
-        start, so a bad chunk costs the others nothing twice."""
-        outcomes: Outcomes = [None] * len(jobs)
-        parts = [part for job in jobs for part in job.parts]
+    ) -> tuple[Outcomes, list[list[R]], float]:
+        """Each job's items (*groups*, one list a job) as one piece of CPU work of about
+        *samples* samples: per job, its outcome and its results; and the seconds it took per
+        item. With *thread*: always in a thread, for work that releases the GIL.
+        *vectorised*: *together* on every item at once, and if that fails, on each job's
+        items alone, so a bad chunk fails its own job only; otherwise (work that goes item by
+        item anyway) each job's items alone from the start, so a bad chunk costs the others
+        nothing twice."""
+        outcomes: Outcomes = [None] * len(groups)
+        results: list[list[R]] = [[] for _ in groups]
+        share = [0.0]
 
         def each_alone() -> None:
-            for index, job in enumerate(jobs):
+            for index, items in enumerate(groups):
                 try:
-                    together(job.parts)
+                    results[index] = together(items)
                 except Exception as exc:
                     outcomes[index] = exc
 
         def run() -> None:
             started = time.perf_counter()
-            if vectorised and len(jobs) > 1:
+            if vectorised and len(groups) > 1:
                 try:
-                    together(parts)
+                    found = iter(together([item for items in groups for item in items]))
                 except Exception:
                     each_alone()
+                else:
+                    results[:] = [[next(found) for _ in items] for items in groups]
             else:
                 each_alone()
-            share = (time.perf_counter() - started) / max(1, len(parts))
-            for part in parts:
-                part.timings[name] = share
+            share[0] = (time.perf_counter() - started) / max(1, sum(map(len, groups)))
 
-        await self._cpu(sum(_work_samples(part) for part in parts), run, thread=thread)
-        return outcomes
+        await self._cpu(samples, run, thread=thread)
+        return outcomes, results, share[0]
+
+    async def check_and_analyse(self, jobs: list[Job]) -> Outcomes:
+        """The pipeline's one stage before the committer: ``validate``, then ``analyse`` the
+        jobs that passed, as two steps of one worker (one channel and one wake-up per group;
+        as stages of their own they cost a group a hop and a worker's turn more)."""
+        try:
+            outcomes = await self.validate(jobs)
+            live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+            analysed = iter(await self.analyse(live) if live else [])
+        finally:  # a timeout too: a failed job's sender may keep it a while, not its samples
+            for job in jobs:
+                job.checked = ()
+        return [next(analysed) if outcome is None else outcome for outcome in outcomes]
 
     async def validate(self, jobs: list[Job]) -> Outcomes:
-        """Checksum and decode every part (whether a part is a retry is the committer's call).
+        """Checksum and decode every part (whether a part is a retry is the committer's call);
+        each job gets its ``Checked`` parts.
 
         Decoded audio is held within ``max_decoded_bytes_inflight``: each job first takes room
         for what its bodies say they decode to (the group's first waits for it a bounded
@@ -236,52 +260,63 @@ class Stages:
         past that, or fails with 503. The room is given
         back when the samples are let go (``Hold.hand_over``)."""
         parts = [part for job in jobs for part in job.parts]
-        await self._cpu(sum(len(p.body) for p in parts) // 2, lambda: _checksum_all(parts))
-        holds: dict[int, Hold] = {}
+        sums: list[tuple[str, str | None]] = []
+        await self._cpu(sum(len(p.body) for p in parts) // 2, lambda: sums.extend(_sums(parts)))
+        found = iter(sums)
+        sniffed = [[(part, *next(found)) for part in job.parts] for job in jobs]
+        holds: list[Hold] = []
         outcomes: Outcomes = []
-        for job in jobs:
-            size = sum(self._first_guess(part) for part in job.parts) * DECODED_BYTES_PER_SAMPLE
+        for items in sniffed:
+            size = sum(self._first_guess(p, c) for p, _, c in items) * DECODED_BYTES_PER_SAMPLE
             # Only a group that holds nothing yet waits for room: what it waits for could
             # otherwise be its own, held until the group is done.
             if await self.decoded.take(size, 0 if holds else self.room_wait_s):
-                hold = Hold(self.decoded, size)
-                holds.update((id(part), hold) for part in job.parts)
+                holds.append(Hold(self.decoded, size))
                 outcomes.append(None)
             else:
                 msg = "no memory free to decode this audio now; retry after the delay given"
                 outcomes.append(Overloaded(msg))
-        live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+        live = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        groups = [
+            [(hold, *item) for item in sniffed[i]] for i, hold in zip(live, holds, strict=True)
+        ]
+        samples = sum(_body_samples(p, c) for items in groups for _, p, _, c in items)
         try:
-            decode_all = partial(self._decode_all, holds)
-            found = iter(await self._grouped(live, "validate", decode_all, vectorised=False))
+            found_outcomes, decoded, share = await self._grouped(
+                groups, self._decode_all, samples, vectorised=False
+            )
         finally:
-            for hold in set(holds.values()):
+            for hold in holds:
                 hold.release()  # what a decode kept is the samples'; the rest goes back
-        return [next(found) if outcome is None else outcome for outcome in outcomes]
+        for i, outcome, checked in zip(live, found_outcomes, decoded, strict=True):
+            outcomes[i] = outcome
+            if outcome is None:
+                jobs[i].checked = tuple(attrs.evolve(c, seconds=share) for c in checked)
+        return outcomes
 
-    def _first_guess(self, part: Part) -> int:
+    def _first_guess(self, part: Part, container: str | None) -> int:
         """The samples to take room for before decoding *part* (the decode takes more as it
         needs); none when its header says it is over the limit: refused before it decodes."""
-        bound = decoded_samples_bound(part.body, part.raw, part.container)
+        bound = decoded_samples_bound(part.body, part.raw, container)
         if bound is None:
             bound = len(part.body) * COMPRESSED_SAMPLES_PER_BYTE
-        elif bound > self.max_samples and part.raw is None and part.container != "wav":
+        elif bound > self.max_samples and part.raw is None and container != "wav":
             return 0
         return min(bound, self.max_samples)
 
-    def _decode_all(self, holds: dict[int, Hold], parts: list[Part]) -> None:
-        """Decode one job's *parts* within its hold, ``max_decoded_samples`` in all; a refusal
-        names its part (its index in *parts*, which are one job's: see ``_grouped``)."""
+    def _decode_all(self, items: list[tuple[Hold, Part, str, str | None]]) -> list[Checked]:
+        """Decode one job's parts within its hold, ``max_decoded_samples`` in all; a refusal
+        names its part (its index among the job's: see ``_grouped``)."""
         left = self.max_samples
-        for index, part in enumerate(parts):
-            hold = holds[id(part)]
+        checked = []
+        for index, (hold, part, checksum, container) in enumerate(items):
             allowance = Allowance(hold.size // DECODED_BYTES_PER_SAMPLE, partial(_more, hold))
             try:
                 decoded = decode(
                     part.body,
                     content_type=part.content_type,
                     raw=part.raw,
-                    container=part.container,  # sniffed in ``_checksum_all``
+                    container=container,  # sniffed once, in ``_sums``
                     max_duration_s=self.max_duration_s,
                     max_samples=left,
                     allowance=allowance,
@@ -291,71 +326,93 @@ class Stages:
             samples = decoded.frames * decoded.channels
             left -= samples
             hold.hand_over(decoded, samples * DECODED_BYTES_PER_SAMPLE)
-            part.decoded = decoded
+            checked.append(Checked(checksum, container, decoded, 0.0))
+        return checked
 
-    async def transform(self, jobs: list[Job]) -> Outcomes:
-        """Downmix to mono float32 and take the power spectrum (a real FFT), chunks of one
-        shape in one step."""
-        return await self._grouped(jobs, "transform", _transform_all)
-
-    async def metadata(self, jobs: list[Job]) -> Outcomes:
-        """Loudness, spectral and silence features and the 16-band spectrum, then voice
-        activity, each for the whole group in one step.
+    async def analyse(self, jobs: list[Job]) -> Outcomes:
+        """Each job's ``ChunkRecord``s from its ``Checked`` parts, in three steps, each for the
+        whole group at once: downmix to mono float32 and the power spectrum (a real FFT);
+        loudness, spectral and silence features and the 16-band spectrum; voice activity.
 
         The voice activity model (Silero, ~3 ms of CPU per second of audio) runs in a thread,
         one hop per group: onnxruntime releases the GIL, so it runs beside the event loop on
         another core instead of stalling it (the numpy features stay inline). A process
-        pinned to one CPU has no other core: there a small group's VAD runs inline too."""
-        outcomes = await self._grouped(jobs, "metadata", _features_all)
-        live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
-        found = await self._grouped(live, "vad", self.voice.all, thread=self.beside) if live else []
-        voiced = iter(found)
-        return [next(voiced) if outcome is None else outcome for outcome in outcomes]
+        pinned to one CPU has no other core: there a small group's VAD runs inline too.
+        The decoded samples are let go once the records are built (``Job.checked``)."""
+        outcomes: Outcomes = [None] * len(jobs)
+        timings: dict[str, float] = {}
+        samples = sum(c.decoded.frames * c.decoded.channels for j in jobs for c in j.checked)
+
+        async def step(name: str, items: list[list[T]], work: Callable[[list[T]], list[R]],
+                       *, thread: bool = False) -> list[list[R]]:  # fmt: skip
+            live = [i for i, outcome in enumerate(outcomes) if outcome is None]
+            found, results, timings[name] = await self._grouped(
+                [items[i] for i in live], work, samples, thread=thread
+            )
+            kept: list[list[R]] = [[] for _ in jobs]
+            for i, outcome, result in zip(live, found, results, strict=True):
+                outcomes[i], kept[i] = outcome, result
+            return kept
+
+        checked = [list(job.checked) for job in jobs]
+        spectra = await step("transform", checked, _transform_all)
+        zipped = [list(zip(c, s, strict=False)) for c, s in zip(checked, spectra, strict=True)]
+        analyses = await step("metadata", zipped, _features_all)
+        voiced = await step("vad", zipped, self.voice.all, thread=self.beside)
+        for i, job in enumerate(jobs):
+            if outcomes[i] is None:
+                found = zip(job.parts, job.checked, analyses[i], voiced[i], strict=True)
+                job.records = tuple(
+                    ChunkRecord.build(job, part, c, _with(analysis, activity),
+                                      {"validate": c.seconds, **timings}, pcm)
+                    for part, c, analysis, (activity, pcm) in found
+                )  # fmt: skip
+            job.checked = ()  # past this point only the numbers are needed: let samples go
+        return outcomes
+
+
+def _with(analysis: dict[str, Any], activity: dict[str, Any]) -> dict[str, Any]:
+    """*analysis* with the voice *activity* among its features."""
+    return {**analysis, "features": {**analysis["features"], **activity}}
 
 
 def _more(hold: Hold, samples: int) -> bool:
     return hold.more(samples * DECODED_BYTES_PER_SAMPLE)
 
 
-def _work_samples(part: Part) -> int:
-    """How many samples a stage handles for *part* (unknown: a number too big to inline)."""
-    if part.decoded is not None:
-        return part.decoded.frames * part.decoded.channels
-    if part.raw is not None or part.container in (None, "wav"):  # PCM: by size
+def _body_samples(part: Part, container: str | None) -> int:
+    """How many samples *part* decodes to, as far as its size tells (unknown: a number too
+    big to inline)."""
+    if part.raw is not None or container in (None, "wav"):  # PCM: by size
         return len(part.body) // 2
     return UNKNOWN_SAMPLES  # compressed: a small file can decode to minutes of audio
 
 
-def _checksum_all(parts: list[Part]) -> None:
-    """Checksum each part, and read its container from its magic (the one sniff it gets)."""
-    for part in parts:
-        part.checksum = hashlib.sha256(part.body).hexdigest()
-        if part.raw is None:
-            part.container = sniff_container(part.body)
+def _sums(parts: list[Part]) -> list[tuple[str, str | None]]:
+    """Each part's checksum, and its container read from its magic (the one sniff it gets)."""
+    return [
+        (hashlib.sha256(p.body).hexdigest(), None if p.raw is not None else sniff_container(p.body))
+        for p in parts
+    ]
 
 
-def _transform_all(parts: list[Part]) -> None:
-    monos, rates = [], []
-    for part in parts:
-        assert part.decoded is not None
-        monos.append(features.downmix(part.decoded.samples))
-        rates.append(part.decoded.sample_rate)
-    for part, mono, spectrum in zip(
-        parts, monos, features.power_spectra(monos, rates), strict=True
-    ):
-        part.mono, part.spectrum = mono, spectrum
+Spectrum = tuple[features.Float32Array, features.PowerSpectrum]  # a chunk's mono and spectrum
 
 
-def _features_all(parts: list[Part]) -> None:
-    samples, monos, spectra = [], [], []
-    for part in parts:
-        assert part.decoded is not None and part.mono is not None and part.spectrum is not None
-        samples.append(part.decoded.samples)
-        monos.append(part.mono)
-        spectra.append(part.spectrum)
-    analyses = features.analyze_spectra(samples, monos, spectra)
-    for part, analysis in zip(parts, analyses, strict=True):
-        part.analysis = analysis.to_dict()
+def _transform_all(checked: list[Checked]) -> list[Spectrum]:
+    monos = [features.downmix(c.decoded.samples) for c in checked]
+    spectra = features.power_spectra(monos, [c.decoded.sample_rate for c in checked])
+    return list(zip(monos, spectra, strict=True))
+
+
+def _features_all(items: list[tuple[Checked, Spectrum]]) -> list[dict[str, Any]]:
+    samples = [c.decoded.samples for c, _ in items]
+    monos = [mono for _, (mono, _) in items]
+    spectra = [spectrum for _, (_, spectrum) in items]
+    return [analysis.to_dict() for analysis in features.analyze_spectra(samples, monos, spectra)]
+
+
+Voiced = tuple[dict[str, Any], bytes | None]  # a chunk's voice activity, and its 16 kHz PCM
 
 
 @attrs.frozen
@@ -366,29 +423,12 @@ class Voice:
     gap_ms: float
     keep_pcm: bool
 
-    def all(self, parts: list[Part]) -> None:
-        pcms = [self._pcm(part) for part in parts]
+    def all(self, items: list[tuple[Checked, Spectrum]]) -> list[Voiced]:
+        """Each chunk's voice activity (the fields it adds to ``features``) and its 16 kHz
+        PCM when the transcriber is to have it (else None)."""
+        pcms = [vad.speech_pcm(mono, c.decoded.sample_rate) for c, (mono, _) in items]
         found = vad.analyze_batch(pcms, self.mode, self.gap_ms)
-        for part, pcm, activity in zip(parts, pcms, found, strict=True):
-            self._done(part, pcm, activity)
-
-    @staticmethod
-    def _pcm(part: Part) -> vad.Int16Array:
-        assert part.decoded is not None and part.mono is not None and part.analysis is not None
-        return vad.speech_pcm(part.mono, part.decoded.sample_rate)
-
-    def _done(self, part: Part, pcm: vad.Int16Array, activity: vad.VoiceActivity) -> None:
-        assert part.decoded is not None and part.analysis is not None
-        part.analysis["features"].update(activity.to_dict())
-        part.speech_pcm = pcm.tobytes() if self.keep_pcm else None
-        # Past this point only the numbers are needed: let the samples go before the store.
-        decoded = part.decoded
-        part.audio_info = {
-            "container": decoded.container,
-            "encoding": decoded.encoding,
-            "sample_rate": decoded.sample_rate,
-            "channels": decoded.channels,
-            "frames": decoded.frames,
-            "duration_ms": round(decoded.duration_ms, 3),
-        }
-        part.decoded = part.mono = part.spectrum = None
+        return [
+            (activity.to_dict(), pcm.tobytes() if self.keep_pcm else None)
+            for pcm, activity in zip(pcms, found, strict=True)
+        ]

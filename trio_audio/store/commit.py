@@ -62,7 +62,7 @@ def records_of(plans: Plans) -> list[Record]:
     records: list[Record] = []
     for _, plan in plans:
         if isinstance(plan, list):
-            records += [(RecordType.CHUNK, p.meta, p.part.body) for p in plan if p.meta]
+            records += [(RecordType.CHUNK, p.packed, p.part.body) for p in plan if p.meta]
         else:
             records.append(plan)
     return records
@@ -117,7 +117,7 @@ def apply_batch(
             events += stored
         elif isinstance(write, Update):
             _, (segment, offset, size) = next(frame_iter)
-            assert not isinstance(plan, list)
+            assert not isinstance(plan, list) and isinstance(plan[1], dict)
             place = Place(segment, offset, size - FRAME_HEADER_SIZE)
             meta = known.get(write.chunk_id)
             if meta is None or not index.apply_update(plan[1], place):
@@ -130,7 +130,7 @@ def apply_batch(
             events.append(ChunkUpdated(chunk))
         else:
             next(frame_iter)
-            assert not isinstance(plan, list)
+            assert not isinstance(plan, list) and isinstance(plan[1], dict)
             removed = index.apply_tombstone(plan[1])
             for chunk_id, _ in removed:
                 cache.drop(chunk_id)
@@ -159,10 +159,12 @@ def _apply_job(
         assert ref is not None
         header = 2 if ref.length < 1 << 8 else 3 if ref.length < 1 << 16 else 5
         length = ref.offset - header - offset - FRAME_HEADER_SIZE
-        index.insert_meta(planned.meta, Place(segment, offset, length), ref.length)
-        cache.put(planned.meta["chunk_id"], planned.meta)
-        chunk = index.chunk_json(planned.meta)
+        meta = planned.meta
+        index.insert_meta(meta, Place(segment, offset, length), ref.length)
+        # The cache keeps the very bytes the log has (made once, from the record's own).
+        cache.put(meta["chunk_id"], meta, planned.packed)
+        chunk = index.chunk_json(meta)
         results.append(Stored(chunk, created=True))
-        metrics.stored(len(planned.part.body))
-        events.append(ChunkStored(chunk, job.source, planned.part.speech_pcm))
+        metrics.stored(planned.record.size_bytes)
+        events.append(ChunkStored(chunk, job.source, planned.record.speech_pcm))
     return results, events

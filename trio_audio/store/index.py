@@ -31,7 +31,7 @@ from .keydir import (
     split_id,
     status_code,
 )
-from .plan import Planned, Stored, build_meta, plan_chunks
+from .plan import Planned, Stored, plan_chunks
 from .queries import Lookups, PageSlice, SessionSummary
 from .record import FRAME_HEADER_SIZE
 
@@ -48,7 +48,6 @@ __all__ = [
     "Session",
     "SessionSummary",
     "Stored",
-    "build_meta",
 ]
 
 VACUUM_MIN: Final = 65536  # free rows before the table is packed again

@@ -13,7 +13,8 @@ from .writer import LogWriter
 
 logger = logging.getLogger("trio_audio.store")
 
-Record = tuple[RecordType, dict[str, Any], bytes | None]  # one record for the log writer
+# One record for the log writer: its type, its meta (as a map, or packed already) and audio.
+Record = tuple[RecordType, dict[str, Any] | bytes, bytes | None]
 Frame = tuple[BlobRef | None, tuple[str, int, int]]  # where the writer put a record
 
 

@@ -1,7 +1,14 @@
-"""Planning a batch: each part of a job gets its seq and record, or is found stored. Pure."""
+"""Planning a batch: each part of a job gets its seq and record, or is found stored. Pure.
+
+A new chunk's record is the ``ChunkRecord`` the analysis built, with what only the committer
+decides (its seq, its transcript status, the group of a multipart job): ``Planned.meta`` as a
+map for the index and the answers, ``Planned.packed`` as the log's bytes, made from the
+record's own packed bytes (nothing is packed twice, nothing unpacked).
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -10,7 +17,7 @@ from ..errors import InvalidField, SeqConflict
 from ..models import MAX_SEQ, new_chunk_id
 
 if TYPE_CHECKING:
-    from ..models import Job, Part
+    from ..models import ChunkRecord, Job, Part
     from .index import Index
 
 
@@ -22,13 +29,22 @@ class Stored:
     created: bool
 
 
-@attrs.define(eq=False)
+@attrs.frozen(eq=False)
 class Planned:
     """One part of a job as the committer will handle it: a new record, or one stored."""
 
     part: Part
+    record: ChunkRecord
     meta: dict[str, Any] | None  # the record to write; None: answered by ``existing``
     existing: dict[str, Any] | None = None
+
+    @functools.cached_property
+    def packed(self) -> bytes:
+        """``meta`` as the log stores it (msgpack), from the bytes the record was built with;
+        made once, for the log and then the metadata cache."""
+        meta = self.meta
+        assert meta is not None
+        return self.record.packed(meta["seq"], meta["transcript"]["status"], meta.get("group"))
 
 
 def plan_chunks(
@@ -49,7 +65,9 @@ def plan_chunks(
     next_seq = max(session.next_seq if session else 0, max(taken, default=-1) + 1)
     planned: list[Planned] = []
     claims: dict[int, dict[str, Any]] = {}
-    for part in job.parts:
+    new: list[tuple[int, int]] = []  # (index in *planned*, seq) of the parts to write
+    twins: list[tuple[int, int]] = []  # (index, seq) of parts that repeat one of those
+    for part, record in zip(job.parts, job.records, strict=True):
         seq = part.seq
         if seq is None:
             seq = max(next_seq, max(claims, default=-1) + 1)
@@ -66,50 +84,35 @@ def plan_chunks(
             if existing is None:
                 msg = f"chunk {chunk_id} was not read before planning"
                 raise RuntimeError(msg)
-            if existing["checksum"] != part.checksum:
+            if existing["checksum"] != record.checksum:
                 msg = (
                     f"seq {seq} of session {job.session_id!r} is already stored "
                     f"as chunk {existing['chunk_id']} with other bytes"
                 )
                 raise SeqConflict(msg)
-            planned.append(Planned(part, None, existing))
+            planned.append(Planned(part, record, None, existing))
             continue
         twin = taken.get(seq) or claims.get(seq)
         if twin is not None:  # the same seq earlier in this batch: same bytes, same chunk
-            if twin["checksum"] != part.checksum:
+            if twin["checksum"] != record.checksum:
                 msg = f"seq {seq} of session {job.session_id!r} is sent with other bytes"
                 raise SeqConflict(msg)
-            planned.append(Planned(part, None, twin))
+            if seq in claims:  # earlier in this job: its record is made below
+                twins.append((len(planned), seq))
+            planned.append(Planned(part, record, None, twin))
             continue
-        meta = claims[seq] = build_meta(job, part, seq, index.transcript_status)
-        planned.append(Planned(part, meta))
-    new = [p.meta for p in planned if p.meta is not None]
-    if len(new) > 1:
-        # Replay indexes a group only when all of it made it to disk: all or none.
-        group = new_chunk_id()
-        for i, meta in enumerate(new):
-            meta["group"] = [group, i, len(new)]
+        claims[seq] = {"checksum": record.checksum}  # its record once the group is known
+        new.append((len(planned), seq))
+        planned.append(Planned(part, record, None))
+    # Replay indexes a group only when all of it made it to disk: all or none.
+    group = new_chunk_id() if len(new) > 1 else None
+    for i, (at, seq) in enumerate(new):
+        meta = planned[at].record.meta(
+            seq, index.transcript_status, None if group is None else [group, i, len(new)]
+        )
+        claims[seq] = meta
+        planned[at] = attrs.evolve(planned[at], meta=meta)
+    for at, seq in twins:
+        planned[at] = attrs.evolve(planned[at], existing=claims[seq])
     taken.update(claims)
     return planned
-
-
-def build_meta(
-    job: Job, part: Part, seq: int, transcript_status: str = "disabled"
-) -> dict[str, Any]:
-    """The durable record of one chunk: its chunk JSON plus what the store needs."""
-    assert part.audio_info is not None and part.analysis is not None
-    return {
-        "chunk_id": new_chunk_id(),
-        "user_id": job.user_id,
-        "session_id": job.session_id,
-        "seq": seq,
-        "received_at": job.received_at,
-        "timestamp": part.timestamp,
-        "size_bytes": len(part.body),
-        "checksum": part.checksum,
-        "content_type": part.content_type,
-        "audio": part.audio_info,
-        **part.analysis,
-        "transcript": {"status": transcript_status, "text": "", "words": []},
-        "processing_ms": {k: round(v * 1000, 3) for k, v in part.timings.items()},
-    }

@@ -225,15 +225,20 @@ def build_checkpoint(salt: int, durable: int) -> bytes:
 
 
 def build_frame(
-    salt: int, type: RecordType, seq: int, meta: dict[str, Any], audio: bytes | None = None
+    salt: int,
+    type: RecordType,
+    seq: int,
+    meta: dict[str, Any] | bytes,
+    audio: bytes | None = None,
 ) -> list[bytes]:
     """One record's frame as buffers to write in sequence (the audio kept as its own buffer
-    when it is large). Used by the writer; public so that tests and tools frame records the
-    same way."""
+    when it is large); *meta* a map, or its msgpack bytes as the caller made them (a chunk's
+    ``ChunkRecord``: packed once). Used by the writer; public so that tests and tools frame
+    records the same way."""
     if type == RecordType.CHECKPOINT:
         msg = "checkpoints are framed by build_checkpoint"
         raise ValueError(msg)
-    packed = pack_meta(meta)
+    packed = meta if isinstance(meta, bytes) else pack_meta(meta)
     checked = _FRAME_CHECKED.pack(type, seq)
     if type == RecordType.CHUNK:
         if audio is None:

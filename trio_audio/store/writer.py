@@ -127,7 +127,7 @@ class LogWriter:
         return self._durable
 
     def append(
-        self, type: RecordType, meta: dict[str, Any], audio: bytes | None = None
+        self, type: RecordType, meta: dict[str, Any] | bytes, audio: bytes | None = None
     ) -> tuple[int, BlobRef | None]:
         """Frame a record into the batch; its ``BlobRef`` is valid once ``flush`` returned."""
         self._check_usable()
