@@ -1,4 +1,4 @@
-"""Wiring of the pipeline: ingress -> analyse (validate, then analyse) -> the store's committer.
+"""Wiring of the pipeline: ingress -> validate -> analyse -> the store's committer.
 
 Every channel is bounded (sizes from config). When the ingress is full, ``Ingress.submit_nowait``
 refuses at once with ``Overloaded`` (HTTP 503 + Retry-After); ``Ingress.submit`` waits for
@@ -104,14 +104,24 @@ async def run_pipeline(
     # Each worker takes the jobs waiting together as one group (stages.py), at most a stage
     # queue's worth: what a stage holds stays bounded by the queue sizes it was given.
     group = min(GROUP_MAX, config.stage_queue)
-    # One stage between the ingress and the committer: checking and analysing a group are
-    # two steps of one worker (``Stages.check_and_analyse``), so a frame crosses two channels
-    # here, the ingress and the committer's.
-    stage = Stage("analyse", work.check_and_analyse, workers, timeout, group)
+    stages = [
+        Stage("validate", work.validate, workers, timeout, group),
+        Stage("analyse", work.analyse, workers, timeout, group),
+    ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
-    queues = {"ingress": ingress_send, "store": commit}
+    queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_stage, stage, receive, commit, metrics)
+        for stage, downstream in zip(stages, ("analyse", "store"), strict=True):
+            # Each stage feeds the next; the last one feeds the committer's channel.
+            send, next_receive = (
+                (commit, None)
+                if downstream == "store"
+                else trio.open_memory_channel[Job](config.stage_queue)
+            )
+            queues[downstream] = send
+            nursery.start_soon(run_stage, stage, receive, send, metrics)
+            if next_receive is not None:
+                receive = next_receive
         metrics.gauge(
             "trio_audio_queue_depth",
             lambda: {

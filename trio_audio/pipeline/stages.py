@@ -13,10 +13,13 @@ frames of busy WebSocket streams, uploads under load) share those costs: one vec
 of features, one Silero call with the chunks as batch rows, one thread hop. A lone chunk is a
 group of one, so an idle service answers as fast as before.
 
-The pipeline has one stage (``Stages.check_and_analyse``): validation and analysis are its
-steps, each handing on its own result (``models.Checked``, then ``models.ChunkRecord``), not
-stages of their own, because a stage that only hands a group to the next worker costs a
-channel, a wake-up and a deadline scope per group (``bench/hops.py``: 20-25 us of CPU a job).
+The pipeline has the reference design's two stages, each handing on its own result:
+``validate`` (checksum, decode within the budget: a ``models.Checked`` per part), then
+``analyse`` (spectrum, features and voice activity as its steps, ending in one
+``models.ChunkRecord`` per part). Spectrum and features were once stages of their own: a stage
+that only hands a group to the next worker costs a channel, a wake-up and a deadline scope
+per group (``bench/hops.py``: 20-25 us of CPU a job), so steps that always run together are
+steps of one stage.
 """
 
 from __future__ import annotations
@@ -237,19 +240,6 @@ class Stages:
         await self._cpu(samples, run, thread=thread)
         return outcomes, results, share[0]
 
-    async def check_and_analyse(self, jobs: list[Job]) -> Outcomes:
-        """The pipeline's one stage before the committer: ``validate``, then ``analyse`` the
-        jobs that passed, as two steps of one worker (one channel and one wake-up per group;
-        as stages of their own they cost a group a hop and a worker's turn more)."""
-        try:
-            outcomes = await self.validate(jobs)
-            live = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
-            analysed = iter(await self.analyse(live) if live else [])
-        finally:  # a timeout too: a failed job's sender may keep it a while, not its samples
-            for job in jobs:
-                job.checked = ()
-        return [next(analysed) if outcome is None else outcome for outcome in outcomes]
-
     async def validate(self, jobs: list[Job]) -> Outcomes:
         """Checksum and decode every part (whether a part is a retry is the committer's call);
         each job gets its ``Checked`` parts.
@@ -355,19 +345,22 @@ class Stages:
             return kept
 
         checked = [list(job.checked) for job in jobs]
-        spectra = await step("transform", checked, _transform_all)
-        zipped = [list(zip(c, s, strict=False)) for c, s in zip(checked, spectra, strict=True)]
-        analyses = await step("metadata", zipped, _features_all)
-        voiced = await step("vad", zipped, self.voice.all, thread=self.beside)
-        for i, job in enumerate(jobs):
-            if outcomes[i] is None:
-                found = zip(job.parts, job.checked, analyses[i], voiced[i], strict=True)
-                job.records = tuple(
-                    ChunkRecord.build(job, part, c, _with(analysis, activity),
-                                      {"validate": c.seconds, **timings}, pcm)
-                    for part, c, analysis, (activity, pcm) in found
-                )  # fmt: skip
-            job.checked = ()  # past this point only the numbers are needed: let samples go
+        try:
+            spectra = await step("transform", checked, _transform_all)
+            zipped = [list(zip(c, s, strict=False)) for c, s in zip(checked, spectra, strict=True)]
+            analyses = await step("metadata", zipped, _features_all)
+            voiced = await step("vad", zipped, self.voice.all, thread=self.beside)
+            for i, job in enumerate(jobs):
+                if outcomes[i] is None:
+                    found = zip(job.parts, job.checked, analyses[i], voiced[i], strict=True)
+                    job.records = tuple(
+                        ChunkRecord.build(job, part, c, _with(analysis, activity),
+                                          {"validate": c.seconds, **timings}, pcm)
+                        for part, c, analysis, (activity, pcm) in found
+                    )  # fmt: skip
+        finally:  # past this point (a timeout too) only the numbers are needed: a failed
+            for job in jobs:  # job's sender may keep it a while, not its samples
+                job.checked = ()
         return outcomes
 
 
