@@ -353,7 +353,8 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert "trio_audio_accepted_total 1" in text
-    assert 'trio_audio_stage_seconds_count{stage="validate"} 1' in text
+    for stage in ("validate", "analyse", "transform", "metadata", "vad"):  # steps as stages
+        assert f'trio_audio_stage_seconds_count{{stage="{stage}"}} 1' in text
     assert 'trio_audio_queue_depth{queue="ingress"} 0' in text
     assert "# TYPE trio_audio_stage_seconds histogram" in text
     assert "trio_audio_meta_cache_misses_total" in text  # chunk metadata read from the log

@@ -15,7 +15,7 @@ from ..config import Config
 from ..errors import Overloaded
 from ..metrics import Metrics
 from ..models import Job
-from .stages import GROUP_MAX, Stage, Stages, run_stage
+from .stages import ANALYSE_STEPS, GROUP_MAX, Stage, Stages, run_stage
 
 
 class Ingress:
@@ -106,7 +106,7 @@ async def run_pipeline(
     group = min(GROUP_MAX, config.stage_queue)
     stages = [
         Stage("validate", work.validate, workers, timeout, group),
-        Stage("analyse", work.analyse, workers, timeout, group),
+        Stage("analyse", work.analyse, workers, timeout, group, ANALYSE_STEPS),
     ]
     ingress_send, receive = trio.open_memory_channel[Job](config.ingress_queue)
     queues: dict[str, trio.MemorySendChannel[Job]] = {"ingress": ingress_send}

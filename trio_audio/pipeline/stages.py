@@ -51,6 +51,7 @@ GROUP_MAX: Final = 32  # jobs one worker takes at once (bounded by what is alrea
 # A group stops growing once its bodies reach this: big (or compressed) chunks go alone or
 # nearly so, so a group's work stays within the timeout each of its chunks would have had.
 GROUP_MAX_BYTES: Final = 1 << 20
+ANALYSE_STEPS: Final = ("transform", "metadata", "vad")  # its steps, timed per chunk
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,13 +63,16 @@ Work = Callable[[list[Job]], Awaitable[Outcomes]]
 class Stage:
     """A named step of the pipeline: what it does to a group of jobs, with how many workers.
 
-    ``group_max`` is how many waiting jobs one worker takes at once (1: one at a time)."""
+    ``group_max`` is how many waiting jobs one worker takes at once (1: one at a time);
+    ``steps`` the steps of its work timed in each chunk's ``processing_ms`` that also go to
+    the stage metric under their own names (the analyse stage's steps were once stages)."""
 
     name: str
     work: Work
     workers: int
     timeout_s: float
     group_max: int = 1
+    steps: tuple[str, ...] = ()
 
 
 def take_waiting(
@@ -129,6 +133,9 @@ async def run_worker(
             for job, outcome in zip(group, outcomes, strict=True):
                 if outcome is None:
                     metrics.observe_stage(stage.name, elapsed)
+                    for record in job.records if stage.steps else ():
+                        for step in stage.steps:
+                            metrics.observe_stage(step, record.processing_ms[step] / 1000)
                     await _pass_on(send, job)
                 else:
                     _fail(stage, job, outcome, metrics)
