@@ -157,8 +157,8 @@ def load(specs: list[Spec], workdir: Path) -> dict[str, Any]:
     }
 
 
-def http_specs(nodes: list[Node], seconds: float, run_id: str) -> list[Spec]:
-    per = max(1, 32 // len(nodes))
+def http_specs(nodes: list[Node], seconds: float, run_id: str, connections: int = 32) -> list[Spec]:
+    per = max(1, connections // len(nodes))
     specs = [
         Spec(kind="http", url=n.url, concurrency=per, duration_s=seconds, chunk_s=0.1,
              run_id=f"{run_id}-{i}")
@@ -246,22 +246,25 @@ async def client_batches(store: str, stream: str, count: int, tasks: int) -> dic
         }
 
 
-def side_by_side(rounds: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+def side_by_side(
+    rounds: int, seconds: float, rate: float = 0.0, connections: int = 32
+) -> dict[str, Any]:
     """*rounds* of the HTTP load on one local-log node and on one cluster node, in turn
     (each started once and warmed up; which goes first alternates): each round's CPU ms per
     upload of both, and the ratio. Interleaving keeps a machine's changing load from
     favouring either side. With *rate*, both get the same uploads/s (open loop), so their
-    CPU per upload is compared at the same throughput; without, each gets 32 connections
-    as fast as it answers them (the slower node then batches less, and pays more per
-    upload for it)."""
+    CPU per upload is compared at the same throughput; without, each gets *connections*
+    connections as fast as it answers them (the slower node then batches less, and pays more
+    per upload for it, unless there are connections enough to keep its stages full)."""
 
     def specs(node: Node, run_id: str) -> list[Spec]:
-        base = http_specs([node], seconds, run_id)
+        base = http_specs([node], seconds, run_id, connections)
         if not rate:
             return base
         return [attrs.evolve(spec, mode="open", rate=rate, concurrency=64) for spec in base]
 
-    out: dict[str, Any] = {"rate": rate or "closed loop, 32 connections", "rounds": []}
+    closed = f"closed loop, {connections} connections"
+    out: dict[str, Any] = {"rate": rate or closed, "rounds": []}
     with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
         work = Path(tmp)
         with LocalCluster(work / "nats", nodes=3) as cluster:
@@ -316,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         "connections as fast as they are answered (closed loop)",
     )
     parser.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="with --rounds and no --rate: the closed loop's connections per node",
+    )
+    parser.add_argument(
         "--client-batches",
         type=int,
         default=0,
@@ -333,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(runs, indent=2))
         return 0
     if args.rounds:
-        print(json.dumps(side_by_side(args.rounds, args.seconds, args.rate), indent=2))
+        print(
+            json.dumps(
+                side_by_side(args.rounds, args.seconds, args.rate, args.connections), indent=2
+            )
+        )
         return 0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="trio-audio-bench-") as tmp:
