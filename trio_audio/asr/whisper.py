@@ -55,6 +55,7 @@ WINDOW_SAMPLES: Final = WINDOW_FRAMES * HOP
 # in the full window.
 TOKENS_PER_AUDIO_S: Final = 12
 TOKEN_SLACK: Final = 12
+SEEK_MIN_S: Final = 1.0  # audio left after a window's last word worth another window
 TOKENS_PER_SECOND: Final = 50  # alignment time steps (the encoder halves the frame rate)
 MAX_LENGTH: Final = 448
 BEAM_SIZE: Final = 5
@@ -222,14 +223,13 @@ class WhisperEngine:
         min_frames = round(window_s * 100) if window_s > 0 else self.min_frames
         context = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         words: list[Word] = []
-        for start in range(0, audio.size, WINDOW_SAMPLES):
+        start = 0
+        while audio.size - start >= RATE // 10:  # under 100 ms left: nothing to hear
             piece = audio[start : start + WINDOW_SAMPLES]
-            if piece.size < RATE // 10:  # under 100 ms: nothing to hear
-                continue
-            shift = start / RATE * 1000
-            found = self._window(piece, beam_size, retry, context, min_frames)
-            words += [w.shifted(shift) for w in found]
+            found, ended = self._window(piece, beam_size, retry, context, min_frames)
+            words += [w.shifted(start / RATE * 1000) for w in found]
             context += [t for w in found for t in self.tokenizer.encode(" " + w.word.strip())]
+            start += seek(piece.size, found, ended)
         return glue(words)
 
     def prefix(self, context: list[int]) -> list[int]:
@@ -241,7 +241,9 @@ class WhisperEngine:
 
     def _window(
         self, audio: Floats, beam_size: int, retry: bool, context: list[int], min_frames: int
-    ) -> list[Word]:
+    ) -> tuple[list[Word], bool]:
+        """The words of one window's audio, and whether the decoder said where its speech
+        ends (a timestamp closing its last segment: nothing to hear after it)."""
         features = log_mel(audio, self.filters)
         frames = min(features.shape[1] - 1, WINDOW_FRAMES)
         window = encoder_frames(frames, min_frames)
@@ -257,11 +259,11 @@ class WhisperEngine:
             fresh = self._decode_window(features, frames, window, beam_size, self.sot_sequence)
             decoded = fresh if fresh is not None else decoded
         if decoded is None:
-            return []
-        encoded, text_tokens = decoded
+            return [], True
+        encoded, text_tokens, ended = decoded
         if not text_tokens:
-            return []
-        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
+            return [], ended
+        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000), ended
 
     def _repeats(self, tokens: list[int]) -> bool:
         """Whether a decode says the same words over and over."""
@@ -270,11 +272,12 @@ class WhisperEngine:
 
     def _decode_window(
         self, features: Floats, frames: int, window: int, beam_size: int, prefix: list[int]
-    ) -> tuple[Any, list[int]] | None:
+    ) -> tuple[Any, list[int], bool] | None:
         """Encode the first *frames* of *features* in a window of *window* frames (zeros
-        after the audio) and decode it: the encoder output and the text tokens, or None when
-        a short window's decode looks wrong (it ran to its length limit, repeats itself or
-        is unsure) and the full window should be tried."""
+        after the audio) and decode it: the encoder output, the text tokens of its finished
+        segments and whether it closed its last one (``segments``), or None when a short
+        window's decode looks wrong (it ran to its length limit, repeats itself or is
+        unsure) and the full window should be tried."""
         import ctranslate2
 
         padded = np.zeros((features.shape[0], window), np.float32)
@@ -299,7 +302,8 @@ class WhisperEngine:
         )[0]
         tokens = list(result.sequences_ids[0])
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        text_tokens = [t for t in tokens if t < self.eot]
+        kept, ended = segments(tokens, self.timestamp_begin)
+        text_tokens = [t for t in kept if t < self.eot]
         repetitive = compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
         if short and (len(tokens) >= limit - len(prefix) - 1 or repetitive
                       or avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens)):  # fmt: skip
@@ -311,8 +315,8 @@ class WhisperEngine:
             )
             or (result.no_speech_prob > NO_SPEECH_SURE and avg_logprob < LOG_PROB_THRESHOLD / 2)
         ):
-            return encoded, []
-        return encoded, text_tokens
+            return encoded, [], ended
+        return encoded, text_tokens, ended
 
     def _align(self, encoded: Any, text_tokens: list[int], frames: int,
                duration_ms: float) -> list[Word]:  # fmt: skip
@@ -423,6 +427,38 @@ def _merge_punctuation(timings: list[dict[str, Any]]) -> None:
         else:
             i = j
         j += 1
+
+
+def segments(tokens: list[int], timestamp_begin: int) -> tuple[list[int], bool]:
+    """A decode's tokens as faster-whisper splits them into segments (``<|t0|> text <|t1|>``,
+    a new segment after two timestamps in a row): the tokens of its finished segments, and
+    whether it ended on a single timestamp (nothing to hear after it). A last segment left
+    open is dropped: the next window hears its audio again."""
+    single_ending = len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]
+    pairs = [i for i in range(1, len(tokens))
+             if tokens[i] >= timestamp_begin and tokens[i - 1] >= timestamp_begin]  # fmt: skip
+    if not pairs or single_ending:
+        return tokens, single_ending
+    return tokens[: pairs[-1]], False
+
+
+def seek(size: int, words: list[Word], ended: bool) -> int:
+    """How far (samples) the next window starts after a window of *size* samples: past it
+    when the decoder said its speech ended there (or heard no words), else at the end of its
+    last word, as faster-whisper seeks with word timestamps: words it stopped before (a
+    window of several utterances, a decode cut short) are heard in the next window.
+
+    Unlike faster-whisper, less than ``SEEK_MIN_S`` left after the last word is not decoded
+    again: that is the utterance's own tail (``utterances.PAD_MS`` of silence and the slack
+    of the word's end), where Whisper, given a fraction of a second of silence and the words
+    before as prompt, says "Thank you." Another utterance after it starts at least half a
+    ``vad_gap_ms`` later and holds a quarter of a second of speech at least."""
+    if ended or not words or words[-1].end_ms <= 0:
+        return size
+    frames = max(1, round(words[-1].end_ms / 10))  # faster-whisper seeks in 10 ms frames
+    if size - frames * HOP < SEEK_MIN_S * RATE:
+        return size
+    return frames * HOP
 
 
 def looping(tokens: list[int], times: int = 3, longest: int = 12) -> bool:
