@@ -18,6 +18,10 @@ then ``end``.
 - **WER**: every session's final words against the sentences it sent, after Whisper's
   English normaliser, summed over the sessions.
 - **Short window**: the finals decoded in the short window to keep their deadline.
+- **Partials**: how many utterances showed words in a partial ``transcript`` before their
+  final (what the console shows while someone speaks), and the p50/p95 time from the start
+  of an utterance's speech to its first partial with words. With N talkers the workers are
+  busy with the others' finals: this is whether a talker still sees words while speaking.
 
 Not a test: nothing here asserts; numbers go to stdout for the README.
 """
@@ -52,10 +56,11 @@ SPEECH = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures" / 
 
 @attrs.frozen
 class Script:
-    """What one talker says: the audio, and each sentence's text and speech end (s)."""
+    """What one talker says: the audio, and each sentence's text, speech start and end (s)."""
 
     audio: np.ndarray = attrs.field(eq=False, repr=False)
     texts: tuple[str, ...]
+    starts_s: tuple[float, ...]
     ends_s: tuple[float, ...]
 
     def sentence_at(self, ms: float) -> int:
@@ -79,27 +84,30 @@ def script(seconds: float, n: int, sessions: int) -> Script:
     said = sentences()
     lead = np.zeros(int(MAX_LEAD_S * n / max(1, sessions) * RATE), np.float32)
     pause = np.zeros(int(PAUSE_S * RATE), np.float32)
-    pieces, texts, ends = [lead], [], []
+    pieces, texts, starts, ends = [lead], [], [], []
     at = lead.size
     for k in range(len(said) * 1000):
         text, audio = said[(n + k) % len(said)]
         if at + audio.size + pause.size > seconds * RATE:
             break
         loud = np.flatnonzero(np.abs(audio) > SPEECH_LEVEL)
+        starts.append((at + (int(loud[0]) if loud.size else 0)) / RATE)
         ends.append((at + (int(loud[-1]) + 1 if loud.size else audio.size)) / RATE)
         texts.append(text)
         pieces += [audio, pause]
         at += audio.size + pause.size
-    return Script(np.concatenate(pieces), tuple(texts), tuple(ends))
+    return Script(np.concatenate(pieces), tuple(texts), tuple(starts), tuple(ends))
 
 
 @attrs.define
 class Heard:
-    """What one client got: the arrival (clock s) of each sentence's last final, its final
-    words in order, and how many finals were decoded in the short window."""
+    """What one client got: the arrival (clock s) of each sentence's last final and of its
+    first partial with words, its final words in order, and how many finals were decoded in
+    the short window."""
 
     script: Script
     arrivals: dict[int, float] = attrs.field(factory=dict)
+    partials: dict[int, float] = attrs.field(factory=dict)
     words: list[str] = attrs.field(factory=list)
     finals: int = 0
     short: int = 0
@@ -107,6 +115,12 @@ class Heard:
 
     def latencies(self) -> list[float]:
         return [at - (self.began + self.script.ends_s[i]) for i, at in self.arrivals.items()]
+
+    def first_partials(self) -> list[float]:
+        """From each utterance's speech start to its first partial, if one came before its
+        final."""
+        return [at - (self.began + self.script.starts_s[i]) for i, at in self.partials.items()
+                if at <= self.arrivals.get(i, float("inf"))]  # fmt: skip
 
 
 async def client(url: str, n: int, heard: Heard) -> None:
@@ -124,6 +138,9 @@ async def client(url: str, n: int, heard: Heard) -> None:
             while True:
                 message: dict[str, Any] = json.loads(await ws.get_message())
                 words = message.get("words") or []
+                if message.get("type") == "transcript" and not message.get("is_final") and words:
+                    sentence = heard.script.sentence_at(words[-1]["end_ms"])
+                    heard.partials.setdefault(sentence, trio.current_time())
                 if message.get("type") == "transcript" and message.get("is_final") and words:
                     now = trio.current_time()
                     heard.finals += 1
@@ -171,9 +188,14 @@ def summary(sessions: int, heard: list[Heard], within_s: float) -> str:
         e, w = word_errors(" ".join(h.script.texts), " ".join(h.words))
         edits, words = edits + e, words + w
     short = f"{sum(h.short for h in heard)}/{sum(h.finals for h in heard)}"
+    firsts = sorted(x for h in heard for x in h.first_partials())
+    partials = f"{len(firsts)}/{len(latencies)}"
+    if firsts:
+        p95_first = firsts[min(len(firsts) - 1, int(len(firsts) * 0.95))]
+        partials += f" {statistics.median(firsts):.2f}/{p95_first:.2f}"
     return (f"{sessions:>8}  {len(latencies):>4}/{said:<4}  {statistics.median(latencies):6.2f}  "
             f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short:>12}  "
-            f"{edits / words:6.1%} ({edits}/{words})")  # fmt: skip
+            f"{edits / words:6.1%} ({edits}/{words})  {partials}")  # fmt: skip
 
 
 def main() -> None:
@@ -183,9 +205,12 @@ def main() -> None:
     parser.add_argument("--within-s", type=float, default=1.5)
     parser.add_argument("--server-arg", action="append", default=[], dest="server_args")
     args = parser.parse_args()
-    print("latency: from the end of an utterance's speech to its last final (s)")
+    print(
+        "latency: from the end of an utterance's speech to its last final (s); partials: "
+        "utterances with one before their final, p50/p95 s from the speech's start"
+    )
     print(f"{'sessions':>8}  {'heard/said':>9}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
-          f"kept  {'short window':>12}  WER")  # fmt: skip
+          f"kept  {'short window':>12}  WER  partials")  # fmt: skip
     for sessions in (int(s) for s in args.sessions.split(",")):
         heard = trio.run(one_load, sessions, args.seconds, args.server_args)
         print(summary(sessions, heard, args.within_s), flush=True)
