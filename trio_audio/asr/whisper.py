@@ -230,7 +230,11 @@ class WhisperEngine:
         context = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         words: list[Word] = []
         start = 0
-        while audio.size - start >= RATE // 10:  # under 100 ms left: nothing to hear
+        # A decode that stops short is heard again from its last word (``seek``): at most
+        # twice the windows the audio fills, plus two, whatever the decoder does.
+        windows = 2 * -(-audio.size // WINDOW_SAMPLES) + 2
+        while audio.size - start >= RATE // 10 and windows > 0:  # under 100 ms: nothing
+            windows -= 1
             piece = audio[start : start + WINDOW_SAMPLES]
             found, ended = self._window(piece, beam_size, retry, context, min_frames)
             words += [w.shifted(start / RATE * 1000) for w in found]
