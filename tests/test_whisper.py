@@ -102,6 +102,39 @@ def test_a_decode_saying_the_same_words_over_and_over_is_caught() -> None:
     assert not whisper.looping(list(range(40)))
 
 
+def test_a_window_is_split_into_segments_as_faster_whisper_splits_it() -> None:
+    t = 100  # the first timestamp token; text tokens are below it
+    # Closed on a single timestamp: all of it, and nothing to hear after it.
+    assert whisper.segments([t, 1, 2, t + 50], t) == ([t, 1, 2, t + 50], True)
+    # A second segment left open (two timestamps, text, no closing one): dropped.
+    assert whisper.segments([t, 1, t + 50, t + 50, 3, 4], t) == ([t, 1, t + 50], False)
+    # Text without a closing timestamp and no pair: kept, but not said to be the end.
+    assert whisper.segments([t, 1, 2], t) == ([t, 1, 2], False)
+
+
+def test_the_next_window_starts_at_the_last_word_a_decode_stopped_after() -> None:
+    size = 20 * RATE  # a 20 s window
+    words = [Word("a", 0, 500, 1.0), Word("b", 500, 7_000, 1.0)]
+    # Stopped after 7 s without saying the speech ended: the rest is heard again from there.
+    assert whisper.seek(size, words, ended=False) == 7 * RATE
+    assert whisper.seek(size, words, ended=True) == size  # said where it ends: past it
+    assert whisper.seek(size, [], ended=False) == size  # no words: past it
+    # Less than SEEK_MIN_S after the last word is the utterance's own tail: past it.
+    tail = [Word("a", 0, 19_500, 1.0)]
+    assert whisper.seek(size, tail, ended=False) == size
+
+
+def test_a_window_of_utterances_the_decoder_stops_short_of_is_heard_to_its_end(
+    engine: whisper.WhisperEngine,
+) -> None:
+    # Sentences one after the other, as a pack puts them: whatever the decoder does in one
+    # window, every sentence comes back (it goes on from its last word).
+    texts = [SENTENCE, OTHER_SENTENCE, SENTENCE, OTHER_SENTENCE, SENTENCE]
+    audio = np.concatenate([speak(t, lead_s=0.4, tail_s=0.4) for t in texts])
+    words = engine.transcribe(audio, prompt="Front. Left. Rear. Right.")
+    assert normal(" ".join(w.word for w in words)) == " ".join(texts).split()
+
+
 def test_an_utterance_longer_than_the_short_window_is_heard_whole(
     engine: whisper.WhisperEngine,
 ) -> None:

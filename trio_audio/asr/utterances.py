@@ -1,10 +1,16 @@
 """Cutting one session's audio into utterances, from the voice activity the pipeline found. Pure.
 
 The pipeline's VAD gives every stored chunk its ``speech_segments``; the transcriber hands
-the chunks here in seq order (``add``), with their 16 kHz PCM. An utterance starts
-``PREROLL_MS`` before the first speech and ends ``TAIL_MS`` after the last, once ``gap_ms``
-of silence follow it, on ``finish`` (the client's ``finalize``, the session's end or idle
-timeout), or at a gap in the session's timeline. Each finished utterance is decoded once.
+the chunks here in seq order (``add``), with their 16 kHz PCM. An utterance ends once
+``gap_ms`` of silence follow its last speech, on ``finish`` (the client's ``finalize``, the
+session's end or idle timeout), or at a gap in the session's timeline. Each finished
+utterance is decoded once.
+
+Its speech is padded as faster-whisper pads the speech its VAD finds (``speech_pad_ms``):
+``PAD_MS`` of the audio before the first speech and after the last, and a silence shorter
+than twice that is split in half between the utterances on either side. The silence known
+when an utterance closes is what decides its tail: all of it when the next speech is in the
+same chunk (an upload), what has been heard so far when it is not (live frames).
 
 An utterance longer than ``max_ms`` is cut at the quietest 30 ms frame of the last
 ``QUIET_SEARCH_MS`` before the limit, never at the limit itself, and the two halves overlap by
@@ -35,8 +41,8 @@ import numpy.typing as npt
 RATE: Final = 16000
 PER_MS: Final = RATE // 1000
 FRAME_MS: Final = 30
-PREROLL_MS: Final = 300.0
-TAIL_MS: Final = 300.0
+PAD_MS: Final = 400.0  # faster-whisper's speech_pad_ms
+PREROLL_MS: Final = PAD_MS
 OVERLAP_MS: Final = 500.0
 QUIET_SEARCH_MS: Final = 5000.0
 
@@ -92,12 +98,11 @@ class Assembler:
             self._reset(start_ms)
         self.buffer = np.concatenate([self.buffer, pcm.astype(np.int16, copy=False)])
         self.end_ms = start_ms + pcm.size / PER_MS
-        tail = min(TAIL_MS, self.gap_ms / 2)
         for begin, end in sorted(segments):
             begin, end = start_ms + begin, start_ms + end
             last = self.last_speech_end_ms
             if self.utt_start_ms is not None and last is not None and begin - last >= self.gap_ms:
-                out.append(self._close(last + tail))
+                out.append(self._close(last + min(PAD_MS, (begin - last) / 2)))
             if self.utt_start_ms is None:
                 earliest = max(self.buffer_start_ms, self.closed_until_ms)
                 self.utt_start_ms = max(earliest, begin - PREROLL_MS)
@@ -106,7 +111,7 @@ class Assembler:
             self.last_speech_end_ms = end if last is None else max(end, last)
         last = self.last_speech_end_ms
         if self.utt_start_ms is not None and last is not None and self.end_ms - last >= self.gap_ms:
-            out.append(self._close(last + tail))
+            out.append(self._close(last + min(PAD_MS, (self.end_ms - last) / 2)))
         while self.utt_start_ms is not None and (
             self.end_ms - self.utt_start_ms > self.max_ms + OVERLAP_MS
         ):

