@@ -5,16 +5,17 @@ utterance's final words arrive after its speech ends, and how right they are.
 
 A real ``trio-audio serve`` (the default speech engine unless ``--server-arg`` says
 otherwise) on a fresh data dir; N WebSocket clients each stream speech in real time (100 ms
-frames of 16 kHz PCM, paced by the clock): the committed espeak sentences, whole, with a
-second of silence after each, talker *n* starting with the *n*-th sentence after 0-2 s of
-silence (talkers do not all pause at once), as many sentences as end within ``--seconds``;
-then ``end``.
+frames of 16 kHz PCM, paced by the clock): recordings of people (the held-out real speech of
+``bench.speech``, which nothing was tuned on; ``--speech espeak``: the committed espeak
+sentences), whole, with a second of silence after each, talker *n* starting with the *n*-th
+recording after 0-2 s of silence (talkers do not all pause at once), as many as end within
+``--seconds``; then ``end``.
 
 - **Latency** of an utterance: the arrival of the last final ``transcript`` holding its
   words (one is sent per chunk, once the chunk's transcript is stored) minus the moment
-  its speech ended (the last sample above -40 dBFS of the sentence, on the clock that paces
-  the frames). It includes the ``vad_gap_ms`` of silence that ends an utterance. A load is
-  "kept" when the p95 is at most ``--within-s`` (1.5 s).
+  its speech ended (the end of the recording's last 20 ms frame within 35 dB of its
+  loudest, on the clock that paces the frames). It includes the ``vad_gap_ms`` of silence
+  that ends an utterance. A load is "kept" when the p95 is at most ``--within-s`` (1.5 s).
 - **WER**: every session's final words against the sentences it sent, after Whisper's
   English normaliser, summed over the sessions.
 - **Short window**: the finals decoded in the short window to keep their deadline.
@@ -50,7 +51,8 @@ RATE = 16000
 FRAME_S = 0.1
 PAUSE_S = 1.0  # silence after each sentence
 MAX_LEAD_S = 2.0  # the last talker starts after this much silence
-SPEECH_LEVEL = 0.01  # -40 dBFS: where a sentence's speech ends
+SPEECH_BELOW_PEAK_DB = 35.0  # a 20 ms frame this far below a recording's loudest is not speech
+SPAN_FRAME = RATE // 50
 SPEECH = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures" / "speech"
 
 
@@ -69,8 +71,13 @@ class Script:
         return later[0] if later else len(self.ends_s) - 1
 
 
-def sentences() -> list[tuple[str, np.ndarray]]:
-    """The committed espeak fixtures: (text, 16 kHz float audio), text from the file name."""
+def sentences(kind: str = "real") -> list[tuple[str, np.ndarray]]:
+    """(text, 16 kHz float audio) of each recording: people (``real``) or the committed
+    espeak fixtures (``espeak``, text from the file name)."""
+    if kind == "real":
+        from .speech import real_items  # the Debian packages' recordings (see bench.speech)
+
+        return [(item.text, item.audio.astype(np.float32)) for item in real_items()]
     out = []
     for path in sorted(SPEECH.glob("*.flac")):
         samples, rate = sf.read(path, dtype="float32")
@@ -78,10 +85,21 @@ def sentences() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def script(seconds: float, n: int, sessions: int) -> Script:
+def speech_span(audio: np.ndarray) -> tuple[int, int]:
+    """Where a recording's speech starts and ends (samples): its first and last 20 ms frames
+    within ``SPEECH_BELOW_PEAK_DB`` of its loudest (a recording's own noise floor differs)."""
+    frames = audio[: audio.size // SPAN_FRAME * SPAN_FRAME].reshape(-1, SPAN_FRAME)
+    if not frames.size:
+        return 0, audio.size
+    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (-SPEECH_BELOW_PEAK_DB / 20))
+    return int(loud[0]) * SPAN_FRAME, (int(loud[-1]) + 1) * SPAN_FRAME
+
+
+def script(seconds: float, n: int, sessions: int, kind: str = "real") -> Script:
     """Talker *n* of *sessions*: whole sentences with a pause after each, from the *n*-th
     on, after a lead of silence, as many as fit in *seconds*."""
-    said = sentences()
+    said = sentences(kind)
     lead = np.zeros(int(MAX_LEAD_S * n / max(1, sessions) * RATE), np.float32)
     pause = np.zeros(int(PAUSE_S * RATE), np.float32)
     pieces, texts, starts, ends = [lead], [], [], []
@@ -90,9 +108,9 @@ def script(seconds: float, n: int, sessions: int) -> Script:
         text, audio = said[(n + k) % len(said)]
         if at + audio.size + pause.size > seconds * RATE:
             break
-        loud = np.flatnonzero(np.abs(audio) > SPEECH_LEVEL)
-        starts.append((at + (int(loud[0]) if loud.size else 0)) / RATE)
-        ends.append((at + (int(loud[-1]) + 1 if loud.size else audio.size)) / RATE)
+        first, last = speech_span(audio)
+        starts.append((at + first) / RATE)
+        ends.append((at + last) / RATE)
         texts.append(text)
         pieces += [audio, pause]
         at += audio.size + pause.size
@@ -159,8 +177,10 @@ async def client(url: str, n: int, heard: Heard) -> None:
             await ws.send_message(json.dumps({"type": "end"}))
 
 
-async def one_load(sessions: int, seconds: float, server_args: list[str]) -> list[Heard]:
-    heard = [Heard(script(seconds, n, sessions)) for n in range(sessions)]
+async def one_load(
+    sessions: int, seconds: float, server_args: list[str], kind: str = "real"
+) -> list[Heard]:
+    heard = [Heard(script(seconds, n, sessions, kind)) for n in range(sessions)]
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
                    "--data-dir", str(Path(tmp) / "data"), "--log-level", "info",
@@ -204,6 +224,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--within-s", type=float, default=1.5)
     parser.add_argument("--server-arg", action="append", default=[], dest="server_args")
+    parser.add_argument("--speech", choices=("real", "espeak"), default="real")
     args = parser.parse_args()
     print(
         "latency: from the end of an utterance's speech to its last final (s); partials: "
@@ -212,7 +233,7 @@ def main() -> None:
     print(f"{'sessions':>8}  {'heard/said':>9}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
           f"kept  {'short window':>12}  WER  partials")  # fmt: skip
     for sessions in (int(s) for s in args.sessions.split(",")):
-        heard = trio.run(one_load, sessions, args.seconds, args.server_args)
+        heard = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech)
         print(summary(sessions, heard, args.within_s), flush=True)
 
 
