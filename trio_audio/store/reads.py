@@ -56,13 +56,9 @@ class MetaCache:
         self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
 
     def get(self, chunk_id: str) -> dict[str, Any] | None:
-        packed = self._items.get(chunk_id)
-        if packed is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(chunk_id)
-        return decode(packed)
+        """The metadata of *chunk_id*, decoded (None: not cached)."""
+        packed = self.packed(chunk_id)
+        return None if packed is None else decode(packed)
 
     def packed(self, chunk_id: str) -> bytes | None:
         """The packed metadata of *chunk_id* (None: not cached), counted as ``get`` is."""
