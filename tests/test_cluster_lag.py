@@ -2,13 +2,14 @@
 
 One ``nats-server`` of three is stopped (SIGSTOP) while another node uploads (the other two
 keep quorum), then continued (SIGCONT), and a node connected to that server alone at once
-reads the audio of what was uploaded, with the ``Trio-Audio-Position`` of the last upload
-(so it has indexed them). Its direct gets are answered by the continued server's replica
+reads the metadata and audio of what was uploaded, with the ``Trio-Audio-Position`` of the
+last upload (so it has indexed them). Its direct gets are answered by the continued server's replica
 before it has caught up: "no message" for records that exist. Real ``nats-server``
 processes (``tests/cluster.py``)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 from pathlib import Path
@@ -106,16 +107,22 @@ async def write_while_stopped(
 async def read_at_once(
     far: httpx.AsyncClient, written: tuple[list[tuple[str, bytes]], dict[str, str]]
 ) -> int:
-    """Read every chunk of *written* at once through *far*, each with the position header;
-    each must answer with its exact bytes (a 503 is asked again, a 404 fails). How many."""
+    """Read every chunk of *written* at once through *far*, its metadata and its audio, each
+    with the position header; each must answer with its checksum and exact bytes (a 503 is
+    asked again, a 404 fails). How many."""
     chunks, position = written
 
-    async def read(chunk_id: str, data: bytes) -> None:
+    async def get(path: str) -> httpx.Response:
         while True:  # 503: the slow server's link was frozen a moment ago; again
-            got = await far.get(f"/chunks/{chunk_id}/audio", headers=position)
+            got = await far.get(path, headers=position)
             if got.status_code != 503:
-                break
+                return got
             await trio.sleep(0.02)
+
+    async def read(chunk_id: str, data: bytes) -> None:
+        meta, got = await get(f"/chunks/{chunk_id}"), await get(f"/chunks/{chunk_id}/audio")
+        assert meta.status_code == 200, (chunk_id, meta.text)
+        assert meta.json()["checksum"] == hashlib.sha256(data).hexdigest()
         assert got.status_code == 200, (chunk_id, got.text)
         assert got.content == data
 

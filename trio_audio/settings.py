@@ -225,7 +225,10 @@ class Pipeline:
     stage_queue: int = attrs.field(
         default=8,
         validator=_positive,
-        metadata={"help": "jobs the analyse stage takes as one group; the committer's write queue"},
+        metadata={
+            "help": "the queue between stages and the committer's write queue; the most "
+            "jobs a stage takes as one group"
+        },
     )
     stage_workers: int = attrs.field(
         default=2, validator=_positive, metadata={"help": "workers per pipeline stage"}

@@ -236,10 +236,14 @@ async def client_batches(store: str, stream: str, count: int, tasks: int) -> dic
                 taken += len(await follower.take(512, 1.0))
 
         started, cpu = time.perf_counter(), time.process_time()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
-            for task in range(tasks):
-                nursery.start_soon(publisher, task)
+        try:
+            with trio.fail_after(120):  # a batch the follower never sees: say so, not hang
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow)
+                    for task in range(tasks):
+                        nursery.start_soon(publisher, task)
+        finally:
+            await follower.close()
         return {
             "batches_per_s": round(count / (time.perf_counter() - started)),
             "cpu_us_per_batch": round(1e6 * (time.process_time() - cpu) / count, 1),

@@ -196,7 +196,7 @@ class _Arrivals(Generic[M]):
         self._queue.append(message)
         self._arrived.set()
 
-    async def _take_in_loop(self, most: int, wait_s: float) -> list[M]:
+    async def _take(self, most: int, wait_s: float) -> list[M]:
         if not self._queue:
             self._arrived = trio.Event()
             with trio.CancelScope(deadline=trio.current_time() + wait_s):
@@ -246,7 +246,7 @@ class Follower(_Arrivals[Message]):
 
     async def take(self, most: int, wait_s: float) -> list[Message]:
         """Up to *most* messages in stream order; waits up to *wait_s* for the first."""
-        return await self._take_in_loop(most, wait_s)
+        return await self._take(most, wait_s)
 
 
 @attrs.frozen
@@ -323,4 +323,4 @@ class Inbox(_Arrivals[CoreMessage]):
 
     async def take(self, wait_s: float) -> list[CoreMessage]:
         """Every queued message; waits up to *wait_s* for the first."""
-        return await self._take_in_loop(INBOX_QUEUE, wait_s)
+        return await self._take(INBOX_QUEUE, wait_s)

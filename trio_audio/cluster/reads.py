@@ -10,8 +10,9 @@ milliseconds later on a healthy cluster; a client that sends the ``Trio-Audio-Po
 write's answer carried makes the node wait (up to twice ``store_timeout_s``) until its
 follower has applied that much (``JetStreamStore.position``, ``wait_followed``). Audio
 reads: a direct get (any replica) that finds no message is asked again of the stream's
-leader, and again while the cluster does not answer (up to twice ``store_timeout_s``): a
-replica that lags is no deletion. Only a tombstone makes a chunk gone.
+leader, and again while the cluster does not answer (up to twice ``store_timeout_s``); a
+metadata read that finds no message is asked again of the leader too: a replica that lags
+is no deletion. Only a tombstone makes a chunk gone.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ class StreamReads:
         async def one(seq: int) -> dict[str, Any] | None:
             async with limiter:
                 try:
-                    message = await nats.get(self._stream.name, seq)
+                    try:
+                        message = await nats.get(self._stream.name, seq)
+                    except MessageNotFound:  # a replica behind is no deletion: the leader
+                        message = await nats.get(self._stream.name, seq, direct=False)
+                        logger.info("a replica lagged on record %d; the stream leader had it",
+                                    seq)  # fmt: skip
                 except MessageNotFound:
                     return None
                 except Unavailable:

@@ -14,7 +14,7 @@ from ...models import check_id
 from .. import session_events
 from ..context import context, owned
 from ..listing import decode_cursor, list_session_totals, list_sessions, parse_flag, parse_limit
-from ..responses import chunks_page_response, json_response
+from ..responses import chunks_response, json_response
 
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
@@ -29,7 +29,7 @@ async def get_sessions(user_id: str) -> Response:
     with_chunks = parse_flag("chunks", request.args.get("chunks"), default=True)
     store = context().store
     if with_chunks:
-        return await chunks_page_response(await list_sessions(store, user_id, only, limit, cursor))
+        return chunks_response(await list_sessions(store, user_id, only, limit, cursor))
     return json_response(await list_session_totals(store, user_id, only, limit, cursor))
 
 
