@@ -350,7 +350,11 @@ async def test_cluster_down_uploads_get_503_reads_work_and_it_recovers(
     await node.wait_ready()
     await other.wait_ready()
     async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
-        stored = (await post(client, audio(0), seq="0")).json()
+        # A stream just made may take longer than the 2 s store timeout to take its first
+        # write (its leader still settling): a 503 then, and the write is tried again.
+        first = await eventually(lambda: post(client, audio(0), seq="0"), 30, missing=503)
+        assert first.status_code == 201, first.text
+        stored = first.json()
         for i in range(3):
             own_cluster.kill(i)
         with trio.fail_after(15):  # an answer, never a hang

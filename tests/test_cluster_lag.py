@@ -120,7 +120,7 @@ async def read_at_once(
             await trio.sleep(0.02)
 
     async def read(chunk_id: str, data: bytes) -> None:
-        meta, got = await get(f"/chunks/{chunk_id}"), await get(f"/chunks/{chunk_id}/audio")
+        got, meta = await get(f"/chunks/{chunk_id}/audio"), await get(f"/chunks/{chunk_id}")
         assert meta.status_code == 200, (chunk_id, meta.text)
         assert meta.json()["checksum"] == hashlib.sha256(data).hexdigest()
         assert got.status_code == 200, (chunk_id, got.text)
@@ -144,7 +144,8 @@ async def test_transcripts_of_chunks_a_lagging_replica_lacks_do_not_fail(
                          "--asr-transcribe", "on")  # fmt: skip
     await node.wait_ready()
     speech = list(pieces(speak(SENTENCE, lead_s=0.5, tail_s=0.1), 0.5))
-    async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+    # ``POST .../end`` waits up to a minute for the session's holder (FINALIZE_WAIT_S).
+    async with httpx.AsyncClient(base_url=node.url, timeout=90) as client:
         assert (await post(client, audio(0), session_id="first")).status_code == 201
         await lead_elsewhere(own_cluster, stream, slow.name)
         # The one transcriber is connected to the slow server alone: its audio reads are

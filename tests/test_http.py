@@ -388,3 +388,31 @@ async def test_server_sent_events_tell_of_stored_and_deleted_chunks(server: Serv
     assert events[0][1]["chunk_id"] == chunk_id
     assert events[1][1] == {"type": "deleted", "user_id": "alice", "session_id": "sse",
                             "chunk_ids": [chunk_id], "seqs": [0]}  # fmt: skip
+
+
+async def test_an_answer_longer_than_the_read_timeout_is_not_cut(
+    start_server: StartServer,
+) -> None:
+    # A stream of server-sent events asks nothing more of its client once its request is in:
+    # the read timeout (1 s here) is for what a client owes, so the stream still tells of
+    # a chunk stored 2.5 s later.
+    server: Server = await start_server(read_timeout_s=1.0)
+    with trio.fail_after(20):
+        async with (
+            server.client() as client,
+            server.client() as watcher,
+            watcher.stream("GET", "/sessions/alice/slow/events") as response,
+        ):
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith(": watching")
+            await trio.sleep(2.5)
+            stored = await client.post(
+                "/upload", params=upload_params(session_id="slow"), content=wav(seconds=0.2)
+            )
+            async for line in lines:
+                if line.startswith("data: "):
+                    assert (
+                        json.loads(line.removeprefix("data: "))["chunk_id"]
+                        == (stored.json()["chunk_id"])
+                    )
+                    break

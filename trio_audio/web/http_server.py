@@ -24,7 +24,11 @@ with two differences:
   unread data, the kernel answers with a reset, and a reset destroys what the client has not
   read yet: the refusal of a WebSocket frame too large to take (its ``error`` message and
   close code) was lost so about one time in three. Only the reader reads: a second reader
-  beside it would race it for the socket (``BusyResourceError``).
+  beside it would race it for the socket (``BusyResourceError``);
+* hypercorn's ``read_timeout`` applies while the client owes bytes, not while a request it
+  sent whole is being answered: then it owes nothing, and a long answer (``POST .../end``
+  waiting for a session's last words, a stream of server-sent events) was cut after
+  ``read_timeout`` with no response.
 
 QUIC (HTTP/3) is not served: the service never binds it.
 """
@@ -37,9 +41,10 @@ from functools import partial
 from math import inf
 from typing import Any, Final
 
+import h11
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -87,8 +92,11 @@ class Server(TCPServer):
 
     linger_until: float | None = None  # set once the socket is half-closed
     reading: trio.CancelScope | None = None  # the reader's wait for the next bytes
+    busy = False  # a request is being answered (hypercorn's idle timer is stopped)
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            self.busy = not event.idle
         if not isinstance(event, Closed):
             await super().protocol_send(event)
             return
@@ -104,14 +112,22 @@ class Server(TCPServer):
                     self.reading.deadline = trio.current_time() + LINGER_QUIET_S
         await self.protocol.handle(Closed())
 
+    def _owed(self) -> bool:
+        """Whether the client owes bytes: always, but while a request it sent whole (HTTP/1.1)
+        is being answered."""
+        connection = getattr(getattr(self.protocol, "protocol", None), "connection", None)
+        return not self.busy or getattr(connection, "their_state", None) is not h11.DONE
+
     async def _read_data(self) -> None:
         dropped = 0
         while dropped <= LINGER_BYTES:
             data = None
             with trio.CancelScope() as self.reading:
                 now = trio.current_time()
-                if self.linger_until is None:  # hypercorn's read timeout (none by default)
+                if self.linger_until is None and self._owed():
                     self.reading.deadline = now + (self.config.read_timeout or inf)
+                elif self.linger_until is None:  # an answer in the making: nothing is owed
+                    self.reading.deadline = inf
                 else:
                     self.reading.deadline = min(self.linger_until, now + LINGER_QUIET_S)
                 with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
