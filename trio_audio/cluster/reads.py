@@ -27,7 +27,8 @@ import trio
 from ..errors import InternalError, NotFound, StoreUnavailable
 from ..store.index import Location
 from ..store.reads import Read, apply_patch
-from .bridge import MessageNotFound, NatsError, Unavailable
+from .bridge import Message, MessageNotFound, NatsError, Unavailable
+from .connect import Nats
 from .follow import LogFollower
 from .stream import META, Shared
 
@@ -44,6 +45,17 @@ class StreamReads:
         self._config, self._stream, self._index = shared.config, shared.stream, shared.index
         self._follower = follower
 
+    async def _get(self, nats: Nats, seq: int) -> Message:
+        """The message at *seq*: a direct get (any replica), and when that finds none, a get
+        from the stream's leader (a replica behind is no deletion); ``MessageNotFound`` only
+        when the leader has none either."""
+        try:
+            return await nats.get(self._stream.name, seq)
+        except MessageNotFound:
+            message = await nats.get(self._stream.name, seq, direct=False)
+            logger.info("a replica lagged on record %d; the stream leader had it", seq)
+            return message
+
     async def metadata(self, locations: list[Location]) -> list[Read]:
         """The metadata at each of *locations* (None: its message is gone): the headers of
         its chunk message, with its update messages applied; gets by stream sequence, a
@@ -54,12 +66,7 @@ class StreamReads:
         async def one(seq: int) -> dict[str, Any] | None:
             async with limiter:
                 try:
-                    try:
-                        message = await nats.get(self._stream.name, seq)
-                    except MessageNotFound:  # a replica behind is no deletion: the leader
-                        message = await nats.get(self._stream.name, seq, direct=False)
-                        logger.info("a replica lagged on record %d; the stream leader had it",
-                                    seq)  # fmt: skip
+                    message = await self._get(nats, seq)
                 except MessageNotFound:
                     return None
                 except Unavailable:
@@ -110,11 +117,7 @@ class StreamReads:
         while True:
             nats = self._stream.connection()
             try:
-                try:
-                    message = await nats.get(self._stream.name, seq)
-                except MessageNotFound:
-                    message = await nats.get(self._stream.name, seq, direct=False)
-                    logger.info("a replica lagged on record %d; the stream leader had it", seq)
+                message = await self._get(nats, seq)
                 try:
                     meta = json.loads(message.headers[META])
                 except (KeyError, ValueError):
