@@ -13,11 +13,14 @@ Resource handling: ``fan_out`` owns the event channel and returns when the store
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
+from .channels import waiting
 from .store.events import ChunkStored, Committed
+
+EVENTS_AT_ONCE: Final = 256  # events handled per wake-up at most (then it checkpoints)
 
 
 class ChunkTaker(Protocol):
@@ -34,7 +37,8 @@ async def fan_out(
     """Every event to the session's watchers, and every new chunk to the transcriber; until
     the store ends the stream."""
     async with events:
-        async for event in events:
-            watchers.committed(event)
-            if isinstance(event, ChunkStored):
-                transcriber.offer(event)
+        async for first in events:
+            for event in waiting(first, events, EVENTS_AT_ONCE):  # a batch's, in one wake-up
+                watchers.committed(event)
+                if isinstance(event, ChunkStored):
+                    transcriber.offer(event)

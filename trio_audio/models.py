@@ -125,6 +125,13 @@ class Reply:
     async def wait(self) -> Any:
         """The result, or raise the error the pipeline reported."""
         await self._event.wait()
+        return self.result()
+
+    def result(self) -> Any:
+        """The result of a reply that is ``done`` (or raise its error), without waiting."""
+        if not self._event.is_set():
+            msg = "the reply is not done yet"
+            raise RuntimeError(msg)
         if self._error is not None:
             raise self._error
         return self._value

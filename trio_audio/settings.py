@@ -231,7 +231,9 @@ class Pipeline:
         },
     )
     stage_workers: int = attrs.field(
-        default=2, validator=_positive, metadata={"help": "workers per pipeline stage"}
+        default=2,
+        validator=_positive,
+        metadata={"help": "workers per pipeline stage (at most one per CPU the process may use)"},
     )
     cpu_threads: int = attrs.field(
         default=2, validator=_positive, metadata={"help": "threads for CPU work (one limiter)"}

@@ -8,6 +8,8 @@ ends the stream: each stage finishes its jobs and closes its output, down to the
 
 from __future__ import annotations
 
+import os
+
 import trio
 
 from ..budget import budget_gauge
@@ -100,7 +102,11 @@ async def run_pipeline(
     """
     work = Stages(config, limiter)
     metrics.gauge("trio_audio_decoded_bytes", lambda: budget_gauge(work.decoded))
-    workers, timeout = config.stage_workers, config.stage_timeout_s
+    # A worker per CPU at most: on one CPU a second worker runs nothing beside the first,
+    # it only splits the jobs waiting together into smaller groups (each paying a group's
+    # costs: one model call, one hop) and the process does less per CPU second.
+    workers = min(config.stage_workers, len(os.sched_getaffinity(0)))
+    timeout = config.stage_timeout_s
     # Each worker takes the jobs waiting together as one group (stages.py), at most a stage
     # queue's worth: what a stage holds stays bounded by the queue sizes it was given.
     group = min(GROUP_MAX, config.stage_queue)

@@ -6,10 +6,11 @@ from typing import Any
 
 import trio
 
+from ...channels import put, waiting
 from ...errors import ServiceError
+from ...models import Job
 from ...store.index import Stored
 from ..messages import ack_message, metadata_message
-from .base import put
 from .state import SessionState
 
 
@@ -19,29 +20,41 @@ class Acker(SessionState):
     async def _acker(self, out: trio.MemorySendChannel[str]) -> None:
         """Answer chunks in the order they came: ack + metadata; the first failure ends it."""
         async with self.ack_recv, out:
-            async for seq, job in self.ack_recv:
-                try:
-                    results: list[Stored] = await job.reply.wait()
-                except ServiceError as exc:
-                    if exc is not self._not_taken:
-                        self._end_with(exc)  # the chunks after it stay unanswered
-                    break
-                finally:
-                    self.unanswered.popleft()
-                    self.inflight.give(len(job.parts[0].body))
-                    self._answered.set()
-                result = results[0]
-                if result.created:
-                    self.stored += 1
-                    if (result.chunk.get("transcript") or {}).get("status") == "pending":
-                        self.final_due.add(result.chunk["chunk_id"])
+            async for first in self.ack_recv:
+                # The chunks committed together are answered together: one wake-up for all
+                # the ones whose answer is in (a wait only for the one still being stored).
+                for seq, job in waiting(first, self.ack_recv, self.config.ws_max_inflight):
+                    if not await self._answer(seq, job, out):
+                        break
                 else:
-                    self.duplicates += 1
-                ack = ack_message(seq, result.chunk["chunk_id"], duplicate=not result.created)
-                await self._send(out, ack)
-                if result.chunk["chunk_id"] not in self.replayed and self._wants_metadata(seq):
-                    await put(out, metadata_message(self._as_answered(result.chunk)))
+                    continue
+                break
         self._drained.set()
+
+    async def _answer(self, seq: int, job: Job, out: trio.MemorySendChannel[str]) -> bool:
+        """Queue chunk *seq*'s ack and metadata once it is stored; False if it failed."""
+        try:
+            results: list[Stored] = job.reply.result() if job.reply.done else await job.reply.wait()
+        except ServiceError as exc:
+            if exc is not self._not_taken:
+                self._end_with(exc)  # the chunks after it stay unanswered
+            return False
+        finally:
+            self.unanswered.popleft()
+            self.inflight.give(len(job.parts[0].body))
+            self._answered.set()
+        result = results[0]
+        if result.created:
+            self.stored += 1
+            if (result.chunk.get("transcript") or {}).get("status") == "pending":
+                self.final_due.add(result.chunk["chunk_id"])
+        else:
+            self.duplicates += 1
+        ack = ack_message(seq, result.chunk["chunk_id"], duplicate=not result.created)
+        await self._send(out, ack)
+        if result.chunk["chunk_id"] not in self.replayed and self._wants_metadata(seq):
+            await put(out, metadata_message(self._as_answered(result.chunk)))
+        return True
 
     def _as_answered(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """The chunk JSON as committed, with ``offset_ms`` as the store has it now: the chunks

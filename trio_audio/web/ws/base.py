@@ -1,31 +1,17 @@
-"""What the session's parts share: the close codes, the hand-off, the errors that end a session,
-and what a session needs of a transport and of the transcriber.
+"""What the session's parts share: the close codes, the errors that end a session, and what a
+session needs of a transport and of the transcriber.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Protocol, TypeVar
-
-import trio
+from typing import Final, Protocol
 
 from ...errors import ServiceError
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_TIMEOUT_S: Final = 2.0  # for the closing handshake and the last error message
-
-T = TypeVar("T")
-
-
-async def put(channel: trio.MemorySendChannel[T], value: T) -> None:
-    """Send *value* at once while *channel* has room, else wait for room: a frame's answers
-    and hand-offs skip a trip through the scheduler each (the task checkpoints elsewhere
-    once per frame: its receive, or the reply it waits for)."""
-    try:
-        channel.send_nowait(value)
-    except trio.WouldBlock:
-        await channel.send(value)
 
 
 class Disconnected(Exception):
@@ -41,6 +27,9 @@ class Transport(Protocol):
     async def receive(self) -> str | bytes: ...
 
     async def send(self, message: str) -> None: ...
+
+    async def send_many(self, messages: list[str]) -> None:
+        """*messages* in order, as few writes to the socket as the library allows."""
 
     async def close(self, code: int, reason: str) -> None: ...
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 
+from ...channels import put
 from ...errors import (
     BadMessage,
     IdleTimeout,
@@ -17,7 +18,7 @@ from ...errors import (
 )
 from ...models import Job, Part
 from ..messages import Start, keepalive_message, parse_audio, parse_control
-from .base import SessionError, put
+from .base import SessionError
 from .state import SessionState
 
 

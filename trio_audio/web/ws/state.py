@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from ...budget import Inflight, UserBudgets
+from ...channels import put
 from ...config import Config
 from ...errors import Overloaded, ServiceError
 from ...hub import Hub
@@ -23,7 +24,7 @@ from ...store import StoreBackend
 from ..access import Access
 from ..messages import Start, dumps, error_message
 from ..origins import Origins
-from .base import CLOSE_TIMEOUT_S, Disconnected, Finalizer, Transport, put
+from .base import CLOSE_TIMEOUT_S, Disconnected, Finalizer, Transport
 
 
 @attrs.define

@@ -20,6 +20,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from ...errors import ServiceError
 from ...memory import message_limit
@@ -57,6 +59,32 @@ class TrioWebsocketTransport:
         except ConnectionClosed:
             raise Disconnected from None
 
+    async def send_many(self, messages: list[str]) -> None:
+        """The frames of all *messages* in one write to the socket.
+
+        trio-websocket writes one message at a time, each a lock, a socket send and their
+        trips through the scheduler; an acked frame's ``ack`` and ``metadata`` (and the next
+        frames' when they are ready together) go out as one write here. It frames them with
+        the connection's own wsproto state and sends under its own lock, as ``send_message``
+        does (the library has no public call for several messages).
+        """
+        if len(messages) == 1:
+            await self.send(messages[0])
+            return
+        connection = self.connection
+        if connection._close_reason:
+            raise Disconnected
+        try:
+            data = b"".join(connection._wsproto.send(TextMessage(data=m)) for m in messages)
+        except LocalProtocolError:  # closing: the peer's close arrived
+            raise Disconnected from None
+        async with connection._stream_lock:
+            try:
+                await connection._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await connection._abort_web_socket()
+                raise Disconnected from None
+
     async def close(self, code: int, reason: str) -> None:
         await self.connection.aclose(code, reason)
 
@@ -83,6 +111,10 @@ class QuartTransport:
 
     async def send(self, message: str) -> None:
         await self.websocket.send(message)
+
+    async def send_many(self, messages: list[str]) -> None:
+        for message in messages:  # the ASGI send takes one message an event
+            await self.websocket.send(message)
 
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code, reason)

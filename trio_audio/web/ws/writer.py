@@ -4,28 +4,35 @@ nothing.
 
 from __future__ import annotations
 
+from typing import Final
+
 import trio
 
+from ...channels import waiting
 from ...errors import SlowReader
 from .state import SessionState
+
+WRITE_BATCH: Final = 64  # messages in one write at most
 
 
 class Writer(SessionState):
     """The writer and watchdog tasks."""
 
     async def _writer(self, out_recv: trio.MemoryReceiveChannel[str]) -> None:
-        """The only task that sends: each message in order, until every sender is done.
+        """The only task that sends: each message in order, until every sender is done; the
+        messages waiting together go out in one write (an ack and its metadata, at least).
 
         Once the client is found not reading (``_watchdog``), what is still queued is dropped:
         the chunks it answers stay stored, and a resume replays their answers.
         """
         async with out_recv:
-            async for text in out_recv:
+            async for first in out_recv:
+                texts = waiting(first, out_recv, WRITE_BATCH)  # sent as one write
                 if self.jammed:
                     continue
                 with self._sending:
                     self._send_started = trio.current_time()
-                    await self.transport.send(text)
+                    await self.transport.send_many(texts)
                 self._send_started = None
                 self._sending = trio.CancelScope()
         self._watching.cancel()  # all sent: nothing more to watch
