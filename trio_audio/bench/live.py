@@ -7,9 +7,12 @@ A real ``trio-audio serve`` (the default speech engine unless ``--server-arg`` s
 otherwise) on a fresh data dir; N WebSocket clients each stream speech in real time (100 ms
 frames of 16 kHz PCM, paced by the clock): recordings of people (the held-out real speech of
 ``bench.speech``, which nothing was tuned on; ``--speech espeak``: the committed espeak
-sentences), whole, with a second of silence after each, talker *n* starting with the *n*-th
-recording after 0-2 s of silence (talkers do not all pause at once), as many as end within
-``--seconds``; then ``end``.
+sentences), whole, with a second of silence after each, talker *n* of N starting *n*/N of
+the way through the recordings (together they cover the set evenly, not its first few
+again and again) after 0-2 s of silence (talkers do not all pause at once), as many as end
+within ``--seconds``. Each recording is a session of its own, ended with ``end`` (a call
+each: they are different people saying unrelated things, and a session's earlier words
+prompt its next ones); ``--one-session`` streams a talker's recordings as one session.
 
 - **Latency** of an utterance: the arrival of the last final ``transcript`` holding its
   words (one is sent per chunk, once the chunk's transcript is stored) minus the moment
@@ -34,8 +37,9 @@ import json
 import statistics
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -64,6 +68,7 @@ class Script:
     texts: tuple[str, ...]
     starts_s: tuple[float, ...]
     ends_s: tuple[float, ...]
+    pieces: tuple[tuple[int, int], ...] = ()  # each recording and its pause: [from, to) samples
 
     def sentence_at(self, ms: float) -> int:
         """The sentence a word ending at *ms* (session timeline) belongs to."""
@@ -97,15 +102,16 @@ def speech_span(audio: np.ndarray) -> tuple[int, int]:
 
 
 def script(seconds: float, n: int, sessions: int, kind: str = "real") -> Script:
-    """Talker *n* of *sessions*: whole sentences with a pause after each, from the *n*-th
-    on, after a lead of silence, as many as fit in *seconds*."""
+    """Talker *n* of *sessions*: whole sentences with a pause after each, from *n*/*sessions*
+    of the way through the recordings on, after a lead of silence, as many as fit in
+    *seconds*."""
     said = sentences(kind)
     lead = np.zeros(int(MAX_LEAD_S * n / max(1, sessions) * RATE), np.float32)
     pause = np.zeros(int(PAUSE_S * RATE), np.float32)
-    pieces, texts, starts, ends = [lead], [], [], []
+    pieces, texts, starts, ends, spans = [lead], [], [], [], []
     at = lead.size
     for k in range(len(said) * 1000):
-        text, audio = said[(n + k) % len(said)]
+        text, audio = said[(n * len(said) // max(1, sessions) + k) % len(said)]
         if at + audio.size + pause.size > seconds * RATE:
             break
         first, last = speech_span(audio)
@@ -113,8 +119,9 @@ def script(seconds: float, n: int, sessions: int, kind: str = "real") -> Script:
         ends.append((at + last) / RATE)
         texts.append(text)
         pieces += [audio, pause]
+        spans.append((at, at + audio.size + pause.size))
         at += audio.size + pause.size
-    return Script(np.concatenate(pieces), tuple(texts), tuple(starts), tuple(ends))
+    return Script(np.concatenate(pieces), tuple(texts), tuple(starts), tuple(ends), tuple(spans))
 
 
 @attrs.define
@@ -126,7 +133,7 @@ class Heard:
     script: Script
     arrivals: dict[int, float] = attrs.field(factory=dict)
     partials: dict[int, float] = attrs.field(factory=dict)
-    words: list[str] = attrs.field(factory=list)
+    said: dict[int, list[str]] = attrs.field(factory=dict)  # final words, by sentence
     finals: int = 0
     short: int = 0
     began: float = 0.0
@@ -141,44 +148,74 @@ class Heard:
                 if at <= self.arrivals.get(i, float("inf"))]  # fmt: skip
 
 
-async def client(url: str, n: int, heard: Heard) -> None:
+STEP: Final = int(FRAME_S * RATE)  # samples a frame
+
+
+async def client(url: str, n: int, heard: Heard, *, one_session: bool = False) -> None:
+    """Talker *n*: each recording as a session of its own (a call each: the recordings are
+    different people saying unrelated things), started as its audio begins while the one
+    before may still be finishing; with *one_session*, all of them in one session."""
     pcm = vad.to_pcm16(heard.script.audio).astype("<i2").tobytes()
-    step = int(FRAME_S * RATE) * 2
+    heard.began = trio.current_time()
+    spans = [(0, len(pcm) // 2)] if one_session else heard.script.pieces
+    async with trio.open_nursery() as talks:
+        for k, (first, last) in enumerate(spans):
+            await trio.sleep_until(heard.began + first / RATE)
+            done = trio.Event()
+            talks.start_soon(talk, url, f"live{n}" if one_session else f"live{n}-{k}", pcm,
+                             (first, last), None if one_session else k, heard, done)  # fmt: skip
+            await done.wait()  # its audio is sent: the next call may begin
+
+
+async def talk(url: str, session_id: str, pcm: bytes, span: tuple[int, int],
+               sentence: int | None, heard: Heard, sent: trio.Event) -> None:  # fmt: skip
+    """One session: the samples of *span* in real time, then ``end``; what comes back is
+    noted in *heard* (every word is of *sentence*, or found by its time when None)."""
     fmt = {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1}
+    began = heard.began + span[0] / RATE
     async with open_websocket_url(url) as ws:
         await ws.send_message(json.dumps(
-            {"type": "start", "user_id": "bench", "session_id": f"live{n}", "format": fmt}
+            {"type": "start", "user_id": "bench", "session_id": session_id, "format": fmt}
         ))  # fmt: skip
         json.loads(await ws.get_message())  # started
-        heard.began = began = trio.current_time()
+
+        def sentence_of(ms: float) -> int:
+            return heard.script.sentence_at(ms) if sentence is None else sentence
 
         async def receive() -> None:
             while True:
                 message: dict[str, Any] = json.loads(await ws.get_message())
                 words = message.get("words") or []
                 if message.get("type") == "transcript" and not message.get("is_final") and words:
-                    sentence = heard.script.sentence_at(words[-1]["end_ms"])
-                    heard.partials.setdefault(sentence, trio.current_time())
+                    heard.partials.setdefault(sentence_of(words[-1]["end_ms"]),
+                                              trio.current_time())  # fmt: skip
                 if message.get("type") == "transcript" and message.get("is_final") and words:
                     now = trio.current_time()
                     heard.finals += 1
                     heard.short += bool(message.get("short_window"))
-                    heard.words += [w["word"] for w in words]
+                    heard.said.setdefault(sentence_of(words[0]["end_ms"]), []).extend(
+                        w["word"] for w in words
+                    )
                     for word in words:
-                        heard.arrivals[heard.script.sentence_at(word["end_ms"])] = now
+                        heard.arrivals[sentence_of(word["end_ms"])] = now
                 if message.get("type") == "session_end":
                     return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive)
-            for i, at in enumerate(range(0, len(pcm), step)):
-                await trio.sleep_until(began + i * FRAME_S)  # real time: as it is recorded
-                await ws.send_message(pcm[at : at + step])
+            for at in range(span[0], span[1], STEP):
+                await trio.sleep_until(began + (at - span[0]) / RATE)  # real time, as recorded
+                await ws.send_message(pcm[2 * at : 2 * min(at + STEP, span[1])])
             await ws.send_message(json.dumps({"type": "end"}))
+            sent.set()
 
 
 async def one_load(
-    sessions: int, seconds: float, server_args: list[str], kind: str = "real"
+    sessions: int,
+    seconds: float,
+    server_args: list[str],
+    kind: str = "real",
+    one_session: bool = False,
 ) -> list[Heard]:
     heard = [Heard(script(seconds, n, sessions, kind)) for n in range(sessions)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +227,8 @@ async def one_load(
             await trio.sleep(5)  # the workers load their model (a cold start is not the point)
             async with trio.open_nursery() as clients:
                 for n in range(sessions):
-                    clients.start_soon(client, server.ws_url, n, heard[n])
+                    clients.start_soon(partial(client, server.ws_url, n, heard[n],
+                                               one_session=one_session))  # fmt: skip
             nursery.cancel_scope.cancel()
     return heard
 
@@ -205,7 +243,8 @@ def summary(sessions: int, heard: list[Heard], within_s: float) -> str:
     kept = "yes" if p95 <= within_s else "no"
     edits = words = 0
     for h in heard:
-        e, w = word_errors(" ".join(h.script.texts), " ".join(h.words))
+        heard_words = [w for k in sorted(h.said) for w in h.said[k]]
+        e, w = word_errors(" ".join(h.script.texts), " ".join(heard_words))
         edits, words = edits + e, words + w
     short = f"{sum(h.short for h in heard)}/{sum(h.finals for h in heard)}"
     firsts = sorted(x for h in heard for x in h.first_partials())
@@ -225,6 +264,13 @@ def main() -> None:
     parser.add_argument("--within-s", type=float, default=1.5)
     parser.add_argument("--server-arg", action="append", default=[], dest="server_args")
     parser.add_argument("--speech", choices=("real", "espeak"), default="real")
+    parser.add_argument(
+        "--one-session",
+        action="store_true",
+        help="each talker streams all its recordings in one session (default: a session "
+        "each: the recordings are unrelated people, and one session's earlier words are the "
+        "decoder's prompt for the next)",
+    )
     args = parser.parse_args()
     print(
         "latency: from the end of an utterance's speech to its last final (s); partials: "
@@ -233,7 +279,8 @@ def main() -> None:
     print(f"{'sessions':>8}  {'heard/said':>9}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
           f"kept  {'short window':>12}  WER  partials")  # fmt: skip
     for sessions in (int(s) for s in args.sessions.split(",")):
-        heard = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech)
+        heard = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech,
+                         args.one_session)  # fmt: skip
         print(summary(sessions, heard, args.within_s), flush=True)
 
 
