@@ -49,3 +49,26 @@ def test_only_a_live_final_late_for_its_deadline_gets_the_short_window() -> None
     assert deadline.window_s(0.6, alone=True) == 0.0
     assert deadline.counts == {"full": 3, "short": 1}
     assert Deadline(1.5, 10, 10).window_s(60.0, alone=True) == 0.0  # nothing shorter to use
+
+
+def test_a_final_is_shortened_when_a_slow_decode_would_be_late_and_the_spread_fades() -> None:
+    deadline = Deadline(deadline_s=1.5, full_window_s=30, short_window_s=10)
+    for _ in range(30):
+        deadline.took(0.5, 0.0)
+    assert deadline.window_s(0.8, alone=True) == 0.0  # steady 0.5 s decodes: in time
+    for seconds in (0.3, 0.9, 0.3, 0.9):
+        deadline.took(seconds, 0.0)  # the same mean, but some decodes are slow
+    assert deadline.window_s(0.8, alone=True) == 10  # a slow one would be late
+    for _ in range(20):  # only short decodes since: the spread fades, full windows return
+        deadline.window_s(0.8, alone=True)
+    assert deadline.window_s(0.8, alone=True) == 0.0
+
+
+def test_the_words_heard_as_context_leave_the_prompt() -> None:
+    previous = PreviousWords()
+    previous.add([{"word": w} for w in ("he", "was", "not.")])
+    previous.add([{"word": w} for w in ("an", "ill", "disposed")])
+    assert previous.before_last() == ["he", "was", "not."]
+    assert list(previous.words)[-3:] == ["an", "ill", "disposed"]
+    previous.add([])
+    assert previous.before_last() == list(previous.words)

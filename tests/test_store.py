@@ -96,6 +96,43 @@ async def test_updates_are_durable_grouped_and_replayed(
     assert again.stats().replayed_records == 6
 
 
+class CountingDisk(FileOps):
+    """Real files, counting the fdatasyncs (one a group commit)."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+
+    def fdatasync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fdatasync(fd)
+
+
+async def test_many_updates_commit_together_in_the_order_given(tmp_path: Path) -> None:
+    # A transcribed utterance's chunks: their transcripts stored in one go, answered each.
+    log = LogWriter(tmp_path, next_seq=1)
+    for n in range(40):
+        log.append(RecordType.CHUNK, meta(f"c{n}", n), b"x")
+    log.flush()
+    log.close()
+    disk = CountingDisk()
+    store = Store(Config(data_dir=tmp_path), files=disk)
+    events = store.events()
+    order = [f"c{n}" for n in (5, 3, 39, 0, *range(6, 30))] + ["gone"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        answers = await store.update_many(
+            [(c, {"transcript": {"status": "done", "text": c, "words": []}}) for c in order]
+        )
+        assert [a["transcript"]["text"] for a in answers[:-1]] == order[:-1]
+        assert isinstance(answers[-1], NotFound)  # each is answered for itself
+        updated = []
+        while len(updated) < len(order) - 1:
+            updated.append(events.receive_nowait().chunk["chunk_id"])
+        assert updated == order[:-1]  # committed (and told) in the order given
+        assert disk.syncs <= 6  # queued before any was waited for: a few group commits, not 28
+        nursery.cancel_scope.cancel()
+
+
 class StallingDisk(FileOps):
     """Real files whose fdatasync waits until the test lets the disk go on."""
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from trio_audio.asr.utterances import (
+    CONTEXT_GAP_MS,
+    CONTEXT_MS,
     OVERLAP_MS,
     PAD_MS,
     PREROLL_MS,
@@ -139,3 +141,35 @@ def test_utterances_finished_together_are_packed_and_words_go_back_by_time() -> 
     split = packs(found, first_ms + 1)
     assert [p.utterances for p in split] == [(u,) for u in found]
     assert single(found[0]).utterances == (found[0],)
+
+
+def test_a_sentence_cut_by_a_pause_is_decoded_hearing_its_start_as_context() -> None:
+    # Live frames: a 700 ms pause ends the first utterance; the second, which follows within
+    # CONTEXT_GAP_MS, carries the end of the first as context to hear, not to transcribe.
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    assert spoken(a, 0, 1000, [(200, 1000)]) == []
+    assert spoken(a, 1000, 1000, [(0, 1000)]) == []
+    (first,) = spoken(a, 2000, 700, [])
+    assert first.context == b""  # nothing before it
+    assert spoken(a, 2700, 1000, [(0, 1000)]) == []
+    (second,) = spoken(a, 3700, 1000, [])
+    assert second.start_ms - first.end_ms < CONTEXT_GAP_MS
+    assert second.context == first.pcm[-round(CONTEXT_MS * 16) * 2 :]
+    pack = single(second)
+    pcm, context_ms = pack.audio(context=True)
+    assert pcm == second.context + second.pcm
+    assert context_ms == len(second.context) / 32
+    assert pack.audio(context=False) == (second.pcm, 0.0)
+    words = [{"word": "heard", "start_ms": context_ms - 300, "end_ms": context_ms - 100,
+              "confidence": 1.0},
+             {"word": "said", "start_ms": context_ms + 450, "end_ms": context_ms + 800,
+              "confidence": 1.0}]  # fmt: skip
+    (own,) = pack.own_words(words, context_ms)
+    assert [w["word"] for w in own] == ["said"]  # the context's word is the one before's
+    assert own[0]["start_ms"] == second.start_ms + 450  # on the session timeline
+    # After a long silence, no context: a new turn, not the rest of a sentence.
+    spoken(a, 4700, 3000, [])
+    assert spoken(a, 7700, 1000, [(0, 1000)]) == []
+    (third,) = spoken(a, 8700, 1000, [])
+    assert third.start_ms - second.end_ms >= CONTEXT_GAP_MS and third.context == b""
+    assert third.alone() is third and second.alone().context == b""

@@ -338,7 +338,7 @@ class Speech:
     asr_final_deadline_s: float = attrs.field(
         default=1.5,
         validator=_positive,
-        metadata={"help": "a live final not out this long after its utterance: short window"},
+        metadata={"help": "a live final not out this long after its speech ends: short window"},
     )
     asr_workers: int = attrs.field(
         default=0,

@@ -10,8 +10,9 @@ and the window it may be shortened to. Pure.
   words of the utterances before, decoded in order, so a session's prompts, like its audio,
   depend on nothing another session does.
 - **Window**: finals are decoded in the engine's window (Whisper's full 30 s by default).
-  A live final that would miss its deadline (``asr_final_deadline_s`` after its utterance
-  was ready, given how long a full-window decode has been taking) is decoded in the
+  A live final that would miss its deadline (``asr_final_deadline_s`` after its speech was
+  last heard, the ``vad_gap_ms`` of silence that ended it included, given how long a
+  full-window decode has been taking) is decoded in the
   ``asr_short_window_s`` window instead: faster, a little less accurate, counted in
   ``/metrics`` and marked ``short_window`` on its transcript. Only a final decoded alone is
   shortened: a pack (an upload's utterances) is not live.
@@ -29,7 +30,8 @@ VOCABULARY_MAX_TERMS: Final = 50
 VOCABULARY_MAX_CHARS: Final = 64
 VOCABULARY_MAX_TOTAL: Final = 500  # characters, all terms: ~125 of the prompt's 223 tokens
 CONTEXT_WORDS: Final = 60  # previous words in a prompt (~80 tokens)
-EWMA_WEIGHT: Final = 0.3  # of the newest full-window decode time
+EWMA_WEIGHT: Final = 0.3  # of the newest full-window decode time (and its deviation)
+SPREAD: Final = 2.0  # mean deviations of decode time added to the mean
 FIRST_ESTIMATE_S: Final = 1.0  # a full-window decode's wall time, before any was measured
 
 
@@ -72,21 +74,37 @@ class PreviousWords:
 
     def __init__(self) -> None:
         self.words: collections.deque[str] = collections.deque(maxlen=CONTEXT_WORDS)
+        self.last = 0  # how many of them the last utterance added
 
     def add(self, words: Iterable[dict[str, Any]]) -> None:
-        self.words.extend(w["word"] for w in words)
+        added = [w["word"] for w in words]
+        self.words.extend(added)
+        self.last = min(len(added), len(self.words))
+
+    def before_last(self) -> list[str]:
+        """The words before the last utterance's: the prompt of a decode that hears that
+        utterance's audio as its context."""
+        return list(self.words)[: len(self.words) - self.last]
 
 
 class Deadline:
     """Whether a final decoded alone goes in the short window: when waiting so far plus a
-    full-window decode (as long as they have been taking) would pass the deadline."""
+    full-window decode would pass the deadline. A decode's time is reckoned as TCP reckons a
+    round trip's (RFC 6298): the mean of recent full-window decodes plus ``SPREAD`` times
+    their mean deviation, so a final is shortened when a slow decode (one sharing the CPU
+    with another) would be late, not only an average one."""
 
     def __init__(self, deadline_s: float, full_window_s: float, short_window_s: float) -> None:
         self.deadline_s = deadline_s
         self.full_window_s = full_window_s
         self.short_window_s = short_window_s
-        self.estimate_s = FIRST_ESTIMATE_S
+        self.mean_s = FIRST_ESTIMATE_S
+        self.deviation_s = 0.0
         self.counts: collections.Counter[str] = collections.Counter()
+
+    @property
+    def estimate_s(self) -> float:
+        return self.mean_s + SPREAD * self.deviation_s
 
     def window_s(self, waited_s: float, *, alone: bool) -> float:
         """The shortest window for a final that has waited *waited_s* (its pack holds one
@@ -97,6 +115,9 @@ class Deadline:
             and waited_s + self.estimate_s > self.deadline_s
         ):
             self.counts["short"] += 1
+            # No full-window decode measures the spread meanwhile: let it fade, so that a
+            # burst of slow decodes does not shorten every final after it for good.
+            self.deviation_s *= 1 - EWMA_WEIGHT
             return self.short_window_s
         self.counts["full"] += 1
         return 0.0
@@ -104,4 +125,5 @@ class Deadline:
     def took(self, seconds: float, window_s: float) -> None:
         """A final decode in the full window (*window_s* 0) took *seconds*."""
         if window_s == 0.0:
-            self.estimate_s += EWMA_WEIGHT * (seconds - self.estimate_s)
+            self.deviation_s += EWMA_WEIGHT * (abs(seconds - self.mean_s) - self.deviation_s)
+            self.mean_s += EWMA_WEIGHT * (seconds - self.mean_s)

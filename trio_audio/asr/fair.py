@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
-FINALS_PER_PARTIAL: Final = 2  # finals taken in a row before a waiting partial goes
+FINALS_PER_PARTIAL: Final = 4  # finals taken in a row before a waiting partial goes
 
 K = TypeVar("K", bound=Hashable)
 J = TypeVar("J")

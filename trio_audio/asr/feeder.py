@@ -61,20 +61,35 @@ class Feeder:
             return
         segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
         samples = np.frombuffer(pcm, dtype="<i2")
-        self._queue_finals(session, session.assembler.add(item.offset_ms, samples, segments))
+        heard_before, heard_now = session.speech_heard_at, item.since
+        if segments:
+            session.speech_heard_at = item.since
+        closed = session.assembler.add(item.offset_ms, samples, segments)
+        # When each closed utterance's speech was last heard: in this chunk, or before it.
+        heard = [heard_now if any(item.offset_ms + begin < u.end_ms for begin, _ in segments)
+                 else heard_before for u in closed]  # fmt: skip
+        self._queue_finals(session, closed, heard)
         self._maybe_partial(session)
         await self.results.complete(session)
 
-    def _queue_finals(self, session: SessionState, utterances: list[Utterance]) -> None:
-        """Utterances finished together (by one chunk) go to be decoded in packs."""
+    def _queue_finals(
+        self, session: SessionState, utterances: list[Utterance], heard: list[float]
+    ) -> None:
+        """Utterances finished together (by one chunk) go to be decoded in packs; *heard*:
+        when each one's speech was last heard (its final's deadline counts from then, not
+        from the ``vad_gap_ms`` of silence later that ended it)."""
         if not utterances:
             return
+        if len(utterances) > 1:  # an upload's: each is heard with its neighbours in its pack
+            utterances = [u.alone() for u in utterances]
         for utterance in utterances:
             session.finals.append(utterance)
-            self.board.pcm_bytes += len(utterance.pcm)
+            self.board.pcm_bytes += utterance.held_bytes
         now = trio.current_time()
+        when = dict(zip(map(id, utterances), heard, strict=True))
         for pack in packs(utterances, PACK_MS):
-            self.board.queue.put_final(session.key, attrs.evolve(pack, since=now))
+            since = min(now, max(when[id(u)] for u in pack.utterances))
+            self.board.queue.put_final(session.key, attrs.evolve(pack, since=since))
         session.heard, session.stable = [], 0
         self.board.wake()
 
@@ -128,4 +143,5 @@ class Feeder:
 
     def _end_utterance(self, session: SessionState) -> None:
         """No more audio is coming now: the open utterance goes to be decoded."""
-        self._queue_finals(session, session.assembler.finish())
+        finished = session.assembler.finish()
+        self._queue_finals(session, finished, [session.speech_heard_at] * len(finished))

@@ -29,6 +29,7 @@ logger = logging.getLogger("trio_audio.asr")
 
 REQUEST_BASE_TIMEOUT_S: Final = 30.0  # plus REQUEST_PER_AUDIO_S per second of audio
 REQUEST_PER_AUDIO_S: Final = 2.0
+PARTIAL_WINDOW_S: Final = 4.0  # a partial's shortest encoder window (~0.15 s of CPU, not 0.2)
 
 
 def default_workers() -> int:
@@ -58,8 +59,9 @@ class Pool:
         self._decoding: dict[int, float] = {}  # worker -> when its current decode began
         self._partials_decoding = 0
         self.partial_slots = max(1, self.workers - 1)  # workers that may decode partials
-        # Partials are decoded greedily in a window as short as their audio allows.
-        self._partial_window_s = min(config.asr_short_window_s, config.asr_window_s)
+        # Partials are decoded greedily in a window as short as their audio allows (at least
+        # PARTIAL_WINDOW_S): words that may still change, at a third of a final's cost or less.
+        self._partial_window_s = min(PARTIAL_WINDOW_S, config.asr_window_s)
         self._started = 0
         self.workers_started = trio.Event()  # every worker has loaded its engine (or failed)
 
@@ -95,9 +97,16 @@ class Pool:
                     self._partials_decoding += not final
                     session = board.sessions.get(key)
                     window_s = self._window_s(pack) if final else self._partial_window_s
-                    text = prompt(session.vocabulary, session.previous.words) if session else ""
+                    # A final in the full window hears its context (a short one would have
+                    # to grow its window for it); the words of the context leave the prompt.
+                    heard = final and window_s == 0.0 and bool(pack.context)
+                    pcm, context_ms = pack.audio(context=heard)
+                    text = "" if session is None else prompt(
+                        session.vocabulary,
+                        session.previous.before_last() if heard else session.previous.words,
+                    )  # fmt: skip
                     try:
-                        answer = await self._decode(worker, processes, pack, text, window_s)
+                        answer = await self._decode(worker, processes, pack, pcm, text, window_s)
                         if final and len(pack.utterances) == 1:  # as a live final is
                             self.deadline.took(trio.current_time() - began, window_s)
                     finally:
@@ -109,7 +118,8 @@ class Pool:
                     if session is None:
                         continue
                     if final:
-                        await self.results.apply_final(session, pack, answer, short=window_s > 0)
+                        await self.results.apply_final(session, pack, answer, short=window_s > 0,
+                                                       context_ms=context_ms)  # fmt: skip
                     else:
                         self.results.apply_partial(session, pack, answer)
             finally:
@@ -126,16 +136,17 @@ class Pool:
         worker: WorkerProcess,
         processes: trio.Nursery,
         pack: Pack,
+        pcm: bytes,
         prompt_text: str,
         window_s: float,
     ) -> dict[str, Any]:
-        """The worker's answer for *pack* (``{ok: false, error}`` when it failed); word
-        times from the start of its audio."""
-        seconds = pack.seconds
+        """The worker's answer for *pack*, whose audio (with its context or not) is *pcm*
+        (``{ok: false, error}`` when it failed); word times from the start of *pcm*."""
+        seconds = len(pcm) / 2 / 16000
         try:
             if not worker.running:
                 await worker.start(processes)
-            message = {"op": "decode", "pcm": pack.pcm, "offset_ms": 0.0,
+            message = {"op": "decode", "pcm": pcm, "offset_ms": 0.0,
                        "partial": not pack.final, "prompt": prompt_text,
                        "window_s": window_s}  # fmt: skip
             return await worker.request(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -22,6 +22,8 @@ from .utterances import Pack, Utterance
 
 logger = logging.getLogger("trio_audio.asr")
 
+STORE_AT_ONCE: Final = 64  # chunk transcripts stored together (one group commit)
+
 
 class Results:
     """Applies decodes to the sessions' chunks and stores their transcripts."""
@@ -30,9 +32,17 @@ class Results:
         self.board = board
 
     async def apply_final(
-        self, session: SessionState, pack: Pack, answer: dict[str, Any], *, short: bool
+        self,
+        session: SessionState,
+        pack: Pack,
+        answer: dict[str, Any],
+        *,
+        short: bool,
+        context_ms: float = 0.0,
     ) -> None:
-        owned = pack.own_words(answer["words"]) if answer.get("ok") else None
+        """A final decode's words (of *context_ms* of context, then the pack's audio) to
+        the pack's chunks, whose transcripts are then stored."""
+        owned = pack.own_words(answer["words"], context_ms) if answer.get("ok") else None
         for i, utterance in enumerate(pack.utterances):
             words = owned[i] if owned is not None else None
             self._apply_utterance(session, utterance, answer, words, short=short)
@@ -49,7 +59,7 @@ class Results:
     ) -> None:
         if session.finals and session.finals[0] is utterance:
             session.finals.popleft()
-            self.board.pcm_bytes -= len(utterance.pcm)
+            self.board.pcm_bytes -= utterance.held_bytes
         if words is None:
             reason = f"the speech engine failed: {answer.get('error')}"
             for span in session.awaiting:
@@ -89,56 +99,71 @@ class Results:
     async def complete(self, session: SessionState) -> None:
         """Store the transcript of every chunk all of whose utterances are decoded.
 
+        The chunks an utterance finishes (thirty or more of a live talker's 100 ms frames)
+        are stored together, their updates queued in order and committed in one group
+        commit, not one commit (and one fsync) after another: the utterance's last final goes
+        out a commit after its decode, and the worker that decoded it is free again as soon.
         A chunk leaves ``awaiting`` only once its update is stored, so ``finalize`` returns
         after the words are durable; the session's lock keeps the feeder and a worker from
         storing the same chunk twice."""
         async with session.completing:
-            while session.awaiting:
-                span = session.awaiting[0]
-                limit = (
-                    session.finals[0].start_ms
-                    if session.finals
-                    else session.assembler.final_until_ms
-                )
-                if span.end_ms > limit + 0.5 and not span.failed:
-                    break
-                if span.failed:
-                    await self._fail(span, span.failed)
-                else:
-                    await self._done(span)
-                session.awaiting.popleft()
+            while ready := self._ready(session):
+                await self._store(ready)
+                for _ in ready:
+                    session.awaiting.popleft()
         self.board.wake()
 
-    async def _done(self, span: Span) -> None:
-        transcript: dict[str, Any] = {
-            "status": "done",
-            "text": " ".join(w["word"] for w in span.words),
-            "words": span.words,
-        }
-        if span.words:  # where the chunk started on its session's timeline when its words
-            transcript["offset_ms"] = round(span.start_ms, 3)  # were timed (for exports)
-        if span.short_window:
-            transcript["short_window"] = True
-        if await self._update(span.chunk_id, transcript):
-            self.board.counts["done"] += 1
-            self.board.metrics.observe_stage("transcribe", trio.current_time() - span.since)
+    @staticmethod
+    def _ready(session: SessionState) -> list[Span]:
+        """The first chunks of ``awaiting`` whose every utterance is decoded (or failed), at
+        most ``STORE_AT_ONCE``."""
+        limit = session.finals[0].start_ms if session.finals else session.assembler.final_until_ms
+        ready: list[Span] = []
+        for span in session.awaiting:
+            if len(ready) == STORE_AT_ONCE or (span.end_ms > limit + 0.5 and not span.failed):
+                break
+            ready.append(span)
+        return ready
 
-    async def _fail(self, span: Span, reason: str) -> None:
-        logger.warning("transcription of chunk %s failed: %s", span.chunk_id, reason)
-        transcript = {"status": "failed", "text": "", "words": [], "error": reason}
-        if await self._update(span.chunk_id, transcript):
-            self.board.counts["failed"] += 1
-
-    async def _update(self, chunk_id: str, transcript: dict[str, Any]) -> bool:
+    async def _store(self, spans: list[Span]) -> None:
+        """Store *spans*' transcripts (``done`` with their words, or ``failed``); one that
+        cannot be stored stays ``pending``, one deleted meanwhile is let go."""
+        transcripts = [_failed(span) if span.failed else _done(span) for span in spans]
+        updates = [(s.chunk_id, {"transcript": t}) for s, t in zip(spans, transcripts, strict=True)]
+        answers: list[dict[str, Any] | ServiceError | OSError]
         try:
-            await self.board.store.update(chunk_id, {"transcript": transcript})
-        except NotFound:
-            return False  # deleted since
-        except (OSError, ServiceError) as exc:  # the store is closing, full or failed (if an
-            # fsync failed, the store itself stops the service): the chunk stays pending
-            logger.warning("transcript of chunk %s not stored (%s); stays pending", chunk_id, exc)
-            return False
-        return True
+            answers = list(await self.board.store.update_many(updates))
+        except OSError as exc:  # the store failed (if an fsync did, it stops the service)
+            answers = [exc] * len(spans)
+        for span, transcript, answer in zip(spans, transcripts, answers, strict=True):
+            if isinstance(answer, NotFound):
+                continue  # deleted since
+            if isinstance(answer, (OSError, ServiceError)):  # closing, full or failed
+                logger.warning("transcript of chunk %s not stored (%s); stays pending",
+                               span.chunk_id, answer)  # fmt: skip
+            elif transcript["status"] == "done":
+                self.board.counts["done"] += 1
+                self.board.metrics.observe_stage("transcribe", trio.current_time() - span.since)
+            else:
+                logger.warning("transcription of chunk %s failed: %s", span.chunk_id, span.failed)
+                self.board.counts["failed"] += 1
+
+
+def _done(span: Span) -> dict[str, Any]:
+    transcript: dict[str, Any] = {
+        "status": "done",
+        "text": " ".join(w["word"] for w in span.words),
+        "words": span.words,
+    }
+    if span.words:  # where the chunk started on its session's timeline when its words
+        transcript["offset_ms"] = round(span.start_ms, 3)  # were timed (for exports)
+    if span.short_window:
+        transcript["short_window"] = True
+    return transcript
+
+
+def _failed(span: Span) -> dict[str, Any]:
+    return {"status": "failed", "text": "", "words": [], "error": span.failed}
 
 
 def place(awaiting: collections.deque[Span], word: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import trio
 
 from ..audio import vad
 from ..config import Config
+from ..errors import ServiceError
 from ..live import LivePort, SpeechChange
 from ..metrics import Metrics
 from .context import PreviousWords
@@ -47,6 +48,10 @@ class ChunkSource(Protocol):
     async def read_audio(self, chunk_id: str) -> tuple[bytes, str]: ...
 
     async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def update_many(
+        self, updates: list[tuple[str, dict[str, Any]]]
+    ) -> list[dict[str, Any] | ServiceError]: ...
 
 
 @attrs.define(eq=False)
@@ -90,6 +95,7 @@ class SessionState:
     feeding: int = 0  # chunks handed to the feeder, not yet assembled
     last_seq: int = -1
     partial_at: float = -1e9
+    speech_heard_at: float = 0.0  # trio time the last chunk with speech arrived
     heard: list[str] = attrs.field(factory=list)  # the last partial hypothesis' words
     stable: int = 0  # words of the open utterance published as agreed
     completing: trio.Lock = attrs.field(factory=trio.Lock)

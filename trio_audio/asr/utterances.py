@@ -24,8 +24,16 @@ go back to the utterance they start in (``Pack.own_words``). Which utterances go
 depends on the session's audio and chunks alone, never on how busy the workers are, so the
 same session gives the same words.
 
+An utterance ended by silence while the one before it ended less than ``CONTEXT_GAP_MS``
+earlier (a pause inside what someone is saying, where ``vad_gap_ms`` cut a sentence in two)
+carries the last ``CONTEXT_MS`` of that utterance's audio as its ``context``: its decode
+hears the sentence's start, without transcribing it again (words that start in the context
+are the utterance before's), as a listener would. The words of that utterance then leave the
+prompt (Whisper's previous text is what came before the audio it hears).
+
 Times are on the session's timeline (the chunks' ``offset_ms``), in ms. Memory: the audio of
-the open utterance (at most ``max_ms`` plus the overlap) and ``PREROLL_MS`` before it.
+the open utterance (at most ``max_ms`` plus the overlap), ``PREROLL_MS`` before it and
+``CONTEXT_MS`` of the utterance before.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ FRAME_MS: Final = 30
 PAD_MS: Final = 400.0  # faster-whisper's speech_pad_ms
 PREROLL_MS: Final = PAD_MS
 OVERLAP_MS: Final = 500.0
+CONTEXT_MS: Final = 3000.0  # of the utterance before, heard by a decode (not transcribed)
+CONTEXT_GAP_MS: Final = 1000.0  # the most between two utterances for one to be the other's
 QUIET_SEARCH_MS: Final = 5000.0
 
 Pcm = npt.NDArray[np.int16]
@@ -59,6 +69,15 @@ class Utterance:
     final: bool
     keep_from_ms: float = -math.inf  # words starting before it belong to the one before
     keep_until_ms: float = math.inf  # words starting at or after it belong to the next
+    context: bytes = b""  # the audio just before it (of the utterance before), to hear only
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self.pcm) + len(self.context)
+
+    def alone(self) -> Utterance:
+        """This utterance without its context."""
+        return attrs.evolve(self, context=b"") if self.context else self
 
 
 class Assembler:
@@ -77,6 +96,7 @@ class Assembler:
         self.keep_from_ms = -math.inf
         self.last_speech_end_ms: float | None = None
         self.closed_until_ms = start_ms  # the end of the last utterance given out
+        self.context = b""  # the end of the last utterance given out (``CONTEXT_MS``)
 
     @property
     def open(self) -> bool:
@@ -137,12 +157,17 @@ class Assembler:
         assert self.utt_start_ms is not None
         end_ms = min(end_ms, self.end_ms)
         start = self.utt_start_ms
-        utterance = Utterance(start, end_ms, self._pcm(start, end_ms), final=True,
-                              keep_from_ms=self.keep_from_ms)  # fmt: skip
+        pcm = self._pcm(start, end_ms)
+        # The utterance before as context: only a whole one just before (not a cut piece,
+        # which overlaps this one already).
+        near = self.keep_from_ms == -math.inf and start - self.closed_until_ms < CONTEXT_GAP_MS
+        utterance = Utterance(start, end_ms, pcm, final=True, keep_from_ms=self.keep_from_ms,
+                              context=self.context if near else b"")  # fmt: skip
         self.utt_start_ms = None
         self.last_speech_end_ms = None
         self.keep_from_ms = -math.inf
         self.closed_until_ms = end_ms
+        self.context = pcm[-round(CONTEXT_MS * PER_MS) * 2 :]
         return utterance
 
     def _cut(self) -> Utterance:
@@ -156,6 +181,7 @@ class Assembler:
                           keep_from_ms=self.keep_from_ms, keep_until_ms=cut)  # fmt: skip
         self.utt_start_ms = cut - OVERLAP_MS
         self.keep_from_ms = cut
+        self.context = b""
         return first
 
     def _quietest(self, lo_ms: float, hi_ms: float) -> float:
@@ -198,12 +224,23 @@ class Pack:
 
     utterances: tuple[Utterance, ...]
     at_ms: tuple[float, ...]  # where each utterance starts in ``pcm``
-    since: float = 0.0  # when it was ready to decode (the caller's clock)
+    since: float = 0.0  # when its speech was last heard (the caller's clock): deadlines
 
     @property
     def pcm(self) -> bytes:
         """The audio to decode (joined when asked: the utterances hold it meanwhile)."""
         return b"".join(u.pcm for u in self.utterances)
+
+    @property
+    def context(self) -> bytes:
+        """The audio before the first utterance, to be heard but not transcribed."""
+        return self.utterances[0].context
+
+    def audio(self, *, context: bool) -> tuple[bytes, float]:
+        """The audio to decode, with the context before it or not, and the ms of context."""
+        if not context or not self.context:
+            return self.pcm, 0.0
+        return self.context + self.pcm, len(self.context) / 2 / PER_MS
 
     @property
     def final(self) -> bool:
@@ -217,11 +254,19 @@ class Pack:
     def seconds(self) -> float:
         return sum(len(u.pcm) for u in self.utterances) / 2 / RATE
 
-    def own_words(self, words: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """The words of a decode of ``pcm`` (times from its start), each moved to the session
-        timeline and given to the utterance it starts in: a list of words per utterance."""
+    def own_words(
+        self, words: list[dict[str, Any]], context_ms: float = 0.0
+    ) -> list[list[dict[str, Any]]]:
+        """The words of a decode of ``pcm`` after *context_ms* of context (times from the
+        start of what was decoded), each moved to the session timeline and given to the
+        utterance it starts in: a list of words per utterance. A word that starts in the
+        context is the utterance before's, and is left out."""
         out: list[list[dict[str, Any]]] = [[] for _ in self.utterances]
-        for word in words:
+        for heard in words:
+            if heard["start_ms"] < context_ms:
+                continue
+            word = {**heard, "start_ms": heard["start_ms"] - context_ms,
+                    "end_ms": heard["end_ms"] - context_ms} if context_ms else heard  # fmt: skip
             i = max(0, bisect.bisect_right(self.at_ms, word["start_ms"]) - 1)
             utterance = self.utterances[i]
             shift = utterance.start_ms - self.at_ms[i]

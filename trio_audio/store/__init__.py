@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import trio
 
+    from ..errors import ServiceError
     from .events import Committed, Write
     from .index import SessionSummary
     from .types import StoreStats
@@ -61,6 +62,10 @@ class StoreBackend(Protocol):
     async def submit(self, write: Write) -> Any: ...
 
     async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def update_many(
+        self, updates: list[tuple[str, dict[str, Any]]]
+    ) -> list[dict[str, Any] | ServiceError]: ...
 
     async def delete_chunk(self, chunk_id: str) -> None: ...
 

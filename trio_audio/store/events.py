@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ..errors import Overloaded
+from ..errors import Overloaded, ServiceError
 from ..models import Job, Reply
 
 if TYPE_CHECKING:
@@ -159,6 +159,26 @@ class CommitChannels:
         ``NotFound`` for an unknown chunk."""
         chunk: dict[str, Any] = await self.submit(Update(chunk_id, fields))
         return chunk
+
+    async def update_many(
+        self, updates: list[tuple[str, dict[str, Any]]]
+    ) -> list[dict[str, Any] | ServiceError]:
+        """``update`` of each ``(chunk_id, fields)``, queued in order before any is waited
+        for, so they share group commits and commit in that order (their ``ChunkUpdated``
+        events too); per update, its new chunk JSON or the error it was answered with."""
+        writes = [Update(chunk_id, fields) for chunk_id, fields in updates]
+        for write in writes:
+            try:
+                await self._send.send(write)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                write.reply.fail(Overloaded("the store is closing; retry later"))
+        out: list[dict[str, Any] | ServiceError] = []
+        for write in writes:
+            try:
+                out.append(await write.reply.wait())
+            except ServiceError as exc:
+                out.append(exc)
+        return out
 
     async def delete_chunk(self, chunk_id: str) -> None:
         """Durably delete one chunk; ``NotFound`` if it is not stored."""
