@@ -65,6 +65,7 @@ from typing import Any, Final
 
 import trio
 
+from ..channels import waiting
 from ..errors import InsufficientStorage, InternalError, NotFound, ServiceError, StoreUnavailable
 from ..models import Job
 from ..store.events import Delete, Update, Write
@@ -132,10 +133,7 @@ class Committer:
         """Commit what arrives on *receive*, everything queued at once, batch by batch."""
         async with receive:
             async for first in receive:
-                batch = [first]
-                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                    while len(batch) < self._config.commit_batch_max:
-                        batch.append(receive.receive_nowait())
+                batch = waiting(first, receive, self._config.commit_batch_max)
                 deadline = min(t for t, _ in batch) + self._config.store_timeout_s
                 await self._commit([w for _, w in batch], deadline)
 
