@@ -167,6 +167,12 @@ def test_a_sentence_cut_by_a_pause_is_decoded_hearing_its_start_as_context() -> 
     (own,) = pack.own_words(words, context_ms)
     assert [w["word"] for w in own] == ["said"]  # the context's word is the one before's
     assert own[0]["start_ms"] == second.start_ms + 450  # on the session timeline
+    stretched = {"word": "first", "start_ms": context_ms - 250, "end_ms": context_ms + 400,
+                 "confidence": 1.0}  # fmt: skip
+    assert [w["word"] for w in pack.own_words([stretched], context_ms)[0]] == ["first"]
+    # Context and utterance that would not fit one window: the utterance alone.
+    long = Utterance(0.0, 29_000.0, bytes(29_000 * 32), final=True, context=second.context)
+    assert single(long).audio(context=True) == (long.pcm, 0.0)
     # After a long silence, no context: a new turn, not the rest of a sentence.
     spoken(a, 4700, 3000, [])
     assert spoken(a, 7700, 1000, [(0, 1000)]) == []

@@ -9,6 +9,7 @@ frames a second, a task that wakes once per frame instead of once per batch pays
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import trio
@@ -16,15 +17,24 @@ import trio
 T = TypeVar("T")
 
 
-def waiting(first: T, receive: trio.MemoryReceiveChannel[T], most: int) -> list[T]:
-    """*first* and the items already waiting behind it on *receive*, at most *most* in all;
-    never waits."""
+def waiting(
+    first: T,
+    receive: trio.MemoryReceiveChannel[T],
+    most: int,
+    weigh: Callable[[T], int] | None = None,
+    heaviest: int = 0,
+) -> list[T]:
+    """*first* and the items already waiting behind it on *receive*, at most *most* in all
+    and, with *weigh*, no more once their weights add up to *heaviest*; never waits."""
     items = [first]
-    while len(items) < most:
+    weight = weigh(first) if weigh is not None else 0
+    while len(items) < most and (weigh is None or weight < heaviest):
         try:
             items.append(receive.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             break
+        if weigh is not None:
+            weight += weigh(items[-1])
     return items
 
 

@@ -21,10 +21,11 @@ from ..errors import ServiceError
 from .intake import Intake
 from .results import Results
 from .state import Board, Item, SessionState
-from .utterances import Utterance, packs, single
+from .utterances import WINDOW_MS, Utterance, packs, single
 
 JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
-PACK_MS: Final = 29_500.0  # audio of utterances decoded together in one 30 s window
+PACK_MS: Final = WINDOW_MS  # audio of utterances decoded together in one 30 s window
+HEARD_SLACK_S: Final = 0.2  # a frame or two past vad_gap_ms: how late a live close can be
 
 
 class Feeder:
@@ -61,13 +62,18 @@ class Feeder:
             return
         segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
         samples = np.frombuffer(pcm, dtype="<i2")
+        # When each utterance this chunk closes was last heard: in this chunk, or before it;
+        # never longer ago than the silence that closes an utterance (and a frame): a chunk
+        # taken late (a backlog, or pending ones at start-up) is not a late live final.
+        now = trio.current_time()
+        earliest = now - self.board.config.vad_gap_ms / 1000 - HEARD_SLACK_S
         heard_before, heard_now = session.speech_heard_at, item.since
         if segments:
             session.speech_heard_at = item.since
         closed = session.assembler.add(item.offset_ms, samples, segments)
-        # When each closed utterance's speech was last heard: in this chunk, or before it.
-        heard = [heard_now if any(item.offset_ms + begin < u.end_ms for begin, _ in segments)
-                 else heard_before for u in closed]  # fmt: skip
+        heard = [max(earliest, heard_now if any(item.offset_ms + begin < u.end_ms
+                                                for begin, _ in segments) else heard_before)
+                 for u in closed]  # fmt: skip
         self._queue_finals(session, closed, heard)
         self._maybe_partial(session)
         await self.results.complete(session)
@@ -76,8 +82,9 @@ class Feeder:
         self, session: SessionState, utterances: list[Utterance], heard: list[float]
     ) -> None:
         """Utterances finished together (by one chunk) go to be decoded in packs; *heard*:
-        when each one's speech was last heard (its final's deadline counts from then, not
-        from the ``vad_gap_ms`` of silence later that ended it)."""
+        when each one's speech was last heard (a live final's deadline counts from then,
+        not from the ``vad_gap_ms`` of silence later that ended it; one ended on request,
+        from the request)."""
         if not utterances:
             return
         if len(utterances) > 1:  # an upload's: each is heard with its neighbours in its pack
@@ -143,5 +150,5 @@ class Feeder:
 
     def _end_utterance(self, session: SessionState) -> None:
         """No more audio is coming now: the open utterance goes to be decoded."""
-        finished = session.assembler.finish()
-        self._queue_finals(session, finished, [session.speech_heard_at] * len(finished))
+        finished = session.assembler.finish()  # asked for now (finalize, end, idle): from now
+        self._queue_finals(session, finished, [trio.current_time()] * len(finished))

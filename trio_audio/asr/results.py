@@ -61,6 +61,7 @@ class Results:
             session.finals.popleft()
             self.board.pcm_bytes -= utterance.held_bytes
         if words is None:
+            session.previous.add([])  # it said nothing: no words of it to leave out of a prompt
             reason = f"the speech engine failed: {answer.get('error')}"
             for span in session.awaiting:
                 if span.start_ms < utterance.end_ms and span.end_ms > utterance.start_ms:

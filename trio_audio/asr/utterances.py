@@ -54,6 +54,7 @@ PREROLL_MS: Final = PAD_MS
 OVERLAP_MS: Final = 500.0
 CONTEXT_MS: Final = 3000.0  # of the utterance before, heard by a decode (not transcribed)
 CONTEXT_GAP_MS: Final = 1000.0  # the most between two utterances for one to be the other's
+WINDOW_MS: Final = 29_500.0  # audio that fits Whisper's 30 s window (as the feeder's packs)
 QUIET_SEARCH_MS: Final = 5000.0
 
 Pcm = npt.NDArray[np.int16]
@@ -237,10 +238,12 @@ class Pack:
         return self.utterances[0].context
 
     def audio(self, *, context: bool) -> tuple[bytes, float]:
-        """The audio to decode, with the context before it or not, and the ms of context."""
-        if not context or not self.context:
+        """The audio to decode, with the context before it or not (not when the two would
+        not fit one window), and the ms of context."""
+        context_ms = len(self.context) / 2 / PER_MS
+        if not context or not context_ms or self.seconds * 1000 + context_ms > WINDOW_MS:
             return self.pcm, 0.0
-        return self.context + self.pcm, len(self.context) / 2 / PER_MS
+        return self.context + self.pcm, context_ms
 
     @property
     def final(self) -> bool:
@@ -259,11 +262,13 @@ class Pack:
     ) -> list[list[dict[str, Any]]]:
         """The words of a decode of ``pcm`` after *context_ms* of context (times from the
         start of what was decoded), each moved to the session timeline and given to the
-        utterance it starts in: a list of words per utterance. A word that starts in the
-        context is the utterance before's, and is left out."""
+        utterance it starts in: a list of words per utterance. A word whose middle is in
+        the context is the utterance before's, and is left out."""
         out: list[list[dict[str, Any]]] = [[] for _ in self.utterances]
         for heard in words:
-            if heard["start_ms"] < context_ms:
+            # Whisper may stretch a word's start back over the pause before it, into the
+            # context: its middle says where it was said.
+            if (heard["start_ms"] + heard["end_ms"]) / 2 < context_ms:
                 continue
             word = {**heard, "start_ms": heard["start_ms"] - context_ms,
                     "end_ms": heard["end_ms"] - context_ms} if context_ms else heard  # fmt: skip

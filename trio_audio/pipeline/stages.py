@@ -38,6 +38,7 @@ import trio
 from ..audio import features, vad
 from ..audio.decode import Allowance, decode, decoded_samples_bound, sniff_container
 from ..budget import ByteBudget, Hold
+from ..channels import waiting
 from ..config import DECODED_BYTES_PER_SAMPLE, Config
 from ..errors import InternalError, Overloaded, ServiceError
 from ..metrics import Metrics
@@ -80,16 +81,7 @@ def take_waiting(
 ) -> list[Job]:
     """*first* and the jobs already waiting behind it: at most *most*, and no more once their
     bodies add up to *max_bytes*; never waits."""
-    group = [first]
-    size = _body_bytes(first)
-    while len(group) < most and size < max_bytes:
-        try:
-            job = receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-        group.append(job)
-        size += _body_bytes(job)
-    return group
+    return waiting(first, receive, most, _body_bytes, max_bytes)
 
 
 def _body_bytes(job: Job) -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from ...channels import put, waiting
+from ...channels import put
 from ...errors import ServiceError
 from ...models import Job
 from ...store.index import Stored
@@ -20,15 +20,18 @@ class Acker(SessionState):
     async def _acker(self, out: trio.MemorySendChannel[str]) -> None:
         """Answer chunks in the order they came: ack + metadata; the first failure ends it."""
         async with self.ack_recv, out:
-            async for first in self.ack_recv:
-                # The chunks committed together are answered together: one wake-up for all
-                # the ones whose answer is in (a wait only for the one still being stored).
-                for seq, job in waiting(first, self.ack_recv, self.config.ws_max_inflight):
-                    if not await self._answer(seq, job, out):
+            async for item in self.ack_recv:
+                # The chunks committed together are answered together: the ones waiting
+                # behind this one are taken without a trip through the scheduler each, one
+                # at a time, so the reader's limit (the channel's room) still counts every
+                # unanswered chunk but the one being answered.
+                while await self._answer(*item, out):
+                    try:
+                        item = self.ack_recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 else:
-                    continue
-                break
+                    break
         self._drained.set()
 
     async def _answer(self, seq: int, job: Job, out: trio.MemorySendChannel[str]) -> bool:

@@ -56,7 +56,7 @@ class TrioWebsocketTransport:
     async def send(self, message: str) -> None:
         try:
             await self.connection.send_message(message)
-        except ConnectionClosed:
+        except (ConnectionClosed, LocalProtocolError):  # gone, or closing after its error
             raise Disconnected from None
 
     async def send_many(self, messages: list[str]) -> None:

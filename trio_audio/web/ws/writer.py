@@ -12,7 +12,10 @@ from ...channels import waiting
 from ...errors import SlowReader
 from .state import SessionState
 
-WRITE_BATCH: Final = 64  # messages in one write at most
+# One write holds at most this much: the watchdog times a write, and a client that reads
+# slowly but steadily is not cut off for a batch it is reading.
+WRITE_BATCH: Final = 64  # messages
+WRITE_BATCH_BYTES: Final = 16 * 1024  # characters (past it, the next message starts a write)
 
 
 class Writer(SessionState):
@@ -27,7 +30,8 @@ class Writer(SessionState):
         """
         async with out_recv:
             async for first in out_recv:
-                texts = waiting(first, out_recv, WRITE_BATCH)  # sent as one write
+                # It and what waits behind it, sent as one write.
+                texts = waiting(first, out_recv, WRITE_BATCH, len, WRITE_BATCH_BYTES)
                 if self.jammed:
                     continue
                 with self._sending:
