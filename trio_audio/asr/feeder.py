@@ -62,29 +62,24 @@ class Feeder:
             return
         segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
         samples = np.frombuffer(pcm, dtype="<i2")
-        # When each utterance this chunk closes was last heard: in this chunk, or before it;
-        # never longer ago than the silence that closes an utterance (and a frame): a chunk
-        # taken late (a backlog, or pending ones at start-up) is not a late live final.
-        now = trio.current_time()
-        earliest = now - self.board.config.vad_gap_ms / 1000 - HEARD_SLACK_S
-        heard_before, heard_now = session.speech_heard_at, item.since
+        # What this chunk closes was last heard in it, if it holds speech, else in the last
+        # chunk that did; never longer ago than the silence that closes an utterance (and a
+        # frame): a chunk taken late (a backlog, pending ones at start-up) is no late final.
         if segments:
             session.speech_heard_at = item.since
+        earliest = trio.current_time() - self.board.config.vad_gap_ms / 1000 - HEARD_SLACK_S
         closed = session.assembler.add(item.offset_ms, samples, segments)
-        heard = [max(earliest, heard_now if any(item.offset_ms + begin < u.end_ms
-                                                for begin, _ in segments) else heard_before)
-                 for u in closed]  # fmt: skip
-        self._queue_finals(session, closed, heard)
+        self._queue_finals(session, closed, max(earliest, session.speech_heard_at))
         self._maybe_partial(session)
         await self.results.complete(session)
 
     def _queue_finals(
-        self, session: SessionState, utterances: list[Utterance], heard: list[float]
+        self, session: SessionState, utterances: list[Utterance], heard: float
     ) -> None:
         """Utterances finished together (by one chunk) go to be decoded in packs; *heard*:
-        when each one's speech was last heard (a live final's deadline counts from then,
-        not from the ``vad_gap_ms`` of silence later that ended it; one ended on request,
-        from the request)."""
+        when their speech was last heard (a live final's deadline counts from then, not from
+        the ``vad_gap_ms`` of silence later that ended it; one ended on request, from the
+        request)."""
         if not utterances:
             return
         if len(utterances) > 1:  # an upload's: each is heard with its neighbours in its pack
@@ -92,11 +87,8 @@ class Feeder:
         for utterance in utterances:
             session.finals.append(utterance)
             self.board.pcm_bytes += utterance.held_bytes
-        now = trio.current_time()
-        when = dict(zip(map(id, utterances), heard, strict=True))
         for pack in packs(utterances, PACK_MS):
-            since = min(now, max(when[id(u)] for u in pack.utterances))
-            self.board.queue.put_final(session.key, attrs.evolve(pack, since=since))
+            self.board.queue.put_final(session.key, attrs.evolve(pack, since=heard))
         session.heard, session.stable = [], 0
         self.board.wake()
 
@@ -151,4 +143,4 @@ class Feeder:
     def _end_utterance(self, session: SessionState) -> None:
         """No more audio is coming now: the open utterance goes to be decoded."""
         finished = session.assembler.finish()  # asked for now (finalize, end, idle): from now
-        self._queue_finals(session, finished, [trio.current_time()] * len(finished))
+        self._queue_finals(session, finished, trio.current_time())

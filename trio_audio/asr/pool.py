@@ -99,11 +99,10 @@ class Pool:
                     window_s = self._window_s(pack) if final else self._partial_window_s
                     # A final in the full window hears its context (a short one would have
                     # to grow its window for it); the words of the context leave the prompt.
-                    heard = final and window_s == 0.0 and bool(pack.context)
-                    pcm, context_ms = pack.audio(context=heard)
+                    pcm, context_ms = pack.audio(context=final and window_s == 0.0)
                     text = "" if session is None else prompt(
                         session.vocabulary,
-                        session.previous.before_last() if heard else session.previous.words,
+                        session.previous.before_last() if context_ms else session.previous.words,
                     )  # fmt: skip
                     try:
                         answer = await self._decode(worker, processes, pack, pcm, text, window_s)

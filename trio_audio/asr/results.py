@@ -131,15 +131,12 @@ class Results:
         cannot be stored stays ``pending``, one deleted meanwhile is let go."""
         transcripts = [_failed(span) if span.failed else _done(span) for span in spans]
         updates = [(s.chunk_id, {"transcript": t}) for s, t in zip(spans, transcripts, strict=True)]
-        answers: list[dict[str, Any] | ServiceError | OSError]
-        try:
-            answers = list(await self.board.store.update_many(updates))
-        except OSError as exc:  # the store failed (if an fsync did, it stops the service)
-            answers = [exc] * len(spans)
+        answers = await self.board.store.update_many(updates)
         for span, transcript, answer in zip(spans, transcripts, answers, strict=True):
             if isinstance(answer, NotFound):
                 continue  # deleted since
-            if isinstance(answer, (OSError, ServiceError)):  # closing, full or failed
+            if isinstance(answer, ServiceError):  # closing, full or failed (a failed fsync
+                # stops the service itself)
                 logger.warning("transcript of chunk %s not stored (%s); stays pending",
                                span.chunk_id, answer)  # fmt: skip
             elif transcript["status"] == "done":
