@@ -147,12 +147,16 @@ class CommitChannels:
 
         Raises ``Overloaded`` (retryable) when the store is closing, and whatever the
         committer answered the write with (``NotFound``, ``SeqConflict``, ...)."""
+        await self._queue(write)
+        return await write.reply.wait()
+
+    async def _queue(self, write: Write) -> None:
+        """Hand *write* to the committer (waiting for room); when the store is closing its
+        reply fails with ``Overloaded`` (retryable) instead."""
         try:
             await self._send.send(write)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            msg = "the store is closing; retry later"
-            raise Overloaded(msg) from None
-        return await write.reply.wait()
+            write.reply.fail(Overloaded("the store is closing; retry later"))
 
     async def update(self, chunk_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Durably replace top-level fields of a stored chunk; its new chunk JSON.
@@ -168,10 +172,7 @@ class CommitChannels:
         events too); per update, its new chunk JSON or the error it was answered with."""
         writes = [Update(chunk_id, fields) for chunk_id, fields in updates]
         for write in writes:
-            try:
-                await self._send.send(write)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                write.reply.fail(Overloaded("the store is closing; retry later"))
+            await self._queue(write)
         out: list[dict[str, Any] | ServiceError] = []
         for write in writes:
             try:
