@@ -167,7 +167,7 @@ def _entries(fields: dict[str, Any]) -> bytes:
 
 
 def _map_header_size(n: int) -> int:
-    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+    return len(_map_header(n))
 
 
 def _map_header(n: int) -> bytes:

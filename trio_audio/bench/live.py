@@ -235,13 +235,17 @@ async def one_load(
     return heard
 
 
+def _p95(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+
+
 def summary(sessions: int, heard: list[Heard], within_s: float) -> str:
     """One line of the table for a load."""
     latencies = sorted(x for h in heard for x in h.latencies())
     said = sum(len(h.script.texts) for h in heard)
     if not latencies:
         return f"{sessions:>8}  {0:>4}/{said:<4}  no finals"
-    p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
+    p95 = _p95(latencies)
     kept = "yes" if p95 <= within_s else "no"
     edits = words = 0
     for h in heard:
@@ -252,7 +256,7 @@ def summary(sessions: int, heard: list[Heard], within_s: float) -> str:
     firsts = sorted(x for h in heard for x in h.first_partials())
     partials = f"{len(firsts)}/{len(latencies)}"
     if firsts:
-        p95_first = firsts[min(len(firsts) - 1, int(len(firsts) * 0.95))]
+        p95_first = _p95(firsts)
         partials += f" {statistics.median(firsts):.2f}/{p95_first:.2f}"
     return (f"{sessions:>8}  {len(latencies):>4}/{said:<4}  {statistics.median(latencies):6.2f}  "
             f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short:>12}  "

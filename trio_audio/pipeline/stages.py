@@ -364,8 +364,10 @@ class Stages:
 
 
 def _with(analysis: dict[str, Any], activity: dict[str, Any]) -> dict[str, Any]:
-    """*analysis* with the voice *activity* among its features."""
-    return {**analysis, "features": {**analysis["features"], **activity}}
+    """*analysis* (a chunk's own, fresh from ``to_dict``) with the voice *activity* among its
+    features."""
+    analysis["features"].update(activity)
+    return analysis
 
 
 def _more(hold: Hold, samples: int) -> bool:

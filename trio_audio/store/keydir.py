@@ -131,10 +131,7 @@ class Ids:
         self.other_ids = {row: cid for cid, row in self.other.items()}
 
     def chunk_id(self, table: np.ndarray, row: int) -> str:
-        other = self.other_ids.get(row)
-        if other is not None:
-            return other
-        return f"{int(table['hi'][row]):012x}{int(table['lo'][row]):016x}"
+        return self.chunk_ids(table, [row])[0]
 
     def chunk_ids(self, table: np.ndarray, rows: list[int]) -> list[str]:
         """``chunk_id`` of each of *rows* (one gather of the table)."""

@@ -123,9 +123,8 @@ class Lookups:
         """The chunk JSON a client sees: the record, less the store's own fields, plus
         ``offset_ms``, where the chunk starts on its session's timeline as stored now
         (*offset*, when the caller has it)."""
-        chunk = {k: v for k, v in meta.items() if k != "group"}
-        chunk["offset_ms"] = round(self.offset_of(meta) if offset is None else offset, 3)
-        return chunk
+        where = self.offset_of(meta) if offset is None else offset
+        return own_chunk_json(dict(meta), round(where, 3))
 
     def offset_of(self, meta: dict[str, Any]) -> float:
         """Where the chunk of *meta* starts on its session's timeline as stored now."""
@@ -235,3 +234,12 @@ class Lookups:
         """Bytes of the index's arrays (rows, ids, sessions' arrays), slack included."""
         sessions = sum(s.chunks.nbytes() for s in self.sessions if s is not None)
         return int(self.table.nbytes) + self.ids.nbytes() + sessions
+
+
+def own_chunk_json(meta: dict[str, Any], offset: float) -> dict[str, Any]:
+    """*meta*, a fresh dict the caller owns, made the chunk JSON a client sees in place: the
+    record less the store's own fields, plus *offset* as its ``offset_ms`` (rounded to the
+    microsecond already)."""
+    meta.pop("group", None)
+    meta["offset_ms"] = offset
+    return meta

@@ -30,6 +30,7 @@ import trio
 from ..errors import NotFound
 from .files import log_dir
 from .index import Index, Location, Place, SessionSummary
+from .queries import own_chunk_json
 from .record import FRAME_HEADER_SIZE, BlobRef, Record, RecordType
 from .scan import Route, route_meta
 
@@ -106,15 +107,6 @@ def decode_all(packed: list[bytes]) -> list[dict[str, Any]]:
 def apply_patch(meta: dict[str, Any], patch: Any) -> None:
     if isinstance(patch, dict) and isinstance(patch.get("set"), dict):
         meta.update(patch["set"])
-
-
-def own_chunk_json(meta: dict[str, Any], offset: float) -> dict[str, Any]:
-    """*meta*, a fresh dict the caller owns, made the chunk JSON a client sees in place
-    (``Lookups.chunk_json`` without the copy); *offset*: its ``offset_ms``, rounded to
-    the microsecond already."""
-    meta.pop("group", None)
-    meta["offset_ms"] = offset
-    return meta
 
 
 def spans(places: list[Place]) -> list[tuple[int, int, list[int]]]:
