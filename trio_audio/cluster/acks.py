@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import logging
 import secrets
 from typing import Any
 
@@ -33,8 +32,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .bridge import NatsError, Unavailable, _call, _translate
-
-logger = logging.getLogger("trio_audio.cluster.bridge")
 
 Outgoing = list[tuple[str, bytes, dict[str, str]]]  # subject, body, headers
 
