@@ -190,6 +190,37 @@ async def test_a_watcher_on_one_node_sees_uploads_to_another(
             assert trio.current_time() - sent < 5
 
 
+async def test_a_sessions_transcripts_reach_the_log_and_every_watcher_in_order(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    """The transcripts of an utterance's chunks are stored together (``update_many``: one
+    batch of writes, in flight at once); they land in the stream in the chunks' order, so
+    the watchers on every node get the session's words in order."""
+    store, a, b = await two_nodes(start_server, nats_cluster, asr_transcribe="on")
+    async with a.client() as ca, connect(b.running.ws_url) as watcher:
+        await start(watcher, "talk")
+        ids = []
+        for n in range(24):
+            response = await post(ca, audio(n), session_id="talk", seq=str(n))
+            assert response.status_code == 201, response.text
+            assert response.json()["transcript"]["status"] == "pending"  # no engine here
+            ids.append(response.json()["chunk_id"])
+        texts = [f"word{n}" for n in range(len(ids))]
+        transcripts = [{"status": "done", "text": t, "words": []} for t in texts]
+        answers = await a.running.store.update_many(
+            [(chunk_id, {"transcript": t}) for chunk_id, t in zip(ids, transcripts, strict=True)]
+        )
+        assert [answer["transcript"]["text"] for answer in answers] == texts  # type: ignore[index]
+        got = []
+        with trio.fail_after(10):
+            while len(got) < len(ids):
+                message = await receive_type(watcher, "transcript", skip=("metadata",))
+                got.append((message["chunk_id"], message["text"]))
+    assert got == list(zip(ids, texts, strict=True))
+    subjects = await stream_subjects(nats_cluster.urls, store["store_stream"])
+    assert [s.rsplit(".", 1)[1] for s in subjects if ".update." in s] == ids
+
+
 async def test_deletes_reach_every_node_and_leave_the_stream(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
@@ -437,15 +468,23 @@ async def session_listing(client: httpx.AsyncClient, session_id: str, seconds: f
     raise AssertionError("unreachable")
 
 
-async def count_subjects(urls: list[str], stream: str) -> dict[str, int]:
-    """How many messages of each kind (chunk, update, tombstone) the stream holds."""
-    counts: dict[str, int] = {}
+async def stream_subjects(urls: list[str], stream: str) -> list[str]:
+    """The subjects of the messages the stream holds, in its order."""
+    subjects = []
     async with open_nats(urls, name="test") as nats:
         state = await nats.stream_state(stream)
         for seq in range(state.first_seq, state.last_seq + 1):
             with contextlib.suppress(MessageNotFound):
-                kind = (await nats.get(stream, seq)).subject.split(".")[3]
-                counts[kind] = counts.get(kind, 0) + 1
+                subjects.append((await nats.get(stream, seq)).subject)
+    return subjects
+
+
+async def count_subjects(urls: list[str], stream: str) -> dict[str, int]:
+    """How many messages of each kind (chunk, update, tombstone) the stream holds."""
+    counts: dict[str, int] = {}
+    for subject in await stream_subjects(urls, stream):
+        kind = subject.split(".")[3]
+        counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

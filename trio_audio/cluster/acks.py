@@ -36,13 +36,16 @@ from .bridge import NatsError, Unavailable, _call, _translate
 Outgoing = list[tuple[str, bytes, dict[str, str]]]  # subject, body, headers
 
 
-class _Waiter:
-    """One request's answer: the reply's body, or the error that came instead."""
+class Sent:
+    """One request in flight: the reply's body once it came, or the error that came
+    instead (see ``Acks.send``)."""
 
-    __slots__ = ("answered", "data", "error", "gone")
+    __slots__ = ("answered", "answered_at", "data", "error", "gone", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
+        self.token = token
         self.answered = trio.Event()
+        self.answered_at = 0.0  # trio time the reply came
         self.data = b""
         self.error: NatsError | None = None
         self.gone = False  # its caller stopped waiting
@@ -63,8 +66,8 @@ class Acks:
         self._numbers = itertools.count(1)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(8)
-        self._waiting: dict[str, _Waiter] = {}
-        self._queued: collections.deque[tuple[_Waiter, str, Outgoing]] = collections.deque()
+        self._waiting: dict[str, Sent] = {}
+        self._queued: collections.deque[tuple[Sent, str, Outgoing]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
         self._starting = trio.Lock()  # the first callers start it once
@@ -76,27 +79,43 @@ class Acks:
     async def request(self, messages: Outgoing, wait_s: float) -> bytes:
         """Publish *messages* in order, the last one with the shared reply subject; the
         reply's body, once it came within *wait_s*."""
+        return await self.answer(await self.send(messages), wait_s)
+
+    async def send(self, messages: Outgoing) -> Sent:
+        """Queue *messages* for the sender, the last one with the shared reply subject, and
+        return at once: requests go out in the order they were queued (one task's sends,
+        one after another, reach the server in that order). Each is waited for with
+        ``answer``."""
         if not self._prefix:
             async with self._starting:
                 if not self._prefix:
                     await _call(self._loop, self._start)
-        token = str(next(self._numbers))
-        waiter = self._waiting[token] = _Waiter()
-        self._queued.append((waiter, self._prefix + token, messages))
+        sent = Sent(str(next(self._numbers)))
+        self._waiting[sent.token] = sent
+        self._queued.append((sent, self._prefix + sent.token, messages))
         assert self._wake is not None
         self._wake.set()  # (an asyncio event set from trio: the loop's call_soon wakes it)
+        return sent
+
+    async def answer(self, sent: Sent, wait_s: float) -> bytes:
+        """The reply's body of *sent*, once it came within *wait_s* (``Unavailable`` if
+        not); *sent* is forgotten either way."""
         try:
             with trio.CancelScope(deadline=trio.current_time() + wait_s):
-                await waiter.answered.wait()
+                await sent.answered.wait()
         finally:
-            del self._waiting[token]
-            waiter.gone = True
-        if waiter.error is not None:
-            raise waiter.error
-        if not waiter.answered.is_set():
+            self.forget(sent)
+        if sent.error is not None:
+            raise sent.error
+        if not sent.answered.is_set():
             msg = f"TimeoutError: no PubAck within {wait_s:.2f} s"
             raise Unavailable(msg)
-        return waiter.data
+        return sent.data
+
+    def forget(self, sent: Sent) -> None:
+        """Stop waiting for *sent* (not sent at all, if it is still queued)."""
+        self._waiting.pop(sent.token, None)
+        sent.gone = True
 
     async def _start(self) -> None:
         """(In the loop.) Subscribe to the replies and start the sender, once."""
@@ -109,14 +128,15 @@ class Acks:
         self._prefix = prefix
 
     async def _on_reply(self, msg: Msg) -> None:
-        waiter = self._waiting.get(msg.subject[len(self._prefix) :])
-        if waiter is None or waiter.answered.is_set():
+        sent = self._waiting.get(msg.subject[len(self._prefix) :])
+        if sent is None or sent.answered.is_set():
             return  # answered too late: its caller has given up
+        sent.answered_at = trio.current_time()
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            waiter.fail(Unavailable("NoRespondersError: no stream takes this subject"))
+            sent.fail(Unavailable("NoRespondersError: no stream takes this subject"))
             return
-        waiter.data = msg.data
-        waiter.answered.set()
+        sent.data = msg.data
+        sent.answered.set()
 
     async def _send(self) -> None:
         """(In the loop.) Publish whatever is queued, everything at once, for ever."""
@@ -126,8 +146,8 @@ class Acks:
                 self._wake.clear()
                 await self._wake.wait()
             while self._queued:
-                waiter, reply, messages = self._queued.popleft()
-                if waiter.gone:
+                sent, reply, messages = self._queued.popleft()
+                if sent.gone:
                     continue  # its caller gave up before it was sent: not sent late
                 try:
                     for n, (subject, body, headers) in enumerate(messages, 1):
@@ -136,7 +156,7 @@ class Acks:
                             subject, body, reply=reply if last else "", headers=headers
                         )
                 except Exception as exc:  # the caller hears it; the sender goes on
-                    waiter.fail(_translate(exc))
+                    sent.fail(_translate(exc))
 
     async def close(self) -> None:
         """Stop the sender (what is still queued is never sent; its callers time out)."""

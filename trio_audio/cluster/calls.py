@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+import attrs
 import nats
 import nats.errors
 import nats.js.errors
@@ -32,7 +33,7 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-from .acks import Acks
+from .acks import Acks, Sent
 from .bridge import (
     HEARTBEAT_S,
     ApiFailure,
@@ -123,14 +124,25 @@ class LogCalls(_Client):
     async def publish_batch(
         self, messages: list[tuple[str, bytes, dict[str, str]]], wait_s: float
     ) -> list[int]:
-        """Publish *messages* as one atomic batch (``allow_atomic`` streams, server 2.12+):
-        the stream stores all of them, in order and next to each other, or none (a refused
-        compare-and-append, or a publisher that dies before the commit: the server drops
-        an uncommitted batch). Their stream sequences, once the commit's PubAck came.
-        ``Nats-Msg-Id`` is not allowed in a batch and is left out."""
+        """Publish *messages* as one atomic batch (``send``) and wait for its PubAck: their
+        stream sequences."""
+        return await (await self.send(messages, atomic=True)).seqs(wait_s)
+
+    async def send(
+        self, messages: list[tuple[str, bytes, dict[str, str]]], *, atomic: bool = False
+    ) -> InFlight:
+        """Queue a publish and return at once: one message, or with *atomic* several as one
+        atomic batch (``allow_atomic`` streams, server 2.12+: the stream stores all of them,
+        in order and next to each other, or none: a refused compare-and-append, or a
+        publisher that dies before the commit, and the server drops an uncommitted batch).
+        One task's sends go out in the order it made them. ``Nats-Msg-Id`` is not allowed
+        in a batch and is left out of one."""
         if not self.connected:
             msg = "not connected to any NATS server"
             raise Unavailable(msg)
+        if not atomic:
+            assert len(messages) == 1, "several messages go as an atomic batch"
+            return InFlight(self._acks, await self._acks.send(messages), 1)
         batch_id = self._acks.unique()
         outgoing = []
         for n, (subject, body, headers) in enumerate(messages, 1):
@@ -140,9 +152,7 @@ class LogCalls(_Client):
             if n == len(messages):
                 batch_headers["Nats-Batch-Commit"] = "1"
             outgoing.append((subject, body, batch_headers))
-        answer = _pub_ack(await self._acks.request(outgoing, wait_s))
-        last, count = int(answer["seq"]), int(answer.get("count", len(messages)))
-        return list(range(last - count + 1, last + 1))
+        return InFlight(self._acks, await self._acks.send(outgoing), len(messages))
 
     async def get(self, stream: str, seq: int, *, direct: bool = True) -> Message:
         """The message at *seq*: a direct get (any replica answers, one that lags may say
@@ -321,6 +331,31 @@ class WorkCalls(LogCalls):
         info = await _call(self._loop, self._js.stream_info, f"KV_{bucket}", subjects)
         cut = len(f"$KV.{bucket}.")
         return [subject[cut:] for subject in (info.state.subjects or {})]
+
+
+@attrs.frozen
+class InFlight:
+    """A publish sent (``LogCalls.send``), its PubAck still to come."""
+
+    _acks: Acks
+    _sent: Sent
+    _count: int  # messages it stores
+
+    @property
+    def answered_at(self) -> float:
+        """Trio time its PubAck came (0: not yet)."""
+        return self._sent.answered_at
+
+    async def seqs(self, wait_s: float) -> list[int]:
+        """Its messages' stream sequences, once its PubAck came within *wait_s*; the
+        bridge's error for what came instead (``Unavailable``: nothing in time)."""
+        answer = _pub_ack(await self._acks.answer(self._sent, wait_s))
+        last, count = int(answer["seq"]), int(answer.get("count", self._count))
+        return list(range(last - count + 1, last + 1))
+
+    def forget(self) -> None:
+        """Stop waiting for it (not sent at all, if it is still queued)."""
+        self._acks.forget(self._sent)
 
 
 def _pub_ack(reply: bytes) -> dict[str, Any]:

@@ -165,9 +165,7 @@ class Committer:
             except ServiceError as exc:
                 self._metrics.failed(exc.code)
                 write.reply.fail(exc)
-        async with trio.open_nursery() as nursery:
-            for item in pending:
-                nursery.start_soon(self._publisher.publish_all, item, deadline)
+        await self._publisher.publish_all(pending, deadline)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._follower.wait_applied(max(seqs, default=0)):
             # Stored (the quorum acknowledged it) but not yet followed here: answered from
@@ -184,9 +182,12 @@ class Committer:
                 self._fail(item.write, errors[0])
             else:
                 await self._answer(item)
-        async with trio.open_nursery() as nursery:
-            for item in pending:
-                if isinstance(item.write, Delete) and all(m.seq for m in item.messages):
+        deleted = [
+            p for p in pending if isinstance(p.write, Delete) and all(m.seq for m in p.messages)
+        ]
+        if deleted:
+            async with trio.open_nursery() as nursery:
+                for item in deleted:
                     nursery.start_soon(self._remove_deleted, item)
         return again
 

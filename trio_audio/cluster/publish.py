@@ -8,11 +8,11 @@ stored once across every node) and ``Nats-Msg-Id`` (the chunk's id), each follow
 ``update.<chunk_id>`` subject (a transcript with the same compare-and-append: the first
 one is the one the log keeps); a delete as tombstones.
 
-``Publisher.publish_all`` sends a write's messages: an upload's as one atomic batch (all
-stored or none, even when this node dies halfway through sending them), the others one by
-one, each sent again once when its PubAck does not come (the same ``Nats-Msg-Id``: the
-stream drops the copy if the first landed), all within ``store_timeout_s`` of the committer
-taking the write.
+``Publisher.publish_all`` sends a batch of writes' messages in their order, all in flight
+together: an upload's as one atomic batch (all stored or none, even when this node dies
+halfway through sending them), the others one by one, each sent again once when its PubAck
+does not come (the same ``Nats-Msg-Id``: the stream drops the copy if the first landed), all
+within ``store_timeout_s`` of the committer taking the writes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
@@ -33,7 +32,7 @@ from ..models import Job
 from ..store.events import Update, Write
 from ..store.index import Index, Planned
 from .bridge import NatsError, Unavailable
-from .connect import Nats
+from .calls import InFlight
 from .stream import EXPECT_EMPTY, META, NODE, SOURCE, Stream, token
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
@@ -162,8 +161,23 @@ class Planner:
         }
 
 
+@attrs.define(eq=False)
+class _Request:
+    """One publish that waits for a PubAck: a write's atomic batch, or one message."""
+
+    messages: list[Publish]
+    atomic: bool
+
+    def outgoing(self) -> list[tuple[str, bytes, dict[str, str]]]:
+        return [(m.subject, m.body, dict(m.headers)) for m in self.messages]
+
+    def settle(self, seqs: list[int] | None, error: NatsError | None) -> None:
+        for n, message in enumerate(self.messages):
+            message.seq, message.error = (seqs[n] if seqs else None), error
+
+
 class Publisher:
-    """A write's messages sent, each with its sequence or its error (see the module
+    """Writes' messages sent, each with its sequence or its error (see the module
     docstring)."""
 
     def __init__(
@@ -174,75 +188,82 @@ class Publisher:
         self._stream = stream
         self._pcm = pcm  # speech PCM of chunks being published (the follower's, see there)
 
-    async def publish_all(self, item: Pending, deadline: float) -> None:
-        """Publish a write's messages in order; stop at the first that fails. The chunks of
-        an upload (and their work references) go as one atomic batch: all stored or none,
-        even when this node dies halfway through sending them."""
-        if isinstance(item.write, Job):
-            assert isinstance(item.plan, list)
-            for planned in item.plan:
-                if planned.meta is not None and planned.record.speech_pcm is not None:
-                    self._pcm[planned.meta["chunk_id"]] = planned.record.speech_pcm
-        if isinstance(item.write, Job) and item.messages:
-            await self._publish_batch(item.messages, deadline)
-        else:
-            for message in item.messages:
-                await self._publish(message, deadline)
-                if message.error is not None:
-                    break
-        failed = any(m.error is not None or m.seq is None for m in item.messages)
-        if failed and isinstance(item.write, Job):
-            for planned in item.plan if isinstance(item.plan, list) else []:
-                if planned.meta is not None:
-                    self._pcm.pop(planned.meta["chunk_id"], None)
+    async def publish_all(self, items: list[Pending], deadline: float) -> None:
+        """Publish the messages of *items*, in their order, all in flight together: each
+        write's request is sent before any PubAck is waited for, so one session's writes
+        reach the stream in the order they were planned (and their watchers' events come
+        in that order) while the batch waits one round trip, not one per write. An
+        upload's chunks (and their work references) go as one atomic batch: all stored or
+        none, even when this node dies halfway through sending them. A delete of chunks of
+        several sessions sends its tombstones one after another, stopping at the first
+        that fails."""
+        for item in items:
+            if isinstance(item.write, Job) and isinstance(item.plan, list):
+                for planned in item.plan:
+                    if planned.meta is not None and planned.record.speech_pcm is not None:
+                        self._pcm[planned.meta["chunk_id"]] = planned.record.speech_pcm
+        together = [
+            _Request(item.messages, atomic=isinstance(item.write, Job))
+            for item in items
+            if item.messages and (isinstance(item.write, Job) or len(item.messages) == 1)
+        ]
+        await self._send(together, deadline)
+        for item in items:
+            if not isinstance(item.write, Job) and len(item.messages) > 1:
+                for message in item.messages:
+                    await self._send([_Request([message], atomic=False)], deadline)
+                    if message.error is not None:
+                        break
+        for item in items:
+            failed = any(m.error is not None or m.seq is None for m in item.messages)
+            if failed and isinstance(item.write, Job) and isinstance(item.plan, list):
+                for planned in item.plan:
+                    if planned.meta is not None:
+                        self._pcm.pop(planned.meta["chunk_id"], None)
 
-    async def _publish_batch(self, messages: list[Publish], deadline: float) -> None:
-        """*messages* as one atomic batch (see ``_acked``)."""
-        batch = [(m.subject, m.body, dict(m.headers)) for m in messages]
-        seqs, error = await self._acked(
-            lambda nats, wait_s: nats.publish_batch(batch, wait_s), deadline
-        )
-        for n, message in enumerate(messages):
-            message.seq, message.error = (seqs[n] if seqs else None), error
-
-    async def _publish(self, message: Publish, deadline: float) -> None:
-        """One publish (see ``_acked``; a re-send has the same ``Nats-Msg-Id``, so the stream
-        drops it if the first copy landed)."""
-
-        async def one(nats: Nats, wait_s: float) -> list[int]:
-            seq, _ = await nats.publish(
-                message.subject, message.body, dict(message.headers), wait_s
-            )
-            return [seq]
-
-        seqs, message.error = await self._acked(one, deadline)
-        message.seq = seqs[0] if seqs else None
-
-    async def _acked(
-        self, publish: Callable[[Nats, float], Awaitable[list[int]]], deadline: float
-    ) -> tuple[list[int] | None, NatsError | None]:
-        """*publish*, sent again once when its PubAck does not come, both by *deadline*
-        (``store_timeout_s`` after the committer took the write); its sequences, or the
-        error. (A batch that did land the first time then loses its compare-and-appends,
-        which ``_commit`` handles as for any write another node took first.)"""
+    async def _send(self, requests: list[_Request], deadline: float) -> None:
+        """Send *requests* in order, then wait for their PubAcks; those with no answer are
+        sent again once (a re-send has the same ``Nats-Msg-Id``, so the stream drops it if
+        the first copy landed; a re-sent batch that did land the first time loses its
+        compare-and-appends, which the committer handles as for any write another node
+        took first), all by *deadline* (``store_timeout_s`` after the committer took the
+        writes). Each request ends with its sequences or its error."""
         nats = self._stream.connection()
-        error: NatsError | None = Unavailable("no answer within store_timeout_s")
+        for request in requests:
+            request.settle(None, Unavailable("no answer within store_timeout_s"))
+        todo = requests
         for attempt in range(2):
-            left = deadline - trio.current_time()
+            started = trio.current_time()
+            left = deadline - started
             wait_s = min(self._config.store_timeout_s / 2, left) if attempt == 0 else left
-            if wait_s < MIN_WAIT_S:
+            if wait_s < MIN_WAIT_S or not todo:
                 break
+            sent: list[tuple[_Request, InFlight]] = []
+            for request in todo:
+                try:
+                    sent.append(
+                        (request, await nats.send(request.outgoing(), atomic=request.atomic))
+                    )
+                except NatsError as exc:
+                    request.settle(None, exc)
+            todo = []
             try:
-                started = trio.current_time()
-                seqs = await publish(nats, wait_s)
-                self._metrics.observe_stage("publish", trio.current_time() - started)
-                return seqs, None
-            except Unavailable as exc:
-                error = exc
-                if not nats.connected:
-                    break
-                if attempt == 0:
-                    logger.info("no PubAck in %.1f s, sending again", wait_s)
-            except NatsError as exc:
-                return None, exc
-        return None, error
+                for request, flight in sent:
+                    try:
+                        seqs = await flight.seqs(started + wait_s - trio.current_time())
+                    except Unavailable as exc:
+                        request.settle(None, exc)
+                        if nats.connected:
+                            todo.append(request)
+                    except NatsError as exc:
+                        request.settle(None, exc)
+                    else:
+                        self._metrics.observe_stage("publish", flight.answered_at - started)
+                        request.settle(seqs, None)
+            finally:
+                for _, flight in sent:
+                    flight.forget()
+            if todo and attempt == 0:
+                logger.info(
+                    "no PubAck in %.1f s for %d publishes, sending again", wait_s, len(todo)
+                )
