@@ -12,11 +12,11 @@ there; ``connect.Nats`` is both, over one connection.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 import attrs
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -48,6 +48,7 @@ from .bridge import (
 )
 
 logger = logging.getLogger("trio_audio.cluster.bridge")
+_decode = msgspec.json.Decoder().decode  # PubAcks (one per write)
 
 
 class _Client:
@@ -361,13 +362,13 @@ class InFlight:
 def _pub_ack(reply: bytes) -> dict[str, Any]:
     """A PubAck's fields, or the bridge's error for the one JetStream answered with."""
     try:
-        answer: dict[str, Any] = json.loads(reply)
+        answer: dict[str, Any] = _decode(reply)
         if "error" in answer:
             nats.js.errors.APIError.from_error(answer["error"])  # raises
         int(answer["seq"])  # a PubAck without a sequence is no PubAck
     except nats.errors.Error as exc:
         raise _translate(exc) from exc
-    except (ValueError, KeyError, TypeError) as exc:
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
         msg = f"JetStream answered a publish with {reply[:200]!r}"
         raise ApiFailure(msg, None) from exc
     return answer

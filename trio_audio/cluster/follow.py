@@ -22,7 +22,6 @@ ignored; only a tombstone removes a chunk.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Final
@@ -34,7 +33,7 @@ from ..store.events import ChunkStored, ChunkUpdated, Committed, deleted_events
 from ..store.index import Place
 from ..store.reads import IndexReads, MetaCache, apply_patch
 from .bridge import Follower, Message
-from .stream import META, NODE, SOURCE, Shared
+from .stream import META, NODE, SOURCE, Shared, from_header
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -115,7 +114,7 @@ class LogFollower:
         if kind == "work":  # a chunk's reference for the work stream: nothing to index
             return []
         try:
-            record = json.loads(message.headers[META])
+            record = from_header(message.headers[META])
         except (KeyError, ValueError):
             logger.warning("stream record %d on %s has no metadata", message.seq, message.subject)
             return []

@@ -17,7 +17,6 @@ within ``store_timeout_s`` of the committer taking the writes.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from typing import Any, Final
@@ -33,7 +32,7 @@ from ..store.events import Update, Write
 from ..store.index import Index, Planned
 from .bridge import NatsError, Unavailable
 from .calls import InFlight
-from .stream import EXPECT_EMPTY, META, NODE, SOURCE, Stream, token
+from .stream import EXPECT_EMPTY, META, NODE, SOURCE, Stream, to_header, token
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -92,7 +91,7 @@ class Planner:
                 headers = {
                     **EXPECT_EMPTY,
                     "Nats-Msg-Id": planned.meta["chunk_id"],
-                    META: json.dumps(planned.meta, separators=(",", ":")),
+                    META: to_header(planned.meta),
                     NODE: self._stream.node,
                 }
                 if write.source is not None:
@@ -100,7 +99,7 @@ class Planner:
                 seq = planned.meta["seq"]
                 messages.append(Publish(f"{session}.chunk.{seq}", body, headers))
                 reference = {"chunk_id": planned.meta["chunk_id"], "seq": seq}
-                work = {META: json.dumps(reference, separators=(",", ":")), NODE: self._stream.node}
+                work = {META: to_header(reference), NODE: self._stream.node}
                 messages.append(Publish(f"{session}.work.{seq}", b"", work))
             return Pending(write, plan, messages)
         write_id = secrets.token_hex(8)  # (an upload's chunks are deduplicated by their ids)
@@ -156,7 +155,7 @@ class Planner:
     def _headers(self, record: dict[str, Any], msg_id: str) -> dict[str, str]:
         return {
             "Nats-Msg-Id": msg_id,
-            META: json.dumps(record, separators=(",", ":")),
+            META: to_header(record),
             NODE: self._stream.node,
         }
 

@@ -18,7 +18,6 @@ is no deletion. Only a tombstone makes a chunk gone.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any, Final
 
@@ -30,7 +29,7 @@ from ..store.reads import Read, apply_patch
 from .bridge import Message, MessageNotFound, NatsError, Unavailable
 from .connect import Nats
 from .follow import LogFollower
-from .stream import META, Shared
+from .stream import META, Shared, from_header
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -75,7 +74,7 @@ class StreamReads:
                 except NatsError as exc:
                     msg = f"the store cluster failed to read record {seq}: {exc}"
                     raise InternalError(msg) from None
-            value: dict[str, Any] = json.loads(message.headers[META])
+            value: dict[str, Any] = from_header(message.headers[META])
             return value
 
         seqs = sorted({p.offset for loc in locations for p in (loc.record, *loc.updates)})
@@ -119,7 +118,7 @@ class StreamReads:
             try:
                 message = await self._get(nats, seq)
                 try:
-                    meta = json.loads(message.headers[META])
+                    meta = from_header(message.headers[META])
                 except (KeyError, ValueError):
                     meta = {}
                 return message.data, str(meta.get("content_type", "application/octet-stream"))

@@ -9,15 +9,18 @@ Subjects (``<user>`` and ``<session>`` with ``.`` written as ``~``, see ``token`
     AUDIO.<user>.<session>.update.<chunk_id>    new top-level fields of a chunk
     AUDIO.<user>.<session>.tombstone            chunks deleted (by id, or the whole session)
 
-The metadata of every record is a JSON header (``META``); ``NODE`` names the node that
-published it and ``SOURCE`` the connection that sent a chunk.
+The metadata of every record is a JSON header (``META``, written by ``to_header`` and read
+by ``from_header``); ``NODE`` names the node that published it and ``SOURCE`` the
+connection that sent a chunk.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from typing import Any, Final
 
 import attrs
+import msgspec
 
 from ..config import Config
 from ..errors import StoreUnavailable
@@ -29,6 +32,25 @@ META: Final = "Trio-Audio"  # the header holding a record's metadata (JSON)
 SOURCE: Final = "Trio-Audio-Source"  # the connection that sent a chunk (skips its echo)
 NODE: Final = "Trio-Audio-Node"  # the node that published a record
 EXPECT_EMPTY: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def to_header(value: Any) -> str:
+    """*value* as compact JSON for a header (msgspec: a chunk's metadata, with its many
+    floats, in a fraction of ``json.dumps``'s time). Headers are ASCII: text that is not
+    is escaped, as ``json.dumps`` does."""
+    data = _encode(value)
+    if data.isascii():
+        return data.decode("ascii")
+    return json.dumps(value, separators=(",", ":"))
+
+
+def from_header(text: str) -> Any:
+    """What ``to_header`` wrote."""
+    return _decode(text)
 
 
 def token(value: str) -> str:

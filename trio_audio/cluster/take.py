@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 from typing import Final
 
@@ -28,7 +27,7 @@ from .bridge import NatsError, Puller, Unavailable, Work
 from .connect import Nats
 from .leases import Lease, Leases
 from .partitions import FollowedLog, Names, partition
-from .stream import META
+from .stream import META, from_header
 
 logger = logging.getLogger("trio_audio.cluster.work")
 
@@ -138,7 +137,7 @@ class Taker:
         False when this node's follower has not reached the chunk within its wait (the
         message comes again after ``ACK_WAIT_S``)."""
         try:
-            chunk_id = str(json.loads(work.headers[META])["chunk_id"])
+            chunk_id = str(from_header(work.headers[META])["chunk_id"])
             origin = int(work.headers["Nats-Stream-Source"].split()[1])
         except (KeyError, ValueError, IndexError):
             logger.warning("work message %d on %s is not a chunk; dropped", work.seq, work.subject)
