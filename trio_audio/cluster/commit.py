@@ -12,8 +12,10 @@
 The committer hands each write to one of ``COMMIT_LANES`` lanes by its session; each lane
 plans, publishes and answers its writes batch by batch, and the lanes run side by side, so
 a node keeps many publishes in flight (other sessions' batches go on while one waits for its
-PubAck) instead of waiting batch by batch. One session's writes are in one lane, in order:
-each plan sees the session's earlier writes, and a lost compare-and-append is rare.
+PubAcks) instead of waiting batch by batch. A batch's publishes are sent in its order, all
+before any PubAck is waited for, from the lane's one task. One session's writes are in one
+lane, in order: each plan sees the session's earlier writes, a lost compare-and-append is
+rare, and the session's records reach the stream (and every node's watchers) in order.
 
 Writes and their guarantees:
 
@@ -80,7 +82,11 @@ from .stream import Shared, token
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
 PLAN_ATTEMPTS: Final = 4  # plans of one write that lose a compare-and-append, then 503
-COMMIT_LANES: Final = 16  # sessions' writes committed side by side (a session's in one)
+# Sessions' writes committed side by side (a session's in one). A lane's whole batch is in
+# flight at once, so a few lanes keep enough publishes in flight; more only make smaller
+# batches, each paying its planning and its wait for the follower (at a node's ceiling, 16
+# lanes cost ~10% more CPU per upload than 4, docs/cluster.md).
+COMMIT_LANES: Final = 4
 
 
 class Committer:
