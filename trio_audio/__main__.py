@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    target = partial(service.serve, config)
+    target = partial(service.serve, config, own_process=True)
     if args.command == "asr-worker":
         from .cluster.worker import run_worker
 
