@@ -264,21 +264,24 @@ async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery
 
 
 # The collector's young generation is collected every this many allocations (CPython's
-# default is 700): a chunk's road makes thousands of short-lived objects.
+# default is 700: a chunk's road makes thousands of short-lived objects), the middle one
+# every GC_OLDER young collections (default 10).
 GC_YOUNG: Final = 10_000
+GC_OLDER: Final = 20
 
 
 def settle_heap() -> None:
     """What start-up made (modules, models, the replayed index) leaves the collector's sight
     (``gc.freeze``), and young objects are collected every ``GC_YOUNG`` allocations, not
-    700. Side by side at a node's ceiling the collector had taken ~10% of the CPU per upload,
-    most of it re-scanning what start-up made; this cut a node's CPU per upload by 11-14%
-    (docs/performance.md). Memory stays bounded: every object is still collected (all but
-    those start-up made, which live as long as the process), only in larger batches.
-    For a process that is the service's alone (``trio-audio serve``), once it serves."""
+    every 700. Counted at a node's ceiling, the collector had taken ~10% of the CPU per
+    upload, most of it re-scanning what start-up made; side by side this cut a node's CPU
+    per upload by 10-19% (docs/performance.md). Memory stays bounded: every object is still
+    collected (all but those start-up made, which live as long as the process), in larger
+    batches. For a process that is the service's alone (``trio-audio serve``), once it
+    serves."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+    gc.set_threshold(GC_YOUNG, GC_OLDER, 10)
 
 
 async def serve(
