@@ -274,11 +274,12 @@ def settle_heap() -> None:
     """What start-up made (modules, models, the replayed index) leaves the collector's sight
     (``gc.freeze``), and young objects are collected every ``GC_YOUNG`` allocations, not
     every 700. Counted at a node's ceiling, the collector had taken ~10% of the CPU per
-    upload, most of it re-scanning what start-up made; side by side this cut a node's CPU
-    per upload by 10-19% (docs/performance.md). Memory stays bounded: every object is still
-    collected (all but those start-up made, which live as long as the process), in larger
-    batches. For a process that is the service's alone (``trio-audio serve``), once it
-    serves."""
+    upload, most of it re-scanning what start-up made; side by side this cut a local node's
+    CPU per upload by 10-19% (docs/performance.md). Every object made later is still
+    collected, in larger batches; what start-up made is freed by reference counting as
+    before, but a cycle among those objects is never collected (at most what start-up
+    made). For a process that is the service's alone (``trio-audio serve``), once started,
+    before its front door opens."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, GC_OLDER, 10)
@@ -348,6 +349,8 @@ async def serve(
                     admission = Admission(config.admit_max, max_wait_s=config.admit_wait_s,
                                           retry_after_s=config.retry_after_s)  # fmt: skip
                     metrics.gauge("trio_audio_admission", lambda: admission_gauge(admission))
+                    if own_process:
+                        settle_heap()  # (before the front door opens: a full collection)
                     binds = await front.start(
                         partial(serve_http, origins=origins, access=access),
                         config, app, http_ingress, shutdown, admission, metrics,
@@ -362,8 +365,6 @@ async def serve(
                     running = Running(
                         binds[0], ws_url, store, metrics, readiness, limiter, transcriber, app, hub
                     )
-                    if own_process:
-                        settle_heap()
                     task_status.started(running)
                     await shutdown.wait()
                     readiness.draining = True

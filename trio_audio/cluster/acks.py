@@ -98,17 +98,23 @@ class Acks:
         return sent
 
     async def answer(self, sent: Sent, wait_s: float) -> bytes:
-        """The reply's body of *sent*, once it came within *wait_s* (``Unavailable`` if
-        not); *sent* is forgotten either way."""
+        """The reply's body of *sent*, once it came within *wait_s* (see ``result``)."""
         try:
-            with trio.CancelScope(deadline=trio.current_time() + wait_s):
+            with trio.move_on_after(wait_s):
                 await sent.answered.wait()
         finally:
             self.forget(sent)
+        return self.result(sent, wait_s)
+
+    def result(self, sent: Sent, waited_s: float) -> bytes:
+        """The reply's body of *sent* as it stands, without waiting; *sent* is forgotten.
+        Raises the error that came instead, or ``Unavailable`` when nothing came (in the
+        *waited_s* seconds its caller waited)."""
+        self.forget(sent)
         if sent.error is not None:
             raise sent.error
         if not sent.answered.is_set():
-            msg = f"TimeoutError: no PubAck within {wait_s:.2f} s"
+            msg = f"TimeoutError: no PubAck within {waited_s:.2f} s"
             raise Unavailable(msg)
         return sent.data
 

@@ -20,6 +20,7 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+import trio
 from nats.aio.client import Client
 from nats.js.api import (
     AckPolicy,
@@ -347,10 +348,25 @@ class InFlight:
         """Trio time its PubAck came (0: not yet)."""
         return self._sent.answered_at
 
+    async def answered(self) -> None:
+        """Return once its PubAck (or the error in its place) came."""
+        await self._sent.answered.wait()
+
     async def seqs(self, wait_s: float) -> list[int]:
-        """Its messages' stream sequences, once its PubAck came within *wait_s*; the
-        bridge's error for what came instead (``Unavailable``: nothing in time)."""
-        answer = _pub_ack(await self._acks.answer(self._sent, wait_s))
+        """Its messages' stream sequences, once its PubAck came within *wait_s* (see
+        ``result``)."""
+        try:
+            with trio.move_on_after(wait_s):
+                await self.answered()
+        finally:
+            self.forget()
+        return self.result(wait_s)
+
+    def result(self, waited_s: float) -> list[int]:
+        """Its messages' stream sequences as things stand, without waiting; it is forgotten
+        (not sent at all, if it is still queued). The bridge's error for what came instead,
+        ``Unavailable`` when nothing came in the *waited_s* seconds its caller waited."""
+        answer = _pub_ack(self._acks.result(self._sent, waited_s))
         last, count = int(answer["seq"]), int(answer.get("count", self._count))
         return list(range(last - count + 1, last + 1))
 

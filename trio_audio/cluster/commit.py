@@ -15,7 +15,8 @@ a node keeps many publishes in flight (other sessions' batches go on while one w
 PubAcks) instead of waiting batch by batch. A batch's publishes are sent in its order, all
 before any PubAck is waited for, from the lane's one task. One session's writes are in one
 lane, in order: each plan sees the session's earlier writes, a lost compare-and-append is
-rare, and the session's records reach the stream (and every node's watchers) in order.
+rare, and the session's records reach the stream (and every node's watchers) in order (but
+for a publish whose PubAck never came, sent again: it can land after later ones).
 
 Writes and their guarantees:
 
@@ -34,7 +35,7 @@ Writes and their guarantees:
   publish whose PubAck it did not get (a timeout while the message did land) a no-op: the
   stream drops a duplicate id seen within its duplicate window (``store_dedupe_s``, 2 min
   by default), and answers with the first copy's sequence.
-- An upload's chunks are published as one atomic batch (``Nats.publish_batch``), each
+- An upload's chunks are published as one atomic batch (``Nats.send(..., atomic=True)``), each
   followed by its ``work.<seq>`` reference (the chunk's metadata, no audio: what the
   transcription work stream copies, ``cluster/work.py``): all stored or none, even when
   this node dies halfway through sending them. (A batch carries no ``Nats-Msg-Id``: a re-sent

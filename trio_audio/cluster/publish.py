@@ -10,9 +10,9 @@ one is the one the log keeps); a delete as tombstones.
 
 ``Publisher.publish_all`` sends a batch of writes' messages in their order, all in flight
 together: an upload's as one atomic batch (all stored or none, even when this node dies
-halfway through sending them), the others one by one, each sent again once when its PubAck
-does not come (the same ``Nats-Msg-Id``: the stream drops the copy if the first landed), all
-within ``store_timeout_s`` of the committer taking the writes.
+halfway through sending them), the others each on its own, each sent again once when its
+PubAck does not come (the same ``Nats-Msg-Id``: the stream drops the copy if the first
+landed), all within ``store_timeout_s`` of the committer taking the writes.
 """
 
 from __future__ import annotations
@@ -188,31 +188,25 @@ class Publisher:
         self._pcm = pcm  # speech PCM of chunks being published (the follower's, see there)
 
     async def publish_all(self, items: list[Pending], deadline: float) -> None:
-        """Publish the messages of *items*, in their order, all in flight together: each
-        write's request is sent before any PubAck is waited for, so one session's writes
-        reach the stream in the order they were planned (and their watchers' events come
-        in that order) while the batch waits one round trip, not one per write. An
-        upload's chunks (and their work references) go as one atomic batch: all stored or
-        none, even when this node dies halfway through sending them. A delete of chunks of
-        several sessions sends its tombstones one after another, stopping at the first
-        that fails."""
+        """Publish the messages of *items*, in their order, all in flight together: every
+        request is sent before any PubAck is waited for, so the batch waits one round trip,
+        not one per write, and one session's writes reach the stream in the order they
+        were planned (unless a publish whose PubAck never came is sent again: it can land
+        after later ones). An upload's chunks (and their work references) go as one atomic
+        batch: all stored or none, even when this node dies halfway through sending them;
+        a delete's tombstones (one per session) each on its own."""
         for item in items:
             if isinstance(item.write, Job) and isinstance(item.plan, list):
                 for planned in item.plan:
                     if planned.meta is not None and planned.record.speech_pcm is not None:
                         self._pcm[planned.meta["chunk_id"]] = planned.record.speech_pcm
-        together = [
-            _Request(item.messages, atomic=isinstance(item.write, Job))
-            for item in items
-            if item.messages and (isinstance(item.write, Job) or len(item.messages) == 1)
-        ]
-        await self._send(together, deadline)
+        requests = []
         for item in items:
-            if not isinstance(item.write, Job) and len(item.messages) > 1:
-                for message in item.messages:
-                    await self._send([_Request([message], atomic=False)], deadline)
-                    if message.error is not None:
-                        break
+            if isinstance(item.write, Job):
+                requests += [_Request(item.messages, atomic=True)] if item.messages else []
+            else:
+                requests += [_Request([message], atomic=False) for message in item.messages]
+        await self._send(requests, deadline)
         for item in items:
             failed = any(m.error is not None or m.seq is None for m in item.messages)
             if failed and isinstance(item.write, Job) and isinstance(item.plan, list):
@@ -238,30 +232,35 @@ class Publisher:
             if wait_s < MIN_WAIT_S or not todo:
                 break
             sent: list[tuple[_Request, InFlight]] = []
-            for request in todo:
-                try:
-                    sent.append(
-                        (request, await nats.send(request.outgoing(), atomic=request.atomic))
-                    )
-                except NatsError as exc:
-                    request.settle(None, exc)
-            todo = []
             try:
-                for request, flight in sent:
+                for request in todo:
                     try:
-                        seqs = await flight.seqs(started + wait_s - trio.current_time())
-                    except Unavailable as exc:
-                        request.settle(None, exc)
-                        if nats.connected:
-                            todo.append(request)
+                        flight = await nats.send(request.outgoing(), atomic=request.atomic)
                     except NatsError as exc:
                         request.settle(None, exc)
                     else:
-                        self._metrics.observe_stage("publish", flight.answered_at - started)
-                        request.settle(seqs, None)
+                        sent.append((request, flight))
+                with trio.move_on_at(started + wait_s):
+                    for _, flight in sent:
+                        await flight.answered()
             finally:
+                # All at once, with no checkpoint between: the loop's sender never skips
+                # an unanswered request yet sends a later one.
                 for _, flight in sent:
                     flight.forget()
+            todo = []
+            for request, flight in sent:
+                try:
+                    seqs = flight.result(wait_s)
+                except Unavailable as exc:
+                    request.settle(None, exc)
+                    if nats.connected:
+                        todo.append(request)
+                except NatsError as exc:
+                    request.settle(None, exc)
+                else:
+                    self._metrics.observe_stage("publish", flight.answered_at - started)
+                    request.settle(seqs, None)
             if todo and attempt == 0:
                 logger.info(
                     "no PubAck in %.1f s for %d publishes, sending again", wait_s, len(todo)

@@ -40,17 +40,24 @@ _decode = msgspec.json.Decoder().decode
 
 def to_header(value: Any) -> str:
     """*value* as compact JSON for a header (msgspec: a chunk's metadata, with its many
-    floats, in a fraction of ``json.dumps``'s time). Headers are ASCII: text that is not
-    is escaped, as ``json.dumps`` does."""
-    data = _encode(value)
-    if data.isascii():
-        return data.decode("ascii")
+    floats, in a fraction of ``json.dumps``'s time). Headers are ASCII: text that is not is
+    escaped, as ``json.dumps`` does, which also writes what msgspec refuses."""
+    try:
+        data = _encode(value)
+        if data.isascii():
+            return data.decode("ascii")
+    except (TypeError, ValueError):  # (UnicodeEncodeError: a lone surrogate)
+        pass
     return json.dumps(value, separators=(",", ":"))
 
 
 def from_header(text: str) -> Any:
-    """What ``to_header`` wrote."""
-    return _decode(text)
+    """What ``to_header`` wrote (or ``json.dumps``: ``NaN`` too); ``ValueError`` for what
+    is not JSON."""
+    try:
+        return _decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)  # (raises ValueError for what is not JSON)
 
 
 def token(value: str) -> str:
