@@ -205,7 +205,7 @@ async def test_a_sessions_transcripts_reach_the_log_and_every_watcher_in_order(
             assert response.status_code == 201, response.text
             assert response.json()["transcript"]["status"] == "pending"  # no engine here
             ids.append(response.json()["chunk_id"])
-        texts = [f"word{n}" for n in range(len(ids))]
+        texts = [f"word{n}" if n % 5 else f"café {n}" for n in range(len(ids))]  # headers: ASCII
         transcripts = [{"status": "done", "text": t, "words": []} for t in texts]
         answers = await a.running.store.update_many(
             [(chunk_id, {"transcript": t}) for chunk_id, t in zip(ids, transcripts, strict=True)]
