@@ -173,8 +173,8 @@ class Chunks:
     def position(self, seq: int) -> int:
         """Where *seq* is (or would go): the number of chunks before it."""
         n = self.n
-        if seq > self.last:
-            return n
+        if seq >= self.last:  # after the last, or the last (a chunk just stored): no search
+            return n if seq > self.last else n - 1
         return int(np.searchsorted(self.seqs[:n], seq))
 
     def row_of(self, seq: int) -> int | None:
