@@ -173,7 +173,7 @@ class Committer:
                 self._metrics.failed(exc.code)
                 write.reply.fail(exc)
         await self._publisher.publish_all(pending, deadline)
-        seqs = [m.seq for item in pending for m in item.messages if m.seq and m.followed]
+        seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._follower.wait_applied(max(seqs, default=0)):
             # Stored (the quorum acknowledged it) but not yet followed here: answered from
             # the plan, since a 503 would make a client's retry store it again.
@@ -182,7 +182,7 @@ class Committer:
         for item in pending:
             errors = [m.error for m in item.messages if m.error is not None]
             lost = [e for e in errors if isinstance(e, WrongLastSequence)]
-            if lost and len(lost) == len(errors) and await self._catch_up(item, lost):
+            if lost and len(lost) == len(errors) and await self._catch_up(lost):
                 again.append(item.write)
                 continue
             if errors:
@@ -198,22 +198,17 @@ class Committer:
                     nursery.start_soon(self._remove_deleted, item)
         return again
 
-    async def _catch_up(self, item: Pending, lost: list[WrongLastSequence]) -> bool:
+    async def _catch_up(self, lost: list[WrongLastSequence]) -> bool:
         """After a lost compare-and-append: wait until this node has the winner, so the next
-        plan sees it: up to the winner's sequence when JetStream named it; for a winner still
-        in flight, until the index has a chunk at one of the upload's seqs that its plan did
-        not know of (or the chunk's transcript, for a transcript)."""
+        plan sees it. A winner still in flight (no sequence known) gets a moment first."""
         last = max(e.last_seq for e in lost)
-        if last:
-            return await self._follower.wait_applied(last)
-        write, index = item.write, self._index
-        if isinstance(write, Job) and isinstance(item.plan, list):
-            known = sum(1 for planned in item.plan if planned.meta is None)
-            return await self._follower.wait_until(lambda: len(index.collisions(write)) > known)
-        if isinstance(write, Update):
-            chunk_id = write.chunk_id
-            return await self._follower.wait_until(lambda: index.status(chunk_id) != "pending")
-        return False
+        if last == 0:
+            await trio.sleep(0.05)
+            try:
+                last = (await self._stream.connection().stream_state(self._stream.name)).last_seq
+            except NatsError:
+                return False
+        return await self._follower.wait_applied(last)
 
     def _fail(self, write: Write, error: NatsError) -> None:
         if isinstance(error, StorageFull):
@@ -242,11 +237,7 @@ class Committer:
         index = self._index
         if item.messages:
             self._watch.stored()
-        followed = all(
-            m.seq is not None and m.seq <= self._follower.applied
-            for m in item.messages
-            if m.followed
-        )
+        followed = all(m.seq is not None and m.seq <= self._follower.applied for m in item.messages)
         results = [
             self._follower.results.pop(m.seq, None) for m in item.messages if m.seq is not None
         ]

@@ -5,17 +5,13 @@
     JetStream stream ──ordered, headers-only consumer──> LogFollower ──> index (memory)
                                                               └──> events ──> fan-out
 
-The consumer delivers chunks, updates and tombstones, not the work references (half the
-records: nothing to index, and each cost nats-py a message's parsing and callbacks). At
-start-up ``replay`` applies the stream up to its end with no events (nobody watches yet);
-``follow`` then takes what comes after the last record replay applied, applies it and sends
-the ``Committed`` events it makes (events before answers, as the local store: by the time a
-writer hears "stored", the fan-out has its event). ``applied`` is the last stream sequence
-applied, ``announced`` the last whose events are sent (a work reference's sequence is
-never reached: it is not delivered); ``behind`` is how many records the consumer had still
-to deliver after the last one taken (JetStream's count: the follower's lag).
-``progress`` is set (and replaced) each time it moves; ``wait_applied`` and
-``wait_until`` wait on it.
+At start-up ``replay`` applies the stream up to its end with no events (nobody watches yet,
+and the work references are skipped: nothing to index); ``follow`` then takes everything
+from the first record replay left, applies it and sends the ``Committed`` events it makes
+(events before answers, as the local store: by the time a writer hears "stored", the
+fan-out has its event). ``applied`` is the last stream sequence applied, ``announced`` the
+last whose events are sent; ``progress`` is set (and replaced) each time it moves, and
+``wait_applied`` waits on it.
 
 What the committer reads back: ``results`` holds what the follower made of this node's own
 records (by stream sequence), and ``pcm`` the speech PCM of chunks this node is publishing,
@@ -28,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -54,7 +49,6 @@ class LogFollower:
         self._cache = cache
         self._reads = reads  # the store's reads: an update's chunk read back whole
         self.applied = 0  # the last stream sequence the follower applied
-        self.behind = 0  # records it had still to take then (JetStream's count)
         self.announced = 0  # ... and whose events it has sent
         self.progress = trio.Event()  # set (and replaced) each time the follower applies
         self.live = False  # events are sent once replay is done
@@ -73,7 +67,6 @@ class LogFollower:
             count += len(batch)
             for message in batch:
                 await self._apply(message)
-            self.behind = batch[-1].pending if batch else self.behind
             if not batch or batch[-1].pending == 0:
                 break  # at the end (nothing for a second: none of it is to be indexed, or
                 # the cluster is slow, and following goes on from where this stopped)
@@ -99,7 +92,6 @@ class LogFollower:
             events: list[Committed] = []
             for message in batch:
                 events += await self._apply(message)
-            self.behind = batch[-1].pending
             # Events before answers (as the local store): by the time a writer hears
             # "stored", the fan-out has its event.
             if out is not None:
@@ -119,7 +111,7 @@ class LogFollower:
         self.bytes += message.size
         parts = message.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
-        if kind == "work":  # (not delivered: a chunk's reference for the work stream)
+        if kind == "work":  # a chunk's reference for the work stream: nothing to index
             return []
         try:
             record = from_header(message.headers[META])
@@ -211,13 +203,8 @@ class LogFollower:
     async def wait_applied(self, seq: int) -> bool:
         """Wait until the follower has applied *seq* and sent its events; False after twice
         ``store_timeout_s``."""
-        return await self.wait_until(lambda: self.announced >= seq)
-
-    async def wait_until(self, done: Callable[[], bool]) -> bool:
-        """Wait until *done()* holds, asked each time the follower has applied more; False
-        after twice ``store_timeout_s``."""
         with trio.move_on_after(self._config.store_timeout_s * 2):
-            while not done():
+            while self.announced < seq:
                 await self.progress.wait()
             return True
         return False

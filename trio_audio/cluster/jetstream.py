@@ -105,7 +105,9 @@ class JetStreamStore(CommitChannels, IndexReads):
         self._reader = self._reads.metadata
         metrics.observe_cache(self._cache)
         self._link = Link()
-        self._watch = Watch(stream.name, config.store_timeout_s, lambda: follower.behind, on_health)
+        self._watch = Watch(
+            stream.name, config.store_timeout_s, lambda: follower.applied, on_health
+        )
         self._watch.register(metrics)
         self._committer = Committer(shared, self, follower, self._watch)
         self._starting: str | None = "connecting to the NATS cluster"  # None: started
@@ -165,15 +167,15 @@ class JetStreamStore(CommitChannels, IndexReads):
                         )
                         raise StoreError(msg) from None
                 self._starting = f"replaying the stream {name} ({state.messages} records)"
-                # Replay and following skip the work references (half the records: nothing
-                # to index); following takes what comes after the last record replay applied.
+                # Replay skips the work references (half the records: nothing to index);
+                # following then takes everything from the first record replay left.
                 kinds = [f"{name}.*.*.{kind}" for kind in ("chunk.*", "update.*")]
                 indexed = [*kinds, f"{name}.*.*.tombstone"]
                 replaying = await retrying(lambda: nats.follow(name, indexed, 1))
                 await self._follower.replay(replaying, state.messages)
                 await replaying.close()
                 follower = await retrying(
-                    lambda: nats.follow(name, indexed, self._follower.applied + 1)
+                    lambda: nats.follow(name, [f"{name}.>"], self._follower.applied + 1)
                 )
                 async with contextlib.AsyncExitStack() as stack:
                     if self._events is not None:

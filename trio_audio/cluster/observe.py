@@ -2,14 +2,13 @@
 
 ``Watch.run`` asks JetStream every ``PERIOD_S`` whether it answers (connected, with a meta
 leader for its API) and how the log's stream is (bytes, messages, last sequence, leader);
-from that and the follower's lag it keeps:
+from that and the follower's position it keeps:
 
 - ``problem``: why this node cannot take writes now (None: it can), for ``/readyz``: not
   connected (and why: refused credentials, no server reachable, TLS), no meta leader, or the
   stream full (a write refused for storage in the last ``FULL_HOLD_S`` and none stored since);
-- the gauges: stream bytes and messages, follower lag (records of the stream this node's
-  follower has still to take: JetStream's count when it took its last), reconnects and
-  disconnects of its connection, and the last problem's age.
+- the gauges: stream bytes and messages, follower lag (records of the stream this node has
+  not applied), reconnects and disconnects of its connection, and the last problem's age.
 
 Publish latency (``trio_audio_stage_seconds{stage="publish"}``) is observed by the
 committer; work pending per partition by ``cluster/work.py``.
@@ -40,12 +39,12 @@ class Watch:
         self,
         stream: str,
         timeout_s: float,
-        lag: Callable[[], int],
+        applied: Callable[[], int],
         on_change: Callable[[str | None], None] | None = None,
     ) -> None:
         self.stream = stream
         self._timeout_s = timeout_s
-        self._lag = lag  # records this node's follower has still to take
+        self._applied = applied  # the last stream sequence this node's follower applied
         self._on_change = on_change
         self.problem: str | None = None
         self.state: StreamState | None = None
@@ -64,7 +63,7 @@ class Watch:
         def lag() -> dict[str, float]:
             if self.state is None:
                 return {}
-            return {label: float(self._lag())}
+            return {label: float(max(0, self.state.last_seq - self._applied()))}
 
         def link() -> dict[str, float]:
             if self.link is None:

@@ -49,7 +49,6 @@ class Publish:
     headers: dict[str, str]
     seq: int | None = None
     error: NatsError | None = None
-    followed: bool = True  # the followers apply it (a work reference they do not take)
 
 
 @attrs.define(eq=False)
@@ -101,7 +100,7 @@ class Planner:
                 messages.append(Publish(f"{session}.chunk.{seq}", body, headers))
                 reference = {"chunk_id": planned.meta["chunk_id"], "seq": seq}
                 work = {META: to_header(reference), NODE: self._stream.node}
-                messages.append(Publish(f"{session}.work.{seq}", b"", work, followed=False))
+                messages.append(Publish(f"{session}.work.{seq}", b"", work))
             return Pending(write, plan, messages)
         write_id = secrets.token_hex(8)  # (an upload's chunks are deduplicated by their ids)
         if isinstance(write, Update):

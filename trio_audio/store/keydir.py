@@ -173,7 +173,7 @@ class Chunks:
     def position(self, seq: int) -> int:
         """Where *seq* is (or would go): the number of chunks before it."""
         n = self.n
-        if seq >= self.last:  # after the last, or the last (a chunk just stored): no search
+        if n and seq >= self.last:  # after the last, or the last (a chunk just stored): no search
             return n if seq > self.last else n - 1
         return int(np.searchsorted(self.seqs[:n], seq))
 
