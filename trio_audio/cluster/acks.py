@@ -106,11 +106,11 @@ class Acks:
             self.forget(sent)
         return self.result(sent, wait_s)
 
-    def result(self, sent: Sent, waited_s: float) -> bytes:
-        """The reply's body of *sent* as it stands, without waiting; *sent* is forgotten.
+    @staticmethod
+    def result(sent: Sent, waited_s: float) -> bytes:
+        """The reply's body of *sent* as it stands, without waiting (forget it first).
         Raises the error that came instead, or ``Unavailable`` when nothing came (in the
         *waited_s* seconds its caller waited)."""
-        self.forget(sent)
         if sent.error is not None:
             raise sent.error
         if not sent.answered.is_set():

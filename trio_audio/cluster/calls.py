@@ -20,7 +20,6 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
-import trio
 from nats.aio.client import Client
 from nats.js.api import (
     AckPolicy,
@@ -355,18 +354,16 @@ class InFlight:
     async def seqs(self, wait_s: float) -> list[int]:
         """Its messages' stream sequences, once its PubAck came within *wait_s* (see
         ``result``)."""
-        try:
-            with trio.move_on_after(wait_s):
-                await self.answered()
-        finally:
-            self.forget()
-        return self.result(wait_s)
+        return self._seqs(await self._acks.answer(self._sent, wait_s))
 
     def result(self, waited_s: float) -> list[int]:
-        """Its messages' stream sequences as things stand, without waiting; it is forgotten
-        (not sent at all, if it is still queued). The bridge's error for what came instead,
-        ``Unavailable`` when nothing came in the *waited_s* seconds its caller waited."""
-        answer = _pub_ack(self._acks.result(self._sent, waited_s))
+        """Its messages' stream sequences as things stand, without waiting (forget it
+        first). The bridge's error for what came instead, ``Unavailable`` when nothing came
+        in the *waited_s* seconds its caller waited."""
+        return self._seqs(self._acks.result(self._sent, waited_s))
+
+    def _seqs(self, reply: bytes) -> list[int]:
+        answer = _pub_ack(reply)
         last, count = int(answer["seq"]), int(answer.get("count", self._count))
         return list(range(last - count + 1, last + 1))
 

@@ -168,7 +168,7 @@ class _Request:
     atomic: bool
 
     def outgoing(self) -> list[tuple[str, bytes, dict[str, str]]]:
-        return [(m.subject, m.body, dict(m.headers)) for m in self.messages]
+        return [(m.subject, m.body, m.headers) for m in self.messages]  # (not changed)
 
     def settle(self, seqs: list[int] | None, error: NatsError | None) -> None:
         for n, message in enumerate(self.messages):

@@ -125,7 +125,7 @@ def _in_log_order(index: Index) -> list[str]:
     for n, name in enumerate(sorted(names, key=lambda x: (not x.endswith(SNAPSHOT_SUFFIX), x))):
         rank[names.index(name)] = n
     order = np.lexsort((table["off"][rows], rank[table["seg"][rows]]))
-    return [index.ids.chunk_id(index.table, int(r)) for r in rows[order]]
+    return index.ids.chunk_ids(index.table, rows[order].tolist())
 
 
 def _record_seqs(data_dir: Path, places: list[Place]) -> list[int]:

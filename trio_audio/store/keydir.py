@@ -131,19 +131,26 @@ class Ids:
         self.other_ids = {row: cid for cid, row in self.other.items()}
 
     def chunk_id(self, table: np.ndarray, row: int) -> str:
-        return self.chunk_ids(table, [row])[0]
+        """The id of the chunk in *row* (for many rows, ``chunk_ids``: one gather)."""
+        other = self.other_ids.get(row)
+        return other or _format_id(int(table["hi"][row]), int(table["lo"][row]))
 
     def chunk_ids(self, table: np.ndarray, rows: list[int]) -> list[str]:
         """``chunk_id`` of each of *rows* (one gather of the table)."""
         picked = table[rows]
         other = self.other_ids
         return [
-            other.get(row) or f"{hi:012x}{lo:016x}"
+            other.get(row) or _format_id(hi, lo)
             for row, hi, lo in zip(rows, picked["hi"].tolist(), picked["lo"].tolist(), strict=True)
         ]
 
     def nbytes(self) -> int:
         return int(self.keys.nbytes + self.rows.nbytes)
+
+
+def _format_id(hi: int, lo: int) -> str:
+    """A generated chunk id's text: its two halves in hex."""
+    return f"{hi:012x}{lo:016x}"
 
 
 def grown(array: np.ndarray, need: int) -> np.ndarray:

@@ -223,12 +223,12 @@ class Lookups:
             session = self.session_of(row)
             found.append((session.user_id, session.session_id, int(table["seq"][row]), row))
         found.sort()
-        return [(u, s, self.ids.chunk_id(self.table, r)) for u, s, _, r in found]
+        ids = self.ids.chunk_ids(self.table, [r for _, _, _, r in found])
+        return [(u, s, chunk_id) for (u, s, _, _), chunk_id in zip(found, ids, strict=True)]
 
     def chunk_ids(self) -> Iterator[str]:
         table = self.table[: self.count]
-        for row in np.flatnonzero(table["sess"] != DEAD).tolist():
-            yield self.ids.chunk_id(self.table, row)
+        yield from self.ids.chunk_ids(self.table, np.flatnonzero(table["sess"] != DEAD).tolist())
 
     def nbytes(self) -> int:
         """Bytes of the index's arrays (rows, ids, sessions' arrays), slack included."""
