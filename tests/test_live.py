@@ -7,9 +7,13 @@ import math
 from typing import Any
 
 import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
 
+from trio_audio.fanout import FanOut
 from trio_audio.hub import Hub
 from trio_audio.live import Partial, SpeechChange, live_from_dict, live_to_dict
+from trio_audio.store.events import ChunkStored, ChunkUpdated, Committed
 from trio_audio.web.messages import live_message, transcript_message
 from trio_audio.web.watchers import Watchers
 
@@ -63,3 +67,45 @@ async def test_watchers_get_each_message_rendered_once_and_nothing_is_rendered_u
         assert got is two.receive.receive_nowait()  # the same rendering for both
         assert json.loads(got.text) == {"type": "vad", "event": "speech_stopped", "at_ms": 9.0}
     assert hub.published == 2
+
+
+class NoTranscriber:
+    def offer(self, event: ChunkStored) -> None:
+        raise AssertionError("only new chunks go to the transcriber")
+
+
+def final(seq: int) -> ChunkUpdated:
+    return ChunkUpdated({
+        "user_id": "u", "session_id": "s", "chunk_id": f"c{seq}", "seq": seq,
+        "offset_ms": 100.0 * seq, "audio": {"duration_ms": 100.0},
+        "transcript": {"status": "done", "text": "hello", "words": WORDS},
+    })  # fmt: skip
+
+
+async def test_session_end_reaches_watchers_after_the_finals_committed_before_it() -> None:
+    # POST .../end says session_end once the finals are stored; their events may still be
+    # on their way through the fan-out. The watchers must get the finals first.
+    hub = Hub(queue_size=16)
+    watchers = Watchers(hub)
+    send, receive = trio.open_memory_channel[Committed](8)
+    fan = FanOut(receive, watchers, NoTranscriber())
+    watchers.after_pending = fan.after_pending
+    end = {"type": "session_end", "summary": {}}
+    with hub.subscribe("u", "s") as sub:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fan.run)
+            await wait_all_tasks_blocked()  # the fan-out waits in receive
+            for seq in range(3):  # the first is handed to it, the others wait in the buffer
+                send.send_nowait(final(seq))
+            watchers.say("u", "s", end)
+            await wait_all_tasks_blocked()
+            said = [json.loads(sub.receive.receive_nowait().text) for _ in range(4)]
+            assert [m["type"] for m in said] == ["transcript"] * 3 + ["session_end"]
+            assert [m["seq"] for m in said[:3]] == [0, 1, 2]
+            watchers.say("u", "s", end)  # nothing pending: at once
+            assert json.loads(sub.receive.receive_nowait().text)["type"] == "session_end"
+            send.send_nowait(final(3))
+            await send.aclose()
+            watchers.say("u", "s", end)  # pending when the store ends: still said, after it
+    said = [json.loads(sub.receive.receive_nowait().text)["type"] for _ in range(2)]
+    assert said == ["transcript", "session_end"]

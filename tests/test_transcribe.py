@@ -7,6 +7,7 @@ to words with sane timings for speech and nothing for silence.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from trio_audio.hub import Message
 from trio_audio.metrics import Metrics
 from trio_audio.models import Job, Part
 from trio_audio.pipeline.pipeline import run_pipeline
+from trio_audio.store.files import FileOps
 from trio_audio.store.store import Store
 from trio_audio.web.auth import add_token
 
@@ -360,6 +362,53 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
     assert summary["transcript"]["words"] == [w for f in finals for w in f["words"]]
     assert "vad" in kinds and kinds.index("vad") < kinds.index("session_end")
     assert events[-1]["summary"] == summary
+
+
+class HeldSyncs(FileOps):
+    """Real files; once *armed*, every fsync of the log waits until *release* is set."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.entered.set()
+            self.release.wait(TIMEOUT_S)
+        super().fdatasync(fd)
+
+
+async def test_a_final_reaches_watchers_only_once_it_is_durable(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    files = HeldSyncs()
+    server = await grammar_server(start_server, tmp_path, asr_idle_timeout_s=300, files=files)
+    events: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT_S):
+        async with server.client() as client, trio.open_nursery() as nursery:
+            ready = trio.Event()
+            nursery.start_soon(read_events, client, "/sessions/alice/held/events", events, ready)
+            await ready.wait()
+            chunks = [await upload(client, "held", p) for p in pieces(speak(SENTENCE), 0.5)]
+            files.armed = True  # from here on, what is written is the transcripts
+            ended: list[httpx.Response] = []
+
+            async def end() -> None:
+                ended.append(await client.post("/sessions/alice/held/end"))
+
+            nursery.start_soon(end)
+            # The final is decoded and its transcripts are being written: not durable yet.
+            assert await trio.to_thread.run_sync(files.entered.wait, TIMEOUT_S)
+            await trio.sleep(0.5)
+            assert not [e for e in events if e["type"] == "transcript" and e["is_final"]]
+            assert not ended
+            files.release.set()
+    assert ended[0].status_code == 200, ended[0].text
+    finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
+    assert final_text(finals) == SENTENCE
+    assert [f["chunk_id"] for f in finals] == [c["chunk_id"] for c in chunks]
+    assert events[-1]["type"] == "session_end"
 
 
 async def test_session_events_need_the_owners_token(

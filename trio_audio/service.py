@@ -47,7 +47,7 @@ from .asr.transcriber import Transcriber
 from .backend import open_backend
 from .budget import budget_gauge
 from .config import Config, redacted
-from .fanout import fan_out
+from .fanout import FanOut
 from .hub import Hub
 from .memory import message_limit
 from .metrics import Metrics
@@ -320,7 +320,9 @@ async def serve(
             transcriber = Transcriber(config, store, cluster.live if cluster else watchers,
                                       metrics, limiter)  # fmt: skip
             taker = cluster.taker if cluster else transcriber
-            service.start_soon(fan_out, events, watchers, taker)
+            fan = FanOut(events, watchers, taker)
+            watchers.after_pending = fan.after_pending  # session_end after what came before
+            service.start_soon(fan.run)
             try:
                 async with trio.open_nursery() as front:
                     await front.start(transcriber.run)
@@ -337,7 +339,7 @@ async def serve(
                     finalizer = cluster if cluster is not None else transcriber
                     origins = Origins.from_config(config, auth=tokens is not None)
                     ws = WsContext(config, store, hub, metrics, shutdown, finalizer, access,
-                                   origins=origins)  # fmt: skip
+                                   origins=origins, watchers=watchers)  # fmt: skip
                     app = create_app(
                         config, store, http_ingress, metrics, readiness, ws, access, limiter
                     )

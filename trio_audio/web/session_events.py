@@ -27,7 +27,8 @@ import trio
 from ..errors import NotFound
 from ..hub import Hub, Subscription, Wire
 from ..store import StoreBackend
-from .messages import session_end_message, wire
+from .messages import session_end_message
+from .watchers import Watchers
 
 HEARTBEAT_S: Final = 15.0
 SUMMARY_MAX_WORDS: Final = 20_000  # words a session_end summary carries (its text has all)
@@ -142,7 +143,7 @@ async def event_stream(
 
 async def end_session(
     store: StoreBackend,
-    hub: Hub,
+    watchers: Watchers,
     transcriber: Finalizer | None,
     user_id: str,
     session_id: str,
@@ -155,5 +156,5 @@ async def end_session(
     body = await session_summary(store, user_id, session_id)
     if body is None:  # deleted meanwhile
         return None
-    hub.publish(user_id, session_id, wire(session_end_message(body)))
+    watchers.say(user_id, session_id, session_end_message(body))
     return body

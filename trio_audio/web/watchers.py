@@ -8,11 +8,14 @@ message (``messages.render``, ``messages.live_message``), which every watcher se
 is. So a final transcript reaches a watcher only after it is durable: it is the stored
 chunk's update, not the decoder's answer.
 
-Neither input ever waits: the hub cuts off a watcher that falls behind.
+Neither input ever waits: the hub cuts off a watcher that falls behind. What web says of
+its own (``session_end`` after ``POST .../end``) goes out once the events committed before it
+have (``after_pending``: the fan-out's), so its session's finals come first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..hub import Hub
@@ -26,6 +29,9 @@ class Watchers:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        # Runs its argument once the events committed so far are handed on (the service
+        # sets the fan-out's ``after_pending``; alone, at once).
+        self.after_pending: Callable[[Callable[[], None]], None] = lambda then: then()
 
     def committed(self, event: Committed) -> None:
         """A durable change, to the watchers of its session (a new chunk not back to the
@@ -50,5 +56,7 @@ class Watchers:
             self.hub.publish(item.user_id, item.session_id, wire(live_message(item)))
 
     def say(self, user_id: str, session_id: str, message: dict[str, Any]) -> None:
-        """A message of web's own (``session_end``) to the session's watchers."""
-        self.hub.publish(user_id, session_id, wire(message))
+        """A message of web's own (``session_end``) to the session's watchers, after what
+        was committed before it."""
+        text = wire(message)
+        self.after_pending(lambda: self.hub.publish(user_id, session_id, text))

@@ -39,7 +39,8 @@ async def end_session(user_id: str, session_id: str) -> Response:
     check_id("session_id", session_id)
     owned(user_id, f"user {user_id!r}")
     ctx = context()
-    ended = await session_events.end_session(ctx.store, ctx.ws.hub, ctx.ws.transcriber, user_id,
+    ws = ctx.ws
+    ended = await session_events.end_session(ctx.store, ws.watchers, ws.transcriber, user_id,
                                              session_id)  # fmt: skip
     if ended is None:
         raise NotFound(f"user {user_id!r} has no session {session_id!r}")

@@ -24,6 +24,7 @@ from ...store import StoreBackend
 from ..access import Access
 from ..messages import Start, dumps, error_message
 from ..origins import Origins
+from ..watchers import Watchers
 from .base import CLOSE_TIMEOUT_S, Disconnected, Finalizer, Transport
 
 
@@ -45,6 +46,8 @@ class WsContext:
     active: int = 0
     per_user: dict[str, int] = attrs.field(factory=dict)
     sessions: set[SessionState] = attrs.field(factory=set)  # open ones, told to stop on shutdown
+    watchers: Watchers = attrs.field(  # what web says to a session's watchers (session_end)
+        default=attrs.Factory(lambda ctx: Watchers(ctx.hub), takes_self=True))  # fmt: skip
 
     def stop_sessions(self) -> None:
         """Shutdown: every open session (of both transports) stops reading."""
