@@ -12,6 +12,7 @@ import pytest
 from trio_audio.errors import SeqConflict
 from trio_audio.models import ChunkRecord, Job, Part, new_chunk_id, utc_now
 from trio_audio.store.index import Index, Place
+from trio_audio.store.plan import plan_chunks
 from trio_audio.store.reads import SPAN_GAP, SPAN_MAX, MetaCache, spans
 from trio_audio.store.record import FRAME_HEADER_SIZE
 
@@ -44,7 +45,7 @@ def commit(index: Index, job: Job) -> list[dict[str, Any]]:
     chunks at the seqs it names first); the chunk JSON of each part."""
     known = {c: metas(index)[c] for c in index.collisions(job)}
     out = []
-    for planned in index.plan_chunks(job, {}, known):
+    for planned in plan_chunks(index, job, {}, known):
         if planned.meta is None:
             assert planned.existing is not None
             out.append(index.chunk_json(planned.existing))
@@ -79,24 +80,24 @@ def test_the_same_seq_with_other_bytes_is_a_conflict_and_changes_nothing() -> No
     commit(index, made("u", "s", [part("a", seq=0)]))
     with pytest.raises(SeqConflict):
         job = made("u", "s", [part("z", seq=1), part("other", seq=0)])
-        index.plan_chunks(job, {}, {c: metas(index)[c] for c in index.collisions(job)})
+        plan_chunks(index, job, {}, {c: metas(index)[c] for c in index.collisions(job)})
     assert [seq for seq, _ in index.chunks_after("u", "s", None)] == [0]
 
 
 def test_two_jobs_in_one_batch_never_share_a_seq() -> None:
     index = Index()
     reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    one = index.plan_chunks(made("u", "s", [part("a")]), reserved)
-    two = index.plan_chunks(made("u", "s", [part("b")]), reserved)
+    one = plan_chunks(index, made("u", "s", [part("a")]), reserved)
+    two = plan_chunks(index, made("u", "s", [part("b")]), reserved)
     assert one[0].meta is not None and two[0].meta is not None
     assert (one[0].meta["seq"], two[0].meta["seq"]) == (0, 1)
-    same = index.plan_chunks(made("u", "s", [part("a", seq=0)]), reserved)
+    same = plan_chunks(index, made("u", "s", [part("a", seq=0)]), reserved)
     assert same[0].meta is None and same[0].existing is one[0].meta  # a retry in the batch
 
 
 def test_a_multipart_job_is_one_group() -> None:
     index = Index()
-    planned = index.plan_chunks(made("u", "s", [part("a"), part("b"), part("c")]), {})
+    planned = plan_chunks(index, made("u", "s", [part("a"), part("b"), part("c")]), {})
     groups = {p.meta["group"][0] for p in planned if p.meta is not None}
     assert len(groups) == 1
     assert [p.meta["group"][1:] for p in planned if p.meta is not None] == [

@@ -30,6 +30,7 @@ from ..metrics import Metrics
 from ..models import Job
 from ..store.events import Update, Write
 from ..store.index import Index, Planned
+from ..store.plan import plan_chunks
 from .bridge import NatsError, Unavailable
 from .calls import InFlight
 from .stream import EXPECT_EMPTY, META, NODE, SOURCE, Stream, to_header, token
@@ -76,7 +77,7 @@ class Planner:
         """The messages *write* publishes (all or nothing), or the error that refuses it."""
         index, stream = self._index, self._stream.name
         if isinstance(write, Job):
-            plan = index.plan_chunks(write, reserved, known)
+            plan = plan_chunks(index, write, reserved, known)
             session = f"{stream}.{token(write.user_id)}.{token(write.session_id)}"
             messages = []
             nats = self._stream.nats

@@ -20,6 +20,7 @@ from ..models import Job, Reply
 from .events import ChunkStored, ChunkUpdated, Committed, Update, Write, deleted_events
 from .index import Index, Place, Planned, Stored
 from .logio import Frame, Record
+from .plan import plan_chunks
 from .reads import MetaCache
 from .record import FRAME_HEADER_SIZE, RecordType
 
@@ -76,7 +77,7 @@ def _plan(
 ) -> list[Planned] | Record:
     """What *write* adds to the log (all or nothing), or the error that refuses it."""
     if isinstance(write, Job):
-        return index.plan_chunks(write, reserved, known)
+        return plan_chunks(index, write, reserved, known)
     if isinstance(write, Update):
         if write.chunk_id not in known:
             msg = f"no chunk {write.chunk_id!r}"

@@ -31,7 +31,7 @@ from .keydir import (
     split_id,
     status_code,
 )
-from .plan import Planned, Stored, plan_chunks
+from .plan import Planned, Stored
 from .queries import Lookups, PageSlice, SessionSummary
 from .record import FRAME_HEADER_SIZE
 
@@ -294,16 +294,6 @@ class Index(Lookups):
             return []
         rows = [session.chunks.row_of(p.seq) for p in job.parts if p.seq is not None]
         return [self.ids.chunk_id(self.table, r) for r in rows if r is not None]
-
-    def plan_chunks(
-        self,
-        job: Job,
-        reserved: dict[tuple[str, str], dict[int, dict[str, Any]]],
-        known: dict[str, dict[str, Any]] | None = None,
-    ) -> list[Planned]:
-        """Give each part of *job* its seq and record, or find it already stored (see
-        ``plan.plan_chunks``)."""
-        return plan_chunks(self, job, reserved, known)
 
     def present(self, chunk_ids: list[str]) -> list[str]:
         return [c for c in chunk_ids if self.ids.find(self.table, c) is not None]
