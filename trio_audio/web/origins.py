@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ..audio.declared import parse_media_type
 from ..config import Config
 from ..errors import ForbiddenOrigin, MisdirectedRequest, ServiceError, UnsupportedMediaType
 
@@ -145,7 +146,7 @@ class Origins:
                    "an operator can allow them with --allowed-origins")  # fmt: skip
             raise ForbiddenOrigin(msg)
         if method == "POST" and path == "/upload":
-            media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            media_type, _ = parse_media_type(headers.get("content-type"))
             if media_type in SIMPLE_BODY_TYPES and not (
                 origin is not None and self.origin_allowed(origin, host)
             ):
