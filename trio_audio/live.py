@@ -2,8 +2,9 @@
 
 Everything durable reaches watchers one way only, as the store's ``Committed`` events (a
 chunk stored, its transcript stored, chunks deleted), rendered by ``web/``. What is live and
-not durable has this one port of its own: a partial transcript (words two consecutive
-hypotheses agree on) and a change of speech activity. The transcriber publishes into a
+not durable has this one port of its own: a partial transcript (the open utterance's latest
+hypothesis, and how many of its first words the hypothesis before agreed on) and a change
+of speech activity. The transcriber publishes into a
 ``LivePort``; the service's port renders each item once and hands it to the session's
 watchers (``web/watchers.py``), a cluster's also relays it to the other nodes.
 
@@ -20,7 +21,8 @@ import attrs
 
 @attrs.frozen
 class Partial:
-    """Words of the open utterance two hypotheses agreed on (not final, not stored)."""
+    """The open utterance's latest hypothesis (not final, not stored): its *words*, the first
+    *stable* of which the hypothesis before it agreed on (None: all of them)."""
 
     user_id: str
     session_id: str
@@ -28,6 +30,7 @@ class Partial:
     words: list[dict[str, Any]]
     start_ms: float
     end_ms: float
+    stable: int | None = None
 
 
 @attrs.frozen
@@ -83,7 +86,10 @@ def _check(item: Live) -> None:
               and _ms(item.start_ms) and _ms(item.end_ms) and isinstance(item.words, list)
               and all(isinstance(w, dict) and isinstance(w.get("word"), str)
                       and _ms(w.get("start_ms")) and _ms(w.get("end_ms"))
-                      for w in item.words))  # fmt: skip
+                      for w in item.words)
+              and (item.stable is None or (isinstance(item.stable, int)
+                                           and not isinstance(item.stable, bool)
+                                           and 0 <= item.stable <= len(item.words))))  # fmt: skip
     if not ok:
         msg = f"not a valid {type(item).__name__}"
         raise ValueError(msg)

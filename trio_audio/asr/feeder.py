@@ -3,7 +3,8 @@
 In the order the intake delivered them, each chunk's PCM (read back from the log when it
 was not kept) and speech segments go to its session's ``Assembler`` (``utterances.py``).
 Utterances finished together go to the fair queue in packs of up to ``PACK_MS`` of audio;
-every ``asr_partial_interval_s`` the open utterance goes too, to be decoded for live words.
+every ``asr_partial_interval_s`` the open utterance goes too, to be decoded for live words,
+once it holds ``PARTIAL_MIN_SPEECH_MS`` of speech (a decode of less says nothing).
 ``finalize`` ends a session's open utterance now and returns once its words are stored; a
 session silent for ``asr_idle_timeout_s`` is finalized and forgotten (``janitor``). The
 feeder waits while the PCM held is over ``asr_backlog_bytes``.
@@ -21,10 +22,11 @@ from ..errors import ServiceError
 from .intake import Intake
 from .results import Results
 from .state import Board, Item, SessionState
-from .utterances import WINDOW_MS, Utterance, packs, single
+from .utterances import PREROLL_MS, WINDOW_MS, Utterance, packs, single
 
 JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
 PACK_MS: Final = WINDOW_MS  # audio of utterances decoded together in one 30 s window
+PARTIAL_MIN_SPEECH_MS: Final = 500.0  # an open utterance's first partial waits for this much
 HEARD_SLACK_S: Final = 0.2  # a frame or two past vad_gap_ms: how late a live close can be
 
 
@@ -98,7 +100,9 @@ class Feeder:
         if interval <= 0 or now - session.partial_at < interval:
             return
         partial = session.assembler.partial()
-        if partial is not None:
+        if partial is not None and partial.end_ms - partial.start_ms >= (
+            PREROLL_MS + PARTIAL_MIN_SPEECH_MS
+        ):
             session.partial_at = now
             self.board.queue.put_partial(session.key, single(partial))
             self.board.wake()

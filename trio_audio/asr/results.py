@@ -77,7 +77,9 @@ class Results:
                 place(session.awaiting, word)
 
     def apply_partial(self, session: SessionState, pack: Pack, answer: dict[str, Any]) -> None:
-        """LocalAgreement-2: publish the words two consecutive hypotheses agree on."""
+        """Publish the open utterance's hypothesis as soon as it says something new, with
+        how many of its first words the one before agreed on (LocalAgreement-2's stable
+        prefix): a talker sees words from the first decode, and which of them hold."""
         if not answer.get("ok") or not session.assembler.open:
             return
         if session.finals:  # the utterance it heard has ended meanwhile
@@ -89,13 +91,13 @@ class Results:
             if old != new:
                 break
             agreed += 1
-        session.heard = heard
-        if agreed > session.stable:
-            session.stable = agreed
-            user_id, session_id = session.key
-            self.board.live.publish(Partial(user_id, session_id, session.last_seq,
-                                            words[:agreed], pack.start_ms,
-                                            pack.utterances[-1].end_ms))  # fmt: skip
+        if not heard or (heard == session.heard and agreed == session.stable):
+            return  # nothing new to show
+        session.heard, session.stable = heard, agreed
+        user_id, session_id = session.key
+        self.board.live.publish(Partial(user_id, session_id, session.last_seq, words,
+                                        pack.start_ms, pack.utterances[-1].end_ms,
+                                        agreed))  # fmt: skip
 
     async def complete(self, session: SessionState) -> None:
         """Store the transcript of every chunk all of whose utterances are decoded.

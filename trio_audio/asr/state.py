@@ -97,7 +97,7 @@ class SessionState:
     partial_at: float = -1e9
     speech_heard_at: float = 0.0  # trio time the last chunk with speech arrived
     heard: list[str] = attrs.field(factory=list)  # the last partial hypothesis' words
-    stable: int = 0  # words of the open utterance published as agreed
+    stable: int = 0  # of those, the first words the hypothesis before agreed on
     completing: trio.Lock = attrs.field(factory=trio.Lock)
     previous: PreviousWords = attrs.field(factory=PreviousWords)  # for the next prompt
     vocabulary: tuple[str, ...] = ()  # words the session expects

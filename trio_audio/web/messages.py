@@ -108,14 +108,17 @@ def deleted_message(event: ChunksDeleted) -> dict[str, Any]:
 
 
 def live_message(item: Live) -> dict[str, Any]:
-    """A partial ``transcript`` or a ``vad`` event."""
+    """A partial ``transcript`` or a ``vad`` event. A partial has a final's keys and one
+    more, ``stable``: how many of its first words the hypothesis before agreed on (the rest
+    may still change with the next)."""
     if isinstance(item, SpeechChange):
         return {"type": "vad", "event": item.event, "at_ms": round(item.at_ms, 1)}
     assert isinstance(item, Partial)
+    stable = len(item.words) if item.stable is None else item.stable
     return {"type": "transcript", "seq": item.seq, "chunk_id": None, "is_final": False,
             "status": "partial", "text": " ".join(w["word"] for w in item.words),
             "words": item.words, "start_ms": round(item.start_ms, 1),
-            "end_ms": round(item.end_ms, 1)}  # fmt: skip
+            "end_ms": round(item.end_ms, 1), "stable": stable}  # fmt: skip
 
 
 def render(event: Committed) -> Wire | None:
