@@ -15,6 +15,7 @@ printed. These tests are marked ``browser`` and run in ``nox -s browser``.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pytest
+import soundfile as sf
 import trio
 
 from trio_audio.web.auth import add_token
@@ -228,6 +230,45 @@ async def test_live_capture_from_the_microphone(start_server: StartServer, tmp_p
     assert len(chunks) >= 10
     assert {c["audio"]["sample_rate"] for c in chunks} == {16000}
     assert any(c["features"]["speech_ratio"] > 0.5 for c in chunks)
+
+
+async def test_stream_a_file_sends_its_audio_as_recorded(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)))
+
+    def scenario() -> list[tuple[str, float]]:
+        with browser(tmp_path) as b:
+            page = b.page
+            page.goto(server.url + "/")
+            page.fill("#live-user", "alice")
+            page.fill("#live-session", "file")
+            page.set_input_files("#file-input", str(MIC_WAV))
+            b.wait("document.getElementById('finals').textContent.includes('light')")
+            page.wait_for_selector("#live-state[data-state=idle]", timeout=WAIT_MS)
+            assert "session_end" in b.text("#events")
+            words: list[tuple[str, float]] = page.locator("#finals .word").evaluate_all(
+                "spans => spans.map(s => [s.dataset.word, Number(s.dataset.start)])"
+            )
+            return words
+
+    words = await in_browser(scenario)
+    assert [w for w, _ in words] == SENTENCE.split(), words
+    assert 700 <= words[0][1] <= 1400, words  # after the file's 1 s of silence
+    async with server.client() as client:
+        listing = (await client.get("/sessions/alice?session_id=file")).json()
+    chunks = listing["sessions"][0]["chunks"]
+    # The file's samples, at its own 16 kHz: as many as it holds (no rate went through
+    # another one and back), in 100 ms frames.
+    assert {c["audio"]["sample_rate"] for c in chunks} == {16000}
+    async with server.client() as client:
+        wav = (await client.get("/sessions/alice/file/audio")).content
+    sent, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    original, file_rate = sf.read(str(MIC_WAV), dtype="float32")
+    assert rate == file_rate == 16000 and abs(len(sent) - len(original)) < 1600
+    n = min(len(sent), len(original))
+    error = np.sqrt(np.mean((sent[:n] - original[:n]) ** 2) / np.mean(original[:n] ** 2))
+    assert error < 0.001, error  # the same samples, to 16-bit rounding (was 1% off)
 
 
 async def upload_session(

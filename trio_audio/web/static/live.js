@@ -261,7 +261,11 @@ async function streamFile(file) {
   liveUi(true, `streaming ${file.name}`);
   let timer = null;
   try {
-    const decoded = await new AudioContext().decodeAudioData(await file.arrayBuffer());
+    // Decoded straight to 16 kHz: a context at the device's rate (48 kHz, say) would
+    // resample a 16 kHz file up and then down again.
+    const decoder = new AudioContext({ sampleRate: RATE });
+    const decoded = await decoder.decodeAudioData(await file.arrayBuffer());
+    decoder.close();
     const length = Math.ceil(decoded.duration * RATE);
     const offline = new OfflineAudioContext(1, length, RATE);
     const source = offline.createBufferSource();
