@@ -95,7 +95,13 @@ function onLiveMessage(message) {
           logEvent(`final transcript seq=${message.seq}: ${message.text}`, "final");
         }
       } else {
-        $("partial").replaceChildren(...wordsLine(message.words));
+        // The latest hypothesis: its first `stable` words held from the one before (shown
+        // plain), the rest may still change (shown faint).
+        const spans = wordsLine(message.words);
+        spans.filter((n) => n.classList).forEach((span, i) => {
+          if (i < (message.stable ?? message.words.length)) span.classList.add("stable");
+        });
+        $("partial").replaceChildren(...spans);
       }
       break;
     case "vad":
