@@ -48,6 +48,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from ..audio import vad
+from .console import console_talker
 from .runner import run_server
 from .textnorm import word_errors
 
@@ -212,13 +213,29 @@ async def talk(url: str, session_id: str, pcm: bytes, span: tuple[int, int],
             sent.set()
 
 
+def seen_on_screen(heard: Heard, shown: dict[str, Any]) -> None:
+    """Note in *heard* what the console's transcript panel showed (``bench.console``): its
+    partials and final words, on the page's clock from its first frame."""
+    heard.began = shown["first"] / 1000
+    for change in shown["seen"]:
+        at, words = change["t"] / 1000, change["words"]  # [word, start_ms, end_ms]
+        if change["kind"] == "partial":
+            heard.partials.setdefault(heard.script.sentence_at(words[-1][2]), at)
+            continue
+        heard.said.setdefault(heard.script.sentence_at(words[0][2]), []).extend(w[0] for w in words)
+        for word in words:
+            heard.arrivals[heard.script.sentence_at(word[2])] = at
+
+
 async def one_load(
     sessions: int,
     seconds: float,
     server_args: list[str],
     kind: str = "real",
     one_session: bool = False,
+    console: bool = False,
 ) -> list[Heard]:
+    """*sessions* talkers on a fresh server; with *console*, talker 0 is the web console."""
     heard = [Heard(script(seconds, n, sessions, kind)) for n in range(sessions)]
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
@@ -228,18 +245,26 @@ async def one_load(
             server = await nursery.start(run_server, command)
             await trio.sleep(5)  # the workers load their model (a cold start is not the point)
             async with trio.open_nursery() as clients:
-                for n in range(sessions):
+                if console:
+                    clients.start_soon(on_screen, server.http_url, heard[0], seconds)
+                for n in range(int(console), sessions):
                     clients.start_soon(partial(client, server.ws_url, n, heard[n],
                                                one_session=one_session))  # fmt: skip
             nursery.cancel_scope.cancel()
     return heard
 
 
+async def on_screen(http_url: str, heard: Heard, seconds: float) -> None:
+    """Talker 0 as a person in the console: its script streamed from **Stream a file**."""
+    shown = await console_talker(http_url, heard.script.audio, RATE, "console0", seconds + 90)
+    seen_on_screen(heard, shown)
+
+
 def _p95(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
 
 
-def summary(sessions: int, heard: list[Heard], within_s: float) -> str:
+def summary(sessions: int | str, heard: list[Heard], within_s: float) -> str:
     """One line of the table for a load."""
     latencies = sorted(x for h in heard for x in h.latencies())
     said = sum(len(h.script.texts) for h in heard)
@@ -283,6 +308,12 @@ def main() -> None:
         "each: the recordings are unrelated people, and one session's earlier words are the "
         "decoder's prompt for the next)",
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="talker 0 is the web console in headless Chromium (Stream a file), its words "
+        "timed as its transcript panel shows them; its own line follows each load's",
+    )
     args = parser.parse_args()
     print(
         "latency: from the end of an utterance's speech to its last final (s); partials: "
@@ -292,8 +323,10 @@ def main() -> None:
           f"kept  {'short window':>12}  WER  partials")  # fmt: skip
     for sessions in (int(s) for s in args.sessions.split(",")):
         heard = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech,
-                         args.one_session)  # fmt: skip
+                         args.one_session, args.console)  # fmt: skip
         print(summary(sessions, heard, args.within_s), flush=True)
+        if args.console:
+            print(summary("console", heard[:1], args.within_s), flush=True)
 
 
 if __name__ == "__main__":
