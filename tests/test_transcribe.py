@@ -577,6 +577,12 @@ async def test_a_session_names_words_to_expect_and_an_empty_list_changes_nothing
             )  # fmt: skip
             assert response.status_code == 201
             uploaded = (await transcribed(client, "up"))["transcript"]["text"]
+            form = await client.post(  # the same as form fields of a multipart upload
+                "/upload", data={"user_id": "alice", "session_id": "form", "vocabulary": NAME},
+                files={"file": ("name.wav", to_wav(audio), "audio/wav")},
+            )  # fmt: skip
+            assert form.status_code == 201, form.text
+            from_form = (await transcribed(client, "form"))["transcript"]["text"]
             refused = await client.post(
                 "/upload", params={"user_id": "alice", "session_id": "up2",
                                    "vocabulary": "x" * 65},
@@ -587,7 +593,7 @@ async def test_a_session_names_words_to_expect_and_an_empty_list_changes_nothing
     assert final_words(empty) == final_words(plain)
     assert NAME in told[-1]["summary"]["transcript"]["text"]
     assert normal_words(told[-1]["summary"]["transcript"]["text"]) == NAME_SENTENCE.split()
-    assert NAME in uploaded
+    assert NAME in uploaded and NAME in from_form
     assert too_many["type"] == "error" and too_many["code"] == "invalid_field"
     assert refused.status_code == 400 and refused.json()["code"] == "invalid_field"
     assert listing["sessions"] == []  # the refused upload stored nothing

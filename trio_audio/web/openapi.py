@@ -258,6 +258,16 @@ UPLOAD_FIELDS: Final = [
     _param("vocabulary", "query", {"type": "string", "maxLength": 4096}),
 ]
 
+# A multipart upload: its 'file' parts, in order, and the same fields as form fields.
+MULTIPART_UPLOAD: Final = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        **{field["name"]: field["schema"] for field in UPLOAD_FIELDS},
+    },
+}
+
 # A raw body stores one chunk; multipart stores {"chunks": [...]} in part order.
 UPLOADED: Final = {
     "headers": {
@@ -299,7 +309,7 @@ SPEC: Final[dict[str, Any]] = {
                 "requestBody": {"required": True, "content": {
                     "audio/wav": {"schema": {"type": "string", "format": "binary"}},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                    "multipart/form-data": {"schema": {"type": "object"}},
+                    "multipart/form-data": {"schema": MULTIPART_UPLOAD},
                 }},
                 "responses": {
                     "201": {"description": "stored", **UPLOADED},
