@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from functools import partial
@@ -76,6 +80,50 @@ async def test_prints_the_transcript_a_line_per_final_and_no_sentence_is_missing
         done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
     assert done.stdout.decode().splitlines() == [SENTENCE, OTHER_SENTENCE]  # not a terminal:
     assert "done: " in done.stderr.decode()  # no partials, and the rest goes to stderr
+
+
+def on_a_terminal(command: list[str]) -> str:
+    """Run *command* with a pseudo-terminal as its stdout and stderr; all it wrote there."""
+    main_fd, terminal = pty.openpty()
+    proc = subprocess.Popen(command, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    out = b""
+    while True:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError as exc:  # EIO: the terminal closed
+            assert exc.errno == errno.EIO
+            break
+        if not data:
+            break
+        out += data
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 0
+    return out.decode()
+
+
+async def test_on_a_terminal_partials_rewrite_one_line_until_the_final_replaces_them(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(asr_engine="pocketsphinx", asr_grammar=str(grammar_file(tmp_path)),
+                                asr_idle_timeout_s=300, asr_partial_interval_s=0.2)  # fmt: skip
+    path = tmp_path / "talk.flac"
+    audio = np.concatenate([speak(SENTENCE), speak(OTHER_SENTENCE, tail_s=0.0)])
+    sf.write(path, audio, RATE, format="FLAC")
+    command = [sys.executable, "-m", "trio_audio", "stream", str(path), "--url",
+               server.running.ws_url, "--session-id", "tty", "--realtime"]  # fmt: skip
+    with trio.fail_after(60):
+        screen = await trio.to_thread.run_sync(on_a_terminal, command)
+    # What the terminal shows of each line: the text after its last carriage return.
+    shown = [re.sub(r"\x1b\[K", "", line.rstrip("\r")).rsplit("\r", 1)[-1]
+             for line in screen.split("\n")]  # fmt: skip
+    assert [line for line in shown if line and not line.startswith("done: ")] == [
+        SENTENCE,
+        OTHER_SENTENCE,
+    ], shown
+    # Before each final, its words were drawn in place on that line as they were heard.
+    drawn = re.findall(r"\r\x1b\[K([^\r\n]+)", screen)
+    assert any(SENTENCE.startswith(d) and d != SENTENCE for d in drawn), drawn
 
 
 async def test_resumes_by_itself_across_a_server_restart(
