@@ -246,7 +246,7 @@ async def start_store(config: Config, store: StoreBackend, nursery: trio.Nursery
     meta leader to elect, a stream to replay): meanwhile the HTTP port answers the probes
     (``/readyz`` 503 with the reason) and refuses the rest (``web/waiting.py``). The config
     to serve with: its port is the one held meanwhile, when it asked for any (0)."""
-    if not config.store or config.certfile:
+    if not store.starts_slowly or config.certfile:
         await nursery.start(store.run)
         return config
 

@@ -202,6 +202,8 @@ class JetStreamStore(CommitChannels, IndexReads):
         """The connection (while ``run`` runs); ``StoreUnavailable`` otherwise."""
         return self._stream.connection()
 
+    starts_slowly = True  # a cluster to reach and a meta leader to wait for
+
     @property
     def health(self) -> str | None:
         """Why this node cannot serve now (None: it can): while starting, the step it is at

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 class StoreBackend(Protocol):
     """What the service needs of a store backend (see the module docstring)."""
 
+    # Whether starting may take long (a cluster to reach, a stream to follow): the service
+    # then answers its probes meanwhile ("starting", and why).
+    starts_slowly: bool
+
     async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
 
     @property

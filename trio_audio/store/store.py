@@ -202,6 +202,8 @@ class Store(CommitChannels, IndexReads):
 
     # -- reads -----------------------------------------------------------------------------
 
+    starts_slowly = False  # its replay is its start (the probes wait for it)
+
     @property
     def health(self) -> str | None:
         """Why this store cannot take writes now (None: it can)."""
