@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import trio
 
 from ..cluster.dev import LocalCluster
 from .loadgen import Spec
+from .procs import cpu_s
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 SERVING_WS = re.compile(r"serving WebSocket on (ws://\S+)")
@@ -87,15 +87,6 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds process *pid* has used (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(

@@ -23,8 +23,9 @@ prompt its next ones); ``--one-session`` streams a talker's recordings as one se
   English normaliser, summed over the sessions.
 - **Short window**: the finals decoded in the short window to keep their deadline.
 - **Partials**: how many utterances showed words in a partial ``transcript`` before their
-  final (what the console shows while someone speaks), and the p50/p95 time from the start
-  of an utterance's speech to its first partial with words. With N talkers the workers are
+  final (what the console shows while someone speaks), of all and of those with ``LONG_S``
+  of speech or more, and the p50/p95 time from the start of an utterance's speech to its
+  first partial with words. With N talkers the workers are
   busy with the others' finals: this is whether a talker still sees words while speaking.
 
 Not a test: nothing here asserts; numbers go to stdout for the README.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -49,6 +51,7 @@ from trio_websocket import open_websocket_url
 
 from ..audio import vad
 from .console import console_talker
+from .procs import tree_cpu_s
 from .runner import run_server
 from .textnorm import word_errors
 
@@ -58,6 +61,7 @@ PAUSE_S = 1.0  # silence after each sentence
 MAX_LEAD_S = 2.0  # the last talker starts after this much silence
 SPEECH_BELOW_PEAK_DB = 35.0  # a 20 ms frame this far below a recording's loudest is not speech
 SPAN_FRAME = RATE // 50
+LONG_S = 2.0  # an utterance this long should show words while it is spoken
 SPEECH = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures" / "speech"
 
 
@@ -140,6 +144,7 @@ class Heard:
     finals: int = 0
     short: int = 0
     began: float = 0.0
+    cpu_s: float = 0.0  # (talker 0's) the server's and its workers' CPU during the load
 
     def latencies(self) -> list[float]:
         return [at - (self.began + self.script.ends_s[i]) for i, at in self.arrivals.items()]
@@ -244,12 +249,14 @@ async def one_load(
         async with trio.open_nursery() as nursery:
             server = await nursery.start(run_server, command)
             await trio.sleep(5)  # the workers load their model (a cold start is not the point)
+            before = tree_cpu_s(server.process.pid)
             async with trio.open_nursery() as clients:
                 if console:
                     clients.start_soon(on_screen, server.http_url, heard[0], seconds)
                 for n in range(int(console), sessions):
                     clients.start_soon(partial(client, server.ws_url, n, heard[n],
                                                one_session=one_session))  # fmt: skip
+            heard[0].cpu_s = tree_cpu_s(server.process.pid) - before  # the server and workers
             nursery.cancel_scope.cancel()
     return heard
 
@@ -264,7 +271,7 @@ def _p95(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
 
 
-def summary(sessions: int | str, heard: list[Heard], within_s: float) -> str:
+def summary(sessions: int | str, heard: list[Heard], within_s: float, cpu: bool = True) -> str:
     """One line of the table for a load."""
     latencies = sorted(x for h in heard for x in h.latencies())
     said = sum(len(h.script.texts) for h in heard)
@@ -280,9 +287,16 @@ def summary(sessions: int | str, heard: list[Heard], within_s: float) -> str:
     short = f"{sum(h.short for h in heard)}/{sum(h.finals for h in heard)}"
     firsts = sorted(x for h in heard for x in h.first_partials())
     partials = f"{len(firsts)}/{len(latencies)}"
+    long = [(h, i) for h in heard for i in h.arrivals  # those a talker speaks long enough
+            if h.script.ends_s[i] - h.script.starts_s[i] >= LONG_S]  # fmt: skip
+    early = sum(h.partials.get(i, math.inf) <= h.arrivals[i] for h, i in long)
+    partials += f" (of {LONG_S:.0f} s or longer: {early}/{len(long)})"
     if firsts:
         p95_first = _p95(firsts)
         partials += f" {statistics.median(firsts):.2f}/{p95_first:.2f}"
+    audio_s = sum(h.script.audio.size for h in heard) / RATE
+    if cpu and heard[0].cpu_s:
+        partials += f"  CPU s per audio s {heard[0].cpu_s / audio_s:.3f}"
     return (f"{sessions:>8}  {len(latencies):>4}/{said:<4}  {statistics.median(latencies):6.2f}  "
             f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short:>12}  "
             f"{edits / words:6.1%} ({edits}/{words})  {partials}")  # fmt: skip
@@ -326,7 +340,7 @@ def main() -> None:
                          args.one_session, args.console)  # fmt: skip
         print(summary(sessions, heard, args.within_s), flush=True)
         if args.console:
-            print(summary("console", heard[:1], args.within_s), flush=True)
+            print(summary("console", heard[:1], args.within_s, cpu=False), flush=True)
 
 
 if __name__ == "__main__":
