@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import pty
 import re
 import signal
 import subprocess
@@ -49,3 +52,30 @@ class Process:
         self.proc.send_signal(sig)
         _, rest = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, "".join(self.log) + rest
+
+
+def on_a_terminal(command: list[str], timeout_s: float = 60) -> str:
+    """Run *command* with a pseudo-terminal as its stdout and stderr; all it wrote there
+    (it must exit 0)."""
+    main_fd, terminal = pty.openpty()
+    proc = subprocess.Popen(command, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    out = b""
+    while True:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError as exc:  # EIO: the terminal closed
+            assert exc.errno == errno.EIO
+            break
+        if not data:
+            break
+        out += data
+    os.close(main_fd)
+    assert proc.wait(timeout=timeout_s) == 0
+    return out.decode()
+
+
+def terminal_lines(screen: str) -> list[str]:
+    """What a terminal shows of each line written: the text after its last carriage return."""
+    return [re.sub(r"\x1b\[K", "", line.rstrip("\r")).rsplit("\r", 1)[-1]
+            for line in screen.split("\n")]  # fmt: skip

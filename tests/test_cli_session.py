@@ -3,10 +3,7 @@ each against a real server."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import pty
 import re
 import subprocess
 import sys
@@ -23,6 +20,7 @@ from trio_audio.__main__ import main
 
 from .audio_samples import encode, sine
 from .conftest import StartServer
+from .processes import on_a_terminal, terminal_lines
 from .test_cli_tools import speech_files
 
 RATE = 16000
@@ -165,30 +163,10 @@ async def test_result_lines_never_share_the_progress_bars_line(
     server = await start_server()
     files = speech_files(tmp_path)
 
-    def on_a_terminal() -> str:
-        main_fd, terminal = pty.openpty()
-        proc = subprocess.Popen(command("upload", *map(str, files), "--user", "a", "--session",
-                                        "s", "--url", server.url),
-                                stdout=terminal, stderr=terminal)  # fmt: skip
-        os.close(terminal)
-        out = b""
-        while True:
-            try:
-                data = os.read(main_fd, 65536)
-            except OSError as exc:  # EIO: the terminal closed
-                assert exc.errno == errno.EIO
-                break
-            if not data:
-                break
-            out += data
-        os.close(main_fd)
-        assert proc.wait(timeout=60) == 0
-        return out.decode()
-
-    screen = await trio.to_thread.run_sync(on_a_terminal)
-    # What a terminal shows of each line: the text after its last carriage return.
-    shown = [re.sub(r"\x1b\[K", "", line.rstrip("\r")).rsplit("\r", 1)[-1]
-             for line in screen.split("\n")]  # fmt: skip
+    upload = command("upload", *map(str, files), "--user", "a", "--session", "s", "--url",
+                     server.url)  # fmt: skip
+    screen = await trio.to_thread.run_sync(on_a_terminal, upload)
+    shown = terminal_lines(screen)
     results = [line for line in shown if " seq " in line]
     assert len(results) == 3
     assert all(re.match(r"^[0-9a-f]{28}  seq ", line) for line in results), shown

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import pty
 import re
 import subprocess
 import sys
@@ -21,6 +18,7 @@ from trio_audio.web.auth import add_token
 
 from .audio_samples import encode, sine
 from .conftest import Server, StartServer
+from .processes import on_a_terminal, terminal_lines
 from .speech import NAME, NAME_SENTENCE, OTHER_SENTENCE, RATE, SENTENCE, grammar_file, speak
 
 
@@ -82,26 +80,6 @@ async def test_prints_the_transcript_a_line_per_final_and_no_sentence_is_missing
     assert "done: " in done.stderr.decode()  # no partials, and the rest goes to stderr
 
 
-def on_a_terminal(command: list[str]) -> str:
-    """Run *command* with a pseudo-terminal as its stdout and stderr; all it wrote there."""
-    main_fd, terminal = pty.openpty()
-    proc = subprocess.Popen(command, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    out = b""
-    while True:
-        try:
-            data = os.read(main_fd, 65536)
-        except OSError as exc:  # EIO: the terminal closed
-            assert exc.errno == errno.EIO
-            break
-        if not data:
-            break
-        out += data
-    os.close(main_fd)
-    assert proc.wait(timeout=60) == 0
-    return out.decode()
-
-
 async def test_on_a_terminal_partials_rewrite_one_line_until_the_final_replaces_them(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -114,9 +92,7 @@ async def test_on_a_terminal_partials_rewrite_one_line_until_the_final_replaces_
                server.running.ws_url, "--session-id", "tty", "--realtime"]  # fmt: skip
     with trio.fail_after(60):
         screen = await trio.to_thread.run_sync(on_a_terminal, command)
-    # What the terminal shows of each line: the text after its last carriage return.
-    shown = [re.sub(r"\x1b\[K", "", line.rstrip("\r")).rsplit("\r", 1)[-1]
-             for line in screen.split("\n")]  # fmt: skip
+    shown = terminal_lines(screen)
     assert [line for line in shown if line and not line.startswith("done: ")] == [
         SENTENCE,
         OTHER_SENTENCE,
