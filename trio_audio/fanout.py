@@ -17,6 +17,7 @@ Resource handling: ``FanOut.run`` owns the event channel and returns when the st
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -25,6 +26,8 @@ import trio
 
 from .channels import waiting
 from .store.events import ChunkStored, Committed
+
+logger = logging.getLogger("trio_audio.fanout")
 
 EVENTS_AT_ONCE: Final = 256  # events handled per wake-up at most (then it checkpoints)
 
@@ -64,26 +67,36 @@ class FanOut:
         held = self._receiving and stats.tasks_waiting_receive == 0
         ticket = self._handled + stats.current_buffer_used + int(held)
         if ticket <= self._handled:
-            then()
+            _call(then)
         else:
             self._due.append((ticket, then))
 
     async def run(self) -> None:
-        async with self._events:
-            while True:
-                self._receiving = True
-                try:
-                    first = await self._events.receive()
-                except trio.EndOfChannel:
-                    break
-                finally:
-                    self._receiving = False
-                for event in waiting(first, self._events, EVENTS_AT_ONCE):  # in one wake-up
-                    self._watchers.committed(event)
-                    if isinstance(event, ChunkStored):
-                        self._transcriber.offer(event)
-                    self._handled += 1
-                    while self._due and self._due[0][0] <= self._handled:
-                        self._due.popleft()[1]()
-        while self._due:  # the store has ended: nothing else will come before these
-            self._due.popleft()[1]()
+        try:
+            async with self._events:
+                while True:
+                    self._receiving = True
+                    try:
+                        first = await self._events.receive()
+                    except trio.EndOfChannel:
+                        break
+                    finally:
+                        self._receiving = False
+                    for event in waiting(first, self._events, EVENTS_AT_ONCE):  # one wake-up
+                        self._watchers.committed(event)
+                        if isinstance(event, ChunkStored):
+                            self._transcriber.offer(event)
+                        self._handled += 1
+                        while self._due and self._due[0][0] <= self._handled:
+                            _call(self._due.popleft()[1])
+        finally:
+            while self._due:  # ended (or stopped): nothing else will come before these
+                _call(self._due.popleft()[1])
+
+
+def _call(then: Callable[[], None]) -> None:
+    """What waited its turn; its failure is its own, not the fan-out's."""
+    try:
+        then()
+    except Exception:
+        logger.exception("a message after the committed events failed")
