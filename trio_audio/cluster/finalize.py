@@ -73,6 +73,9 @@ class Finalizer:
                 return  # no worker holds it now: its chunks are done when one does
             while self._session_pending(user_id, session_id):
                 await self._store.applied_more()
+            # The index has the transcripts; their events (the finals watchers get before
+            # session_end) may still be on their way to the fan-out.
+            await self._store.announced_all()
 
     def _session_pending(self, user_id: str, session_id: str) -> bool:
         """Whether a chunk of the session still waits for its transcript (the index keeps

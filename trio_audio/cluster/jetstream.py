@@ -228,6 +228,11 @@ class JetStreamStore(CommitChannels, IndexReads):
         """Return once the follower has applied more of the stream."""
         await self._follower.progress.wait()
 
+    async def announced_all(self) -> None:
+        """Return once the events of what the follower has applied are sent (it applies a
+        message to the index before it sends its events)."""
+        await self._follower.wait_applied(self._follower.applied)
+
     def pending_key(self, chunk_id: str) -> tuple[str, str, int] | None:
         """``(user_id, session_id, seq)`` of the chunk while it is stored and ``pending``
         transcription (None: done, failed or deleted); unpacks nothing."""
