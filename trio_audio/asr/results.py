@@ -2,8 +2,9 @@
 
 A final's words go to the chunk each starts in (``place``); a chunk's transcript is stored
 once every utterance over it is decoded (``complete``), ``done`` with its words or
-``failed`` with the reason. A partial's words are published live once two consecutive
-hypotheses agree on them (LocalAgreement-2). A store update that fails leaves the chunk
+``failed`` with the reason. Each new partial hypothesis is published live at once, with
+how many of its first words the one before agreed on (LocalAgreement-2's stable prefix).
+A store update that fails leaves the chunk
 ``pending`` (it is queued at start-up).
 """
 
@@ -84,6 +85,8 @@ class Results:
             return
         if session.finals:  # the utterance it heard has ended meanwhile
             return
+        if pack.utterances[-1].start_ms != session.assembler.utt_start_ms:
+            return  # ... and another began (its final decoded on another worker)
         words = pack.own_words(answer["words"])[0]
         heard = [w["word"] for w in words]
         agreed = 0

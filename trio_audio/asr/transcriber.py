@@ -18,9 +18,9 @@
   (``fair.py``) takes finals round robin across sessions, one in flight per session, so a
   long file cannot hold other sessions' words. Every ``asr_partial_interval_s`` the open
   utterance is re-decoded for live words, only when no final waits and never on every
-  worker at once (one stays free for the next final, when there are two or more); a
-  partial's words are published once two consecutive hypotheses agree on them
-  (LocalAgreement-2).
+  worker at once (one stays free for the next final, when there are two or more); each
+  new hypothesis is published at once with its stable prefix (the words the one before
+  agreed on: LocalAgreement-2).
 - A chunk's transcript is done once every utterance that overlaps it is decoded: its words
   (those that start inside it) go into a durable update through the store.
 - ``finalize`` ends the session's open utterance now and returns once its words are stored;

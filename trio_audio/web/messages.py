@@ -8,7 +8,8 @@ session: a stored chunk's
 ``transcript`` always has ``seq, chunk_id, is_final, status, text, words, start_ms,
 end_ms``: a final is one chunk's stored transcript (``status`` done or failed, plus
 ``error`` when failed) spanning that chunk; a partial (``status: partial``, ``chunk_id``
-null) is the open utterance's agreed words so far, spanning the utterance.
+null) is the open utterance's latest hypothesis, spanning the utterance, with ``stable``:
+how many of its first words the hypothesis before agreed on.
 
 Pure functions, no I/O: each parser returns a value or raises one of the project's typed
 errors (``trio_audio.errors``), never anything else, whatever the input (property-tested in
