@@ -6,6 +6,7 @@ import errno
 import os
 import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -61,17 +62,26 @@ def on_a_terminal(command: list[str], timeout_s: float = 60) -> str:
     proc = subprocess.Popen(command, stdout=terminal, stderr=terminal)
     os.close(terminal)
     out = b""
-    while True:
-        try:
-            data = os.read(main_fd, 65536)
-        except OSError as exc:  # EIO: the terminal closed
-            assert exc.errno == errno.EIO
-            break
-        if not data:
-            break
-        out += data
-    os.close(main_fd)
-    assert proc.wait(timeout=timeout_s) == 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([main_fd], [], [], left)[0]:
+                raise AssertionError(f"no end after {timeout_s} s: {out.decode()[-500:]!r}")
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError as exc:  # EIO: the terminal closed
+                assert exc.errno == errno.EIO
+                break
+            if not data:
+                break
+            out += data
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+    finally:
+        os.close(main_fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     return out.decode()
 
 

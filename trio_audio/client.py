@@ -34,6 +34,8 @@ from trio_websocket import (
 RETRYABLE_CLOSES: Final = {1001, 1006, 1011, 1012, 1013, 4429, 4507}
 BACKOFF_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
 LINE_GAP_MS: Final = 1000.0  # a pause this long between final words starts a new line
+FAINT: Final = "\x1b[2m"  # a terminal's faint text (SGR 2), and back (SGR 22)
+PLAIN: Final = "\x1b[22m"
 
 
 class StreamError(Exception):
@@ -203,7 +205,7 @@ class Streamer:
                 if message.get("words"):
                     self._final(message["words"])
             elif self.out.isatty():
-                self._line(self._joined(message.get("text", "")), final=False)
+                self._line(self._joined(message), final=False)
         elif kind == "session_end":
             self._end_line()
         elif kind in ("error", "reconnecting"):
@@ -222,9 +224,13 @@ class Streamer:
         if self.out.isatty():
             self._line(" ".join(self.final_words), final=False)
 
-    def _joined(self, partial: str) -> str:
-        """The open line's final words, then *partial*."""
-        return " ".join([*self.final_words, partial]).strip()
+    def _joined(self, partial: dict[str, Any]) -> str:
+        """The open line's final words, then the *partial*'s: those that held plain, the
+        rest (which the next hypothesis may change) faint."""
+        words = [str(w["word"]) for w in partial.get("words") or []]
+        stable = int(partial.get("stable", len(words)))
+        held, rest = words[:stable], " ".join(words[stable:])
+        return " ".join([*self.final_words, *held, *([f"{FAINT}{rest}{PLAIN}"] if rest else [])])
 
     def _end_line(self) -> None:
         if self.final_words:
