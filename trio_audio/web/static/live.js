@@ -267,11 +267,10 @@ async function streamFile(file) {
   liveUi(true, `streaming ${file.name}`);
   let timer = null;
   try {
-    // Decoded straight to 16 kHz: a context at the device's rate (48 kHz, say) would
-    // resample a 16 kHz file up and then down again.
-    const decoder = new AudioContext({ sampleRate: RATE });
-    const decoded = await decoder.decodeAudioData(await file.arrayBuffer());
-    decoder.close();
+    // Decoded straight to 16 kHz (an offline context's rate: no device, nothing to close);
+    // a context at the device's rate (48 kHz, say) would resample a 16 kHz file up and
+    // then down again.
+    const decoded = await new OfflineAudioContext(1, 1, RATE).decodeAudioData(await file.arrayBuffer());
     const length = Math.ceil(decoded.duration * RATE);
     const offline = new OfflineAudioContext(1, length, RATE);
     const source = offline.createBufferSource();
