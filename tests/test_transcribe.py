@@ -332,7 +332,8 @@ async def read_events(
 async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    # An idle timeout far longer than the test: only the explicit end can finalize in time.
+    # An idle timeout far longer than the test and no silence after the speech: only the
+    # explicit end can finalize it in time.
     server = await grammar_server(start_server, tmp_path, asr_idle_timeout_s=300)
     events: list[dict[str, Any]] = []
     with trio.fail_after(TIMEOUT_S):
@@ -341,7 +342,8 @@ async def test_an_http_client_ends_a_session_at_once_and_listens_to_its_events(
             path = "/sessions/alice/live/events"
             nursery.start_soon(read_events, client, path, events, ready)
             await ready.wait()
-            chunks = [await upload(client, "live", p) for p in pieces(speak(SENTENCE), 0.5)]
+            chunks = [await upload(client, "live", p)
+                      for p in pieces(speak(SENTENCE, tail_s=0.0), 0.5)]  # fmt: skip
             ended = await client.post("/sessions/alice/live/end")
             missing = await client.post("/sessions/alice/nobody/end")
             # the nursery ends when the reader has seen session_end
@@ -390,7 +392,9 @@ async def test_a_final_reaches_watchers_only_once_it_is_durable(
             ready = trio.Event()
             nursery.start_soon(read_events, client, "/sessions/alice/held/events", events, ready)
             await ready.wait()
-            chunks = [await upload(client, "held", p) for p in pieces(speak(SENTENCE), 0.5)]
+            # No silence after the speech: the utterance stays open until the end.
+            speech = speak(SENTENCE, tail_s=0.0)
+            chunks = [await upload(client, "held", p) for p in pieces(speech, 0.5)]
             files.armed = True  # from here on, what is written is the transcripts
             ended: list[httpx.Response] = []
 
@@ -398,12 +402,14 @@ async def test_a_final_reaches_watchers_only_once_it_is_durable(
                 ended.append(await client.post("/sessions/alice/held/end"))
 
             nursery.start_soon(end)
-            # The final is decoded and its transcripts are being written: not durable yet.
-            assert await trio.to_thread.run_sync(files.entered.wait, TIMEOUT_S)
-            await trio.sleep(0.5)
-            assert not [e for e in events if e["type"] == "transcript" and e["is_final"]]
-            assert not ended
-            files.release.set()
+            try:
+                # The final is decoded and its transcripts are being written: not durable.
+                assert await trio.to_thread.run_sync(files.entered.wait, TIMEOUT_S)
+                await trio.sleep(0.5)
+                assert not [e for e in events if e["type"] == "transcript" and e["is_final"]]
+                assert not ended
+            finally:
+                files.release.set()
     assert ended[0].status_code == 200, ended[0].text
     finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
     assert final_text(finals) == SENTENCE
