@@ -221,6 +221,8 @@ async def talk(url: str, session_id: str, pcm: bytes, span: tuple[int, int],
 def seen_on_screen(heard: Heard, shown: dict[str, Any]) -> None:
     """Note in *heard* what the console's transcript panel showed (``bench.console``): its
     partials and final words, on the page's clock from its first frame."""
+    if shown["first"] is None:
+        return  # the page sent nothing: nothing was heard either
     heard.began = shown["first"] / 1000
     for change in shown["seen"]:
         at, words = change["t"] / 1000, change["words"]  # [word, start_ms, end_ms]

@@ -72,6 +72,8 @@ class Store(CommitChannels, IndexReads):
     The committer's batches are planned and applied in ``commit.py``; the log's writes,
     fsyncs and close go through ``durable.py``; compactions through ``compactor.py``."""
 
+    starts_slowly = False  # its replay is its start (the probes wait for it)
+
     def __init__(
         self, config: Config, *, metrics: Metrics | None = None, files: FileOps = REAL_FILES
     ) -> None:
@@ -201,8 +203,6 @@ class Store(CommitChannels, IndexReads):
         return known
 
     # -- reads -----------------------------------------------------------------------------
-
-    starts_slowly = False  # its replay is its start (the probes wait for it)
 
     @property
     def health(self) -> str | None:
