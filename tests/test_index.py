@@ -12,7 +12,7 @@ import pytest
 from trio_audio.errors import SeqConflict
 from trio_audio.models import ChunkRecord, Job, Part, new_chunk_id, utc_now
 from trio_audio.store.index import Index, Place
-from trio_audio.store.plan import plan_chunks
+from trio_audio.store.plan import NotRead, plan_chunks
 from trio_audio.store.reads import SPAN_GAP, SPAN_MAX, MetaCache, spans
 from trio_audio.store.record import FRAME_HEADER_SIZE
 
@@ -82,6 +82,22 @@ def test_the_same_seq_with_other_bytes_is_a_conflict_and_changes_nothing() -> No
         job = made("u", "s", [part("z", seq=1), part("other", seq=0)])
         plan_chunks(index, job, {}, {c: metas(index)[c] for c in index.collisions(job)})
     assert [seq for seq, _ in index.chunks_after("u", "s", None)] == [0]
+
+
+def test_a_chunk_that_came_to_a_seq_after_the_reads_is_planned_again_not_guessed() -> None:
+    # On a shared log a chunk may be applied at a job's seq between the committer's reads of
+    # the colliding chunks and its plan: the plan refuses to go on (NotRead), claims nothing,
+    # and the cluster's committer plans that write again.
+    index = Index()
+    commit(index, made("u", "s", [part("a", seq=0)]))
+    reserved: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    with pytest.raises(NotRead):
+        plan_chunks(index, made("u", "s", [part("b", seq=1), part("a", seq=0)]), reserved, {})
+    assert not any(reserved.values())  # no seq claimed
+    again = made("u", "s", [part("b", seq=1), part("a", seq=0)])
+    known = {c: metas(index)[c] for c in index.collisions(again)}
+    planned = plan_chunks(index, again, reserved, known)
+    assert planned[1].meta is None and planned[1].existing is not None  # the stored one
 
 
 def test_two_jobs_in_one_batch_never_share_a_seq() -> None:

@@ -73,6 +73,7 @@ from ..errors import InsufficientStorage, InternalError, NotFound, ServiceError,
 from ..models import Job
 from ..store.events import Delete, Update, Write
 from ..store.index import Stored
+from ..store.plan import NotRead
 from ..store.reads import IndexReads
 from .bridge import MessageNotFound, NatsError, StorageFull, Unavailable, WrongLastSequence
 from .follow import LogFollower
@@ -166,19 +167,21 @@ class Committer:
         ):
             with contextlib.suppress(NotFound):
                 (known[chunk_id],) = await self._reads.metas([chunk_id])
+        again: list[Write] = []
         for write in writes:
             try:
                 pending.append(self._planner.plan(write, reserved, known))
             except ServiceError as exc:
                 self._metrics.failed(exc.code)
                 write.reply.fail(exc)
+            except NotRead:  # a chunk came to one of its seqs while the others were read
+                again.append(write)
         await self._publisher.publish_all(pending, deadline)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._follower.wait_applied(max(seqs, default=0)):
             # Stored (the quorum acknowledged it) but not yet followed here: answered from
             # the plan, since a 503 would make a client's retry store it again.
             logger.warning("the follower lags; answering %d writes from their plan", len(seqs))
-        again: list[Write] = []
         for item in pending:
             errors = [m.error for m in item.messages if m.error is not None]
             lost = [e for e in errors if isinstance(e, WrongLastSequence)]

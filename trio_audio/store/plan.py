@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from .index import Index
 
 
+class NotRead(RuntimeError):
+    """A stored chunk at a seq the job names was not read before planning: on a shared log,
+    another node's chunk the follower applied meanwhile (plan it again, reading it)."""
+
+
 @attrs.frozen
 class Stored:
     """The outcome of committing one part: its chunk JSON and whether it is new."""
@@ -83,7 +88,7 @@ def plan_chunks(
             existing = (known or {}).get(chunk_id)
             if existing is None:
                 msg = f"chunk {chunk_id} was not read before planning"
-                raise RuntimeError(msg)
+                raise NotRead(msg)
             if existing["checksum"] != record.checksum:
                 msg = (
                     f"seq {seq} of session {job.session_id!r} is already stored "
