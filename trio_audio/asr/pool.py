@@ -57,6 +57,7 @@ class Pool:
             config.asr_final_deadline_s, config.asr_window_s, config.asr_short_window_s
         )
         self._decoding: dict[int, float] = {}  # worker -> when its current decode began
+        self.busy_s: dict[str, float] = {"final": 0.0, "partial": 0.0}  # workers' decode time
         self._partials_decoding = 0
         self.partial_slots = max(1, self.workers - 1)  # workers that may decode partials
         # Partials are decoded greedily in a window as short as their audio allows (at least
@@ -110,6 +111,7 @@ class Pool:
                             self.deadline.took(trio.current_time() - began, window_s)
                     finally:
                         del self._decoding[index]
+                        self.busy_s["final" if final else "partial"] += trio.current_time() - began
                         self._partials_decoding -= not final
                         board.queue.done(key)
                         board.wake()

@@ -160,6 +160,10 @@ class Transcriber:
             "trio_audio_transcripts",
             lambda: {f'status="{k}"': float(v) for k, v in sorted(board.counts.items())},
         )
+        metrics.gauge(  # the workers' time decoding finals and partials (wall seconds)
+            "trio_audio_transcribe_decode_seconds",
+            lambda: {f'kind="{k}"': v for k, v in self.pool.busy_s.items()},
+        )
         metrics.gauge(  # finals decoded in the full window, or shortened for a deadline
             "trio_audio_transcribe_final_decodes",
             lambda: {f'window="{k}"': float(deadline.counts[k]) for k in ("full", "short")},

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import httpx
 import numpy as np
 import soundfile as sf
 import trio
@@ -145,6 +147,7 @@ class Heard:
     short: int = 0
     began: float = 0.0
     cpu_s: float = 0.0  # (talker 0's) the server's and its workers' CPU during the load
+    decode_s: dict[str, float] = attrs.field(factory=dict)  # (talker 0's) workers' decode time
 
     def latencies(self) -> list[float]:
         return [at - (self.began + self.script.ends_s[i]) for i, at in self.arrivals.items()]
@@ -259,8 +262,20 @@ async def one_load(
                     clients.start_soon(partial(client, server.ws_url, n, heard[n],
                                                one_session=one_session))  # fmt: skip
             heard[0].cpu_s = tree_cpu_s(server.process.pid) - before  # the server and workers
+            heard[0].decode_s = await decode_seconds(server.http_url)
             nursery.cancel_scope.cancel()
     return heard
+
+
+async def decode_seconds(http_url: str) -> dict[str, float]:
+    """The workers' decode time so far by kind (final, partial), from ``/metrics``."""
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            text = (await client.get(http_url + "/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    found = re.findall(r'^trio_audio_transcribe_decode_seconds\{kind="(\w+)"\} (\S+)$', text, re.M)
+    return {kind: float(value) for kind, value in found}
 
 
 async def on_screen(http_url: str, heard: Heard, seconds: float) -> None:
@@ -299,6 +314,9 @@ def summary(sessions: int | str, heard: list[Heard], within_s: float, cpu: bool 
     audio_s = sum(h.script.audio.size for h in heard) / RATE
     if cpu and heard[0].cpu_s:
         partials += f"  CPU s per audio s {heard[0].cpu_s / audio_s:.3f}"
+    decoding = sum(heard[0].decode_s.values(), 0.0)
+    if cpu and decoding:
+        partials += f"  partials {heard[0].decode_s.get('partial', 0.0) / decoding:.0%} of decoding"
     return (f"{sessions:>8}  {len(latencies):>4}/{said:<4}  {statistics.median(latencies):6.2f}  "
             f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short:>12}  "
             f"{edits / words:6.1%} ({edits}/{words})  {partials}")  # fmt: skip
