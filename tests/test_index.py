@@ -9,8 +9,10 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_audio.errors import SeqConflict
+from trio_audio.errors import InternalError, SeqConflict
+from trio_audio.metrics import Metrics
 from trio_audio.models import ChunkRecord, Job, Part, new_chunk_id, utc_now
+from trio_audio.store.commit import plan_batch
 from trio_audio.store.index import Index, Place
 from trio_audio.store.plan import NotRead, plan_chunks
 from trio_audio.store.reads import SPAN_GAP, SPAN_MAX, MetaCache, spans
@@ -98,6 +100,18 @@ def test_a_chunk_that_came_to_a_seq_after_the_reads_is_planned_again_not_guessed
     known = {c: metas(index)[c] for c in index.collisions(again)}
     planned = plan_chunks(index, again, reserved, known)
     assert planned[1].meta is None and planned[1].existing is not None  # the stored one
+
+
+def test_the_local_committer_answers_a_chunk_it_cannot_read_with_a_500_and_goes_on() -> None:
+    # The index lists the stored chunk at the job's seq, but its metadata was not read back
+    # (a segment file lost under the service): that write fails, the batch goes on.
+    index = Index()
+    commit(index, made("u", "s", [part("a", seq=0)]))
+    lost, fine = made("u", "s", [part("a", seq=0)]), made("u", "t", [part("b")])
+    plans = plan_batch(index, [lost, fine], {}, Metrics())
+    assert [write for write, _ in plans] == [fine]
+    with pytest.raises(InternalError, match="could not be read"):
+        lost.reply.result()
 
 
 def test_two_jobs_in_one_batch_never_share_a_seq() -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import NotFound, ServiceError
+from ..errors import InternalError, NotFound, ServiceError
 from ..metrics import Metrics
 from ..models import Job, Reply
 from .events import ChunkStored, ChunkUpdated, Committed, Update, Write, deleted_events
 from .index import Index, Place, Planned, Stored
 from .logio import Frame, Record
-from .plan import plan_chunks
+from .plan import NotRead, plan_chunks
 from .reads import MetaCache
 from .record import FRAME_HEADER_SIZE, RecordType
 
@@ -55,6 +55,9 @@ def plan_batch(
         except ServiceError as exc:
             metrics.failed(exc.code)
             write.reply.fail(exc)
+        except NotRead as exc:  # the index lists a chunk the log could not give back
+            metrics.failed(InternalError.code)
+            write.reply.fail(InternalError(f"a stored chunk could not be read: {exc}"))
     return plans
 
 
