@@ -84,6 +84,7 @@ from .stream import Shared, token
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
 PLAN_ATTEMPTS: Final = 4  # plans of one write that lose a compare-and-append, then 503
+NOT_READ_WAIT_S: Final = 0.25  # for the follower to apply a chunk that came to a planned seq
 # Sessions' writes committed side by side (a session's in one). A lane's whole batch is in
 # flight at once, so a few lanes keep enough publishes in flight; more only make smaller
 # batches, each paying its planning and its wait for the follower (at a node's ceiling, 16
@@ -176,6 +177,9 @@ class Committer:
                 write.reply.fail(exc)
             except NotRead:  # a chunk came to one of its seqs while the others were read
                 again.append(write)
+        if again:  # (or one is being deleted elsewhere): let the follower apply it first
+            with trio.move_on_after(NOT_READ_WAIT_S):
+                await self._follower.progress.wait()
         await self._publisher.publish_all(pending, deadline)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._follower.wait_applied(max(seqs, default=0)):
