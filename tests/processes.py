@@ -67,7 +67,8 @@ def on_a_terminal(command: list[str], timeout_s: float = 60) -> str:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([main_fd], [], [], left)[0]:
-                raise AssertionError(f"no end after {timeout_s} s: {out.decode()[-500:]!r}")
+                shown = out.decode(errors="replace")[-500:]
+                raise AssertionError(f"no end after {timeout_s} s: {shown!r}")
             try:
                 data = os.read(main_fd, 65536)
             except OSError as exc:  # EIO: the terminal closed

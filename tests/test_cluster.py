@@ -225,29 +225,31 @@ async def test_deletes_reach_every_node_and_leave_the_stream(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
     store, a, b = await two_nodes(start_server, nats_cluster)
-    async with a.client() as ca, b.client() as cb, connect(a.running.ws_url) as watcher:
-        await start(watcher, "s1")  # a watcher of the session, on the other node
-        ids = []
-        for n in range(4):
-            ids.append((await post(ca, audio(n), session_id="s1")).json()["chunk_id"])
-        other = (await post(ca, audio(9), session_id="s2")).json()["chunk_id"]
-        await eventually(lambda: cb.get(f"/chunks/{other}"), 5)
-        await eventually(lambda: cb.get(f"/chunks/{ids[-1]}"), 5)
-        assert (await cb.delete(f"/chunks/{ids[0]}")).status_code in (200, 204)
-        # Gone at once on the node that answered, and soon on the other.
-        assert (await cb.get(f"/chunks/{ids[0]}")).status_code == 404
-        gone = await eventually(lambda: ca.get(f"/chunks/{ids[0]}"), 5, missing=200)
-        assert gone.status_code == 404
-        with trio.fail_after(10):  # deleted on node b: node a's watcher is told
-            told = await receive_type(watcher, "deleted", skip=("metadata",))
-        assert told["chunk_ids"] == [ids[0]] and told["seqs"] == [0]
-        deleted = await cb.delete("/sessions/alice", params={"session_id": "s1"})
-        assert deleted.status_code in (200, 204)
-        gone = await eventually(lambda: ca.get(f"/chunks/{ids[1]}"), 5, missing=200)
-        assert gone.status_code == 404
-        with trio.fail_after(10):
-            told = await receive_type(watcher, "deleted", skip=("metadata",))
-        assert sorted(told["chunk_ids"]) == sorted(ids[1:]) and sorted(told["seqs"]) == [1, 2, 3]
+    async with a.client() as ca, b.client() as cb:
+        async with connect(a.running.ws_url) as watcher:  # (its own 30 s limit)
+            await start(watcher, "s1")  # a watcher of the session, on the other node
+            ids = []
+            for n in range(4):
+                ids.append((await post(ca, audio(n), session_id="s1")).json()["chunk_id"])
+            other = (await post(ca, audio(9), session_id="s2")).json()["chunk_id"]
+            await eventually(lambda: cb.get(f"/chunks/{other}"), 5)
+            await eventually(lambda: cb.get(f"/chunks/{ids[-1]}"), 5)
+            assert (await cb.delete(f"/chunks/{ids[0]}")).status_code in (200, 204)
+            # Gone at once on the node that answered, and soon on the other.
+            assert (await cb.get(f"/chunks/{ids[0]}")).status_code == 404
+            gone = await eventually(lambda: ca.get(f"/chunks/{ids[0]}"), 5, missing=200)
+            assert gone.status_code == 404
+            with trio.fail_after(10):  # deleted on node b: node a's watcher is told
+                told = await receive_type(watcher, "deleted", skip=("metadata",))
+            assert told["chunk_ids"] == [ids[0]] and told["seqs"] == [0]
+            deleted = await cb.delete("/sessions/alice", params={"session_id": "s1"})
+            assert deleted.status_code in (200, 204)
+            gone = await eventually(lambda: ca.get(f"/chunks/{ids[1]}"), 5, missing=200)
+            assert gone.status_code == 404
+            with trio.fail_after(10):
+                told = await receive_type(watcher, "deleted", skip=("metadata",))
+            assert sorted(told["chunk_ids"]) == sorted(ids[1:])
+            assert sorted(told["seqs"]) == [1, 2, 3]
         # A node started now replays the stream: the deleted chunks are not in it.
         c = await start_server(**store, data_dir=a.config.data_dir.parent / "c")
         async with c.client() as cc:
