@@ -168,24 +168,22 @@ class Committer:
         ):
             with contextlib.suppress(NotFound):
                 (known[chunk_id],) = await self._reads.metas([chunk_id])
-        again: list[Write] = []
+        unread: list[Write] = []  # a chunk came to one of its seqs while the others were read
         for write in writes:
             try:
                 pending.append(self._planner.plan(write, reserved, known))
             except ServiceError as exc:
                 self._metrics.failed(exc.code)
                 write.reply.fail(exc)
-            except NotRead:  # a chunk came to one of its seqs while the others were read
-                again.append(write)
-        if again:  # (or one is being deleted elsewhere): let the follower apply it first
-            with trio.move_on_after(NOT_READ_WAIT_S):
-                await self._follower.progress.wait()
+            except NotRead:
+                unread.append(write)
         await self._publisher.publish_all(pending, deadline)
         seqs = [m.seq for item in pending for m in item.messages if m.seq is not None]
         if not await self._follower.wait_applied(max(seqs, default=0)):
             # Stored (the quorum acknowledged it) but not yet followed here: answered from
             # the plan, since a 503 would make a client's retry store it again.
             logger.warning("the follower lags; answering %d writes from their plan", len(seqs))
+        again: list[Write] = []
         for item in pending:
             errors = [m.error for m in item.messages if m.error is not None]
             lost = [e for e in errors if isinstance(e, WrongLastSequence)]
@@ -203,7 +201,10 @@ class Committer:
             async with trio.open_nursery() as nursery:
                 for item in deleted:
                     nursery.start_soon(self._remove_deleted, item)
-        return again
+        if unread:  # planned again once the follower has moved on (the others did not wait)
+            with trio.move_on_after(NOT_READ_WAIT_S):
+                await self._follower.progress.wait()
+        return again + unread
 
     async def _catch_up(self, lost: list[WrongLastSequence]) -> bool:
         """After a lost compare-and-append: wait until this node has the winner, so the next
