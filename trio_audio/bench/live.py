@@ -146,8 +146,6 @@ class Heard:
     finals: int = 0
     short: int = 0
     began: float = 0.0
-    cpu_s: float = 0.0  # (talker 0's) the server's and its workers' CPU during the load
-    decode_s: dict[str, float] = attrs.field(factory=dict)  # (talker 0's) workers' decode time
 
     def latencies(self) -> list[float]:
         return [at - (self.began + self.script.ends_s[i]) for i, at in self.arrivals.items()]
@@ -237,6 +235,27 @@ def seen_on_screen(heard: Heard, shown: dict[str, Any]) -> None:
             heard.arrivals[heard.script.sentence_at(word[2])] = at
 
 
+@attrs.frozen
+class Load:
+    """What a load's talkers heard, and what the server spent on them: its and its
+    workers' CPU seconds, and the workers' decode seconds by kind (final, partial)."""
+
+    heard: list[Heard]
+    cpu_s: float = 0.0
+    decode_s: dict[str, float] = attrs.field(factory=dict)
+
+    def costs(self) -> str:
+        """The server's side of the line: CPU per audio second, partials' share."""
+        out = ""
+        audio_s = sum(h.script.audio.size for h in self.heard) / RATE
+        if self.cpu_s:
+            out += f"  CPU s per audio s {self.cpu_s / audio_s:.3f}"
+        decoding = sum(self.decode_s.values(), 0.0)
+        if decoding:
+            out += f"  partials {self.decode_s.get('partial', 0.0) / decoding:.0%} of decoding"
+        return out
+
+
 async def one_load(
     sessions: int,
     seconds: float,
@@ -244,7 +263,7 @@ async def one_load(
     kind: str = "real",
     one_session: bool = False,
     console: bool = False,
-) -> list[Heard]:
+) -> Load:
     """*sessions* talkers on a fresh server; with *console*, talker 0 is the web console."""
     heard = [Heard(script(seconds, n, sessions, kind)) for n in range(sessions)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,10 +280,10 @@ async def one_load(
                 for n in range(int(console), sessions):
                     clients.start_soon(partial(client, server.ws_url, n, heard[n],
                                                one_session=one_session))  # fmt: skip
-            heard[0].cpu_s = tree_cpu_s(server.process.pid) - before  # the server and workers
-            heard[0].decode_s = await decode_seconds(server.http_url)
+            cpu_s = tree_cpu_s(server.process.pid) - before  # the server and its workers
+            decode_s = await decode_seconds(server.http_url)
             nursery.cancel_scope.cancel()
-    return heard
+    return Load(heard, cpu_s, decode_s)
 
 
 async def decode_seconds(http_url: str) -> dict[str, float]:
@@ -288,8 +307,8 @@ def _p95(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
 
 
-def summary(sessions: int | str, heard: list[Heard], within_s: float, cpu: bool = True) -> str:
-    """One line of the table for a load."""
+def summary(sessions: int | str, heard: list[Heard], within_s: float) -> str:
+    """One line of the table for what *heard* got (a load's talkers, or one of them)."""
     latencies = sorted(x for h in heard for x in h.latencies())
     said = sum(len(h.script.texts) for h in heard)
     if not latencies:
@@ -311,12 +330,6 @@ def summary(sessions: int | str, heard: list[Heard], within_s: float, cpu: bool 
     if firsts:
         p95_first = _p95(firsts)
         partials += f" {statistics.median(firsts):.2f}/{p95_first:.2f}"
-    audio_s = sum(h.script.audio.size for h in heard) / RATE
-    if cpu and heard[0].cpu_s:
-        partials += f"  CPU s per audio s {heard[0].cpu_s / audio_s:.3f}"
-    decoding = sum(heard[0].decode_s.values(), 0.0)
-    if cpu and decoding:
-        partials += f"  partials {heard[0].decode_s.get('partial', 0.0) / decoding:.0%} of decoding"
     return (f"{sessions:>8}  {len(latencies):>4}/{said:<4}  {statistics.median(latencies):6.2f}  "
             f"{p95:6.2f}  {latencies[-1]:6.2f}  {kept:>4}  {short:>12}  "
             f"{edits / words:6.1%} ({edits}/{words})  {partials}")  # fmt: skip
@@ -356,11 +369,11 @@ def main() -> None:
     print(f"{'sessions':>8}  {'heard/said':>9}  {'p50 s':>6}  {'p95 s':>6}  {'max s':>6}  "
           f"kept  {'short window':>12}  WER  partials")  # fmt: skip
     for sessions in (int(s) for s in args.sessions.split(",")):
-        heard = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech,
-                         args.one_session, args.console)  # fmt: skip
-        print(summary(sessions, heard, args.within_s), flush=True)
+        load = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech,
+                        args.one_session, args.console)  # fmt: skip
+        print(summary(sessions, load.heard, args.within_s) + load.costs(), flush=True)
         if args.console:
-            print(summary("console", heard[:1], args.within_s, cpu=False), flush=True)
+            print(summary("console", load.heard[:1], args.within_s), flush=True)
 
 
 if __name__ == "__main__":
