@@ -124,6 +124,24 @@ def test_the_next_window_starts_at_the_last_word_a_decode_stopped_after() -> Non
     assert whisper.seek(size, tail, ended=False) == size
 
 
+def test_words_said_after_the_audio_ends_are_left_out() -> None:
+    # A short window's decode of "Please try again." (1.5 s), prompted with the sentence
+    # before, said it twice: the second time at the audio's last 20 ms, with no length.
+    said = [Word("Please", 0, 580, 0.9), Word("try", 580, 880, 0.9),
+            Word("again.", 880, 1400, 0.9), Word("Please", 1480, 1480, 0.4),
+            Word("try", 1480, 1480, 0.4), Word("again.", 1480, 1480, 0.4)]  # fmt: skip
+    assert whisper.unheard_tail(said, 1500.0) == said[:3]
+    # Words the audio holds stay: one cut by its end (it began earlier); a real last word
+    # the alignment squeezed to the end ("hallway light", "light" at 21,380-21,380 ms of
+    # 21,403), which says something new; and nothing at all when nothing is said.
+    cut = [*said[:3], Word("and", 1440, 1500, 0.8)]
+    assert whisper.unheard_tail(cut, 1500.0) == cut
+    squeezed = [Word("hallway", 20_360, 21_380, 0.9), Word("light", 21_380, 21_380, 0.9)]
+    assert whisper.unheard_tail(squeezed, 21_403.0) == squeezed
+    assert whisper.unheard_tail(said[:3], 1500.0) == said[:3]
+    assert whisper.unheard_tail([], 1500.0) == []
+
+
 def test_a_window_of_utterances_the_decoder_stops_short_of_is_heard_to_its_end(
     engine: whisper.WhisperEngine,
 ) -> None:

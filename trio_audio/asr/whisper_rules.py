@@ -1,6 +1,7 @@
 """The whisper engine's pure rules: where a window's decode ends and the next one starts, the
-encoder window an utterance gets, a decode that repeats itself, and words shaped from tokens
-(punctuation merged, sentence ends bounded, number pieces glued).
+encoder window an utterance gets, a decode that repeats itself, words said after the audio
+ends, and words shaped from tokens (punctuation merged, sentence ends bounded, number pieces
+glued).
 
 Parts follow faster-whisper (MIT licence, Copyright (c) 2023 SYSTRAN): the split of a
 decode into segments, the seek from the last word, the sentence-boundary limit and the merge
@@ -20,6 +21,7 @@ RATE: Final = 16000
 HOP: Final = 160  # 10 ms: 100 mel frames per second
 WINDOW_FRAMES: Final = 3000  # Whisper hears 30 s at a time
 SEEK_MIN_S: Final = 1.0  # audio left after a window's last word worth another window
+UNHEARD_MS: Final = 40.0  # two alignment steps: a word this short, this close to the end
 PREPEND_PUNCTUATION: Final = "\"'“¿([{-"
 APPEND_PUNCTUATION: Final = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - Whisper's own set
 SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
@@ -95,6 +97,30 @@ def seek(size: int, words: list[Word], ended: bool) -> int:
     if size - frames * HOP < SEEK_MIN_S * RATE:
         return size
     return frames * HOP
+
+
+def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
+    """*words* without an echo at their end: a run of words the alignment found no audio
+    for (each starting within ``UNHEARD_MS`` of the end of the window's *duration_ms* of
+    audio and lasting less than that) that only says again the words just before it. A
+    short window, its prompt ending in what the utterance says, can have the decoder say
+    the utterance twice ("Please try again. Please try again.", the second at the audio's
+    last 20 ms with no length). A run that says something else stays: the alignment can
+    squeeze a real last word to the end of the audio too."""
+    end = len(words)
+    while end:
+        word = words[end - 1]
+        if word.end_ms - word.start_ms >= UNHEARD_MS or duration_ms - word.start_ms >= UNHEARD_MS:
+            break
+        end -= 1
+    run = len(words) - end
+    if run and run <= end and _plain(words[end - run : end]) == _plain(words[end:]):
+        return words[:end]
+    return words
+
+
+def _plain(words: list[Word]) -> list[str]:
+    return ["".join(c for c in w.word.lower() if c.isalnum()) for w in words]
 
 
 def looping(tokens: list[int], times: int = 3, longest: int = 12) -> bool:
