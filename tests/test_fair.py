@@ -71,3 +71,20 @@ def test_a_waiting_partial_gets_a_turn_while_finals_keep_coming() -> None:
     assert order.index("live-partial") == FINALS_PER_PARTIAL
     assert order[:FINALS_PER_PARTIAL] == [f"final{n}" for n in range(FINALS_PER_PARTIAL)]  # first
     assert sorted(order) == sorted([*(f"final{n}" for n in range(6)), "live-partial"])
+
+
+def test_a_final_not_yet_taken_can_be_taken_back() -> None:
+    # An early final whose utterance went on: taken back, the session's others keep their
+    # order; one already taken (being decoded) cannot be.
+    queue: FairQueue[str, str] = FairQueue()
+    queue.put_final("a", "a0")
+    queue.put_final("a", "early")
+    queue.put_final("b", "b0")
+    assert queue.withdraw("a", "early") and not queue.withdraw("a", "early")
+    assert queue.finals_waiting("a") == 1
+    assert queue.take() == ("a", "a0", True)
+    assert not queue.withdraw("a", "a0")
+    queue.done("a")
+    assert drain(queue) == ["b0"]
+    queue.put_final("c", "c0")
+    assert queue.withdraw("c", "c0") and queue.finals_waiting() == 0 and queue.take() is None

@@ -308,6 +308,47 @@ async def test_on_end_every_final_reaches_the_client_with_words_before_session_e
     assert summary["transcript"]["words"] == [w for m in finals for w in m["words"]]
 
 
+def early_outcomes(metrics: str) -> dict[str, int]:
+    name = "trio_audio_transcribe_early_finals"
+    return {line.split('"')[1]: int(float(line.split()[-1]))
+            for line in metrics.splitlines() if line.startswith(name + "{")}  # fmt: skip
+
+
+async def test_a_live_final_is_decoded_once_its_audio_is_known_and_only_if_it_ends_there(
+    start_server: StartServer,
+) -> None:
+    # Half way into the silence after an utterance (vad_gap_ms / 2), its audio is known: it
+    # goes to be decoded then (an early final). A pause that ends in more speech drops it;
+    # one that ends the utterance makes its decode the final.
+    server = await whisper_server(start_server, asr_workers=1, asr_partial_interval_s=0)
+    first, second = speak(SENTENCE), speak(OTHER_SENTENCE)
+    # 150 ms of quiet between the sentences, which the VAD hears as a pause of 300-400 ms:
+    # past half the gap, short of all of it.
+    half = 75 * RATE // 1000
+    joined = [first[: _speech_end(first) + half], second[_speech_start(second) - half :]]
+    audio = np.concatenate([*joined, np.zeros(RATE, np.float32)])
+    with trio.fail_after(60):
+        received = await stream_then_end(server.running.ws_url, "early", audio)
+        async with server.client() as client:
+            metrics = (await client.get("/metrics")).text
+    finals = [m for m in received if m["type"] == "transcript" and m["is_final"]]
+    assert normal_words(final_text(finals)) == f"{SENTENCE} {OTHER_SENTENCE}".split()
+    outcomes = early_outcomes(metrics)
+    assert outcomes["used"] == 1  # the one utterance: foreseen in the silence after it
+    assert outcomes["withdrawn"] + outcomes["unused"] == 1  # the pause inside it
+
+
+def _speech_end(audio: np.ndarray) -> int:
+    """The sample after the last one within 35 dB of the loudest."""
+    loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (-35 / 20))
+    return int(loud[-1]) + 1
+
+
+def _speech_start(audio: np.ndarray) -> int:
+    loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (-35 / 20))
+    return int(loud[0])
+
+
 async def read_events(
     client: httpx.AsyncClient, path: str, into: list[dict[str, Any]], ready: trio.Event
 ) -> None:

@@ -46,26 +46,72 @@ def test_speech_then_a_gap_ends_an_utterance_with_pre_roll_and_tail() -> None:
     assert a.open and a.final_until_ms == 500 - PREROLL_MS
     (u,) = spoken(a, 1000, 1000, [(0, 200)])  # speech goes on across the boundary, then stops
     assert u.final and u.start_ms == 500 - PREROLL_MS
-    assert u.end_ms == 1200 + PAD_MS  # 800 ms of silence heard: the pad, whole
+    assert u.end_ms == 1200 + 250  # silence ends it: half of gap_ms, however much was heard
     assert len(u.pcm) == round((u.end_ms - u.start_ms) * 16) * 2
     assert not a.open and a.final_until_ms == 2000
 
 
 def test_speech_is_padded_as_faster_whisper_pads_it() -> None:
-    # Each side of the speech gets PAD_MS of the audio around it; a silence shorter than
-    # twice that is split in half between its two utterances (faster-whisper's
-    # speech_pad_ms), and only silence already heard counts.
+    # Each side of the speech between others gets PAD_MS of the audio around it; a silence
+    # shorter than twice that is split in half between its two utterances (faster-whisper's
+    # speech_pad_ms).
     a = Assembler(gap_ms=500, max_ms=30_000)
     one, two, three = spoken(a, 0, 10_000, [(1000, 2000), (2600, 3600), (6000, 7000)])
     assert (one.start_ms, one.end_ms) == (1000 - PAD_MS, 2300)  # 600 ms of silence split
     assert (two.start_ms, two.end_ms) == (2300, 3600 + PAD_MS)
-    assert (three.start_ms, three.end_ms) == (6000 - PAD_MS, 7000 + PAD_MS)
+    # The last: no speech after it in the chunk, so silence ends it: half of gap_ms.
+    assert (three.start_ms, three.end_ms) == (6000 - PAD_MS, 7000 + 250)
     # Live frames: the utterance closes once gap_ms of silence is heard, and its tail is
-    # half of what was heard, the rest left for speech that may start now.
+    # half of gap_ms, the rest left for speech that may start now.
     b = Assembler(gap_ms=500, max_ms=30_000)
     found = [u for n in range(30) for u in spoken(b, n * 100.0, 100, [(0, 100)] if n < 10 else [])]
     (u,) = found
     assert u.start_ms == 0 and u.end_ms == 1000 + 250
+
+
+@pytest.mark.parametrize("frame_ms", [20, 100, 160, 700])
+def test_the_coming_utterance_is_the_one_silence_then_ends(frame_ms: int) -> None:
+    # Half way into the silence, the utterance it will end is known, whatever the framing:
+    # the same audio, span and context as the one given out once the silence is whole.
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    assert len(spoken(a, 0, 2000, [(500, 1500)])) == 1
+    assert a.coming() is None  # given out already: nothing is coming
+    b = Assembler(gap_ms=500, max_ms=30_000)
+    loud = [(400, 1400), (1700, 2500)]  # 300 ms apart: one utterance, then silence
+    pcm = chunk(6000)
+    for begin, end in loud:
+        pcm[begin * 16 : end * 16] = 8000 + np.arange((end - begin) * 16, dtype=np.int16) % 97
+    seen: list[Utterance] = []
+    closed: list[Utterance] = []
+    for start in range(0, 6000, frame_ms):
+        stop = min(start + frame_ms, 6000)
+        segments = [(max(s, start) - start, min(e, stop) - start) for s, e in loud
+                    if s < stop and e > start]  # fmt: skip
+        closed += b.add(float(start), pcm[start * 16 : stop * 16], segments)
+        coming = b.coming()
+        if coming is not None and not closed:
+            last = 1400 if stop <= 1700 else min(stop, 2500)  # the speech heard last
+            assert stop - last >= 250 and coming.end_ms == last + 250  # its tail heard
+            seen.append(coming)
+    (u,) = closed
+    # In the 300 ms pause, one ending at 1650 was foreseen (an early final to drop); after
+    # the last speech, the one given out, the same whichever frame it was foreseen in.
+    assert {c.span[:2] for c in seen} <= {(0.0, 1650.0), (0.0, 2750.0)}
+    assert [c for c in seen if c.end_ms == 2750.0] and all(c == u for c in seen if c.end_ms > 2000)
+    assert (u.start_ms, u.end_ms) == (0.0, 2750.0)
+    assert b.coming() is None
+
+
+def test_speech_after_the_coming_utterance_makes_another() -> None:
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    spoken(a, 0, 1000, [(200, 700)])  # 300 ms of silence after the speech
+    first = a.coming()
+    assert first is not None and first.end_ms == 950
+    spoken(a, 1000, 100, [(50, 100)])  # speech goes on, 350 ms after: the same utterance
+    assert a.coming() is None and a.open
+    spoken(a, 1100, 300, [])
+    later = a.coming()
+    assert later is not None and later.span != first.span and later.end_ms == 1350
 
 
 def test_finish_ends_the_open_utterance_with_everything_heard() -> None:

@@ -36,6 +36,19 @@ class FairQueue(Generic[K, J]):
     def put_partial(self, key: K, job: J) -> None:
         self._partials[key] = job  # replaces (drops) an older one not yet taken
 
+    def withdraw(self, key: K, job: J) -> bool:
+        """Take back a final not yet taken (*job* itself); whether it was waiting."""
+        queue = self._finals.get(key)
+        if queue is None:
+            return False
+        for i, waiting in enumerate(queue):
+            if waiting is job:
+                del queue[i]
+                if not queue:
+                    del self._finals[key]
+                return True
+        return False
+
     def take(self, *, partials: bool = True) -> tuple[K, J, bool] | None:
         """The next ``(key, job, final)``, or None when nothing can go now (without
         *partials*: no partial may go). The key is busy until ``done(key)``."""

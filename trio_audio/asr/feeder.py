@@ -5,6 +5,14 @@ was not kept) and speech segments go to its session's ``Assembler`` (``utterance
 Utterances finished together go to the fair queue in packs of up to ``PACK_MS`` of audio;
 every ``asr_partial_interval_s`` the open utterance goes too, to be decoded for live words,
 once it holds ``PARTIAL_MIN_SPEECH_MS`` of speech (a decode of less says nothing).
+
+**Early finals.** A live utterance ends after ``vad_gap_ms`` of silence, but its audio is
+known half way into that silence (``Assembler.coming``: its tail is ``vad_gap_ms / 2``). It
+goes to be decoded then, as a final, so its words are ready about when the silence ends it.
+If it does end as foreseen, that decode is its final: the same audio, context and prompt as
+if it had been queued at the close. If speech goes on, the early final is taken back from
+the queue (``withdrawn``), or its decode shows as a partial (``unused``); ``/metrics``
+counts the three outcomes.
 ``finalize`` ends a session's open utterance now and returns once its words are stored; a
 session silent for ``asr_idle_timeout_s`` is finalized and forgotten (``janitor``). The
 feeder waits while the PCM held is over ``asr_backlog_bytes``.
@@ -21,7 +29,7 @@ import trio
 from ..errors import ServiceError
 from .intake import Intake
 from .results import Results
-from .state import Board, Item, SessionState
+from .state import Board, Early, Item, SessionState
 from .utterances import PREROLL_MS, WINDOW_MS, Utterance, packs, single
 
 JANITOR_PERIOD_FRACTION: Final = 0.25  # of the idle timeout
@@ -64,14 +72,17 @@ class Feeder:
             return
         segments = [(s["start_ms"], s["end_ms"]) for s in item.segments]
         samples = np.frombuffer(pcm, dtype="<i2")
-        # What this chunk closes was last heard in it, if it holds speech, else in the last
-        # chunk that did; never longer ago than the silence that closes an utterance (and a
-        # frame): a chunk taken late (a backlog, pending ones at start-up) is no late final.
+        # What this chunk closes was last heard in it, if it holds speech (its audio after the
+        # speech had been heard by the time the chunk came), else in the last chunk that did;
+        # never longer ago than the silence that closes an utterance (and a frame): a chunk
+        # taken late (a backlog, pending ones at start-up) is no late final.
         if segments:
-            session.speech_heard_at = item.since
+            after_ms = item.duration_ms - max(end for _, end in segments)
+            session.speech_heard_at = item.since - max(0.0, after_ms) / 1000
         earliest = trio.current_time() - self.board.config.vad_gap_ms / 1000 - HEARD_SLACK_S
         closed = session.assembler.add(item.offset_ms, samples, segments)
         self._queue_finals(session, closed, max(earliest, session.speech_heard_at))
+        self._maybe_early(session)
         self._maybe_partial(session)
         await self.results.complete(session)
 
@@ -84,6 +95,13 @@ class Feeder:
         request)."""
         if not utterances:
             return
+        session.heard, session.stable = [], 0
+        early = session.early
+        if early is not None and not early.closed:
+            if len(utterances) == 1 and utterances[0].span == early.utterance.span:
+                self._early_closed(session, early)
+                return
+            self._drop_early(session, early)
         if len(utterances) > 1:  # an upload's: each is heard with its neighbours in its pack
             utterances = [u.alone() for u in utterances]
         for utterance in utterances:
@@ -91,14 +109,57 @@ class Feeder:
             self.board.pcm_bytes += utterance.held_bytes
         for pack in packs(utterances, PACK_MS):
             self.board.queue.put_final(session.key, attrs.evolve(pack, since=heard))
-        session.heard, session.stable = [], 0
+        self.board.wake()
+
+    def _maybe_early(self, session: SessionState) -> None:
+        """Queue the utterance silence is ending, once its audio is known (or take back
+        the one queued, when speech went on)."""
+        early = session.early
+        if early is not None and early.closed:
+            return  # the last one's decode is still its final: one at a time
+        coming = session.assembler.coming()
+        if early is not None:
+            if coming is not None and coming.span == early.utterance.span:
+                return  # queued already
+            self._drop_early(session, early)
+        if coming is None:
+            return
+        # As a final's: when its speech was last heard, never longer ago than its tail.
+        tail_s = session.assembler.tail_ms / 1000 + HEARD_SLACK_S
+        since = max(trio.current_time() - tail_s, session.speech_heard_at)
+        pack = attrs.evolve(single(coming), since=since, early=True)
+        session.early = Early(pack)
+        self.board.pcm_bytes += coming.held_bytes
+        self.board.queue.put_final(session.key, pack)
+        self.board.wake()
+
+    def _early_closed(self, session: SessionState, early: Early) -> None:
+        """The utterance ended as foreseen: its early decode is its final (applied now if
+        it is in; ``complete`` then stores it)."""
+        self.board.early_counts["used"] += 1
+        session.finals.append(early.utterance)  # its PCM was counted when it was queued
+        if early.answer is None:
+            early.closed = True  # the worker applies it
+            return
+        session.early = None
+        answer, short, context_ms = early.answer
+        self.results.apply(session, early.pack, answer, short=short, context_ms=context_ms)
+        self.board.wake()
+
+    def _drop_early(self, session: SessionState, early: Early) -> None:
+        """Speech went on: the early final is not the utterance's (a decode of it already
+        under way shows as a partial)."""
+        session.early = None
+        waiting = self.board.queue.withdraw(session.key, early.pack)
+        self.board.early_counts["withdrawn" if waiting else "unused"] += 1
+        self.board.pcm_bytes -= early.utterance.held_bytes
         self.board.wake()
 
     def _maybe_partial(self, session: SessionState) -> None:
         interval = self.board.config.asr_partial_interval_s
         now = trio.current_time()
-        if interval <= 0 or now - session.partial_at < interval:
-            return
+        if interval <= 0 or now - session.partial_at < interval or session.early is not None:
+            return  # (an early final's decode shows its words)
         partial = session.assembler.partial()
         if partial is not None and partial.end_ms - partial.start_ms >= (
             PREROLL_MS + PARTIAL_MIN_SPEECH_MS
@@ -137,6 +198,7 @@ class Feeder:
                 board.end_speech(session)
                 if session.assembler.open:
                     self._end_utterance(session)
+                    await self.results.complete(session)
                     continue  # forgotten on a later round, once its words are stored
                 if session.busy:
                     continue

@@ -22,7 +22,7 @@ from .context import Deadline, prompt
 from .engine import EngineError, EngineOptions
 from .process import WorkerDied, WorkerProcess
 from .results import Results
-from .state import Board
+from .state import Board, SessionState
 from .utterances import Pack
 
 logger = logging.getLogger("trio_audio.asr")
@@ -118,13 +118,35 @@ class Pool:
                     session = board.sessions.get(key)
                     if session is None:
                         continue
-                    if final:
+                    if pack.early:
+                        await self._early_decoded(session, pack, answer, window_s > 0, context_ms)
+                    elif final:
                         await self.results.apply_final(session, pack, answer, short=window_s > 0,
                                                        context_ms=context_ms)  # fmt: skip
                     else:
                         self.results.apply_partial(session, pack, answer)
             finally:
                 await worker.aclose()
+
+    async def _early_decoded(
+        self,
+        session: SessionState,
+        pack: Pack,
+        answer: dict[str, Any],
+        short: bool,
+        context_ms: float,
+    ) -> None:
+        """An early final decoded: the utterance's final if it closed as foreseen, kept for
+        when it does if it is still open (and shown as a partial meanwhile)."""
+        early = session.early
+        if early is not None and early.pack is pack:
+            if early.closed:
+                session.early = None
+                await self.results.apply_final(session, pack, answer, short=short,
+                                               context_ms=context_ms)  # fmt: skip
+                return
+            early.answer = (answer, short, context_ms)
+        self.results.apply_partial(session, pack, answer, context_ms)
 
     def _window_s(self, pack: Pack) -> float:
         """The shortest window for a final pack: the engine's, or the short one when it is

@@ -43,11 +43,23 @@ class Results:
     ) -> None:
         """A final decode's words (of *context_ms* of context, then the pack's audio) to
         the pack's chunks, whose transcripts are then stored."""
+        self.apply(session, pack, answer, short=short, context_ms=context_ms)
+        await self.complete(session)
+
+    def apply(
+        self,
+        session: SessionState,
+        pack: Pack,
+        answer: dict[str, Any],
+        *,
+        short: bool,
+        context_ms: float = 0.0,
+    ) -> None:
+        """A final decode's words to the pack's chunks (``complete`` stores them)."""
         owned = pack.own_words(answer["words"], context_ms) if answer.get("ok") else None
         for i, utterance in enumerate(pack.utterances):
             words = owned[i] if owned is not None else None
             self._apply_utterance(session, utterance, answer, words, short=short)
-        await self.complete(session)
 
     def _apply_utterance(
         self,
@@ -77,17 +89,20 @@ class Results:
             for word in words:
                 place(session.awaiting, word)
 
-    def apply_partial(self, session: SessionState, pack: Pack, answer: dict[str, Any]) -> None:
+    def apply_partial(
+        self, session: SessionState, pack: Pack, answer: dict[str, Any], context_ms: float = 0.0
+    ) -> None:
         """Publish the open utterance's hypothesis as soon as it says something new, with
         how many of its first words the one before agreed on (LocalAgreement-2's stable
-        prefix): a talker sees words from the first decode, and which of them hold."""
+        prefix): a talker sees words from the first decode, and which of them hold. (An
+        early final's decode is one too, heard after *context_ms* of context.)"""
         if not answer.get("ok") or not session.assembler.open:
             return
         if session.finals:  # the utterance it heard has ended meanwhile
             return
         if pack.utterances[-1].start_ms != session.assembler.utt_start_ms:
             return  # ... and another began (its final decoded on another worker)
-        words = pack.own_words(answer["words"])[0]
+        words = pack.own_words(answer["words"], context_ms)[0]
         heard = [w["word"] for w in words]
         agreed = 0
         for old, new in zip(session.heard, heard, strict=False):

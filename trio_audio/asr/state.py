@@ -26,6 +26,7 @@ from .reorder import Reorder
 from .utterances import Assembler, Pack, Utterance
 
 Key = tuple[str, str]
+EARLY_OUTCOMES = ("used", "withdrawn", "unused")  # of early finals (``feeder.py``)
 
 
 class ChunkSource(Protocol):
@@ -84,6 +85,22 @@ class Span:
 
 
 @attrs.define(eq=False)
+class Early:
+    """An early final: the utterance that silence is ending (``Assembler.coming``), queued
+    to be decoded before the rest of that silence is heard. If the utterance closes as
+    foreseen, its decode is its final; if speech goes on, it is dropped (its words, if
+    already decoded, were a partial)."""
+
+    pack: Pack
+    closed: bool = False  # the utterance closed as foreseen: the decode is its final
+    answer: tuple[dict[str, Any], bool, float] | None = None  # decoded: (answer, short, context)
+
+    @property
+    def utterance(self) -> Utterance:
+        return self.pack.utterances[0]
+
+
+@attrs.define(eq=False)
 class SessionState:
     key: Key
     activity: vad.SessionActivity
@@ -100,6 +117,7 @@ class SessionState:
     stable: int = 0  # of those, the first words the hypothesis before agreed on
     completing: trio.Lock = attrs.field(factory=trio.Lock)
     previous: PreviousWords = attrs.field(factory=PreviousWords)  # for the next prompt
+    early: Early | None = None  # the open (or just closed) utterance's early final
     vocabulary: tuple[str, ...] = ()  # words the session expects
 
     @property
@@ -118,6 +136,9 @@ class Board:
     limiter: trio.CapacityLimiter
     sessions: dict[Key, SessionState] = attrs.field(init=False, factory=dict)
     counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    early_counts: collections.Counter[str] = attrs.field(  # early finals by outcome
+        init=False, factory=collections.Counter
+    )
     # PCM held: chunks not yet assembled and utterances not decoded
     pcm_bytes: int = attrs.field(init=False, default=0)
     running: bool = attrs.field(init=False, default=False)

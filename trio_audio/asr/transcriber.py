@@ -61,7 +61,7 @@ from .feeder import Feeder
 from .intake import Intake
 from .pool import Pool
 from .results import Results
-from .state import Board, ChunkSource, Key, SessionState
+from .state import EARLY_OUTCOMES, Board, ChunkSource, Key, SessionState
 
 __all__ = ["ChunkSource", "Transcriber"]
 
@@ -163,6 +163,11 @@ class Transcriber:
         metrics.gauge(  # the workers' time decoding finals and partials (wall seconds)
             "trio_audio_transcribe_decode_seconds",
             lambda: {f'kind="{k}"': v for k, v in self.pool.busy_s.items()},
+        )
+        metrics.gauge(  # early finals: the utterance ended as foreseen, or speech went on (its
+            # early final taken back before a worker took it, or decoded for nothing)
+            "trio_audio_transcribe_early_finals",
+            lambda: {f'outcome="{k}"': float(board.early_counts[k]) for k in EARLY_OUTCOMES},
         )
         metrics.gauge(  # finals decoded in the full window, or shortened for a deadline
             "trio_audio_transcribe_final_decodes",

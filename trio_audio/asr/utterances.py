@@ -8,9 +8,11 @@ utterance is decoded once.
 
 Its speech is padded as faster-whisper pads the speech its VAD finds (``speech_pad_ms``):
 ``PAD_MS`` of the audio before the first speech and after the last, and a silence shorter
-than twice that is split in half between the utterances on either side. The silence known
-when an utterance closes is what decides its tail: all of it when the next speech is in the
-same chunk (an upload), what has been heard so far when it is not (live frames).
+than twice that is split in half between the utterances on either side when the next speech
+is in the same chunk (an upload). When it is not (live frames), the utterance gets half of
+``gap_ms`` (at most ``PAD_MS``), whatever the client's framing: its audio is then known half
+way into the silence that will end it (``coming``), and its decode may begin while the rest of
+that silence is still being heard (the feeder's early final).
 
 An utterance longer than ``max_ms`` is cut at the quietest 30 ms frame of the last
 ``QUIET_SEARCH_MS`` before the limit, never at the limit itself, and the two halves overlap by
@@ -76,6 +78,12 @@ class Utterance:
     def held_bytes(self) -> int:
         return len(self.pcm) + len(self.context)
 
+    @property
+    def span(self) -> tuple[float, float, float, float]:
+        """Where it lies and which words are its own: two utterances of one session with
+        the same span hold the same audio."""
+        return (self.start_ms, self.end_ms, self.keep_from_ms, self.keep_until_ms)
+
     def alone(self) -> Utterance:
         """This utterance without its context."""
         return attrs.evolve(self, context=b"") if self.context else self
@@ -86,6 +94,7 @@ class Assembler:
 
     def __init__(self, gap_ms: float, max_ms: float, start_ms: float = 0.0) -> None:
         self.gap_ms = gap_ms
+        self.tail_ms = min(PAD_MS, gap_ms / 2)  # of an utterance that silence ends
         self.max_ms = max(max_ms, 2 * (OVERLAP_MS + FRAME_MS))
         self._reset(start_ms)
 
@@ -132,7 +141,7 @@ class Assembler:
             self.last_speech_end_ms = end if last is None else max(end, last)
         last = self.last_speech_end_ms
         if self.utt_start_ms is not None and last is not None and self.end_ms - last >= self.gap_ms:
-            out.append(self._close(last + min(PAD_MS, (self.end_ms - last) / 2)))
+            out.append(self._close(last + self.tail_ms))
         while self.utt_start_ms is not None and (
             self.end_ms - self.utt_start_ms > self.max_ms + OVERLAP_MS
         ):
@@ -154,16 +163,29 @@ class Assembler:
         return Utterance(start, self.end_ms, self._pcm(start, self.end_ms), final=False,
                          keep_from_ms=self.keep_from_ms)  # fmt: skip
 
-    def _close(self, end_ms: float) -> Utterance:
+    def coming(self) -> Utterance | None:
+        """The utterance the silence heard so far will end, if it goes on for ``gap_ms``:
+        known once its tail is heard, before it is given out (None when there is none)."""
+        last = self.last_speech_end_ms
+        if self.utt_start_ms is None or last is None or self.end_ms - last < self.tail_ms:
+            return None
+        return self._closing(last + self.tail_ms)
+
+    def _closing(self, end_ms: float) -> Utterance:
+        """The open utterance, ended at *end_ms*."""
         assert self.utt_start_ms is not None
         end_ms = min(end_ms, self.end_ms)
         start = self.utt_start_ms
-        pcm = self._pcm(start, end_ms)
         # The utterance before as context: only a whole one just before (not a cut piece,
         # which overlaps this one already).
         near = self.keep_from_ms == -math.inf and start - self.closed_until_ms < CONTEXT_GAP_MS
-        utterance = Utterance(start, end_ms, pcm, final=True, keep_from_ms=self.keep_from_ms,
-                              context=self.context if near else b"")  # fmt: skip
+        return Utterance(start, end_ms, self._pcm(start, end_ms), final=True,
+                         keep_from_ms=self.keep_from_ms,
+                         context=self.context if near else b"")  # fmt: skip
+
+    def _close(self, end_ms: float) -> Utterance:
+        utterance = self._closing(end_ms)
+        pcm, end_ms = utterance.pcm, utterance.end_ms
         self.utt_start_ms = None
         self.last_speech_end_ms = None
         self.keep_from_ms = -math.inf
@@ -226,6 +248,7 @@ class Pack:
     utterances: tuple[Utterance, ...]
     at_ms: tuple[float, ...]  # where each utterance starts in ``pcm``
     since: float = 0.0  # when its speech was last heard (the caller's clock): deadlines
+    early: bool = False  # an utterance not given out yet: its decode, foreseen (``coming``)
 
     @property
     def pcm(self) -> bytes:

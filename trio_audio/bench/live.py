@@ -243,6 +243,7 @@ class Load:
     heard: list[Heard]
     cpu_s: float = 0.0
     decode_s: dict[str, float] = attrs.field(factory=dict)
+    early: dict[str, float] = attrs.field(factory=dict)  # early finals by outcome
 
     def costs(self) -> str:
         """The server's side of the line: CPU per audio second, partials' share."""
@@ -253,6 +254,8 @@ class Load:
         decoding = sum(self.decode_s.values(), 0.0)
         if decoding:
             out += f"  partials {self.decode_s.get('partial', 0.0) / decoding:.0%} of decoding"
+        if self.early:
+            out += "  early finals " + " ".join(f"{k} {v:.0f}" for k, v in self.early.items())
         return out
 
 
@@ -281,20 +284,22 @@ async def one_load(
                     clients.start_soon(partial(client, server.ws_url, n, heard[n],
                                                one_session=one_session))  # fmt: skip
             cpu_s = tree_cpu_s(server.process.pid) - before  # the server and its workers
-            decode_s = await decode_seconds(server.http_url)
+            decode_s = await metric(server.http_url, "trio_audio_transcribe_decode_seconds")
+            early = await metric(server.http_url, "trio_audio_transcribe_early_finals")
             nursery.cancel_scope.cancel()
-    return Load(heard, cpu_s, decode_s)
+    return Load(heard, cpu_s, decode_s, early)
 
 
-async def decode_seconds(http_url: str) -> dict[str, float]:
-    """The workers' decode time so far by kind (final, partial), from ``/metrics``."""
+async def metric(http_url: str, name: str) -> dict[str, float]:
+    """A gauge's values by its one label's value, from ``/metrics``: the workers' decode
+    time by kind (final, partial), early finals by outcome."""
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             text = (await client.get(http_url + "/metrics")).text
     except httpx.HTTPError:
         return {}
-    found = re.findall(r'^trio_audio_transcribe_decode_seconds\{kind="(\w+)"\} (\S+)$', text, re.M)
-    return {kind: float(value) for kind, value in found}
+    found = re.findall(rf'^{name}\{{\w+="(\w+)"\}} (\S+)$', text, re.M)
+    return {label: float(value) for label, value in found}
 
 
 async def on_screen(http_url: str, heard: Heard, seconds: float) -> None:
@@ -335,6 +340,16 @@ def summary(sessions: int | str, heard: list[Heard], within_s: float) -> str:
             f"{edits / words:6.1%} ({edits}/{words})  {partials}")  # fmt: skip
 
 
+def print_errors(heard: list[Heard]) -> None:
+    """Each sentence a talker's finals got wrong: edits, what was said, what was heard."""
+    for n, h in enumerate(heard):
+        for i, text in enumerate(h.script.texts):
+            words = " ".join(h.said.get(i, []))
+            edits, _ = word_errors(text, words)
+            if edits:
+                print(f"  talker {n} sentence {i}: {edits} | {text} | {words}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", default="1,2,4,6,8")
@@ -356,6 +371,9 @@ def main() -> None:
         "decoder's prompt for the next)",
     )
     parser.add_argument(
+        "--details", action="store_true", help="print each sentence heard wrong, and as what"
+    )
+    parser.add_argument(
         "--console",
         action="store_true",
         help="talker 0 is the web console in headless Chromium (Stream a file), its words "
@@ -372,6 +390,8 @@ def main() -> None:
         load = trio.run(one_load, sessions, args.seconds, args.server_args, args.speech,
                         args.one_session, args.console)  # fmt: skip
         print(summary(sessions, load.heard, args.within_s) + load.costs(), flush=True)
+        if args.details:
+            print_errors(load.heard)
         if args.console:
             print(summary("console", load.heard[:1], args.within_s), flush=True)
 
