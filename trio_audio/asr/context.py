@@ -89,10 +89,11 @@ class PreviousWords:
 
 class Deadline:
     """Whether a final decoded alone goes in the short window: when waiting so far plus a
-    full-window decode would pass the deadline. A decode's time is reckoned as TCP reckons a
-    round trip's (RFC 6298): the mean of recent full-window decodes plus ``SPREAD`` times
-    their mean deviation, so a final is shortened when a slow decode (one sharing the CPU
-    with another) would be late, not only an average one."""
+    full-window final would pass the deadline. A final's time (its decode, then its words
+    stored) is reckoned as TCP reckons a round trip's (RFC 6298): the mean of recent
+    full-window ones plus ``SPREAD`` times their mean deviation, so a final is shortened
+    when a slow decode (one sharing the CPU with another) would be late, not only an
+    average one."""
 
     def __init__(self, deadline_s: float, full_window_s: float, short_window_s: float) -> None:
         self.deadline_s = deadline_s
@@ -123,7 +124,8 @@ class Deadline:
         return 0.0
 
     def took(self, seconds: float, window_s: float) -> None:
-        """A final decode in the full window (*window_s* 0) took *seconds*."""
+        """A final in the full window (*window_s* 0) took *seconds* from its decode's
+        start until its words were stored (an early final: until it was decoded)."""
         if window_s == 0.0:
             self.deviation_s += EWMA_WEIGHT * (abs(seconds - self.mean_s) - self.deviation_s)
             self.mean_s += EWMA_WEIGHT * (seconds - self.mean_s)

@@ -5,7 +5,8 @@ Each finished utterance (or pack of them) is decoded once, by whichever worker i
 session, so a long file cannot hold other sessions' words. A partial is decoded only when no
 final waits and never on every worker at once (one stays free for the next final, when there
 are two or more), greedily in a window as short as its audio allows. A final is decoded in
-the engine's window, or the short one when it is late (``context.Deadline``). Each worker
+the engine's window, or the short one when it is late (``context.Deadline``); its words
+are stored while the worker goes on to its next decode. Each worker
 runs its process in a nursery of its own (``process.py``); a dead one is started again for
 the next utterance, and the decode it failed reads as ``{ok: false, error}``.
 """
@@ -107,8 +108,6 @@ class Pool:
                     )  # fmt: skip
                     try:
                         answer = await self._decode(worker, processes, pack, pcm, text, window_s)
-                        if final and len(pack.utterances) == 1:  # as a live final is
-                            self.deadline.took(trio.current_time() - began, window_s)
                     finally:
                         del self._decoding[index]
                         self.busy_s["final" if final else "partial"] += trio.current_time() - began
@@ -118,35 +117,55 @@ class Pool:
                     session = board.sessions.get(key)
                     if session is None:
                         continue
+                    short = window_s > 0
                     if pack.early:
-                        await self._early_decoded(session, pack, answer, window_s > 0, context_ms)
+                        applied = self._early_decoded(session, pack, answer, short, context_ms)
                     elif final:
-                        await self.results.apply_final(session, pack, answer, short=window_s > 0,
-                                                       context_ms=context_ms)  # fmt: skip
+                        self.results.apply(session, pack, answer, short=short,
+                                           context_ms=context_ms)  # fmt: skip
+                        applied = True
                     else:
                         self.results.apply_partial(session, pack, answer)
+                        continue
+                    # The words are placed (the session's next decode may go); the worker
+                    # goes on while they are stored.
+                    alone = len(pack.utterances) == 1  # as a live final is
+                    if applied:
+                        processes.start_soon(self._store, session, began, window_s, alone)
+                    elif alone:  # an early final kept until its utterance closes
+                        self.deadline.took(trio.current_time() - began, window_s)
             finally:
                 await worker.aclose()
 
-    async def _early_decoded(
+    async def _store(
+        self, session: SessionState, began: float, window_s: float, alone: bool
+    ) -> None:
+        """Store a final's words; a live final's time, from its decode's start until its
+        words are stored (and so sent), is what its deadline is reckoned with."""
+        await self.results.complete(session)
+        if alone:
+            self.deadline.took(trio.current_time() - began, window_s)
+
+    def _early_decoded(
         self,
         session: SessionState,
         pack: Pack,
         answer: dict[str, Any],
         short: bool,
         context_ms: float,
-    ) -> None:
-        """An early final decoded: the utterance's final if it closed as foreseen, kept for
-        when it does if it is still open (and shown as a partial meanwhile)."""
+    ) -> bool:
+        """An early final decoded: the utterance's final if it closed as foreseen (True:
+        its words are placed, to be stored), kept for when it does if it is still open (and
+        shown as a partial meanwhile)."""
         early = session.early
         if early is not None and early.pack is pack:
             if early.closed:
                 session.early = None
-                await self.results.apply_final(session, pack, answer, short=short,
-                                               context_ms=context_ms)  # fmt: skip
-                return
+                self.results.apply(session, pack, answer, short=short, context_ms=context_ms)
+                return True
             early.answer = (answer, short, context_ms)
         self.results.apply_partial(session, pack, answer, context_ms)
+        return False
 
     def _window_s(self, pack: Pack) -> float:
         """The shortest window for a final pack: the engine's, or the short one when it is

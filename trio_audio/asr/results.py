@@ -32,20 +32,6 @@ class Results:
     def __init__(self, board: Board) -> None:
         self.board = board
 
-    async def apply_final(
-        self,
-        session: SessionState,
-        pack: Pack,
-        answer: dict[str, Any],
-        *,
-        short: bool,
-        context_ms: float = 0.0,
-    ) -> None:
-        """A final decode's words (of *context_ms* of context, then the pack's audio) to
-        the pack's chunks, whose transcripts are then stored."""
-        self.apply(session, pack, answer, short=short, context_ms=context_ms)
-        await self.complete(session)
-
     def apply(
         self,
         session: SessionState,
@@ -55,7 +41,8 @@ class Results:
         short: bool,
         context_ms: float = 0.0,
     ) -> None:
-        """A final decode's words to the pack's chunks (``complete`` stores them)."""
+        """A final decode's words (of *context_ms* of context, then the pack's audio) to
+        the pack's chunks, and to the session's previous words (``complete`` stores them)."""
         owned = pack.own_words(answer["words"], context_ms) if answer.get("ok") else None
         for i, utterance in enumerate(pack.utterances):
             words = owned[i] if owned is not None else None
