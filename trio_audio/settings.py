@@ -336,7 +336,7 @@ class Speech:
         metadata={"help": "whisper: the window a live final late for its deadline is decoded in"},
     )
     asr_final_deadline_s: float = attrs.field(
-        default=1.5,
+        default=1.4,  # finals at p95 <= 1.5 s at 8 talkers on 2 cores (docs/speech.md)
         validator=_positive,
         metadata={"help": "a live final not out this long after its speech ends: short window"},
     )
