@@ -15,6 +15,7 @@ from trio_audio.asr.utterances import (
     Utterance,
     packs,
     single,
+    without_echo,
 )
 
 RATE = 16000
@@ -100,6 +101,20 @@ def test_the_coming_utterance_is_the_one_silence_then_ends(frame_ms: int) -> Non
     assert [c for c in seen if c.end_ms == 2750.0] and all(c == u for c in seen if c.end_ms > 2000)
     assert (u.start_ms, u.end_ms) == (0.0, 2750.0)
     assert b.coming() is None
+
+
+def test_finish_after_the_tail_of_silence_ends_the_utterance_as_silence_would() -> None:
+    # A stream ended (or an upload's last utterance) with at least the tail of silence
+    # after its speech: the utterance coming foresaw, so its early final is its final.
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    spoken(a, 0, 1000, [(200, 700)])  # 300 ms of silence after the speech
+    coming = a.coming()
+    (u,) = a.finish()
+    assert coming is not None and u == coming and u.end_ms == 950
+    b = Assembler(gap_ms=500, max_ms=30_000)
+    spoken(b, 0, 1000, [(200, 900)])  # 100 ms: all of it
+    (v,) = b.finish()
+    assert v.end_ms == 1000
 
 
 def test_speech_after_the_coming_utterance_makes_another() -> None:
@@ -225,3 +240,29 @@ def test_a_sentence_cut_by_a_pause_is_decoded_hearing_its_start_as_context() -> 
     (third,) = spoken(a, 8700, 1000, [])
     assert third.start_ms - second.end_ms >= CONTEXT_GAP_MS and third.context == b""
     assert third.alone() is third and second.alone().context == b""
+
+
+def test_a_word_of_the_utterance_before_heard_again_in_the_context_is_not_said_twice() -> None:
+    # "Front" [pause] "Left": the second utterance hears the first's audio as context, and
+    # the alignment can put "Front." just past the context, before the second's speech.
+    a = Assembler(gap_ms=500, max_ms=30_000)
+    spoken(a, 0, 1000, [(300, 700)])
+    (first,) = spoken(a, 1000, 1000, [(300, 800)])  # 600 ms on: its speech begins at 1300
+    (second,) = a.finish()
+    assert first.speech_ms == 300 and (second.start_ms, second.speech_ms) == (1000, 1300)
+    assert second.context == first.pcm  # the utterance before, heard first
+
+    def word(text: str, start_ms: float) -> dict[str, object]:
+        return {"word": text, "start_ms": start_ms, "end_ms": start_ms + 200}
+
+    heard = [word("Front.", 1040), word("Left.", 1320)]
+    assert without_echo(heard, ["Front."], 1300) == heard[1:]
+    # Kept: said again once its own speech began; a word the utterance before did not end
+    # with; nothing to compare with.
+    again = [word("Front.", 1310), word("Left.", 1600)]
+    assert without_echo(again, ["Front."], 1300) == again
+    assert without_echo(heard, ["Rear."], 1300) == heard
+    assert without_echo(heard, [], 1300) == heard
+    # Several words: the most that match.
+    light = [word("the", 1050), word("light", 1120), word("please", 1350)]
+    assert without_echo(light, ["turn", "on", "the", "light."], 1300) == light[2:]

@@ -140,6 +140,9 @@ def test_words_said_after_the_audio_ends_are_left_out() -> None:
     assert whisper.unheard_tail(squeezed, 21_403.0) == squeezed
     assert whisper.unheard_tail(said[:3], 1500.0) == said[:3]
     assert whisper.unheard_tail([], 1500.0) == []
+    # One word said again may be said again ("bye bye"): it stays.
+    bye = [Word("Bye", 600, 900, 0.9), Word("bye.", 1480, 1480, 0.6)]
+    assert whisper.unheard_tail(bye, 1500.0) == bye
 
 
 def test_a_window_of_utterances_the_decoder_stops_short_of_is_heard_to_its_end(

@@ -81,6 +81,10 @@ class PreviousWords:
         self.words.extend(added)
         self.last = min(len(added), len(self.words))
 
+    def of_last(self) -> list[str]:
+        """The last utterance's words."""
+        return list(self.words)[len(self.words) - self.last :]
+
     def before_last(self) -> list[str]:
         """The words before the last utterance's: the prompt of a decode that hears that
         utterance's audio as its context."""

@@ -128,8 +128,7 @@ class Feeder:
         tail_s = session.assembler.tail_ms / 1000 + HEARD_SLACK_S
         since = max(trio.current_time() - tail_s, session.speech_heard_at)
         pack = attrs.evolve(single(coming), since=since, early=True)
-        session.early = Early(pack)
-        self.board.pcm_bytes += coming.held_bytes
+        session.early = Early(pack)  # its PCM is the open utterance's: counted once closed
         self.board.queue.put_final(session.key, pack)
         self.board.wake()
 
@@ -137,7 +136,8 @@ class Feeder:
         """The utterance ended as foreseen: its early decode is its final (applied now if
         it is in; ``complete`` then stores it)."""
         self.board.early_counts["used"] += 1
-        session.finals.append(early.utterance)  # its PCM was counted when it was queued
+        session.finals.append(early.utterance)
+        self.board.pcm_bytes += early.utterance.held_bytes
         if early.answer is None:
             early.closed = True  # the worker applies it
             return
@@ -152,7 +152,6 @@ class Feeder:
         session.early = None
         waiting = self.board.queue.withdraw(session.key, early.pack)
         self.board.early_counts["withdrawn" if waiting else "unused"] += 1
-        self.board.pcm_bytes -= early.utterance.held_bytes
         self.board.wake()
 
     def _maybe_partial(self, session: SessionState) -> None:

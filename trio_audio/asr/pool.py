@@ -156,13 +156,17 @@ class Pool:
     ) -> bool:
         """An early final decoded: the utterance's final if it closed as foreseen (True:
         its words are placed, to be stored), kept for when it does if it is still open (and
-        shown as a partial meanwhile)."""
+        shown as a partial meanwhile); a failed one is let go while it is open."""
         early = session.early
         if early is not None and early.pack is pack:
             if early.closed:
                 session.early = None
                 self.results.apply(session, pack, answer, short=short, context_ms=context_ms)
                 return True
+            if not answer.get("ok"):  # failed while the utterance is open: the close
+                session.early = None  # queues it again, as any final
+                self.board.early_counts["unused"] += 1
+                return False
             early.answer = (answer, short, context_ms)
         self.results.apply_partial(session, pack, answer, context_ms)
         return False

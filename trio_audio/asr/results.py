@@ -19,7 +19,7 @@ import trio
 from ..errors import NotFound, ServiceError
 from ..live import Partial
 from .state import Board, SessionState, Span
-from .utterances import Pack, Utterance
+from .utterances import Pack, Utterance, without_echo
 
 logger = logging.getLogger("trio_audio.asr")
 
@@ -44,6 +44,9 @@ class Results:
         """A final decode's words (of *context_ms* of context, then the pack's audio) to
         the pack's chunks, and to the session's previous words (``complete`` stores them)."""
         owned = pack.own_words(answer["words"], context_ms) if answer.get("ok") else None
+        if owned and context_ms:  # the words of the utterance before, heard again
+            first = pack.utterances[0]
+            owned[0] = without_echo(owned[0], session.previous.of_last(), first.speech_ms)
         for i, utterance in enumerate(pack.utterances):
             words = owned[i] if owned is not None else None
             self._apply_utterance(session, utterance, answer, words, short=short)

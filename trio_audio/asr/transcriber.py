@@ -38,7 +38,7 @@ nursery of its own (``process.py``). Memory is bounded by ``asr_backlog_bytes`` 
 chunks not yet assembled, plus the audio of utterances waiting to be decoded; past it a
 chunk's audio is read back from the log in its turn and the feeder waits for the workers),
 the reorder buffers (``asr_backlog`` chunks per session) and the open utterances (at most
-``asr_max_utterance_s`` each).
+``asr_max_utterance_s`` each, twice while an early final holds a copy of one's audio).
 
 Error handling: a chunk whose audio cannot be read or decoded, or whose utterance's decode
 failed (the worker died, timed out or the engine failed), gets ``transcript.status: failed``

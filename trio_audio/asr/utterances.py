@@ -58,6 +58,7 @@ CONTEXT_MS: Final = 3000.0  # of the utterance before, heard by a decode (not tr
 CONTEXT_GAP_MS: Final = 1000.0  # the most between two utterances for one to be the other's
 WINDOW_MS: Final = 29_500.0  # audio that fits Whisper's 30 s window (as the feeder's packs)
 QUIET_SEARCH_MS: Final = 5000.0
+ECHO_MAX_WORDS: Final = 3  # of the utterance before, heard again in the context
 
 Pcm = npt.NDArray[np.int16]
 
@@ -73,6 +74,7 @@ class Utterance:
     keep_from_ms: float = -math.inf  # words starting before it belong to the one before
     keep_until_ms: float = math.inf  # words starting at or after it belong to the next
     context: bytes = b""  # the audio just before it (of the utterance before), to hear only
+    speech_ms: float = -math.inf  # where its speech began (after its pre-roll)
 
     @property
     def held_bytes(self) -> int:
@@ -103,6 +105,7 @@ class Assembler:
         self.buffer_start_ms = start_ms
         self.end_ms = start_ms  # the timeline position after the last chunk
         self.utt_start_ms: float | None = None
+        self.speech_ms = start_ms  # where the open utterance's speech began
         self.keep_from_ms = -math.inf
         self.last_speech_end_ms: float | None = None
         self.closed_until_ms = start_ms  # the end of the last utterance given out
@@ -136,6 +139,7 @@ class Assembler:
             if self.utt_start_ms is None:
                 earliest = max(self.buffer_start_ms, self.closed_until_ms)
                 self.utt_start_ms = max(earliest, begin - PREROLL_MS)
+                self.speech_ms = begin
                 self.keep_from_ms = -math.inf
             last = self.last_speech_end_ms
             self.last_speech_end_ms = end if last is None else max(end, last)
@@ -150,9 +154,14 @@ class Assembler:
         return out
 
     def finish(self) -> list[Utterance]:
-        """End the open utterance with everything received (no more audio is coming now)."""
+        """End the open utterance (no more audio is coming now): with everything received,
+        or, when at least its tail of silence follows its speech, with that tail, as
+        silence would have ended it (the utterance ``coming`` foresaw)."""
         if self.utt_start_ms is None:
             return []
+        last = self.last_speech_end_ms
+        if last is not None and self.end_ms - last >= self.tail_ms:
+            return [self._close(last + self.tail_ms)]
         return [self._close(self.end_ms)]
 
     def partial(self) -> Utterance | None:
@@ -180,7 +189,7 @@ class Assembler:
         # which overlaps this one already).
         near = self.keep_from_ms == -math.inf and start - self.closed_until_ms < CONTEXT_GAP_MS
         return Utterance(start, end_ms, self._pcm(start, end_ms), final=True,
-                         keep_from_ms=self.keep_from_ms,
+                         keep_from_ms=self.keep_from_ms, speech_ms=self.speech_ms,
                          context=self.context if near else b"")  # fmt: skip
 
     def _close(self, end_ms: float) -> Utterance:
@@ -334,3 +343,23 @@ def _pack(group: list[Utterance]) -> Pack:
         at.append(position)
         position += len(utterance.pcm) / 2 / PER_MS
     return Pack(tuple(group), tuple(at))
+
+
+def without_echo(
+    words: list[dict[str, Any]], before: list[str], speech_ms: float
+) -> list[dict[str, Any]]:
+    """An utterance's own *words* (decoded after its context) without an echo of the
+    utterance before: leading words that start before its speech began and say again the
+    last of *before* (the words the utterance before ended with). Heard in the context and
+    aligned a little late, they would be said twice ("Front. Front. Left.")."""
+    for k in range(min(ECHO_MAX_WORDS, len(words), len(before)), 0, -1):
+        lead = words[:k]
+        if all(w["start_ms"] < speech_ms for w in lead) and _plain(
+            [w["word"] for w in lead]
+        ) == _plain(before[-k:]):
+            return words[k:]
+    return words
+
+
+def _plain(words: list[str]) -> list[str]:
+    return ["".join(c for c in w.lower() if c.isalnum()) for w in words]

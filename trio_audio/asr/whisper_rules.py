@@ -22,6 +22,7 @@ HOP: Final = 160  # 10 ms: 100 mel frames per second
 WINDOW_FRAMES: Final = 3000  # Whisper hears 30 s at a time
 SEEK_MIN_S: Final = 1.0  # audio left after a window's last word worth another window
 UNHEARD_MS: Final = 40.0  # two alignment steps: a word this short, this close to the end
+ECHO_MIN_WORDS: Final = 2  # one word said twice may be said twice ("bye bye")
 PREPEND_PUNCTUATION: Final = "\"'“¿([{-"
 APPEND_PUNCTUATION: Final = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - Whisper's own set
 SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
@@ -105,8 +106,9 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
     audio and lasting less than that) that only says again the words just before it. A
     short window, its prompt ending in what the utterance says, can have the decoder say
     the utterance twice ("Please try again. Please try again.", the second at the audio's
-    last 20 ms with no length). A run that says something else stays: the alignment can
-    squeeze a real last word to the end of the audio too."""
+    last 20 ms with no length). A run that says something else stays, and so does one word
+    said again ("bye bye"): the alignment can squeeze a real last word to the end of the
+    audio too."""
     end = len(words)
     while end:
         word = words[end - 1]
@@ -114,7 +116,11 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
             break
         end -= 1
     run = len(words) - end
-    if run and run <= end and _plain(words[end - run : end]) == _plain(words[end:]):
+    if (
+        run >= ECHO_MIN_WORDS
+        and run <= end
+        and _plain(words[end - run : end]) == _plain(words[end:])
+    ):
         return words[:end]
     return words
 
