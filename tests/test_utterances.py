@@ -47,21 +47,20 @@ def test_speech_then_a_gap_ends_an_utterance_with_pre_roll_and_tail() -> None:
     assert a.open and a.final_until_ms == 500 - PREROLL_MS
     (u,) = spoken(a, 1000, 1000, [(0, 200)])  # speech goes on across the boundary, then stops
     assert u.final and u.start_ms == 500 - PREROLL_MS
-    assert u.end_ms == 1200 + 250  # silence ends it: half of gap_ms, however much was heard
+    assert u.end_ms == 1200 + PAD_MS  # 800 ms of silence after it in its chunk: the pad
     assert len(u.pcm) == round((u.end_ms - u.start_ms) * 16) * 2
     assert not a.open and a.final_until_ms == 2000
 
 
 def test_speech_is_padded_as_faster_whisper_pads_it() -> None:
-    # Each side of the speech between others gets PAD_MS of the audio around it; a silence
-    # shorter than twice that is split in half between its two utterances (faster-whisper's
-    # speech_pad_ms).
+    # Each side of the speech gets PAD_MS of the audio around it; a silence shorter than
+    # twice that is split in half between its two utterances (faster-whisper's
+    # speech_pad_ms), when the chunk holds it (an upload).
     a = Assembler(gap_ms=500, max_ms=30_000)
     one, two, three = spoken(a, 0, 10_000, [(1000, 2000), (2600, 3600), (6000, 7000)])
     assert (one.start_ms, one.end_ms) == (1000 - PAD_MS, 2300)  # 600 ms of silence split
     assert (two.start_ms, two.end_ms) == (2300, 3600 + PAD_MS)
-    # The last: no speech after it in the chunk, so silence ends it: half of gap_ms.
-    assert (three.start_ms, three.end_ms) == (6000 - PAD_MS, 7000 + 250)
+    assert (three.start_ms, three.end_ms) == (6000 - PAD_MS, 7000 + PAD_MS)
     # Live frames: the utterance closes once gap_ms of silence is heard, and its tail is
     # half of gap_ms, the rest left for speech that may start now.
     b = Assembler(gap_ms=500, max_ms=30_000)

@@ -8,11 +8,11 @@ utterance is decoded once.
 
 Its speech is padded as faster-whisper pads the speech its VAD finds (``speech_pad_ms``):
 ``PAD_MS`` of the audio before the first speech and after the last, and a silence shorter
-than twice that is split in half between the utterances on either side when the next speech
-is in the same chunk (an upload). When it is not (live frames), the utterance gets half of
-``gap_ms`` (at most ``PAD_MS``), whatever the client's framing: its audio is then known half
-way into the silence that will end it (``coming``), and its decode may begin while the rest of
-that silence is still being heard (the feeder's early final).
+than twice that is split in half between the utterances on either side when the silence is
+in the chunk that holds the speech (an upload). When it is not (live frames), the utterance
+gets half of ``gap_ms`` (at most ``PAD_MS``), whatever the client's framing: its audio is then
+known half way into the silence that will end it (``coming``), and its decode may begin while
+the rest of that silence is still being heard (the feeder's early final).
 
 An utterance longer than ``max_ms`` is cut at the quietest 30 ms frame of the last
 ``QUIET_SEARCH_MS`` before the limit, never at the limit itself, and the two halves overlap by
@@ -145,7 +145,11 @@ class Assembler:
             self.last_speech_end_ms = end if last is None else max(end, last)
         last = self.last_speech_end_ms
         if self.utt_start_ms is not None and last is not None and self.end_ms - last >= self.gap_ms:
-            out.append(self._close(last + self.tail_ms))
+            # Its speech and the silence after it in this chunk (an upload): half of that
+            # silence, as between utterances; else the tail ``coming`` foresaw.
+            heard_here = last > start_ms
+            out.append(self._close(last + (min(PAD_MS, (self.end_ms - last) / 2) if heard_here
+                                           else self.tail_ms)))  # fmt: skip
         while self.utt_start_ms is not None and (
             self.end_ms - self.utt_start_ms > self.max_ms + OVERLAP_MS
         ):
