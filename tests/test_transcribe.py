@@ -16,6 +16,7 @@ import numpy as np
 import trio
 from trio_websocket import open_websocket_url
 
+from trio_audio.bench.live import speech_span
 from trio_audio.config import Config
 from trio_audio.hub import Message
 from trio_audio.metrics import Metrics
@@ -325,7 +326,7 @@ async def test_a_live_final_is_decoded_once_its_audio_is_known_and_only_if_it_en
     # 150 ms of quiet between the sentences, which the VAD hears as a pause of 300-400 ms:
     # past half the gap, short of all of it.
     half = 75 * RATE // 1000
-    joined = [first[: _speech_end(first) + half], second[_speech_start(second) - half :]]
+    joined = [first[: speech_span(first)[1] + half], second[speech_span(second)[0] - half :]]
     audio = np.concatenate([*joined, np.zeros(RATE, np.float32)])
     with trio.fail_after(60):
         received = await stream_then_end(server.running.ws_url, "early", audio)
@@ -336,17 +337,6 @@ async def test_a_live_final_is_decoded_once_its_audio_is_known_and_only_if_it_en
     outcomes = early_outcomes(metrics)
     assert outcomes["used"] == 1  # the one utterance: foreseen in the silence after it
     assert outcomes["withdrawn"] + outcomes["unused"] == 1  # the pause inside it
-
-
-def _speech_end(audio: np.ndarray) -> int:
-    """The sample after the last one within 35 dB of the loudest."""
-    loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (-35 / 20))
-    return int(loud[-1]) + 1
-
-
-def _speech_start(audio: np.ndarray) -> int:
-    loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (-35 / 20))
-    return int(loud[0])
 
 
 async def read_events(

@@ -89,6 +89,7 @@ def test_the_coming_utterance_is_the_one_silence_then_ends(frame_ms: int) -> Non
                     if s < stop and e > start]  # fmt: skip
         closed += b.add(float(start), pcm[start * 16 : stop * 16], segments)
         coming = b.coming()
+        assert b.coming_span() == (None if coming is None else coming.span)
         if coming is not None and not closed:
             last = 1400 if stop <= 1700 else min(stop, 2500)  # the speech heard last
             assert stop - last >= 250 and coming.end_ms == last + 250  # its tail heard

@@ -117,11 +117,12 @@ class Feeder:
         early = session.early
         if early is not None and early.closed:
             return  # the last one's decode is still its final: one at a time
-        coming = session.assembler.coming()
+        span = session.assembler.coming_span()  # (every chunk: no copy of its audio)
         if early is not None:
-            if coming is not None and coming.span == early.utterance.span:
+            if span == early.utterance.span:
                 return  # queued already
             self._drop_early(session, early)
+        coming = session.assembler.coming() if span is not None else None
         if coming is None:
             return
         # As a final's: when its speech was last heard, never longer ago than its tail.

@@ -48,6 +48,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from .engine import same_words
+
 RATE: Final = 16000
 PER_MS: Final = RATE // 1000
 FRAME_MS: Final = 30
@@ -176,13 +178,19 @@ class Assembler:
         return Utterance(start, self.end_ms, self._pcm(start, self.end_ms), final=False,
                          keep_from_ms=self.keep_from_ms)  # fmt: skip
 
-    def coming(self) -> Utterance | None:
-        """The utterance the silence heard so far will end, if it goes on for ``gap_ms``:
-        known once its tail is heard, before it is given out (None when there is none)."""
+    def coming_span(self) -> tuple[float, float, float, float] | None:
+        """The ``span`` of the utterance ``coming`` would give (None when there is none),
+        without copying its audio: a caller that has it already knows it is the same."""
         last = self.last_speech_end_ms
         if self.utt_start_ms is None or last is None or self.end_ms - last < self.tail_ms:
             return None
-        return self._closing(last + self.tail_ms)
+        return (self.utt_start_ms, last + self.tail_ms, self.keep_from_ms, math.inf)
+
+    def coming(self) -> Utterance | None:
+        """The utterance the silence heard so far will end, if it goes on for ``gap_ms``:
+        known once its tail is heard, before it is given out (None when there is none)."""
+        span = self.coming_span()
+        return None if span is None else self._closing(span[1])
 
     def _closing(self, end_ms: float) -> Utterance:
         """The open utterance, ended at *end_ms*."""
@@ -358,12 +366,8 @@ def without_echo(
     aligned a little late, they would be said twice ("Front. Front. Left.")."""
     for k in range(min(ECHO_MAX_WORDS, len(words), len(before)), 0, -1):
         lead = words[:k]
-        if all(w["start_ms"] < speech_ms for w in lead) and _plain(
-            [w["word"] for w in lead]
-        ) == _plain(before[-k:]):
+        if all(w["start_ms"] < speech_ms for w in lead) and same_words(
+            before[-k:], [w["word"] for w in lead]
+        ):
             return words[k:]
     return words
-
-
-def _plain(words: list[str]) -> list[str]:
-    return ["".join(c for c in w.lower() if c.isalnum()) for w in words]

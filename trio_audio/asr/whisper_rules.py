@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from .engine import Word
+from .engine import Word, same_words
 
 RATE: Final = 16000
 HOP: Final = 160  # 10 ms: 100 mel frames per second
@@ -116,17 +116,10 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
             break
         end -= 1
     run = len(words) - end
-    if (
-        run >= ECHO_MIN_WORDS
-        and run <= end
-        and _plain(words[end - run : end]) == _plain(words[end:])
-    ):
+    before = [w.word for w in words[end - run : end]]
+    if ECHO_MIN_WORDS <= run <= end and same_words(before, [w.word for w in words[end:]]):
         return words[:end]
     return words
-
-
-def _plain(words: list[Word]) -> list[str]:
-    return ["".join(c for c in w.word.lower() if c.isalnum()) for w in words]
 
 
 def looping(tokens: list[int], times: int = 3, longest: int = 12) -> bool:
