@@ -118,8 +118,12 @@ async def test_the_work_stream_holds_references_and_copies_no_history(
 async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
-    _, a, b = await two_nodes(start_server, nats_cluster)
-    async with a.client() as ca, b.client() as cb:
+    store, a, b = await two_nodes(start_server, nats_cluster)
+    async with (
+        a.client() as ca,
+        b.client() as cb,
+        open_nats(nats_cluster.urls, name="test") as nats,
+    ):
         for n in range(30):
             response = await post(ca, audio(n), session_id="raw")
             assert response.status_code == 201
@@ -128,6 +132,12 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
             # With the position, the other node answers it at once: never a 404.
             read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": position})
             assert read.status_code == 200, read.text
+        # The stream's last record is the chunk's work reference, which no follower is sent;
+        # the position covers it (a wait for the stream's last sequence would hang if not).
+        last = (await nats.stream_state(store["store_stream"])).last_seq
+        assert int(position) == last
+        read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": str(last)})
+        assert read.status_code == 200, read.text
         # A delete's answer carries it too: the other node no longer serves the chunk.
         deleted = await ca.delete(f"/chunks/{chunk_id}")
         assert deleted.status_code in (200, 204)

@@ -5,13 +5,19 @@
     JetStream stream ──ordered, headers-only consumer──> LogFollower ──> index (memory)
                                                               └──> events ──> fan-out
 
-At start-up ``replay`` applies the stream up to its end with no events (nobody watches yet,
-and the work references are skipped: nothing to index); ``follow`` then takes everything
-from the first record replay left, applies it and sends the ``Committed`` events it makes
-(events before answers, as the local store: by the time a writer hears "stored", the
-fan-out has its event). ``applied`` is the last stream sequence applied, ``announced`` the
-last whose events are sent; ``progress`` is set (and replaced) each time it moves, and
-``wait_applied`` waits on it.
+At start-up ``replay`` applies the stream up to its end with no events (nobody watches
+yet); ``follow`` then takes the rest from the first record replay left, applies it and sends
+the ``Committed`` events it makes (events before answers, as the local store: by the time a
+writer hears "stored", the fan-out has its event). ``applied`` is the stream sequence up to
+which everything is applied, ``announced`` the one up to which the events are sent;
+``progress`` is set (and replaced) each time it moves, and ``wait_applied`` waits on it.
+
+Neither consumer delivers the work references (``work.<seq>``, half the records: nothing to
+index, and each delivered one costs the node a message's parsing for nothing). A chunk's
+reference is the record right after it in its atomic batch, so a chunk applied at stream
+sequence S covers S + 1 as well: the position reaches the stream's last sequence even when a
+reference is last, which the waits on it need (a transcription taker waits for its work
+message's own sequence, a read that finds no message for the stream's last one).
 
 What the committer reads back: ``results`` holds what the follower made of this node's own
 records (by stream sequence), and ``pcm`` the speech PCM of chunks this node is publishing,
@@ -48,7 +54,8 @@ class LogFollower:
         self._stream, self._index = shared.stream, shared.index
         self._cache = cache
         self._reads = reads  # the store's reads: an update's chunk read back whole
-        self.applied = 0  # the last stream sequence the follower applied
+        self.applied = 0  # every stream sequence up to this one is applied
+        self._delivered = 0  # the last stream sequence the consumer delivered
         self.announced = 0  # ... and whose events it has sent
         self.progress = trio.Event()  # set (and replaced) each time the follower applies
         self.live = False  # events are sent once replay is done
@@ -105,13 +112,15 @@ class LogFollower:
 
     async def _apply(self, message: Message) -> list[Committed]:
         """Apply one followed record to the index; the events it makes."""
-        if message.seq <= self.applied:
+        if message.seq <= self._delivered:
             return []
-        self.applied = message.seq
+        self._delivered = message.seq
         self.bytes += message.size
         parts = message.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
-        if kind == "work":  # a chunk's reference for the work stream: nothing to index
+        # A chunk's work reference, next in its atomic batch, is not delivered: covered here.
+        self.applied = max(self.applied, message.seq + (kind == "chunk"))
+        if kind == "work":  # (a consumer of every subject: nothing to index)
             return []
         try:
             record = from_header(message.headers[META])
