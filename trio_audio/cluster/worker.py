@@ -4,7 +4,7 @@ It follows the cluster's log (its own ``JetStreamStore``, no events: its work co
 and runs a ``Transcriber`` under ``work.Cluster`` for the partitions it holds. Its one
 listener is the probe port (``--host``/``--port``): ``/healthz``, ``/readyz`` (503 with the
 reason while the cluster cannot serve it) and ``/metrics``, answered one request per
-connection by ``web/waiting.serve_answers``.
+connection by ``probe_port.serve_answers``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..asr.transcriber import Transcriber
 from ..config import Config
 from ..live import Unwatched
 from ..metrics import Metrics
-from ..web.waiting import response, serve_answers
+from ..probe_port import response, serve_answers
 from .jetstream import JetStreamStore
 from .work import Cluster
 
