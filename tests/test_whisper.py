@@ -143,6 +143,19 @@ def test_words_said_after_the_audio_ends_are_left_out() -> None:
     # One word said again may be said again ("bye bye"): it stays.
     bye = [Word("Bye", 600, 900, 0.9), Word("bye.", 1480, 1480, 0.6)]
     assert whisper.unheard_tail(bye, 1500.0) == bye
+    # A live stream's short-window final of "Please turn on the kitchen light." (its words
+    # as stored, from the utterance's start): said again at one instant, the last word
+    # stretched to the audio's end.
+    sentence = ["Please", "turn", "on", "the", "kitchen", "light."]
+    times = [(0, 660), (660, 960), (960, 1160), (1160, 1320), (1320, 1660), (1660, 1880)]
+    heard = [Word(w, s, e, 0.9) for w, (s, e) in zip(sentence, times, strict=True)]
+    again = [*[Word(w, 1880, 1880, 0.4) for w in sentence[:-1]], Word("light.", 1880, 2140, 0.4)]
+    assert whisper.unheard_tail([*heard, *again], 2140.0) == heard
+    # The same words really said twice are spread over the audio: they stay; and so do
+    # they when the audio goes on past the run (it was heard).
+    twice = [*heard, *(Word(w.word, w.start_ms + 1900, w.end_ms + 1900, 0.9) for w in heard)]
+    assert whisper.unheard_tail(twice, 3780.0) == twice
+    assert whisper.unheard_tail([*heard, *again], 2600.0) == [*heard, *again]
 
 
 def test_a_window_of_utterances_the_decoder_stops_short_of_is_heard_to_its_end(

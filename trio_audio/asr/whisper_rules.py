@@ -102,17 +102,25 @@ def seek(size: int, words: list[Word], ended: bool) -> int:
 
 def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
     """*words* without an echo at their end: a run of words the alignment found no audio
-    for (each starting within ``UNHEARD_MS`` of the end of the window's *duration_ms* of
-    audio and lasting less than that) that only says again the words just before it. A
-    short window, its prompt ending in what the utterance says, can have the decoder say
-    the utterance twice ("Please try again. Please try again.", the second at the audio's
-    last 20 ms with no length). A run that says something else stays, and so does one word
-    said again ("bye bye"): the alignment can squeeze a real last word to the end of the
-    audio too."""
-    end = len(words)
+    for, which only says again the words just before it. A short window, its prompt ending
+    in what the utterance says, can have the decoder say the utterance twice; the alignment
+    then crams the second saying into one instant at the end of the audio: every word of it
+    starts within ``UNHEARD_MS`` of its last word's start, all but that last one with less
+    than ``UNHEARD_MS`` of length, and the last one reaches the end of the window's
+    *duration_ms* of audio (it may be stretched to it: "Please turn on the kitchen light."
+    again, five words at one instant and "light." over the last 260 ms; or squeezed into it:
+    "Please try again." again, at the audio's last 20 ms with no length). A run that says
+    something else stays, and so does one word said again ("bye bye"): the alignment can
+    squeeze a real last word to the end of the audio too."""
+    if not words:
+        return words
+    last = words[-1]
+    if duration_ms - max(last.start_ms, last.end_ms) >= UNHEARD_MS:
+        return words  # the last word ends before the audio does: heard
+    end = len(words) - 1
     while end:
         word = words[end - 1]
-        if word.end_ms - word.start_ms >= UNHEARD_MS or duration_ms - word.start_ms >= UNHEARD_MS:
+        if word.end_ms - word.start_ms >= UNHEARD_MS or last.start_ms - word.start_ms >= UNHEARD_MS:
             break
         end -= 1
     run = len(words) - end
