@@ -16,6 +16,7 @@ import trustme
 from trio_audio.cluster.connect import open_nats
 from trio_audio.cluster.dev import LocalCluster, Options
 from trio_audio.cluster.partitions import Names
+from trio_audio.cluster.stream import META, NODE, from_header, to_header
 
 from .cluster import ServiceNode, cluster_store
 from .conftest import StartServer
@@ -148,6 +149,33 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
         unknown = await cb.get("/chunks/not-followed-yet")
         assert unknown.status_code == 404 and unknown.json()["retryable"] is True
         assert "Trio-Audio-Position" in unknown.json()["detail"]
+
+
+async def test_a_chunk_from_before_references_covers_only_its_own_sequence(
+    start_server: StartServer, nats_cluster: LocalCluster
+) -> None:
+    store = cluster_store(nats_cluster)
+    stream = store["store_stream"]
+    a = await start_server(**store)
+    async with a.client() as ca, open_nats(nats_cluster.urls, name="test") as nats:
+        assert (await post(ca, audio(0), session_id="old", seq="0")).status_code == 201
+        # A chunk as a version before work references wrote it: none after it, and no
+        # header saying one follows. It is the stream's last record.
+        record = await nats.get(stream, 1)
+        meta = {**from_header(record.headers[META]), "chunk_id": "written-by-an-older-node"}
+        meta["seq"] = 1
+        subject = record.subject.rsplit(".", 1)[0] + ".1"
+        headers = {META: to_header(meta), NODE: "an-older-node"}
+        seq, _ = await nats.publish(subject, audio(1), headers, 5.0)
+        assert seq == (await nats.stream_state(stream)).last_seq
+    # A node started now replays up to that chunk; what comes after it is applied too.
+    b = await start_server(**store, data_dir=a.config.data_dir.parent / "b")
+    async with b.client() as cb:
+        created = await post(cb, audio(2), session_id="old", seq="2")
+        assert created.status_code == 201, created.text
+        assert (await cb.get(f"/chunks/{created.json()['chunk_id']}")).status_code == 200
+        listing = (await cb.get("/sessions/alice", params={"session_id": "old"})).json()
+        assert [c["seq"] for c in listing["sessions"][0]["chunks"]] == [0, 1, 2]
 
 
 def tls_options(directory: Path, **login: str) -> tuple[Options, dict[str, str]]:

@@ -14,10 +14,13 @@ which everything is applied, ``announced`` the one up to which the events are se
 
 Neither consumer delivers the work references (``work.<seq>``, half the records: nothing to
 index, and each delivered one costs the node a message's parsing for nothing). A chunk's
-reference is the record right after it in its atomic batch, so a chunk applied at stream
-sequence S covers S + 1 as well: the position reaches the stream's last sequence even when a
-reference is last, which the waits on it need (a transcription taker waits for its work
-message's own sequence, a read that finds no message for the stream's last one).
+reference is the record right after it in its atomic batch, and the chunk says so
+(``REFERENCED``), so a chunk applied at stream sequence S covers S + 1 as well: the
+position reaches the stream's last sequence even when a reference is last, which the waits
+on it need (a transcription taker waits for its work message's own sequence, a read that
+finds no message for the stream's last one). A chunk that does not say so (written before
+references existed) covers only itself. ``delivered`` is the last sequence the consumer
+sent, from which a new consumer starts.
 
 What the committer reads back: ``results`` holds what the follower made of this node's own
 records (by stream sequence), and ``pcm`` the speech PCM of chunks this node is publishing,
@@ -39,7 +42,7 @@ from ..store.events import ChunkStored, ChunkUpdated, Committed, deleted_events
 from ..store.index import Place
 from ..store.reads import IndexReads, MetaCache, apply_patch
 from .bridge import Follower, Message
-from .stream import META, NODE, SOURCE, Shared, from_header
+from .stream import META, NODE, REFERENCED, SOURCE, Shared, from_header
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -55,7 +58,7 @@ class LogFollower:
         self._cache = cache
         self._reads = reads  # the store's reads: an update's chunk read back whole
         self.applied = 0  # every stream sequence up to this one is applied
-        self._delivered = 0  # the last stream sequence the consumer delivered
+        self.delivered = 0  # the last stream sequence the consumer delivered
         self.announced = 0  # ... and whose events it has sent
         self.progress = trio.Event()  # set (and replaced) each time the follower applies
         self.live = False  # events are sent once replay is done
@@ -112,16 +115,15 @@ class LogFollower:
 
     async def _apply(self, message: Message) -> list[Committed]:
         """Apply one followed record to the index; the events it makes."""
-        if message.seq <= self._delivered:
+        if message.seq <= self.delivered:
             return []
-        self._delivered = message.seq
+        self.delivered = message.seq
         self.bytes += message.size
         parts = message.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
         # A chunk's work reference, next in its atomic batch, is not delivered: covered here.
-        self.applied = max(self.applied, message.seq + (kind == "chunk"))
-        if kind == "work":  # (a consumer of every subject: nothing to index)
-            return []
+        referenced = kind == "chunk" and REFERENCED in message.headers
+        self.applied = max(self.applied, message.seq + referenced)
         try:
             record = from_header(message.headers[META])
         except (KeyError, ValueError):

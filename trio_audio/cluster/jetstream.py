@@ -176,7 +176,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                 await self._follower.replay(replaying, state.messages)
                 await replaying.close()
                 follower = await retrying(
-                    lambda: nats.follow(name, indexed, self._follower.applied + 1)
+                    lambda: nats.follow(name, indexed, self._follower.delivered + 1)
                 )
                 async with contextlib.AsyncExitStack() as stack:
                     if self._events is not None:
