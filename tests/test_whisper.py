@@ -156,6 +156,11 @@ def test_words_said_after_the_audio_ends_are_left_out() -> None:
     twice = [*heard, *(Word(w.word, w.start_ms + 1900, w.end_ms + 1900, 0.9) for w in heard)]
     assert whisper.unheard_tail(twice, 3780.0) == twice
     assert whisper.unheard_tail([*heard, *again], 2600.0) == [*heard, *again]
+    # Said again and heard: the second "Thank" squeezed by the alignment, its "you." longer
+    # than a sentence's last word may be (twice the median word): it stays.
+    thanks = [Word("Thank", 0, 300, 0.9), Word("you.", 300, 600, 0.9),
+              Word("Thank", 600, 620, 0.9), Word("you.", 620, 2000, 0.9)]  # fmt: skip
+    assert whisper.unheard_tail(thanks, 2000.0) == thanks
 
 
 def test_a_window_of_utterances_the_decoder_stops_short_of_is_heard_to_its_end(

@@ -107,11 +107,14 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
     then crams the second saying into one instant at the end of the audio: every word of it
     starts within ``UNHEARD_MS`` of its last word's start, all but that last one with less
     than ``UNHEARD_MS`` of length, and the last one reaches the end of the window's
-    *duration_ms* of audio (it may be stretched to it: "Please turn on the kitchen light."
-    again, five words at one instant and "light." over the last 260 ms; or squeezed into it:
-    "Please try again." again, at the audio's last 20 ms with no length). A run that says
-    something else stays, and so does one word said again ("bye bye"): the alignment can
-    squeeze a real last word to the end of the audio too."""
+    *duration_ms* of audio, squeezed into it ("Please try again." again, at the audio's last
+    20 ms with no length) or stretched to it, no longer than a sentence's last word may be
+    (``limit_sentence_boundaries``: twice the median word before the run, at most 1.4 s;
+    "Please turn on the kitchen light." again, five words at one instant and "light." over
+    the last 260 ms). A run that says something else stays, and so does one word said again
+    ("bye bye"): the alignment can squeeze a real last word to the end of the audio too; and
+    so does a saying again whose last word lasts longer: that one was heard ("Thank you.
+    Thank you.", the second "Thank" squeezed, its "you." over the last 1.4 s)."""
     if not words:
         return words
     last = words[-1]
@@ -124,8 +127,14 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
             break
         end -= 1
     run = len(words) - end
-    before = [w.word for w in words[end - run : end]]
-    if ECHO_MIN_WORDS <= run <= end and same_words(before, [w.word for w in words[end:]]):
+    if not ECHO_MIN_WORDS <= run <= end:
+        return words
+    before = words[end - run : end]
+    lengths = [w.end_ms - w.start_ms for w in words[:end]]
+    longest = 2 * min(700.0, float(np.median(lengths)))  # as limit_sentence_boundaries
+    if last.end_ms - last.start_ms > max(longest, UNHEARD_MS):
+        return words
+    if same_words([w.word for w in before], [w.word for w in words[end:]]):
         return words[:end]
     return words
 
