@@ -687,6 +687,9 @@ async def test_an_asr_worker_alone_transcribes_for_nodes_without_an_engine(
         assert worker.proc is not None and worker.proc.returncode == 0
         for p in range(8):
             assert await nats.kv_get(names.leases, f"p.{p}") is None
+        # Its own close of the connection is no disconnect to warn about.
+        assert "closed the NATS connection" in worker.log()
+        assert "WARNING" not in worker.log(), worker.log()[-2000:]
 
 
 async def test_chunks_caught_by_a_cluster_outage_are_transcribed_once_it_is_back(

@@ -213,10 +213,14 @@ async def open_nats(
     security = security or Security()
     link = link if link is not None else Link()
     shown = ", ".join(redact(url) for url in servers)
+    closing = trio.Event()  # set once this side closes: its own disconnect is no problem
     async with trio_asyncio.open_loop() as loop:
 
         async def connect() -> Client:
             async def note_disconnect() -> None:
+                if closing.is_set():
+                    logger.info("closed the NATS connection")
+                    return
                 link.disconnects += 1
                 link.problem = "disconnected from NATS; reconnecting"
                 logger.warning("disconnected from NATS")
@@ -264,6 +268,7 @@ async def open_nats(
         try:
             yield connection
         finally:
+            closing.set()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:
                     await _call(loop, connection._acks.close)
