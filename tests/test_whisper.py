@@ -161,6 +161,10 @@ def test_words_said_after_the_audio_ends_are_left_out() -> None:
     thanks = [Word("Thank", 0, 300, 0.9), Word("you.", 300, 600, 0.9),
               Word("Thank", 600, 620, 0.9), Word("you.", 620, 2000, 0.9)]  # fmt: skip
     assert whisper.unheard_tail(thanks, 2000.0) == thanks
+    # Words the alignment gave no length do not make the median (and the bound) zero.
+    flat = [Word(w.word, w.start_ms, w.start_ms, 0.9) if w.word in ("turn", "on", "the") else w
+            for w in heard]  # fmt: skip
+    assert whisper.unheard_tail([*flat, *again], 2140.0) == flat
 
 
 def test_a_window_of_utterances_the_decoder_stops_short_of_is_heard_to_its_end(

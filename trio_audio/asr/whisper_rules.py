@@ -114,7 +114,9 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
     the last 260 ms). A run that says something else stays, and so does one word said again
     ("bye bye"): the alignment can squeeze a real last word to the end of the audio too; and
     so does a saying again whose last word lasts longer: that one was heard ("Thank you.
-    Thank you.", the second "Thank" squeezed, its "you." over the last 1.4 s)."""
+    Thank you.", the second "Thank" squeezed, its "you." over the last 1.4 s). What the rule
+    cannot tell from an echo: words really said again that the alignment squeezes the same
+    way, all but the last into one instant, the last no longer than a sentence's last word."""
     if not words:
         return words
     last = words[-1]
@@ -130,8 +132,9 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
     if not ECHO_MIN_WORDS <= run <= end:
         return words
     before = words[end - run : end]
-    lengths = [w.end_ms - w.start_ms for w in words[:end]]
-    longest = 2 * min(700.0, float(np.median(lengths)))  # as limit_sentence_boundaries
+    # As limit_sentence_boundaries: words with no length are not in the median.
+    lengths = [w.end_ms - w.start_ms for w in words[:end] if w.end_ms > w.start_ms]
+    longest = 2 * min(700.0, float(np.median(lengths))) if lengths else 0.0
     if last.end_ms - last.start_ms > max(longest, UNHEARD_MS):
         return words
     if same_words([w.word for w in before], [w.word for w in words[end:]]):

