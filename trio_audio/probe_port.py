@@ -2,7 +2,7 @@
 
 ``serve_answers`` answers each request with what a function of its path gives. It serves
 the HTTP port while a cluster node starts (``web/waiting.py``) and the asr-worker's
-``/healthz`` and ``/metrics`` port (``cluster/worker.py``): places where the full HTTP
+``/healthz``, ``/readyz`` and ``/metrics`` port (``cluster/worker.py``): places where the full HTTP
 server is not running, so it depends on nothing but trio.
 
 Resource handling: each connection gets one request (headers read within

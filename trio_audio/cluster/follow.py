@@ -17,11 +17,12 @@ index, and each delivered one costs the node a message's parsing for nothing). A
 reference is the record right after it in its atomic batch, and the chunk says so
 (``REFERENCED``), so a chunk applied at stream sequence S covers S + 1 as well: the
 position reaches the stream's last sequence even when a reference is last, which the waits
-on it need (a transcription taker waits for its work message's own sequence, a read that
-finds no message for the stream's last one). A chunk that does not say so covers only
-itself: one from before references, or one that the version before this header wrote with
-its reference (a wait for that reference's own sequence then lasts until the next record
-this node applies, or its timeout; the transcription taker waits for the chunk instead).
+on it need (a read that finds no message waits for the stream's last one, and a write's
+answer gives its reference's sequence as the position another node waits for). A chunk
+that does not say so covers only itself: one from before references, or one that the
+version before this header wrote with its reference (a wait for that reference's own
+sequence then lasts until the next record this node applies, or its timeout; the
+transcription taker waits for the chunk instead).
 ``delivered`` is the last sequence the consumer sent, from which a new consumer starts.
 
 What the committer reads back: ``results`` holds what the follower made of this node's own
