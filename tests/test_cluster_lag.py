@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from trio_audio.cluster.bridge import Unavailable
 from trio_audio.cluster.connect import open_nats
 from trio_audio.cluster.dev import LocalCluster, Node
 
@@ -25,6 +26,7 @@ from .speech import SENTENCE, pieces, speak, to_wav
 from .test_cluster import (
     NodeMaker,
     audio,
+    eventually,
     grammar_args,
     post,
     session_listing,
@@ -40,8 +42,13 @@ async def lead_elsewhere(cluster: LocalCluster, stream: str, server: str) -> Non
     """Until *server* does not lead *stream*: its replica is a follower, one that can lag."""
     async with open_nats(cluster.urls, name="test") as nats:
         with trio.fail_after(30):
-            while (await nats.stream_state(stream)).leader == server:
-                await nats.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", 5)
+            while True:
+                try:  # (a cluster just formed, on a busy machine, may not answer at once)
+                    if (await nats.stream_state(stream)).leader != server:
+                        return
+                    await nats.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", 5)
+                except Unavailable:
+                    pass
                 await trio.sleep(0.5)
 
 
@@ -54,7 +61,9 @@ async def test_reads_through_a_lagging_replica_answer_with_the_audio(
     writer = service_nodes({**store, "store": ",".join(n.url for n in others)})
     await writer.wait_ready()
     async with httpx.AsyncClient(base_url=writer.url, timeout=30) as client:
-        assert (await post(client, audio(0), session_id="lag")).status_code == 201
+        # (A first write on a cluster just formed can be a 503 to retry: see the test below.)
+        first = await eventually(lambda: post(client, audio(0), session_id="lag"), 20, 503)
+        assert first.status_code == 201, first.text
         await lead_elsewhere(own_cluster, store["store_stream"], slow.name)
         lagged = checked = 0
         with trio.fail_after(200):
@@ -146,7 +155,10 @@ async def test_transcripts_of_chunks_a_lagging_replica_lacks_do_not_fail(
     speech = list(pieces(speak(SENTENCE, lead_s=0.5, tail_s=0.1), 0.5))
     # ``POST .../end`` waits up to a minute for the session's holder (FINALIZE_WAIT_S).
     async with httpx.AsyncClient(base_url=node.url, timeout=90) as client:
-        assert (await post(client, audio(0), session_id="first")).status_code == 201
+        # A first write on a cluster just formed can be answered 503 with Retry-After; a
+        # client retries it, and so does this setup step (for 20 s).
+        first = await eventually(lambda: post(client, audio(0), session_id="first"), 20, 503)
+        assert first.status_code == 201, first.text
         await lead_elsewhere(own_cluster, stream, slow.name)
         # The one transcriber is connected to the slow server alone: its audio reads are
         # direct gets its replica answers. Its reads come later than a reader's (the work
