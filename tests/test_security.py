@@ -53,6 +53,14 @@ def test_token_add_prints_a_token_once_and_stores_only_its_hash(tmp_path: Path) 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_no_token_starts_like_a_command_line_option(tmp_path: Path) -> None:
+    # ``trio-audio stream ... --token TOKEN`` takes a token that starts with "-" for an
+    # option (exit 2); one token in 64 would (the first of 2,000 comes after ~64).
+    tokens = [add_token(tmp_path / "tokens", "erin") for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens)
+
+
 async def test_requests_without_a_valid_token_get_401(
     start_server: StartServer, tokens: tuple[Path, str, str]
 ) -> None:

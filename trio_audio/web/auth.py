@@ -159,6 +159,8 @@ def add_token(path: Path, user_id: str) -> str:
     """Create a token for *user_id*, append its digest to *path* (mode 0600), return it."""
     check_id("user_id", user_id)
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    while token.startswith("-"):  # one a command line takes for an option (--token -x...)
+        token = secrets.token_urlsafe(TOKEN_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
