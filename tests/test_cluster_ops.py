@@ -133,8 +133,8 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
             # With the position, the other node answers it at once: never a 404.
             read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": position})
             assert read.status_code == 200, read.text
-        # The stream's last record is the chunk's work reference, which no follower is sent;
-        # the position covers it (a wait for the stream's last sequence would hang if not).
+        # The stream's last record is the chunk's work reference: the position covers it (a
+        # wait for the stream's last sequence would hang if not).
         last = (await nats.stream_state(store["store_stream"])).last_seq
         assert int(position) == last
         read = await cb.get(f"/chunks/{chunk_id}", headers={"Trio-Audio-Position": str(last)})

@@ -5,25 +5,13 @@
     JetStream stream ──ordered, headers-only consumer──> LogFollower ──> index (memory)
                                                               └──> events ──> fan-out
 
-At start-up ``replay`` applies the stream up to its end with no events (nobody watches
-yet); ``follow`` then takes the rest from the first record replay left, applies it and sends
-the ``Committed`` events it makes (events before answers, as the local store: by the time a
-writer hears "stored", the fan-out has its event). ``applied`` is the stream sequence up to
-which everything is applied, ``announced`` the one up to which the events are sent;
-``progress`` is set (and replaced) each time it moves, and ``wait_applied`` waits on it.
-
-Neither consumer delivers the work references (``work.<seq>``, half the records: nothing to
-index, and each delivered one costs the node a message's parsing for nothing). A chunk's
-reference is the record right after it in its atomic batch, and the chunk says so
-(``REFERENCED``), so a chunk applied at stream sequence S covers S + 1 as well: the
-position reaches the stream's last sequence even when a reference is last, which the waits
-on it need (a read that finds no message waits for the stream's last one, and a write's
-answer gives its reference's sequence as the position another node waits for). A chunk
-that does not say so covers only itself: one from before references, or one that the
-version before this header wrote with its reference (a wait for that reference's own
-sequence then lasts until the next record this node applies, or its timeout; the
-transcription taker waits for the chunk instead).
-``delivered`` is the last sequence the consumer sent, from which a new consumer starts.
+At start-up ``replay`` applies the stream up to its end with no events (nobody watches yet,
+and the work references are skipped: nothing to index); ``follow`` then takes everything
+from the first record replay left, applies it and sends the ``Committed`` events it makes
+(events before answers, as the local store: by the time a writer hears "stored", the
+fan-out has its event). ``applied`` is the last stream sequence applied, ``announced`` the
+last whose events are sent; ``progress`` is set (and replaced) each time it moves, and
+``wait_applied`` waits on it.
 
 What the committer reads back: ``results`` holds what the follower made of this node's own
 records (by stream sequence), and ``pcm`` the speech PCM of chunks this node is publishing,
@@ -45,7 +33,7 @@ from ..store.events import ChunkStored, ChunkUpdated, Committed, deleted_events
 from ..store.index import Place
 from ..store.reads import IndexReads, MetaCache, apply_patch
 from .bridge import Follower, Message
-from .stream import META, NODE, REFERENCED, SOURCE, Shared, from_header
+from .stream import META, NODE, SOURCE, Shared, from_header
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -60,8 +48,7 @@ class LogFollower:
         self._stream, self._index = shared.stream, shared.index
         self._cache = cache
         self._reads = reads  # the store's reads: an update's chunk read back whole
-        self.applied = 0  # every stream sequence up to this one is applied
-        self.delivered = 0  # the last stream sequence the consumer delivered
+        self.applied = 0  # the last stream sequence the follower applied
         self.announced = 0  # ... and whose events it has sent
         self.progress = trio.Event()  # set (and replaced) each time the follower applies
         self.live = False  # events are sent once replay is done
@@ -118,15 +105,14 @@ class LogFollower:
 
     async def _apply(self, message: Message) -> list[Committed]:
         """Apply one followed record to the index; the events it makes."""
-        if message.seq <= self.delivered:
+        if message.seq <= self.applied:
             return []
-        self.delivered = message.seq
+        self.applied = message.seq
         self.bytes += message.size
         parts = message.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
-        # A chunk's work reference, next in its atomic batch, is not delivered: covered here.
-        referenced = kind == "chunk" and REFERENCED in message.headers
-        self.applied = max(self.applied, message.seq + referenced)
+        if kind == "work":  # a chunk's reference for the work stream: nothing to index
+            return []
         try:
             record = from_header(message.headers[META])
         except (KeyError, ValueError):

@@ -167,16 +167,15 @@ class JetStreamStore(CommitChannels, IndexReads):
                         )
                         raise StoreError(msg) from None
                 self._starting = f"replaying the stream {name} ({state.messages} records)"
-                # Replay and following skip the work references (half the records: nothing
-                # to index; follow.py says how the position still covers them); following
-                # takes the rest from the first record replay left.
+                # Replay skips the work references (half the records: nothing to index);
+                # following then takes everything from the first record replay left.
                 kinds = [f"{name}.*.*.{kind}" for kind in ("chunk.*", "update.*")]
                 indexed = [*kinds, f"{name}.*.*.tombstone"]
                 replaying = await retrying(lambda: nats.follow(name, indexed, 1))
                 await self._follower.replay(replaying, state.messages)
                 await replaying.close()
                 follower = await retrying(
-                    lambda: nats.follow(name, indexed, self._follower.delivered + 1)
+                    lambda: nats.follow(name, [f"{name}.>"], self._follower.applied + 1)
                 )
                 async with contextlib.AsyncExitStack() as stack:
                     if self._events is not None:

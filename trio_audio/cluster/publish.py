@@ -33,7 +33,7 @@ from ..store.index import Index, Planned
 from ..store.plan import plan_chunks
 from .bridge import NatsError, Unavailable
 from .calls import InFlight
-from .stream import EXPECT_EMPTY, META, NODE, REFERENCED, SOURCE, Stream, to_header, token
+from .stream import EXPECT_EMPTY, META, NODE, SOURCE, Stream, to_header, token
 
 logger = logging.getLogger("trio_audio.cluster.jetstream")
 
@@ -94,7 +94,6 @@ class Planner:
                     "Nats-Msg-Id": planned.meta["chunk_id"],
                     META: to_header(planned.meta),
                     NODE: self._stream.node,
-                    REFERENCED: "1",
                 }
                 if write.source is not None:
                     headers[SOURCE] = write.source

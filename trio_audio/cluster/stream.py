@@ -10,8 +10,8 @@ Subjects (``<user>`` and ``<session>`` with ``.`` written as ``~``, see ``token`
     AUDIO.<user>.<session>.tombstone            chunks deleted (by id, or the whole session)
 
 The metadata of every record is a JSON header (``META``, written by ``to_header`` and read
-by ``from_header``); ``NODE`` names the node that published it, ``SOURCE`` the
-connection that sent a chunk and ``REFERENCED`` a chunk whose reference follows it.
+by ``from_header``); ``NODE`` names the node that published it and ``SOURCE`` the
+connection that sent a chunk.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from .connect import Nats
 META: Final = "Trio-Audio"  # the header holding a record's metadata (JSON)
 SOURCE: Final = "Trio-Audio-Source"  # the connection that sent a chunk (skips its echo)
 NODE: Final = "Trio-Audio-Node"  # the node that published a record
-# On a chunk whose work reference is the next record of its atomic batch (every chunk this
-# version writes; the follower is not sent references, and covers one by its chunk).
-REFERENCED: Final = "Trio-Audio-Referenced"
 EXPECT_EMPTY: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 

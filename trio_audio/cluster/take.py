@@ -143,10 +143,7 @@ class Taker:
             logger.warning("work message %d on %s is not a chunk; dropped", work.seq, work.subject)
             await self._ack(puller, work)
             return True
-        # Its chunk is the record before it, in the same atomic batch (every version that
-        # writes references): wait for that, which a follower that is not sent references
-        # reaches even when a version before the Referenced header wrote it.
-        if not await self._store.wait_followed(origin - 1):
+        if not await self._store.wait_followed(origin):
             return False
         if self._store.pending_key(chunk_id) is None:
             await self._ack(puller, work)  # done (by someone), failed, or deleted
