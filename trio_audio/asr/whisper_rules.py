@@ -31,17 +31,23 @@ SENTENCE_END: Final = ".。!！?？"  # noqa: RUF001
 def limit_sentence_boundaries(timings: list[dict[str, Any]]) -> None:
     """Punctuation at a sentence end, and the word after it, last at most twice the median
     word (the alignment tends to stretch them over pauses)."""
-    durations = np.array([t["end"] - t["start"] for t in timings])
-    durations = durations[durations.nonzero()]
-    if durations.size == 0:
+    max_duration = longest_word([t["end"] - t["start"] for t in timings], 0.7)
+    if not max_duration:
         return
-    max_duration = 2 * min(0.7, float(np.median(durations)))
     for i in range(1, len(timings)):
         if timings[i]["end"] - timings[i]["start"] > max_duration:
             if timings[i]["word"] in SENTENCE_END:
                 timings[i]["end"] = timings[i]["start"] + max_duration
             elif timings[i - 1]["word"] in SENTENCE_END:
                 timings[i]["start"] = timings[i]["end"] - max_duration
+
+
+def longest_word(durations: list[float], most: float) -> float:
+    """The longest a sentence's last word may last: twice the median of *durations* (those
+    with a length; 0.0 when none has), at most twice *most* (faster-whisper's rule, in the
+    unit of its arguments)."""
+    lengths = [d for d in durations if d > 0]
+    return 2 * min(most, float(np.median(lengths))) if lengths else 0.0
 
 
 def merge_punctuation(timings: list[dict[str, Any]]) -> None:
@@ -132,9 +138,7 @@ def unheard_tail(words: list[Word], duration_ms: float) -> list[Word]:
     if not ECHO_MIN_WORDS <= run <= end:
         return words
     before = words[end - run : end]
-    # As limit_sentence_boundaries: words with no length are not in the median.
-    lengths = [w.end_ms - w.start_ms for w in words[:end] if w.end_ms > w.start_ms]
-    longest = 2 * min(700.0, float(np.median(lengths))) if lengths else 0.0
+    longest = longest_word([w.end_ms - w.start_ms for w in words[:end]], 700.0)
     if last.end_ms - last.start_ms > max(longest, UNHEARD_MS):
         return words
     if same_words([w.word for w in before], [w.word for w in words[end:]]):
