@@ -142,9 +142,7 @@ class Feeder:
         if early.answer is None:
             early.closed = True  # the worker applies it
             return
-        session.early = None
-        answer, short, context_ms = early.answer
-        self.results.apply(session, early.pack, answer, short=short, context_ms=context_ms)
+        self.results.apply_early(session, early)
         self.board.wake()
 
     def _drop_early(self, session: SessionState, early: Early) -> None:

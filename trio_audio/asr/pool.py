@@ -159,15 +159,14 @@ class Pool:
         shown as a partial meanwhile); a failed one is let go while it is open."""
         early = session.early
         if early is not None and early.pack is pack:
-            if early.closed:
-                session.early = None
-                self.results.apply(session, pack, answer, short=short, context_ms=context_ms)
-                return True
-            if not answer.get("ok"):  # failed while the utterance is open: the close
-                session.early = None  # queues it again, as any final
+            if not early.closed and not answer.get("ok"):  # failed while the utterance is
+                session.early = None  # open: the close queues it again, as any final
                 self.board.early_counts["unused"] += 1
                 return False
             early.answer = (answer, short, context_ms)
+            if early.closed:
+                self.results.apply_early(session, early)
+                return True
         self.results.apply_partial(session, pack, answer, context_ms)
         return False
 

@@ -18,7 +18,7 @@ import trio
 
 from ..errors import NotFound, ServiceError
 from ..live import Partial
-from .state import Board, SessionState, Span
+from .state import Board, Early, SessionState, Span
 from .utterances import Pack, Utterance, without_echo
 
 logger = logging.getLogger("trio_audio.asr")
@@ -50,6 +50,14 @@ class Results:
         for i, utterance in enumerate(pack.utterances):
             words = owned[i] if owned is not None else None
             self._apply_utterance(session, utterance, answer, words, short=short)
+
+    def apply_early(self, session: SessionState, early: Early) -> None:
+        """An early final decoded, whose utterance closed as foreseen: its words are the
+        final's (``apply``); the session has no early final after it."""
+        assert early.answer is not None
+        session.early = None
+        answer, short, context_ms = early.answer
+        self.apply(session, early.pack, answer, short=short, context_ms=context_ms)
 
     def _apply_utterance(
         self,
