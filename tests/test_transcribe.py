@@ -16,7 +16,7 @@ import numpy as np
 import trio
 from trio_websocket import open_websocket_url
 
-from trio_audio.bench.live import speech_span
+from trio_audio.bench.live import gauge, speech_span
 from trio_audio.config import Config
 from trio_audio.hub import Message
 from trio_audio.metrics import Metrics
@@ -309,12 +309,6 @@ async def test_on_end_every_final_reaches_the_client_with_words_before_session_e
     assert summary["transcript"]["words"] == [w for m in finals for w in m["words"]]
 
 
-def early_outcomes(metrics: str) -> dict[str, int]:
-    name = "trio_audio_transcribe_early_finals"
-    return {line.split('"')[1]: int(float(line.split()[-1]))
-            for line in metrics.splitlines() if line.startswith(name + "{")}  # fmt: skip
-
-
 async def test_a_live_final_is_decoded_once_its_audio_is_known_and_only_if_it_ends_there(
     start_server: StartServer,
 ) -> None:
@@ -334,7 +328,7 @@ async def test_a_live_final_is_decoded_once_its_audio_is_known_and_only_if_it_en
             metrics = (await client.get("/metrics")).text
     finals = [m for m in received if m["type"] == "transcript" and m["is_final"]]
     assert normal_words(final_text(finals)) == f"{SENTENCE} {OTHER_SENTENCE}".split()
-    outcomes = early_outcomes(metrics)
+    outcomes = gauge(metrics, "trio_audio_transcribe_early_finals")
     assert outcomes["used"] == 1  # the one utterance: foreseen in the silence after it
     assert outcomes["withdrawn"] + outcomes["unused"] == 1  # the pause inside it
 

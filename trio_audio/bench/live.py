@@ -284,20 +284,25 @@ async def one_load(
                     clients.start_soon(partial(client, server.ws_url, n, heard[n],
                                                one_session=one_session))  # fmt: skip
             cpu_s = tree_cpu_s(server.process.pid) - before  # the server and its workers
-            decode_s = await metric(server.http_url, "trio_audio_transcribe_decode_seconds")
-            early = await metric(server.http_url, "trio_audio_transcribe_early_finals")
+            text = await metrics_text(server.http_url)
+            decode_s = gauge(text, "trio_audio_transcribe_decode_seconds")
+            early = gauge(text, "trio_audio_transcribe_early_finals")
             nursery.cancel_scope.cancel()
     return Load(heard, cpu_s, decode_s, early)
 
 
-async def metric(http_url: str, name: str) -> dict[str, float]:
-    """A gauge's values by its one label's value, from ``/metrics``: the workers' decode
-    time by kind (final, partial), early finals by outcome."""
+async def metrics_text(http_url: str) -> str:
+    """The server's ``/metrics`` ("" when it does not answer)."""
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            text = (await client.get(http_url + "/metrics")).text
+            return (await client.get(http_url + "/metrics")).text
     except httpx.HTTPError:
-        return {}
+        return ""
+
+
+def gauge(text: str, name: str) -> dict[str, float]:
+    """A gauge's values in *text* (``/metrics``) by its one label's value: the workers'
+    decode time by kind (final, partial), early finals by outcome."""
     found = re.findall(rf'^{name}\{{\w+="(\w+)"\}} (\S+)$', text, re.M)
     return {label: float(value) for label, value in found}
 
