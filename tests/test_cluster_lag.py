@@ -52,6 +52,13 @@ async def lead_elsewhere(cluster: LocalCluster, stream: str, server: str) -> Non
                 await trio.sleep(0.5)
 
 
+async def first_write(client: httpx.AsyncClient, session_id: str) -> None:
+    """A chunk stored in *session_id*. A first write on a cluster just formed can be answered
+    503 with Retry-After; a client retries it, and so does this setup step (for 20 s)."""
+    first = await eventually(lambda: post(client, audio(0), session_id=session_id), 20, 503)
+    assert first.status_code == 201, first.text
+
+
 async def test_reads_through_a_lagging_replica_answer_with_the_audio(
     own_cluster: LocalCluster, service_nodes: NodeMaker
 ) -> None:
@@ -61,9 +68,7 @@ async def test_reads_through_a_lagging_replica_answer_with_the_audio(
     writer = service_nodes({**store, "store": ",".join(n.url for n in others)})
     await writer.wait_ready()
     async with httpx.AsyncClient(base_url=writer.url, timeout=30) as client:
-        # (A first write on a cluster just formed can be a 503 to retry: see the test below.)
-        first = await eventually(lambda: post(client, audio(0), session_id="lag"), 20, 503)
-        assert first.status_code == 201, first.text
+        await first_write(client, "lag")
         await lead_elsewhere(own_cluster, store["store_stream"], slow.name)
         lagged = checked = 0
         with trio.fail_after(200):
@@ -155,10 +160,7 @@ async def test_transcripts_of_chunks_a_lagging_replica_lacks_do_not_fail(
     speech = list(pieces(speak(SENTENCE, lead_s=0.5, tail_s=0.1), 0.5))
     # ``POST .../end`` waits up to a minute for the session's holder (FINALIZE_WAIT_S).
     async with httpx.AsyncClient(base_url=node.url, timeout=90) as client:
-        # A first write on a cluster just formed can be answered 503 with Retry-After; a
-        # client retries it, and so does this setup step (for 20 s).
-        first = await eventually(lambda: post(client, audio(0), session_id="first"), 20, 503)
-        assert first.status_code == 201, first.text
+        await first_write(client, "first")
         await lead_elsewhere(own_cluster, stream, slow.name)
         # The one transcriber is connected to the slow server alone: its audio reads are
         # direct gets its replica answers. Its reads come later than a reader's (the work

@@ -151,7 +151,7 @@ async def test_a_read_with_the_position_of_a_write_waits_for_the_follower(
         assert "Trio-Audio-Position" in unknown.json()["detail"]
 
 
-async def test_a_chunk_from_before_references_covers_only_its_own_sequence(
+async def test_a_node_replaying_up_to_a_chunk_without_a_reference_applies_what_follows(
     start_server: StartServer, nats_cluster: LocalCluster
 ) -> None:
     store = cluster_store(nats_cluster)
@@ -159,8 +159,8 @@ async def test_a_chunk_from_before_references_covers_only_its_own_sequence(
     a = await start_server(**store)
     async with a.client() as ca, open_nats(nats_cluster.urls, name="test") as nats:
         assert (await post(ca, audio(0), session_id="old", seq="0")).status_code == 201
-        # A chunk as a version before work references wrote it: none after it, and no
-        # header saying one follows. It is the stream's last record.
+        # A chunk as a version before work references wrote it: no reference after it. It
+        # is the stream's last record (replay, which skips references, ends on it).
         record = await nats.get(stream, 1)
         meta = {**from_header(record.headers[META]), "chunk_id": "written-by-an-older-node"}
         meta["seq"] = 1
