@@ -20,6 +20,7 @@ import trio
 from trio_audio.cluster.bridge import Unavailable
 from trio_audio.cluster.connect import open_nats
 from trio_audio.cluster.dev import LocalCluster, Node
+from trio_audio.cluster.finalize import FINALIZE_WAIT_S
 
 from .cluster import cluster_store
 from .speech import SENTENCE, pieces, speak, to_wav
@@ -181,8 +182,13 @@ async def test_transcripts_of_chunks_a_lagging_replica_lacks_do_not_fail(
                         assert stored.status_code == 201, stored.text
                 finally:
                     slow.process.send_signal(signal.SIGCONT)
+                asked = trio.current_time()
                 ended = await client.post(f"/sessions/alice/{session}/end")
                 assert ended.status_code == 200, ended.text
+                # The holder ends the session once its last chunk has reached it (its work
+                # lags this node's): ended before that, the rest waited for the session to
+                # go idle, and the end for all of FINALIZE_WAIT_S.
+                assert trio.current_time() - asked < FINALIZE_WAIT_S / 2
                 listing = await session_listing(client, session, 60)
                 transcripts = [c["transcript"] for c in listing["chunks"]]
                 assert all(t["status"] == "done" for t in transcripts), transcripts

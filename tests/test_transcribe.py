@@ -171,6 +171,36 @@ async def test_finalize_ends_an_open_utterance(start_server: StartServer, tmp_pa
     assert stored["transcript"]["text"] == SENTENCE
 
 
+async def test_finalize_through_a_seq_waits_for_that_chunk_before_ending(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # A cluster's finalize names the session's last pending chunk: the holder's work may lag
+    # the node that asked. Ended before that chunk came, the utterance would be cut short and
+    # the chunk would wait for the session to go idle.
+    server = await grammar_server(start_server, tmp_path)
+    transcriber = server.running.transcriber
+    assert transcriber is not None
+    audio = speak(SENTENCE, tail_s=0.0)
+    half = len(audio) // 2
+    first, second = audio[:half], audio[half:]
+    ended = trio.Event()
+
+    async def finalize() -> None:
+        await transcriber.finalize("alice", "lag", through=1)
+        ended.set()
+
+    async with server.client() as client, trio.open_nursery() as nursery:
+        await upload(client, "lag", first)
+        nursery.start_soon(finalize)
+        await upload(client, "lag", second)
+        with trio.fail_after(TIMEOUT_S):
+            await ended.wait()
+        listing = (await client.get("/sessions/alice?session_id=lag")).json()
+    chunks = listing["sessions"][0]["chunks"]
+    assert [c["transcript"]["status"] for c in chunks] == ["done", "done"]
+    assert listing["sessions"][0]["transcript"]["text"] == SENTENCE
+
+
 async def test_past_the_audio_budget_chunks_are_read_back_from_the_log_in_order(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ fails leaves the chunk ``pending`` (it is queued at start-up).
 from __future__ import annotations
 
 import collections
+from typing import Final
 
 import trio
 
@@ -64,6 +65,10 @@ from .results import Results
 from .state import EARLY_OUTCOMES, Board, ChunkSource, Key, SessionState
 
 __all__ = ["ChunkSource", "Transcriber"]
+
+# How long a cluster's finalize waits for the session's last pending chunk to reach this
+# worker (its work or its node's follower lagging) before it ends what it has.
+ARRIVAL_WAIT_S: Final = 30.0
 
 
 class Transcriber:
@@ -194,17 +199,36 @@ class Transcriber:
         ``NotFound`` when it is no longer stored."""
         await self.intake.offer_stored(chunk_id)
 
+    def _arrived(self, key: Key, seq: int) -> bool:
+        """Whether the session's chunk *seq* has been handed on to be transcribed here, or
+        needs not be (this node's log has it, and not ``pending``)."""
+        session = self.board.sessions.get(key)
+        if session is not None and session.last_seq >= seq:
+            return True
+        store = self.board.store
+        after = store.chunks_after(*key, seq - 1)[:1]
+        return [s for s, _ in after] == [seq] and store.transcript_status(after[0][1]) != "pending"
+
     def set_vocabulary(self, user_id: str, session_id: str, terms: tuple[str, ...]) -> None:
         """Words and phrases the session expects (checked by ``context.parse_vocabulary``):
         the start of every prompt of its decodes from now on."""
         if self.enabled:
             self.intake.session((user_id, session_id)).vocabulary = terms
 
-    async def finalize(self, user_id: str, session_id: str) -> None:
+    async def finalize(self, user_id: str, session_id: str, *, through: int | None = None) -> None:
         """End the session's utterance now; returns once its chunks' words are stored.
 
+        With *through* (a cluster's finalize: the last seq of the session still pending in
+        the log of the node that asked), it first waits, at most ``ARRIVAL_WAIT_S``, until
+        that chunk has reached this transcriber (this worker's share of the work may lag):
+        ended before, the chunks after the end would wait for the session to go idle.
         Returns at once when transcription is off or stopped, or the session has nothing in
         flight."""
-        session = self.board.sessions.get((user_id, session_id))
+        key = (user_id, session_id)
+        if through is not None and self.board.running:
+            with trio.move_on_after(ARRIVAL_WAIT_S):
+                while self.board.running and not self._arrived(key, through):
+                    await self.board.wait_change()
+        session = self.board.sessions.get(key)
         if session is not None:
             await self.feeder.finalize(session)

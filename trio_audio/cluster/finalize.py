@@ -4,7 +4,9 @@
 holds the session's partition finalizes it there; elsewhere it is a core NATS request on
 ``<stream>_asr_finalize.<p>`` to the holder (``serve`` answers those for the partitions this
 worker holds), then a wait until this node's follower has the session's transcripts (at most
-``FINALIZE_WAIT_S``).
+``FINALIZE_WAIT_S``). Either way the request names the session's last chunk still pending
+here (``through``): the holder's work may lag this node's, and it ends the utterance only
+once that chunk has reached it (``Transcriber.finalize``).
 """
 
 from __future__ import annotations
@@ -40,19 +42,24 @@ class Finalizer:
         """Answer "finalize this session" for the partitions this worker holds."""
         while True:
             for message in await inbox.take(1.0):
-                try:
-                    p = int(message.subject.rsplit(".", 1)[-1])
-                    body = json.loads(message.data)
-                    key = (str(body["user_id"]), str(body["session_id"]))
-                except (ValueError, KeyError, TypeError):
+                asked = _asked(message.subject, message.data)
+                if asked is None:
                     continue
+                p, key, through = asked
                 if p in self._leases.holding and message.reply:
-                    nursery.start_soon(self._finalize_for, nats, key, message.reply, transcriber)
+                    nursery.start_soon(
+                        self._finalize_for, nats, key, through, message.reply, transcriber
+                    )
 
     async def _finalize_for(
-        self, nats: Nats, key: tuple[str, str], reply: str, transcriber: Transcriber
+        self,
+        nats: Nats,
+        key: tuple[str, str],
+        through: int | None,
+        reply: str,
+        transcriber: Transcriber,
     ) -> None:
-        await transcriber.finalize(*key)
+        await transcriber.finalize(*key, through=through)
         with contextlib.suppress(NatsError):
             await nats.publish_core(reply, b"done")
 
@@ -62,10 +69,12 @@ class Finalizer:
         """End the session's open utterance now, on whichever worker holds it; returns once
         this node's follower has its transcripts (or after ``FINALIZE_WAIT_S``)."""
         p = partition(user_id, session_id, self._config.asr_partitions)
+        through = self._last_pending(user_id, session_id)
         if p in self._leases.holding and transcriber is not None:
-            await transcriber.finalize(user_id, session_id)
+            await transcriber.finalize(user_id, session_id, through=through)
             return
-        body = json.dumps({"user_id": user_id, "session_id": session_id}).encode()
+        asked = {"user_id": user_id, "session_id": session_id, "through": through}
+        body = json.dumps(asked).encode()
         with trio.move_on_after(FINALIZE_WAIT_S):
             try:
                 await self._store.nats.request(f"{self._names.finalize}.{p}", body, FINALIZE_WAIT_S)
@@ -77,8 +86,30 @@ class Finalizer:
             # session_end) may still be on their way to the fan-out.
             await self._store.announced_all()
 
+    def _last_pending(self, user_id: str, session_id: str) -> int | None:
+        """The seq of the session's last chunk still waiting for its transcript (None:
+        none), which the holder waits to have before it ends the session's utterance."""
+        for seq, chunk_id in reversed(self._store.chunks_after(user_id, session_id, None)):
+            if self._store.transcript_status(chunk_id) == "pending":
+                return seq
+        return None
+
     def _session_pending(self, user_id: str, session_id: str) -> bool:
         """Whether a chunk of the session still waits for its transcript (the index keeps
         the session's status, so this unpacks nothing)."""
         summary = self._store.summary(user_id, session_id)
         return summary is not None and summary.transcript["status"] == "pending"
+
+
+def _asked(subject: str, data: bytes) -> tuple[int, tuple[str, str], int | None] | None:
+    """A finalize request's partition, session and ``through`` seq (None: not one)."""
+    try:
+        p = int(subject.rsplit(".", 1)[-1])
+        body = json.loads(data)
+        key = (str(body["user_id"]), str(body["session_id"]))
+        through = body.get("through")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if through is not None and type(through) is not int:
+        return None
+    return p, key, through

@@ -56,7 +56,8 @@ class Names:
 
 class FollowedLog(Protocol):
     """What cluster work needs of the JetStream backend (``JetStreamStore``): its node id
-    and connection, its follower's progress, and the chunks its index has ``pending``."""
+    and connection, its follower's progress, a session's chunks, and which of them its
+    index has ``pending``."""
 
     @property
     def node(self) -> str: ...
@@ -75,3 +76,9 @@ class FollowedLog(Protocol):
     def pending_now(self) -> list[tuple[str, str, str]]: ...
 
     def summary(self, user_id: str, session_id: str) -> SessionSummary | None: ...
+
+    def chunks_after(
+        self, user_id: str, session_id: str, seq: int | None
+    ) -> list[tuple[int, str]]: ...
+
+    def transcript_status(self, chunk_id: str) -> str | None: ...
