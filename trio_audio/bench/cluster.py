@@ -25,7 +25,9 @@ what the NATS path alone costs a client (``client_batches``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +42,7 @@ import trio
 from ..cluster.dev import LocalCluster
 from .loadgen import Spec
 from .procs import cpu_s
+from .runner import other_cpus
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 SERVING_WS = re.compile(r"serving WebSocket on (ws://\S+)")
@@ -49,13 +52,14 @@ REPLAYED = re.compile(r"replayed (\d+) records .* in ([0-9.]+) s")
 class Node:
     """``trio-audio serve`` as a child process with its log in a file."""
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, cpu: int | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.log = directory / "service.log"
         self.started = time.monotonic()
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
+                [*pin, sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
                  "--data-dir", str(directory / "data"), "--asr-engine", "none",
                  "--rate-limit-per-s", "0", *args],
                 stdout=log, stderr=subprocess.STDOUT,
@@ -90,11 +94,15 @@ class Node:
 
 
 def measured(
-    specs: list[Spec], workdir: Path, nodes: list[Node], servers: list[int]
+    specs: list[Spec],
+    workdir: Path,
+    nodes: list[Node],
+    servers: list[int],
+    cpu: int | None = None,
 ) -> dict[str, Any]:
     """``load`` with the CPU per acknowledged upload of *nodes* and of the *servers* (pids)."""
     before = [n.cpu_s() for n in nodes], [cpu_s(p) for p in servers]
-    result = load(specs, workdir)
+    result = load(specs, workdir, cpu)
     node_s = sum(n.cpu_s() for n in nodes) - sum(before[0])
     server_s = sum(cpu_s(p) for p in servers) - sum(before[1])
     acked = max(1, result["acked"])
@@ -104,19 +112,17 @@ def measured(
     return result
 
 
-def load(specs: list[Spec], workdir: Path) -> dict[str, Any]:
-    """Run one load generator process per spec at once; the combined figures."""
+def load(specs: list[Spec], workdir: Path, cpu: int | None = None) -> dict[str, Any]:
+    """Run one load generator process per spec at once (on every CPU but *cpu*, the nodes',
+    when they are pinned); the combined figures."""
     procs = []
     outs = []
     for i, spec in enumerate(specs):
         spec_path, out_path = workdir / f"spec{i}.json", workdir / f"out{i}.json"
         spec_path.write_text(json.dumps(spec.to_json()))
         outs.append(out_path)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "trio_audio.bench.loadgen", str(spec_path), str(out_path)]
-            )
-        )
+        command = [*other_cpus(cpu), sys.executable, "-m", "trio_audio.bench.loadgen"]
+        procs.append(subprocess.Popen([*command, str(spec_path), str(out_path)]))
     for proc in procs:
         proc.wait()
     latencies: list[float] = []
@@ -148,10 +154,12 @@ def load(specs: list[Spec], workdir: Path) -> dict[str, Any]:
     }
 
 
-def http_specs(nodes: list[Node], seconds: float, run_id: str, connections: int = 32) -> list[Spec]:
+def http_specs(
+    nodes: list[Node], seconds: float, run_id: str, connections: int = 32, chunk_s: float = 0.1
+) -> list[Spec]:
     per = max(1, connections // len(nodes))
     specs = [
-        Spec(kind="http", url=n.url, concurrency=per, duration_s=seconds, chunk_s=0.1,
+        Spec(kind="http", url=n.url, concurrency=per, duration_s=seconds, chunk_s=chunk_s,
              run_id=f"{run_id}-{i}")
         for i, n in enumerate(nodes)
     ]  # fmt: skip
@@ -241,8 +249,21 @@ async def client_batches(store: str, stream: str, count: int, tasks: int) -> dic
         }
 
 
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Move every thread of process *pid* (a ``nats-server``: Go starts its threads early)
+    to *cpus*."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def side_by_side(
-    rounds: int, seconds: float, rate: float = 0.0, connections: int = 32
+    rounds: int,
+    seconds: float,
+    rate: float = 0.0,
+    connections: int = 32,
+    cpu: int | None = None,
+    chunk_s: float = 0.1,
 ) -> dict[str, Any]:
     """*rounds* of the HTTP load on one local-log node and on one cluster node, in turn
     (each started once and warmed up; which goes first alternates): each round's CPU ms per
@@ -250,10 +271,12 @@ def side_by_side(
     favouring either side. With *rate*, both get the same uploads/s (open loop), so their
     CPU per upload is compared at the same throughput; without, each gets *connections*
     connections as fast as it answers them (the slower node then batches less, and pays more
-    per upload for it, unless there are connections enough to keep its stages full)."""
+    per upload for it, unless there are connections enough to keep its stages full). With
+    *cpu*, both nodes run on that CPU alone and the servers and load on the others, so the
+    ``nats-server``s do not take the cluster node's CPU (on separate machines they would not)."""
 
     def specs(node: Node, run_id: str) -> list[Spec]:
-        base = http_specs([node], seconds, run_id, connections)
+        base = http_specs([node], seconds, run_id, connections, chunk_s)
         if not rate:
             return base
         return [attrs.evolve(spec, mode="open", rate=rate, concurrency=64) for spec in base]
@@ -264,8 +287,12 @@ def side_by_side(
         work = Path(tmp)
         with LocalCluster(work / "nats", nodes=3) as cluster:
             servers = [n.process.pid for n in cluster.nodes if n.process is not None]
-            local = Node(work / "local")
-            remote = Node(work / "c", "--store", cluster.store, "--store-stream", "B")
+            if cpu is not None:
+                others = set(os.sched_getaffinity(0)) - {cpu} or {cpu}
+                for pid in servers:
+                    pin_threads(pid, others)
+            local = Node(work / "local", cpu=cpu)
+            remote = Node(work / "c", "--store", cluster.store, "--store-stream", "B", cpu=cpu)
             try:
                 for node in (local, remote):
                     node.wait_ready()
@@ -274,7 +301,7 @@ def side_by_side(
                     got: dict[str, dict[str, Any]] = {}
                     order = [("local", local, []), ("cluster", remote, servers)]
                     for name, node, pids in order if n % 2 == 0 else order[::-1]:
-                        got[name] = measured(specs(node, f"{name}{n}"), work, [node], pids)
+                        got[name] = measured(specs(node, f"{name}{n}"), work, [node], pids, cpu)
                     one, two = got["local"], got["cluster"]
                     out["rounds"].append({
                         "local_per_s": one["acked_per_s"],
@@ -282,6 +309,8 @@ def side_by_side(
                         "local_cpu_ms": one["cpu_ms_per_upload_nodes"],
                         "cluster_cpu_ms": two["cpu_ms_per_upload_nodes"],
                         "nats_cpu_ms": two["cpu_ms_per_upload_nats"],
+                        "local_p50_p99_ms": [one["p50_ms"], one["p99_ms"]],
+                        "cluster_p50_p99_ms": [two["p50_ms"], two["p99_ms"]],
                         "ratio": round(two["cpu_ms_per_upload_nodes"]
                                        / max(0.01, one["cpu_ms_per_upload_nodes"]), 2),
                     })  # fmt: skip
@@ -320,6 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         help="with --rounds and no --rate: the closed loop's connections per node",
     )
     parser.add_argument(
+        "--chunk-s", type=float, default=0.1, help="with --rounds: audio per upload"
+    )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        help="with --rounds: run both nodes on this CPU alone, the servers and load on the others",
+    )
+    parser.add_argument(
         "--client-batches",
         type=int,
         default=0,
@@ -339,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         print(
             json.dumps(
-                side_by_side(args.rounds, args.seconds, args.rate, args.connections), indent=2
+                side_by_side(
+                    args.rounds, args.seconds, args.rate, args.connections, args.cpu, args.chunk_s
+                ),
+                indent=2,
             )
         )
         return 0
