@@ -67,8 +67,11 @@ from .state import EARLY_OUTCOMES, Board, ChunkSource, Key, SessionState
 __all__ = ["ChunkSource", "Transcriber"]
 
 # How long a cluster's finalize waits for the session's last pending chunk to reach this
-# worker (its work or its node's follower lagging) before it ends what it has.
-ARRIVAL_WAIT_S: Final = 30.0
+# worker before it ends what it has: longer than a work message takes to come again when
+# this worker's follower lagged (cluster/take.py's ACK_WAIT_S, 30 s, and its follower wait),
+# within the minute the asking node waits (cluster/finalize.py).
+ARRIVAL_WAIT_S: Final = 40.0
+ARRIVAL_CHECK_S: Final = 0.5  # ... checking this often what this node's log has
 
 
 class Transcriber:
@@ -222,13 +225,14 @@ class Transcriber:
         the log of the node that asked), it first waits, at most ``ARRIVAL_WAIT_S``, until
         that chunk has reached this transcriber (this worker's share of the work may lag):
         ended before, the chunks after the end would wait for the session to go idle.
-        Returns at once when transcription is off or stopped, or the session has nothing in
-        flight."""
+        Otherwise it returns at once when transcription is off or stopped, or the session
+        has nothing in flight."""
         key = (user_id, session_id)
         if through is not None and self.board.running:
             with trio.move_on_after(ARRIVAL_WAIT_S):
                 while self.board.running and not self._arrived(key, through):
-                    await self.board.wait_change()
+                    with trio.move_on_after(ARRIVAL_CHECK_S):  # (the log changes unwoken)
+                        await self.board.wait_change()
         session = self.board.sessions.get(key)
         if session is not None:
             await self.feeder.finalize(session)

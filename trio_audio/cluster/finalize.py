@@ -2,11 +2,12 @@
 
 ``finalize`` (WebSocket ``finalize``/``end``, HTTP session end) on a node whose worker
 holds the session's partition finalizes it there; elsewhere it is a core NATS request on
-``<stream>_asr_finalize.<p>`` to the holder (``serve`` answers those for the partitions this
-worker holds), then a wait until this node's follower has the session's transcripts (at most
-``FINALIZE_WAIT_S``). Either way the request names the session's last chunk still pending
-here (``through``): the holder's work may lag this node's, and it ends the utterance only
-once that chunk has reached it (``Transcriber.finalize``).
+``<stream>_asr_finalize.<p>`` to the holder (``serve`` takes those for the partitions this
+worker holds, and says so at once), asked again until one takes it (for a moment no worker
+may hold the partition), while this node waits until its follower has the session's
+transcripts (at most ``FINALIZE_WAIT_S``). Either way the request names the session's last
+chunk still pending here (``through``): the holder's work may lag this node's, and it ends
+the utterance only once that chunk has reached it (``Transcriber.finalize``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from .connect import Nats
 from .leases import Leases
 from .partitions import FollowedLog, Names, partition
 
-FINALIZE_WAIT_S: Final = 60.0  # how long a finalize waits for the session's holder
+FINALIZE_WAIT_S: Final = 60.0  # how long a finalize waits for the session's transcripts
+ASK_S: Final = 2.0  # how long one ask waits for a holder to take it
+ASK_AGAIN_S: Final = 0.25  # ... and the pause before the next, when none did
 
 
 class Finalizer:
@@ -59,9 +62,9 @@ class Finalizer:
         reply: str,
         transcriber: Transcriber,
     ) -> None:
+        with contextlib.suppress(NatsError):  # taken: the asker waits for its follower now
+            await nats.publish_core(reply, b"taken")
         await transcriber.finalize(*key, through=through)
-        with contextlib.suppress(NatsError):
-            await nats.publish_core(reply, b"done")
 
     async def finalize(
         self, user_id: str, session_id: str, transcriber: Transcriber | None
@@ -75,16 +78,30 @@ class Finalizer:
             return
         asked = {"user_id": user_id, "session_id": session_id, "through": through}
         body = json.dumps(asked).encode()
+        if through is None:  # nothing of it waits for words: its holder ends it, if any
+            with contextlib.suppress(NatsError):
+                await self._store.nats.request(f"{self._names.finalize}.{p}", body, ASK_S)
+            return
         with trio.move_on_after(FINALIZE_WAIT_S):
-            try:
-                await self._store.nats.request(f"{self._names.finalize}.{p}", body, FINALIZE_WAIT_S)
-            except NatsError:
-                return  # no worker holds it now: its chunks are done when one does
-            while self._session_pending(user_id, session_id):
-                await self._store.applied_more()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ask, p, body)
+                while self._session_pending(user_id, session_id):
+                    await self._store.applied_more()
+                nursery.cancel_scope.cancel()
             # The index has the transcripts; their events (the finals watchers get before
             # session_end) may still be on their way to the fan-out.
             await self._store.announced_all()
+
+    async def _ask(self, p: int, body: bytes) -> None:
+        """Ask partition *p*'s holder to finalize, until one takes it: for a moment no
+        worker may hold it (a lease that lapsed, not taken again yet), and then nobody
+        answers (the session's chunks would wait for it to go idle)."""
+        while True:
+            try:
+                await self._store.nats.request(f"{self._names.finalize}.{p}", body, ASK_S)
+                return
+            except NatsError:
+                await trio.sleep(ASK_AGAIN_S)
 
     def _last_pending(self, user_id: str, session_id: str) -> int | None:
         """The seq of the session's last chunk still waiting for its transcript (None:
@@ -110,6 +127,6 @@ def _asked(subject: str, data: bytes) -> tuple[int, tuple[str, str], int | None]
         through = body.get("through")
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    if through is not None and type(through) is not int:
-        return None
+    if type(through) is not int:
+        through = None  # (not one: the session's utterance is ended at once, as before)
     return p, key, through
