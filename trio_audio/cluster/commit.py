@@ -1,4 +1,4 @@
-"""The JetStream store's committer: writes planned, published and answered, lane by lane.
+"""The JetStream store's committer: writes planned, published and answered, batch by batch.
 
 ::
 
@@ -9,14 +9,13 @@
                                          │ its node has it          ▼
                                          └──────────────────── follower (follow.py)
 
-The committer hands each write to one of ``COMMIT_LANES`` lanes by its session; each lane
-plans, publishes and answers its writes batch by batch, and the lanes run side by side, so
-a node keeps many publishes in flight (other sessions' batches go on while one waits for its
-PubAcks) instead of waiting batch by batch. A batch's publishes are sent in its order, all
-before any PubAck is waited for, from the lane's one task. One session's writes are in one
-lane, in order: each plan sees the session's earlier writes, a lost compare-and-append is
-rare, and the session's records reach the stream (and every node's watchers) in order (but
-for a publish whose PubAck never came, sent again: it can land after later ones).
+The committer takes everything waiting as one batch (as the local log's group commit), then
+plans, publishes and answers it: its publishes are sent in its order, all before any PubAck
+is waited for, so the whole batch is in flight at once, and a session's records reach the
+stream (and every node's watchers) in order (but for a publish whose PubAck never came, sent
+again: it can land after later ones). Each plan sees the batch's earlier writes, so a lost
+compare-and-append is rare. (Batches committed side by side in lanes by session cost more
+CPU per upload and gave fewer uploads/s, docs/cluster.md.)
 
 Writes and their guarantees:
 
@@ -62,13 +61,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
 
-from ..channels import waiting
 from ..errors import InsufficientStorage, InternalError, NotFound, ServiceError, StoreUnavailable
 from ..models import Job
 from ..store.events import Delete, Update, Write
@@ -85,11 +82,6 @@ logger = logging.getLogger("trio_audio.cluster.jetstream")
 
 PLAN_ATTEMPTS: Final = 4  # plans of one write that lose a compare-and-append, then 503
 NOT_READ_WAIT_S: Final = 0.25  # for the follower to apply a chunk that came to a planned seq
-# Sessions' writes committed side by side (a session's in one). A lane's whole batch is in
-# flight at once, so a few lanes keep enough publishes in flight; more only make smaller
-# batches, each paying its planning and its wait for the follower (at a node's ceiling, 16
-# lanes cost ~10% more CPU per upload than 4, docs/cluster.md).
-COMMIT_LANES: Final = 4
 
 
 class Committer:
@@ -105,46 +97,32 @@ class Committer:
         self._watch = watch
         self._planner = Planner(shared.stream, shared.index)
         self._publisher = Publisher(shared.config, shared.metrics, shared.stream, follower.pcm)
+        self._removals: trio.Nursery  # (set by ``commit_all``)
 
-    async def commit_all(self, next_batch: Callable[[], Awaitable[list[Write] | None]]) -> None:
-        """Hand each write to the lane of its session (``COMMIT_LANES``); each lane commits
-        its writes batch by batch, and the lanes' publishes are in flight together. A
-        session's writes stay in order in one lane: its plans see its earlier writes."""
-        lanes = [trio.open_memory_channel[tuple[float, Write]](self._config.stage_queue)
-                 for _ in range(COMMIT_LANES)]  # fmt: skip
+    async def commit_all(
+        self,
+        next_batch: Callable[[], Awaitable[list[Write] | None]],
+        backlog: Callable[[], int],
+    ) -> None:
+        """Commit the writes batch by batch, each batch everything waiting (as the local
+        log's group commit): its publishes all in flight together, in its order. Removals
+        of deleted chunks' messages go on beside the next batches.
+
+        A write's ``store_timeout_s`` runs from when it came: writes already waiting
+        (*backlog*) when a batch ends came while it ran, so the next batch's time runs from
+        when that one began (from its own start, with frozen servers, a write could wait
+        twice as long)."""
+        timeout = self._config.store_timeout_s
+        began = trio.current_time()
         async with trio.open_nursery() as nursery:
-            for _, receive in lanes:
-                nursery.start_soon(self._lane, receive)
-            async with contextlib.AsyncExitStack() as stack:
-                for send, _ in lanes:
-                    await stack.enter_async_context(send)
-                while (batch := await next_batch()) is not None:
-                    now = trio.current_time()
-                    for write in batch:
-                        await lanes[self._lane_of(write)][0].send((now, write))
-
-    def _lane_of(self, write: Write) -> int:
-        """The lane of *write*'s session (a chunk's session for an update; a delete's
-        first session)."""
-        if isinstance(write, Job):
-            key = (write.user_id, write.session_id)
-        elif isinstance(write, Delete) and write.session is not None:
-            key = write.session
-        else:
-            chunk_id = write.chunk_id if isinstance(write, Update) else write.chunk_ids[0]
-            found = self._index.key(chunk_id)
-            if found is None:
-                return 0
-            key = found[:2]
-        return zlib.crc32(f"{key[0]}\x00{key[1]}".encode()) % COMMIT_LANES
-
-    async def _lane(self, receive: trio.MemoryReceiveChannel[tuple[float, Write]]) -> None:
-        """Commit what arrives on *receive*, everything queued at once, batch by batch."""
-        async with receive:
-            async for first in receive:
-                batch = waiting(first, receive, self._config.commit_batch_max)
-                deadline = min(t for t, _ in batch) + self._config.store_timeout_s
-                await self._commit([w for _, w in batch], deadline)
+            self._removals = nursery
+            while True:
+                waited = backlog() > 0
+                if (batch := await next_batch()) is None:
+                    break
+                now = trio.current_time()
+                since, began = (began if waited else now), now
+                await self._commit(batch, since + timeout)
 
     async def _commit(self, batch: list[Write], deadline: float) -> None:
         """Commit *batch*; a publish not acknowledged by *deadline* fails with 503."""
@@ -197,10 +175,8 @@ class Committer:
         deleted = [
             p for p in pending if isinstance(p.write, Delete) and all(m.seq for m in p.messages)
         ]
-        if deleted:
-            async with trio.open_nursery() as nursery:
-                for item in deleted:
-                    nursery.start_soon(self._remove_deleted, item)
+        for item in deleted:  # answered: the stream's copies go while the next batches do
+            self._removals.start_soon(self._remove_deleted, item)
         if unread:  # planned again once the follower has moved on (the others did not wait)
             with trio.move_on_after(NOT_READ_WAIT_S):
                 await self._follower.progress.wait()
@@ -286,11 +262,13 @@ class Committer:
 
     async def _remove_deleted(self, item: Pending) -> None:
         """Delete the tombstoned chunks' messages from the stream (their audio goes from
-        every replica); a failure leaves them hidden by the tombstone, and is logged."""
-        nats = self._stream.connection()
+        every replica); a failure leaves them hidden by the tombstone, and is logged. Only
+        what lies below the tombstone goes: this runs beside later writes, and a chunk
+        stored again at the same seq after the delete stays."""
         write = item.write
         assert isinstance(write, Delete) and isinstance(item.plan, dict)
         try:
+            nats = self._stream.connection()
             if write.session is not None:
                 user_id, session_id = write.session
                 prefix = f"{self._stream.name}.{token(user_id)}.{token(session_id)}"
@@ -298,10 +276,10 @@ class Committer:
                 for kind in ("chunk", "update", "work"):
                     await nats.purge(self._stream.name, f"{prefix}.{kind}.>", before)
                 return
-            for entry_seq, subjects in item.plan.get("removed", []):
+            for entry_seq, subjects, tombstone in item.plan.get("removed", []):
                 with contextlib.suppress(MessageNotFound):
                     await nats.delete(self._stream.name, entry_seq)
                 for subject in subjects:
-                    await nats.purge(self._stream.name, subject)
-        except NatsError as exc:
+                    await nats.purge(self._stream.name, subject, item.messages[tombstone].seq)
+        except (NatsError, StoreUnavailable) as exc:
             logger.warning("deleted chunks stay in the stream until the next delete: %s", exc)

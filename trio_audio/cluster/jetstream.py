@@ -15,7 +15,7 @@
 - ``stream.py``: the subjects, the headers a record carries, this node's connection;
 - ``follow.py``: the follower, which replays the stream and follows it into the index,
   sending the events it makes;
-- ``commit.py``: the committer, which takes the writes in lanes by session, plans and
+- ``commit.py``: the committer, which takes the writes batch by batch, plans and
   publishes them (``publish.py``) and answers them once the follower has them: the writes'
   guarantees are told there;
 - ``reads.py``: chunk metadata and audio read from the stream by sequence, and
@@ -186,7 +186,7 @@ class JetStreamStore(CommitChannels, IndexReads):
                     self._starting = None  # replayed: it serves (the watch says when not)
                     nursery.start_soon(self._watch.run, nats)
                     task_status.started(self)
-                    await self._committer.commit_all(self._next_batch)
+                    await self._committer.commit_all(self._next_batch, self._backlog)
                     nursery.cancel_scope.cancel()
         finally:
             self._send.close()

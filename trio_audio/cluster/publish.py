@@ -150,7 +150,7 @@ class Planner:
                 key = index.key(chunk_id)
                 seq = key[2] if key is not None else -1
                 subjects = [f"{prefix}.update.{chunk_id}", f"{prefix}.work.{seq}"]
-                removed.append((index.stream_seq(chunk_id) or 0, subjects))
+                removed.append((index.stream_seq(chunk_id) or 0, subjects, i))
         return Pending(write, {"chunk_ids": chunk_ids, "removed": removed}, messages)
 
     def _headers(self, record: dict[str, Any], msg_id: str) -> dict[str, str]:

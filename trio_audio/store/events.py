@@ -121,6 +121,10 @@ class CommitChannels:
                     batch.append(await receive.receive())
         return batch
 
+    def _backlog(self) -> int:
+        """Writes waiting for the committer now."""
+        return self._receive.statistics().current_buffer_used
+
     def events(self) -> trio.MemoryReceiveChannel[Committed]:
         """The channel of ``Committed`` events, for the one consumer; call before ``run``.
 
