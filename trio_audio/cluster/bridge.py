@@ -74,6 +74,10 @@ class Unavailable(NatsError):
     """No answer in time: the cluster (or its meta leader, or the stream's) is unreachable."""
 
 
+class NoResponders(Unavailable):
+    """Nobody listens on that subject (a core request no process is subscribed to)."""
+
+
 async def retrying(call: Callable[[], Awaitable[T]], pause_s: float = 0.5) -> T:
     """``await call()`` until the cluster answers it (``Unavailable``: log, wait, again)."""
     while True:
@@ -149,12 +153,13 @@ def _translate(exc: BaseException) -> NatsError:
         if isinstance(exc, nats.js.errors.ServiceUnavailableError):
             return Unavailable(str(exc))
         return ApiFailure(str(exc.description or exc), code)
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return NoResponders(f"{type(exc).__name__}: {exc}".rstrip(": "))
     if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in str(exc).lower():
         return NotAuthorized(f"{type(exc).__name__}: {exc}")
     if isinstance(
         exc,
         nats.errors.TimeoutError
-        | nats.errors.NoRespondersError
         | nats.js.errors.NoStreamResponseError
         | nats.errors.ConnectionClosedError
         | nats.errors.ConnectionReconnectingError

@@ -82,6 +82,7 @@ logger = logging.getLogger("trio_audio.cluster.jetstream")
 
 PLAN_ATTEMPTS: Final = 4  # plans of one write that lose a compare-and-append, then 503
 NOT_READ_WAIT_S: Final = 0.25  # for the follower to apply a chunk that came to a planned seq
+REMOVALS_AT_ONCE: Final = 4  # deletes whose messages are being removed from the stream at once
 
 
 class Committer:
@@ -98,6 +99,7 @@ class Committer:
         self._planner = Planner(shared.stream, shared.index)
         self._publisher = Publisher(shared.config, shared.metrics, shared.stream, follower.pcm)
         self._removals: trio.Nursery  # (set by ``commit_all``)
+        self._removing = trio.CapacityLimiter(REMOVALS_AT_ONCE)
 
     async def commit_all(
         self,
@@ -267,6 +269,11 @@ class Committer:
         stored again at the same seq after the delete stays."""
         write = item.write
         assert isinstance(write, Delete) and isinstance(item.plan, dict)
+        async with self._removing:
+            await self._remove(write, item)
+
+    async def _remove(self, write: Delete, item: Pending) -> None:
+        assert isinstance(item.plan, dict)
         try:
             nats = self._stream.connection()
             if write.session is not None:

@@ -20,7 +20,8 @@ import trio
 
 from ..asr.transcriber import Transcriber
 from ..config import Config
-from .bridge import NatsError
+from ..errors import StoreUnavailable
+from .bridge import NatsError, NoResponders
 from .connect import Nats
 from .leases import Leases
 from .partitions import FollowedLog, Names, partition
@@ -73,34 +74,46 @@ class Finalizer:
         this node's follower has its transcripts (or after ``FINALIZE_WAIT_S``)."""
         p = partition(user_id, session_id, self._config.asr_partitions)
         through = self._last_pending(user_id, session_id)
-        if p in self._leases.holding and transcriber is not None:
-            await transcriber.finalize(user_id, session_id, through=through)
-            return
-        asked = {"user_id": user_id, "session_id": session_id, "through": through}
-        body = json.dumps(asked).encode()
-        if through is None:  # nothing of it waits for words: its holder ends it, if any
-            with contextlib.suppress(NatsError):
-                await self._store.nats.request(f"{self._names.finalize}.{p}", body, ASK_S)
-            return
         with trio.move_on_after(FINALIZE_WAIT_S):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ask, p, body)
-                while self._session_pending(user_id, session_id):
-                    await self._store.applied_more()
-                nursery.cancel_scope.cancel()
+            if p in self._leases.holding and transcriber is not None:
+                await transcriber.finalize(user_id, session_id, through=through)
+            else:
+                asked = {"user_id": user_id, "session_id": session_id, "through": through}
+                await self._ask_and_wait(p, json.dumps(asked).encode(), user_id, session_id)
             # The index has the transcripts; their events (the finals watchers get before
             # session_end) may still be on their way to the fan-out.
             await self._store.announced_all()
 
-    async def _ask(self, p: int, body: bytes) -> None:
-        """Ask partition *p*'s holder to finalize, until one takes it: for a moment no
-        worker may hold it (a lease that lapsed, not taken again yet), and then nobody
-        answers (the session's chunks would wait for it to go idle)."""
+    async def _ask_and_wait(self, p: int, body: bytes, user_id: str, session_id: str) -> None:
+        """Ask partition *p*'s holder to finalize, and wait until this node's index has the
+        session's transcripts. Nothing pending: one ask, no wait."""
+        if not self._session_pending(user_id, session_id):
+            await self._ask(p, body, again=False)
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                if not await self._ask(p, body):
+                    nursery.cancel_scope.cancel()  # no worker at all: nothing to wait for
+
+            nursery.start_soon(ask)
+            while self._session_pending(user_id, session_id):
+                await self._store.applied_more()
+            nursery.cancel_scope.cancel()
+
+    async def _ask(self, p: int, body: bytes, *, again: bool = True) -> bool:
+        """Ask partition *p*'s holder to finalize until one takes it (with *again*): for a
+        moment no worker may hold it (a lease that lapsed, not taken again yet), and then
+        nobody answers. False when no worker listens at all (its chunks wait for one)."""
         while True:
             try:
                 await self._store.nats.request(f"{self._names.finalize}.{p}", body, ASK_S)
-                return
-            except NatsError:
+                return True
+            except NoResponders:
+                return False
+            except (NatsError, StoreUnavailable):
+                if not again:
+                    return True
                 await trio.sleep(ASK_AGAIN_S)
 
     def _last_pending(self, user_id: str, session_id: str) -> int | None:
