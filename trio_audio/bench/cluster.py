@@ -42,7 +42,7 @@ import trio
 from ..cluster.dev import LocalCluster
 from .loadgen import Spec
 from .procs import cpu_s
-from .runner import other_cpus
+from .runner import cpus_but, on_cpu, other_cpus
 
 SERVING = re.compile(r"serving HTTP on (http://\S+),")
 SERVING_WS = re.compile(r"serving WebSocket on (ws://\S+)")
@@ -56,11 +56,10 @@ class Node:
         directory.mkdir(parents=True, exist_ok=True)
         self.log = directory / "service.log"
         self.started = time.monotonic()
-        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*pin, sys.executable, "-m", "trio_audio", "serve", "--port", "0", "--ws-port", "0",
-                 "--data-dir", str(directory / "data"), "--asr-engine", "none",
+                [*on_cpu(cpu), sys.executable, "-m", "trio_audio", "serve", "--port", "0",
+                 "--ws-port", "0", "--data-dir", str(directory / "data"), "--asr-engine", "none",
                  "--rate-limit-per-s", "0", *args],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
@@ -288,9 +287,8 @@ def side_by_side(
         with LocalCluster(work / "nats", nodes=3) as cluster:
             servers = [n.process.pid for n in cluster.nodes if n.process is not None]
             if cpu is not None:
-                others = set(os.sched_getaffinity(0)) - {cpu} or {cpu}
                 for pid in servers:
-                    pin_threads(pid, others)
+                    pin_threads(pid, cpus_but(cpu))
             local = Node(work / "local", cpu=cpu)
             remote = Node(work / "c", "--store", cluster.store, "--store-stream", "B", cpu=cpu)
             try:

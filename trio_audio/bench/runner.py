@@ -83,7 +83,7 @@ class ServerProcess:
 
 
 def server_command(scenario: Scenario, data_dir: Path) -> list[str]:
-    pin = ["taskset", "-c", str(scenario.cpu)] if scenario.cpu is not None else []
+    pin = on_cpu(scenario.cpu)
     if scenario.target == "baseline":
         return [*pin, sys.executable, "-m", "trio_audio.bench.baseline", "--port", "0",
                 "--ws-port", "0", "--file", str(data_dir / "baseline.log"),
@@ -96,12 +96,21 @@ def server_command(scenario: Scenario, data_dir: Path) -> list[str]:
             *scenario.server_args]  # fmt: skip
 
 
+def on_cpu(cpu: int | None) -> list[str]:
+    """``taskset`` for a server pinned to *cpu* (none pinned: nothing)."""
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def cpus_but(cpu: int) -> set[int]:
+    """Every CPU of this process but *cpu* (itself when it is the only one): the load's."""
+    return set(os.sched_getaffinity(0)) - {cpu} or {cpu}
+
+
 def other_cpus(cpu: int | None) -> list[str]:
     """``taskset`` for the load generator: every CPU but the server's (none pinned: nothing)."""
     if cpu is None:
         return []
-    others = sorted(os.sched_getaffinity(0) - {cpu}) or [cpu]
-    return ["taskset", "-c", ",".join(map(str, others))]
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus_but(cpu))))]
 
 
 async def run_server(
