@@ -269,24 +269,21 @@ class Committer:
         stored again at the same seq after the delete stays."""
         write = item.write
         assert isinstance(write, Delete) and isinstance(item.plan, dict)
-        async with self._removing:
-            await self._remove(write, item)
-
-    async def _remove(self, write: Delete, item: Pending) -> None:
-        assert isinstance(item.plan, dict)
         try:
-            nats = self._stream.connection()
-            if write.session is not None:
-                user_id, session_id = write.session
-                prefix = f"{self._stream.name}.{token(user_id)}.{token(session_id)}"
-                before = item.messages[0].seq
-                for kind in ("chunk", "update", "work"):
-                    await nats.purge(self._stream.name, f"{prefix}.{kind}.>", before)
-                return
-            for entry_seq, subjects, tombstone in item.plan.get("removed", []):
-                with contextlib.suppress(MessageNotFound):
-                    await nats.delete(self._stream.name, entry_seq)
-                for subject in subjects:
-                    await nats.purge(self._stream.name, subject, item.messages[tombstone].seq)
+            async with self._removing:
+                nats = self._stream.connection()
+                if write.session is not None:
+                    user_id, session_id = write.session
+                    prefix = f"{self._stream.name}.{token(user_id)}.{token(session_id)}"
+                    before = item.messages[0].seq
+                    for kind in ("chunk", "update", "work"):
+                        await nats.purge(self._stream.name, f"{prefix}.{kind}.>", before)
+                    return
+                for entry_seq, subjects, tombstone in item.plan.get("removed", []):
+                    with contextlib.suppress(MessageNotFound):
+                        await nats.delete(self._stream.name, entry_seq)
+                    for subject in subjects:
+                        before = item.messages[tombstone].seq
+                        await nats.purge(self._stream.name, subject, before)
         except (NatsError, StoreUnavailable) as exc:
             logger.warning("deleted chunks stay in the stream until the next delete: %s", exc)
