@@ -75,21 +75,21 @@ class Finalizer:
         p = partition(user_id, session_id, self._config.asr_partitions)
         through = self._last_pending(user_id, session_id)
         with trio.move_on_after(FINALIZE_WAIT_S):
+            asked = {"user_id": user_id, "session_id": session_id, "through": through}
+            body = json.dumps(asked).encode()
             if p in self._leases.holding and transcriber is not None:
                 await transcriber.finalize(user_id, session_id, through=through)
+            elif through is None:  # nothing of it waits for words: one ask, no wait
+                await self._ask(p, body, again=False)
             else:
-                asked = {"user_id": user_id, "session_id": session_id, "through": through}
-                await self._ask_and_wait(p, json.dumps(asked).encode(), user_id, session_id)
+                await self._ask_and_wait(p, body, user_id, session_id)
             # The index has the transcripts; their events (the finals watchers get before
             # session_end) may still be on their way to the fan-out.
             await self._store.announced_all()
 
     async def _ask_and_wait(self, p: int, body: bytes, user_id: str, session_id: str) -> None:
         """Ask partition *p*'s holder to finalize, and wait until this node's index has the
-        session's transcripts. Nothing pending: one ask, no wait."""
-        if not self._session_pending(user_id, session_id):
-            await self._ask(p, body, again=False)
-            return
+        session's transcripts."""
         async with trio.open_nursery() as nursery:
 
             async def ask() -> None:
@@ -119,6 +119,8 @@ class Finalizer:
     def _last_pending(self, user_id: str, session_id: str) -> int | None:
         """The seq of the session's last chunk still waiting for its transcript (None:
         none), which the holder waits to have before it ends the session's utterance."""
+        if not self._session_pending(user_id, session_id):
+            return None  # (the index keeps the session's status: no chunk looked at)
         for seq, chunk_id in reversed(self._store.chunks_after(user_id, session_id, None)):
             if self._store.transcript_status(chunk_id) == "pending":
                 return seq
