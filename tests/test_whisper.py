@@ -301,3 +301,17 @@ def test_a_prompt_that_repeats_itself_does_not_make_the_decode_repeat(
     audio = speak("front")
     words = engine.transcribe(audio, prompt="Front. " * 40)
     assert [w.word.strip(".").lower() for w in words] == ["front"]
+
+
+def test_sentences_said_again_and_again_are_words_not_silence(
+    engine: whisper.WhisperEngine,
+) -> None:
+    # Three sentences read four times (a drill, a read-back) fill a window whose text
+    # compresses well and whose no-speech probability is over 0.6, with the decoder sure of
+    # every word: that window was once taken for silence, and all 30 s came back empty.
+    said = [SENTENCE, OTHER_SENTENCE, "the weather is nice today"]
+    audio = np.concatenate([speak(s, lead_s=0.1, tail_s=0.3) for s in said] * 4)
+    heard = normal(" ".join(w.word for w in engine.transcribe(audio)))
+    expected = " ".join(said * 4).split()
+    assert len(heard) == len(expected)
+    assert heard.count("kitchen") == heard.count("hallway") == heard.count("weather") == 4

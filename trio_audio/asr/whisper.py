@@ -71,8 +71,10 @@ MAX_LENGTH: Final = 448
 BEAM_SIZE: Final = 5
 PARTIAL_BEAM_SIZE: Final = 1  # partials decode greedily
 MAX_INITIAL_TIMESTAMP_INDEX: Final = 50  # the first timestamp is at most 1 s in
-# Whisper's own tests that a window held no speech: a likely <|nocaptions|> and a decode that
-# is unsure (low mean log-probability) or stuck repeating itself (text that compresses well).
+# Whisper's own test that a window held no speech: a likely <|nocaptions|> and a decode that
+# is unsure (low mean log-probability); or, here, stuck on a few words over and over
+# (``looping``). Text that merely compresses well is no sign of silence: sentences said
+# again (a drill, a chorus, a read-back) do that, and were once dropped whole.
 NO_SPEECH_THRESHOLD: Final = 0.6
 LOG_PROB_THRESHOLD: Final = -1.0
 COMPRESSION_RATIO_THRESHOLD: Final = 2.4
@@ -322,7 +324,7 @@ class WhisperEngine:
         if text_tokens and (
             (
                 result.no_speech_prob > NO_SPEECH_THRESHOLD
-                and (avg_logprob < LOG_PROB_THRESHOLD or repetitive)
+                and (avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens))
             )
             or (result.no_speech_prob > NO_SPEECH_SURE and avg_logprob < LOG_PROB_THRESHOLD / 2)
         ):
