@@ -19,6 +19,7 @@ from trio_audio.asr.engine import EngineError, EngineOptions, Word, check_option
 from trio_audio.asr.utterances import Assembler
 from trio_audio.asr.worker import Decoder
 from trio_audio.audio import vad
+from trio_audio.bench.textnorm import word_errors
 from trio_audio.config import Config
 
 from .conftest import StartServer
@@ -286,7 +287,9 @@ def test_a_name_it_misspells_comes_out_right_when_the_prompt_names_it(
     assert NAME not in unaided  # tiny.en hears another word ("Cuba needs")
     told = engine.transcribe(audio, prompt=f"{NAME}.")
     assert NAME in [w.word.strip(".,") for w in told]
-    assert normal(" ".join(w.word for w in told)) == normal(NAME_SENTENCE)
+    # The rest as said, but for at most one word: int8 kernels differ by CPU (AVX2, AVX-512,
+    # AMX), and one of them hears "please end the report".
+    assert word_errors(NAME_SENTENCE, " ".join(w.word for w in told))[0] <= 1
     # The previous text of a window is a prompt too: the name said before is heard again.
     again = engine.transcribe(audio, prompt=NAME_SENTENCE)  # (its style too: lower case)
     assert NAME.lower() in normal(" ".join(w.word for w in again))
