@@ -72,3 +72,13 @@ def test_the_words_heard_as_context_leave_the_prompt() -> None:
     assert list(previous.words)[-3:] == ["an", "ill", "disposed"]
     previous.add([])
     assert previous.before_last() == list(previous.words)
+
+
+def test_words_in_the_audio_a_decode_hears_again_leave_its_prompt() -> None:
+    # A cut utterance's second half starts OVERLAP_MS before the cut: the first half's words
+    # said there are in its audio, not before it.
+    previous = PreviousWords()
+    previous.add([{"word": w, "start_ms": t} for w, t in (("turn", 25_540.0),
+                  ("on", 25_720.0), ("kitchen", 26_060.0), ("light.", 26_360.0))])  # fmt: skip
+    assert previous.before(26_245.0) == ["turn", "on", "kitchen"]
+    assert previous.before(30_000.0) == list(previous.words)

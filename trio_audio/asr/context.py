@@ -8,7 +8,10 @@ and the window it may be shortened to. Pure.
 - **Previous words**: then the session's last ``CONTEXT_WORDS`` final words, as Whisper reads
   the text before a window (faster-whisper's ``condition_on_previous_text``). They are the
   words of the utterances before, decoded in order, so a session's prompts, like its audio,
-  depend on nothing another session does.
+  depend on nothing another session does. Only words said before the audio a decode hears
+  are its previous text: the second half of a cut utterance hears the end of the first
+  again (``utterances.OVERLAP_MS``), and a prompt that already says those words leads the
+  decoder to skip them and stretch the next word over their audio.
 - **Window**: finals are decoded in the engine's window (Whisper's full 30 s by default).
   A live final that would miss its deadline (``asr_final_deadline_s`` after its speech was
   last heard, the ``vad_gap_ms`` of silence that ended it included, given how long a
@@ -21,6 +24,7 @@ and the window it may be shortened to. Pure.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -74,12 +78,19 @@ class PreviousWords:
 
     def __init__(self) -> None:
         self.words: collections.deque[str] = collections.deque(maxlen=CONTEXT_WORDS)
+        self.starts: collections.deque[float] = collections.deque(maxlen=CONTEXT_WORDS)
         self.last = 0  # how many of them the last utterance added
 
     def add(self, words: Iterable[dict[str, Any]]) -> None:
-        added = [w["word"] for w in words]
-        self.words.extend(added)
+        added = list(words)
+        self.words.extend(w["word"] for w in added)
+        self.starts.extend(w.get("start_ms", -math.inf) for w in added)
         self.last = min(len(added), len(self.words))
+
+    def before(self, ms: float) -> list[str]:
+        """The words said before *ms* on the session's timeline: the prompt of a decode
+        that hears the audio from *ms* on."""
+        return [w for w, start in zip(self.words, self.starts, strict=True) if start < ms]
 
     def of_last(self) -> list[str]:
         """The last utterance's words."""

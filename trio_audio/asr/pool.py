@@ -104,7 +104,8 @@ class Pool:
                     pcm, context_ms = pack.audio(context=final and window_s == 0.0)
                     text = "" if session is None else prompt(
                         session.vocabulary,
-                        session.previous.before_last() if context_ms else session.previous.words,
+                        session.previous.before_last() if context_ms
+                        else session.previous.before(pack.start_ms),
                     )  # fmt: skip
                     try:
                         answer = await self._decode(worker, processes, pack, pcm, text, window_s)
