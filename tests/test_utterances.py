@@ -13,6 +13,7 @@ from trio_audio.asr.utterances import (
     PREROLL_MS,
     Assembler,
     Utterance,
+    after_context,
     packs,
     single,
     without_echo,
@@ -171,6 +172,17 @@ def test_a_long_utterance_is_cut_at_its_quietest_point_with_overlap() -> None:
     (second,) = a.finish()
     assert second.keep_from_ms == cut and second.end_ms == 12_000
 
+    # A word said just after the quiet cut, its start stretched back over the quiet to
+    # before it (as Whisper aligns one), is the second half's only; one said just before
+    # the cut and ending past it, the first half's only.
+    def kept(half: Utterance, start_ms: float, end_ms: float) -> int:
+        word = {"word": "w", "start_ms": start_ms - half.start_ms,
+                "end_ms": end_ms - half.start_ms, "confidence": 1.0}  # fmt: skip
+        return len(single(half).own_words([word])[0])
+
+    assert (kept(first, cut - 80, cut + 300), kept(second, cut - 80, cut + 300)) == (0, 1)
+    assert (kept(first, cut - 300, cut + 80), kept(second, cut - 300, cut + 80)) == (1, 0)
+
 
 def test_memory_holds_only_the_open_utterance_or_the_pre_roll() -> None:
     a = Assembler(gap_ms=500, max_ms=30_000)
@@ -266,3 +278,29 @@ def test_a_word_of_the_utterance_before_heard_again_in_the_context_is_not_said_t
     # Several words: the most that match.
     light = [word("the", 1050), word("light", 1120), word("please", 1350)]
     assert without_echo(light, ["turn", "on", "the", "light."], 1300) == light[2:]
+
+
+def test_words_heard_in_the_context_are_the_utterance_befores_unless_it_never_said_them() -> None:
+    def decoded(*timed: tuple[str, float, float]) -> list[dict[str, object]]:
+        return [{"word": w, "start_ms": a, "end_ms": b, "confidence": 1.0} for w, a, b in timed]
+
+    def kept(words: list[dict[str, object]], before: list[str]) -> list[tuple[object, ...]]:
+        return [(w["word"], w["start_ms"], w["end_ms"]) for w in after_context(words, 3000, before)]
+
+    before = ["send", "the", "report", "before", "lunch."]
+    # The context transcribed: its words go; a word mostly after it stays as it is.
+    heard = decoded(("report", 1000, 1500), ("before", 1500, 2100), ("lunch.", 2100, 2700),
+                    ("Turn", 2700, 3500), ("on", 3500, 3700))  # fmt: skip
+    assert kept(heard, before) == [("Turn", 2700, 3500), ("on", 3500, 3700)]
+    # The context skipped: the utterance's first words stretched over it are its own.
+    heard = decoded(("Turn", 0, 1500), ("on", 1500, 3800), ("the", 3800, 4000))
+    assert kept(heard, before) == [("Turn", 3000, 3400), ("on", 3400, 3800), ("the", 3800, 4000)]
+    # A word the decode before left unsaid at its end: after the echo of its last word.
+    heard = decoded(("lunch", 1000, 1600), ("light.", 1600, 2200), ("Please", 3100, 3400))
+    assert kept(heard, before) == [("light.", 3000, 3100), ("Please", 3100, 3400)]
+    # Its end misheard ("lunge"): every word in the context is still the one before's.
+    heard = decoded(("report", 500, 1000), ("took", 1000, 1400), ("lunge", 2100, 2700),
+                    ("Turn", 3100, 3400))  # fmt: skip
+    assert kept(heard, before) == [("Turn", 3100, 3400)]
+    # The utterance before said nothing: what is in its audio is not this one's.
+    assert kept(decoded(("hm", 500, 900), ("Turn", 3100, 3400)), []) == [("Turn", 3100, 3400)]

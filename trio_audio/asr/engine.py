@@ -59,11 +59,12 @@ def same_words(said: list[str], again: list[str]) -> bool:
     """Whether two runs of words say the same, case and punctuation aside ("Please" and
     "please,"): how an echo of words already said is known."""
     return len(said) == len(again) and all(
-        _plain(a) == _plain(b) for a, b in zip(said, again, strict=True)
+        plain(a) == plain(b) for a, b in zip(said, again, strict=True)
     )
 
 
-def _plain(word: str) -> str:
+def plain(word: str) -> str:
+    """*word* with case and punctuation aside: how two sayings of it compare."""
     return "".join(c for c in word.lower() if c.isalnum())
 
 

@@ -43,10 +43,11 @@ class Results:
     ) -> None:
         """A final decode's words (of *context_ms* of context, then the pack's audio) to
         the pack's chunks, and to the session's previous words (``complete`` stores them)."""
-        owned = pack.own_words(answer["words"], context_ms) if answer.get("ok") else None
+        before = session.previous.of_last()
+        owned = pack.own_words(answer["words"], context_ms, before) if answer.get("ok") \
+            else None  # fmt: skip
         if owned and context_ms:  # the words of the utterance before, heard again
-            first = pack.utterances[0]
-            owned[0] = without_echo(owned[0], session.previous.of_last(), first.speech_ms)
+            owned[0] = without_echo(owned[0], before, pack.utterances[0].speech_ms)
         for i, utterance in enumerate(pack.utterances):
             words = owned[i] if owned is not None else None
             self._apply_utterance(session, utterance, answer, words, short=short)
@@ -100,7 +101,7 @@ class Results:
             return
         if pack.utterances[-1].start_ms != session.assembler.utt_start_ms:
             return  # ... and another began (its final decoded on another worker)
-        words = pack.own_words(answer["words"], context_ms)[0]
+        words = pack.own_words(answer["words"], context_ms, session.previous.of_last())[0]
         heard = [w["word"] for w in words]
         agreed = 0
         for old, new in zip(session.heard, heard, strict=False):

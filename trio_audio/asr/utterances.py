@@ -17,7 +17,7 @@ the rest of that silence is still being heard (the feeder's early final).
 An utterance longer than ``max_ms`` is cut at the quietest 30 ms frame of the last
 ``QUIET_SEARCH_MS`` before the limit, never at the limit itself, and the two halves overlap by
 ``OVERLAP_MS`` on each side of the cut: each decode hears a word that crosses the cut whole,
-and a word belongs to the half it starts in (``keep_from_ms``/``keep_until_ms``).
+and a word belongs to the half its middle is in (``keep_from_ms``/``keep_until_ms``).
 
 Utterances finished together (by one chunk: a long upload holds many) are decoded together,
 in ``Pack``s of up to Whisper's 30 s window, as faster-whisper fills its window with a file's
@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from .engine import same_words
+from .engine import plain, same_words
 
 RATE: Final = 16000
 PER_MS: Final = RATE // 1000
@@ -61,6 +62,7 @@ CONTEXT_GAP_MS: Final = 1000.0  # the most between two utterances for one to be 
 WINDOW_MS: Final = 29_500.0  # audio that fits Whisper's 30 s window (as the feeder's packs)
 QUIET_SEARCH_MS: Final = 5000.0
 ECHO_MAX_WORDS: Final = 3  # of the utterance before, heard again in the context
+STRETCHED_MIN_MS: Final = 100.0  # the least a word stretched over the context is given
 
 Pcm = npt.NDArray[np.int16]
 
@@ -302,20 +304,17 @@ class Pack:
         return sum(len(u.pcm) for u in self.utterances) / 2 / RATE
 
     def own_words(
-        self, words: list[dict[str, Any]], context_ms: float = 0.0
+        self, words: list[dict[str, Any]], context_ms: float = 0.0, before: Sequence[str] = ()
     ) -> list[list[dict[str, Any]]]:
         """The words of a decode of ``pcm`` after *context_ms* of context (times from the
         start of what was decoded), each moved to the session timeline and given to the
-        utterance it starts in: a list of words per utterance. A word whose middle is in
-        the context is the utterance before's, and is left out."""
+        utterance it starts in: a list of words per utterance. *before*: the words of the
+        utterance the context is the end of (``after_context``)."""
         out: list[list[dict[str, Any]]] = [[] for _ in self.utterances]
-        for heard in words:
-            # Whisper may stretch a word's start back over the pause before it, into the
-            # context: its middle says where it was said.
-            if (heard["start_ms"] + heard["end_ms"]) / 2 < context_ms:
-                continue
-            word = {**heard, "start_ms": heard["start_ms"] - context_ms,
-                    "end_ms": heard["end_ms"] - context_ms} if context_ms else heard  # fmt: skip
+        for heard in after_context(words, context_ms, before) if context_ms else words:
+            word = {**heard, "start_ms": max(0.0, heard["start_ms"] - context_ms),
+                    "end_ms": max(0.0, heard["end_ms"] - context_ms)} if context_ms \
+                else heard  # fmt: skip
             i = max(0, bisect.bisect_right(self.at_ms, word["start_ms"]) - 1)
             utterance = self.utterances[i]
             shift = utterance.start_ms - self.at_ms[i]
@@ -323,9 +322,48 @@ class Pack:
             end = min(word["end_ms"], self.at_ms[i] + length)
             moved = {**word, "start_ms": round(word["start_ms"] + shift, 1),
                      "end_ms": round(max(end, word["start_ms"]) + shift, 1)}  # fmt: skip
-            if utterance.keep_from_ms <= moved["start_ms"] < utterance.keep_until_ms:
+            # Of two halves of a cut utterance, a word is the one's its middle is in: the cut
+            # is at a quiet point, and Whisper stretches a word's start back over the quiet
+            # before it, across the cut, where the other half's decode does not have it.
+            middle = (moved["start_ms"] + moved["end_ms"]) / 2
+            if utterance.keep_from_ms <= middle < utterance.keep_until_ms:
                 out[i].append(moved)
         return out
+
+
+def after_context(
+    words: list[dict[str, Any]], context_ms: float, before: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The words of a decode that follow its *context_ms* of context, the end of an
+    utterance that said *before*.
+
+    The words whose middle is in the context (Whisper may stretch a word's start back over
+    the pause before it) are the utterance before's heard again, up to the last that says
+    its last word; those after it (a word that decode left unsaid at its end, or this
+    utterance's first, stretched back) are kept. When none says its last word but some say
+    another of its words (the end misheard: "lunge" for "lunch"), all of them are the
+    utterance before's. When none says any of its words, the decode did not transcribe the
+    context (tiny.en, hearing the end of a sentence it is not prompted with, can skip it)
+    and stretched the utterance's first words back over it: all are kept. Kept words are
+    spread evenly from the end of the context to where the last of them ends (or the next
+    word starts)."""
+    lead = 0
+    while lead < len(words) and words[lead]["start_ms"] + words[lead]["end_ms"] < 2 * context_ms:
+        lead += 1
+    if not lead or not before:
+        return words[lead:]
+    heard = [plain(w["word"]) for w in words[:lead]]
+    ends = [i + 1 for i, word in enumerate(heard) if word == plain(before[-1])]
+    said = {plain(w) for w in before}
+    first = ends[-1] if ends else lead if said.intersection(heard) else 0
+    if first == lead:
+        return words[lead:]
+    kept = words[first:lead]
+    until = max(kept[-1]["end_ms"], words[lead]["start_ms"] if lead < len(words) else 0.0)
+    step = max(until - context_ms, STRETCHED_MIN_MS * len(kept)) / len(kept)
+    spread = [{**w, "start_ms": context_ms + k * step, "end_ms": context_ms + (k + 1) * step}
+              for k, w in enumerate(kept)]  # fmt: skip
+    return spread + words[lead:]
 
 
 def single(utterance: Utterance) -> Pack:
