@@ -302,5 +302,16 @@ def test_words_heard_in_the_context_are_the_utterance_befores_unless_it_never_sa
     heard = decoded(("report", 500, 1000), ("took", 1000, 1400), ("lunge", 2100, 2700),
                     ("Turn", 3100, 3400))  # fmt: skip
     assert kept(heard, before) == [("Turn", 3100, 3400)]
+    # Skipped, and this utterance's first words are words the one before said too.
+    heard = decoded(("The", 0, 2000), ("weather", 2000, 3400), ("is", 3400, 3600),
+                    ("nice", 3600, 3900), ("today", 3900, 4300))  # fmt: skip
+    assert kept(heard, ["please", "dim", "the", "hallway", "light."])[:3] == [
+        ("The", 3000, 3200), ("weather", 3200, 3400), ("is", 3400, 3600)]  # fmt: skip
+    # A short word of the context misheard ("Friend." for "Front."): not said twice.
+    assert kept(decoded(("Friend.", 2000, 2500), ("Left", 3100, 3400)), ["Front."]) == [
+        ("Left", 3100, 3400)]  # fmt: skip
+    # A stretched word moved after the context stays before the word after it.
+    heard = decoded(("Turn", 0, 2900), ("on", 2900, 3300))
+    assert kept(heard, before) == [("Turn", 3000, 3100), ("on", 3100, 3300)]
     # The utterance before said nothing: what is in its audio is not this one's.
     assert kept(decoded(("hm", 500, 900), ("Turn", 3100, 3400)), []) == [("Turn", 3100, 3400)]

@@ -29,8 +29,9 @@ same session gives the same words.
 An utterance ended by silence while the one before it ended less than ``CONTEXT_GAP_MS``
 earlier (a pause inside what someone is saying, where ``vad_gap_ms`` cut a sentence in two)
 carries the last ``CONTEXT_MS`` of that utterance's audio as its ``context``: its decode
-hears the sentence's start, without transcribing it again (words that start in the context
-are the utterance before's), as a listener would. The words of that utterance then leave the
+hears the sentence's start, without transcribing it again (words heard in the context are
+the utterance before's, but for those its decode left unsaid: ``after_context``), as a
+listener would. The words of that utterance then leave the
 prompt (Whisper's previous text is what came before the audio it hears).
 
 Times are on the session's timeline (the chunks' ``offset_ms``), in ms. Memory: the audio of
@@ -63,6 +64,8 @@ WINDOW_MS: Final = 29_500.0  # audio that fits Whisper's 30 s window (as the fee
 QUIET_SEARCH_MS: Final = 5000.0
 ECHO_MAX_WORDS: Final = 3  # of the utterance before, heard again in the context
 STRETCHED_MIN_MS: Final = 100.0  # the least a word stretched over the context is given
+MEDIAN_WORD_MAX_MS: Final = 700.0  # faster-whisper's bound on the median word's length
+REACH_MS: Final = 100.0  # how near a stretched word ends to the context's end, at least
 
 Pcm = npt.NDArray[np.int16]
 
@@ -75,8 +78,8 @@ class Utterance:
     end_ms: float
     pcm: bytes  # 16 kHz 16-bit mono, from start_ms to end_ms
     final: bool
-    keep_from_ms: float = -math.inf  # words starting before it belong to the one before
-    keep_until_ms: float = math.inf  # words starting at or after it belong to the next
+    keep_from_ms: float = -math.inf  # words whose middle is before it are the one before's
+    keep_until_ms: float = math.inf  # words whose middle is at or after it are the next's
     context: bytes = b""  # the audio just before it (of the utterance before), to hear only
     speech_ms: float = -math.inf  # where its speech began (after its pre-roll)
 
@@ -308,8 +311,9 @@ class Pack:
     ) -> list[list[dict[str, Any]]]:
         """The words of a decode of ``pcm`` after *context_ms* of context (times from the
         start of what was decoded), each moved to the session timeline and given to the
-        utterance it starts in: a list of words per utterance. *before*: the words of the
-        utterance the context is the end of (``after_context``)."""
+        utterance it starts in, if its middle is in that utterance's own part (a cut
+        utterance's halves overlap): a list of words per utterance. *before*: the words of
+        the utterance the context is the end of (``after_context``)."""
         out: list[list[dict[str, Any]]] = [[] for _ in self.utterances]
         for heard in after_context(words, context_ms, before) if context_ms else words:
             word = {**heard, "start_ms": max(0.0, heard["start_ms"] - context_ms),
@@ -340,30 +344,39 @@ def after_context(
     The words whose middle is in the context (Whisper may stretch a word's start back over
     the pause before it) are the utterance before's heard again, up to the last that says
     its last word; those after it (a word that decode left unsaid at its end, or this
-    utterance's first, stretched back) are kept. When none says its last word but some say
-    another of its words (the end misheard: "lunge" for "lunch"), all of them are the
-    utterance before's. When none says any of its words, the decode did not transcribe the
-    context (tiny.en, hearing the end of a sentence it is not prompted with, can skip it)
-    and stretched the utterance's first words back over it: all are kept. Kept words are
-    spread evenly from the end of the context to where the last of them ends (or the next
-    word starts)."""
+    utterance's first, stretched back) are kept. When none says its last word, the context
+    was misheard ("lunge" for "lunch"), or skipped: tiny.en, hearing the end of a sentence
+    it is not prompted with, can skip it and stretch this utterance's first words ("turn
+    on") back over it. Those are the run of words at the end of the context that each last
+    longer than a word does (twice the decode's median word, faster-whisper's bound) and
+    reach the context's end; they are kept, the others dropped. Kept words are spread
+    evenly from the end of the context to where the next word starts."""
     lead = 0
     while lead < len(words) and words[lead]["start_ms"] + words[lead]["end_ms"] < 2 * context_ms:
         lead += 1
-    if not lead or not before:
-        return words[lead:]
-    heard = [plain(w["word"]) for w in words[:lead]]
-    ends = [i + 1 for i, word in enumerate(heard) if word == plain(before[-1])]
-    said = {plain(w) for w in before}
-    first = ends[-1] if ends else lead if said.intersection(heard) else 0
+    if not lead:
+        return words
+    echoes = [i + 1 for i in range(lead) if before and plain(words[i]["word"]) == plain(before[-1])]
+    if echoes:
+        first = echoes[-1]
+    else:
+        lengths = [w["end_ms"] - w["start_ms"] for w in words if w["end_ms"] > w["start_ms"]]
+        longest = 2 * min(MEDIAN_WORD_MAX_MS, float(np.median(lengths))) if lengths else 0.0
+        first = lead
+        if words[lead - 1]["end_ms"] >= context_ms - REACH_MS:
+            while first and words[first - 1]["end_ms"] - words[first - 1]["start_ms"] > longest:
+                first -= 1
     if first == lead:
         return words[lead:]
-    kept = words[first:lead]
-    until = max(kept[-1]["end_ms"], words[lead]["start_ms"] if lead < len(words) else 0.0)
-    step = max(until - context_ms, STRETCHED_MIN_MS * len(kept)) / len(kept)
+    kept, rest = words[first:lead], words[lead:]
+    until = rest[0]["start_ms"] if rest else kept[-1]["end_ms"]
+    until = max(until, context_ms + STRETCHED_MIN_MS * len(kept))
+    step = (until - context_ms) / len(kept)
     spread = [{**w, "start_ms": context_ms + k * step, "end_ms": context_ms + (k + 1) * step}
               for k, w in enumerate(kept)]  # fmt: skip
-    return spread + words[lead:]
+    if rest and rest[0]["start_ms"] < until:  # made room for the words moved before it
+        rest = [{**rest[0], "start_ms": until, "end_ms": max(rest[0]["end_ms"], until)}, *rest[1:]]
+    return spread + rest
 
 
 def single(utterance: Utterance) -> Pack:
