@@ -72,9 +72,9 @@ BEAM_SIZE: Final = 5
 PARTIAL_BEAM_SIZE: Final = 1  # partials decode greedily
 MAX_INITIAL_TIMESTAMP_INDEX: Final = 50  # the first timestamp is at most 1 s in
 # Whisper's own test that a window held no speech: a likely <|nocaptions|> and a decode that
-# is unsure (low mean log-probability); or, here, stuck on a few words over and over
-# (``looping``). Text that merely compresses well is no sign of silence: sentences said
-# again (a drill, a chorus, a read-back) do that, and were once dropped whole.
+# is unsure (low mean log-probability); or, here, one stuck on a few words over and over
+# (``looping``) until its length limit stopped it. Words said again are no sign of silence:
+# sentences read again (a drill, a chorus, a read-back) compress well and loop, but end.
 NO_SPEECH_THRESHOLD: Final = 0.6
 LOG_PROB_THRESHOLD: Final = -1.0
 COMPRESSION_RATIO_THRESHOLD: Final = 2.4
@@ -318,13 +318,14 @@ class WhisperEngine:
         kept, ended = segments(tokens, self.timestamp_begin)
         text_tokens = [t for t in kept if t < self.eot]
         repetitive = compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
-        if short and (len(tokens) >= limit - len(prefix) - 1 or repetitive
-                      or avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens)):  # fmt: skip
+        ran_out = len(tokens) >= limit - len(prefix) - 1
+        if short and (ran_out or repetitive or avg_logprob < LOG_PROB_THRESHOLD
+                      or looping(text_tokens)):  # fmt: skip
             return None
         if text_tokens and (
             (
                 result.no_speech_prob > NO_SPEECH_THRESHOLD
-                and (avg_logprob < LOG_PROB_THRESHOLD or looping(text_tokens))
+                and (avg_logprob < LOG_PROB_THRESHOLD or (ran_out and looping(text_tokens)))
             )
             or (result.no_speech_prob > NO_SPEECH_SURE and avg_logprob < LOG_PROB_THRESHOLD / 2)
         ):
