@@ -69,7 +69,7 @@ class Session:
 
     def _decode(self, utterances: list[Utterance]) -> None:
         for pack in packs(utterances, PACK_MS):
-            text = prompt((), self.previous.words)
+            text = prompt((), self.previous.before(pack.start_ms))
             hypothesis = self.decoder.decode(pack.pcm, 0.0, prompt=text)
             for words in pack.own_words([w.to_dict() for w in hypothesis.words]):
                 self.previous.add(words)
