@@ -366,15 +366,22 @@ def after_context(
         if words[lead - 1]["end_ms"] >= context_ms - REACH_MS:
             while first and words[first - 1]["end_ms"] - words[first - 1]["start_ms"] > longest:
                 first -= 1
-    if first == lead:
-        return words[lead:]
-    kept, rest = words[first:lead], words[lead:]
-    until = rest[0]["start_ms"] if rest else kept[-1]["end_ms"]
-    until = max(until, context_ms + STRETCHED_MIN_MS * len(kept))
+    return _moved_after(words[first:lead], words[lead:], context_ms)
+
+
+def _moved_after(
+    kept: list[dict[str, Any]], rest: list[dict[str, Any]], context_ms: float
+) -> list[dict[str, Any]]:
+    """*kept* (words heard in the context that are not its own) spread evenly from
+    *context_ms* to where *rest* begins, then *rest*, its first word moved after them."""
+    if not kept:
+        return rest
+    until = max(rest[0]["start_ms"] if rest else kept[-1]["end_ms"],
+                context_ms + STRETCHED_MIN_MS * len(kept))  # fmt: skip
     step = (until - context_ms) / len(kept)
     spread = [{**w, "start_ms": context_ms + k * step, "end_ms": context_ms + (k + 1) * step}
               for k, w in enumerate(kept)]  # fmt: skip
-    if rest and rest[0]["start_ms"] < until:  # made room for the words moved before it
+    if rest and rest[0]["start_ms"] < until:
         rest = [{**rest[0], "start_ms": until, "end_ms": max(rest[0]["end_ms"], until)}, *rest[1:]]
     return spread + rest
 
