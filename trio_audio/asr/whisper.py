@@ -317,10 +317,8 @@ class WhisperEngine:
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         kept, ended = segments(tokens, self.timestamp_begin)
         text_tokens = [t for t in kept if t < self.eot]
-        repetitive = compression_ratio(self._decode(text_tokens)) > COMPRESSION_RATIO_THRESHOLD
         ran_out = len(tokens) >= limit - len(prefix) - 1
-        if short and (ran_out or repetitive or avg_logprob < LOG_PROB_THRESHOLD
-                      or looping(text_tokens)):  # fmt: skip
+        if short and (ran_out or avg_logprob < LOG_PROB_THRESHOLD or self._repeats(text_tokens)):
             return None
         if text_tokens and (
             (
