@@ -52,8 +52,8 @@ Writes and their guarantees:
   chunk messages from the stream (by sequence, or a purge of the session's subjects below the
   tombstone's sequence), so the audio is gone from every replica.
 
-Error handling: when no server answers a write within ``store_timeout_s`` of the committer
-taking it (or the client is disconnected) the write fails with 503 ``unavailable`` and
+Error handling: when no server answers a write within ``store_timeout_s`` of its coming to
+the committer (or the client is disconnected) the write fails with 503 ``unavailable`` and
 Retry-After: never a hang, never an answer for a write that is not stored.
 """
 
@@ -113,7 +113,8 @@ class Committer:
         A write's ``store_timeout_s`` runs from when it came: writes already waiting
         (*backlog*) when a batch ends came while it ran, so the next batch's time runs from
         when that one began (from its own start, with frozen servers, a write could wait
-        twice as long)."""
+        twice as long). That holds while a batch takes every write waiting, blocked senders
+        included: ``commit_batch_max`` at least ``stage_queue``, as the defaults are."""
         timeout = self._config.store_timeout_s
         began = trio.current_time()
         async with trio.open_nursery() as nursery:

@@ -80,7 +80,8 @@ class Finalizer:
             if p in self._leases.holding and transcriber is not None:
                 await transcriber.finalize(user_id, session_id, through=through)
             elif through is None:  # nothing of it waits for words: one ask, no wait
-                await self._ask(p, body, again=False)
+                with contextlib.suppress(NatsError, StoreUnavailable):  # (none listening too)
+                    await self._store.nats.request(self._subject(p), body, ASK_S)
             else:
                 await self._ask_and_wait(p, body, user_id, session_id)
             # The index has the transcripts; their events (the finals watchers get before
@@ -101,20 +102,21 @@ class Finalizer:
                 await self._store.applied_more()
             nursery.cancel_scope.cancel()
 
-    async def _ask(self, p: int, body: bytes, *, again: bool = True) -> bool:
-        """Ask partition *p*'s holder to finalize until one takes it (with *again*): for a
-        moment no worker may hold it (a lease that lapsed, not taken again yet), and then
-        nobody answers. False when no worker listens at all (its chunks wait for one)."""
+    async def _ask(self, p: int, body: bytes) -> bool:
+        """Ask partition *p*'s holder to finalize until one takes it: for a moment no worker
+        may hold it (a lease that lapsed, not taken again yet), and then nobody answers.
+        False when no worker listens at all (its chunks wait for one)."""
         while True:
             try:
-                await self._store.nats.request(f"{self._names.finalize}.{p}", body, ASK_S)
+                await self._store.nats.request(self._subject(p), body, ASK_S)
                 return True
             except NoResponders:
                 return False
             except (NatsError, StoreUnavailable):
-                if not again:
-                    return True
                 await trio.sleep(ASK_AGAIN_S)
+
+    def _subject(self, p: int) -> str:
+        return f"{self._names.finalize}.{p}"
 
     def _last_pending(self, user_id: str, session_id: str) -> int | None:
         """The seq of the session's last chunk still waiting for its transcript (None:

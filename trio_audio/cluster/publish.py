@@ -12,7 +12,7 @@ one is the one the log keeps); a delete as tombstones.
 together: an upload's as one atomic batch (all stored or none, even when this node dies
 halfway through sending them), the others each on its own, each sent again once when its
 PubAck does not come (the same ``Nats-Msg-Id``: the stream drops the copy if the first
-landed), all within ``store_timeout_s`` of the committer taking the writes.
+landed), all within ``store_timeout_s`` of the writes' coming to the committer.
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ class Publisher:
         sent again once (a re-send has the same ``Nats-Msg-Id``, so the stream drops it if
         the first copy landed; a re-sent batch that did land the first time loses its
         compare-and-appends, which the committer handles as for any write another node
-        took first), all by *deadline* (``store_timeout_s`` after the committer took the
-        writes). Each request ends with its sequences or its error."""
+        took first), all by *deadline* (``store_timeout_s`` after the writes came to the
+        committer). Each request ends with its sequences or its error."""
         nats = self._stream.connection()
         for request in requests:
             request.settle(None, Unavailable("no answer within store_timeout_s"))
